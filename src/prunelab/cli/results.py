@@ -1,0 +1,31 @@
+"""results.json: the one file sweeps, plots and notes read. Written atomically, also on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class ResultsWriter:
+    def __init__(self, path: Path, config: dict[str, Any]):
+        self.path = path
+        self.start = time.perf_counter()
+        self.data: dict[str, Any] = {"status": "running", "metrics": {}, "config": config}
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def fail(self, error: str, status: str = "failed", traceback: str | None = None) -> None:
+        self.data.update(status=status, error=error)
+        if traceback:
+            self.data["traceback"] = traceback
+
+    def write(self) -> None:
+        self.data["wall_time_s"] = time.perf_counter() - self.start
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)  # readers never see a half-written file

@@ -1,0 +1,104 @@
+"""Token-based batching with length bucketing (as in fairseq's `--max-tokens`)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from prunelab.data.tokenizer import BOS, EOS
+
+Example = tuple[list[int], list[int], str, int]  # (source ids + EOS, target ids, raw reference, index)
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Tensor | list[str]]:
+    """-> src (B, S), tgt_in = BOS + y (B, T), tgt_out = y + EOS (B, T), refs, idx (B,)."""
+    B = len(examples)
+    S = max(len(e[0]) for e in examples)
+    T = max(len(e[1]) for e in examples) + 1
+    src = torch.full((B, S), pad_id, dtype=torch.long)
+    tgt_in = torch.full((B, T), pad_id, dtype=torch.long)
+    tgt_out = torch.full((B, T), pad_id, dtype=torch.long)
+    for i, (s, t, _, _) in enumerate(examples):
+        src[i, : len(s)] = torch.tensor(s)
+        tgt_in[i, : len(t) + 1] = torch.tensor([BOS, *t])
+        tgt_out[i, : len(t) + 1] = torch.tensor([*t, EOS])
+    return {
+        "src": src,
+        "tgt_in": tgt_in,
+        "tgt_out": tgt_out,
+        "ref": [e[2] for e in examples],
+        "idx": torch.tensor([e[3] for e in examples]),
+    }
+
+
+class TokenBatchSampler:
+    """Groups examples of similar length so that each batch holds at most `max_tokens` padded tokens.
+
+    Examples are sorted by length (ties broken randomly per epoch), cut greedily into batches, and the
+    batches shuffled. Under DDP every rank gets every `num_replicas`-th batch; the batch list is padded
+    by repetition so that all ranks take the same number of steps.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_tokens: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        if len(lengths) == 0:
+            raise ValueError("cannot batch an empty dataset")
+        if max(lengths) > max_tokens:
+            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest example ({max(lengths)} tokens)")
+        self.lengths = list(lengths)
+        self.max_tokens = max_tokens
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._make_batches())
+        return self._cache[1]
+
+    def _make_batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(order)  # random tie-breaking inside a length
+        order.sort(key=lambda i: self.lengths[i])  # stable sort
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        longest = 0
+        for i in order:
+            longest_if_added = max(longest, self.lengths[i])
+            if cur and longest_if_added * (len(cur) + 1) > self.max_tokens:
+                batches.append(cur)
+                cur, longest_if_added = [], self.lengths[i]
+            cur.append(i)
+            longest = longest_if_added
+        batches.append(cur)
+        if self.shuffle:
+            rng.shuffle(batches)
+        if self.num_replicas > 1:
+            rem = -len(batches) % self.num_replicas
+            batches += batches[:rem]
+            batches = batches[self.rank :: self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        return len(self._batches())

@@ -1,0 +1,114 @@
+"""The LightningDataModule every translation data source shares.
+
+A subclass says where the text comes from (`read_split`) and how it is cut into tokens
+(`build_tokenizer`); this class encodes, filters the training set by length, and batches by tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from prunelab.data.batching import Example, TokenBatchSampler, collate
+from prunelab.data.tokenizer import EOS, Tokenizer
+from prunelab.errors import UserError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+
+
+class TranslationDataModule(L.LightningDataModule, ABC):
+    def __init__(
+        self,
+        max_tokens: int = 4096,
+        eval_max_tokens: int | None = None,
+        max_len: int = 256,
+        eval_max_len: int = 1000,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.max_tokens = max_tokens
+        self.eval_max_tokens = eval_max_tokens or max_tokens
+        self.max_len = max_len
+        self.eval_max_len = eval_max_len
+        self.num_workers = num_workers
+        self.seed = seed
+        self._tokenizer: Tokenizer | None = None
+        self.examples: dict[str, list[Example]] = {}
+
+    # --- what a data source provides -------------------------------------------------------------
+    @abstractmethod
+    def build_tokenizer(self) -> Tokenizer: ...
+
+    @abstractmethod
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        """Raw (source lines, target lines) of one split, aligned."""
+
+    # --- shared machinery ------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = self.build_tokenizer()
+        return self._tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.examples:
+            return
+        tok = self.tokenizer
+        for split in SPLITS:
+            src_lines, tgt_lines = self.read_split(split)
+            examples: list[Example] = []
+            dropped = truncated = 0
+            for i, (s, t) in enumerate(zip(src_lines, tgt_lines, strict=True)):
+                s_ids, t_ids = tok.encode(s), tok.encode(t)
+                if split == "train":
+                    # training pairs must fit the length limit and have text on both sides
+                    if not s_ids or not t_ids or len(s_ids) + 1 > self.max_len or len(t_ids) + 1 > self.max_len:
+                        dropped += 1
+                        continue
+                elif len(s_ids) + 1 > self.eval_max_len:  # evaluation keeps every sentence
+                    s_ids, truncated = s_ids[: self.eval_max_len - 1], truncated + 1
+                examples.append(([*s_ids, EOS], t_ids, t, i))
+            if dropped:
+                log.warning("%s: dropped %d of %d pairs by the length filter", split, dropped, len(src_lines))
+            if truncated:
+                log.warning("%s: truncated %d sources to %d tokens", split, truncated, self.eval_max_len)
+            if not examples:
+                raise UserError(f"the {split} split has no usable sentence pairs")
+            self.examples[split] = examples
+
+    def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        lengths = [max(len(s), len(t) + 1) for s, t, _, _ in self.examples[split]]
+        sampler = TokenBatchSampler(
+            lengths,
+            max_tokens=max(max_tokens, max(lengths)),
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+        return DataLoader(
+            self.examples[split],  # type: ignore[arg-type]
+            batch_sampler=sampler,
+            collate_fn=partial(collate, pad_id=self.tokenizer.pad_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.max_tokens, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.eval_max_tokens, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_max_tokens, shuffle=False)
+
+    def references(self, split: str) -> list[str]:
+        return [e[2] for e in self.examples[split]]

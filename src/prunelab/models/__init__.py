@@ -1,0 +1,9 @@
+from prunelab.models.transformer import Transformer, TransformerConfig
+
+
+def build_transformer(**kwargs: object) -> Transformer:
+    """Hydra entry point: `model/*.yaml` holds TransformerConfig fields; vocab_size comes from the data."""
+    return Transformer(TransformerConfig(**kwargs))  # type: ignore[arg-type]
+
+
+__all__ = ["Transformer", "TransformerConfig", "build_transformer"]

@@ -1,0 +1,77 @@
+"""Stable names for the parts of a Transformer that the papers talk about.
+
+A component is a sub-layer (`enc.2.sa`, `dec.5.ea`, `dec.0.ff`); a head is `<attention component>.h<j>`
+(`dec.5.ea.h3`). Names are module paths, so `model.get_submodule("enc.2.sa")` is the component.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transformer
+
+# Wang & Tu (2020) vocabulary for the five component types.
+COMPONENT_TYPES = {"enc.sa": "E:SA", "enc.ff": "E:FF", "dec.sa": "D:SA", "dec.ea": "D:EA", "dec.ff": "D:FF"}
+_HEAD = re.compile(r"^(?P<comp>(enc|dec)\.\d+\.(sa|ea))\.h(?P<head>\d+)$")
+
+
+def component_names(model: Transformer) -> list[str]:
+    names = []
+    for i in range(len(model.enc)):
+        names += [f"enc.{i}.sa", f"enc.{i}.ff"]
+    for i in range(len(model.dec)):
+        names += [f"dec.{i}.sa", f"dec.{i}.ea", f"dec.{i}.ff"]
+    return names
+
+
+def component_type(name: str) -> str:
+    """`dec.3.ea` -> `D:EA`."""
+    side, _, kind = name.split(".")[:3]
+    return COMPONENT_TYPES[f"{side}.{kind}"]
+
+
+def attention_names(model: Transformer) -> list[str]:
+    return [n for n in component_names(model) if not n.endswith(".ff")]
+
+
+def head_names(model: Transformer) -> list[str]:
+    return [f"{a}.h{j}" for a in attention_names(model) for j in range(model.cfg.n_heads)]
+
+
+def component(model: Transformer, name: str) -> MultiHeadAttention | FeedForward:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if not isinstance(module, MultiHeadAttention | FeedForward):
+        raise KeyError(f"no component named {name!r}; components look like enc.0.sa, dec.1.ea, dec.2.ff")
+    return module
+
+
+def gate(model: Transformer, name: str) -> Tensor:
+    """The gate buffer behind `name`: a 0-dim tensor for a component, a 1-element view for a head."""
+    m = _HEAD.match(name)
+    if m:
+        attn = component(model, m["comp"])
+        j = int(m["head"])
+        if j >= attn.n_heads:
+            raise KeyError(f"{name!r}: {m['comp']} has {attn.n_heads} heads")
+        return attn.head_gate[j : j + 1]
+    return component(model, name).gate
+
+
+@torch.no_grad()
+def set_gate(model: Transformer, name: str, value: float) -> None:
+    gate(model, name).fill_(value)
+
+
+@torch.no_grad()
+def reset_gates(model: Transformer) -> None:
+    for name in component_names(model):
+        mod = component(model, name)
+        mod.gate.fill_(1.0)
+        if isinstance(mod, MultiHeadAttention):
+            mod.head_gate.fill_(1.0)

@@ -1,0 +1,99 @@
+"""Greedy and beam-search decoding with the incremental key/value cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from prunelab.models.transformer import Transformer
+
+
+def max_target_len(src: Tensor, pad_id: int, a: float, b: int, limit: int) -> int:
+    """Decode at most a * (longest source) + b tokens, and never past the model's positions."""
+    src_len = int((src != pad_id).sum(1).max())
+    return min(int(a * src_len) + b, limit)
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: Transformer, src: Tensor, bos_id: int, eos_id: int, max_len_a: float = 1.5, max_len_b: int = 10
+) -> list[list[int]]:
+    """Argmax at every step. Returns token ids per sentence, without BOS and EOS."""
+    pad = model.cfg.pad_id
+    B = src.size(0)
+    mem, mem_mask = model.encode(src)
+    cache = model.new_cache()
+    token = torch.full((B,), bos_id, dtype=torch.long, device=src.device)
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    out: list[Tensor] = []
+    for step in range(max_target_len(src, pad, max_len_a, max_len_b, model.cfg.max_len)):
+        logits = model.decode_step(token, mem, mem_mask, cache, step)  # (B, V)
+        token = logits.argmax(-1).masked_fill(done, pad)
+        out.append(token)
+        done |= token == eos_id
+        if bool(done.all()):
+            break
+    return _strip(torch.stack(out, 1).tolist(), eos_id, pad)
+
+
+def length_penalty(length: Tensor, alpha: float) -> Tensor:
+    """GNMT length penalty (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha; alpha = 0 turns it off."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model: Transformer,
+    src: Tensor,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+) -> list[list[int]]:
+    """Batched beam search. Finished hypotheses keep their score and stay in the beam (emitting pad);
+    the winner per sentence is chosen by score / length_penalty. beam_size=1 is exactly greedy."""
+    pad = model.cfg.pad_id
+    B, K = src.size(0), beam_size
+    mem, mem_mask = model.encode(src)
+    mem = mem.repeat_interleave(K, 0)  # (B*K, S, C)
+    mem_mask = mem_mask.repeat_interleave(K, 0)  # (B*K, 1, 1, S)
+    cache = model.new_cache()
+    dev = src.device
+    scores = torch.full((B, K), float("-inf"), device=dev)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first at step 0
+    token = torch.full((B * K,), bos_id, dtype=torch.long, device=dev)
+    done = torch.zeros(B * K, dtype=torch.bool, device=dev)
+    lengths = torch.zeros(B * K, device=dev)
+    history = torch.empty(B * K, 0, dtype=torch.long, device=dev)
+    base = (torch.arange(B, device=dev) * K).unsqueeze(1)  # (B, 1) row offset of each sentence's beams
+    for step in range(max_target_len(src, pad, max_len_a, max_len_b, model.cfg.max_len)):
+        logp = model.decode_step(token, mem, mem_mask, cache, step).float().log_softmax(-1)  # (B*K, V)
+        V = logp.size(-1)
+        # a finished hypothesis may only extend with pad, at no cost
+        logp[done] = float("-inf")
+        logp[done, pad] = 0.0
+        cand = (scores.unsqueeze(-1) + logp.view(B, K, V)).view(B, K * V)  # (B, K*V)
+        scores, flat = cand.topk(K, dim=-1)  # (B, K)
+        rows = (base + flat // V).view(-1)  # (B*K,) which old hypothesis each new one extends
+        token = (flat % V).view(-1)
+        history = torch.cat([history.index_select(0, rows), token[:, None]], 1)
+        was_done = done.index_select(0, rows)
+        lengths = lengths.index_select(0, rows) + (~was_done).float()
+        done = was_done | (token == eos_id)
+        model.reorder_cache(cache, rows)
+        if bool(done.all()):
+            break
+    best = (scores.view(-1) / length_penalty(lengths, alpha)).view(B, K).argmax(-1)  # (B,)
+    chosen = history.index_select(0, (base.squeeze(1) + best))
+    return _strip(chosen.tolist(), eos_id, pad)
+
+
+def _strip(rows: list[list[int]], eos_id: int, pad_id: int) -> list[list[int]]:
+    out = []
+    for row in rows:
+        if eos_id in row:
+            row = row[: row.index(eos_id)]
+        out.append([t for t in row if t != pad_id])
+    return out

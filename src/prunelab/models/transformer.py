@@ -1,0 +1,252 @@
+"""An encoder-decoder Transformer (Vaswani et al. 2017), written to be read in one sitting.
+
+Every sub-layer is addressable by its module path, which is also the address the pruning and
+importance code uses:
+
+    enc.{i}.sa   encoder self-attention          (E:SA in Wang & Tu 2020)
+    enc.{i}.ff   encoder feed-forward            (E:FF)
+    dec.{i}.sa   decoder self-attention          (D:SA)
+    dec.{i}.ea   decoder encoder-attention       (D:EA)
+    dec.{i}.ff   decoder feed-forward            (D:FF)
+    <attn>.h{j}  head j of an attention sub-layer (Michel et al. 2019), e.g. dec.5.ea.h3
+
+Each sub-layer owns a scalar `gate` buffer that scales its output before the residual add, and each
+attention sub-layer owns a `head_gate` buffer of shape (H,) that scales every head's output before
+the output projection. Gates default to 1; multiplying by 1.0 is exact in IEEE arithmetic, so a
+model with all gates at 1 computes bit-identical outputs to one without gates.
+Gates are buffers, not parameters: the optimizer never sees them, but `requires_grad_()` on a gate
+gives dL/d(gate), which is what head importance needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# A decoder-side key/value cache: one dict per decoder layer holding "sa_k", "sa_v" (grown by one
+# position per step) and "ea_k", "ea_v" (the projected encoder memory, computed once).
+Cache = list[dict[str, Tensor]]
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int
+    d_model: int = 512
+    n_heads: int = 8
+    d_ff: int = 2048
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    pre_norm: bool = True  # pre-norm (x + f(LN(x))) trains more stably; post-norm is the 2017 original
+    max_len: int = 1024
+    pad_id: int = 0
+    gated: bool = True  # False skips every gate multiply (used to check that gates at 1 are a no-op)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+
+class MultiHeadAttention(nn.Module):
+    """Separate Q/K/V/O projections so that heads can later be removed by slicing rows/columns."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.d_model // cfg.n_heads
+        self.gated = cfg.gated
+        self.attn_dropout = cfg.attn_dropout
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.register_buffer("gate", torch.ones(()))
+        self.register_buffer("head_gate", torch.ones(cfg.n_heads))
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hs)
+
+    def forward(
+        self,
+        x: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        """x: queries (B, T, C); k, v: already projected and split (B, H, S, hs).
+        mask: bool (B, 1, 1|T, S), True where a key may be attended to."""
+        B, T, C = x.shape
+        q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
+        drop = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
+        if self.gated:
+            y = y * self.head_gate.view(1, -1, 1, 1)  # (B, H, T, hs) scaled per head
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C) heads concatenated
+        y = self.out_proj(y)
+        return y * self.gate if self.gated else y
+
+    def project_kv(self, mem: Tensor) -> tuple[Tensor, Tensor]:
+        return self.split_heads(self.k_proj(mem)), self.split_heads(self.v_proj(mem))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.gated = cfg.gated
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.register_buffer("gate", torch.ones(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.fc2(self.dropout(F.relu(self.fc1(x))))  # (B, T, C)
+        return y * self.gate if self.gated else y
+
+
+class Residual(nn.Module):
+    """x + dropout(f(LN(x))) with pre-norm, LN(x + dropout(f(x))) with post-norm."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.pre_norm = cfg.pre_norm
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def inp(self, x: Tensor) -> Tensor:
+        return self.norm(x) if self.pre_norm else x
+
+    def out(self, x: Tensor, y: Tensor) -> Tensor:
+        x = x + self.dropout(y)
+        return x if self.pre_norm else self.norm(x)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.sa, self.sa_res = MultiHeadAttention(cfg), Residual(cfg)
+        self.ff, self.ff_res = FeedForward(cfg), Residual(cfg)
+
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        h = self.sa_res.inp(x)
+        x = self.sa_res.out(x, self.sa(h, *self.sa.project_kv(h), mask=src_mask))
+        return self.ff_res.out(x, self.ff(self.ff_res.inp(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.sa, self.sa_res = MultiHeadAttention(cfg), Residual(cfg)
+        self.ea, self.ea_res = MultiHeadAttention(cfg), Residual(cfg)
+        self.ff, self.ff_res = FeedForward(cfg), Residual(cfg)
+
+    def forward(self, x: Tensor, mem: Tensor, mem_mask: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
+        h = self.sa_res.inp(x)
+        k, v = self.sa.project_kv(h)  # (B, H, T, hs)
+        if cache is None:  # full sequence: causal self-attention
+            y = self.sa(h, k, v, is_causal=True)
+        else:  # one new position: it may see every cached position, so no mask is needed
+            if "sa_k" in cache:
+                k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
+            cache["sa_k"], cache["sa_v"] = k, v
+            y = self.sa(h, k, v)
+        x = self.sa_res.out(x, y)
+        if cache is None or "ea_k" not in cache:
+            ek, ev = self.ea.project_kv(mem)  # (B, H, S, hs)
+            if cache is not None:
+                cache["ea_k"], cache["ea_v"] = ek, ev
+        else:
+            ek, ev = cache["ea_k"], cache["ea_v"]
+        x = self.ea_res.out(x, self.ea(self.ea_res.inp(x), ek, ev, mask=mem_mask))
+        return self.ff_res.out(x, self.ff(self.ff_res.inp(x)))
+
+
+def sinusoidal_positions(max_len: int, d: int) -> Tensor:
+    pos = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # (L, 1)
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))  # (d/2,)
+    pe = torch.zeros(max_len, d)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    return pe  # (L, d)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder with one shared vocabulary: source, target and output embeddings are tied."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.register_buffer("pos", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.enc = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.dec = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        # pre-norm leaves the residual stream un-normalised, so each stack ends with a LayerNorm
+        self.enc_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.dec_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and not name.startswith("embed"):
+                nn.init.xavier_uniform_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+        nn.init.normal_(self.embed.weight, mean=0.0, std=self.cfg.d_model**-0.5)
+        with torch.no_grad():
+            self.embed.weight[self.cfg.pad_id].zero_()
+
+    def embed_tokens(self, tokens: Tensor, offset: int = 0) -> Tensor:
+        T = tokens.size(1)
+        if offset + T > self.cfg.max_len:
+            raise ValueError(f"sequence of length {offset + T} exceeds max_len={self.cfg.max_len}")
+        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.pos[offset : offset + T]  # (B, T, C)
+        return self.drop(x)
+
+    def key_mask(self, src: Tensor) -> Tensor:
+        return (src != self.cfg.pad_id)[:, None, None, :]  # (B, 1, 1, S) True = real token
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, S) token ids -> memory (B, S, C) and its key mask (B, 1, 1, S)."""
+        mask = self.key_mask(src)
+        x = self.embed_tokens(src)
+        for layer in self.enc:
+            x = layer(x, mask)
+        return self.enc_norm(x), mask
+
+    def logits(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.embed.weight)  # (B, T, V) tied output projection
+
+    def decode(self, tgt_in: Tensor, mem: Tensor, mem_mask: Tensor) -> Tensor:
+        """Teacher-forced decoding of the whole target prefix: (B, T) -> logits (B, T, V)."""
+        x = self.embed_tokens(tgt_in)
+        for layer in self.dec:
+            x = layer(x, mem, mem_mask)
+        return self.logits(self.dec_norm(x))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        mem, mem_mask = self.encode(src)
+        return self.decode(tgt_in, mem, mem_mask)
+
+    def new_cache(self) -> Cache:
+        return [{} for _ in self.dec]
+
+    def decode_step(self, token: Tensor, mem: Tensor, mem_mask: Tensor, cache: Cache, step: int) -> Tensor:
+        """Incremental decoding: token (B,) at position `step` -> logits (B, V); cache grows in place."""
+        x = self.embed_tokens(token[:, None], offset=step)  # (B, 1, C)
+        for layer, c in zip(self.dec, cache, strict=True):
+            x = layer(x, mem, mem_mask, cache=c)
+        return self.logits(self.dec_norm(x))[:, 0]
+
+    @staticmethod
+    def reorder_cache(cache: Cache, index: Tensor) -> None:
+        """Keep cache rows `index` (beam search picks surviving hypotheses)."""
+        for c in cache:
+            for key in c:
+                c[key] = c[key].index_select(0, index)

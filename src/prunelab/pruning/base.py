@@ -1,0 +1,124 @@
+"""The Pruner strategy interface.
+
+A pruner is an `nn.Module` owned by the task, so its masks (and any weight snapshots a method keeps,
+such as θ_0 for lottery tickets) are buffers that land in every checkpoint and come back on resume.
+
+The round driver and the task call it at fixed points:
+
+    attach(model)                        once, before training or loading a checkpoint
+    for round in range(rounds):          each round is a fresh `trainer.fit` (own optimizer, warm-up)
+        on_round_start(model, round)     e.g. rewind surviving weights to θ_0 or θ_t
+        every step:
+            before the optimizer step:   mask_gradients()
+            after the optimizer step:    on_step_end(model, step, total)  (gradual schedules prune here)
+                                         then apply_masks(): masked weights are zeroed in place
+        on_round_end(model, round)       e.g. compute the next mask from converged weights
+
+Masks are applied in place after the optimizer step (no forward hooks, no weight copies).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import UserError
+from prunelab.pruning.masks import csc_bytes, magnitude_masks, prunable_weights
+
+
+def _key(param_name: str) -> str:
+    return "mask__" + param_name.replace(".", "__")
+
+
+class Pruner(nn.Module):
+    rounds: int = 1  # how many `trainer.fit` rounds the method needs
+
+    def __init__(self, sparsity: float = 0.0, prune_embeddings: bool = False, scope: str = "per_matrix"):
+        super().__init__()
+        if not 0.0 <= sparsity < 1.0:
+            raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
+        if scope not in ("per_matrix", "global"):
+            raise UserError(f"pruner.scope must be per_matrix or global, got {scope!r}")
+        self.sparsity = sparsity
+        self.prune_embeddings = prune_embeddings
+        self.scope = scope
+        self._weights: dict[str, nn.Parameter] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Register an all-ones mask buffer per prunable weight matrix."""
+        self._weights = prunable_weights(model, self.prune_embeddings)
+        for name, w in self._weights.items():
+            if not hasattr(self, _key(name)):
+                self.register_buffer(_key(name), torch.ones_like(w, requires_grad=False))
+
+    def on_round_start(self, model: nn.Module, round_idx: int) -> None:
+        """Called before each round's fit; iterative methods rewind weights here."""
+
+    def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called after every optimizer step, before the masks are applied; gradual methods prune here."""
+
+    def on_round_end(self, model: nn.Module, round_idx: int) -> None:
+        """Called after each round's fit; iterative methods compute the next mask here."""
+
+    def mask_is_final(self, step: int, total_steps: int) -> bool:
+        """True once the mask of this round will not change any more (checkpoints are chosen only then)."""
+        return True
+
+    # --- masks ---------------------------------------------------------------------------------------
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        return {name: getattr(self, _key(name)) for name in self._weights}
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        if self._weights:
+            torch._foreach_mul_(list(self._weights.values()), list(self.masks.values()))
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the gradients of masked weights so that Adam's moments do not accumulate for them."""
+        pairs = [(w.grad, m) for w, m in zip(self._weights.values(), self.masks.values()) if w.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def prune_by_magnitude(self, sparsity: float) -> None:
+        """Set masks to keep the largest-|w| weights at `sparsity` (per matrix or global), then apply."""
+        new = magnitude_masks(dict(self._weights), self.masks, sparsity, self.scope)
+        for name, m in new.items():
+            getattr(self, _key(name)).copy_(m)
+        self.apply_masks()
+
+    # --- reporting -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def report(self, model: nn.Module) -> dict:
+        """Sparsity (fraction of prunable weights masked), parameter counts, and memory: dense fp32 bytes
+        versus the prunable matrices in CSC form plus everything else dense."""
+        weights = prunable_weights(model, self.prune_embeddings)
+        masks = self.masks
+        nonzero = {n: masks[n].bool() if n in masks else torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+        per_matrix = {n: 1.0 - nz.float().mean().item() for n, nz in nonzero.items()}
+        prunable = sum(w.numel() for w in weights.values())
+        remaining = sum(int(nz.sum()) for nz in nonzero.values())
+        total = sum(p.numel() for p in model.parameters())
+        dense_bytes = 4 * total
+        csc = sum(csc_bytes(nz) for nz in nonzero.values()) + 4 * (total - prunable)
+        return {
+            "sparsity": {
+                "overall": 1.0 - remaining / prunable if prunable else 0.0,
+                "per_matrix": per_matrix,
+            },
+            "params": {"total": total, "prunable": prunable, "remaining": remaining + (total - prunable)},
+            "memory": {"dense_bytes": dense_bytes, "csc_bytes": csc},
+        }
+
+
+class NoPruner(Pruner):
+    """`pruner=none`: the dense baseline. Registers no masks, so training pays nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(sparsity=0.0)
+
+    def attach(self, model: nn.Module) -> None:
+        self._weights = {}

@@ -1,0 +1,55 @@
+"""Which weights can be pruned, magnitude masks, and what a mask costs in memory."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def prunable_weights(model: nn.Module, include_embeddings: bool = False) -> dict[str, nn.Parameter]:
+    """Weight matrices of the network: Linear weights (and the embedding if asked). Never biases or
+    LayerNorm parameters, which are 1-D."""
+    out = {}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) or (include_embeddings and isinstance(mod, nn.Embedding)):
+            out[f"{mod_name}.weight" if mod_name else "weight"] = mod.weight
+    return out
+
+
+@torch.no_grad()
+def magnitude_masks(
+    weights: dict[str, Tensor], masks: dict[str, Tensor], sparsity: float, scope: str = "per_matrix"
+) -> dict[str, Tensor]:
+    """New masks that remove the `sparsity` fraction of smallest-|w| weights, per matrix or globally.
+
+    Exactly round(sparsity * n) weights are masked (per matrix, or over all matrices together).
+    Already-masked weights rank below every surviving one, so masks only ever shrink.
+    """
+    scores = {n: torch.where(masks[n].bool(), w.abs().float(), torch.full_like(w, -1.0, dtype=torch.float32))
+              for n, w in weights.items()}
+    if scope == "per_matrix":
+        return {n: _keep_largest(s, round(sparsity * s.numel())).to(masks[n].dtype) for n, s in scores.items()}
+    if scope == "global":
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        keep = _keep_largest(flat, round(sparsity * flat.numel()))
+        out, i = {}, 0
+        for n, s in scores.items():
+            out[n] = keep[i : i + s.numel()].view_as(s).to(masks[n].dtype)
+            i += s.numel()
+        return out
+    raise ValueError(f"unknown ranking scope {scope!r}: use per_matrix or global")
+
+
+def _keep_largest(scores: Tensor, n_prune: int) -> Tensor:
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if n_prune > 0:
+        idx = torch.topk(scores.flatten(), n_prune, largest=False).indices
+        mask.view(-1)[idx] = False
+    return mask
+
+
+def csc_bytes(mask: Tensor, value_bytes: int = 4, index_bytes: int = 4) -> int:
+    """Bytes to store a matrix in compressed sparse column form: values + row indices + column pointers."""
+    nnz = int(mask.count_nonzero())
+    cols = mask.shape[1] if mask.dim() == 2 else 1
+    return nnz * (value_bytes + index_bytes) + (cols + 1) * index_bytes
