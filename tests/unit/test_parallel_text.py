@@ -189,6 +189,15 @@ def test_cache_key_covers_settings_and_content(tmp_path):
     assert len(models(tmp_path)) == 5
 
 
+def test_training_is_deterministic(tmp_path):
+    # concurrent trainers (DDP on several nodes sharing the data dir) must write identical models
+    for name in ("a", "b"):
+        make_corpus(tmp_path / name, sizes=(300, 10, 10))
+        dm(tmp_path / name, spm_max_sentences=200).build_tokenizer()
+    ((a,), (b,)) = models(tmp_path / "a"), models(tmp_path / "b")
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()
+
+
 def test_explicit_cache_dir(tmp_path):
     make_corpus(tmp_path / "data")
     dm(tmp_path / "data", cache_dir=str(tmp_path / "cache" / "spm")).setup()
@@ -255,7 +264,7 @@ def test_empty_training_file(tmp_path, content):
         ({"vocab_size": -5}, "vocab_size must be positive"),
         ({"spm_model_type": "wordpiece"}, "spm_model_type must be one of"),
         ({"spm_character_coverage": 0.0}, "spm_character_coverage"),
-        ({"spm_max_sentences": 50}, "spm_max_sentences"),
+        ({"spm_max_sentences": -1}, "spm_max_sentences"),
     ],
 )
 def test_bad_settings(tmp_path, kwargs, match):

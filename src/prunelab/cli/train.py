@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -65,6 +66,7 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # e.g. train the subword model once, before any rank asks for it
     datamodule.setup("fit")  # read and check the data before anything trains
     tok = datamodule.tokenizer
     model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
@@ -107,8 +109,8 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     results.update(
         status="completed",
         metrics=metrics,
-        bleu_signature=task.last_eval["test"]["bleu_signature"],
-        ter_signature=task.last_eval["test"]["ter_signature"],
+        bleu_signature=task.last_eval["test"]["scores"].bleu_signature,
+        ter_signature=task.last_eval["test"]["scores"].ter_signature,
         best_checkpoint=str(best),
         train={
             "fit_time_s": fit_time,
@@ -136,6 +138,10 @@ def main(cfg: DictConfig) -> None:
             run(cfg, results)
         except MissingMandatoryValue as e:
             raise UserError(f"{e.full_key} must be set (e.g. {e.full_key}=...)") from None
+        except InstantiationException as e:  # Hydra wraps errors raised in constructors
+            if isinstance(e.__cause__, UserError):
+                raise e.__cause__ from None
+            raise
     except UserError as e:
         results.fail(str(e))
         print(f"error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ import io
 import itertools
 import logging
 import os
+import random
 import tempfile
 import zlib
 from pathlib import Path
@@ -27,8 +28,8 @@ from prunelab.errors import UserError
 log = logging.getLogger(__name__)
 
 SPM_MODEL_TYPES = ("unigram", "bpe", "char", "word")
-# SentencePiece's sampling is seeded with a constant, not the experiment seed: the cache key below does
-# not include the seed, so the model must be a function of the key alone.
+# The training sentences are sampled with a constant seed, not the experiment's: the cache key does not
+# include the seed, so the model must be a function of the key alone.
 SPM_SEED = 0
 # bump when the training recipe changes, so that old cached models are not reused
 SPM_RECIPE = "prunelab-spm-v1"
@@ -69,11 +70,14 @@ def read_lines(path: Path) -> list[str]:
 
 def _content_digest(path: Path) -> bytes:
     """sha256 of the decompressed bytes, so that gzipping a file does not invalidate the cache."""
+    h = hashlib.sha256()  # (hashlib.file_digest would do, but needs Python 3.11)
     try:
         with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").digest()  # type: ignore[arg-type]
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"cannot read {path}: {e}") from e
+    return h.digest()
 
 
 def _one_line(e: Exception) -> str:
@@ -115,8 +119,8 @@ class ParallelTextDataModule(TranslationDataModule):
             raise UserError(f"data.spm_model_type must be one of {', '.join(SPM_MODEL_TYPES)}, got {spm_model_type!r}")
         if not 0 < spm_character_coverage <= 1:
             raise UserError(f"data.spm_character_coverage must be in (0, 1], got {spm_character_coverage}")
-        if not (spm_max_sentences == 0 or spm_max_sentences > 100):  # SentencePiece refuses 1..100
-            raise UserError(f"data.spm_max_sentences must be 0 (no cap) or more than 100, got {spm_max_sentences}")
+        if spm_max_sentences < 0:
+            raise UserError(f"data.spm_max_sentences must be 0 (no cap) or positive, got {spm_max_sentences}")
         if not self.data_dir.is_dir():
             raise UserError(f"data directory not found: {self.data_dir} (set data.dir=...)")
         self.files = {split: self._split_files(split) for split in self.prefixes}
@@ -204,18 +208,22 @@ class ParallelTextDataModule(TranslationDataModule):
             src_path,
             tgt_path,
         )
-        spm.set_random_generator_seed(SPM_SEED)
+        # Sample here rather than with SentencePiece's input_sentence_size: its sampling ignores
+        # SetRandomGeneratorSeed (a different model on every run), and two processes that train at once (DDP
+        # on several nodes sharing the data dir) must produce the same model, or they would disagree on ids.
+        sentences = [line for line in itertools.chain(src, tgt) if line]
+        if 0 < self.spm_max_sentences < len(sentences):
+            sentences = random.Random(SPM_SEED).sample(sentences, self.spm_max_sentences)
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
                 # the cleaned lines, not the files: SentencePiece would read BOMs, "\r" and .gz bytes as text
-                sentence_iterator=(line for line in itertools.chain(src, tgt) if line),
+                sentence_iterator=iter(sentences),
                 model_writer=model,  # the model comes back as bytes; written atomically below
                 vocab_size=self.vocab_size,
                 model_type=self.spm_model_type,
                 character_coverage=self.spm_character_coverage,
-                input_sentence_size=self.spm_max_sentences,
-                shuffle_input_sentence=True,
+                input_sentence_size=0,  # sampled above
                 hard_vocab_limit=False,  # a tiny corpus may not support vocab_size pieces; take fewer
                 pad_id=PAD,
                 bos_id=BOS,

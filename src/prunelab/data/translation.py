@@ -60,6 +60,7 @@ class TranslationDataModule(L.LightningDataModule, ABC):
         if self.examples:
             return
         tok = self.tokenizer
+        splits: dict[str, list[Example]] = {}  # assigned only when every split has been read
         for split in SPLITS:
             src_lines, tgt_lines = self.read_split(split)
             examples: list[Example] = []
@@ -71,16 +72,19 @@ class TranslationDataModule(L.LightningDataModule, ABC):
                     if not s_ids or not t_ids or len(s_ids) + 1 > self.max_len or len(t_ids) + 1 > self.max_len:
                         dropped += 1
                         continue
-                elif len(s_ids) + 1 > self.eval_max_len:  # evaluation keeps every sentence
-                    s_ids, truncated = s_ids[: self.eval_max_len - 1], truncated + 1
+                elif max(len(s_ids), len(t_ids)) + 1 > self.eval_max_len:  # evaluation keeps every sentence
+                    # (the raw reference stays whole for BLEU; only the ids fed to the model are cut)
+                    s_ids, t_ids = s_ids[: self.eval_max_len - 1], t_ids[: self.eval_max_len - 1]
+                    truncated += 1
                 examples.append(([*s_ids, EOS], t_ids, t, i))
             if dropped:
-                log.warning("%s: dropped %d of %d pairs by the length filter", split, dropped, len(src_lines))
+                log.warning("%s: dropped %d of %d pairs (empty side or longer than max_len)", split, dropped, len(src_lines))
             if truncated:
-                log.warning("%s: truncated %d sources to %d tokens", split, truncated, self.eval_max_len)
+                log.warning("%s: truncated %d pairs to %d tokens", split, truncated, self.eval_max_len)
             if not examples:
                 raise UserError(f"the {split} split has no usable sentence pairs")
-            self.examples[split] = examples
+            splits[split] = examples
+        self.examples = splits
 
     def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
         trainer = self.trainer

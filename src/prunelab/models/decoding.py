@@ -8,10 +8,18 @@ from torch import Tensor
 from prunelab.models.transformer import Transformer
 
 
-def max_target_len(src: Tensor, pad_id: int, a: float, b: int, limit: int) -> int:
-    """Decode at most a * (longest source) + b tokens, and never past the model's positions."""
-    src_len = int((src != pad_id).sum(1).max())
-    return min(int(a * src_len) + b, limit)
+def max_target_lens(src: Tensor, pad_id: int, a: float, b: int, limit: int) -> Tensor:
+    """Per sentence: at most a * source_length + b tokens (EOS included), never past the model's positions."""
+    src_len = (src != pad_id).sum(1).float()  # (B,)
+    return (a * src_len + b).long().clamp(1, limit)
+
+
+def force_eos(logits: Tensor, at_limit: Tensor, eos_id: int) -> None:
+    """Rows that reached their length limit may only emit EOS (in place)."""
+    if bool(at_limit.any()):
+        eos = logits[at_limit, eos_id].clone()
+        logits[at_limit] = float("-inf")
+        logits[at_limit, eos_id] = eos
 
 
 @torch.no_grad()
@@ -25,9 +33,11 @@ def greedy_decode(
     cache = model.new_cache()
     token = torch.full((B,), bos_id, dtype=torch.long, device=src.device)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    limits = max_target_lens(src, pad, max_len_a, max_len_b, model.cfg.max_len)  # (B,)
     out: list[Tensor] = []
-    for step in range(max_target_len(src, pad, max_len_a, max_len_b, model.cfg.max_len)):
+    for step in range(int(limits.max())):
         logits = model.decode_step(token, mem, mem_mask, cache, step)  # (B, V)
+        force_eos(logits, limits == step + 1, eos_id)
         token = logits.argmax(-1).masked_fill(done, pad)
         out.append(token)
         done |= token == eos_id
@@ -68,9 +78,11 @@ def beam_search(
     lengths = torch.zeros(B * K, device=dev)
     history = torch.empty(B * K, 0, dtype=torch.long, device=dev)
     base = (torch.arange(B, device=dev) * K).unsqueeze(1)  # (B, 1) row offset of each sentence's beams
-    for step in range(max_target_len(src, pad, max_len_a, max_len_b, model.cfg.max_len)):
+    limits = max_target_lens(src, pad, max_len_a, max_len_b, model.cfg.max_len).repeat_interleave(K)  # (B*K,)
+    for step in range(int(limits.max())):
         logp = model.decode_step(token, mem, mem_mask, cache, step).float().log_softmax(-1)  # (B*K, V)
         V = logp.size(-1)
+        force_eos(logp, (limits == step + 1) & ~done, eos_id)
         # a finished hypothesis may only extend with pad, at no cost
         logp[done] = float("-inf")
         logp[done, pad] = 0.0

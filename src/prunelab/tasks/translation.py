@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import lightning as L
-import sacrebleu
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -15,6 +14,7 @@ from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
 from prunelab.errors import UserError
+from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import Pruner
@@ -146,22 +146,15 @@ class TranslationTask(L.LightningModule):
         order = sorted(by_idx)
         hyps = [by_idx[i][0] for i in order]
         refs = [by_idx[i][1] for i in order]
-        bleu = sacrebleu.metrics.BLEU()
-        ter = sacrebleu.metrics.TER()
-        b = bleu.corpus_score(hyps, [refs])
-        t = ter.corpus_score(hyps, [refs])
-        self.log(f"{split}/bleu", b.score, prog_bar=True)
-        self.log(f"{split}/ter", t.score)
+        scores = translation_scores(hyps, refs)
+        self.log(f"{split}/bleu", scores.bleu, prog_bar=True)
+        self.log(f"{split}/ter", scores.ter)
         if split == "val" and self.trainer.state.fn == "fit":
             self.log("prune/sparsity", self.mask_sparsity())
             # checkpoints are chosen only among weights that carry the round's final mask
             final = self.pruner.mask_is_final(self.global_step, self.total_steps)
-            self.log("val/bleu_at_target", b.score if final else float("nan"))
-        self.last_eval[split] = {
-            "hypotheses": hyps,
-            "bleu_signature": str(bleu.get_signature()),
-            "ter_signature": str(ter.get_signature()),
-        }
+            self.log("val/bleu_at_target", scores.bleu if final else float("nan"))
+        self.last_eval[split] = {"hypotheses": hyps, "scores": scores}
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

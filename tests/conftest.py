@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunelab.models import Transformer, build_transformer
+
+
+@pytest.fixture
+def tiny_model() -> Transformer:
+    torch.manual_seed(0)
+    model = build_transformer(
+        vocab_size=50, d_model=32, n_heads=4, d_ff=64, enc_layers=2, dec_layers=2, dropout=0.0, max_len=64
+    )
+    return model.eval()
+
+
+@pytest.fixture
+def batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(4, 50, (3, 7), generator=g)
+    src[1, 5:] = 0  # padding
+    src[:, -1] = 2
+    tgt_in = torch.randint(4, 50, (3, 6), generator=g)
+    tgt_in[:, 0] = 1
+    return {"src": src, "tgt_in": tgt_in}

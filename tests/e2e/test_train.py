@@ -1,0 +1,127 @@
+"""`python train.py` as a user runs it: short runs through config overrides, real outcomes checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.e2e.conftest import train, write_corpus
+
+REQUIRED_METRICS = {"val/bleu", "val/ter", "test/bleu", "test/ter"}
+
+
+def test_default_pipeline_writes_results(tmp_path: Path, smoke: list[str]) -> None:
+    run = train(tmp_path / "run", *smoke)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["status"] == "completed"
+    assert REQUIRED_METRICS <= set(res["metrics"])
+    assert 0.0 <= res["metrics"]["test/bleu"] <= 100.0
+    assert res["sparsity"]["overall"] == 0.0
+    assert res["params"]["remaining"] == res["params"]["total"] > res["params"]["prunable"] > 0
+    assert res["wall_time_s"] > 0 and res["train"]["tokens_per_s"] > 0
+    assert res["config"]["model"]["d_model"] == 32  # the resolved config travels with the results
+    assert "nrefs:1" in res["bleu_signature"]
+    hyps = (run.dir / "test.hyp.txt").read_text().splitlines()
+    assert len(hyps) == 20  # one line per test sentence
+    assert (run.dir / "checkpoints" / "round_0" / "best.ckpt").exists()
+
+
+def test_mp_reaches_exact_sparsity_and_leaves_biases(tmp_path: Path, smoke: list[str]) -> None:
+    run = train(tmp_path / "run", *smoke, "pruner=mp", "sparsity=0.9", "pruner.frequency=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert abs(res["sparsity"]["overall"] - 0.9) < 0.005
+    assert all(abs(s - 0.9) < 0.01 for s in res["sparsity"]["per_matrix"].values())
+    assert res["memory"]["csc_bytes"] < res["memory"]["dense_bytes"]
+    # the tested checkpoint is the pruned one: its weights carry the masks, biases and norms are untouched
+    state = torch.load(res["best_checkpoint"], weights_only=True)["state_dict"]
+    masked = [k for k in state if k.startswith("pruner.mask__")]
+    assert masked
+    for key in masked:
+        weight = state["model." + key.removeprefix("pruner.mask__").replace("__", ".")]
+        assert bool((weight[state[key] == 0] == 0).all())
+        assert abs(float((state[key] == 0).float().mean()) - 0.9) < 0.01
+    for key, value in state.items():
+        if key.startswith("model.") and (key.endswith(".bias") or "norm" in key):
+            assert f"pruner.mask__{key[6:].replace('.', '__')}" not in state
+    assert res["metrics"]["test/bleu"] >= 0.0
+
+
+def test_multirun_writes_one_results_per_job(tmp_path: Path, smoke: list[str]) -> None:
+    run = train(tmp_path / "sweep", *smoke, "pruner=none,mp", "sparsity=0.5", multirun=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 2
+    import json
+
+    by_pruner = {json.loads(p.read_text())["config"]["pruner"]["_target_"].split(".")[-1]:
+                 json.loads(p.read_text()) for p in results}
+    assert by_pruner["NoPruner"]["sparsity"]["overall"] == 0.0
+    assert abs(by_pruner["MagnitudePruner"]["sparsity"]["overall"] - 0.5) < 0.005
+
+
+def test_parallel_text_corpus(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    run = train(
+        tmp_path / "run", "data=parallel_text", f"data.dir={corpus}", "data.src_lang=en", "data.tgt_lang=de",
+        "data.vocab_size=40", "logger=csv", "model.d_model=32", "model.n_heads=2", "model.d_ff=64",
+        "model.enc_layers=1", "model.dec_layers=1", "trainer.max_steps=6", "trainer.val_check_interval=3",
+        "trainer.enable_progress_bar=false", "task.warmup_steps=3",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["status"] == "completed" and REQUIRED_METRICS <= set(res["metrics"])
+    assert len((run.dir / "test.hyp.txt").read_text().splitlines()) == 8
+    assert list(corpus.glob("spm.*.model")), "the subword model is cached next to the data"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pruner=nonexistent"], "nonexistent"),
+        (["sparsity=1.2"], "sparsity must be in [0, 1), got 1.2"),
+        (["pruner=mp", "sparsity=-0.1"], "sparsity must be in [0, 1), got -0.1"),
+        (["data=parallel_text"], "data.dir must be set"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path: Path, smoke: list[str], overrides: list[str], message: str) -> None:
+    run = train(tmp_path / "run", *smoke, *overrides)
+    assert run.returncode != 0
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    if (run.dir / "results.json").exists():
+        assert run.results["status"] == "failed"
+
+
+def _corpus_error(tmp_path: Path, mutate: str) -> tuple[int, str, Path]:
+    corpus = write_corpus(tmp_path / "corpus")
+    if mutate == "missing":
+        (corpus / "valid.de").unlink()
+    elif mutate == "misaligned":
+        (corpus / "train.de").write_text("ONE\nTWO\n")
+    elif mutate == "empty":
+        (corpus / "train.en").write_text("")
+        (corpus / "train.de").write_text("")
+    run = train(tmp_path / "run", "data=parallel_text", f"data.dir={corpus}", "logger=csv", "trainer.max_steps=2")
+    return run.returncode, run.stderr, corpus
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        ("missing", ["valid.de"]),
+        ("misaligned", ["train.en", "train.de", "60", "2"]),
+        ("empty", ["train.en", "empty"]),
+    ],
+)
+def test_bad_data_is_one_clear_line(tmp_path: Path, mutate: str, expected: list[str]) -> None:
+    code, stderr, corpus = _corpus_error(tmp_path, mutate)
+    assert code != 0
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, stderr[-2000:]
+    assert all(e in error_lines[0] for e in expected), error_lines[0]
+    assert "Traceback" not in stderr
+    assert not list(corpus.glob("spm.*.model")) or mutate != "misaligned"

@@ -1,0 +1,108 @@
+"""Every option of every config group composes, and what it describes can be built."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict, read_write
+
+from prunelab.cli.train import CONF_DIR, TRAINER_FIXED
+from prunelab.models import Transformer
+from prunelab.pruning import Pruner
+
+GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in
+          ("model", "data", "pruner", "hardware", "logger", "experiment")}
+
+
+def compose_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)  # lets ${hydra:runtime.output_dir} resolve as in a real run
+    return cfg
+
+
+def test_groups_have_the_options_the_design_names() -> None:
+    assert {"transformer_tiny", "transformer_base", "transformer_big"} <= set(GROUPS["model"])
+    assert {"synthetic_translation", "parallel_text"} <= set(GROUPS["data"])
+    assert {"none", "mp"} <= set(GROUPS["pruner"])
+    assert {"cpu", "gpu", "tpu", "ddp"} <= set(GROUPS["hardware"])
+    assert {"wandb", "csv", "none"} <= set(GROUPS["logger"])
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = compose_cfg(tmp_path, [])
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.data, choices.pruner, choices.hardware, choices.logger) == (
+        "transformer_tiny", "synthetic_translation", "none", "cpu", "wandb")
+    assert cfg.logger.mode == "offline"
+    assert cfg.sparsity == 0.0 and "seed" in cfg
+
+
+@pytest.mark.parametrize("option", GROUPS["model"])
+def test_model_options(tmp_path: Path, option: str) -> None:
+    cfg = compose_cfg(tmp_path, [f"model={option}"])
+    model = instantiate(cfg.model)(vocab_size=100, pad_id=0)
+    assert isinstance(model, Transformer)
+    expected = {"transformer_base": (6, 512, 2048, 8), "transformer_big": (6, 1024, 4096, 16)}.get(option)
+    if expected:
+        c = model.cfg
+        assert (c.enc_layers, c.d_model, c.d_ff, c.n_heads) == expected and c.dec_layers == 6
+
+
+@pytest.mark.parametrize("option", GROUPS["pruner"])
+def test_pruner_options_read_top_level_sparsity(tmp_path: Path, option: str) -> None:
+    cfg = compose_cfg(tmp_path, [f"pruner={option}", "sparsity=0.8"])
+    pruner = instantiate(cfg.pruner)
+    assert isinstance(pruner, Pruner)
+    assert pruner.sparsity == (0.0 if option == "none" else 0.8)
+
+
+@pytest.mark.parametrize("option", GROUPS["hardware"])
+def test_hardware_options_are_trainer_arguments(tmp_path: Path, option: str) -> None:
+    cfg = compose_cfg(tmp_path, [f"hardware={option}"])
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters)
+    assert set(cfg.hardware) <= accepted and set(cfg.trainer) <= accepted and set(TRAINER_FIXED) <= accepted
+    if option == "cpu":  # the only accelerator this machine has: build the real Trainer
+        L.Trainer(**cfg.hardware, **cfg.trainer, **TRAINER_FIXED, logger=False, default_root_dir=tmp_path)
+    if option in ("gpu", "ddp"):
+        assert cfg.hardware.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("option", GROUPS["logger"])
+def test_logger_options(tmp_path: Path, option: str) -> None:
+    cfg = compose_cfg(tmp_path, [f"logger={option}"])
+    if "_target_" not in cfg.logger:
+        assert option == "none"
+        return
+    logger = instantiate(cfg.logger)
+    assert Path(logger.save_dir) == tmp_path
+
+
+def test_data_options(tmp_path: Path) -> None:
+    cfg = compose_cfg(tmp_path, ["data.train_size=50", "data.valid_size=5", "data.test_size=5"])
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    assert len(dm.examples["train"]) == 50
+    (tmp_path / "corpus").mkdir()
+    for split in ("train", "valid", "test"):
+        for lang, words in (("en", "a b c d"), ("de", "w x y z")):
+            (tmp_path / "corpus" / f"{split}.{lang}").write_text("\n".join([words] * 20) + "\n")
+    cfg = compose_cfg(tmp_path, ["data=parallel_text", f"data.dir={tmp_path / 'corpus'}", "data.vocab_size=20"])
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.examples["valid"]) == 20
+
+
+@pytest.mark.parametrize("option", GROUPS["experiment"])
+def test_experiment_options(tmp_path: Path, option: str) -> None:
+    cfg = compose_cfg(tmp_path, [f"experiment={option}"])
+    assert cfg.trainer.max_steps >= 1

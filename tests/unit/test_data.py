@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from prunelab.data.batching import TokenBatchSampler, collate
+from prunelab.data.synthetic import SyntheticLanguagePair, SyntheticTranslationDataModule
+from prunelab.data.tokenizer import BOS, EOS, WordTokenizer
+
+
+def small_dm(seed: int) -> SyntheticTranslationDataModule:
+    return SyntheticTranslationDataModule(train_size=300, valid_size=30, test_size=30, seed=seed)
+
+
+def test_synthetic_is_deterministic_per_seed() -> None:
+    a, b, c = small_dm(3).corpus, small_dm(3).corpus, small_dm(4).corpus
+    assert a == b
+    assert a["train"] != c["train"]
+
+
+def test_synthetic_held_out_sentences_not_in_train() -> None:
+    corpus = small_dm(0).corpus
+    train = set(corpus["train"][0])
+    assert not train & set(corpus["valid"][0]) and not train & set(corpus["test"][0])
+    assert len(corpus["train"][0]) == 300 and len(corpus["test"][1]) == 30
+
+
+def test_synthetic_grammar_reorders_and_agrees() -> None:
+    lang = SyntheticLanguagePair(seed=0)
+    lex = lang.lex
+    verb_forms = {t + e: (tense, num) for _, t, _ in lex.verbs for (tense, num), e in lex.verb_end.items()}
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        src, tgt = lang.sentence(rng)
+        if " and " in src:
+            continue
+        # the target is verb-final and the verb agrees with the subject's number
+        assert tgt.split()[-1] in verb_forms
+        subj_plural = src.split()[1 + sum(w in {a for a, _ in lex.adjectives} for w in src.split()[1:3])].endswith("s")
+        assert verb_forms[tgt.split()[-1]][1] == ("pl" if subj_plural else "sg")
+    assert len(lang.vocabulary()) > 1000  # hundreds of lemmas, inflected
+
+
+def test_word_tokenizer_round_trip() -> None:
+    tok = WordTokenizer(["b", "a", "c"])
+    assert tok.vocab_size == 7
+    assert tok.decode(tok.encode("a c b")) == "a c b"
+    assert tok.encode("zzz") == [tok.unk_id]
+
+
+def test_collate_shapes_and_shift() -> None:
+    batch = collate([([5, 6, EOS], [7, 8, 9], "x y z", 0), ([5, EOS], [7], "x", 1)], pad_id=0)
+    assert batch["src"].tolist() == [[5, 6, EOS], [5, EOS, 0]]
+    assert batch["tgt_in"].tolist() == [[BOS, 7, 8, 9], [BOS, 7, 0, 0]]
+    assert batch["tgt_out"].tolist() == [[7, 8, 9, EOS], [7, EOS, 0, 0]]
+    assert batch["ref"] == ["x y z", "x"] and torch.equal(batch["idx"], torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_token_batches_respect_max_tokens_and_cover_everything(shuffle: bool) -> None:
+    import random
+
+    lengths = [random.Random(i).randint(1, 40) for i in range(500)]
+    sampler = TokenBatchSampler(lengths, max_tokens=200, shuffle=shuffle, seed=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(max(lengths[i] for i in b) * len(b) <= 200 for b in batches)
+    assert len(sampler) == len(batches)
+    # bucketing: batches are nearly uniform in length
+    assert sum(max(lengths[i] for i in b) * len(b) for b in batches) < 1.25 * sum(lengths)
+
+
+def test_token_batches_shard_for_ddp_and_reshuffle_per_epoch() -> None:
+    lengths = [(i * 7) % 30 + 1 for i in range(301)]
+    shards = [list(TokenBatchSampler(lengths, 100, seed=2, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1])
+    covered = {i for s in shards for b in s for i in b}
+    assert covered == set(range(301))
+    s = TokenBatchSampler(lengths, 100, seed=2)
+    first = list(s)
+    s.set_epoch(1)
+    assert list(s) != first
+
+
+def test_sampler_rejects_impossible_budget() -> None:
+    with pytest.raises(ValueError, match="smaller than the longest"):
+        TokenBatchSampler([5, 50], max_tokens=10)
