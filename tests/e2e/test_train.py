@@ -125,3 +125,18 @@ def test_bad_data_is_one_clear_line(tmp_path: Path, mutate: str, expected: list[
     assert all(e in error_lines[0] for e in expected), error_lines[0]
     assert "Traceback" not in stderr
     assert not list(corpus.glob("spm.*.model")) or mutate != "misaligned"
+
+
+def test_wandb_offline_run_holds_val_bleu_history(tmp_path: Path) -> None:
+    from tests.e2e.wandb_log import history
+
+    run = train(tmp_path / "run", "experiment=smoke", "logger=wandb")
+    assert run.returncode == 0, run.stderr[-3000:]
+    files = list((run.dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, "one offline W&B run inside the run folder"
+    h = history(files[0])
+    # smoke: 20 steps validated every 10 -> 2 validations in fit, then the tested checkpoint's validation
+    assert len(h["val/bleu"]) == 3
+    assert h["val/bleu"][-1] == pytest.approx(run.results["metrics"]["val/bleu"], abs=1e-4)
+    assert h["test/bleu"] == [pytest.approx(run.results["metrics"]["test/bleu"], abs=1e-4)]
+    assert {"train/loss", "lr", "val/ter", "prune/sparsity"} <= set(h)
