@@ -140,3 +140,40 @@ def test_wandb_offline_run_holds_val_bleu_history(tmp_path: Path) -> None:
     assert h["val/bleu"][-1] == pytest.approx(run.results["metrics"]["val/bleu"], abs=1e-4)
     assert h["test/bleu"] == [pytest.approx(run.results["metrics"]["test/bleu"], abs=1e-4)]
     assert {"train/loss", "lr", "val/ter", "prune/sparsity"} <= set(h)
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path: Path, smoke: list[str]) -> None:
+    import csv
+
+    first = train(tmp_path / "run", *smoke, "trainer.max_steps=10", "trainer.val_check_interval=5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    # as if killed during the round: the round-end marker is missing, last.ckpt (step 10) is there
+    (first.dir / "checkpoints" / "round_0" / "round_end.ckpt").unlink()
+    second = train(tmp_path / "run", *smoke, "trainer.max_steps=20", "trainer.val_check_interval=5")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in second.stderr + second.stdout
+    steps = []
+    for f in sorted((second.dir / "csv").glob("version_*/metrics.csv"))[-1:]:
+        steps = [int(r["step"]) for r in csv.DictReader(f.open()) if r.get("train/loss")]
+    assert steps and min(steps) >= 10 and max(steps) == 19  # picked up at step 10, not from scratch
+    assert second.results["status"] == "completed"
+
+
+def test_finished_run_is_not_retrained(tmp_path: Path, smoke: list[str]) -> None:
+    first = train(tmp_path / "run", *smoke)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = train(tmp_path / "run", *smoke)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished" in again.stderr + again.stdout
+    assert again.results["metrics"]["test/bleu"] == pytest.approx(first.results["metrics"]["test/bleu"])
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path: Path, smoke: list[str]) -> None:
+    run = train(tmp_path / "run", *smoke, "hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2",
+                "hardware.precision=32-true")
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["status"] == "completed"
+    # every test sentence decoded exactly once although two ranks shared the work
+    assert len((run.dir / "test.hyp.txt").read_text().splitlines()) == 20

@@ -85,3 +85,25 @@ def test_token_batches_shard_for_ddp_and_reshuffle_per_epoch() -> None:
 def test_sampler_rejects_impossible_budget() -> None:
     with pytest.raises(ValueError, match="smaller than the longest"):
         TokenBatchSampler([5, 50], max_tokens=10)
+
+
+def test_piece_tokenizer_round_trips_and_marks_continuations() -> None:
+    from prunelab.data.tokenizer import PieceTokenizer
+
+    tok = PieceTokenizer({"matizat": ["ma", "ti", "zat"], "matizats": ["ma", "ti", "zat", "s"], "the": ["the"]})
+    ids = tok.encode("the matizats matizat")
+    assert [tok.itos[i] for i in ids] == ["the", "ma@@", "ti@@", "zat@@", "s", "ma@@", "ti@@", "zat"]
+    assert tok.decode(ids) == "the matizats matizat"
+    assert tok.encode("unknown") == [tok.unk_id]
+
+
+def test_synthetic_default_is_subword_level() -> None:
+    dm = small_dm(0)
+    dm.setup()
+    tok = dm.tokenizer
+    src, tgt = dm.corpus["test"]
+    assert all(tok.decode(tok.encode(s)) == s for s in src + tgt)
+    # pieces are shared between words: far fewer types than word forms
+    assert tok.vocab_size < len(dm.lang.vocabulary()) / 1.5
+    words = SyntheticTranslationDataModule(train_size=10, valid_size=2, test_size=2, tokenization="word")
+    assert words.tokenizer.vocab_size == len(words.lang.vocabulary()) + 4

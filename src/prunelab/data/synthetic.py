@@ -20,8 +20,9 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
-from prunelab.data.tokenizer import Tokenizer, WordTokenizer
+from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
 from prunelab.data.translation import TranslationDataModule
+from prunelab.errors import UserError
 
 GENDERS = ("m", "f", "n")
 NUMBERS = ("sg", "pl")
@@ -61,6 +62,7 @@ class SyntheticLanguagePair:
         p_conj: float = 0.15,
     ):
         self.rng = random.Random(seed)
+        self.stem_pieces: dict[str, list[str]] = {"and": ["and"], "ko": ["ko"]}
         self.max_adjectives = max_adjectives
         self.p_pp = p_pp
         self.p_conj = p_conj
@@ -68,12 +70,16 @@ class SyntheticLanguagePair:
 
     # --- lexicon -------------------------------------------------------------------------------------
     def _words(self, n: int, syllables: list[str], taken: set[str], lo: int, hi: int, coda: str = "") -> list[str]:
+        """n new words of lo..hi syllables (+ coda); their syllables are recorded as their subword pieces."""
         out = []
         while len(out) < n:
-            w = "".join(self.rng.choice(syllables) for _ in range(self.rng.randint(lo, hi))) + coda
+            pieces = [self.rng.choice(syllables) for _ in range(self.rng.randint(lo, hi))]
+            pieces[-1] += coda
+            w = "".join(pieces)
             if w not in taken:
                 taken.add(w)
                 out.append(w)
+                self.stem_pieces[w] = pieces
         return out
 
     def _make_lexicon(self, n_nouns: int, n_adj: int, n_verbs: int, n_preps: int) -> Lexicon:
@@ -105,19 +111,34 @@ class SyntheticLanguagePair:
             lex.dets.append((src_det, dict(zip(slots, forms, strict=True))))
         return lex
 
+    def segmentation(self) -> dict[str, list[str]]:
+        """Every word form either side can produce -> its subword pieces (stem syllables, then ending)."""
+        lex, seg = self.lex, dict(self.stem_pieces)
+        for d, _ in lex.dets:
+            seg[d] = [d]
+
+        def inflect(stem: str, ending: str) -> None:
+            seg[stem + ending] = [*self.stem_pieces[stem], ending]
+
+        for s, t, g in lex.nouns:
+            inflect(s, "s")
+            inflect(t, lex.noun_pl[g])
+        for _, t in lex.adjectives:
+            for e in lex.adj_end.values():
+                inflect(t, e)
+        for s, t, _ in lex.verbs:
+            inflect(s, "s")
+            inflect(s, "ed")
+            for e in lex.verb_end.values():
+                inflect(t, e)
+        for t in list(seg):  # bare target stems never occur alone except nouns; keep the table to real forms
+            if t in {a for _, a in lex.adjectives} | {v for _, v, _ in lex.verbs}:
+                del seg[t]
+        return seg
+
     def vocabulary(self) -> set[str]:
         """Every word form either side can produce."""
-        lex = self.lex
-        words = {"and", "ko"} | {d for d, _ in lex.dets} | {f for _, forms in lex.dets for f in forms.values()}
-        for s, t, g in lex.nouns:
-            words |= {s, s + "s", t, t + lex.noun_pl[g]}
-        for s, t in lex.adjectives:
-            words |= {s} | {t + e for e in lex.adj_end.values()}
-        for s, t, _ in lex.verbs:
-            words |= {s, s + "s", s + "ed"} | {t + e for e in lex.verb_end.values()}
-        for s, t in lex.preps:
-            words |= {s, t}
-        return words
+        return set(self.segmentation())
 
     # --- sentences -----------------------------------------------------------------------------------
     @staticmethod
@@ -181,9 +202,13 @@ class SyntheticTranslationDataModule(TranslationDataModule):
         max_adjectives: int = 2,
         p_pp: float = 0.3,
         p_conj: float = 0.15,
+        tokenization: str = "syllable",
         **kwargs: int,
     ):
         super().__init__(**kwargs)
+        if tokenization not in ("syllable", "word"):
+            raise UserError(f"data.tokenization must be syllable or word, got {tokenization!r}")
+        self.tokenization = tokenization
         self.sizes = {"train": train_size, "valid": valid_size, "test": test_size}
         self.lang = SyntheticLanguagePair(
             self.seed, n_nouns, n_adjectives, n_verbs, n_preps, max_adjectives, p_pp, p_conj
@@ -209,7 +234,9 @@ class SyntheticTranslationDataModule(TranslationDataModule):
         return out
 
     def build_tokenizer(self) -> Tokenizer:
-        return WordTokenizer(self.lang.vocabulary())
+        if self.tokenization == "word":
+            return WordTokenizer(self.lang.vocabulary())
+        return PieceTokenizer(self.lang.segmentation())
 
     def read_split(self, split: str) -> tuple[list[str], list[str]]:
         return self.corpus[split]

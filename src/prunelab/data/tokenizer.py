@@ -66,3 +66,39 @@ class SentencePieceTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.sp.decode([i for i in ids if i >= len(SPECIALS) or i == UNK]))
+
+
+class PieceTokenizer:
+    """Words cut into known subword pieces, marked BPE-style: every piece but a word's last ends in "@@".
+
+    Used for the synthetic pair, whose words are built from syllables: as with BPE or SentencePiece on
+    real text, lexical knowledge then has to live in the network, not in one embedding per word.
+    """
+
+    pad_id, bos_id, eos_id, unk_id = PAD, BOS, EOS, UNK
+    CONT = "@@"
+
+    def __init__(self, segmentation: dict[str, list[str]]):
+        self.segmentation = segmentation
+        pieces = {p + self.CONT for ps in segmentation.values() for p in ps[:-1]}
+        pieces |= {ps[-1] for ps in segmentation.values()}
+        self.itos = SPECIALS + sorted(pieces)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for word in text.split():
+            pieces = self.segmentation.get(word)
+            if pieces is None:
+                ids.append(UNK)
+                continue
+            ids += [self.stoi[p + self.CONT] for p in pieces[:-1]] + [self.stoi[pieces[-1]]]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text = " ".join(self.itos[i] for i in ids if i >= len(SPECIALS) or i == UNK)
+        return text.replace(self.CONT + " ", "").removesuffix(self.CONT)
