@@ -29,12 +29,12 @@ bench: $(STAMP)
 	$(PY) bench/run.py $(ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests bench train.py
-	$(PY) -m ruff format --check src tests bench train.py
+	$(PY) -m ruff check src tests bench experiments train.py
+	$(PY) -m ruff format --check src tests bench experiments train.py
 
 format: $(STAMP)
-	$(PY) -m ruff format src tests bench train.py
-	$(PY) -m ruff check --fix src tests bench train.py
+	$(PY) -m ruff format src tests bench experiments train.py
+	$(PY) -m ruff check --fix src tests bench experiments train.py
 
 clean:
 	rm -rf .venv outputs .pytest_cache

@@ -31,8 +31,11 @@ def make_model() -> Transformer:
 
 def make_batch(B: int = 128, S: int = 14) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(4, 1500, (B, S), generator=g), torch.randint(4, 1500, (B, S), generator=g),
-            torch.randint(4, 1500, (B, S), generator=g))
+    return (
+        torch.randint(4, 1500, (B, S), generator=g),
+        torch.randint(4, 1500, (B, S), generator=g),
+        torch.randint(4, 1500, (B, S), generator=g),
+    )
 
 
 def time_it(fn: Callable[[], None], reps: int, warmup: int = 3) -> float:
@@ -44,7 +47,7 @@ def time_it(fn: Callable[[], None], reps: int, warmup: int = 3) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def train_step_fn(model: Transformer, after_step: Callable[[], None], before_step: Callable[[], None]):  # noqa: ANN201
+def train_step_fn(model: Transformer, after_step: Callable[[], None], before_step: Callable[[], None]):
     src, tgt_in, tgt_out = make_batch()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 

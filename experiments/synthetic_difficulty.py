@@ -30,11 +30,18 @@ def main() -> None:
     rows = [("dense", dense), ("mp 0.95", mp)]
     print(f"\n{'run':10s} {'sparsity':>9s} {'test/bleu':>10s} {'test/ter':>9s} {'fit s':>7s}")
     for name, r in rows:
-        print(f"{name:10s} {r['sparsity']['overall']:9.4f} {r['metrics']['test/bleu']:10.2f} "
-              f"{r['metrics']['test/ter']:9.2f} {r['train']['fit_time_s']:7.1f}")
+        print(
+            f"{name:10s} {r['sparsity']['overall']:9.4f} {r['metrics']['test/bleu']:10.2f} "
+            f"{r['metrics']['test/ter']:9.2f} {r['train']['fit_time_s']:7.1f}"
+        )
     drop = dense["metrics"]["test/bleu"] - mp["metrics"]["test/bleu"]
-    summary = {"dense_test_bleu": dense["metrics"]["test/bleu"], "mp95_test_bleu": mp["metrics"]["test/bleu"],
-               "bleu_cost_of_95pct": drop, "dense_ok": dense["metrics"]["test/bleu"] >= 80, "hard_ok": drop >= 5}
+    summary = {
+        "dense_test_bleu": dense["metrics"]["test/bleu"],
+        "mp95_test_bleu": mp["metrics"]["test/bleu"],
+        "bleu_cost_of_95pct": drop,
+        "dense_ok": dense["metrics"]["test/bleu"] >= 80,
+        "hard_ok": drop >= 5,
+    }
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nMP to 95% costs {drop:.2f} BLEU; summary in {root / 'summary.json'}")
     sys.exit(0 if summary["dense_ok"] and summary["hard_ok"] else 1)

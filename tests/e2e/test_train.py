@@ -44,7 +44,7 @@ def test_mp_reaches_exact_sparsity_and_leaves_biases(tmp_path: Path, smoke: list
         weight = state["model." + key.removeprefix("pruner.mask__").replace("__", ".")]
         assert bool((weight[state[key] == 0] == 0).all())
         assert abs(float((state[key] == 0).float().mean()) - 0.9) < 0.01
-    for key, value in state.items():
+    for key, _value in state.items():
         if key.startswith("model.") and (key.endswith(".bias") or "norm" in key):
             assert f"pruner.mask__{key[6:].replace('.', '__')}" not in state
     assert res["metrics"]["test/bleu"] >= 0.0
@@ -57,8 +57,10 @@ def test_multirun_writes_one_results_per_job(tmp_path: Path, smoke: list[str]) -
     assert len(results) == 2
     import json
 
-    by_pruner = {json.loads(p.read_text())["config"]["pruner"]["_target_"].split(".")[-1]:
-                 json.loads(p.read_text()) for p in results}
+    by_pruner = {
+        json.loads(p.read_text())["config"]["pruner"]["_target_"].split(".")[-1]: json.loads(p.read_text())
+        for p in results
+    }
     assert by_pruner["NoPruner"]["sparsity"]["overall"] == 0.0
     assert abs(by_pruner["MagnitudePruner"]["sparsity"]["overall"] - 0.5) < 0.005
 
@@ -66,10 +68,22 @@ def test_multirun_writes_one_results_per_job(tmp_path: Path, smoke: list[str]) -
 def test_parallel_text_corpus(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus")
     run = train(
-        tmp_path / "run", "data=parallel_text", f"data.dir={corpus}", "data.src_lang=en", "data.tgt_lang=de",
-        "data.vocab_size=40", "logger=csv", "model.d_model=32", "model.n_heads=2", "model.d_ff=64",
-        "model.enc_layers=1", "model.dec_layers=1", "trainer.max_steps=6", "trainer.val_check_interval=3",
-        "trainer.enable_progress_bar=false", "task.warmup_steps=3",
+        tmp_path / "run",
+        "data=parallel_text",
+        f"data.dir={corpus}",
+        "data.src_lang=en",
+        "data.tgt_lang=de",
+        "data.vocab_size=40",
+        "logger=csv",
+        "model.d_model=32",
+        "model.n_heads=2",
+        "model.d_ff=64",
+        "model.enc_layers=1",
+        "model.dec_layers=1",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "trainer.enable_progress_bar=false",
+        "task.warmup_steps=3",
     )
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
@@ -172,8 +186,14 @@ def test_finished_run_is_not_retrained(tmp_path: Path, smoke: list[str]) -> None
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path: Path, smoke: list[str]) -> None:
-    run = train(tmp_path / "run", *smoke, "hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2",
-                "hardware.precision=32-true")
+    run = train(
+        tmp_path / "run",
+        *smoke,
+        "hardware=ddp",
+        "hardware.accelerator=cpu",
+        "hardware.devices=2",
+        "hardware.precision=32-true",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     assert res["status"] == "completed"

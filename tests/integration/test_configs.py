@@ -16,8 +16,10 @@ from prunelab.cli.train import CONF_DIR, TRAINER_FIXED
 from prunelab.models import Transformer
 from prunelab.pruning import Pruner
 
-GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in
-          ("model", "data", "pruner", "hardware", "logger", "experiment")}
+GROUPS = {
+    g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
+    for g in ("model", "data", "pruner", "hardware", "logger", "experiment")
+}
 
 
 def compose_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
@@ -41,7 +43,12 @@ def test_defaults(tmp_path: Path) -> None:
     cfg = compose_cfg(tmp_path, [])
     choices = cfg.hydra.runtime.choices
     assert (choices.model, choices.data, choices.pruner, choices.hardware, choices.logger) == (
-        "transformer_tiny", "synthetic_translation", "none", "cpu", "wandb")
+        "transformer_tiny",
+        "synthetic_translation",
+        "none",
+        "cpu",
+        "wandb",
+    )
     assert cfg.logger.mode == "offline"
     assert cfg.sparsity == 0.0 and "seed" in cfg
 

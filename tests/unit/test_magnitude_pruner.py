@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from prunelab.models import Transformer
@@ -18,7 +20,7 @@ def test_gradual_pruning_follows_the_schedule(tiny_model: Transformer) -> None:
     assert seen[39] == pytest.approx(0.8 - 0.8 * (1 - 20 / 50) ** 3, abs=2e-3)  # step 40
     assert seen[69] == pytest.approx(0.8, abs=1e-3)  # step 70: the target
     assert seen[-1] == seen[69]  # and it stays there
-    assert all(a <= b for a, b in zip(seen, seen[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(seen))
 
 
 def test_explicit_steps_override_fractions() -> None:

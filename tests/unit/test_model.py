@@ -10,8 +10,17 @@ from prunelab.models.decoding import beam_search, greedy_decode
 
 @pytest.mark.parametrize("pre_norm", [True, False])
 def test_gates_at_one_are_bit_identical_to_no_gates(pre_norm: bool, batch: dict) -> None:
-    cfg = TransformerConfig(vocab_size=50, d_model=32, n_heads=4, d_ff=64, enc_layers=2, dec_layers=2,
-                            dropout=0.0, pre_norm=pre_norm, max_len=64)
+    cfg = TransformerConfig(
+        vocab_size=50,
+        d_model=32,
+        n_heads=4,
+        d_ff=64,
+        enc_layers=2,
+        dec_layers=2,
+        dropout=0.0,
+        pre_norm=pre_norm,
+        max_len=64,
+    )
     torch.manual_seed(0)
     gated = Transformer(cfg).eval()
     plain = Transformer(dataclasses.replace(cfg, gated=False)).eval()
@@ -21,8 +30,18 @@ def test_gates_at_one_are_bit_identical_to_no_gates(pre_norm: bool, batch: dict)
 
 def test_addresses_cover_every_component_and_head(tiny_model: Transformer) -> None:
     names = component_names(tiny_model)
-    assert names == ["enc.0.sa", "enc.0.ff", "enc.1.sa", "enc.1.ff",
-                     "dec.0.sa", "dec.0.ea", "dec.0.ff", "dec.1.sa", "dec.1.ea", "dec.1.ff"]
+    assert names == [
+        "enc.0.sa",
+        "enc.0.ff",
+        "enc.1.sa",
+        "enc.1.ff",
+        "dec.0.sa",
+        "dec.0.ea",
+        "dec.0.ff",
+        "dec.1.sa",
+        "dec.1.ea",
+        "dec.1.ff",
+    ]
     assert [component_type(n) for n in names[:2] + names[4:7]] == ["E:SA", "E:FF", "D:SA", "D:EA", "D:FF"]
     heads = head_names(tiny_model)
     assert len(heads) == 6 * 4 and "dec.1.ea.h3" in heads

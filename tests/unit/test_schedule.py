@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from prunelab.pruning.schedule import cubic_sparsity, is_pruning_step
@@ -31,7 +33,7 @@ def test_cubic_schedule_matches_design_form() -> None:
 
 def test_schedule_is_monotone() -> None:
     values = [cubic_sparsity(t, 0.0, 0.9, 10, 90) for t in range(120)]
-    assert all(a <= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(values))
 
 
 def test_pruning_steps_every_k_and_at_end() -> None:

@@ -89,7 +89,9 @@ class SyntheticLanguagePair:
         # target stems end in a consonant so that vowel endings attach; endings are distinct per slot
         for g, e in zip(GENDERS, ("i", "e", "a"), strict=True):
             lex.noun_pl[g] = e
-        for (g, n), e in zip([(g, n) for g in GENDERS for n in NUMBERS], ("o", "ei", "a", "ai", "u", "ui"), strict=True):
+        for (g, n), e in zip(
+            [(g, n) for g in GENDERS for n in NUMBERS], ("o", "ei", "a", "ai", "u", "ui"), strict=True
+        ):
             lex.adj_end[(g, n)] = e
         for (t, n), e in zip([(t, n) for t in TENSES for n in NUMBERS], ("an", "ant", "ur", "urt"), strict=True):
             lex.verb_end[(t, n)] = e
@@ -177,13 +179,13 @@ class SyntheticLanguagePair:
         if rng.random() < self.p_pp:
             ps, pt = self._pp(rng, 0)
             src, tgt = src + ps, tgt + pt
-        return src, tgt + [tgt_v + self.lex.verb_end[(tense, num)]]  # verb-final
+        return src, [*tgt, tgt_v + self.lex.verb_end[(tense, num)]]  # verb-final
 
     def sentence(self, rng: random.Random) -> tuple[str, str]:
         src, tgt = self._clause(rng)
         if rng.random() < self.p_conj:
             s2, t2 = self._clause(rng)
-            src, tgt = src + ["and", *s2], tgt + ["and", *t2]
+            src, tgt = [*src, "and", *s2], [*tgt, "and", *t2]
         return " ".join(src), " ".join(tgt)
 
 

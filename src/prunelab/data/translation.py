@@ -78,7 +78,9 @@ class TranslationDataModule(L.LightningDataModule, ABC):
                     truncated += 1
                 examples.append(([*s_ids, EOS], t_ids, t, i))
             if dropped:
-                log.warning("%s: dropped %d of %d pairs (empty side or longer than max_len)", split, dropped, len(src_lines))
+                log.warning(
+                    "%s: dropped %d of %d pairs (empty side or longer than max_len)", split, dropped, len(src_lines)
+                )
             if truncated:
                 log.warning("%s: truncated %d pairs to %d tokens", split, truncated, self.eval_max_len)
             if not examples:

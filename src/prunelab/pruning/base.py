@@ -78,7 +78,9 @@ class Pruner(nn.Module):
     @torch.no_grad()
     def mask_gradients(self) -> None:
         """Zero the gradients of masked weights so that Adam's moments do not accumulate for them."""
-        pairs = [(w.grad, m) for w, m in zip(self._weights.values(), self.masks.values()) if w.grad is not None]
+        pairs = [
+            (w.grad, m) for w, m in zip(self._weights.values(), self.masks.values(), strict=True) if w.grad is not None
+        ]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
@@ -97,7 +99,9 @@ class Pruner(nn.Module):
         versus the prunable matrices in CSC form plus everything else dense."""
         weights = prunable_weights(model, self.prune_embeddings)
         masks = self.masks
-        nonzero = {n: masks[n].bool() if n in masks else torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+        nonzero = {
+            n: masks[n].bool() if n in masks else torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()
+        }
         per_matrix = {n: 1.0 - nz.float().mean().item() for n, nz in nonzero.items()}
         prunable = sum(w.numel() for w in weights.values())
         remaining = sum(int(nz.sum()) for nz in nonzero.values())

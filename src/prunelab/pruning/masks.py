@@ -25,8 +25,10 @@ def magnitude_masks(
     Exactly round(sparsity * n) weights are masked (per matrix, or over all matrices together).
     Already-masked weights rank below every surviving one, so masks only ever shrink.
     """
-    scores = {n: torch.where(masks[n].bool(), w.abs().float(), torch.full_like(w, -1.0, dtype=torch.float32))
-              for n, w in weights.items()}
+    scores = {
+        n: torch.where(masks[n].bool(), w.abs().float(), torch.full_like(w, -1.0, dtype=torch.float32))
+        for n, w in weights.items()
+    }
     if scope == "per_matrix":
         return {n: _keep_largest(s, round(sparsity * s.numel())).to(masks[n].dtype) for n, s in scores.items()}
     if scope == "global":

@@ -4,6 +4,7 @@ evaluation scored with sacrebleu, and a pluggable Pruner called at fixed points 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -22,7 +23,7 @@ from prunelab.pruning.base import Pruner
 Batch = dict[str, Any]
 
 
-def inverse_sqrt_schedule(warmup_steps: int):  # noqa: ANN201 - a plain function keeps LambdaLR picklable
+def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
     """Vaswani et al. (2017): linear warm-up to the peak lr, then decay with 1/sqrt(step)."""
 
     def factor(step: int) -> float:
