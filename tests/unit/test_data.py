@@ -54,6 +54,7 @@ def test_collate_shapes_and_shift() -> None:
     assert batch["tgt_in"].tolist() == [[BOS, 7, 8, 9], [BOS, 7, 0, 0]]
     assert batch["tgt_out"].tolist() == [[7, 8, 9, EOS], [7, EOS, 0, 0]]
     assert batch["ref"] == ["x y z", "x"] and torch.equal(batch["idx"], torch.tensor([0, 1]))
+    assert batch["n_tokens"] == (3 + 4) + (2 + 2)  # source incl. EOS + target incl. EOS, no padding
 
 
 @pytest.mark.parametrize("shuffle", [True, False])

@@ -112,7 +112,7 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
         bleu_signature=task.last_eval["test"]["scores"].bleu_signature,
         ter_signature=task.last_eval["test"]["scores"].ter_signature,
         best_checkpoint=str(best),
-        train={
+        train={  # tokens = real source + target tokens trained on; fit time includes validation
             "fit_time_s": fit_time,
             "tokens": tokens,
             "tokens_per_s": tokens / fit_time if fit_time else None,

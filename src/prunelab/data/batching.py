@@ -13,8 +13,9 @@ from prunelab.data.tokenizer import BOS, EOS
 Example = tuple[list[int], list[int], str, int]  # (source ids + EOS, target ids, raw reference, index)
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Tensor | list[str]]:
-    """-> src (B, S), tgt_in = BOS + y (B, T), tgt_out = y + EOS (B, T), refs, idx (B,)."""
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Tensor | list[str] | int]:
+    """-> src (B, S), tgt_in = BOS + y (B, T), tgt_out = y + EOS (B, T), refs, idx (B,), and n_tokens: the
+    real (unpadded) source + target tokens, counted here on the CPU so training never syncs to count them."""
     B = len(examples)
     S = max(len(e[0]) for e in examples)
     T = max(len(e[1]) for e in examples) + 1
@@ -31,6 +32,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Tensor | list
         "tgt_out": tgt_out,
         "ref": [e[2] for e in examples],
         "idx": torch.tensor([e[3] for e in examples]),
+        "n_tokens": sum(len(e[0]) + len(e[1]) + 1 for e in examples),
     }
 
 
