@@ -25,7 +25,12 @@ class ResultsWriter:
 
     def write(self) -> None:
         self.data["wall_time_s"] = time.perf_counter() - self.start
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)  # readers never see a half-written file
+        write_json(self.path, self.data)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: readers (sweep summaries, a resumed run) never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

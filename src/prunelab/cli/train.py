@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 import traceback
 import warnings
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -21,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from prunelab.cli.results import ResultsWriter
+from prunelab.cli.rounds import run_rounds
 from prunelab.errors import UserError
 from prunelab.tasks.translation import TranslationTask
 
@@ -76,42 +75,25 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    fit_time, trainer, ckpt = 0.0, None, None
-    for r in range(pruner.rounds):
-        round_dir = out / "checkpoints" / f"round_{r}"
-        done = round_dir / "round_end.ckpt"
-        if done.exists():  # a resumed run skips finished rounds
-            task.load_state_dict(torch.load(done, weights_only=True)["state_dict"])
-            log.info("round %d already finished: loaded %s", r, done)
-            continue
-        trainer, ckpt = build_trainer(cfg, round_dir, logger)
-        last = round_dir / "last.ckpt"
-        if not last.exists():
-            pruner.on_round_start(model, r)
-        t0 = time.perf_counter()
-        trainer.fit(task, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
-        fit_time += time.perf_counter() - t0
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        pruner.on_round_end(model, r)
-        trainer.save_checkpoint(done, weights_only=True)
-        results.update(rounds_done=r + 1)
-
-    if trainer is None:  # every round was already finished: evaluate the loaded state
-        trainer, ckpt = build_trainer(cfg, out / "checkpoints" / f"round_{pruner.rounds - 1}", logger)
-    best = ckpt.best_model_path or str(out / "checkpoints" / f"round_{pruner.rounds - 1}" / "best.ckpt")
-    metrics: dict[str, float] = {}
-    for stage in (trainer.validate, trainer.test):
-        (scores,) = stage(task, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-        metrics.update({k: float(v) for k, v in scores.items() if k != "val/bleu_at_target"})
-    (out / "test.hyp.txt").write_text("\n".join(task.last_eval["test"]["hypotheses"]) + "\n", encoding="utf-8")
+    name = HydraConfig.get().runtime.choices.get("pruner", "run")
+    levels, fit_time = run_rounds(
+        out,
+        task,
+        datamodule,
+        lambda d: build_trainer(cfg, d, logger),
+        logger,
+        name,
+        on_level=lambda lv: (results.update(levels=lv), results.write()),  # progress survives a kill
+    )
+    final = levels[-1]
+    last_dir = out / "checkpoints" / f"round_{final['round']}"
+    (out / "test.hyp.txt").write_text((last_dir / "test.hyp.txt").read_text(encoding="utf-8"), encoding="utf-8")
     tokens = task.train_tokens
     results.update(
         status="completed",
-        metrics=metrics,
-        bleu_signature=task.last_eval["test"]["scores"].bleu_signature,
-        ter_signature=task.last_eval["test"]["scores"].ter_signature,
-        best_checkpoint=str(best),
+        metrics=final["metrics"],
+        best_checkpoint=final["best_checkpoint"],
+        levels=levels,
         train={  # tokens = real source + target tokens trained on; fit time includes validation
             "fit_time_s": fit_time,
             "tokens": tokens,
@@ -119,6 +101,9 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
         },
         **task.pruner.report(model),
     )
+    if task.last_eval.get("test"):  # not when every round was loaded from a finished run
+        scores = task.last_eval["test"]["scores"]
+        results.update(bleu_signature=scores.bleu_signature, ter_signature=scores.ter_signature)
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

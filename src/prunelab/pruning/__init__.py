@@ -1,4 +1,24 @@
 from prunelab.pruning.base import NoPruner, Pruner
+from prunelab.pruning.lottery import (
+    ConstantLotteryTicketPruner,
+    LotteryTicketPruner,
+    MPSLTPruner,
+    SLTMPPruner,
+    StabilizedLotteryTicketPruner,
+)
 from prunelab.pruning.magnitude import MagnitudePruner
+from prunelab.pruning.rounds import Round, RoundPruner, iterative_levels
 
-__all__ = ["MagnitudePruner", "NoPruner", "Pruner"]
+__all__ = [
+    "ConstantLotteryTicketPruner",
+    "LotteryTicketPruner",
+    "MPSLTPruner",
+    "MagnitudePruner",
+    "NoPruner",
+    "Pruner",
+    "Round",
+    "RoundPruner",
+    "SLTMPPruner",
+    "StabilizedLotteryTicketPruner",
+    "iterative_levels",
+]

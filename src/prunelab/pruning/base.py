@@ -55,6 +55,13 @@ class Pruner(nn.Module):
     def on_round_start(self, model: nn.Module, round_idx: int) -> None:
         """Called before each round's fit; iterative methods rewind weights here."""
 
+    def enter_round(self, round_idx: int) -> None:
+        """Called instead of on_round_start when a round resumes from its checkpoint (nothing to rewind)."""
+
+    def round_sparsity(self, round_idx: int) -> float:
+        """The sparsity round `round_idx` ends at."""
+        return self.sparsity
+
     def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after every optimizer step, before the masks are applied; gradual methods prune here."""
 

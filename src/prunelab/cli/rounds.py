@@ -1,0 +1,91 @@
+"""The round driver: an outer loop of `trainer.fit` calls, one per pruning round.
+
+Each round gets `checkpoints/round_K/` with `best.ckpt`, `last.ckpt`, its own `results.json` (the level's
+figures) and, once finished, `round_end.ckpt` (model + masks + snapshots, with the next round's mask
+already set). Re-running over the same folder loads finished rounds and resumes an unfinished one from
+its `last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from prunelab.callbacks.curves import record_levels
+from prunelab.cli.results import write_json
+from prunelab.tasks.translation import TranslationTask
+
+log = logging.getLogger("prunelab")
+TrainerFactory = Callable[[Path], tuple[L.Trainer, ModelCheckpoint]]
+
+
+def evaluate(trainer: L.Trainer, task: TranslationTask, datamodule: L.LightningDataModule, best: str) -> dict:
+    """Validate and test the checkpoint `best` (its weights stay loaded in `task`)."""
+    metrics: dict[str, float] = {}
+    for stage in (trainer.validate, trainer.test):
+        (scores,) = stage(task, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        metrics.update({k: float(v) for k, v in scores.items() if k != "val/bleu_at_target"})
+    return metrics
+
+
+def run_rounds(
+    out: Path,
+    task: TranslationTask,
+    datamodule: L.LightningDataModule,
+    make_trainer: TrainerFactory,
+    logger: Any,
+    name: str,
+    on_level: Callable[[list[dict]], None],
+) -> tuple[list[dict], float]:
+    pruner, model = task.pruner, task.model
+    levels: list[dict] = []
+    fit_time = 0.0
+    for r in range(pruner.rounds):
+        round_dir = out / "checkpoints" / f"round_{r}"
+        done = round_dir / "round_end.ckpt"
+        if done.exists():  # finished earlier: take its state and its figures
+            task.load_state_dict(torch.load(done, weights_only=True)["state_dict"])
+            pruner.enter_round(r)
+            levels.append(json.loads((round_dir / "results.json").read_text()))
+            log.info("round %d already finished: loaded %s", r, done)
+            continue
+        trainer, ckpt = make_trainer(round_dir)
+        last = round_dir / "last.ckpt"
+        if last.exists():
+            pruner.enter_round(r)  # the checkpoint holds the round's weights and masks
+        else:
+            pruner.on_round_start(model, r)
+        log.info("round %d of %d: sparsity %.4f", r + 1, pruner.rounds, pruner.round_sparsity(r))
+        t0 = time.perf_counter()
+        trainer.fit(task, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
+        round_time = time.perf_counter() - t0
+        fit_time += round_time
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        metrics = evaluate(trainer, task, datamodule, ckpt.best_model_path)
+        report = pruner.report(model)
+        level = {
+            "round": r,
+            "sparsity": report["sparsity"]["overall"],
+            "metrics": metrics,
+            "memory": report["memory"],
+            "best_checkpoint": ckpt.best_model_path,
+            "fit_time_s": round_time,
+        }
+        write_json(round_dir / "results.json", level)
+        (round_dir / "test.hyp.txt").write_text("\n".join(task.last_eval["test"]["hypotheses"]) + "\n")
+        levels.append(level)
+        on_level(levels)
+        if pruner.rounds > 1:
+            record_levels(out, levels, logger, name)
+        pruner.on_round_end(model, r)  # the next mask, from the scored (best) weights
+        trainer.save_checkpoint(done, weights_only=True)
+    return levels, fit_time
