@@ -108,3 +108,19 @@ def test_synthetic_default_is_subword_level() -> None:
     assert tok.vocab_size < len(dm.lang.vocabulary()) / 1.5
     words = SyntheticTranslationDataModule(train_size=10, valid_size=2, test_size=2, tokenization="word")
     assert words.tokenizer.vocab_size == len(words.lang.vocabulary()) + 4
+
+
+def test_lightning_reaches_set_epoch_and_resume_is_exact() -> None:
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    lengths = [(i * 7) % 30 + 1 for i in range(200)]
+    sampler = TokenBatchSampler(lengths, 100, seed=3)
+    loader = DataLoader(list(range(200)), batch_sampler=sampler)
+    _set_sampler_epoch(loader, 2)  # what Lightning calls at the start of every epoch
+    assert sampler.epoch == 2
+    epoch2 = list(sampler)
+    resumed = TokenBatchSampler(lengths, 100, seed=3)
+    resumed.resume(epoch=2, consumed=5)
+    assert list(resumed) == epoch2[5:]  # continues exactly where the epoch was cut
+    assert list(resumed) == epoch2  # and the next pass is a whole epoch again

@@ -86,7 +86,7 @@ def test_slt_rewinds_to_theta_t_of_the_latest_round(tiny_model: Transformer) -> 
         train_round(tiny_model, pruner, r, seen)
     assert pruner.rewind_step_of(STEPS) == 1
     mask = {n: m.bool() for n, m in pruner.masks.items()}
-    for name, w in prunable_weights(tiny_model).items():
+    for name in prunable_weights(tiny_model):
         # round 2 started from θ_t of round 1 (the latest), not of round 0
         assert torch.equal(seen[2][name][mask[name]], seen["theta_t_1"][name][mask[name]]), name
         assert not torch.equal(seen[2][name][mask[name]], seen["theta_t_0"][name][mask[name]]), name

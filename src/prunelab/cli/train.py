@@ -13,6 +13,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -60,6 +61,16 @@ def build_trainer(cfg: DictConfig, round_dir: Path, logger: Any) -> tuple[L.Trai
     return trainer, ckpt
 
 
+def make_logger(cfg: DictConfig) -> Any:
+    if "_target_" not in cfg.logger:
+        return False
+    hc = HydraConfig.get()
+    if cfg.logger._target_.endswith("WandbLogger") and hc.mode == RunMode.MULTIRUN and not cfg.logger.get("group"):
+        # the jobs of one sweep form one W&B group, named after the sweep folder
+        return instantiate(cfg.logger, group=Path(hc.sweep.dir).name, name=f"job{hc.job.num}")
+    return instantiate(cfg.logger)
+
+
 def run(cfg: DictConfig, results: ResultsWriter) -> None:
     validate(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -71,7 +82,7 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
     pruner = instantiate(cfg.pruner)
     task: TranslationTask = instantiate(cfg.task)(model=model, pruner=pruner, tokenizer=tok)
-    logger = instantiate(cfg.logger) if "_target_" in cfg.logger else False
+    logger = make_logger(cfg)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -118,6 +129,7 @@ def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     out = Path(HydraConfig.get().runtime.output_dir)
     results = ResultsWriter(out / "results.json", config=resolved(cfg))
+    results.update(choices=dict(HydraConfig.get().runtime.choices))  # e.g. {"pruner": "slt_mp", ...}
     try:
         try:
             run(cfg, results)

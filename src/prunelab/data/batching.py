@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from prunelab.data.tokenizer import BOS, EOS
 
@@ -64,10 +66,17 @@ class TokenBatchSampler:
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self._skip = 0
+        # Lightning reshuffles per epoch by calling `loader.batch_sampler.sampler.set_epoch(epoch)`
+        self.sampler = self
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """The next iteration continues epoch `epoch` after its first `consumed` batches (exact resume)."""
+        self.epoch, self._skip = epoch, consumed
 
     def _batches(self) -> list[list[int]]:
         if self._cache is None or self._cache[0] != self.epoch:
@@ -100,7 +109,26 @@ class TokenBatchSampler:
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+        skip, self._skip = self._skip, 0
+        yield from self._batches()[skip:]
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose place inside an epoch goes into Lightning checkpoints (Lightning saves and restores
+    loaders that have state_dict/load_state_dict), so a run killed mid-epoch continues with exactly the
+    batches it would have seen. `progress` returns (epoch, batches consumed in it) as the trainer counts
+    them: the loader's own count would be off by the batch Lightning prefetches."""
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, consumed = self.progress()
+        return {"epoch": epoch, "consumed": consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume(state["epoch"], state["consumed"])  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ from functools import partial
 import lightning as L
 from torch.utils.data import DataLoader
 
-from prunelab.data.batching import Example, TokenBatchSampler, collate
+from prunelab.data.batching import Example, ResumableLoader, TokenBatchSampler, collate
 from prunelab.data.tokenizer import EOS, Tokenizer
 from prunelab.errors import UserError
 
@@ -99,16 +99,22 @@ class TranslationDataModule(L.LightningDataModule, ABC):
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
         )
-        return DataLoader(
-            self.examples[split],  # type: ignore[arg-type]
-            batch_sampler=sampler,
-            collate_fn=partial(collate, pad_id=self.tokenizer.pad_id),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        kwargs = {
+            "batch_sampler": sampler,
+            "collate_fn": partial(collate, pad_id=self.tokenizer.pad_id),
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if split == "train" and trainer is not None:
+            return ResumableLoader(self.examples[split], progress=self._train_progress, **kwargs)  # type: ignore[arg-type]
+        return DataLoader(self.examples[split], **kwargs)  # type: ignore[arg-type]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.max_tokens, shuffle=True)
+
+    def _train_progress(self) -> tuple[int, int]:
+        loop = self.trainer.fit_loop
+        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.completed
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("valid", self.eval_max_tokens, shuffle=False)

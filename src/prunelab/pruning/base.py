@@ -113,15 +113,18 @@ class Pruner(nn.Module):
         prunable = sum(w.numel() for w in weights.values())
         remaining = sum(int(nz.sum()) for nz in nonzero.values())
         total = sum(p.numel() for p in model.parameters())
-        dense_bytes = 4 * total
-        csc = sum(csc_bytes(nz) for nz in nonzero.values()) + 4 * (total - prunable)
+        prunable_csc = sum(csc_bytes(nz) for nz in nonzero.values())
+        rest = 4 * (total - prunable)  # everything unpruned stays dense fp32
         return {
             "sparsity": {
                 "overall": 1.0 - remaining / prunable if prunable else 0.0,
                 "per_matrix": per_matrix,
             },
             "params": {"total": total, "prunable": prunable, "remaining": remaining + (total - prunable)},
-            "memory": {"dense_bytes": dense_bytes, "csc_bytes": csc},
+            "memory": {  # fp32 values; CSC = values + int32 row indices + int32 column pointers
+                "prunable": {"dense_bytes": 4 * prunable, "csc_bytes": prunable_csc},
+                "model": {"dense_bytes": 4 * total, "csc_bytes": prunable_csc + rest},
+            },
         }
 
 

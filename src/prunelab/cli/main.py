@@ -1,0 +1,40 @@
+"""`prunelab <command>`: tools that work on run and sweep folders (training is `python train.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prunelab.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="prunelab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_export = sub.add_parser("export", help="write a run's pruned model with sparse (CSC) matrices")
+    p_export.add_argument("run_dir", type=Path)
+    p_export.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/model.sparse.pt")
+    p_sum = sub.add_parser("summarize", help="table + plot of a sweep folder's results.json files")
+    p_sum.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            from prunelab.cli.export import export_run
+
+            _, stats = export_run(args.run_dir, args.out)
+            print(json.dumps(stats, indent=2))
+        else:
+            from prunelab.cli.summary import summarize
+
+            for path in summarize(args.sweep_dir):
+                print(path)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
