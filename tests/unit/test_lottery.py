@@ -162,6 +162,15 @@ def test_slt_mp_starts_mp_at_60_with_the_slt_mask(tiny_model: Transformer) -> No
     assert pruner.report(tiny_model)["sparsity"]["overall"] == pytest.approx(0.9, abs=1e-3)
 
 
+def test_levels_that_equal_a_run_at_that_target() -> None:
+    lt = LotteryTicketPruner(sparsity=0.9)
+    assert all(lt.same_as_targeting(i) for i in range(lt.rounds))  # LT to 0.9 passes through LT to 0.5
+    slt_mp = SLTMPPruner(sparsity=0.9)
+    assert [slt_mp.same_as_targeting(i) for i in range(4)] == [True, True, True, True]
+    mp_slt = MPSLTPruner(sparsity=0.9)
+    assert mp_slt.same_as_targeting(2)  # MP to 0.6, SLT 0.7, 0.8 = MP-SLT to 0.8
+
+
 def test_mp_slt_plan() -> None:
     pruner = MPSLTPruner(sparsity=0.9, intermediate_sparsity=0.6)
     assert [(r.sparsity, r.mp_from, r.rewind) for r in pruner.plan] == [
@@ -181,5 +190,5 @@ def test_slt_mp_at_or_below_60_is_slt_only() -> None:
 def test_bad_levels_rejected() -> None:
     with pytest.raises(UserError, match="must end at the target"):
         LotteryTicketPruner(sparsity=0.9, levels=[0.5, 0.8])
-    with pytest.raises(UserError, match="must not decrease"):
+    with pytest.raises(UserError, match="must increase"):
         LotteryTicketPruner(sparsity=0.5, levels=[0.6, 0.5])

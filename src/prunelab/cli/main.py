@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/model.sparse.pt")
     p_sum = sub.add_parser("summarize", help="table + plot of a sweep folder's results.json files")
     p_sum.add_argument("sweep_dir", type=Path)
+    p_sum.add_argument(
+        "--no-levels",
+        action="store_true",
+        help="one row per job only (by default equivalent levels of iterative runs fill the table)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
@@ -28,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from prunelab.cli.summary import summarize
 
-            for path in summarize(args.sweep_dir):
+            for path in summarize(args.sweep_dir, from_levels=not args.no_levels):
                 print(path)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -75,6 +75,7 @@ def run_rounds(
         level = {
             "round": r,
             "sparsity": report["sparsity"]["overall"],
+            "same_as_targeting": pruner.same_as_targeting(r),  # usable as that target's result in tables
             "metrics": metrics,
             "memory": report["memory"],
             "best_checkpoint": ckpt.best_model_path,

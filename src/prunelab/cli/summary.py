@@ -37,41 +37,84 @@ FIELDS = [
 ]
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    rows = []
+def _row(
+    job: str, source: str, technique: str, target: Any, sparsity: float, metrics: dict, memory: dict, status: str
+) -> dict[str, Any]:
+    return {
+        "job": job,
+        "source": source,
+        "technique": technique,
+        "target_sparsity": target,
+        "sparsity": sparsity,
+        "val_bleu": metrics.get("val/bleu"),
+        "test_bleu": metrics.get("test/bleu"),
+        "test_ter": metrics.get("test/ter"),
+        "prunable_csc_bytes": memory.get("prunable", {}).get("csc_bytes"),
+        "prunable_dense_bytes": memory.get("prunable", {}).get("dense_bytes"),
+        "model_csc_bytes": memory.get("model", {}).get("csc_bytes"),
+        "model_dense_bytes": memory.get("model", {}).get("dense_bytes"),
+        "status": status,
+    }
+
+
+def collect(sweep_dir: Path, from_levels: bool = True) -> list[dict[str, Any]]:
+    """One row per job; with from_levels, also one per level of an iterative job whose rounds so far are
+    exactly the plan of that technique run to that level's sparsity (`same_as_targeting`), unless a job
+    of the sweep targets that sparsity itself. Such rows say so in `source`."""
+    rows, extra = [], []
     for path in sorted(sweep_dir.glob("**/results.json")):
         if "checkpoints" in path.parts:  # per-round files inside a job
             continue
         r = json.loads(path.read_text())
-        mem = r.get("memory", {})
-        m = r.get("metrics", {})
+        job = str(path.parent.relative_to(sweep_dir))
+        technique = r.get("choices", {}).get("pruner", "?")
         rows.append(
-            {
-                "job": str(path.parent.relative_to(sweep_dir)),
-                "technique": r.get("choices", {}).get("pruner", "?"),
-                "target_sparsity": r.get("config", {}).get("sparsity"),
-                "sparsity": r.get("sparsity", {}).get("overall"),
-                "val_bleu": m.get("val/bleu"),
-                "test_bleu": m.get("test/bleu"),
-                "test_ter": m.get("test/ter"),
-                "prunable_csc_bytes": mem.get("prunable", {}).get("csc_bytes"),
-                "prunable_dense_bytes": mem.get("prunable", {}).get("dense_bytes"),
-                "model_csc_bytes": mem.get("model", {}).get("csc_bytes"),
-                "model_dense_bytes": mem.get("model", {}).get("dense_bytes"),
-                "status": r.get("status"),
-            }
+            _row(
+                job,
+                "run",
+                technique,
+                r.get("config", {}).get("sparsity"),
+                r.get("sparsity", {}).get("overall"),
+                r.get("metrics", {}),
+                r.get("memory", {}),
+                r.get("status", "?"),
+            )
         )
+        levels = r.get("levels", [])
+        for lv in levels[:-1] if r.get("status") == "completed" else []:
+            if lv.get("same_as_targeting"):
+                extra.append(
+                    _row(
+                        job,
+                        f"level {lv['round']} of {job}",
+                        technique,
+                        round(lv["sparsity"], 3),
+                        lv["sparsity"],
+                        lv["metrics"],
+                        lv["memory"],
+                        "completed",
+                    )
+                )
+    if from_levels:
+        have = {(r["technique"], round(r["sparsity"], 3)) for r in rows if r["status"] == "completed"}
+        for e in extra:
+            key = (e["technique"], round(e["sparsity"], 3))
+            if key not in have:
+                have.add(key)
+                rows.append(e)
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     done = [r for r in rows if r["status"] == "completed"]
-    levels = sorted({r["target_sparsity"] for r in done})
+    # columns by the sparsity each job reached, not the one asked for (pruner=none stays dense at any target)
+    level = {id(r): round(r["sparsity"], 3) for r in done}
+    levels = sorted(set(level.values()))
     memory: dict[float, list[int]] = defaultdict(list)
     cells: dict[tuple[str, float], str] = {}
     for r in done:
-        cells[(r["technique"], r["target_sparsity"])] = f"{r['test_bleu']:.1f} / {r['test_ter']:.1f}"
-        memory[r["target_sparsity"]].append(r["model_csc_bytes"])
+        cells[(r["technique"], level[id(r)])] = f"{r['test_bleu']:.1f} / {r['test_ter']:.1f}"
+        memory[level[id(r)]].append(r["model_csc_bytes"])
     techniques = sorted({r["technique"] for r in done})
     head = ["technique"] + [f"{100 * s:g}%" for s in levels]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -81,13 +124,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([t] + [cells.get((t, s), "–") for s in levels]) + " |")
     failed = [r for r in rows if r["status"] != "completed"]
     note = f"\n{len(failed)} job(s) did not complete: {', '.join(r['job'] for r in failed)}\n" if failed else ""
-    return "Test BLEU / TER per technique and target sparsity.\n\n" + "\n".join(lines) + "\n" + note
+    if any(r["source"] != "run" for r in done):
+        note += (
+            "\nSome cells come from a level of an iterative run whose rounds up to that level are exactly the\n"
+            "plan of a run targeting it (see `source` in summary.csv).\n"
+        )
+    return (
+        "Test BLEU / TER per technique and achieved sparsity (model memory in CSC form).\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + note
+    )
 
 
-def summarize(sweep_dir: Path) -> list[Path]:
+def summarize(sweep_dir: Path, from_levels: bool = True) -> list[Path]:
     if not sweep_dir.is_dir():
         raise UserError(f"sweep folder not found: {sweep_dir}")
-    rows = collect(sweep_dir)
+    rows = collect(sweep_dir, from_levels)
     if not rows:
         raise UserError(f"no results.json under {sweep_dir}")
     write_csv(sweep_dir / "summary.csv", FIELDS, [[r[f] for f in FIELDS] for r in rows])
@@ -139,7 +192,11 @@ class SweepSummaryCallback(Callback):
         try:
             paths = summarize(sweep_dir)
             log.info("sweep summary: %s", ", ".join(str(p) for p in paths))
-            if str(config.logger.get("_target_", "")).endswith("WandbLogger"):
-                log_to_wandb(sweep_dir, config.logger)
         except UserError as e:
             log.warning("no sweep summary: %s", e)
+            return
+        if str(config.logger.get("_target_", "")).endswith("WandbLogger"):
+            try:
+                log_to_wandb(sweep_dir, config.logger)
+            except Exception as e:  # an observer never fails the sweep; the files above are written
+                log.warning("sweep summary not sent to W&B: %s", e)

@@ -62,6 +62,10 @@ class Pruner(nn.Module):
         """The sparsity round `round_idx` ends at."""
         return self.sparsity
 
+    def same_as_targeting(self, round_idx: int) -> bool:
+        """Whether round `round_idx`'s result equals a run of this method targeting that round's sparsity."""
+        return round_idx == self.rounds - 1
+
     def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after every optimizer step, before the masks are applied; gradual methods prune here."""
 

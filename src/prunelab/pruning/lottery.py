@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from prunelab.errors import UserError
 from prunelab.pruning.rounds import Round, RoundPruner, iterative_levels
 
@@ -10,6 +12,8 @@ def _levels(sparsity: float, levels: list[float] | None, start: float = 0.0) -> 
     if levels is None:
         return iterative_levels(sparsity, start)
     levels = [float(x) for x in levels]
+    if any(b <= a for a, b in itertools.pairwise(levels)):
+        raise UserError(f"pruner.levels must increase, got {levels}")
     if not levels or abs(levels[-1] - sparsity) > 1e-9:
         raise UserError(f"pruner.levels must end at the target sparsity {sparsity}, got {levels}")
     if any(not 0.0 < x < 1.0 for x in levels):
@@ -24,8 +28,15 @@ class LotteryTicketPruner(RoundPruner):
     rewind = "init"
 
     def __init__(self, sparsity: float, levels: list[float] | None = None, **kwargs: object):
-        plan = [Round(0.0)] + [Round(s, rewind=self.rewind) for s in _levels(sparsity, levels)]
-        super().__init__(sparsity=sparsity, plan=plan, **kwargs)  # type: ignore[arg-type]
+        _levels(sparsity, levels)  # validate the list as given, before any truncation
+
+        def plan_for(target: float) -> list[Round]:
+            lv = levels if levels is None else [x for x in levels if x <= target + 1e-9]
+            return (
+                [Round(0.0)] + [Round(s, rewind=self.rewind) for s in _levels(target, lv)] if target else [Round(0.0)]
+            )
+
+        super().__init__(sparsity=sparsity, plan=plan_for(sparsity), plan_for=plan_for, **kwargs)  # type: ignore[arg-type]
 
 
 class StabilizedLotteryTicketPruner(LotteryTicketPruner):
@@ -53,13 +64,17 @@ class SLTMPPruner(RoundPruner):
 
     def __init__(self, sparsity: float, slt_levels: list[float] | None = None, **kwargs: object):
         slt = [float(x) for x in (slt_levels if slt_levels is not None else [0.5, 0.6])]
-        below = [s for s in slt if s < sparsity - 1e-9]
-        plan = [Round(0.0)] + [Round(s, rewind="early") for s in below]
-        if below and sparsity > below[-1]:
-            plan.append(Round(sparsity, rewind="early", mp_from=below[-1]))
-        elif not below:
-            plan.append(Round(sparsity, rewind="early"))
-        super().__init__(sparsity=sparsity, plan=plan, **kwargs)  # type: ignore[arg-type]
+
+        def plan_for(target: float) -> list[Round]:
+            below = [s for s in slt if s <= target + 1e-9]
+            plan = [Round(0.0)] + [Round(s, rewind="early") for s in below]
+            if below and target > below[-1]:
+                plan.append(Round(target, rewind="early", mp_from=below[-1]))
+            elif not below and target > 0:
+                plan.append(Round(target, rewind="early"))
+            return plan
+
+        super().__init__(sparsity=sparsity, plan=plan_for(sparsity), plan_for=plan_for, **kwargs)  # type: ignore[arg-type]
 
 
 class MPSLTPruner(RoundPruner):
@@ -69,8 +84,12 @@ class MPSLTPruner(RoundPruner):
     def __init__(
         self, sparsity: float, intermediate_sparsity: float = 0.6, levels: list[float] | None = None, **kwargs: object
     ):
-        s_i = min(intermediate_sparsity, sparsity)
-        plan = [Round(s_i, mp_from=0.0)]
-        if sparsity > s_i + 1e-9:
-            plan += [Round(s, rewind="early") for s in _levels(sparsity, levels, start=s_i)]
-        super().__init__(sparsity=sparsity, plan=plan, **kwargs)  # type: ignore[arg-type]
+        def plan_for(target: float) -> list[Round]:
+            s_i = min(intermediate_sparsity, target)
+            plan = [Round(s_i, mp_from=0.0)]
+            if target > s_i + 1e-9:
+                lv = levels if levels is None else [x for x in levels if x <= target + 1e-9]
+                plan += [Round(s, rewind="early") for s in _levels(target, lv, start=s_i)]
+            return plan
+
+        super().__init__(sparsity=sparsity, plan=plan_for(sparsity), plan_for=plan_for, **kwargs)  # type: ignore[arg-type]

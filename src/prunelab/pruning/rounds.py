@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,7 @@ class RoundPruner(Pruner):
         self,
         sparsity: float,
         plan: list[Round],
+        plan_for: Callable[[float], list[Round]] | None = None,
         rewind_fraction: float = 0.05,
         rewind_step: int | None = None,
         rewind_from: str = "latest",
@@ -82,6 +84,7 @@ class RoundPruner(Pruner):
         if levels and abs(levels[-1] - sparsity) > 1e-9:
             raise UserError(f"the last level {levels[-1]} must be the target sparsity {sparsity}")
         self.plan = plan
+        self.plan_for = plan_for  # the plan this method would follow for another target sparsity
         self.rounds = len(plan)
         self.rewind_fraction, self.rewind_step, self.rewind_from = rewind_fraction, rewind_step, rewind_from
         self.reinit = reinit
@@ -165,6 +168,16 @@ class RoundPruner(Pruner):
 
     def round_sparsity(self, round_idx: int) -> float:
         return self.plan[round_idx].sparsity
+
+    def same_as_targeting(self, round_idx: int) -> bool:
+        """True when rounds 0..round_idx are exactly the plan of this method run with that round's sparsity
+        as its target: the round's result then *is* that run's result (LT to 0.9 passes through LT to 0.5)."""
+        if self.plan_for is None:
+            return False
+        try:
+            return self.plan_for(self.plan[round_idx].sparsity) == self.plan[: round_idx + 1]
+        except UserError:
+            return False
 
     # --- CLT -----------------------------------------------------------------------------------------
     @torch.no_grad()
