@@ -109,7 +109,11 @@ def test_data_options(tmp_path: Path) -> None:
     assert len(dm.examples["valid"]) == 20
 
 
+@pytest.mark.parametrize("logger", GROUPS["logger"])
 @pytest.mark.parametrize("option", GROUPS["experiment"])
-def test_experiment_options(tmp_path: Path, option: str) -> None:
-    cfg = compose_cfg(tmp_path, [f"experiment={option}"])
+def test_experiment_options_build_with_every_logger(tmp_path: Path, option: str, logger: str) -> None:
+    cfg = compose_cfg(tmp_path, [f"experiment={option}", f"logger={logger}"])
     assert cfg.trainer.max_steps >= 1
+    if "_target_" in cfg.logger:
+        instantiate(cfg.logger)  # an experiment must not set keys that some logger does not take
+    instantiate(cfg.pruner)
