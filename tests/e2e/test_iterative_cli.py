@@ -42,3 +42,24 @@ def test_technique_runs_and_draws_its_curve(tmp_path: Path, smoke: list[str], pr
     assert (run.dir / "curve.png").stat().st_size > 1000
     for k in range(len(EXPECTED_LEVELS[pruner])):
         assert (run.dir / "checkpoints" / f"round_{k}" / "results.json").exists()
+
+
+def test_iterative_run_sends_its_curve_to_wandb(tmp_path: Path) -> None:
+    from tests.e2e.wandb_log import history
+
+    run = train(
+        tmp_path / "run",
+        "experiment=smoke",
+        "logger=wandb",
+        "pruner=slt",
+        "sparsity=0.5",
+        "pruner.levels=[0.5]",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    (wandb_file,) = (run.dir / "wandb").glob("offline-run-*/run-*.wandb")
+    h = history(wandb_file)
+    # the table (and the plot tables) are re-sent after every round with all levels so far
+    assert h["levels/table/nrows"] == [1.0, 2.0]
+    assert h["levels/bleu_vs_sparsity_table/nrows"][-1] == 2.0
