@@ -86,8 +86,9 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
         drop = self.attn_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
-        if self.gated:
-            y = y * self.head_gate.view(1, -1, 1, 1)  # (B, H, T, hs) scaled per head
+        if self.gated:  # (B, H, T, hs) scaled per head; a (B, H) gate gives every example its own gates
+            g = self.head_gate
+            y = y * (g.view(1, -1, 1, 1) if g.dim() == 1 else g[:, :, None, None])
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C) heads concatenated
         y = self.out_proj(y)
         return y * self.gate if self.gated else y
