@@ -21,11 +21,13 @@ gives dL/d(gate), which is what head importance needs.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init  # the weights are copied in: no init needed
 
 # A decoder-side key/value cache: one dict per decoder layer holding "sa_k", "sa_v" (grown by one
 # position per step) and "ea_k", "ea_v" (the projected encoder memory, computed once).
@@ -67,6 +69,7 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.register_buffer("gate", torch.ones(()))
         self.register_buffer("head_gate", torch.ones(cfg.n_heads))
+        self.register_buffer("head_ids", torch.arange(cfg.n_heads))  # original numbers of the heads left
 
     def split_heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
@@ -82,19 +85,48 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor:
         """x: queries (B, T, C); k, v: already projected and split (B, H, S, hs).
         mask: bool (B, 1, 1|T, S), True where a key may be attended to."""
-        B, T, C = x.shape
+        B, T, _ = x.shape
+        if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
+            y = self.out_proj(x.new_zeros(B, T, 0))
+            return y * self.gate if self.gated else y
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
         drop = self.attn_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
         if self.gated:  # (B, H, T, hs) scaled per head; a (B, H) gate gives every example its own gates
             g = self.head_gate
             y = y * (g.view(1, -1, 1, 1) if g.dim() == 1 else g[:, :, None, None])
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C) heads concatenated
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*hs) heads concatenated
         y = self.out_proj(y)
         return y * self.gate if self.gated else y
 
     def project_kv(self, mem: Tensor) -> tuple[Tensor, Tensor]:
         return self.split_heads(self.k_proj(mem)), self.split_heads(self.v_proj(mem))
+
+    @torch.no_grad()
+    def prune_heads(self, heads: Iterable[int]) -> None:
+        """Cut heads out of the projections: their rows of Q/K/V and columns of O. `heads` are original head
+        numbers (as in `enc.0.sa.h3`), so pruning twice composes; heads already gone are ignored."""
+        drop = {int(h) for h in heads}
+        keep = [i for i, orig in enumerate(self.head_ids.tolist()) if orig not in drop]
+        if len(keep) == self.n_heads:
+            return
+        hs = self.head_dim
+        rows = torch.tensor([i * hs + j for i in keep for j in range(hs)], dtype=torch.long)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            old = getattr(self, name)
+            new = skip_init(nn.Linear, old.in_features, len(rows), device=old.weight.device, dtype=old.weight.dtype)
+            new.weight.copy_(old.weight[rows])
+            new.bias.copy_(old.bias[rows])
+            setattr(self, name, new)
+        old = self.out_proj
+        new = skip_init(nn.Linear, len(rows), old.out_features, device=old.weight.device, dtype=old.weight.dtype)
+        new.weight.copy_(old.weight[:, rows])
+        new.bias.copy_(old.bias)
+        self.out_proj = new
+        idx = torch.tensor(keep, dtype=torch.long)
+        self.head_gate = self.head_gate[idx.to(self.head_gate.device)].clone()
+        self.head_ids = self.head_ids[idx.to(self.head_ids.device)].clone()
+        self.n_heads = len(keep)
 
 
 class FeedForward(nn.Module):

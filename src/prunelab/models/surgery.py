@@ -1,0 +1,32 @@
+"""Structural head removal on a whole model, and loading a model whose heads were removed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor
+
+from prunelab.models.addressing import attention_names, component
+from prunelab.models.transformer import Transformer
+
+
+def prune_heads(model: Transformer, heads: Mapping[str, list[int]]) -> None:
+    """Remove heads for real: {"enc.0.sa": [1, 3], "dec.2.ea": [0]} (original head numbers)."""
+    for name, hs in heads.items():
+        component(model, name).prune_heads(hs)  # type: ignore[union-attr]
+
+
+def remaining_heads(model: Transformer) -> dict[str, list[int]]:
+    return {n: component(model, n).head_ids.tolist() for n in attention_names(model)}  # type: ignore[union-attr]
+
+
+def load_state_dict_with_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
+    """Load a state dict saved after head removal: first remove the heads its `head_ids` say are gone."""
+    gone = {}
+    for name in attention_names(model):
+        key = f"{prefix}{name}.head_ids"
+        if key in state:
+            left = set(state[key].tolist())
+            gone[name] = [h for h in range(model.cfg.n_heads) if h not in left]
+    prune_heads(model, gone)
+    model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
