@@ -21,6 +21,7 @@ gives dL/d(gate), which is what head importance needs.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -52,6 +53,13 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+
+def _uninitialised_linear(n_in: int, n_out: int, like: Tensor) -> nn.Linear:
+    """A Linear whose weights are about to be copied in (n_in or n_out may be 0 once all heads are gone)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return skip_init(nn.Linear, n_in, n_out, device=like.device, dtype=like.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -114,12 +122,12 @@ class MultiHeadAttention(nn.Module):
         rows = torch.tensor([i * hs + j for i in keep for j in range(hs)], dtype=torch.long)
         for name in ("q_proj", "k_proj", "v_proj"):
             old = getattr(self, name)
-            new = skip_init(nn.Linear, old.in_features, len(rows), device=old.weight.device, dtype=old.weight.dtype)
+            new = _uninitialised_linear(old.in_features, len(rows), old.weight)
             new.weight.copy_(old.weight[rows])
             new.bias.copy_(old.bias[rows])
             setattr(self, name, new)
         old = self.out_proj
-        new = skip_init(nn.Linear, len(rows), old.out_features, device=old.weight.device, dtype=old.weight.dtype)
+        new = _uninitialised_linear(len(rows), old.out_features, old.weight)
         new.weight.copy_(old.weight[:, rows])
         new.bias.copy_(old.bias)
         self.out_proj = new
