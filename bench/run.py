@@ -1,4 +1,5 @@
-"""`make bench`: what masks cost in the training hot path, and what the decoder's cache buys.
+"""`make bench`: what masks cost in the training hot path, what the decoder's cache buys, and what
+removing half of the attention heads buys at inference (`--sections` picks some).
 
 Every figure is a ratio of two timings taken in this one run on this machine, so it carries over between
 machines better than seconds do. Prints a table and writes bench/results.json.
@@ -6,6 +7,7 @@ machines better than seconds do. Prints a table and writes bench/results.json.
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import statistics
@@ -18,7 +20,9 @@ import torch.nn.functional as F
 from torch.nn.utils import prune
 
 from prunelab.models import Transformer, build_transformer
+from prunelab.models.addressing import attention_names, set_gate
 from prunelab.models.decoding import greedy_decode
+from prunelab.models.surgery import prune_heads
 from prunelab.pruning import MagnitudePruner
 from prunelab.pruning.masks import prunable_weights
 
@@ -116,14 +120,62 @@ def bench_decoding(reps: int) -> dict[str, float]:
     return {"greedy_30_steps_cached_ms": 1e3 * t_cache, "no_cache_over_cached": t_full / t_cache}
 
 
+@torch.no_grad()
+def bench_heads(rounds: int = 3, steps: int = 20) -> dict[str, float]:
+    """Michel et al. (2019) Table 4: inference examples/s with half of every layer's heads removed, vs dense,
+    transformer_base dimensions, greedy decoding of `steps` tokens; ratios of interleaved medians."""
+    torch.manual_seed(0)
+    dense = build_transformer(
+        vocab_size=8000, d_model=512, n_heads=8, d_ff=2048, enc_layers=6, dec_layers=6, dropout=0.0
+    ).eval()
+    half = {n: list(range(0, dense.cfg.n_heads, 2)) for n in attention_names(dense)}
+    pruned = copy.deepcopy(dense)
+    prune_heads(pruned, half)
+    masked = copy.deepcopy(dense)
+    for name, heads in half.items():
+        for h in heads:
+            set_gate(masked, f"{name}.h{h}", 0.0)
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, 8000, (8, 20), generator=g)
+    tgt = torch.randint(4, 8000, (8, 12), generator=g)
+    out: dict[str, float] = {
+        "heads_removed_max_abs_diff_vs_masked": float((pruned(src, tgt) - masked(src, tgt)).abs().max())
+    }
+    for B in (1, 4, 16, 64):
+        src = torch.randint(4, 8000, (B, 20), generator=g)
+
+        def run(m: Transformer, src: torch.Tensor = src) -> None:
+            greedy_decode(m, src, bos_id=1, eos_id=-1, max_len_a=0.0, max_len_b=steps)  # exactly `steps` tokens
+
+        times: dict[str, list[float]] = {"dense": [], "pruned": []}
+        for _ in range(rounds):
+            times["dense"].append(time_it(lambda: run(dense), 1, warmup=1))
+            times["pruned"].append(time_it(lambda: run(pruned), 1, warmup=0))
+        d, p = statistics.median(times["dense"]), statistics.median(times["pruned"])
+        out[f"heads50_batch{B}_dense_examples_per_s"] = B / d
+        out[f"heads50_batch{B}_speedup"] = d / p
+    return out
+
+
+SECTIONS = {
+    "masking": lambda: bench_masking(rounds=7, reps=4),
+    "decoding": lambda: bench_decoding(reps=3),
+    "heads": bench_heads,
+}
+
+
 def main() -> None:
-    torch.set_num_threads(torch.get_num_threads())
-    results = {
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
+    args = parser.parse_args()
+    results: dict[str, float | str] = {
         "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
-        **bench_masking(rounds=7, reps=4),
-        **bench_decoding(reps=3),
     }
+    for name in args.sections.split(","):
+        results.update(SECTIONS[name]())
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     for k, v in results.items():
         print(f"{k:32s} {v:.3f}" if isinstance(v, float) else f"{k:32s} {v}")
