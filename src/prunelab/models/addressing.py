@@ -38,7 +38,8 @@ def attention_names(model: Transformer) -> list[str]:
 
 
 def head_names(model: Transformer) -> list[str]:
-    return [f"{a}.h{j}" for a in attention_names(model) for j in range(model.cfg.n_heads)]
+    """Heads still present, by their original numbers (removed heads are gone from the list)."""
+    return [f"{a}.h{j}" for a in attention_names(model) for j in component(model, a).head_ids.tolist()]
 
 
 def component(model: Transformer, name: str) -> MultiHeadAttention | FeedForward:
@@ -56,10 +57,11 @@ def gate(model: Transformer, name: str) -> Tensor:
     m = _HEAD.match(name)
     if m:
         attn = component(model, m["comp"])
-        j = int(m["head"])
-        if j >= attn.n_heads:
-            raise KeyError(f"{name!r}: {m['comp']} has {attn.n_heads} heads")
-        return attn.head_gate[j : j + 1]
+        where = (attn.head_ids == int(m["head"])).nonzero()
+        if len(where) == 0:
+            raise KeyError(f"{name!r}: no such head in {m['comp']} (heads left: {attn.head_ids.tolist()})")
+        pos = int(where[0, 0])  # after head removal, a head's position differs from its number
+        return attn.head_gate[pos : pos + 1]
     return component(model, name).gate
 
 

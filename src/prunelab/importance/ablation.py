@@ -1,0 +1,114 @@
+"""Head ablation studies of Michel, Levy & Neubig (2019), as pure functions of a model and batches.
+
+Heads are masked through their gates (ξ_h = 0), never by editing weights, and every function restores the
+gates it touched. BLEU is corpus BLEU from sacrebleu on detokenized beam-search output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunelab.data.tokenizer import Tokenizer
+from prunelab.metrics import translation_scores
+from prunelab.models.addressing import attention_names, component, component_type, gate, head_names
+from prunelab.models.decoding import beam_search
+from prunelab.models.transformer import Transformer
+
+Batch = dict[str, Any]
+ATTENTION_TYPES = ("E:SA", "D:SA", "D:EA")  # enc-self, dec-self, enc-dec
+
+
+@torch.no_grad()
+def corpus_bleu(model: Transformer, batches: Sequence[Batch], tok: Tokenizer, beam_size: int = 1) -> float:
+    was_training = model.training
+    model.eval()
+    hyps, refs = [], []
+    for b in batches:
+        out = beam_search(model, b["src"], tok.bos_id, tok.eos_id, beam_size=beam_size)
+        hyps += [tok.decode(h) for h in out]
+        refs += list(b["ref"])
+    model.train(was_training)
+    return translation_scores(hyps, refs).bleu
+
+
+@contextmanager
+def heads_off(model: Transformer, heads: Iterable[str]):
+    """Gate the named heads off (`dec.2.ea.h5`) for the duration of the block."""
+    gates = [gate(model, h) for h in heads]
+    saved = [g.clone() for g in gates]
+    try:
+        for g in gates:
+            g.fill_(0.0)
+        yield
+    finally:
+        for g, s in zip(gates, saved, strict=True):
+            g.copy_(s)
+
+
+def single_head_ablation(model: Transformer, evaluate: Callable[[], float]) -> tuple[float, dict[str, float]]:
+    """Table 1 analogue: the change in score when each head alone is masked. -> (baseline, {head: delta})."""
+    base = evaluate()
+    deltas = {}
+    for h in head_names(model):
+        with heads_off(model, [h]):
+            deltas[h] = evaluate() - base
+    return base, deltas
+
+
+def keep_one_head(
+    model: Transformer, evaluate_valid: Callable[[], float], evaluate_test: Callable[[], float]
+) -> dict[str, dict[str, float | int]]:
+    """Tables 2 and 5 analogue: per attention sub-layer, keep only one head; the head is chosen on valid and
+    the choice scored on test. -> {component: {head, valid, test, delta_test}}."""
+    base_test = evaluate_test()
+    out: dict[str, dict[str, float | int]] = {}
+    for comp in attention_names(model):
+        ids = component(model, comp).head_ids.tolist()
+        scores = {}
+        for keep in ids:
+            with heads_off(model, [f"{comp}.h{j}" for j in ids if j != keep]):
+                scores[keep] = evaluate_valid()
+        best = max(scores, key=lambda j: scores[j])
+        with heads_off(model, [f"{comp}.h{j}" for j in ids if j != best]):
+            test = evaluate_test()
+        out[comp] = {"head": best, "valid": scores[best], "test": test, "delta_test": test - base_test}
+    return out
+
+
+def scores_by_head(model: Transformer, scores: dict[str, Tensor]) -> dict[str, float]:
+    """Per-sub-layer score vectors (by position, as head_importance returns them) -> {head name: score}."""
+    return {
+        f"{c}.h{j}": float(v)
+        for c, s in scores.items()
+        for j, v in zip(component(model, c).head_ids.tolist(), s.tolist(), strict=True)
+    }
+
+
+def order_by_score(scores: dict[str, float], types: Iterable[str] | None = None) -> list[str]:
+    """Head names from least to most important (ties by name), optionally only some attention types."""
+    wanted = set(types) if types is not None else set(ATTENTION_TYPES)
+    heads = [(v, h) for h, v in scores.items() if component_type(h) in wanted]
+    return [h for _, h in sorted(heads)]
+
+
+def iterative_pruning(
+    model: Transformer, order: Sequence[str], evaluate: Callable[[], float], step: float = 0.1
+) -> list[tuple[float, float]]:
+    """Figures 3 and 4 analogue: mask heads along `order`, `step` of them at a time (a fraction of the
+    heads in `order`); -> [(fraction pruned, score)], starting at (0, unpruned score)."""
+    n = len(order)
+    points = [(0.0, evaluate())]
+    k = 1
+    while True:
+        count = min(n, math.ceil(round(k * step * n, 9)))
+        with heads_off(model, order[:count]):
+            points.append((count / n, evaluate()))
+        if count >= n:
+            return points
+        k += 1
