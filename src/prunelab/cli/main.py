@@ -23,9 +23,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="one row per job only (by default equivalent levels of iterative runs fill the table)",
     )
+    p_heads = sub.add_parser("heads", help="head importance, ablation and pruning curves of a trained run")
+    p_heads.add_argument("run_dir", type=Path)
+    p_heads.add_argument("--importance-batches", type=int, default=20, help="training batches for I_h")
+    p_heads.add_argument("--beam-size", type=int, default=1, help="decoding for every BLEU in the study")
+    p_heads.add_argument("--step", type=float, default=0.1, help="fraction of heads pruned per curve step")
     args = parser.parse_args(argv)
     try:
-        if args.command == "export":
+        if args.command == "heads":
+            from prunelab.cli.heads import analyse_heads
+
+            report = analyse_heads(args.run_dir, args.importance_batches, args.beam_size, args.step)
+            print(f"baseline BLEU {report['baseline_bleu']:.2f}; written to {args.run_dir / 'heads'}")
+        elif args.command == "export":
             from prunelab.cli.export import export_run
 
             _, stats = export_run(args.run_dir, args.out)

@@ -1,0 +1,131 @@
+"""`prunelab heads RUN_DIR`: the head studies of Michel, Levy & Neubig (2019) on a trained run.
+
+Loads the run's tested checkpoint with the run's own data and model config, then writes to RUN_DIR/heads/:
+heads.json (everything), importance.csv / ablation.csv / keep_one.csv / curves.csv, and the figures
+importance.png and ablation.png (layer x head heatmaps per attention type) and curves.png (BLEU vs fraction
+of heads pruned, by I_h, globally and per attention type). With a W&B logger in the run's config the
+figures and tables also go to W&B, in the run's project.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from prunelab.callbacks.curves import write_csv
+from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
+from prunelab.cli.results import write_json
+from prunelab.errors import UserError
+from prunelab.importance.ablation import (
+    ATTENTION_TYPES,
+    corpus_bleu,
+    iterative_pruning,
+    keep_one_head,
+    order_by_score,
+    scores_by_head,
+    single_head_ablation,
+)
+from prunelab.importance.heads import head_importance
+from prunelab.models.surgery import load_state_dict_with_heads
+from prunelab.models.transformer import Transformer
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], Any, Transformer]:
+    """The run's results, its data module (set up) and its tested model (eval mode)."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a prunelab run folder (no results.json)")
+    res = json.loads(path.read_text())
+    ckpt = res.get("best_checkpoint")
+    if res.get("status") != "completed" or not ckpt or not Path(ckpt).is_file():
+        raise UserError(f"{run_dir}: the run did not complete with a checkpoint (status {res.get('status')})")
+    cfg = OmegaConf.create(res["config"])
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    tok = dm.tokenizer
+    model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+    load_state_dict_with_heads(model, torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"], "model.")
+    return res, dm, model.eval()
+
+
+def analyse_heads(
+    run_dir: Path, importance_batches: int = 20, beam_size: int = 1, step: float = 0.1, out_dir: Path | None = None
+) -> dict[str, Any]:
+    res, dm, model = load_run(run_dir)
+    tok = dm.tokenizer
+    out = out_dir or run_dir / "heads"
+    out.mkdir(parents=True, exist_ok=True)
+    valid, test = list(dm.val_dataloader()), list(dm.test_dataloader())
+
+    def score_valid() -> float:
+        return corpus_bleu(model, valid, tok, beam_size)
+
+    def score_test() -> float:
+        return corpus_bleu(model, test, tok, beam_size)
+
+    # I_h on training data, normalised per layer (Michel et al. section 4.1)
+    importance = scores_by_head(model, head_importance(model, dm.train_dataloader(), max_batches=importance_batches))
+    base, deltas = single_head_ablation(model, score_test)
+    keep_one = keep_one_head(model, score_valid, score_test)
+    curves = {"all heads": iterative_pruning(model, order_by_score(importance), score_test, step)}
+    for kind in ATTENTION_TYPES:
+        curves[kind] = iterative_pruning(model, order_by_score(importance, [kind]), score_test, step)
+
+    report = {
+        "run": str(run_dir),
+        "checkpoint": res["best_checkpoint"],
+        "decoding": {"beam_size": beam_size, "split": "test", "choice_split": "valid"},
+        "baseline_bleu": base,
+        "importance": importance,
+        "ablation_delta_bleu": deltas,
+        "keep_one_head": keep_one,
+        "pruning_curves": {k: [{"fraction": f, "bleu": b} for f, b in v] for k, v in curves.items()},
+    }
+    write_json(out / "heads.json", report)
+    write_csv(out / "importance.csv", ["head", "importance"], sorted(importance.items()))
+    write_csv(out / "ablation.csv", ["head", "delta_bleu"], sorted(deltas.items()))
+    write_csv(
+        out / "keep_one.csv",
+        ["component", "head", "valid_bleu", "test_bleu", "delta_test_bleu"],
+        [[c, r["head"], r["valid"], r["test"], r["delta_test"]] for c, r in keep_one.items()],
+    )
+    write_csv(
+        out / "curves.csv", ["order", "fraction_pruned", "bleu"], [[k, f, b] for k, v in curves.items() for f, b in v]
+    )
+    plot_head_heatmaps(out / "importance.png", importance, "head importance I_h (normalised per layer)")
+    plot_head_heatmaps(
+        out / "ablation.png", deltas, f"BLEU change when one head is masked (base {base:.1f})", cmap="RdBu"
+    )
+    plot_fraction_curves(out / "curves.png", curves, "heads pruned by increasing I_h")
+    _to_wandb(res, out, report)
+    return report
+
+
+def _to_wandb(res: dict[str, Any], out: Path, report: dict[str, Any]) -> None:
+    logger = res.get("config", {}).get("logger") or {}
+    if not str(logger.get("_target_", "")).endswith("WandbLogger"):
+        return
+    import wandb
+
+    run = wandb.init(
+        project=logger.get("project", "prunelab"),
+        name="heads-analysis",
+        job_type="analysis",
+        mode=logger.get("mode", "offline"),
+        dir=str(out),
+    )
+    tables = {
+        "heads/importance": wandb.Table(columns=["head", "importance"], data=sorted(report["importance"].items())),
+        "heads/ablation": wandb.Table(
+            columns=["head", "delta_bleu"], data=sorted(report["ablation_delta_bleu"].items())
+        ),
+    }
+    images = {f"heads/{p.stem}": wandb.Image(str(p)) for p in out.glob("*.png")}
+    run.log({**tables, **images})
+    run.finish()
