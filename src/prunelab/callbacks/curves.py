@@ -27,6 +27,16 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     tmp.replace(path)
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure atomically (readers never see half a PNG) and free it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def plot_curves(path: Path, series: dict[str, list[tuple[float, float, float]]], title: str) -> None:
     """series: name -> [(sparsity, bleu, ter)]; one line per name, BLEU left, TER right."""
     import matplotlib
@@ -47,10 +57,7 @@ def plot_curves(path: Path, series: dict[str, list[tuple[float, float, float]]],
     ax_b.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def record_levels(out: Path, levels: list[dict[str, Any]], logger: Any, name: str) -> None:

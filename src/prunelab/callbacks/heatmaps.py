@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prunelab.callbacks.curves import save_figure
 from prunelab.models.addressing import component_type
 
 TYPES = ("E:SA", "D:SA", "D:EA")
@@ -53,10 +54,7 @@ def plot_head_heatmaps(path: Path, values: dict[str, float], title: str, cmap: s
                     ax.text(j, i, f"{g[i][j]:.2f}", ha="center", va="center", fontsize=7, color=ink)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.9)
     fig.suptitle(title)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def plot_fraction_curves(path: Path, curves: dict[str, list[tuple[float, float]]], title: str) -> None:
@@ -75,7 +73,4 @@ def plot_fraction_curves(path: Path, curves: dict[str, list[tuple[float, float]]
     ax.legend()
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

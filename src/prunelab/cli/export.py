@@ -8,13 +8,13 @@ masked matrix: the CSC layout whose size results.json reports.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from prunelab.cli.results import read_completed_run
 from prunelab.errors import UserError
 from prunelab.models import Transformer, TransformerConfig
 
@@ -28,14 +28,8 @@ def _csc32(w: torch.Tensor) -> torch.Tensor:
 
 
 def export_run(run_dir: Path, out: Path | None = None) -> tuple[Path, dict[str, Any]]:
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
-        raise UserError(f"{run_dir} is not a prunelab run folder (no results.json)")
-    results = json.loads(results_file.read_text())
-    ckpt = results.get("best_checkpoint")
-    if results.get("status") != "completed" or not ckpt or not Path(ckpt).is_file():
-        raise UserError(f"{run_dir}: the run did not complete with a checkpoint (status {results.get('status')})")
-    state = torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"]
+    results = read_completed_run(run_dir)
+    state = torch.load(results["best_checkpoint"], weights_only=True, map_location="cpu")["state_dict"]
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     model_cfg = {k: v for k, v in results["config"]["model"].items() if k in fields}
     model_cfg["vocab_size"] = int(state["model.embed.weight"].shape[0])

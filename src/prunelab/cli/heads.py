@@ -9,7 +9,6 @@ figures and tables also go to W&B, in the run's project.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ from omegaconf import OmegaConf
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
-from prunelab.cli.results import write_json
-from prunelab.errors import UserError
+from prunelab.cli.results import read_completed_run, write_json
 from prunelab.importance.ablation import (
     ATTENTION_TYPES,
     corpus_bleu,
@@ -37,20 +35,16 @@ from prunelab.models.transformer import Transformer
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], Any, Transformer]:
     """The run's results, its data module (set up) and its tested model (eval mode)."""
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a prunelab run folder (no results.json)")
-    res = json.loads(path.read_text())
-    ckpt = res.get("best_checkpoint")
-    if res.get("status") != "completed" or not ckpt or not Path(ckpt).is_file():
-        raise UserError(f"{run_dir}: the run did not complete with a checkpoint (status {res.get('status')})")
+    res = read_completed_run(run_dir)
     cfg = OmegaConf.create(res["config"])
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
     tok = dm.tokenizer
     model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-    load_state_dict_with_heads(model, torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"], "model.")
+    load_state_dict_with_heads(
+        model, torch.load(res["best_checkpoint"], weights_only=True, map_location="cpu")["state_dict"], "model."
+    )
     return res, dm, model.eval()
 
 

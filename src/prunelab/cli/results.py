@@ -34,3 +34,17 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_completed_run(run_dir: Path) -> dict[str, Any]:
+    """results.json of a run that completed with a tested checkpoint, or a UserError naming the problem."""
+    from prunelab.errors import UserError
+
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a prunelab run folder (no results.json)")
+    res = json.loads(path.read_text())
+    ckpt = res.get("best_checkpoint")
+    if res.get("status") != "completed" or not ckpt or not Path(ckpt).is_file():
+        raise UserError(f"{run_dir}: the run did not complete with a checkpoint (status {res.get('status')})")
+    return res
