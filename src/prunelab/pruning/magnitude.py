@@ -6,7 +6,7 @@ from torch import nn
 
 from prunelab.errors import UserError
 from prunelab.pruning.base import Pruner
-from prunelab.pruning.schedule import cubic_sparsity, is_pruning_step
+from prunelab.pruning.schedule import cubic_sparsity, is_pruning_step, pruning_window
 
 
 class MagnitudePruner(Pruner):
@@ -39,17 +39,10 @@ class MagnitudePruner(Pruner):
         self.start_step, self.end_step = start_step, end_step
 
     def window(self, total_steps: int) -> tuple[int, int]:
-        start = self.start_step if self.start_step is not None else round(self.start_fraction * total_steps)
-        end = self.end_step if self.end_step is not None else round(self.end_fraction * total_steps)
-        start = max(1, start)
-        end = min(max(start, end), total_steps)
-        return start, end
+        return pruning_window(total_steps, self.start_fraction, self.end_fraction, self.start_step, self.end_step)
 
     def target_at(self, step: int, total_steps: int) -> float:
-        start, end = self.window(total_steps)
-        if step >= end:
-            return self.sparsity
-        return cubic_sparsity(step, self.initial_sparsity, self.sparsity, start, end)
+        return cubic_sparsity(step, self.initial_sparsity, self.sparsity, *self.window(total_steps))
 
     def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
         start, end = self.window(total_steps)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from prunelab.errors import UserError
 from prunelab.pruning.base import Pruner
-from prunelab.pruning.schedule import cubic_sparsity, is_pruning_step
+from prunelab.pruning.schedule import cubic_sparsity, is_pruning_step, pruning_window
 
 REWINDS = ("none", "init", "early")
 
@@ -85,6 +85,7 @@ class RoundPruner(Pruner):
             raise UserError(f"the last level {levels[-1]} must be the target sparsity {sparsity}")
         self.plan = plan
         self.plan_for = plan_for  # the plan this method would follow for another target sparsity
+        self._needs_early = any(r.rewind == "early" for r in plan)  # θ_t must be captured
         self.rounds = len(plan)
         self.rewind_fraction, self.rewind_step, self.rewind_from = rewind_fraction, rewind_step, rewind_from
         self.reinit = reinit
@@ -144,17 +145,15 @@ class RoundPruner(Pruner):
     def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
         rnd = self.plan[self.current]
         capture = self.rewind_from == "latest" or self.current == 0
-        if capture and "early" in {r.rewind for r in self.plan} and step == self.rewind_step_of(total_steps):
+        if capture and self._needs_early and step == self.rewind_step_of(total_steps):
             self._capture_early()
         if rnd.mp_from is not None:
             start, end = self.mp_window(total_steps)
             if is_pruning_step(step, start, end, self.mp_frequency):
-                s = rnd.sparsity if step >= end else cubic_sparsity(step, rnd.mp_from, rnd.sparsity, start, end)
-                self.prune_by_magnitude(s)
+                self.prune_by_magnitude(cubic_sparsity(step, rnd.mp_from, rnd.sparsity, start, end))
 
     def mp_window(self, total_steps: int) -> tuple[int, int]:
-        start = max(1, round(self.mp_start_fraction * total_steps))
-        return start, max(start, min(round(self.mp_end_fraction * total_steps), total_steps))
+        return pruning_window(total_steps, self.mp_start_fraction, self.mp_end_fraction)
 
     def on_round_end(self, model: nn.Module, round_idx: int) -> None:
         """The next round's mask, from this round's (best) weights by magnitude."""

@@ -20,3 +20,18 @@ def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int
 def is_pruning_step(step: int, start: int, end: int, frequency: int) -> bool:
     """Prune every `frequency` steps from `start`, and always at `end` so the target is hit exactly."""
     return start <= step <= end and ((step - start) % frequency == 0 or step == end)
+
+
+def pruning_window(
+    total_steps: int,
+    start_fraction: float,
+    end_fraction: float,
+    start_step: int | None = None,
+    end_step: int | None = None,
+) -> tuple[int, int]:
+    """(start, end) steps of gradual pruning in a round of `total_steps`: explicit steps, else fractions;
+    never before step 1 or past the last step, and end >= start."""
+    start = start_step if start_step is not None else round(start_fraction * total_steps)
+    end = end_step if end_step is not None else round(end_fraction * total_steps)
+    start = max(1, start)
+    return start, min(max(start, end), total_steps)
