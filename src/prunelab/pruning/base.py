@@ -105,6 +105,14 @@ class Pruner(nn.Module):
 
     # --- reporting -----------------------------------------------------------------------------------
     @torch.no_grad()
+    def masked_fraction(self) -> float:
+        """Fraction of the prunable weights masked (0 for a pruner without masks); cheap enough per eval."""
+        masks = list(self.masks.values())
+        if not masks:
+            return 0.0
+        return 1.0 - sum(float(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    @torch.no_grad()
     def report(self, model: nn.Module) -> dict:
         """Sparsity (fraction of prunable weights masked), parameter counts, and memory: dense fp32 bytes
         versus the prunable matrices in CSC form plus everything else dense."""

@@ -163,9 +163,5 @@ class TranslationTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._score("test")
 
-    @torch.no_grad()
     def mask_sparsity(self) -> float:
-        masks = list(self.pruner.masks.values())
-        if not masks:
-            return 0.0
-        return 1.0 - sum(float(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+        return self.pruner.masked_fraction()
