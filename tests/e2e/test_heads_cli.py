@@ -45,7 +45,12 @@ def test_head_analysis_of_a_run(tmp_path: Path, smoke: list[str]) -> None:
         assert sum(x * x for x in v) == pytest.approx(1.0, abs=1e-5)
         assert report["keep_one_head"][comp]["head"] in (0, 1)
     curves = report["pruning_curves"]
-    assert set(curves) == {"all heads", "E:SA", "D:SA", "D:EA"}
+    assert set(curves) == {"all heads", "E:SA", "D:SA", "D:EA", "all heads, by ablation"}
+    # the comparison curve masks first the head whose ablation changed BLEU the least harmfully
+    deltas = report["ablation_delta_bleu"]
+    first = curves["all heads, by ablation"][1]  # 1 of 6 heads masked (10% rounds up to one head)
+    assert first["fraction"] == pytest.approx(1 / 6)
+    assert first["bleu"] == pytest.approx(report["baseline_bleu"] + max(deltas.values()), abs=1e-6)
     assert curves["all heads"][0] == {"fraction": 0.0, "bleu": pytest.approx(report["baseline_bleu"])}
     assert curves["all heads"][-1]["fraction"] == 1.0
     for name in ("importance.png", "ablation.png", "curves.png", "importance.csv", "ablation.csv", "keep_one.csv"):

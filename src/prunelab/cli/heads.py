@@ -2,9 +2,9 @@
 
 Loads the run's tested checkpoint with the run's own data and model config, then writes to RUN_DIR/heads/:
 heads.json (everything), importance.csv / ablation.csv / keep_one.csv / curves.csv, and the figures
-importance.png and ablation.png (layer x head heatmaps per attention type) and curves.png (BLEU vs fraction
-of heads pruned, by I_h, globally and per attention type). With a W&B logger in the run's config the
-figures and tables also go to W&B, in the run's project.
+importance.png and ablation.png (layer x head heatmaps per attention type) and curves.png (BLEU vs
+fraction of heads pruned: by I_h, globally and per attention type; globally by single-head ablation
+score). With a W&B logger in the run's config the figures and tables also go to W&B, in the run's project.
 """
 
 from __future__ import annotations
@@ -49,7 +49,12 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], Any, Transformer]:
 
 
 def analyse_heads(
-    run_dir: Path, importance_batches: int = 20, beam_size: int = 1, step: float = 0.1, out_dir: Path | None = None
+    run_dir: Path,
+    importance_batches: int = 20,
+    beam_size: int = 1,
+    step: float = 0.1,
+    out_dir: Path | None = None,
+    ablation_order: bool = True,
 ) -> dict[str, Any]:
     res, dm, model = load_run(run_dir)
     tok = dm.tokenizer
@@ -70,6 +75,9 @@ def analyse_heads(
     curves = {"all heads": iterative_pruning(model, order_by_score(importance), score_test, step)}
     for kind in ATTENTION_TYPES:
         curves[kind] = iterative_pruning(model, order_by_score(importance, [kind]), score_test, step)
+    if ablation_order:  # for comparison: least harmful single-head ablation first (largest BLEU change)
+        by_ablation = order_by_score({h: -d for h, d in deltas.items()})
+        curves["all heads, by ablation"] = iterative_pruning(model, by_ablation, score_test, step)
 
     report = {
         "run": str(run_dir),
@@ -96,7 +104,7 @@ def analyse_heads(
     plot_head_heatmaps(
         out / "ablation.png", deltas, f"BLEU change when one head is masked (base {base:.1f})", cmap="RdBu"
     )
-    plot_fraction_curves(out / "curves.png", curves, "heads pruned by increasing I_h")
+    plot_fraction_curves(out / "curves.png", curves, "heads pruned by increasing I_h (or ablation score)")
     _to_wandb(res, out, report)
     return report
 

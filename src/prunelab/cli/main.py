@@ -28,12 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     p_heads.add_argument("--importance-batches", type=int, default=20, help="training batches for I_h")
     p_heads.add_argument("--beam-size", type=int, default=1, help="decoding for every BLEU in the study")
     p_heads.add_argument("--step", type=float, default=0.1, help="fraction of heads pruned per curve step")
+    p_heads.add_argument(
+        "--no-ablation-order", action="store_true", help="skip the comparison curve ordered by ablation score"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "heads":
             from prunelab.cli.heads import analyse_heads
 
-            report = analyse_heads(args.run_dir, args.importance_batches, args.beam_size, args.step)
+            report = analyse_heads(
+                args.run_dir,
+                args.importance_batches,
+                args.beam_size,
+                args.step,
+                ablation_order=not args.no_ablation_order,
+            )
             print(f"baseline BLEU {report['baseline_bleu']:.2f}; written to {args.run_dir / 'heads'}")
         elif args.command == "export":
             from prunelab.cli.export import export_run

@@ -21,14 +21,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from prunelab.callbacks.curves import record_levels
 from prunelab.cli.results import write_json
+from prunelab.models.surgery import match_heads
 from prunelab.tasks.translation import TranslationTask
 
 log = logging.getLogger("prunelab")
-TrainerFactory = Callable[[Path], tuple[L.Trainer, ModelCheckpoint]]
+TrainerFactory = Callable[[Path, int], tuple[L.Trainer, ModelCheckpoint]]  # (round folder, max_steps)
 
 
-def evaluate(trainer: L.Trainer, task: TranslationTask, datamodule: L.LightningDataModule, best: str) -> dict:
-    """Validate and test the checkpoint `best` (its weights stay loaded in `task`)."""
+def evaluate(trainer: L.Trainer, task: TranslationTask, datamodule: L.LightningDataModule, best: str | None) -> dict:
+    """Validate and test the checkpoint `best` (its weights stay loaded in `task`); None: the weights as they are."""
     metrics: dict[str, float] = {}
     for stage in (trainer.validate, trainer.test):
         (scores,) = stage(task, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
@@ -44,20 +45,27 @@ def run_rounds(
     logger: Any,
     name: str,
     on_level: Callable[[list[dict]], None],
+    max_steps: int,
+    pretrained: bool = False,
 ) -> tuple[list[dict], float]:
+    """`pretrained`: the model holds trained weights (`ckpt=`), which a pruner may evaluate without training."""
     pruner, model = task.pruner, task.model
+    pruner.use_data(datamodule)
     levels: list[dict] = []
     fit_time = 0.0
     for r in range(pruner.rounds):
         round_dir = out / "checkpoints" / f"round_{r}"
         done = round_dir / "round_end.ckpt"
         if done.exists():  # finished earlier: take its state and its figures
-            task.load_state_dict(torch.load(done, weights_only=True)["state_dict"])
+            state = torch.load(done, weights_only=True)["state_dict"]
+            match_heads(model, state, "model.")  # heads removed in that round are removed here too
+            task.load_state_dict(state)
             pruner.enter_round(r)
             levels.append(json.loads((round_dir / "results.json").read_text()))
             log.info("round %d already finished: loaded %s", r, done)
             continue
-        trainer, ckpt = make_trainer(round_dir)
+        steps = pruner.round_steps(r, max_steps, pretrained)
+        trainer, ckpt = make_trainer(round_dir, max(steps, 1))
         last = round_dir / "last.ckpt"
         if last.exists():
             pruner.enter_round(r)  # the checkpoint holds the round's weights and masks
@@ -65,20 +73,28 @@ def run_rounds(
             pruner.on_round_start(model, r)
         log.info("round %d of %d: sparsity %.4f", r + 1, pruner.rounds, pruner.round_sparsity(r))
         t0 = time.perf_counter()
-        trainer.fit(task, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
+        if steps > 0:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
+            if trainer.interrupted:
+                raise KeyboardInterrupt
+            metrics = evaluate(trainer, task, datamodule, ckpt.best_model_path)
+            best = ckpt.best_model_path
+        else:  # an evaluation-only round: score the weights as they are, and keep them as the round's best
+            metrics = evaluate(trainer, task, datamodule, None)
+            best = str(round_dir / "best.ckpt")
+            trainer.save_checkpoint(best, weights_only=True)
         round_time = time.perf_counter() - t0
         fit_time += round_time
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        metrics = evaluate(trainer, task, datamodule, ckpt.best_model_path)
         report = pruner.report(model)
         level = {
             "round": r,
+            **({"stage": pruner.stage(r)} if pruner.stage(r) else {}),
             "sparsity": report["sparsity"]["overall"],
             "same_as_targeting": pruner.same_as_targeting(r),  # usable as that target's result in tables
             "metrics": metrics,
             "memory": report["memory"],
-            "best_checkpoint": ckpt.best_model_path,
+            "params": report["params"],
+            "best_checkpoint": best,
             "fit_time_s": round_time,
         }
         write_json(round_dir / "results.json", level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
@@ -11,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -22,6 +24,7 @@ from omegaconf.errors import MissingMandatoryValue
 from prunelab.cli.results import ResultsWriter
 from prunelab.cli.rounds import run_rounds
 from prunelab.errors import UserError
+from prunelab.models.surgery import load_state_dict_with_heads
 from prunelab.tasks.translation import TranslationTask
 
 log = logging.getLogger("prunelab")
@@ -46,7 +49,9 @@ def validate(cfg: DictConfig) -> None:
         log.warning("pruner=none ignores sparsity=%s: the model stays dense (pick e.g. pruner=mp)", s)
 
 
-def build_trainer(cfg: DictConfig, round_dir: Path, logger: Any) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    cfg: DictConfig, round_dir: Path, logger: Any, max_steps: int | None = None
+) -> tuple[L.Trainer, ModelCheckpoint]:
     ckpt = ModelCheckpoint(
         dirpath=round_dir,
         filename="best",
@@ -57,8 +62,38 @@ def build_trainer(cfg: DictConfig, round_dir: Path, logger: Any) -> tuple[L.Trai
         enable_version_counter=False,
     )
     kwargs = {**OmegaConf.to_container(cfg.trainer), **OmegaConf.to_container(cfg.hardware), **TRAINER_FIXED}
+    if max_steps is not None:  # a round with its own budget (e.g. fine-tuning after head pruning)
+        kwargs["max_steps"] = max_steps
+        kwargs["val_check_interval"] = min(kwargs.get("val_check_interval") or max_steps, max_steps)
     trainer = L.Trainer(**kwargs, callbacks=[ckpt], logger=logger, default_root_dir=round_dir.parent.parent)
     return trainer, ckpt
+
+
+def load_trained_weights(model: Any, path: Path) -> None:
+    """`ckpt=PATH`: start from the model weights of a trained run (its folder, or any .ckpt it wrote).
+    Only the model is taken (heads removed in it stay removed); masks and optimizer state are not."""
+    if path.is_dir():
+        results = path / "results.json"
+        if not results.exists():
+            raise UserError(f"ckpt={path}: a folder must be a run folder with results.json")
+        best = json.loads(results.read_text()).get("best_checkpoint")
+        if not best:
+            raise UserError(f"ckpt={path}: the run has no tested checkpoint (status not completed?)")
+        path = Path(best)
+    if not path.is_file():
+        raise UserError(f"ckpt={path}: no such file")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+    except Exception as e:
+        raise UserError(f"ckpt={path}: not a prunelab checkpoint ({type(e).__name__}: {e})") from None
+    try:
+        load_state_dict_with_heads(model, state, "model.")
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise UserError(
+            f"ckpt={path} does not fit this model (another model shape or vocabulary?): {first.strip()}"
+        ) from None
+    log.info("started from the weights of %s", path)
 
 
 def make_logger(cfg: DictConfig) -> Any:
@@ -82,6 +117,8 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
     pruner = instantiate(cfg.pruner)
     task: TranslationTask = instantiate(cfg.task)(model=model, pruner=pruner, tokenizer=tok)
+    if cfg.get("ckpt"):
+        load_trained_weights(model, Path(cfg.ckpt))
     logger = make_logger(cfg)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -91,10 +128,12 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
         out,
         task,
         datamodule,
-        lambda d: build_trainer(cfg, d, logger),
+        lambda d, steps: build_trainer(cfg, d, logger, steps),
         logger,
         name,
         on_level=lambda lv: (results.update(levels=lv), results.write()),  # progress survives a kill
+        max_steps=cfg.trainer.max_steps,
+        pretrained=bool(cfg.get("ckpt")),
     )
     final = levels[-1]
     last_dir = out / "checkpoints" / f"round_{final['round']}"

@@ -20,13 +20,19 @@ def remaining_heads(model: Transformer) -> dict[str, list[int]]:
     return {n: component(model, n).head_ids.tolist() for n in attention_names(model)}  # type: ignore[union-attr]
 
 
-def load_state_dict_with_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
-    """Load a state dict saved after head removal: first remove the heads its `head_ids` say are gone."""
+def match_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
+    """Remove from `model` the heads that a state dict saved after head removal no longer has (its
+    `<component>.head_ids` buffers say which are left), so that the state dict fits the model's shapes."""
     gone = {}
     for name in attention_names(model):
         key = f"{prefix}{name}.head_ids"
         if key in state:
             left = set(state[key].tolist())
-            gone[name] = [h for h in range(model.cfg.n_heads) if h not in left]
+            gone[name] = [h for h in component(model, name).head_ids.tolist() if h not in left]  # type: ignore[union-attr]
     prune_heads(model, gone)
+
+
+def load_state_dict_with_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
+    """Load a state dict saved after head removal: first remove the heads its `head_ids` say are gone."""
+    match_heads(model, state, prefix)
     model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})

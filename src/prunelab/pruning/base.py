@@ -55,6 +55,18 @@ class Pruner(nn.Module):
     def on_round_start(self, model: nn.Module, round_idx: int) -> None:
         """Called before each round's fit; iterative methods rewind weights here."""
 
+    def use_data(self, datamodule: object) -> None:
+        """Called once before the first round; pruners that score with data (head importance) keep it."""
+
+    def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
+        """Training steps of round `round_idx` (0: the round only evaluates the weights it starts from).
+        `pretrained`: the run started from a trained checkpoint (`ckpt=`)."""
+        return max_steps
+
+    def stage(self, round_idx: int) -> str | None:
+        """A name for what round `round_idx` holds (e.g. "pruned"), shown with its level in results.json."""
+        return None
+
     def enter_round(self, round_idx: int) -> None:
         """Called instead of on_round_start when a round resumes from its checkpoint (nothing to rewind)."""
 

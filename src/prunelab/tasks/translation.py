@@ -17,6 +17,7 @@ from prunelab.data.tokenizer import Tokenizer
 from prunelab.errors import UserError
 from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
+from prunelab.models.surgery import match_heads
 from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import Pruner
 
@@ -67,6 +68,10 @@ class TranslationTask(L.LightningModule):
         self._outputs: list[tuple[int, str, str]] = []  # (index, hypothesis, reference) of this eval epoch
         self.last_eval: dict[str, Any] = {}  # hypotheses and signature of the latest eval, for results
         self.train_tokens = 0
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint saved after head removal has smaller Q/K/V/O: cut the same heads before loading
+        match_heads(self.model, checkpoint["state_dict"], "model.")
 
     # --- training --------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> Tensor:

@@ -1,0 +1,57 @@
+"""`python train.py pruner=heads ckpt=RUN_DIR sparsity=...`: BLEU before and after removing heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import train
+
+
+def test_heads_pruner_on_a_trained_run(tmp_path: Path, smoke: list[str]) -> None:
+    dense = train(tmp_path / "dense", *smoke)
+    assert dense.returncode == 0, dense.stderr[-3000:]
+    args = [*smoke, "pruner=heads", "sparsity=0.5", "pruner.finetune_steps=6", f"ckpt={dense.dir}"]
+    run = train(tmp_path / "heads", *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    levels = res["levels"]
+    assert [lv["stage"] for lv in levels] == ["dense", "pruned", "fine-tuned"]
+    # the dense level is the trained run itself, evaluated again: same test BLEU
+    assert levels[0]["metrics"]["test/bleu"] == pytest.approx(dense.results["metrics"]["test/bleu"], abs=1e-6)
+    assert [lv["sparsity"] for lv in levels] == [0.0, 0.5, 0.5]
+    assert len(res["heads"]["removed"]) == 3  # smoke: 3 attention sub-layers x 2 heads
+    assert res["params"]["total"] < dense.results["params"]["total"]
+    assert res["params"]["before_pruning"] == dense.results["params"]["total"]
+    assert res["metrics"] == levels[-1]["metrics"]
+    assert (run.dir / "curve.csv").exists() and (run.dir / "curve.png").stat().st_size > 0
+
+    # the pruned run is itself a starting point: its smaller shapes load, and nothing more is removed
+    again = train(tmp_path / "again", *smoke, "pruner=heads", "sparsity=0.5", f"ckpt={run.dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    lv0 = again.results["levels"][0]
+    assert lv0["metrics"]["test/bleu"] == pytest.approx(res["metrics"]["test/bleu"], abs=1e-6)
+    assert again.results["heads"]["removed"] == res["heads"]["removed"]  # the same three, none more
+    assert [lv["sparsity"] for lv in again.results["levels"]] == [0.5, 0.5]
+    assert again.results["params"]["total"] == res["params"]["total"]
+
+
+@pytest.mark.parametrize(
+    ("ckpt", "message"),
+    [("does/not/exist.ckpt", "no such file"), (".", "must be a run folder with results.json")],
+)
+def test_bad_ckpt_is_one_clear_line(tmp_path: Path, smoke: list[str], ckpt: str, message: str) -> None:
+    target = tmp_path / ckpt if ckpt != "." else tmp_path
+    run = train(tmp_path / "run", *smoke, "pruner=heads", "sparsity=0.5", f"ckpt={target}")
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert run.results["status"] == "failed"
+
+
+def test_ckpt_of_another_model_shape(tmp_path: Path, smoke: list[str]) -> None:
+    dense = train(tmp_path / "dense", *smoke)
+    assert dense.returncode == 0, dense.stderr[-3000:]
+    run = train(tmp_path / "run", *smoke, "model.d_model=48", f"ckpt={dense.dir}")
+    assert run.returncode == 2
+    assert "does not fit this model" in run.stderr and "Traceback" not in run.stderr
