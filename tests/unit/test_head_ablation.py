@@ -99,3 +99,11 @@ def test_corpus_bleu_scores_real_decodes(tiny_model: Transformer, batch: dict) -
     tok = WordTokenizer([f"w{i}" for i in range(46)])
     b = {**batch, "ref": ["w1 w2 w3"] * 3}
     assert 0.0 <= corpus_bleu(tiny_model, [b], tok) <= 100.0
+
+
+def test_iterative_pruning_scores_each_count_once(tiny_model: Transformer) -> None:
+    order = head_names(tiny_model)[:8]  # 8 heads: 10% steps give 1, 2, 3, 4, 4, 5, ... heads
+    counts: list[int] = []
+    points = iterative_pruning(tiny_model, order, lambda: (counts.append(len(closed(tiny_model))), 0.0)[1])
+    assert counts == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert [p[0] for p in points] == [c / 8 for c in counts]

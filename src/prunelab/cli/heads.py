@@ -105,11 +105,23 @@ def analyse_heads(
         out / "ablation.png", deltas, f"BLEU change when one head is masked (base {base:.1f})", cmap="RdBu"
     )
     plot_fraction_curves(out / "curves.png", curves, "heads pruned by increasing I_h (or ablation score)")
-    _to_wandb(res, out, report)
+    log_analysis_to_wandb(
+        res,
+        out,
+        "heads-analysis",
+        {
+            "heads/importance": (["head", "importance"], [list(x) for x in sorted(importance.items())]),
+            "heads/ablation": (["head", "delta_bleu"], [list(x) for x in sorted(deltas.items())]),
+        },
+    )
     return report
 
 
-def _to_wandb(res: dict[str, Any], out: Path, report: dict[str, Any]) -> None:
+def log_analysis_to_wandb(
+    res: dict[str, Any], out: Path, name: str, tables: dict[str, tuple[list[str], list[list[Any]]]]
+) -> None:
+    """Send an analysis folder's PNGs and the given tables to W&B, in the run's project, when the run used
+    W&B (offline runs stay offline). {key: (columns, rows)}."""
     logger = res.get("config", {}).get("logger") or {}
     if not str(logger.get("_target_", "")).endswith("WandbLogger"):
         return
@@ -117,17 +129,12 @@ def _to_wandb(res: dict[str, Any], out: Path, report: dict[str, Any]) -> None:
 
     run = wandb.init(
         project=logger.get("project", "prunelab"),
-        name="heads-analysis",
+        name=name,
         job_type="analysis",
         mode=logger.get("mode", "offline"),
         dir=str(out),
     )
-    tables = {
-        "heads/importance": wandb.Table(columns=["head", "importance"], data=sorted(report["importance"].items())),
-        "heads/ablation": wandb.Table(
-            columns=["head", "delta_bleu"], data=sorted(report["ablation_delta_bleu"].items())
-        ),
-    }
-    images = {f"heads/{p.stem}": wandb.Image(str(p)) for p in out.glob("*.png")}
-    run.log({**tables, **images})
+    logged: dict[str, Any] = {k: wandb.Table(columns=c, data=rows) for k, (c, rows) in tables.items()}
+    logged |= {f"{out.name}/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
+    run.log(logged)
     run.finish()

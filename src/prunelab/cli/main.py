@@ -31,6 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     p_heads.add_argument(
         "--no-ablation-order", action="store_true", help="skip the comparison curve ordered by ablation score"
     )
+    p_comp = sub.add_parser("components", help="Wang & Tu component importance of a trained run")
+    p_comp.add_argument("run_dir", type=Path)
+    p_comp.add_argument("--split", choices=["valid", "test"], default="valid", help="data every BLEU is taken on")
+    p_comp.add_argument("--beam-size", type=int, default=None, help="default: the run's validation beam")
+    p_comp.add_argument("--no-criticality", action="store_true", help="skip Eq. 2 (it needs about 8 decodes each)")
+    p_comp.add_argument("--epsilon", type=float, default=0.5, help="criticality: allowed BLEU drop")
+    p_comp.add_argument("--tolerance", type=float, default=0.02, help="criticality: precision of α")
+    p_comp.add_argument("--grid", type=int, default=4, help="criticality: coarse α grid before bisection")
+    p_comp.add_argument("--rescore", action="store_true", help="group ablation also re-scored after each step")
     args = parser.parse_args(argv)
     try:
         if args.command == "heads":
@@ -44,6 +53,31 @@ def main(argv: list[str] | None = None) -> int:
                 ablation_order=not args.no_ablation_order,
             )
             print(f"baseline BLEU {report['baseline_bleu']:.2f}; written to {args.run_dir / 'heads'}")
+        elif args.command == "components":
+            from prunelab.cli.components import analyse_components
+
+            report = analyse_components(
+                args.run_dir,
+                split=args.split,
+                beam_size=args.beam_size,
+                criticality=not args.no_criticality,
+                epsilon=args.epsilon,
+                grid=args.grid,
+                tolerance=args.tolerance,
+                rescore=args.rescore,
+            )
+            c = report["cost"]
+            print(
+                f"baseline BLEU {report['baseline_bleu']:.2f}; contribution of {len(report['contribution'])} "
+                f"components in {c['contribution_seconds']:.1f} s, {c['contribution_passes']} batched passes "
+                f"= {c['contribution_in_full_decodes']:.2f} full decodes of {args.split}"
+                + (
+                    f"; criticality {c['criticality_evaluations']} decodes in {c['criticality_seconds']:.1f} s"
+                    if "criticality_seconds" in c
+                    else ""
+                )
+                + f"; written to {args.run_dir / 'components'}"
+            )
         elif args.command == "export":
             from prunelab.cli.export import export_run
 

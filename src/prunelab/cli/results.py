@@ -36,6 +36,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """torch.save atomically (a kill never leaves a truncated weights file)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # DDP ranks may write side by side
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def read_completed_run(run_dir: Path) -> dict[str, Any]:
     """results.json of a run that completed with a tested checkpoint, or a UserError naming the problem."""
     from prunelab.errors import UserError

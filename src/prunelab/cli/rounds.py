@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from prunelab.callbacks.curves import record_levels
 from prunelab.cli.results import write_json
-from prunelab.models.surgery import match_heads
+from prunelab.models.surgery import match_structure
 from prunelab.tasks.translation import TranslationTask
 
 log = logging.getLogger("prunelab")
@@ -58,7 +58,7 @@ def run_rounds(
         done = round_dir / "round_end.ckpt"
         if done.exists():  # finished earlier: take its state and its figures
             state = torch.load(done, weights_only=True)["state_dict"]
-            match_heads(model, state, "model.")  # heads removed in that round are removed here too
+            match_structure(model, state, "model.")  # heads removed in that round are removed here too
             task.load_state_dict(state)
             pruner.enter_round(r)
             levels.append(json.loads((round_dir / "results.json").read_text()))

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from prunelab.cli.results import ResultsWriter
+from prunelab.cli.results import ResultsWriter, write_state
 from prunelab.cli.rounds import run_rounds
 from prunelab.errors import UserError
 from prunelab.models.surgery import load_state_dict_with_heads
@@ -69,7 +69,7 @@ def build_trainer(
     return trainer, ckpt
 
 
-def load_trained_weights(model: Any, path: Path) -> None:
+def load_trained_weights(model: Any, path: Path) -> Path:
     """`ckpt=PATH`: start from the model weights of a trained run (its folder, or any .ckpt it wrote).
     Only the model is taken (heads removed in it stay removed); masks and optimizer state are not."""
     if path.is_dir():
@@ -94,6 +94,7 @@ def load_trained_weights(model: Any, path: Path) -> None:
             f"ckpt={path} does not fit this model (another model shape or vocabulary?): {first.strip()}"
         ) from None
     log.info("started from the weights of %s", path)
+    return path
 
 
 def make_logger(cfg: DictConfig) -> Any:
@@ -118,7 +119,13 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     pruner = instantiate(cfg.pruner)
     task: TranslationTask = instantiate(cfg.task)(model=model, pruner=pruner, tokenizer=tok)
     if cfg.get("ckpt"):
-        load_trained_weights(model, Path(cfg.ckpt))
+        source = load_trained_weights(model, Path(cfg.ckpt))
+        init = next((d / "init.pt" for d in (source.parent, *source.parents) if (d / "init.pt").exists()), None)
+    else:
+        init = out / "init.pt"  # θ_0, for analyses that need it (Wang & Tu's criticality, rewinding)
+        if not init.exists():
+            write_state(init, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    results.update(init_weights=str(init) if init else None)
     logger = make_logger(cfg)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

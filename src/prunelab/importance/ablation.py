@@ -25,12 +25,17 @@ ATTENTION_TYPES = ("E:SA", "D:SA", "D:EA")  # enc-self, dec-self, enc-dec
 
 
 @torch.no_grad()
-def corpus_bleu(model: Transformer, batches: Sequence[Batch], tok: Tokenizer, beam_size: int = 1) -> float:
+def corpus_bleu(
+    model: Transformer, batches: Sequence[Batch], tok: Tokenizer, beam_size: int = 1, settings: Any = None
+) -> float:
+    """sacrebleu corpus BLEU of the model's translations of `batches`. `settings` (alpha, max_len_a,
+    max_len_b attributes, e.g. a DecodeSettings) overrides the decoding defaults."""
     was_training = model.training
     model.eval()
     hyps, refs = [], []
+    extra = {k: getattr(settings, k) for k in ("alpha", "max_len_a", "max_len_b")} if settings else {}
     for b in batches:
-        out = beam_search(model, b["src"], tok.bos_id, tok.eos_id, beam_size=beam_size)
+        out = beam_search(model, b["src"], tok.bos_id, tok.eos_id, beam_size=beam_size, **extra)
         hyps += [tok.decode(h) for h in out]
         refs += list(b["ref"])
     model.train(was_training)
@@ -104,9 +109,13 @@ def iterative_pruning(
     heads in `order`); -> [(fraction pruned, score)], starting at (0, unpruned score)."""
     n = len(order)
     points = [(0.0, evaluate())]
-    k = 1
+    k, last = 1, 0
     while True:
         count = min(n, math.ceil(round(k * step * n, 9)))
+        if count == last:  # few heads: two steps can round to the same count; score it once
+            k += 1
+            continue
+        last = count
         with heads_off(model, order[:count]):
             points.append((count / n, evaluate()))
         if count >= n:

@@ -18,12 +18,12 @@ COMPONENT_TYPES = {"enc.sa": "E:SA", "enc.ff": "E:FF", "dec.sa": "D:SA", "dec.ea
 _HEAD = re.compile(r"^(?P<comp>(enc|dec)\.\d+\.(sa|ea))\.h(?P<head>\d+)$")
 
 
-def component_names(model: Transformer) -> list[str]:
+def component_names(model: Transformer, include_removed: bool = False) -> list[str]:
+    """Every sub-layer, encoder first, in forward order; removed ones only with include_removed."""
     names = []
-    for i in range(len(model.enc)):
-        names += [f"enc.{i}.sa", f"enc.{i}.ff"]
-    for i in range(len(model.dec)):
-        names += [f"dec.{i}.sa", f"dec.{i}.ea", f"dec.{i}.ff"]
+    for side, stack in (("enc", model.enc), ("dec", model.dec)):
+        for i, layer in enumerate(stack):
+            names += [f"{side}.{i}.{k}" for k in layer.kinds if include_removed or getattr(layer, k) is not None]
     return names
 
 

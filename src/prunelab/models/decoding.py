@@ -64,13 +64,30 @@ def beam_search(
 ) -> list[list[int]]:
     """Batched beam search. Finished hypotheses keep their score and stay in the beam (emitting pad);
     the winner per sentence is chosen by score / length_penalty. beam_size=1 is exactly greedy."""
-    pad = model.cfg.pad_id
-    B, K = src.size(0), beam_size
     mem, mem_mask = model.encode(src)
+    limits = max_target_lens(src, model.cfg.pad_id, max_len_a, max_len_b, model.cfg.max_len)
+    return beam_search_memory(model, mem, mem_mask, limits, bos_id, eos_id, beam_size, alpha)
+
+
+@torch.no_grad()
+def beam_search_memory(
+    model: Transformer,
+    mem: Tensor,
+    mem_mask: Tensor,
+    limits: Tensor,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+) -> list[list[int]]:
+    """Beam search from encoder memory (B, S, C) with per-sentence length limits (B,). Row b's K beams
+    are rows b*K .. b*K+K-1 of every decoder tensor, and stay there (a per-row gate can follow them)."""
+    pad = model.cfg.pad_id
+    B, K = mem.size(0), beam_size
+    dev = mem.device
     mem = mem.repeat_interleave(K, 0)  # (B*K, S, C)
     mem_mask = mem_mask.repeat_interleave(K, 0)  # (B*K, 1, 1, S)
     cache = model.new_cache()
-    dev = src.device
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step 0
     token = torch.full((B * K,), bos_id, dtype=torch.long, device=dev)
@@ -78,7 +95,7 @@ def beam_search(
     lengths = torch.zeros(B * K, device=dev)
     history = torch.empty(B * K, 0, dtype=torch.long, device=dev)
     base = (torch.arange(B, device=dev) * K).unsqueeze(1)  # (B, 1) row offset of each sentence's beams
-    limits = max_target_lens(src, pad, max_len_a, max_len_b, model.cfg.max_len).repeat_interleave(K)  # (B*K,)
+    limits = limits.repeat_interleave(K)  # (B*K,)
     for step in range(int(limits.max())):
         logp = model.decode_step(token, mem, mem_mask, cache, step).float().log_softmax(-1)  # (B*K, V)
         V = logp.size(-1)

@@ -1,4 +1,4 @@
-"""Structural head removal on a whole model, and loading a model whose heads were removed."""
+"""Structural removal of heads and whole components, and loading a model that had either removed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from prunelab.models.addressing import attention_names, component
+from prunelab.models.addressing import attention_names, component, component_names
 from prunelab.models.transformer import Transformer
 
 
@@ -32,7 +32,30 @@ def match_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "
     prune_heads(model, gone)
 
 
-def load_state_dict_with_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
-    """Load a state dict saved after head removal: first remove the heads its `head_ids` say are gone."""
+def remove_components(model: Transformer, names: list[str]) -> None:
+    """Remove sub-layers for real (`enc.0.ff`, `dec.1.sa`): no parameters, nothing added to the residual."""
+    for name in names:
+        component(model, name)  # a clear KeyError for a name that is not a component (or already gone)
+        side, i, kind = name.split(".")
+        (model.enc if side == "enc" else model.dec)[int(i)].remove(kind)
+
+
+def match_components(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
+    """Remove the components of which a state dict holds nothing (it was saved after removing them)."""
+    present = {k.removeprefix(prefix).rsplit(".", 1)[0] for k in state if k.startswith(prefix)}
+    if not present:
+        return  # nothing of this model in `state`: leave it whole (loading will say what is wrong)
+    gone = [n for n in component_names(model) if not any(p == n or p.startswith(n + ".") for p in present)]
+    remove_components(model, gone)
+
+
+def match_structure(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
+    """Make `model` have the components and heads that `state` has, so that it loads."""
+    match_components(model, state, prefix)
     match_heads(model, state, prefix)
+
+
+def load_state_dict_with_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
+    """Load a state dict saved after head or component removal: remove the same parts first."""
+    match_structure(model, state, prefix)
     model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})

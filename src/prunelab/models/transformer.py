@@ -49,10 +49,20 @@ class TransformerConfig:
     max_len: int = 1024
     pad_id: int = 0
     gated: bool = True  # False skips every gate multiply (used to check that gates at 1 are a no-op)
+    layerdrop: float = 0.0  # LayerDrop (Fan et al. 2020): in training, each sub-layer is skipped with this chance
+    removed: tuple[str, ...] = ()  # components built without parameters, e.g. ("enc.0.ff", "dec.1.sa")
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.layerdrop < 1.0:
+            raise ValueError(f"layerdrop must be in [0, 1), got {self.layerdrop}")
+        self.removed = tuple(self.removed)
+
+
+def gated(y: Tensor, g: Tensor) -> Tensor:
+    """y * g, for a scalar gate or one gate per example (g of shape (B,), y of shape (B, ...))."""
+    return y * g if g.dim() == 0 else y * g.view(-1, *([1] * (y.dim() - 1)))
 
 
 def _uninitialised_linear(n_in: int, n_out: int, like: Tensor) -> nn.Linear:
@@ -96,7 +106,7 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
             y = self.out_proj(x.new_zeros(B, T, 0))
-            return y * self.gate if self.gated else y
+            return gated(y, self.gate) if self.gated else y
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
         drop = self.attn_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
@@ -105,7 +115,7 @@ class MultiHeadAttention(nn.Module):
             y = y * (g.view(1, -1, 1, 1) if g.dim() == 1 else g[:, :, None, None])
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*hs) heads concatenated
         y = self.out_proj(y)
-        return y * self.gate if self.gated else y
+        return gated(y, self.gate) if self.gated else y
 
     def project_kv(self, mem: Tensor) -> tuple[Tensor, Tensor]:
         return self.split_heads(self.k_proj(mem)), self.split_heads(self.v_proj(mem))
@@ -148,7 +158,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.fc2(self.dropout(F.relu(self.fc1(x))))  # (B, T, C)
-        return y * self.gate if self.gated else y
+        return gated(y, self.gate) if self.gated else y
 
 
 class Residual(nn.Module):
@@ -168,44 +178,85 @@ class Residual(nn.Module):
         return x if self.pre_norm else self.norm(x)
 
 
-class EncoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+class Layer(nn.Module):
+    """A stack layer: named sub-layers, each with its residual wrapper. A removed sub-layer (`remove`) has
+    no parameters and adds nothing to the residual stream; under LayerDrop a sub-layer is skipped at random
+    in training, its parameters touched at zero cost so that DDP still sees them used."""
+
+    kinds: tuple[str, ...] = ()
+
+    def __init__(self, cfg: TransformerConfig, prefix: str):
         super().__init__()
-        self.sa, self.sa_res = MultiHeadAttention(cfg), Residual(cfg)
-        self.ff, self.ff_res = FeedForward(cfg), Residual(cfg)
+        self.layerdrop = cfg.layerdrop
+        for kind in self.kinds:
+            if f"{prefix}.{kind}" in cfg.removed:
+                setattr(self, kind, None)
+                setattr(self, f"{kind}_res", None)
+            else:
+                setattr(self, kind, FeedForward(cfg) if kind == "ff" else MultiHeadAttention(cfg))
+                setattr(self, f"{kind}_res", Residual(cfg))
+
+    def remove(self, kind: str) -> None:
+        setattr(self, kind, None)
+        setattr(self, f"{kind}_res", None)
+
+    def skip(self, kind: str, x: Tensor) -> Tensor | None:
+        """x itself when the sub-layer is absent or dropped this step; None when it runs."""
+        module = getattr(self, kind)
+        if module is None:
+            return x
+        if self.training and self.layerdrop > 0 and float(torch.rand(())) < self.layerdrop:
+            res = getattr(self, f"{kind}_res")
+            touch = sum(p.sum() for p in (*module.parameters(), *res.parameters()))
+            return x + 0.0 * touch  # zero gradients for the dropped sub-layer, so DDP sees it used
+        return None
+
+    def ff_block(self, x: Tensor) -> Tensor:
+        if (y := self.skip("ff", x)) is not None:
+            return y
+        return self.ff_res.out(x, self.ff(self.ff_res.inp(x)))
+
+
+class EncoderLayer(Layer):
+    kinds = ("sa", "ff")
 
     def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
-        h = self.sa_res.inp(x)
-        x = self.sa_res.out(x, self.sa(h, *self.sa.project_kv(h), mask=src_mask))
-        return self.ff_res.out(x, self.ff(self.ff_res.inp(x)))
+        if (y := self.skip("sa", x)) is None:
+            h = self.sa_res.inp(x)
+            x = self.sa_res.out(x, self.sa(h, *self.sa.project_kv(h), mask=src_mask))
+        else:
+            x = y
+        return self.ff_block(x)
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
-        super().__init__()
-        self.sa, self.sa_res = MultiHeadAttention(cfg), Residual(cfg)
-        self.ea, self.ea_res = MultiHeadAttention(cfg), Residual(cfg)
-        self.ff, self.ff_res = FeedForward(cfg), Residual(cfg)
+class DecoderLayer(Layer):
+    kinds = ("sa", "ea", "ff")
 
     def forward(self, x: Tensor, mem: Tensor, mem_mask: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
-        h = self.sa_res.inp(x)
-        k, v = self.sa.project_kv(h)  # (B, H, T, hs)
-        if cache is None:  # full sequence: causal self-attention
-            y = self.sa(h, k, v, is_causal=True)
-        else:  # one new position: it may see every cached position, so no mask is needed
-            if "sa_k" in cache:
-                k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
-            cache["sa_k"], cache["sa_v"] = k, v
-            y = self.sa(h, k, v)
-        x = self.sa_res.out(x, y)
-        if cache is None or "ea_k" not in cache:
-            ek, ev = self.ea.project_kv(mem)  # (B, H, S, hs)
-            if cache is not None:
-                cache["ea_k"], cache["ea_v"] = ek, ev
+        if (y := self.skip("sa", x)) is None:
+            h = self.sa_res.inp(x)
+            k, v = self.sa.project_kv(h)  # (B, H, T, hs)
+            if cache is None:  # full sequence: causal self-attention
+                y = self.sa(h, k, v, is_causal=True)
+            else:  # one new position: it may see every cached position, so no mask is needed
+                if "sa_k" in cache:
+                    k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
+                cache["sa_k"], cache["sa_v"] = k, v
+                y = self.sa(h, k, v)
+            x = self.sa_res.out(x, y)
         else:
-            ek, ev = cache["ea_k"], cache["ea_v"]
-        x = self.ea_res.out(x, self.ea(self.ea_res.inp(x), ek, ev, mask=mem_mask))
-        return self.ff_res.out(x, self.ff(self.ff_res.inp(x)))
+            x = y
+        if (y := self.skip("ea", x)) is None:
+            if cache is None or "ea_k" not in cache:
+                ek, ev = self.ea.project_kv(mem)  # (B, H, S, hs)
+                if cache is not None:
+                    cache["ea_k"], cache["ea_v"] = ek, ev
+            else:
+                ek, ev = cache["ea_k"], cache["ea_v"]
+            x = self.ea_res.out(x, self.ea(self.ea_res.inp(x), ek, ev, mask=mem_mask))
+        else:
+            x = y
+        return self.ff_block(x)
 
 
 def sinusoidal_positions(max_len: int, d: int) -> Tensor:
@@ -226,8 +277,8 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         self.register_buffer("pos", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.enc = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
-        self.dec = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        self.enc = nn.ModuleList(EncoderLayer(cfg, f"enc.{i}") for i in range(cfg.enc_layers))
+        self.dec = nn.ModuleList(DecoderLayer(cfg, f"dec.{i}") for i in range(cfg.dec_layers))
         # pre-norm leaves the residual stream un-normalised, so each stack ends with a LayerNorm
         self.enc_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
         self.dec_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()

@@ -17,7 +17,7 @@ from prunelab.data.tokenizer import Tokenizer
 from prunelab.errors import UserError
 from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
-from prunelab.models.surgery import match_heads
+from prunelab.models.surgery import match_structure
 from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import Pruner
 
@@ -71,7 +71,7 @@ class TranslationTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint saved after head removal has smaller Q/K/V/O: cut the same heads before loading
-        match_heads(self.model, checkpoint["state_dict"], "model.")
+        match_structure(self.model, checkpoint["state_dict"], "model.")
 
     # --- training --------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> Tensor:

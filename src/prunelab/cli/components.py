@@ -1,0 +1,171 @@
+"""`prunelab components RUN_DIR`: Wang & Tu (2020) component importance of a trained run.
+
+Writes to RUN_DIR/components/: components.json (everything, with the analysis cost), drops.csv (the BLEU
+drop table: baseline, BLEU with each component zeroed, drop, contribution, criticality), heatmaps.png
+(contribution and criticality, component type x layer, darker = more important), group_ablation.csv/.png
+(components zeroed cumulatively from the least important, Figure 9). With a W&B logger in the run's
+config, the figures and tables also go to W&B.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab.callbacks.curves import write_csv
+from prunelab.callbacks.heatmaps import plot_component_heatmaps, plot_fraction_curves
+from prunelab.cli.heads import load_run, log_analysis_to_wandb
+from prunelab.cli.results import write_json
+from prunelab.errors import UserError
+from prunelab.importance.ablation import corpus_bleu
+from prunelab.importance.components import (
+    DecodeSettings,
+    ablation_bleu,
+    contribution_scores,
+    criticality_scores,
+    greedy_group_ablation,
+    group_ablation,
+    order_by_importance,
+)
+from prunelab.models.addressing import component_names
+
+log = logging.getLogger("prunelab")
+
+
+def decode_settings(config: dict[str, Any], beam_size: int | None) -> DecodeSettings:
+    """The run's own validation decoding (beam, length penalty, length limits), unless overridden."""
+    task = config.get("task", {})
+    return DecodeSettings(
+        beam_size=beam_size or task.get("val_beam_size") or task.get("beam_size", 4),
+        alpha=task.get("length_penalty", 0.6),
+        max_len_a=task.get("max_len_a", 1.5),
+        max_len_b=task.get("max_len_b", 10),
+    )
+
+
+def analyse_components(
+    run_dir: Path,
+    split: str = "valid",
+    beam_size: int | None = None,
+    criticality: bool = True,
+    epsilon: float = 0.5,
+    grid: int = 4,
+    tolerance: float = 0.02,
+    rescore: bool = False,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    res, dm, model = load_run(run_dir)
+    tok = dm.tokenizer
+    settings = decode_settings(res["config"], beam_size)
+    batches = list(dm.val_dataloader() if split == "valid" else dm.test_dataloader())
+    out = out_dir or run_dir / "components"
+    out.mkdir(parents=True, exist_ok=True)
+    names = component_names(model)
+
+    # what one ordinary decode of the split costs: the unit the analysis cost is stated in
+    t0 = time.perf_counter()
+    full_bleu = corpus_bleu(model, batches, tok, settings.beam_size, settings)
+    full_decode_s = time.perf_counter() - t0
+
+    log.info("contribution: %d components, one batched pass per batch", len(names))
+    abl = ablation_bleu(model, batches, tok, settings, names)
+    drops = abl.drops
+    contribution = contribution_scores(drops, abl.baseline)
+    cost = {
+        "contribution_seconds": abl.seconds,
+        "contribution_passes": abl.passes,
+        "full_decode_seconds": full_decode_s,
+        "separate_decodes_equivalent": len(names) + 1,
+        "contribution_in_full_decodes": abl.seconds / full_decode_s,
+        "ratio_to_separate_decodes": abl.seconds / ((len(names) + 1) * full_decode_s),
+    }
+
+    crit: dict[str, Any] = {}
+    if criticality:
+        init = res.get("init_weights")
+        if not init or not Path(init).is_file():
+            raise UserError(f"{run_dir}: no θ_0 saved (init.pt) for criticality; pass --no-criticality")
+        theta0 = {
+            k.removeprefix("model."): v for k, v in torch.load(init, weights_only=True, map_location="cpu").items()
+        }
+        t0 = time.perf_counter()
+        crit_base, found = criticality_scores(
+            model,
+            theta0,
+            lambda: corpus_bleu(model, batches, tok, settings.beam_size, settings),
+            names,
+            epsilon,
+            grid,
+            tolerance,
+            progress=lambda n: log.info("criticality: %s done", n),
+        )
+        cost["criticality_seconds"] = time.perf_counter() - t0
+        cost["criticality_evaluations"] = 1 + sum(c.evaluations for c in found.values())
+        crit = {
+            "baseline_bleu": crit_base,
+            "epsilon": epsilon,
+            "tolerance": tolerance,
+            "grid": grid,
+            "alpha": {n: c.alpha for n, c in found.items()},
+            "evaluations": {n: c.evaluations for n, c in found.items()},
+            "trace": {n: c.trace for n, c in found.items()},
+        }
+
+    order = order_by_importance(contribution)
+    t0 = time.perf_counter()
+    group = group_ablation(model, batches, tok, settings, order)
+    curves = {"by contribution": group}
+    if rescore:
+        curves["re-scored after each step"] = greedy_group_ablation(model, batches, tok, settings)
+    cost["group_ablation_seconds"] = time.perf_counter() - t0
+
+    report = {
+        "run": str(run_dir),
+        "checkpoint": res["best_checkpoint"],
+        "split": split,
+        "decoding": settings.__dict__,
+        "baseline_bleu": abl.baseline,
+        "full_decode_bleu": full_bleu,
+        "bleu_zeroed": abl.bleu,
+        "drop": drops,
+        "contribution": contribution,
+        "contribution_clip": 0.1 * abl.baseline,
+        "criticality": crit,
+        "group_ablation": {k: [{"zeroed": c, "component": n, "bleu": b} for c, n, b in v] for k, v in curves.items()},
+        "cost": cost,
+    }
+    write_json(out / "components.json", report)
+    alpha = crit.get("alpha", {})
+    write_csv(
+        out / "drops.csv",
+        ["component", "bleu_zeroed", "drop", "contribution", "criticality_alpha"],
+        [[n, abl.bleu[n], drops[n], contribution[n], alpha.get(n, "")] for n in names],
+    )
+    write_csv(
+        out / "group_ablation.csv",
+        ["order", "zeroed", "component", "bleu"],
+        [[k, c, n or "", b] for k, v in curves.items() for c, n, b in v],
+    )
+    panels = {"contribution (Eq. 1)": contribution}
+    if alpha:
+        panels["criticality α (Eq. 2)"] = alpha
+    plot_component_heatmaps(out / "heatmaps.png", panels, f"component importance ({split}, base {abl.baseline:.1f})")
+    plot_fraction_curves(
+        out / "group_ablation.png",
+        {k: [(c, b) for c, _, b in v] for k, v in curves.items()},
+        "components zeroed from the least important",
+        xlabel="components zeroed",
+        x_scale=1.0,
+    )
+    tables = {
+        "components/drops": (
+            ["component", "bleu_zeroed", "drop", "contribution"],
+            [[n, abl.bleu[n], drops[n], contribution[n]] for n in names],
+        ),
+    }
+    log_analysis_to_wandb(res, out, "components-analysis", tables)
+    return report

@@ -1,0 +1,308 @@
+"""Component importance of Wang & Tu (2020), as pure functions of a model and batches.
+
+Components are the sub-layers `enc.{i}.sa`, `enc.{i}.ff`, `dec.{i}.sa`, `dec.{i}.ea`, `dec.{i}.ff`.
+
+- Contribution (Eq. 1): M_n = BLEU drop when component n's output is replaced by zeros (its gate at 0),
+  clipped to [0, C] with C = 10% of the baseline BLEU, divided by the largest clipped drop.
+- Criticality (Eq. 2): the smallest α in [0, 1] such that BLEU(θ_f) - BLEU(θ_f with component n at
+  (1-α)θ_0 + αθ_f) < ε.
+
+Every ablation of one batch is decoded in one batched pass: the sentences are repeated once per variant
+(the unablated model, then one copy per component), every copy with its own per-example gates. The encoder
+runs on the unablated copy and the encoder-ablation copies only; decoder ablations reuse the unablated
+encoder output.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunelab.data.tokenizer import Tokenizer
+from prunelab.metrics import translation_scores
+from prunelab.models.addressing import component, component_names
+from prunelab.models.decoding import beam_search_memory, max_target_lens
+from prunelab.models.transformer import Transformer
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class DecodeSettings:
+    beam_size: int = 4
+    alpha: float = 0.6
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+
+
+@dataclass
+class AblationResult:
+    baseline: float  # BLEU of the unablated model
+    bleu: dict[str, float]  # BLEU with each component zeroed
+    passes: int  # batched decoding passes (one per batch of sentences)
+    seconds: float
+    sentences_decoded: int = 0  # sentences x variants
+    variants: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def drops(self) -> dict[str, float]:
+        return {c: self.baseline - b for c, b in self.bleu.items()}
+
+
+def contribution_scores(drops: dict[str, float], baseline: float, clip_fraction: float = 0.1) -> dict[str, float]:
+    """Eq. 1: clip each BLEU drop to [0, C], C = clip_fraction x baseline BLEU, then divide by the largest
+    clipped drop (all zeros when no component costs anything)."""
+    cap = clip_fraction * baseline
+    clipped = {c: min(max(d, 0.0), cap) for c, d in drops.items()}
+    top = max(clipped.values(), default=0.0)
+    return {c: (v / top if top > 0 else 0.0) for c, v in clipped.items()}
+
+
+@contextmanager
+def components_off(model: Transformer, names: Sequence[str]) -> Iterator[None]:
+    """Gate the named components off (output replaced by zeros) for the duration of the block."""
+    gates = [component(model, n).gate for n in names]
+    saved = [g.clone() for g in gates]
+    try:
+        for g in gates:
+            g.fill_(0.0)
+        yield
+    finally:
+        for g, s in zip(gates, saved, strict=True):
+            g.copy_(s)
+
+
+@contextmanager
+def per_example_gates(model: Transformer, gates: dict[str, Tensor]) -> Iterator[None]:
+    """Give the named components one gate per example row for the duration of the block."""
+    modules = {n: component(model, n) for n in gates}
+    saved = {n: m.gate for n, m in modules.items()}
+    try:
+        for n, m in modules.items():
+            m.gate = gates[n] * saved[n]  # a component gated off before stays off
+        yield
+    finally:
+        for n, m in modules.items():
+            m.gate = saved[n]
+
+
+@torch.no_grad()
+def decode_variants(
+    model: Transformer, src: Tensor, variants: Sequence[frozenset[str]], tok: Tokenizer, settings: DecodeSettings
+) -> list[list[list[int]]]:
+    """Decode `src` (B, S) under every variant (a set of components zeroed) in one batched pass.
+    -> token ids per variant, each a list of B sentences. The encoder runs once per distinct set of
+    encoder components among the variants; variants that zero only decoder components share its output."""
+    B, dev = src.size(0), src.device
+    enc_sets: list[frozenset[str]] = []
+    for v in variants:
+        e = frozenset(n for n in v if n.startswith("enc."))
+        if e not in enc_sets:
+            enc_sets.append(e)
+    enc_names = sorted(set().union(*enc_sets)) if enc_sets else []
+    enc_gates = {n: torch.tensor([0.0 if n in e else 1.0 for e in enc_sets], device=dev) for n in enc_names}
+    with per_example_gates(model, {n: g.repeat_interleave(B) for n, g in enc_gates.items()}):
+        mem, mem_mask = model.encode(src.repeat(len(enc_sets), 1))  # (E*B, S, C)
+    # every variant's rows take the memory of its encoder set
+    pick = torch.cat(
+        [torch.arange(B) + B * enc_sets.index(frozenset(n for n in v if n.startswith("enc."))) for v in variants]
+    ).to(dev)
+    mem, mem_mask = mem.index_select(0, pick), mem_mask.index_select(0, pick)
+    K = settings.beam_size
+    dec_names = sorted({n for v in variants for n in v if not n.startswith("enc.")})
+    dec_gates = {
+        n: torch.tensor([0.0 if n in v else 1.0 for v in variants], device=dev).repeat_interleave(B * K)
+        for n in dec_names
+    }  # beams of a sentence stay in its rows, so one gate per (variant, sentence, beam) row
+    limits = max_target_lens(src, model.cfg.pad_id, settings.max_len_a, settings.max_len_b, model.cfg.max_len)
+    with per_example_gates(model, dec_gates):
+        out = beam_search_memory(
+            model, mem, mem_mask, limits.repeat(len(variants)), tok.bos_id, tok.eos_id, K, settings.alpha
+        )
+    return [out[i * B : (i + 1) * B] for i in range(len(variants))]
+
+
+def variants_bleu(
+    model: Transformer,
+    batches: Sequence[Batch],
+    tok: Tokenizer,
+    settings: DecodeSettings,
+    variants: Sequence[frozenset[str]],
+    chunk: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[float], int]:
+    """Corpus BLEU under every variant; at most `chunk` variants share a pass. -> (BLEU per variant, passes)."""
+    was_training = model.training
+    model.eval()
+    hyps: list[list[str]] = [[] for _ in variants]
+    refs: list[str] = []
+    passes = 0
+    groups = [list(range(i, min(i + chunk, len(variants)))) for i in range(0, len(variants), chunk)]
+    try:
+        for i, b in enumerate(batches):
+            for g in groups:
+                outs = decode_variants(model, b["src"], [variants[j] for j in g], tok, settings)
+                for j, out in zip(g, outs, strict=True):
+                    hyps[j] += [tok.decode(h) for h in out]
+                passes += 1
+            refs += list(b["ref"])
+            if progress:
+                progress(i + 1, len(batches))
+    finally:
+        model.train(was_training)
+    return [translation_scores(h, refs).bleu for h in hyps], passes
+
+
+def ablation_bleu(
+    model: Transformer,
+    batches: Sequence[Batch],
+    tok: Tokenizer,
+    settings: DecodeSettings,
+    names: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AblationResult:
+    """Corpus BLEU of the unablated model and of the model with each component (default: all) zeroed."""
+    names = list(names if names is not None else component_names(model))
+    t0 = time.perf_counter()
+    variants = [frozenset()] + [frozenset([n]) for n in names]
+    bleu, passes = variants_bleu(model, batches, tok, settings, variants, progress=progress)
+    return AblationResult(
+        baseline=bleu[0],
+        bleu=dict(zip(names, bleu[1:], strict=True)),
+        passes=passes,
+        seconds=time.perf_counter() - t0,
+        sentences_decoded=sum(len(b["ref"]) for b in batches) * len(variants),
+        variants=len(variants),
+    )
+
+
+# --- criticality (Eq. 2) ------------------------------------------------------------------------------
+@dataclass
+class Criticality:
+    alpha: float  # the smallest α found meeting the condition (within `tolerance`)
+    evaluations: int
+    tolerance: float
+    trace: list[tuple[float, float]]  # (α, BLEU drop) in the order evaluated
+
+
+def smallest_alpha(
+    drop_at: Callable[[float], float], epsilon: float = 0.5, grid: int = 4, tolerance: float = 0.02
+) -> Criticality:
+    """The smallest α in [0, 1] with drop_at(α) < epsilon: first a coarse grid (α = 0, 1/grid, ..., 1), then
+    bisection between the first grid point that meets the condition and the one before it, down to
+    `tolerance`. α = 1 is θ_f itself (no drop) and is taken as meeting it without an evaluation."""
+    trace: list[tuple[float, float]] = []
+
+    def ok(a: float) -> bool:
+        if a >= 1.0:
+            return True
+        d = drop_at(a)
+        trace.append((a, d))
+        return d < epsilon
+
+    points = [k / grid for k in range(grid + 1)]
+    hi_idx = next(k for k, a in enumerate(points) if ok(a))
+    if hi_idx == 0:
+        return Criticality(0.0, len(trace), tolerance, trace)
+    lo, hi = points[hi_idx - 1], points[hi_idx]
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return Criticality(hi, len(trace), tolerance, trace)
+
+
+@contextmanager
+def interpolated(model: Transformer, name: str, theta0: dict[str, Tensor], alpha: float) -> Iterator[None]:
+    """Component `name` at (1-α)θ_0 + αθ_f for the duration of the block (θ_f: its current weights)."""
+    params = dict(component(model, name).named_parameters())
+    saved = {k: p.detach().clone() for k, p in params.items()}
+    try:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_((1 - alpha) * theta0[f"{name}.{k}"].to(p) + alpha * saved[k])
+        yield
+    finally:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(saved[k])
+
+
+def criticality_scores(
+    model: Transformer,
+    theta0: dict[str, Tensor],
+    evaluate: Callable[[], float],
+    names: Sequence[str] | None = None,
+    epsilon: float = 0.5,
+    grid: int = 4,
+    tolerance: float = 0.02,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[float, dict[str, Criticality]]:
+    """Eq. 2 for every component: -> (BLEU of θ_f, {component: Criticality})."""
+    names = list(names if names is not None else component_names(model))
+    base = evaluate()
+    out = {}
+    for n in names:
+
+        def drop_at(a: float, n: str = n) -> float:
+            with interpolated(model, n, theta0, a):
+                return base - evaluate()
+
+        out[n] = smallest_alpha(drop_at, epsilon, grid, tolerance)
+        if progress:
+            progress(n)
+    return base, out
+
+
+# --- group ablation (Figure 9) --------------------------------------------------------------------------
+def group_ablation(
+    model: Transformer,
+    batches: Sequence[Batch],
+    tok: Tokenizer,
+    settings: DecodeSettings,
+    order: Sequence[str],
+) -> list[tuple[int, str | None, float]]:
+    """Zero components cumulatively along `order` (all prefixes decoded side by side).
+    -> [(count zeroed, component added, BLEU)], starting at (0, None, unablated BLEU)."""
+    variants = [frozenset(order[:k]) for k in range(len(order) + 1)]
+    bleu, _ = variants_bleu(model, batches, tok, settings, variants)
+    return [(k, order[k - 1] if k else None, b) for k, b in enumerate(bleu)]
+
+
+def greedy_group_ablation(
+    model: Transformer, batches: Sequence[Batch], tok: Tokenizer, settings: DecodeSettings
+) -> list[tuple[int, str | None, float]]:
+    """Group ablation re-scored after each step: with the components chosen so far zeroed, zero next the
+    one whose ablation costs least. One batched pass over the data per step."""
+    names = component_names(model)
+    chosen: list[str] = []
+    points: list[tuple[int, str | None, float]] = []
+    while len(chosen) < len(names):
+        rest = [n for n in names if n not in chosen]
+        variants = [frozenset(chosen)] + [frozenset([*chosen, n]) for n in rest]
+        bleu, _ = variants_bleu(model, batches, tok, settings, variants)
+        if not points:
+            points.append((0, None, bleu[0]))
+        best = max(range(len(rest)), key=lambda i: (bleu[i + 1], -i))
+        chosen.append(rest[best])
+        points.append((len(chosen), rest[best], bleu[best + 1]))
+    return points
+
+
+def order_by_importance(scores: dict[str, float]) -> list[str]:
+    """Least important first (ties by name)."""
+    return [n for _, n in sorted((v, n) for n, v in scores.items())]
+
+
+def finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
