@@ -94,8 +94,8 @@ def test_ablation_bleu_matches_full_recomputation() -> None:
     model = model64()
     data = batches(2)
     settings = DecodeSettings(beam_size=2)
-    res = ablation_bleu(model, data, TOK, settings)
-    assert res.passes == 2 and res.variants == len(component_names(model)) + 1
+    res = ablation_bleu(model, data, TOK, settings, stop_below=None)
+    assert res.sentences_decoded == res.sentences_total == 8 * (len(component_names(model)) + 1)
     assert res.baseline == pytest.approx(corpus_bleu(model, data, TOK, 2, settings))
     for name in ("enc.0.sa", "dec.1.ea"):
         with components_off(model, [name]):
@@ -165,6 +165,63 @@ def test_group_ablation_is_cumulative_and_greedy_rescoring_picks_least_harmful()
     greedy = greedy_group_ablation(model, data, TOK, settings)
     assert len(greedy) == len(component_names(model)) + 1
     first = greedy[1][1]
-    res = ablation_bleu(model, data, TOK, settings)
-    assert res.bleu[first] == pytest.approx(max(res.bleu.values()))
+    res = ablation_bleu(model, data, TOK, settings, stop_below=None)
+    assert res.bleu[first] == pytest.approx(max(b for b in res.bleu.values() if b is not None))
     assert order_by_importance({"a": 0.5, "b": 0.1, "c": 0.5}) == ["b", "a", "c"]
+
+
+def test_bleu_statistics_reproduce_sacrebleu_and_bound_any_completion() -> None:
+    from prunelab.importance.components import BleuStats
+    from prunelab.metrics import translation_scores
+
+    g = torch.Generator().manual_seed(0)
+    words = [f"w{i}" for i in range(8)]
+
+    def sentence(n: int) -> str:
+        return " ".join(words[int(i)] for i in torch.randint(0, 8, (n,), generator=g))
+
+    refs = [sentence(3 + i % 5) + " ." for i in range(12)]
+    hyps = [sentence(2 + i % 6) for i in range(12)]
+    bs = BleuStats()
+    assert bs.score(bs.of(hyps, refs)) == pytest.approx(translation_scores(hyps, refs).bleu, abs=1e-9)
+    done, rest = bs.of(hyps[:5], refs[:5]), bs.of(refs[5:], refs[5:])
+    ub = bs.upper_bound(done, rest)
+    for trial in range(30):  # whatever the other 7 sentences become, the corpus stays at or under the bound
+        tail = [refs[i] if (trial + i) % 3 == 0 else sentence(1 + (trial + i) % 9) for i in range(5, 12)]
+        assert translation_scores(hyps[:5] + tail, refs).bleu <= ub + 1e-9
+    assert translation_scores(hyps[:5] + refs[5:], refs).bleu <= ub + 1e-9
+
+
+def test_early_stopping_keeps_eq1_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ablations that provably lose more than C stop early; the contribution scores equal the exhaustive
+    ones. Decoding is replaced by known outputs: the unablated model translates perfectly."""
+    import prunelab.importance.components as comp
+
+    refs = [" ".join(f"w{(i * 3 + j) % 26}" for j in range(4 + i % 4)) for i in range(40)]
+    data = [{"src": torch.arange(i, i + 10)[:, None], "ref": refs[i : i + 10]} for i in range(0, 40, 10)]
+    ids = {r: [TOK.stoi[w] for w in r.split()] for r in refs}
+    broken = {"bad": lambda r: [5, 6], "worse": lambda r: [], "fine": lambda r: ids[r] + [7] * (refs.index(r) % 8 == 0)}
+
+    def fake(model, src, variants, tok, settings):
+        out = []
+        for v in variants:
+            rows = [ids[refs[int(i)]] for i in src[:, 0]]
+            if v:
+                (name,) = v
+                rows = [broken[name](refs[int(i)]) for i in src[:, 0]]
+            out.append(rows)
+        return out
+
+    monkeypatch.setattr(comp, "decode_variants", fake)
+    model = model64()
+    names = list(broken)
+    early = ablation_bleu(model, data, TOK, DecodeSettings(beam_size=1), names, max_rows=10)
+    exact = ablation_bleu(model, data, TOK, DecodeSettings(beam_size=1), names, stop_below=None, max_rows=10)
+    assert early.baseline == pytest.approx(100.0)
+    assert set(early.stopped) == {"bad", "worse"} and early.bleu["fine"] == pytest.approx(exact.bleu["fine"])
+    assert early.sentences_decoded < exact.sentences_decoded
+    for n in early.stopped:
+        assert exact.bleu[n] <= early.bleu_upper_bound[n] <= 90.0  # the bound held and was below the clip
+    assert contribution_scores(early.drops, early.baseline) == pytest.approx(
+        contribution_scores(exact.drops, exact.baseline)
+    )

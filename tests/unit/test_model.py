@@ -132,3 +132,19 @@ def test_batched_beam_equals_one_by_one(tiny_model: Transformer, batch: dict) ->
     together = beam_search(tiny_model, batch["src"], 1, 2, beam_size=3)
     alone = [beam_search(tiny_model, batch["src"][i : i + 1], 1, 2, beam_size=3)[0] for i in range(3)]
     assert together == alone
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_sentences_leaving_the_batch_early_do_not_change_any_result(tiny_model: Transformer, beam: int) -> None:
+    """Sentences end at different steps (their own length limits; an EOS-prone model), leave the batch,
+    and every translation stays what it is when decoded alone."""
+    g = torch.Generator().manual_seed(7)
+    src = torch.randint(4, 50, (6, 9), generator=g)
+    for i, n in enumerate([9, 2, 6, 3, 8, 1]):
+        src[i, n:] = 0
+    with torch.no_grad():
+        tiny_model.embed.weight[2].mul_(3.0)  # EOS likelier: some hypotheses end before their limit
+    together = beam_search(tiny_model, src, 1, 2, beam, 0.6, 1.0, 2)
+    alone = [beam_search(tiny_model, src[i : i + 1], 1, 2, beam, 0.6, 1.0, 2)[0] for i in range(6)]
+    assert together == alone
+    assert len({len(h) for h in together}) > 2  # the sentences did end at different steps

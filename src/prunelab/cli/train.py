@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from prunelab.callbacks.importance import ComponentImportanceTracker
 from prunelab.cli.results import ResultsWriter, write_state
 from prunelab.cli.rounds import run_rounds
 from prunelab.errors import UserError
@@ -65,7 +66,18 @@ def build_trainer(
     if max_steps is not None:  # a round with its own budget (e.g. fine-tuning after head pruning)
         kwargs["max_steps"] = max_steps
         kwargs["val_check_interval"] = min(kwargs.get("val_check_interval") or max_steps, max_steps)
-    trainer = L.Trainer(**kwargs, callbacks=[ckpt], logger=logger, default_root_dir=round_dir.parent.parent)
+    callbacks: list[L.Callback] = [ckpt]
+    track = cfg.get("track_importance") or {}
+    if track.get("every_n_epochs", 0) > 0:  # Wang & Tu Figure 8: contribution heatmaps during training
+        callbacks.append(
+            ComponentImportanceTracker(
+                round_dir.parent.parent / "importance" / round_dir.name,
+                every_n_epochs=track.every_n_epochs,
+                max_batches=track.get("max_batches"),
+                beam_size=track.get("beam_size", 1),
+            )
+        )
+    trainer = L.Trainer(**kwargs, callbacks=callbacks, logger=logger, default_root_dir=round_dir.parent.parent)
     return trainer, ckpt
 
 
@@ -121,6 +133,8 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     if cfg.get("ckpt"):
         source = load_trained_weights(model, Path(cfg.ckpt))
         init = next((d / "init.pt" for d in (source.parent, *source.parents) if (d / "init.pt").exists()), None)
+        if init is not None:
+            pruner.use_initial_weights(torch.load(init, weights_only=True, map_location="cpu"))
     else:
         init = out / "init.pt"  # θ_0, for analyses that need it (Wang & Tu's criticality, rewinding)
         if not init.exists():

@@ -79,14 +79,18 @@ def beam_search_memory(
     eos_id: int,
     beam_size: int = 4,
     alpha: float = 0.6,
+    sentence_gates: dict[str, Tensor] | None = None,
 ) -> list[list[int]]:
-    """Beam search from encoder memory (B, S, C) with per-sentence length limits (B,). Row b's K beams
-    are rows b*K .. b*K+K-1 of every decoder tensor, and stay there (a per-row gate can follow them)."""
+    """Beam search from encoder memory (B, S, C) with per-sentence length limits (B,).
+
+    Sentences whose K hypotheses have all ended leave the batch (their result cannot change any more), so
+    the steps after them cost only what is left. `sentence_gates` gives decoder components one gate per
+    sentence ({"dec.0.ff": (B,)}), kept aligned with the shrinking batch and restored afterwards."""
     pad = model.cfg.pad_id
     B, K = mem.size(0), beam_size
     dev = mem.device
-    mem = mem.repeat_interleave(K, 0)  # (B*K, S, C)
-    mem_mask = mem_mask.repeat_interleave(K, 0)  # (B*K, 1, 1, S)
+    # mem stays one row per sentence: the K beams of a sentence attend to it together (see
+    # MultiHeadAttention.forward), and its keys and values are cached once per sentence
     cache = model.new_cache()
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step 0
@@ -94,29 +98,65 @@ def beam_search_memory(
     done = torch.zeros(B * K, dtype=torch.bool, device=dev)
     lengths = torch.zeros(B * K, device=dev)
     history = torch.empty(B * K, 0, dtype=torch.long, device=dev)
-    base = (torch.arange(B, device=dev) * K).unsqueeze(1)  # (B, 1) row offset of each sentence's beams
     limits = limits.repeat_interleave(K)  # (B*K,)
-    for step in range(int(limits.max())):
-        logp = model.decode_step(token, mem, mem_mask, cache, step).float().log_softmax(-1)  # (B*K, V)
-        V = logp.size(-1)
-        force_eos(logp, (limits == step + 1) & ~done, eos_id)
-        # a finished hypothesis may only extend with pad, at no cost
-        logp[done] = float("-inf")
-        logp[done, pad] = 0.0
-        cand = (scores.unsqueeze(-1) + logp.view(B, K, V)).view(B, K * V)  # (B, K*V)
-        scores, flat = cand.topk(K, dim=-1)  # (B, K)
-        rows = (base + flat // V).view(-1)  # (B*K,) which old hypothesis each new one extends
-        token = (flat % V).view(-1)
-        history = torch.cat([history.index_select(0, rows), token[:, None]], 1)
-        was_done = done.index_select(0, rows)
-        lengths = lengths.index_select(0, rows) + (~was_done).float()
-        done = was_done | (token == eos_id)
-        model.reorder_cache(cache, rows)
-        if bool(done.all()):
-            break
-    best = (scores.view(-1) / length_penalty(lengths, alpha)).view(B, K).argmax(-1)  # (B,)
-    chosen = history.index_select(0, (base.squeeze(1) + best))
-    return _strip(chosen.tolist(), eos_id, pad)
+    active = torch.arange(B, device=dev)  # which sentences the rows belong to, K rows each
+    results: list[list[int]] = [[] for _ in range(B)]
+    modules = {n: model.get_submodule(n) for n in sentence_gates or {}}
+    saved = {n: m.gate for n, m in modules.items()}
+
+    def set_gates() -> None:
+        for n, m in modules.items():
+            m.gate = saved[n] * sentence_gates[n].index_select(0, active).repeat_interleave(K)  # type: ignore[index]
+
+    def finish(which: Tensor) -> None:
+        """Store the best hypothesis (score / length penalty) of the sentences at active positions `which`."""
+        b = scores.size(0)
+        best = (scores.view(-1) / length_penalty(lengths, alpha)).view(b, K).argmax(-1)  # (b,)
+        rows = which * K + best.index_select(0, which)
+        for sent, row in zip(
+            active.index_select(0, which).tolist(), history.index_select(0, rows).tolist(), strict=True
+        ):
+            results[sent] = row
+
+    try:
+        set_gates()
+        for step in range(int(limits.max())):
+            b = active.numel()
+            base = (torch.arange(b, device=dev) * K).unsqueeze(1)  # (b, 1) first row of each sentence's beams
+            logp = model.decode_step(token, mem, mem_mask, cache, step).float().log_softmax(-1)  # (b*K, V)
+            V = logp.size(-1)
+            force_eos(logp, (limits == step + 1) & ~done, eos_id)
+            # a finished hypothesis may only extend with pad, at no cost
+            logp[done] = float("-inf")
+            logp[done, pad] = 0.0
+            cand = (scores.unsqueeze(-1) + logp.view(b, K, V)).view(b, K * V)  # (b, K*V)
+            scores, flat = cand.topk(K, dim=-1)  # (b, K)
+            rows = (base + flat // V).view(-1)  # (b*K,) which old hypothesis each new one extends
+            token = (flat % V).view(-1)
+            history = torch.cat([history.index_select(0, rows), token[:, None]], 1)
+            was_done = done.index_select(0, rows)
+            lengths = lengths.index_select(0, rows) + (~was_done).float()
+            done = was_done | (token == eos_id)
+            model.reorder_cache(cache, rows)
+            ended = done.view(b, K).all(1)  # (b,)
+            if bool(ended.any()):
+                finish(ended.nonzero().squeeze(1))
+                keep = (~ended).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    return _strip(results, eos_id, pad)
+                rows = (keep[:, None] * K + torch.arange(K, device=dev)).view(-1)
+                token, done, lengths, history, limits = (
+                    t.index_select(0, rows) for t in (token, done, lengths, history, limits)
+                )
+                mem, mem_mask, scores = (t.index_select(0, keep) for t in (mem, mem_mask, scores))
+                active = active.index_select(0, keep)
+                model.reorder_cache(cache, rows, sentences=keep)
+                set_gates()
+        finish(torch.arange(active.numel(), device=dev))
+        return _strip(results, eos_id, pad)
+    finally:
+        for n, m in modules.items():
+            m.gate = saved[n]
 
 
 def _strip(rows: list[list[int]], eos_id: int, pad_id: int) -> list[list[int]]:

@@ -40,13 +40,26 @@ def remove_components(model: Transformer, names: list[str]) -> None:
         (model.enc if side == "enc" else model.dec)[int(i)].remove(kind)
 
 
+def restore_components(model: Transformer, names: list[str]) -> None:
+    """Build removed sub-layers again, freshly initialised (their weights are meant to be loaded or reset)."""
+    for name in names:
+        side, i, kind = name.split(".")
+        (model.enc if side == "enc" else model.dec)[int(i)].restore(kind)
+
+
 def match_components(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
-    """Remove the components of which a state dict holds nothing (it was saved after removing them)."""
+    """Give `model` exactly the components a state dict has: remove those it holds nothing of (saved after
+    removing them) and rebuild those it has but the model lacks."""
     present = {k.removeprefix(prefix).rsplit(".", 1)[0] for k in state if k.startswith(prefix)}
     if not present:
         return  # nothing of this model in `state`: leave it whole (loading will say what is wrong)
-    gone = [n for n in component_names(model) if not any(p == n or p.startswith(n + ".") for p in present)]
-    remove_components(model, gone)
+
+    def has(n: str) -> bool:
+        return any(p == n or p.startswith(n + ".") for p in present)
+
+    everything = component_names(model, include_removed=True)
+    restore_components(model, [n for n in everything if has(n) and n not in component_names(model)])
+    remove_components(model, [n for n in component_names(model) if not has(n)])
 
 
 def match_structure(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:

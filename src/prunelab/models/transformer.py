@@ -101,15 +101,23 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        """x: queries (B, T, C); k, v: already projected and split (B, H, S, hs).
-        mask: bool (B, 1, 1|T, S), True where a key may be attended to."""
+        """x: queries (B, T, C); k, v: already projected and split (B, H, S, hs), or (B/G, H, S, hs) when
+        G consecutive query rows share their keys (the beams of one sentence attending to its encoder output).
+        mask: bool (B or B/G, 1, 1|T, S), True where a key may be attended to."""
         B, T, _ = x.shape
         if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
             y = self.out_proj(x.new_zeros(B, T, 0))
             return gated(y, self.gate) if self.gated else y
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
         drop = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
+        b = k.size(0)
+        if b != B:  # groups of G rows share keys: one attention with G*T queries per key set
+            G, H, hs = B // b, self.n_heads, self.head_dim
+            q = q.view(b, G, H, T, hs).transpose(1, 2).reshape(b, H, G * T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+            y = y.view(b, H, G, T, hs).transpose(1, 2).reshape(B, H, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
         if self.gated:  # (B, H, T, hs) scaled per head; a (B, H) gate gives every example its own gates
             g = self.head_gate
             y = y * (g.view(1, -1, 1, 1) if g.dim() == 1 else g[:, :, None, None])
@@ -188,6 +196,7 @@ class Layer(nn.Module):
     def __init__(self, cfg: TransformerConfig, prefix: str):
         super().__init__()
         self.layerdrop = cfg.layerdrop
+        self.cfg = cfg
         for kind in self.kinds:
             if f"{prefix}.{kind}" in cfg.removed:
                 setattr(self, kind, None)
@@ -199,6 +208,24 @@ class Layer(nn.Module):
     def remove(self, kind: str) -> None:
         setattr(self, kind, None)
         setattr(self, f"{kind}_res", None)
+
+    def restore(self, kind: str) -> None:
+        """Build a removed sub-layer again (freshly initialised, with every head), on the layer's device."""
+        if getattr(self, kind) is not None:
+            return
+        like = next((p for p in self.parameters()), None)
+        module = FeedForward(self.cfg) if kind == "ff" else MultiHeadAttention(self.cfg)
+        res = Residual(self.cfg)
+        for m in (module, res):
+            for name, p in m.named_parameters():
+                if p.dim() == 2:
+                    nn.init.xavier_uniform_(p)
+                elif name.endswith("bias"):
+                    nn.init.zeros_(p)
+            if like is not None:
+                m.to(device=like.device, dtype=like.dtype)
+        setattr(self, kind, module)
+        setattr(self, f"{kind}_res", res)
 
     def skip(self, kind: str, x: Tensor) -> Tensor | None:
         """x itself when the sub-layer is absent or dropped this step; None when it runs."""
@@ -337,8 +364,14 @@ class Transformer(nn.Module):
         return self.logits(self.dec_norm(x))[:, 0]
 
     @staticmethod
-    def reorder_cache(cache: Cache, index: Tensor) -> None:
-        """Keep cache rows `index` (beam search picks surviving hypotheses)."""
+    def reorder_cache(cache: Cache, rows: Tensor, sentences: Tensor | None = None) -> None:
+        """Keep self-attention cache rows `rows` (beam search picks surviving hypotheses). The encoder-attention
+        keys and values are stored once per sentence: `sentences` keeps those (when sentences leave the batch);
+        without it they stay as they are (beams move only among the rows of their own sentence)."""
         for c in cache:
             for key in c:
-                c[key] = c[key].index_select(0, index)
+                if key.startswith("ea_"):
+                    if sentences is not None:
+                        c[key] = c[key].index_select(0, sentences)
+                else:
+                    c[key] = c[key].index_select(0, rows)

@@ -1,4 +1,5 @@
 from prunelab.pruning.base import NoPruner, Pruner
+from prunelab.pruning.components import ComponentPruner
 from prunelab.pruning.heads import HeadPruner
 from prunelab.pruning.lottery import (
     ConstantLotteryTicketPruner,
@@ -11,6 +12,7 @@ from prunelab.pruning.magnitude import MagnitudePruner
 from prunelab.pruning.rounds import Round, RoundPruner, iterative_levels
 
 __all__ = [
+    "ComponentPruner",
     "ConstantLotteryTicketPruner",
     "HeadPruner",
     "LotteryTicketPruner",

@@ -1,0 +1,225 @@
+"""`pruner=components`: use Wang & Tu's (2020) contribution scores to drop or rewind whole sub-layers.
+
+`sparsity` is the fraction of components (sub-layers) chosen, the least important by contribution (Eq. 1)
+on the validation data; 0.2 of the 36 components of a 6+6 model is the paper's 7. Rounds (each a
+`trainer.fit`):
+
+mode=retrain (Table 3):
+    0  dense      train the full model (or only evaluate it when the run starts from `ckpt=`)
+    1  retrain    the architecture without the chosen components, trained from θ_0 (from scratch)
+    2  shallow    with baseline=shallow: the full architecture without its top decoder layers, as many as
+                  make the parameter count closest to the retrain model's, trained from θ_0
+mode=rewind (Table 4):
+    0  dense      as above; θ_f is the result
+    1  continue   θ_f fine-tuned for finetune_steps (the baseline)
+    2  rewind     θ_f with the chosen components reset to θ_0, fine-tuned for finetune_steps
+
+Every level in results.json carries its parameter count and BLEU, so the rows of Tables 3 and 4 read off it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from prunelab.errors import UserError
+from prunelab.importance.components import (
+    DecodeSettings,
+    ablation_bleu,
+    contribution_scores,
+    order_by_importance,
+)
+from prunelab.models.addressing import component_names
+from prunelab.models.surgery import remove_components, restore_components
+from prunelab.pruning.base import Pruner
+
+log = logging.getLogger("prunelab")
+STAGES = {"retrain": ("dense", "retrain", "shallow"), "rewind": ("dense", "continue", "rewind")}
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class ComponentPruner(Pruner):
+    def __init__(
+        self,
+        sparsity: float = 0.2,
+        mode: str = "rewind",
+        finetune_steps: int = 1000,
+        baseline: str | None = "shallow",
+        beam_size: int = 4,
+        length_penalty: float = 0.6,
+        score_batches: int | None = None,
+    ):
+        super().__init__(sparsity=sparsity)
+        if mode not in STAGES:
+            raise UserError(f"pruner.mode must be retrain or rewind, got {mode!r}")
+        if baseline not in (None, "none", "shallow"):
+            raise UserError(f"pruner.baseline must be shallow or none, got {baseline!r}")
+        if finetune_steps < 1 and mode == "rewind":
+            raise UserError(f"pruner.finetune_steps must be >= 1 for mode=rewind, got {finetune_steps}")
+        self.mode = mode
+        self.finetune_steps = finetune_steps
+        self.shallow = mode == "retrain" and baseline == "shallow"
+        self.settings = DecodeSettings(beam_size=beam_size, alpha=length_penalty)
+        self.score_batches = score_batches
+        self.rounds = 3 if (mode == "rewind" or self.shallow) else 2
+        self._datamodule: Any = None
+        self.chosen: list[str] = []
+        self.scores: dict[str, float] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        self._weights = {}  # no weight masks
+        names = component_names(model, include_removed=True)  # type: ignore[arg-type]
+        if not hasattr(self, "chosen_mask"):
+            self.register_buffer("chosen_mask", torch.zeros(len(names), dtype=torch.bool))
+            self.register_buffer("contribution", torch.full((len(names),), float("nan")))
+            for k, v in model.state_dict().items():  # θ_0: the weights the model starts from
+                if v.is_floating_point() and not k.endswith(("gate", "head_gate")):
+                    self.register_buffer(f"init__{_key(k)}", v.detach().clone())
+                    if self.mode == "rewind":  # θ_f, filled at the end of the dense round
+                        self.register_buffer(f"final__{_key(k)}", torch.zeros_like(v))
+        self._names = names
+
+    def use_initial_weights(self, state: dict[str, Tensor]) -> None:
+        """θ_0 of the run a `ckpt=` start came from (its init.pt), instead of this run's initialisation."""
+        for k, v in state.items():
+            if hasattr(self, f"init__{_key(k)}"):
+                getattr(self, f"init__{_key(k)}").copy_(v)
+
+    def use_data(self, datamodule: object) -> None:
+        self._datamodule = datamodule
+
+    def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
+        if round_idx == 0:
+            return 0 if pretrained else max_steps
+        return self.finetune_steps if self.mode == "rewind" else max_steps
+
+    def stage(self, round_idx: int) -> str:
+        return STAGES[self.mode][round_idx]
+
+    def round_sparsity(self, round_idx: int) -> float:
+        return 0.0 if round_idx == 0 or self.stage(round_idx) == "continue" else self.sparsity
+
+    def same_as_targeting(self, round_idx: int) -> bool:
+        return self.stage(round_idx) in ("retrain", "rewind")
+
+    def on_round_end(self, model: nn.Module, round_idx: int) -> None:
+        if round_idx != 0:
+            return
+        chosen = self.choose(model)
+        if dist.is_available() and dist.is_initialized():  # every rank acts on rank 0's choice
+            box = [chosen]
+            dist.broadcast_object_list(box, src=0)
+            chosen = box[0]
+        for n in chosen:
+            self.chosen_mask[self._names.index(n)] = True
+        if self.mode == "rewind":
+            self._save(model, "final")  # θ_f, which the rewind round starts from
+
+    def enter_round(self, round_idx: int) -> None:
+        self._restore_lists()
+
+    def on_round_start(self, model: nn.Module, round_idx: int) -> None:
+        self._restore_lists()
+        stage = self.stage(round_idx)
+        if stage == "retrain":
+            remove_components(model, self.chosen)  # type: ignore[arg-type]
+            self._load(model, "init")
+        elif stage == "shallow":
+            restore_components(model, component_names(model, include_removed=True))  # type: ignore[arg-type]
+            remove_components(model, self.shallow_removal(model))  # type: ignore[arg-type]
+            self._load(model, "init")
+        elif stage == "rewind":
+            self._load(model, "final")
+            self._load(model, "init", only=self.chosen)
+
+    # --- the method ---------------------------------------------------------------------------------
+    def choose(self, model: nn.Module) -> list[str]:
+        """The `sparsity` fraction of components with the lowest contribution on the validation data."""
+        if self._datamodule is None:
+            raise RuntimeError("ComponentPruner.use_data(datamodule) must be called before pruning")
+        batches = list(self._datamodule.val_dataloader())[: self.score_batches]
+        names = component_names(model)  # type: ignore[arg-type]
+        res = ablation_bleu(model, batches, self._datamodule.tokenizer, self.settings, names)  # type: ignore[arg-type]
+        scores = contribution_scores(res.drops, res.baseline)
+        for n, v in scores.items():
+            self.contribution[self._names.index(n)] = v
+        count = round(self.sparsity * len(names))
+        chosen = order_by_importance(scores)[:count]
+        log.info("components: %d of %d least important by contribution: %s", count, len(names), ", ".join(chosen))
+        return chosen
+
+    def shallow_removal(self, model: nn.Module) -> list[str]:
+        """Whole top decoder layers (all their components) whose removal brings the parameter count
+        closest to that of the model without the chosen components."""
+        full = sum(p.numel() for p in model.parameters())
+        target = full - sum(self._component_params(model, n) for n in self.chosen)
+        dec = model.dec  # type: ignore[union-attr]
+        per_layer = [sum(p.numel() for p in layer.parameters()) for layer in dec]
+        best_k, best_gap = 0, abs(full - target)
+        removed = 0
+        for k in range(1, len(dec)):  # keep at least one decoder layer
+            removed += per_layer[len(dec) - k]
+            if abs(full - removed - target) < best_gap:
+                best_k, best_gap = k, abs(full - removed - target)
+        return [f"dec.{i}.{kind}" for i in range(len(dec) - best_k, len(dec)) for kind in dec[i].kinds]
+
+    @staticmethod
+    def _component_params(model: nn.Module, name: str) -> int:
+        side, i, kind = name.split(".")
+        layer = (model.enc if side == "enc" else model.dec)[int(i)]  # type: ignore[union-attr,index]
+        mods = [getattr(layer, kind), getattr(layer, f"{kind}_res")]
+        return sum(p.numel() for m in mods if m is not None for p in m.parameters())
+
+    @torch.no_grad()
+    def _load(self, model: nn.Module, which: str, only: list[str] | None = None) -> None:
+        """Copy a snapshot (θ_0 = "init", θ_f = "final") into the model's weights, for every parameter or
+        only those of the `only` components (with their residual LayerNorms)."""
+        for k, p in model.state_dict().items():
+            snap = getattr(self, f"{which}__{_key(k)}", None)
+            if snap is None or snap.shape != p.shape:
+                continue
+            if only is not None and not any(k.startswith(f"{n}.") or k.startswith(f"{n}_res.") for n in only):
+                continue
+            p.copy_(snap)
+
+    @torch.no_grad()
+    def _save(self, model: nn.Module, which: str) -> None:
+        for k, v in model.state_dict().items():
+            snap = getattr(self, f"{which}__{_key(k)}", None)
+            if snap is not None and snap.shape == v.shape:
+                snap.copy_(v)
+
+    def _restore_lists(self) -> None:
+        self.chosen = [n for n, c in zip(self._names, self.chosen_mask.tolist(), strict=True) if c]
+        self.scores = {n: float(v) for n, v in zip(self._names, self.contribution.tolist(), strict=True) if v == v}
+
+    # --- reporting -----------------------------------------------------------------------------------
+    def masked_fraction(self) -> float:
+        return 0.0
+
+    @torch.no_grad()
+    def report(self, model: nn.Module) -> dict:
+        self._restore_lists()
+        present = component_names(model)  # type: ignore[arg-type]
+        total = sum(p.numel() for p in model.parameters())
+        return {
+            "sparsity": {  # for this pruner: the fraction of components gone from the model
+                "overall": 1.0 - len(present) / len(self._names),
+            },
+            "params": {"total": total, "remaining": total},
+            "memory": {"model": {"dense_bytes": 4 * total}},
+            "components": {
+                "mode": self.mode,
+                "chosen": self.chosen,  # by contribution, least important first
+                "contribution": self.scores,
+                "present": present,
+            },
+        }
