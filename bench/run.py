@@ -1,5 +1,6 @@
-"""`make bench`: what masks cost in the training hot path, what the decoder's cache buys, and what
-removing half of the attention heads buys at inference (`--sections` picks some).
+"""`make bench`: what masks cost in the training hot path, what the decoder's cache buys, what removing
+half of the attention heads buys at inference, and what the component analysis costs in full decodes
+(`--sections` picks some).
 
 Every figure is a ratio of two timings taken in this one run on this machine, so it carries over between
 machines better than seconds do. Prints a table and writes bench/results.json.
@@ -157,10 +158,59 @@ def bench_heads(rounds: int = 3, steps: int = 20) -> dict[str, float]:
     return out
 
 
+def trained_run() -> Path:
+    """A default-config run to analyse: bench/.run (trained once, 600 steps, then reused)."""
+    import subprocess
+    import sys
+
+    run = Path(__file__).with_name(".run")
+    if not (run / "results.json").exists() or json.loads((run / "results.json").read_text())["status"] != "completed":
+        cmd = [sys.executable, "train.py", "trainer.max_steps=600", "logger=none", f"hydra.run.dir={run}"]
+        subprocess.run(cmd, cwd=Path(__file__).parents[1], check=True, capture_output=True)
+    return run
+
+
+def bench_components(reps: int = 3) -> dict[str, float]:
+    """Wang & Tu contribution analysis of every component vs (N+1) full decodes of the validation set
+    (the unit the issue states the cost in), on a trained default-config model, at the run's beam."""
+    from prunelab.cli.components import decode_settings
+    from prunelab.cli.heads import load_run
+    from prunelab.importance.ablation import corpus_bleu
+    from prunelab.importance.components import ablation_bleu, components_off
+    from prunelab.models.addressing import component_names
+
+    res, dm, model = load_run(trained_run())
+    tok, batches = dm.tokenizer, list(dm.val_dataloader())
+    settings = decode_settings(res["config"], None)
+    names = component_names(model)
+    full, analysis, separate = [], [], []
+    for _ in range(reps):  # interleaved, so drifts in machine speed hit all three alike
+        t = time.perf_counter()
+        corpus_bleu(model, batches, tok, settings.beam_size, settings)
+        full.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        r = ablation_bleu(model, batches, tok, settings, names)
+        analysis.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for n in names:
+            with components_off(model, [n]):
+                corpus_bleu(model, batches, tok, settings.beam_size, settings)
+        separate.append(time.perf_counter() - t + full[-1])
+    unit = (len(names) + 1) * statistics.median(full)
+    return {
+        "components: N (components)": float(len(names)),
+        "components: beam": float(settings.beam_size),
+        "components: analysis / (N+1) full decodes": statistics.median(analysis) / unit,
+        "components: separate decodes / (N+1) full decodes": statistics.median(separate) / unit,
+        "components: stopped early": float(len(r.stopped)),
+    }
+
+
 SECTIONS = {
     "masking": lambda: bench_masking(rounds=7, reps=4),
     "decoding": lambda: bench_decoding(reps=3),
     "heads": bench_heads,
+    "components": bench_components,
 }
 
 

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p_comp.add_argument("--tolerance", type=float, default=0.02, help="criticality: precision of α")
     p_comp.add_argument("--grid", type=int, default=4, help="criticality: coarse α grid before bisection")
     p_comp.add_argument("--rescore", action="store_true", help="group ablation also re-scored after each step")
+    p_comp.add_argument("--exact-drops", action="store_true", help="no early stop: exact BLEU drop for every one")
     args = parser.parse_args(argv)
     try:
         if args.command == "heads":
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 grid=args.grid,
                 tolerance=args.tolerance,
                 rescore=args.rescore,
+                exact_drops=args.exact_drops,
             )
             c = report["cost"]
             print(

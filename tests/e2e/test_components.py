@@ -1,0 +1,84 @@
+"""Wang & Tu (2020) from the command line: `prunelab components RUN_DIR`, `pruner=components`, and the
+importance-over-training callback, on a small trained run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.conftest import ROOT, Run, train
+
+pytestmark = pytest.mark.xdist_group("components")
+SHAPE = ["model.dec_layers=2"]  # 1 encoder + 2 decoder layers: 8 components, and a shallow baseline exists
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    smoke = ["experiment=smoke", "logger=csv"]
+    run = train(tmp_path_factory.mktemp("components") / "dense", *smoke, *SHAPE, "track_importance.every_n_epochs=1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_importance_over_training_writes_heatmaps(dense: Run) -> None:
+    out = dense.dir / "importance" / "round_0"
+    pngs = sorted(out.glob("epoch_*.png"))
+    assert pngs and all(p.stat().st_size > 0 for p in pngs)
+    rows = list(csv.DictReader((out / "contribution.csv").open()))
+    assert {r["component"] for r in rows} == {"enc.0.sa", "enc.0.ff"} | {
+        f"dec.{i}.{k}" for i in range(2) for k in ("sa", "ea", "ff")
+    }
+    assert len(rows) == 8 * len(pngs)  # one score per component per heatmap
+    assert all(0.0 <= float(r["contribution"]) <= 1.0 for r in rows)
+
+
+def test_components_analysis(dense: Run) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunelab.cli.main", "components", str(dense.dir), "--tolerance", "0.25", "--grid", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "full decodes" in proc.stdout
+    out = dense.dir / "components"
+    rep = json.loads((out / "components.json").read_text())
+    # the analysis decodes valid as the run validated it: same checkpoint, same beam, same BLEU
+    assert rep["baseline_bleu"] == pytest.approx(dense.results["metrics"]["val/bleu"], abs=1e-6)
+    assert len(rep["contribution"]) == 8
+    top = max(rep["contribution"].values())
+    assert top in (0.0, pytest.approx(1.0))  # normalised by the largest clipped drop
+    alpha = rep["criticality"]["alpha"]
+    assert set(alpha) == set(rep["contribution"]) and all(0.0 <= a <= 1.0 for a in alpha.values())
+    assert rep["cost"]["contribution_passes"] >= 1 and rep["cost"]["full_decode_seconds"] > 0
+    curve = rep["group_ablation"]["by contribution"]
+    assert [p["zeroed"] for p in curve] == list(range(9))
+    for name in ("drops.csv", "group_ablation.csv", "heatmaps.png", "group_ablation.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_pruner_components_rewind_and_retrain(dense: Run) -> None:
+    smoke = ["experiment=smoke", "logger=csv", *SHAPE, f"ckpt={dense.dir}", "pruner=components", "sparsity=0.25"]
+    rewind = train(dense.dir.parent / "rewind", *smoke, "pruner.mode=rewind", "pruner.finetune_steps=4")
+    assert rewind.returncode == 0, rewind.stderr[-3000:]
+    lv = rewind.results["levels"]
+    assert [x["stage"] for x in lv] == ["dense", "continue", "rewind"]
+    assert lv[0]["metrics"]["val/bleu"] == pytest.approx(dense.results["metrics"]["val/bleu"], abs=1e-6)
+    assert len(rewind.results["components"]["chosen"]) == 2  # 25% of 8
+    assert lv[0]["params"]["total"] == lv[1]["params"]["total"] == lv[2]["params"]["total"]
+
+    retrain = train(dense.dir.parent / "retrain", *smoke, "pruner.mode=retrain")
+    assert retrain.returncode == 0, retrain.stderr[-3000:]
+    lv = retrain.results["levels"]
+    assert [x["stage"] for x in lv] == ["dense", "retrain", "shallow"]
+    chosen = retrain.results["components"]["chosen"]
+    assert len(chosen) == 2
+    assert lv[1]["params"]["total"] < lv[0]["params"]["total"]
+    assert lv[2]["params"]["total"] < lv[0]["params"]["total"]  # one decoder layer fewer
+    present = set(retrain.results["components"]["present"])
+    assert present == {"enc.0.sa", "enc.0.ff", "dec.0.sa", "dec.0.ea", "dec.0.ff"}  # the shallow model, last
