@@ -144,7 +144,7 @@ def test_layerdrop_zero_is_identity_and_p_drops_about_p() -> None:
     runs, calls = 400, []
     for layer in [*m.enc, *m.dec]:
         orig = layer.skip
-        layer.skip = lambda kind, x, f=orig: (calls.append((f(kind, x)) is not None), None)[1]  # type: ignore
+        layer.skip = lambda kind, x, inputs=None, f=orig: (calls.append(f(kind, x, inputs) is not None), None)[1]  # type: ignore
     for _ in range(runs):
         m(src, tgt)
     dropped = sum(calls) / len(calls)
@@ -153,3 +153,15 @@ def test_layerdrop_zero_is_identity_and_p_drops_about_p() -> None:
     m2 = model(layerdrop=0.5).train()
     m2(src, tgt).sum().backward()
     assert all(p.grad is not None for p in m2.parameters())  # dropped sub-layers still get (zero) gradients
+
+
+def test_layerdrop_keeps_every_parameter_in_the_graph_even_with_the_encoder_cut_off() -> None:
+    """With every encoder-attention sub-layer dropped, nothing reads the encoder output; its parameters must
+    still receive (zero) gradients, or DDP without unused-parameter detection fails."""
+    src, tgt = torch.randint(4, 40, (2, 6)), torch.randint(4, 40, (2, 5))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        m = model(layerdrop=0.99).train()  # almost surely every sub-layer is dropped
+        m(src, tgt).sum().backward()
+        missing = [n for n, p in m.named_parameters() if p.grad is None]
+        assert missing == [], missing

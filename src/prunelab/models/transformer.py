@@ -227,14 +227,18 @@ class Layer(nn.Module):
         setattr(self, kind, module)
         setattr(self, f"{kind}_res", res)
 
-    def skip(self, kind: str, x: Tensor) -> Tensor | None:
-        """x itself when the sub-layer is absent or dropped this step; None when it runs."""
+    def skip(self, kind: str, x: Tensor, inputs: Tensor | None = None) -> Tensor | None:
+        """x itself when the sub-layer is absent or dropped this step; None when it runs. `inputs`: another
+        input the sub-layer would have read (the encoder output, for encoder attention), touched too, so
+        that what produces it still takes part in the loss when every reader of it is dropped."""
         module = getattr(self, kind)
         if module is None:
             return x
         if self.training and self.layerdrop > 0 and float(torch.rand(())) < self.layerdrop:
             res = getattr(self, f"{kind}_res")
             touch = sum(p.sum() for p in (*module.parameters(), *res.parameters()))
+            if inputs is not None:
+                touch = touch + inputs.sum()
             return x + 0.0 * touch  # zero gradients for the dropped sub-layer, so DDP sees it used
         return None
 
@@ -273,7 +277,7 @@ class DecoderLayer(Layer):
             x = self.sa_res.out(x, y)
         else:
             x = y
-        if (y := self.skip("ea", x)) is None:
+        if (y := self.skip("ea", x, mem)) is None:
             if cache is None or "ea_k" not in cache:
                 ek, ev = self.ea.project_kv(mem)  # (B, H, S, hs)
                 if cache is not None:
