@@ -33,7 +33,7 @@ def evaluate(trainer: L.Trainer, task: TranslationTask, datamodule: L.LightningD
     metrics: dict[str, float] = {}
     for stage in (trainer.validate, trainer.test):
         (scores,) = stage(task, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-        metrics.update({k: float(v) for k, v in scores.items() if k != "val/bleu_at_target"})
+        metrics.update({k: float(v) for k, v in scores.items() if not k.endswith("_at_target")})
     return metrics
 
 

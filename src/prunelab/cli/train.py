@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -26,6 +27,7 @@ from prunelab.cli.results import ResultsWriter, write_state
 from prunelab.cli.rounds import run_rounds
 from prunelab.errors import UserError
 from prunelab.models.surgery import load_state_dict_with_heads
+from prunelab.tasks.classification import ClassificationTask
 from prunelab.tasks.translation import TranslationTask
 
 log = logging.getLogger("prunelab")
@@ -51,12 +53,16 @@ def validate(cfg: DictConfig) -> None:
 
 
 def build_trainer(
-    cfg: DictConfig, round_dir: Path, logger: Any, max_steps: int | None = None
+    cfg: DictConfig,
+    round_dir: Path,
+    logger: Any,
+    max_steps: int | None = None,
+    monitor: str = TranslationTask.monitor,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     ckpt = ModelCheckpoint(
         dirpath=round_dir,
         filename="best",
-        monitor="val/bleu_at_target",
+        monitor=monitor,
         mode="max",
         save_top_k=1,
         save_last=True,
@@ -79,6 +85,38 @@ def build_trainer(
         )
     trainer = L.Trainer(**kwargs, callbacks=callbacks, logger=logger, default_root_dir=round_dir.parent.parent)
     return trainer, ckpt
+
+
+MODEL_KINDS = {"prunelab.models.build_transformer": "translation", "prunelab.models.build_classifier": "classification"}
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> Any:
+    """The model for the data: its vocabulary (and classes) come from the data; a translation model on
+    classification data, or the reverse, is a config error."""
+    data_kind = getattr(datamodule, "kind", "translation")
+    model_kind = MODEL_KINDS.get(cfg.model.get("_target_", ""), data_kind)
+    if model_kind != data_kind:
+        choices = HydraConfig.get().runtime.choices
+        hint = "model=classifier_tiny" if data_kind == "classification" else "model=transformer_tiny"
+        raise UserError(
+            f"model={choices.get('model')} is a {model_kind} model but data={choices.get('data')} is "
+            f"{data_kind} data (e.g. {hint})"
+        )
+    tok = datamodule.tokenizer
+    extra = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
+    return instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id, **extra)
+
+
+def build_task(cfg: DictConfig, datamodule: Any, model: Any, pruner: Any) -> Any:
+    """The LightningModule for the data's kind, with the `task.` settings it takes (decoding settings only
+    concern translation, `task.metric` only classification)."""
+    if getattr(datamodule, "kind", "translation") == "classification":
+        cls, given = ClassificationTask, {"labels": datamodule.labels}
+    else:
+        cls, given = TranslationTask, {"tokenizer": datamodule.tokenizer}
+    accepted = inspect.signature(cls.__init__).parameters
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k in accepted}
+    return cls(model=model, pruner=pruner, **given, **settings)
 
 
 def load_trained_weights(model: Any, path: Path) -> Path:
@@ -126,10 +164,9 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # e.g. train the subword model once, before any rank asks for it
     datamodule.setup("fit")  # read and check the data before anything trains
-    tok = datamodule.tokenizer
-    model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+    model = build_model(cfg, datamodule)
     pruner = instantiate(cfg.pruner)
-    task: TranslationTask = instantiate(cfg.task)(model=model, pruner=pruner, tokenizer=tok)
+    task = build_task(cfg, datamodule, model, pruner)
     if cfg.get("ckpt"):
         source = load_trained_weights(model, Path(cfg.ckpt))
         init = next((d / "init.pt" for d in (source.parent, *source.parents) if (d / "init.pt").exists()), None)
@@ -149,7 +186,7 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
         out,
         task,
         datamodule,
-        lambda d, steps: build_trainer(cfg, d, logger, steps),
+        lambda d, steps: build_trainer(cfg, d, logger, steps, monitor=task.monitor),
         logger,
         name,
         on_level=lambda lv: (results.update(levels=lv), results.write()),  # progress survives a kill
@@ -172,9 +209,11 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
         },
         **task.pruner.report(model),
     )
-    if task.last_eval.get("test"):  # not when every round was loaded from a finished run
-        scores = task.last_eval["test"]["scores"]
+    scores = task.last_eval.get("test", {}).get("scores")  # none when every round was loaded from a finished run
+    if hasattr(scores, "bleu_signature"):
         results.update(bleu_signature=scores.bleu_signature, ter_signature=scores.ter_signature)
+    if getattr(datamodule, "kind", "translation") == "classification":
+        results.update(labels=datamodule.labels)  # class index -> label name, as the model predicts them
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

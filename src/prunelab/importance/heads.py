@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from prunelab.models.addressing import attention_names, component
@@ -18,13 +17,8 @@ from prunelab.models.transformer import Transformer
 
 
 def sentence_losses(model: Transformer, batch: dict[str, Any]) -> Tensor:
-    """Per-sentence loss L(x): the mean token negative log-likelihood of the reference, (B,)."""
-    logits = model(batch["src"], batch["tgt_in"])  # (B, T, V)
-    tgt = batch["tgt_out"]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 stays
-    nll = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=model.cfg.pad_id, reduction="none")
-    mask = (tgt != model.cfg.pad_id).float()
-    return (nll.view_as(mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    """Per-example loss L(x), (B,): the model's own (mean token NLL for NMT, cross-entropy for a classifier)."""
+    return model.example_losses(batch)
 
 
 def head_importance(

@@ -1,3 +1,4 @@
+from prunelab.models.classifier import TransformerClassifier, build_classifier
 from prunelab.models.transformer import Transformer, TransformerConfig
 
 
@@ -6,4 +7,4 @@ def build_transformer(**kwargs: object) -> Transformer:
     return Transformer(TransformerConfig(**kwargs))  # type: ignore[arg-type]
 
 
-__all__ = ["Transformer", "TransformerConfig", "build_transformer"]
+__all__ = ["Transformer", "TransformerClassifier", "TransformerConfig", "build_classifier", "build_transformer"]

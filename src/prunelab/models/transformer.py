@@ -302,6 +302,8 @@ def sinusoidal_positions(max_len: int, d: int) -> Tensor:
 class Transformer(nn.Module):
     """Encoder-decoder with one shared vocabulary: source, target and output embeddings are tied."""
 
+    kind = "translation"
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
@@ -312,7 +314,7 @@ class Transformer(nn.Module):
         self.dec = nn.ModuleList(DecoderLayer(cfg, f"dec.{i}") for i in range(cfg.dec_layers))
         # pre-norm leaves the residual stream un-normalised, so each stack ends with a LayerNorm
         self.enc_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        self.dec_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.dec_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm and cfg.dec_layers else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -356,6 +358,15 @@ class Transformer(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         mem, mem_mask = self.encode(src)
         return self.decode(tgt_in, mem, mem_mask)
+
+    def example_losses(self, batch: dict) -> Tensor:
+        """Per-sentence loss L(x): the mean token negative log-likelihood of the reference, (B,)."""
+        logits = self(batch["src"], batch["tgt_in"])  # (B, T, V)
+        tgt = batch["tgt_out"]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 stays
+        nll = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=self.cfg.pad_id, reduction="none")
+        mask = (tgt != self.cfg.pad_id).float()
+        return (nll.view_as(mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def new_cache(self) -> Cache:
         return [{} for _ in self.dec]

@@ -1,40 +1,29 @@
-"""The NMT LightningModule: label-smoothed cross-entropy, Adam + inverse-sqrt warm-up, beam-search
-evaluation scored with sacrebleu, and a pluggable Pruner called at fixed points of every step."""
+"""The NMT LightningModule: label-smoothed cross-entropy and beam-search evaluation scored with sacrebleu
+(the optimizer, schedule and Pruner plumbing are PrunableTask's)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
-import lightning as L
-import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.errors import UserError
 from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
-from prunelab.models.surgery import match_structure
 from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import Pruner
+from prunelab.tasks.base import PrunableTask, inverse_sqrt_schedule
+
+__all__ = ["TranslationTask", "inverse_sqrt_schedule"]
 
 Batch = dict[str, Any]
 
 
-def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
-    """Vaswani et al. (2017): linear warm-up to the peak lr, then decay with 1/sqrt(step)."""
+class TranslationTask(PrunableTask):
+    monitor = "val/bleu_at_target"
 
-    def factor(step: int) -> float:
-        step = step + 1
-        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
-
-    return factor
-
-
-class TranslationTask(L.LightningModule):
     def __init__(
         self,
         model: Transformer,
@@ -52,26 +41,13 @@ class TranslationTask(L.LightningModule):
         max_len_a: float = 1.5,
         max_len_b: int = 10,
     ):
-        super().__init__()
-        if optimizer not in ("adam", "adafactor"):
-            raise UserError(f"task.optimizer must be adam or adafactor, got {optimizer!r}")
-        self.model = model
-        self.pruner = pruner
+        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay)
         self.tokenizer = tokenizer
-        self.lr, self.warmup_steps, self.optimizer_name = lr, warmup_steps, optimizer
-        self.betas, self.weight_decay = tuple(betas), weight_decay
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size
         self.val_beam_size = val_beam_size or beam_size
         self.length_penalty, self.max_len_a, self.max_len_b = length_penalty, max_len_a, max_len_b
-        self.pruner.attach(self.model)
         self._outputs: list[tuple[int, str, str]] = []  # (index, hypothesis, reference) of this eval epoch
-        self.last_eval: dict[str, Any] = {}  # hypotheses and signature of the latest eval, for results
-        self.train_tokens = 0
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # a checkpoint saved after head removal has smaller Q/K/V/O: cut the same heads before loading
-        match_structure(self.model, checkpoint["state_dict"], "model.")
 
     # --- training --------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> Tensor:
@@ -89,31 +65,6 @@ class TranslationTask(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.pruner.mask_gradients()
-
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        step, total = self.global_step, self.total_steps
-        self.pruner.on_step_end(self.model, step, total)
-        self.pruner.apply_masks()
-        if step >= total:
-            # Lightning validates at max_steps only on a val_check_interval boundary; asking to stop
-            # makes it validate (and checkpoint) the final weights too.
-            self.trainer.should_stop = True
-
-    @property
-    def total_steps(self) -> int:
-        return int(self.trainer.estimated_stepping_batches)
-
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.optimizer_name == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=1e-9, weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.Adafactor(params, lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, inverse_sqrt_schedule(self.warmup_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: Batch, split: str, beam: int) -> None:
@@ -155,11 +106,8 @@ class TranslationTask(L.LightningModule):
         scores = translation_scores(hyps, refs)
         self.log(f"{split}/bleu", scores.bleu, prog_bar=True)
         self.log(f"{split}/ter", scores.ter)
-        if split == "val" and self.trainer.state.fn == "fit":
-            self.log("prune/sparsity", self.mask_sparsity())
-            # checkpoints are chosen only among weights that carry the round's final mask
-            final = self.pruner.mask_is_final(self.global_step, self.total_steps)
-            self.log("val/bleu_at_target", scores.bleu if final else float("nan"))
+        if split == "val":
+            self.log_target(scores.bleu)
         self.last_eval[split] = {"hypotheses": hyps, "scores": scores}
 
     def on_validation_epoch_end(self) -> None:
@@ -167,6 +115,3 @@ class TranslationTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._score("test")
-
-    def mask_sparsity(self) -> float:
-        return self.pruner.masked_fraction()

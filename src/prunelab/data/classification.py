@@ -1,0 +1,263 @@
+"""Text classification data: the shared LightningDataModule and the embedded synthetic task.
+
+An example is ([CLS] + token ids + EOS, label index, label name, line index). Batches hold up to
+`max_tokens` tokens, grouped by length, sharded per DDP rank, by the same sampler as translation.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from prunelab.data.batching import ResumableLoader, TokenBatchSampler
+from prunelab.data.tokenizer import BOS, EOS, Tokenizer, WordTokenizer
+from prunelab.errors import UserError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+CLS = BOS  # the first token of every input; pooling=cls reads its final state
+ClsExample = tuple[list[int], int, str, int]  # (ids with CLS and EOS, label index, label name, index)
+
+
+def collate_classification(examples: Sequence[ClsExample], pad_id: int) -> dict[str, Any]:
+    """-> src (B, S), label (B,), ref (label names, for code that counts sentences), idx (B,), n_tokens."""
+    B, S = len(examples), max(len(e[0]) for e in examples)
+    src = torch.full((B, S), pad_id, dtype=torch.long)
+    for i, e in enumerate(examples):
+        src[i, : len(e[0])] = torch.tensor(e[0])
+    return {
+        "src": src,
+        "label": torch.tensor([e[1] for e in examples]),
+        "ref": [e[2] for e in examples],
+        "idx": torch.tensor([e[3] for e in examples]),
+        "n_tokens": sum(len(e[0]) for e in examples),
+    }
+
+
+class ClassificationDataModule(L.LightningDataModule, ABC):
+    kind = "classification"
+
+    def __init__(
+        self,
+        max_tokens: int = 4096,
+        eval_max_tokens: int | None = None,
+        max_len: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.max_tokens = max_tokens
+        self.eval_max_tokens = eval_max_tokens or max_tokens
+        self.max_len = max_len
+        self.num_workers = num_workers
+        self.seed = seed
+        self._tokenizer: Tokenizer | None = None
+        self.examples: dict[str, list[ClsExample]] = {}
+        self.labels: list[str] = []  # label names, index = class id (from the training split)
+
+    # --- what a data source provides -------------------------------------------------------------
+    @abstractmethod
+    def build_tokenizer(self) -> Tokenizer: ...
+
+    @abstractmethod
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        """(texts, label names) of one split; a sentence pair is one text joined by the tokenizer's EOS."""
+
+    # --- shared machinery ------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = self.build_tokenizer()
+        return self._tokenizer
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What the model builder needs from the data besides the vocabulary."""
+        return {"num_classes": self.num_classes}
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.examples:
+            return
+        raw = {split: self.read_split(split) for split in SPLITS}
+        labels = sorted(set(raw["train"][1]), key=_label_order)
+        if len(labels) < 2:
+            raise UserError(f"the training split has {len(labels)} label(s); classification needs at least 2")
+        index = {name: i for i, name in enumerate(labels)}
+        splits: dict[str, list[ClsExample]] = {}
+        for split in SPLITS:
+            texts, names = raw[split]
+            unknown = sorted(set(names) - set(index))
+            if unknown:
+                raise UserError(
+                    f"the {split} split has labels that the training split does not: {', '.join(unknown[:5])}"
+                )
+            examples, truncated = [], 0
+            for i, (text, name) in enumerate(zip(texts, names, strict=True)):
+                ids = [CLS, *self.encode(text), EOS]
+                if len(ids) > self.max_len:
+                    ids = [*ids[: self.max_len - 1], EOS]
+                    truncated += 1
+                examples.append((ids, index[name], name, i))
+            if truncated:
+                log.warning("%s: truncated %d texts to %d tokens", split, truncated, self.max_len)
+            if not examples:
+                raise UserError(f"the {split} split has no examples")
+            splits[split] = examples
+        self.labels = labels
+        self.examples = splits
+
+    def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        lengths = [len(e[0]) for e in self.examples[split]]
+        sampler = TokenBatchSampler(
+            lengths,
+            max_tokens=max(max_tokens, max(lengths)),
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+        kwargs = {
+            "batch_sampler": sampler,
+            "collate_fn": partial(collate_classification, pad_id=self.tokenizer.pad_id),
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if split == "train" and trainer is not None:
+            return ResumableLoader(self.examples[split], progress=self._train_progress, **kwargs)  # type: ignore[arg-type]
+        return DataLoader(self.examples[split], **kwargs)  # type: ignore[arg-type]
+
+    def _train_progress(self) -> tuple[int, int]:
+        loop = self.trainer.fit_loop
+        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.completed
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.max_tokens, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.eval_max_tokens, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_max_tokens, shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": self.labels}  # the label mapping travels with every checkpoint
+
+
+def _label_order(name: str) -> tuple[int, float | str]:
+    """Integer-looking labels in numeric order (2 before 10), then the rest alphabetically."""
+    try:
+        return (0, float(name))
+    except ValueError:
+        return (1, name)
+
+
+# --- the embedded synthetic task --------------------------------------------------------------------
+class NegationScopeTask:
+    """Two clauses, exactly one of them negated, and a question about one of the two subjects:
+
+        the glorp is not vaty and the brell is dobe ? glorp      -> negated
+        the glorp is not vaty and the brell is dobe ? brell      -> affirmed
+
+    Every input holds the same multiset of words whichever clause carries the "not", so a bag-of-words
+    model is at chance; the label needs word order and the link between the queried noun and its clause.
+    Variety: optional intensifiers and adjective pairs, clause joiners, and a third, never negated and
+    never queried, distractor clause."""
+
+    JOINERS = ("and", "but", "while", "whereas")
+    INTENSIFIERS = ("very", "rather", "quite")
+
+    def __init__(self, seed: int, n_nouns: int = 60, n_adjectives: int = 40):
+        rng = random.Random(f"negation-lexicon-{seed}")
+        onsets, vowels, codas = "b d f g k l m n p r s t v z br gl pl tr st".split(), "a e i o u".split(), "n r s l"
+        words: set[str] = set()
+
+        def fresh(count: int) -> list[str]:
+            out = []
+            while len(out) < count:
+                w = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.randint(1, 2)))
+                w += rng.choice([*codas.split(), ""])
+                if w not in words:
+                    words.add(w)
+                    out.append(w)
+            return out
+
+        self.nouns = fresh(n_nouns)
+        self.adjectives = fresh(n_adjectives)
+
+    def vocabulary(self) -> set[str]:
+        fixed = {"the", "is", "not", "?", *self.JOINERS, *self.INTENSIFIERS}
+        return fixed | set(self.nouns) | set(self.adjectives)
+
+    def _clause(self, rng: random.Random, noun: str, negated: bool) -> list[str]:
+        words = ["the", noun, "is"] + (["not"] if negated else [])
+        if rng.random() < 0.3:
+            words.append(rng.choice(self.INTENSIFIERS))
+        words.append(rng.choice(self.adjectives))
+        if rng.random() < 0.2:
+            words += ["and", rng.choice(self.adjectives)]
+        return words
+
+    def example(self, rng: random.Random) -> tuple[str, str]:
+        n1, n2, n3 = rng.sample(self.nouns, 3)
+        first_negated = rng.random() < 0.5
+        words = [*self._clause(rng, n1, first_negated), rng.choice(self.JOINERS)]
+        words += self._clause(rng, n2, not first_negated)
+        if rng.random() < 0.3:  # a distractor clause: never negated, never asked about
+            words += [rng.choice(self.JOINERS), *self._clause(rng, n3, False)]
+        query_first = rng.random() < 0.5
+        words += ["?", n1 if query_first else n2]
+        return " ".join(words), "negated" if query_first == first_negated else "affirmed"
+
+
+class SyntheticClassificationDataModule(ClassificationDataModule):
+    """`data=synthetic_classification`: the negation-scope task, generated from the seed."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        train_size: int = 20000,
+        valid_size: int = 500,
+        test_size: int = 1000,
+        n_nouns: int = 60,
+        n_adjectives: int = 40,
+        **kwargs: Any,
+    ):
+        super().__init__(seed=seed, **kwargs)
+        for name, n in (("train_size", train_size), ("valid_size", valid_size), ("test_size", test_size)):
+            if n < 1:
+                raise UserError(f"data.{name} must be positive, got {n}")
+        self.task = NegationScopeTask(seed, n_nouns, n_adjectives)
+        self.sizes = {"train": train_size, "valid": valid_size, "test": test_size}
+
+    def build_tokenizer(self) -> Tokenizer:
+        return WordTokenizer(self.task.vocabulary())
+
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        rng = random.Random(f"negation-{split}-{self.seed}")
+        pairs = [self.task.example(rng) for _ in range(self.sizes[split])]
+        return [t for t, _ in pairs], [y for _, y in pairs]
+
+
+def bag_of_words(texts: Sequence[str], vocab: dict[str, int]) -> Tensor:
+    """Word-count vectors (N, V): the input of the bag-of-words baseline that the synthetic task defeats."""
+    x = torch.zeros(len(texts), len(vocab))
+    for i, t in enumerate(texts):
+        for w in t.split():
+            x[i, vocab[w]] += 1
+    return x

@@ -1,0 +1,57 @@
+"""An encoder-only Transformer classifier: the same encoder blocks, gates and addresses as the NMT model
+(`enc.{i}.sa`, `enc.{i}.ff`, heads `enc.{i}.sa.h{j}`), a pooled sentence vector and a linear head.
+
+The data put a [CLS] token (id BOS) first; pooling=cls reads its final state, pooling=mean averages the
+states of the real (unpadded) tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunelab.models.transformer import Transformer, TransformerConfig
+
+POOLINGS = ("cls", "mean")
+
+
+class TransformerClassifier(Transformer):
+    kind = "classification"
+
+    def __init__(self, cfg: TransformerConfig, num_classes: int, pooling: str = "cls"):
+        if cfg.dec_layers != 0:
+            raise ValueError("a classifier has no decoder: dec_layers must be 0")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        super().__init__(cfg)
+        self.pooling = pooling
+        self.num_classes = num_classes
+        self.head = nn.Linear(cfg.d_model, num_classes)
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, src: Tensor, tgt_in: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """src (B, S) with [CLS] first -> class logits (B, num_classes)."""
+        mem, mask = self.encode(src)  # (B, S, C), (B, 1, 1, S)
+        if self.pooling == "cls":
+            pooled = mem[:, 0]
+        else:
+            keep = mask[:, 0, 0, :, None].to(mem.dtype)  # (B, S, 1)
+            pooled = (mem * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+    def example_losses(self, batch: dict[str, Any]) -> Tensor:
+        """Per-example cross-entropy L(x), (B,): what head importance differentiates."""
+        logits = self(batch["src"]).to(torch.promote_types(torch.float32, self.head.weight.dtype))
+        return F.cross_entropy(logits, batch["label"], reduction="none")
+
+
+def build_classifier(num_classes: int, pooling: str = "cls", **kwargs: Any) -> TransformerClassifier:
+    """Hydra entry point: `model/classifier_*.yaml`; vocab_size and num_classes come from the data.
+    A `dec_layers` setting (from an experiment bundle written for NMT, e.g. smoke) does not apply."""
+    kwargs.pop("dec_layers", None)
+    return TransformerClassifier(TransformerConfig(dec_layers=0, **kwargs), num_classes, pooling)

@@ -1,0 +1,93 @@
+"""What every prunelab LightningModule shares: the model, a pluggable Pruner called at fixed points of every
+step, Adam (or Adafactor) with inverse-sqrt warm-up, and checkpoints that carry removed heads/components.
+
+Subclasses (translation, classification) define the loss, evaluation, and which validation metric picks
+the best checkpoint (`monitor`, logged as NaN until the round's mask is final)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+
+from prunelab.errors import UserError
+from prunelab.models.surgery import match_structure
+from prunelab.pruning.base import Pruner
+
+
+def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
+    """Vaswani et al. (2017): linear warm-up to the peak lr, then decay with 1/sqrt(step)."""
+
+    def factor(step: int) -> float:
+        step = step + 1
+        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
+
+    return factor
+
+
+class PrunableTask(L.LightningModule):
+    monitor = "val/score_at_target"  # the ModelCheckpoint metric (set by subclasses)
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pruner: Pruner,
+        lr: float = 5e-4,
+        warmup_steps: int = 4000,
+        optimizer: str = "adam",
+        betas: tuple[float, float] = (0.9, 0.98),
+        weight_decay: float = 0.0,
+    ):
+        super().__init__()
+        if optimizer not in ("adam", "adafactor"):
+            raise UserError(f"task.optimizer must be adam or adafactor, got {optimizer!r}")
+        self.model = model
+        self.pruner = pruner
+        self.lr, self.warmup_steps, self.optimizer_name = lr, warmup_steps, optimizer
+        self.betas, self.weight_decay = tuple(betas), weight_decay
+        self.pruner.attach(self.model)
+        self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
+        self.train_tokens = 0
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint saved after head or component removal has other shapes: remove the same parts first
+        match_structure(self.model, checkpoint["state_dict"], "model.")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.pruner.mask_gradients()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step, total = self.global_step, self.total_steps
+        self.pruner.on_step_end(self.model, step, total)
+        self.pruner.apply_masks()
+        if step >= total:
+            # Lightning validates at max_steps only on a val_check_interval boundary; asking to stop
+            # makes it validate (and checkpoint) the final weights too.
+            self.trainer.should_stop = True
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.trainer.estimated_stepping_batches)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer_name == "adam":
+            opt = torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=1e-9, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.Adafactor(params, lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, inverse_sqrt_schedule(self.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def log_target(self, score: float) -> None:
+        """During fit: the monitored score, NaN while the round's mask is still changing, so the best
+        checkpoint is chosen only among weights at the round's final sparsity."""
+        if self.trainer.state.fn == "fit":
+            self.log("prune/sparsity", self.mask_sparsity())
+            final = self.pruner.mask_is_final(self.global_step, self.total_steps)
+            self.log(self.monitor, score if final else float("nan"))
+
+    def mask_sparsity(self) -> float:
+        return self.pruner.masked_fraction()

@@ -1,0 +1,106 @@
+"""The classification LightningModule: cross-entropy, and accuracy, macro-F1 and Matthews correlation from
+torchmetrics over the whole split (gathered across DDP ranks). The best checkpoint is chosen by `metric`.
+Pruners plug in exactly as for translation (PrunableTask)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_f1_score,
+    multiclass_matthews_corrcoef,
+)
+
+from prunelab.errors import UserError
+from prunelab.models.classifier import TransformerClassifier
+from prunelab.pruning.base import Pruner
+from prunelab.tasks.base import PrunableTask
+
+METRICS = ("acc", "f1", "mcc")
+
+
+class ClassificationTask(PrunableTask):
+    def __init__(
+        self,
+        model: TransformerClassifier,
+        pruner: Pruner,
+        labels: list[str],
+        lr: float = 5e-4,
+        warmup_steps: int = 4000,
+        optimizer: str = "adam",
+        betas: tuple[float, float] = (0.9, 0.98),
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        metric: str = "acc",
+    ):
+        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay)
+        if metric not in METRICS:
+            raise UserError(f"task.metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        self.labels = list(labels)
+        self.label_smoothing = label_smoothing
+        self.metric = metric
+        self.monitor = f"val/{metric}_at_target"
+        self._outputs: list[tuple[int, int, int]] = []  # (index, predicted, gold) of this eval epoch
+
+    def loss(self, batch: dict[str, Any]) -> Tensor:
+        logits = self.model(batch["src"])
+        return F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        self.train_tokens += batch["n_tokens"]
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        logits = self.model(batch["src"]).float()
+        loss = F.cross_entropy(logits, batch["label"])
+        self.log(f"{split}/loss", loss, sync_dist=True, batch_size=len(batch["ref"]))
+        pred = logits.argmax(-1)
+        for i, p, g in zip(batch["idx"].tolist(), pred.tolist(), batch["label"].tolist(), strict=True):
+            self._outputs.append((i, p, g))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _score(self, split: str) -> None:
+        outputs = self._outputs
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[list[tuple[int, int, int]]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(gathered, outputs)
+            outputs = [o for part in gathered for o in part]
+        by_idx = {i: (p, g) for i, p, g in outputs}  # DDP pads shards by repetition: dedupe
+        order = sorted(by_idx)
+        pred = torch.tensor([by_idx[i][0] for i in order])
+        gold = torch.tensor([by_idx[i][1] for i in order])
+        n = len(self.labels)
+        scores = {
+            "acc": float(multiclass_accuracy(pred, gold, n, average="micro")),
+            "f1": float(multiclass_f1_score(pred, gold, n, average="macro")),
+            "mcc": float(multiclass_matthews_corrcoef(pred, gold, n)),
+        }
+        for k, v in scores.items():
+            self.log(f"{split}/{k}", v, prog_bar=k == self.metric)
+        if split == "val":
+            self.log_target(scores[self.metric])
+        self.last_eval[split] = {"hypotheses": [self.labels[p] for p in pred.tolist()], "scores": scores}
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test")

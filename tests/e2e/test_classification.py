@@ -1,0 +1,50 @@
+"""Classification from the command line: the synthetic task, pruners on the classifier, config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import train
+
+CLS = ["model=classifier_tiny", "data=synthetic_classification", "experiment=smoke", "logger=csv"]
+
+
+def test_classification_run_writes_accuracy(tmp_path: Path) -> None:
+    run = train(tmp_path / "run", *CLS)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["status"] == "completed"
+    for k in ("val/acc", "val/f1", "val/mcc", "test/acc", "test/f1", "test/mcc"):
+        assert k in res["metrics"], k
+    assert 0.0 <= res["metrics"]["test/acc"] <= 1.0
+    assert res["labels"] == ["affirmed", "negated"]
+    preds = (run.dir / "test.hyp.txt").read_text().split()
+    assert len(preds) == 20 and set(preds) <= {"affirmed", "negated"}
+
+
+def test_mp_and_heads_on_the_classifier(tmp_path: Path) -> None:
+    mp = train(tmp_path / "mp", *CLS, "pruner=mp", "sparsity=0.5")
+    assert mp.returncode == 0, mp.stderr[-3000:]
+    assert mp.results["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
+    heads = train(tmp_path / "heads", *CLS, "pruner=heads", "sparsity=0.5", f"ckpt={mp.dir}")
+    assert heads.returncode == 0, heads.stderr[-3000:]
+    lv = heads.results["levels"]
+    assert [x["stage"] for x in lv] == ["dense", "pruned"]
+    assert lv[0]["metrics"]["test/acc"] == pytest.approx(mp.results["metrics"]["test/acc"])
+    assert len(heads.results["heads"]["removed"]) == 1  # smoke: 1 encoder layer x 2 heads
+    assert lv[1]["params"]["total"] < lv[0]["params"]["total"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=transformer_tiny", "data=synthetic_classification"], "is a translation model but"),
+        (["model=classifier_tiny", "data=synthetic_translation"], "is a classification model but"),
+    ],
+)
+def test_mixing_kinds_is_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:
+    run = train(tmp_path / "run", "experiment=smoke", "logger=csv", *overrides)
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
