@@ -33,7 +33,8 @@ def compose_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
 
 def test_groups_have_the_options_the_design_names() -> None:
     assert {"transformer_tiny", "transformer_base", "transformer_big"} <= set(GROUPS["model"])
-    assert {"synthetic_translation", "parallel_text"} <= set(GROUPS["data"])
+    assert {"synthetic_translation", "parallel_text", "synthetic_classification"} <= set(GROUPS["data"])
+    assert {"classifier_tiny", "classifier_base"} <= set(GROUPS["model"])
     assert {"none", "mp"} <= set(GROUPS["pruner"])
     assert {"cpu", "gpu", "tpu", "ddp"} <= set(GROUPS["hardware"])
     assert {"wandb", "csv", "none"} <= set(GROUPS["logger"])
@@ -56,12 +57,17 @@ def test_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize("option", GROUPS["model"])
 def test_model_options(tmp_path: Path, option: str) -> None:
     cfg = compose_cfg(tmp_path, [f"model={option}"])
-    model = instantiate(cfg.model)(vocab_size=100, pad_id=0)
+    extra = {"num_classes": 3} if option.startswith("classifier") else {}
+    model = instantiate(cfg.model)(vocab_size=100, pad_id=0, **extra)
     assert isinstance(model, Transformer)
-    expected = {"transformer_base": (6, 512, 2048, 8), "transformer_big": (6, 1024, 4096, 16)}.get(option)
+    expected = {
+        "transformer_base": (6, 512, 2048, 8, 6),
+        "transformer_big": (6, 1024, 4096, 16, 6),
+        "classifier_base": (12, 768, 3072, 12, 0),  # BERT-base shape
+    }.get(option)
     if expected:
         c = model.cfg
-        assert (c.enc_layers, c.d_model, c.d_ff, c.n_heads) == expected and c.dec_layers == 6
+        assert (c.enc_layers, c.d_model, c.d_ff, c.n_heads, c.dec_layers) == expected
 
 
 @pytest.mark.parametrize("option", GROUPS["pruner"])
