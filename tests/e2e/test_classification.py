@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,38 @@ def test_mixing_kinds_is_one_clear_line(tmp_path: Path, overrides: list[str], me
     run = train(tmp_path / "run", "experiment=smoke", "logger=csv", *overrides)
     assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_tsv_files_train_end_to_end(tmp_path: Path) -> None:
+    """Real-data path: a header, string labels, a sentiment rule a model can learn; results name the labels."""
+    words = "film plot actor story scene music acting ending script cast".split()
+    root = tmp_path / "sst"
+    root.mkdir()
+    rng = random.Random(0)
+    for split, n in (("train", 300), ("dev", 30), ("test", 30)):
+        rows = ["sentence\tlabel"]
+        for _ in range(n):  # the mood word decides; the other words are independent of the label
+            mood = rng.choice(("good", "bad"))
+            rows.append(f"the {rng.choice(words)} was {mood} and the {rng.choice(words)} too\t{mood}")
+        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = [
+        "model=classifier_tiny",
+        "data=tsv_classification",
+        f"data.dir={root}",
+        "data.vocab_size=60",
+        "logger=csv",
+        "model.d_model=32",
+        "model.n_heads=2",
+        "model.d_ff=64",
+        "model.enc_layers=1",
+        "trainer.max_steps=100",
+        "trainer.val_check_interval=50",
+        "task.warmup_steps=10",
+        "trainer.enable_progress_bar=false",
+    ]
+    run = train(tmp_path / "run", *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["labels"] == ["bad", "good"]
+    assert res["metrics"]["test/acc"] >= 0.9  # the label is one word of the text
+    assert list(root.glob("spm.*.model")), "the subword model is cached next to the data"

@@ -11,6 +11,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from prunelab.data.batching import ResumableLoader, TokenBatchSampler
+from prunelab.data.parallel_text import SentencePieceData, read_lines
 from prunelab.data.tokenizer import BOS, EOS, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
 
@@ -261,3 +263,119 @@ def bag_of_words(texts: Sequence[str], vocab: dict[str, int]) -> Tensor:
         for w in t.split():
             x[i, vocab[w]] += 1
     return x
+
+
+# --- real data sets on disk ------------------------------------------------------------------------------
+HEADER_LABELS = {"label", "labels", "gold_label", "class", "category", "target", "y"}
+
+
+class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
+    """`data=tsv_classification`: `{train,dev,test}.tsv` in `data.dir` (plain or .gz), one example per line,
+    `text<TAB>label` or, for sentence pairs (NLI), `text_a<TAB>text_b<TAB>label`. Labels may be strings or
+    integers; the mapping (sorted, integers numerically) is stored with the run. A header row is detected
+    by its last field (label, gold_label, class, ...) or forced with `data.header=true|false`. Texts are cut
+    into SentencePiece subwords trained on the training texts, as for translation; a pair is encoded as
+    text_a EOS text_b."""
+
+    def __init__(
+        self,
+        dir: str,
+        vocab_size: int = 8000,
+        spm_model_type: str = "unigram",
+        spm_character_coverage: float = 1.0,
+        spm_max_sentences: int = 2_000_000,
+        train_file: str = "train.tsv",
+        valid_file: str = "dev.tsv",
+        test_file: str = "test.tsv",
+        header: bool | str = "auto",
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.data_dir = Path(dir).expanduser().absolute()
+        self.vocab_size = vocab_size
+        self.spm_model_type = spm_model_type
+        self.spm_character_coverage = spm_character_coverage
+        self.spm_max_sentences = spm_max_sentences
+        self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None
+        self._spm_file: Path | None = None
+        if header not in (True, False, "auto"):
+            raise UserError(f"data.header must be true, false or auto, got {header!r}")
+        self.header = header
+        self.check_spm_settings()
+        self.files: dict[str, Path] = {}
+        for split, name, key in (
+            ("train", train_file, "train_file"),
+            ("valid", valid_file, "valid_file"),
+            ("test", test_file, "test_file"),
+        ):
+            plain = self.data_dir / name
+            gz = plain.with_name(plain.name + ".gz")
+            if not plain.is_file() and not gz.is_file():
+                raise UserError(
+                    f"{split} file not found: {plain} (nor {gz.name}); set data.{key}=... if it has another name"
+                )
+            self.files[split] = plain if plain.is_file() else gz
+        self._read: dict[str, tuple[list[str], list[str]]] = {}
+        self.pairs: bool | None = None  # decided by the training file's first example
+
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        if split in self._read:
+            return self._read[split]
+        path = self.files[split]
+        lines = read_lines(path)
+        first = next((i for i, line in enumerate(lines) if line), None)
+        if first is None:
+            raise UserError(f"{path} is empty")
+        last_field = lines[first].split("\t")[-1].strip().lower()
+        skip_header = self.header is True or (self.header == "auto" and last_field in HEADER_LABELS)
+        start = first + 1 if skip_header else first
+        data_line = next((i for i in range(start, len(lines)) if lines[i]), None)
+        if data_line is None:
+            raise UserError(f"{path} has a header but no examples")
+        if self.pairs is None:
+            found = len(lines[data_line].split("\t"))
+            if found not in (2, 3):
+                raise UserError(
+                    f"{path}:{data_line + 1}: expected text<TAB>label or text_a<TAB>text_b<TAB>label, "
+                    f"found {found} tab-separated fields"
+                )
+            self.pairs = found == 3
+        n = 3 if self.pairs else 2
+        layout = "text_a<TAB>text_b<TAB>label" if self.pairs else "text<TAB>label"
+        texts, labels, empty = [], [], 0
+        for i in range(start, len(lines)):
+            if not lines[i]:
+                empty += 1
+                continue
+            parts = lines[i].split("\t")
+            if len(parts) != n:
+                raise UserError(f"{path}:{i + 1}: expected {n} tab-separated fields ({layout}), found {len(parts)}")
+            label = parts[-1].strip()
+            if not label:
+                raise UserError(f"{path}:{i + 1}: the label is empty")
+            texts.append("\t".join(p.strip() for p in parts[:-1]))
+            labels.append(label)
+        if empty:
+            log.warning("%s: skipped %d empty lines", path, empty)
+        self._read[split] = (texts, labels)
+        return texts, labels
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for k, part in enumerate(text.split("\t")):  # a pair: text_a EOS text_b
+            if k:
+                ids.append(EOS)
+            ids += self.tokenizer.encode(part)
+        return ids
+
+    def _spm_sources(self) -> list[Path]:
+        return [self.files["train"]]
+
+    def _spm_sentences(self) -> list[str]:
+        texts, _ = self.read_split("train")
+        return [part for t in texts for part in t.split("\t") if part]
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        self._read.clear()

@@ -84,7 +84,136 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-class ParallelTextDataModule(TranslationDataModule):
+class SentencePieceData:
+    """A joint SentencePiece model over a data set's training text, cached next to the data under a name
+    derived from that text and the settings. A data module provides `_spm_sources()` (the training files,
+    which key the cache) and `_spm_sentences()` (the training text), and the settings `vocab_size`,
+    `spm_model_type`, `spm_character_coverage`, `spm_max_sentences`, `cache_dir`, `data_dir`."""
+
+    vocab_size: int
+    spm_model_type: str
+    spm_character_coverage: float
+    spm_max_sentences: int
+    cache_dir: Path | None
+    data_dir: Path
+    _spm_file: Path | None
+
+    def _spm_sources(self) -> list[Path]:
+        raise NotImplementedError
+
+    def _spm_sentences(self) -> list[str]:
+        raise NotImplementedError
+
+    def check_spm_settings(self) -> None:
+        """Fail at construction, before a model is built, on settings that cannot work."""
+        if self.vocab_size <= 0:
+            raise UserError(f"data.vocab_size must be positive, got {self.vocab_size}")
+        if self.spm_model_type not in SPM_MODEL_TYPES:
+            raise UserError(
+                f"data.spm_model_type must be one of {', '.join(SPM_MODEL_TYPES)}, got {self.spm_model_type!r}"
+            )
+        if not 0 < self.spm_character_coverage <= 1:
+            raise UserError(f"data.spm_character_coverage must be in (0, 1], got {self.spm_character_coverage}")
+        if self.spm_max_sentences < 0:
+            raise UserError(f"data.spm_max_sentences must be 0 (no cap) or positive, got {self.spm_max_sentences}")
+        if not self.data_dir.is_dir():
+            raise UserError(f"data directory not found: {self.data_dir} (set data.dir=...)")
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node before setup() runs on every rank: the model is
+        # trained once here and the other ranks find it in the cache.
+        self._spm_model()
+
+    def build_tokenizer(self) -> Tokenizer:
+        path = self._spm_model()
+        try:
+            return SentencePieceTokenizer(path)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot load SentencePiece model {path} (delete it to retrain): {_one_line(e)}") from e
+
+    def _cache_dirs(self) -> list[Path]:
+        return [self.cache_dir] if self.cache_dir else [self.data_dir, FALLBACK_CACHE_DIR.expanduser()]
+
+    def _cache_key(self) -> str:
+        h = hashlib.sha256(
+            f"{SPM_RECIPE} vocab_size={self.vocab_size} model_type={self.spm_model_type} "
+            f"character_coverage={self.spm_character_coverage} max_sentences={self.spm_max_sentences}\n".encode()
+        )
+        for path in self._spm_sources():
+            h.update(_content_digest(path))
+        return h.hexdigest()[:16]
+
+    def _spm_model(self) -> Path:
+        """The cached model file for this training text and these settings; trained if there is none."""
+        if self._spm_file is not None:
+            return self._spm_file
+        name = f"spm.{self._cache_key()}.model"
+        for d in self._cache_dirs():
+            if (d / name).is_file():
+                log.info("SentencePiece: using cached model %s", d / name)
+                self._spm_file = d / name
+                return self._spm_file
+        model = self._train_spm()
+        self._spm_file = self._write_atomically(name, model)
+        log.info("SentencePiece: trained %s", self._spm_file)
+        return self._spm_file
+
+    def _train_spm(self) -> bytes:
+        import sentencepiece as spm
+
+        sources = " and ".join(str(p) for p in self._spm_sources())
+        sentences = self._spm_sentences()
+        log.info("SentencePiece: training a %s model of %d pieces on %s", self.spm_model_type, self.vocab_size, sources)
+        # Sample here rather than with SentencePiece's input_sentence_size: its sampling ignores
+        # SetRandomGeneratorSeed (a different model on every run), and two processes that train at once (DDP
+        # on several nodes sharing the data dir) must produce the same model, or they would disagree on ids.
+        if 0 < self.spm_max_sentences < len(sentences):
+            sentences = random.Random(SPM_SEED).sample(sentences, self.spm_max_sentences)
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                # the cleaned lines, not the files: SentencePiece would read BOMs, "\r" and .gz bytes as text
+                sentence_iterator=iter(sentences),
+                model_writer=model,  # the model comes back as bytes; written atomically below
+                vocab_size=self.vocab_size,
+                model_type=self.spm_model_type,
+                character_coverage=self.spm_character_coverage,
+                input_sentence_size=0,  # sampled above
+                hard_vocab_limit=False,  # a tiny corpus may not support vocab_size pieces; take fewer
+                pad_id=PAD,
+                bos_id=BOS,
+                eos_id=EOS,
+                unk_id=UNK,
+                minloglevel=1,  # warnings only
+            )
+        except RuntimeError as e:
+            raise UserError(f"SentencePiece training on {sources} failed: {_one_line(e)}") from e
+        return model.getvalue()
+
+    def _write_atomically(self, name: str, data: bytes) -> Path:
+        """Write to a temporary file in the target dir, then rename it into place: a concurrent reader
+        (another DDP rank or job) sees either no model or the whole of it, never a partial file."""
+        errors = []
+        for d in self._cache_dirs():
+            tmp: str | None = None
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.", suffix=".tmp")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)  # mkstemp makes it private; others sharing the data dir may reuse it
+                os.replace(tmp, d / name)
+                return d / name
+            except OSError as e:  # not writable (read-only dataset mount, full disk, ...): try the next place
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
+                errors.append(f"{d}: {e.strerror or e}")
+        raise UserError(f"cannot write the SentencePiece model {name} to any of: {'; '.join(errors)}")
+
+
+class ParallelTextDataModule(SentencePieceData, TranslationDataModule):
     def __init__(
         self,
         dir: str,
@@ -112,17 +241,7 @@ class ParallelTextDataModule(TranslationDataModule):
         self._spm_file: Path | None = None
         self._lines: dict[str, tuple[list[str], list[str]]] = {}  # splits read early, kept for setup()
 
-        # fail at construction, before a model is built, on everything that can be checked cheaply
-        if vocab_size <= 0:
-            raise UserError(f"data.vocab_size must be positive, got {vocab_size}")
-        if spm_model_type not in SPM_MODEL_TYPES:
-            raise UserError(f"data.spm_model_type must be one of {', '.join(SPM_MODEL_TYPES)}, got {spm_model_type!r}")
-        if not 0 < spm_character_coverage <= 1:
-            raise UserError(f"data.spm_character_coverage must be in (0, 1], got {spm_character_coverage}")
-        if spm_max_sentences < 0:
-            raise UserError(f"data.spm_max_sentences must be 0 (no cap) or positive, got {spm_max_sentences}")
-        if not self.data_dir.is_dir():
-            raise UserError(f"data directory not found: {self.data_dir} (set data.dir=...)")
+        self.check_spm_settings()
         self.files = {split: self._split_files(split) for split in self.prefixes}
 
     # --- files ------------------------------------------------------------------------------------------
@@ -154,108 +273,15 @@ class ParallelTextDataModule(TranslationDataModule):
             )
         return src, tgt
 
-    # --- subwords ---------------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        # Lightning calls this on one process per node before setup() runs on every rank: the model is
-        # trained once here and the other ranks find it in the cache.
-        self._spm_model()
+    # --- subwords (SentencePieceData) -------------------------------------------------------------------
+    def _spm_sources(self) -> list[Path]:
+        return list(self.files["train"])
 
-    def build_tokenizer(self) -> Tokenizer:
-        path = self._spm_model()
-        try:
-            return SentencePieceTokenizer(path)
-        except (OSError, RuntimeError, ValueError) as e:
-            raise UserError(f"cannot load SentencePiece model {path} (delete it to retrain): {_one_line(e)}") from e
-
-    def _cache_dirs(self) -> list[Path]:
-        return [self.cache_dir] if self.cache_dir else [self.data_dir, FALLBACK_CACHE_DIR.expanduser()]
-
-    def _cache_key(self) -> str:
-        h = hashlib.sha256(
-            f"{SPM_RECIPE} vocab_size={self.vocab_size} model_type={self.spm_model_type} "
-            f"character_coverage={self.spm_character_coverage} max_sentences={self.spm_max_sentences}\n".encode()
-        )
-        for path in self.files["train"]:
-            h.update(_content_digest(path))
-        return h.hexdigest()[:16]
-
-    def _spm_model(self) -> Path:
-        """The cached model file for this training text and these settings; trained if there is none."""
-        if self._spm_file is not None:
-            return self._spm_file
-        name = f"spm.{self._cache_key()}.model"
-        for d in self._cache_dirs():
-            if (d / name).is_file():
-                log.info("SentencePiece: using cached model %s", d / name)
-                self._spm_file = d / name
-                return self._spm_file
-        model = self._train_spm()
-        self._spm_file = self._write_atomically(name, model)
-        log.info("SentencePiece: trained %s", self._spm_file)
-        return self._spm_file
-
-    def _train_spm(self) -> bytes:
-        import sentencepiece as spm
-
+    def _spm_sentences(self) -> list[str]:
         # read (and check) the training split once; setup() reuses these lines
         src, tgt = self.read_split("train")
         self._lines["train"] = (src, tgt)
-        src_path, tgt_path = self.files["train"]
-        log.info(
-            "SentencePiece: training a %s model of %d pieces on %s and %s",
-            self.spm_model_type,
-            self.vocab_size,
-            src_path,
-            tgt_path,
-        )
-        # Sample here rather than with SentencePiece's input_sentence_size: its sampling ignores
-        # SetRandomGeneratorSeed (a different model on every run), and two processes that train at once (DDP
-        # on several nodes sharing the data dir) must produce the same model, or they would disagree on ids.
-        sentences = [line for line in itertools.chain(src, tgt) if line]
-        if 0 < self.spm_max_sentences < len(sentences):
-            sentences = random.Random(SPM_SEED).sample(sentences, self.spm_max_sentences)
-        model = io.BytesIO()
-        try:
-            spm.SentencePieceTrainer.train(
-                # the cleaned lines, not the files: SentencePiece would read BOMs, "\r" and .gz bytes as text
-                sentence_iterator=iter(sentences),
-                model_writer=model,  # the model comes back as bytes; written atomically below
-                vocab_size=self.vocab_size,
-                model_type=self.spm_model_type,
-                character_coverage=self.spm_character_coverage,
-                input_sentence_size=0,  # sampled above
-                hard_vocab_limit=False,  # a tiny corpus may not support vocab_size pieces; take fewer
-                pad_id=PAD,
-                bos_id=BOS,
-                eos_id=EOS,
-                unk_id=UNK,
-                minloglevel=1,  # warnings only
-            )
-        except RuntimeError as e:
-            raise UserError(f"SentencePiece training on {src_path} and {tgt_path} failed: {_one_line(e)}") from e
-        return model.getvalue()
-
-    def _write_atomically(self, name: str, data: bytes) -> Path:
-        """Write to a temporary file in the target dir, then rename it into place: a concurrent reader
-        (another DDP rank or job) sees either no model or the whole of it, never a partial file."""
-        errors = []
-        for d in self._cache_dirs():
-            tmp: str | None = None
-            try:
-                d.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.", suffix=".tmp")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)  # mkstemp makes it private; others sharing the data dir may reuse it
-                os.replace(tmp, d / name)
-                return d / name
-            except OSError as e:  # not writable (read-only dataset mount, full disk, ...): try the next place
-                if tmp is not None:
-                    Path(tmp).unlink(missing_ok=True)
-                errors.append(f"{d}: {e.strerror or e}")
-        raise UserError(f"cannot write the SentencePiece model {name} to any of: {'; '.join(errors)}")
+        return [line for line in itertools.chain(src, tgt) if line]
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
