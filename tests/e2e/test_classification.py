@@ -84,3 +84,30 @@ def test_tsv_files_train_end_to_end(tmp_path: Path) -> None:
     assert res["labels"] == ["bad", "good"]
     assert res["metrics"]["test/acc"] >= 0.9  # the label is one word of the text
     assert list(root.glob("spm.*.model")), "the subword model is cached next to the data"
+
+
+def test_head_analysis_of_a_classifier(tmp_path: Path) -> None:
+    """Michel et al.'s BERT studies: the same `prunelab heads`, scored by accuracy."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT
+
+    run = train(tmp_path / "run", *CLS, "model.n_heads=4", "model.d_model=32")
+    assert run.returncode == 0, run.stderr[-3000:]
+    cmd = [sys.executable, "-m", "prunelab.cli.main", "heads", str(run.dir), "--importance-batches", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((run.dir / "heads" / "heads.json").read_text())
+    assert rep["score"] == "accuracy (%)"
+    assert rep["baseline_bleu"] == pytest.approx(100 * run.results["metrics"]["test/acc"], abs=1e-4)
+    assert set(rep["importance"]) == {f"enc.0.sa.h{j}" for j in range(4)}
+    assert set(rep["pruning_curves"]) == {"all heads", "E:SA", "all heads, by ablation"}  # no decoder heads
+    assert [p["fraction"] for p in rep["pruning_curves"]["E:SA"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_components_pruner_on_a_classifier_is_a_clear_error(tmp_path: Path) -> None:
+    run = train(tmp_path / "run", *CLS, "pruner=components", "sparsity=0.2")
+    assert run.returncode == 2
+    assert "supports translation models for now" in run.stderr and "Traceback" not in run.stderr

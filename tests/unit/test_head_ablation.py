@@ -107,3 +107,7 @@ def test_iterative_pruning_scores_each_count_once(tiny_model: Transformer) -> No
     points = iterative_pruning(tiny_model, order, lambda: (counts.append(len(closed(tiny_model))), 0.0)[1])
     assert counts == [0, 1, 2, 3, 4, 5, 6, 7, 8]
     assert [p[0] for p in points] == [c / 8 for c in counts]
+
+
+def test_iterative_pruning_of_no_heads_returns_the_baseline(tiny_model: Transformer) -> None:
+    assert iterative_pruning(tiny_model, [], lambda: 42.0) == [(0.0, 42.0)]

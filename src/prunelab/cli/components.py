@@ -64,6 +64,8 @@ def analyse_components(
     exact_drops: bool = False,
 ) -> dict[str, Any]:
     res, dm, model = load_run(run_dir)
+    if getattr(model, "kind", "translation") != "translation":
+        raise UserError(f"{run_dir}: the component analysis scores BLEU; it supports translation runs for now")
     tok = dm.tokenizer
     settings = decode_settings(res["config"], beam_size)
     batches = list(dm.val_dataloader() if split == "valid" else dm.test_dataloader())

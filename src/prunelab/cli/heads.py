@@ -21,12 +21,12 @@ from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
 from prunelab.cli.results import read_completed_run, write_json
 from prunelab.importance.ablation import (
     ATTENTION_TYPES,
-    corpus_bleu,
     iterative_pruning,
     keep_one_head,
     order_by_score,
     scores_by_head,
     single_head_ablation,
+    task_score,
 )
 from prunelab.importance.heads import head_importance
 from prunelab.models.surgery import load_state_dict_with_heads
@@ -41,7 +41,8 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], Any, Transformer]:
     dm.prepare_data()
     dm.setup("fit")
     tok = dm.tokenizer
-    model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+    extra = dm.model_kwargs() if hasattr(dm, "model_kwargs") else {}
+    model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id, **extra)
     load_state_dict_with_heads(
         model, torch.load(res["best_checkpoint"], weights_only=True, map_location="cpu")["state_dict"], "model."
     )
@@ -63,10 +64,10 @@ def analyse_heads(
     valid, test = list(dm.val_dataloader()), list(dm.test_dataloader())
 
     def score_valid() -> float:
-        return corpus_bleu(model, valid, tok, beam_size)
+        return task_score(model, valid, tok, beam_size)
 
     def score_test() -> float:
-        return corpus_bleu(model, test, tok, beam_size)
+        return task_score(model, test, tok, beam_size)
 
     # I_h on training data, normalised per layer (Michel et al. section 4.1)
     importance = scores_by_head(model, head_importance(model, dm.train_dataloader(), max_batches=importance_batches))
@@ -74,7 +75,9 @@ def analyse_heads(
     keep_one = keep_one_head(model, score_valid, score_test)
     curves = {"all heads": iterative_pruning(model, order_by_score(importance), score_test, step)}
     for kind in ATTENTION_TYPES:
-        curves[kind] = iterative_pruning(model, order_by_score(importance, [kind]), score_test, step)
+        order = order_by_score(importance, [kind])
+        if order:  # a classifier has encoder self-attention only
+            curves[kind] = iterative_pruning(model, order, score_test, step)
     if ablation_order:  # for comparison: least harmful single-head ablation first (largest BLEU change)
         by_ablation = order_by_score({h: -d for h, d in deltas.items()})
         curves["all heads, by ablation"] = iterative_pruning(model, by_ablation, score_test, step)
@@ -82,6 +85,7 @@ def analyse_heads(
     report = {
         "run": str(run_dir),
         "checkpoint": res["best_checkpoint"],
+        "score": "accuracy (%)" if getattr(model, "kind", "") == "classification" else "BLEU",
         "decoding": {"beam_size": beam_size, "split": "test", "choice_split": "valid"},
         "baseline_bleu": base,
         "importance": importance,

@@ -42,6 +42,26 @@ def corpus_bleu(
     return translation_scores(hyps, refs).bleu
 
 
+@torch.no_grad()
+def accuracy(model: Transformer, batches: Sequence[Batch]) -> float:
+    """Classification accuracy in percent (so that it reads on the same 0-100 scale as BLEU)."""
+    was_training = model.training
+    model.eval()
+    right = total = 0
+    for b in batches:
+        right += int((model(b["src"]).argmax(-1) == b["label"]).sum())
+        total += len(b["label"])
+    model.train(was_training)
+    return 100.0 * right / max(total, 1)
+
+
+def task_score(model: Transformer, batches: Sequence[Batch], tok: Tokenizer, beam_size: int = 1) -> float:
+    """The score the head studies report: corpus BLEU for a translation model, accuracy (%) for a classifier."""
+    if getattr(model, "kind", "translation") == "classification":
+        return accuracy(model, batches)
+    return corpus_bleu(model, batches, tok, beam_size)
+
+
 @contextmanager
 def heads_off(model: Transformer, heads: Iterable[str]):
     """Gate the named heads off (`dec.2.ea.h5`) for the duration of the block."""
@@ -109,6 +129,8 @@ def iterative_pruning(
     heads in `order`); -> [(fraction pruned, score)], starting at (0, unpruned score)."""
     n = len(order)
     points = [(0.0, evaluate())]
+    if n == 0:  # e.g. decoder attention types of a classifier: nothing to prune
+        return points
     k, last = 1, 0
     while True:
         count = min(n, math.ceil(round(k * step * n, 9)))

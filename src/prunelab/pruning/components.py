@@ -75,6 +75,8 @@ class ComponentPruner(Pruner):
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
+        if getattr(model, "kind", "translation") != "translation":
+            raise UserError("pruner=components scores components by BLEU; it supports translation models for now")
         self._weights = {}  # no weight masks
         names = component_names(model, include_removed=True)  # type: ignore[arg-type]
         if not hasattr(self, "chosen_mask"):
@@ -145,6 +147,7 @@ class ComponentPruner(Pruner):
         """The `sparsity` fraction of components with the lowest contribution on the validation data."""
         if self._datamodule is None:
             raise RuntimeError("ComponentPruner.use_data(datamodule) must be called before pruning")
+
         batches = list(self._datamodule.val_dataloader())[: self.score_batches]
         names = component_names(model)  # type: ignore[arg-type]
         res = ablation_bleu(model, batches, self._datamodule.tokenizer, self.settings, names)  # type: ignore[arg-type]
