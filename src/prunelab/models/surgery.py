@@ -62,10 +62,25 @@ def match_components(model: Transformer, state: Mapping[str, Tensor], prefix: st
     remove_components(model, [n for n in component_names(model) if not has(n)])
 
 
+def make_uniform(model: Transformer, names: list[str]) -> None:
+    """Prune attention maps structurally (AttendOut): constant 1/n attention, no Q or K projections."""
+    for name in names:
+        attn = component(model, name)
+        if not hasattr(attn, "make_uniform"):
+            raise KeyError(f"{name!r} is not an attention component")
+        attn.make_uniform()  # type: ignore[operator]
+
+
 def match_structure(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
-    """Make `model` have the components and heads that `state` has, so that it loads."""
+    """Make `model` have the components, heads and uniform attention maps that `state` has, so that it loads."""
     match_components(model, state, prefix)
     match_heads(model, state, prefix)
+    uniform = [
+        n
+        for n in attention_names(model)
+        if f"{prefix}{n}.v_proj.weight" in state and f"{prefix}{n}.q_proj.weight" not in state
+    ]
+    make_uniform(model, [n for n in uniform if not component(model, n).uniform])  # type: ignore[union-attr]
 
 
 def load_state_dict_with_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:

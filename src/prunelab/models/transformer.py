@@ -60,6 +60,18 @@ class TransformerConfig:
         self.removed = tuple(self.removed)
 
 
+def uniform_attention(v: Tensor, mask: Tensor | None, is_causal: bool, T: int) -> Tensor:
+    """Attention with the constant map 1/n over the n keys each query may see: v (B, H, S, hs) -> (B, H, T, hs)."""
+    S = v.size(2)
+    if is_causal:  # query t sees keys 0..t
+        w = torch.tril(torch.ones(T, S, dtype=v.dtype, device=v.device))[None, None]
+    else:
+        w = (mask if mask is not None else torch.ones(1, 1, 1, S, dtype=torch.bool, device=v.device)).to(v.dtype)
+    w = w / w.sum(-1, keepdim=True).clamp(min=1.0)  # (B|1, 1, T|1, S)
+    y = w @ v  # (B, H, T|1, hs)
+    return y.expand(-1, -1, T, -1) if y.size(2) != T else y
+
+
 def gated(y: Tensor, g: Tensor) -> Tensor:
     """y * g, for a scalar gate or one gate per example (g of shape (B,), y of shape (B, ...))."""
     return y * g if g.dim() == 0 else y * g.view(-1, *([1] * (y.dim() - 1)))
@@ -88,6 +100,7 @@ class MultiHeadAttention(nn.Module):
         self.register_buffer("gate", torch.ones(()))
         self.register_buffer("head_gate", torch.ones(cfg.n_heads))
         self.register_buffer("head_ids", torch.arange(cfg.n_heads))  # original numbers of the heads left
+        self.uniform = False  # structurally pruned attention (AttendOut): a constant 1/n map, no Q or K
 
     def split_heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
@@ -96,19 +109,30 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        k: Tensor,
+        k: Tensor | None,
         v: Tensor,
         mask: Tensor | None = None,
         is_causal: bool = False,
+        map_keep: Tensor | None = None,
     ) -> Tensor:
         """x: queries (B, T, C); k, v: already projected and split (B, H, S, hs), or (B/G, H, S, hs) when
         G consecutive query rows share their keys (the beams of one sentence attending to its encoder output).
-        mask: bool (B or B/G, 1, 1|T, S), True where a key may be attended to."""
+        mask: bool (B or B/G, 1, 1|T, S), True where a key may be attended to. map_keep: AttendOut's
+        decision for this attention map, a scalar or one value per example (B,): it scales the attention
+        logits, so 0 drops the map (every logit equal: the constant map 1/n) and 1 keeps it."""
         B, T, _ = x.shape
         if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
             y = self.out_proj(x.new_zeros(B, T, 0))
             return gated(y, self.gate) if self.gated else y
+        if self.uniform:
+            y = uniform_attention(v, mask, is_causal, T)
+            if y.size(0) != B:  # groups of rows share their keys
+                y = y.repeat_interleave(B // y.size(0), 0)
+            return self._merge(y, B, T)
+        assert k is not None
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
+        if map_keep is not None:  # logits q.k scale with q
+            q = q * (map_keep if map_keep.dim() == 0 else map_keep.view(-1, 1, 1, 1)).to(q.dtype)
         drop = self.attn_dropout if self.training else 0.0
         b = k.size(0)
         if b != B:  # groups of G rows share keys: one attention with G*T queries per key set
@@ -118,6 +142,10 @@ class MultiHeadAttention(nn.Module):
             y = y.view(b, H, G, T, hs).transpose(1, 2).reshape(B, H, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
+        return self._merge(y, B, T)
+
+    def _merge(self, y: Tensor, B: int, T: int) -> Tensor:
+        """Per-head outputs (B, H, T, hs) -> head gates, concatenation, output projection, component gate."""
         if self.gated:  # (B, H, T, hs) scaled per head; a (B, H) gate gives every example its own gates
             g = self.head_gate
             y = y * (g.view(1, -1, 1, 1) if g.dim() == 1 else g[:, :, None, None])
@@ -125,8 +153,17 @@ class MultiHeadAttention(nn.Module):
         y = self.out_proj(y)
         return gated(y, self.gate) if self.gated else y
 
-    def project_kv(self, mem: Tensor) -> tuple[Tensor, Tensor]:
-        return self.split_heads(self.k_proj(mem)), self.split_heads(self.v_proj(mem))
+    def project_kv(self, mem: Tensor) -> tuple[Tensor | None, Tensor]:
+        k = None if self.uniform else self.split_heads(self.k_proj(mem))  # a uniform map needs no keys
+        return k, self.split_heads(self.v_proj(mem))
+
+    @torch.no_grad()
+    def make_uniform(self) -> None:
+        """Prune the attention map structurally (AttendOut): every query attends with weight 1/n to the n
+        keys it may see, so the Q and K projections and the score computation are gone."""
+        self.uniform = True
+        self.q_proj = None
+        self.k_proj = None
 
     @torch.no_grad()
     def prune_heads(self, heads: Iterable[int]) -> None:
@@ -140,6 +177,8 @@ class MultiHeadAttention(nn.Module):
         rows = torch.tensor([i * hs + j for i in keep for j in range(hs)], dtype=torch.long)
         for name in ("q_proj", "k_proj", "v_proj"):
             old = getattr(self, name)
+            if old is None:  # a uniform map has no Q or K
+                continue
             new = _uninitialised_linear(old.in_features, len(rows), old.weight)
             new.weight.copy_(old.weight[rows])
             new.bias.copy_(old.bias[rows])
