@@ -111,3 +111,18 @@ def test_components_pruner_on_a_classifier_is_a_clear_error(tmp_path: Path) -> N
     run = train(tmp_path / "run", *CLS, "pruner=components", "sparsity=0.2")
     assert run.returncode == 2
     assert "supports translation models for now" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_attendout_end_to_end(tmp_path: Path) -> None:
+    """Round 0 trains D and A side by side with G-Net cycles; threshold 1.0 makes G-Net drop every map, so
+    the structural pruning path runs: the pruned model has no Q/K and is evaluated as level "pruned"."""
+    run = train(tmp_path / "run", *CLS, "pruner=attendout", "pruner.every=3", "pruner.threshold=1.0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    lv = res["levels"]
+    assert [x["stage"] for x in lv] == ["attendout", "pruned"]
+    assert res["attendout"]["proportion_pruned"] == "1/1" and res["attendout"]["pruned_layers"] == ["enc.0.sa"]
+    assert sum(res["attendout"]["rewards"].values()) == 20 // 3  # one cycle per 3 of the 20 steps
+    assert all(0.0 < p < 1.0 for p in res["attendout"]["keep_probability"])
+    assert lv[1]["params"]["total"] == lv[0]["params"]["total"] - 2 * (32 * 32 + 32)  # Q and K gone
+    assert 0.0 <= res["metrics"]["test/acc"] <= 1.0

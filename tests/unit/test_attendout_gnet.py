@@ -45,3 +45,62 @@ def test_baseline_is_a_moving_average() -> None:
     b = RewardBaseline(beta=0.5)
     assert [b.update(r) for r in (1, 1, -1)] == [0.5, 0.75, -0.125]
     assert math.isclose(RewardBaseline().update(1.0), 0.1)
+
+
+def _tiny_classifier() -> torch.nn.Module:
+    from prunelab.models import build_classifier
+
+    torch.manual_seed(0)
+    return build_classifier(num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=2)
+
+
+def _batch(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 30, (6, 7), generator=g)
+    src[:, 0] = 1
+    src[2, 5:] = 0
+    return {"src": src, "label": torch.randint(0, 2, (6,), generator=g)}
+
+
+def test_the_a_d_g_cycle_follows_algorithm_1() -> None:
+    import torch.nn.functional as F
+
+    from prunelab.pruning.attendout import AttendOutPruner
+
+    d = _tiny_classifier()
+    pruner = AttendOutPruner(every=100, lr=1e-2, warmup_steps=1, seed=0)
+    pruner.attach(d)
+    d0 = {k: v.clone() for k, v in d.state_dict().items()}
+    g0 = [p.clone() for p in pruner.g_net.parameters()]
+    batches = [_batch(s) for s in range(3)]
+    for b in batches:
+        pruner.on_batch(d, b)
+    # D is untouched by the pruner between cycles (Lightning trains it)
+    assert all(torch.equal(v, d0[k]) for k, v in d.state_dict().items())
+    assert any(
+        not torch.equal(a, b) for a, b in zip(pruner.a_net.parameters(), d.parameters(), strict=True)
+    )  # A trained
+    with torch.no_grad():  # who wins, computed independently on the cache
+        pruner.a_net.eval()
+        a_loss = sum(float(F.cross_entropy(pruner.a_net(b["src"], k), b["label"])) for b, k, _ in pruner._cache)
+        d.eval()
+        d_loss = sum(float(F.cross_entropy(d(b["src"]), b["label"])) for b, _, _ in pruner._cache)
+        pruner.a_net.train()
+        d.train()
+    reward = pruner.cycle(d)
+    assert reward == (1.0 if a_loss < d_loss else -1.0)
+    assert pruner._cache == [] and pruner.baseline.value == pytest.approx(0.1 * reward)
+    assert any(not torch.equal(a, b) for a, b in zip(pruner.g_net.parameters(), g0, strict=True))  # G took a step
+    for a, b in zip(pruner.a_net.parameters(), d.parameters(), strict=True):
+        assert torch.equal(a, b)  # D <- A
+
+
+def test_cycle_runs_every_t_batches() -> None:
+    from prunelab.pruning.attendout import AttendOutPruner
+
+    d = _tiny_classifier()
+    pruner = AttendOutPruner(every=2, seed=0)
+    pruner.attach(d)
+    for s in range(5):
+        pruner.on_batch(d, _batch(s))
+    assert len(pruner.rewards) == 2 and len(pruner._cache) == 1

@@ -34,9 +34,10 @@ class TransformerClassifier(Transformer):
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, src: Tensor, tgt_in: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        """src (B, S) with [CLS] first -> class logits (B, num_classes)."""
-        mem, mask = self.encode(src)  # (B, S, C), (B, 1, 1, S)
+    def forward(self, src: Tensor, map_keep: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """src (B, S) with [CLS] first -> class logits (B, num_classes). map_keep (B, layers): AttendOut's
+        per-example keep/drop decisions for the attention maps (see Transformer.encode)."""
+        mem, mask = self.encode(src, map_keep)  # (B, S, C), (B, 1, 1, S)
         if self.pooling == "cls":
             pooled = mem[:, 0]
         else:

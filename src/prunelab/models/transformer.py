@@ -290,10 +290,10 @@ class Layer(nn.Module):
 class EncoderLayer(Layer):
     kinds = ("sa", "ff")
 
-    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, src_mask: Tensor, map_keep: Tensor | None = None) -> Tensor:
         if (y := self.skip("sa", x)) is None:
             h = self.sa_res.inp(x)
-            x = self.sa_res.out(x, self.sa(h, *self.sa.project_kv(h), mask=src_mask))
+            x = self.sa_res.out(x, self.sa(h, *self.sa.project_kv(h), mask=src_mask, map_keep=map_keep))
         else:
             x = y
         return self.ff_block(x)
@@ -376,12 +376,13 @@ class Transformer(nn.Module):
     def key_mask(self, src: Tensor) -> Tensor:
         return (src != self.cfg.pad_id)[:, None, None, :]  # (B, 1, 1, S) True = real token
 
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
-        """src (B, S) token ids -> memory (B, S, C) and its key mask (B, 1, 1, S)."""
+    def encode(self, src: Tensor, map_keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """src (B, S) token ids -> memory (B, S, C) and its key mask (B, 1, 1, S). map_keep (B, enc_layers):
+        AttendOut's keep (1) / drop (0) decision for each layer's self-attention map, per example."""
         mask = self.key_mask(src)
         x = self.embed_tokens(src)
-        for layer in self.enc:
-            x = layer(x, mask)
+        for i, layer in enumerate(self.enc):
+            x = layer(x, mask, None if map_keep is None else map_keep[:, i])
         return self.enc_norm(x), mask
 
     def logits(self, x: Tensor) -> Tensor:

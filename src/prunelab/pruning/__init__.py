@@ -1,3 +1,4 @@
+from prunelab.pruning.attendout import AttendOutPruner
 from prunelab.pruning.base import NoPruner, Pruner
 from prunelab.pruning.components import ComponentPruner
 from prunelab.pruning.heads import HeadPruner
@@ -12,6 +13,7 @@ from prunelab.pruning.magnitude import MagnitudePruner
 from prunelab.pruning.rounds import Round, RoundPruner, iterative_levels
 
 __all__ = [
+    "AttendOutPruner",
     "ComponentPruner",
     "ConstantLotteryTicketPruner",
     "HeadPruner",

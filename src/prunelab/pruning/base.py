@@ -55,6 +55,10 @@ class Pruner(nn.Module):
     def on_round_start(self, model: nn.Module, round_idx: int) -> None:
         """Called before each round's fit; iterative methods rewind weights here."""
 
+    def on_batch(self, model: nn.Module, batch: dict) -> None:
+        """Called with every training batch before the model's own step (AttendOut trains a second
+        network on the same batches here)."""
+
     def use_initial_weights(self, state: dict[str, Tensor]) -> None:
         """Called when the run starts from a trained checkpoint (`ckpt=`) whose run saved θ_0 (init.pt):
         methods that rewind to θ_0 take that run's initialisation instead of this run's."""

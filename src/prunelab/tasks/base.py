@@ -56,6 +56,9 @@ class PrunableTask(L.LightningModule):
         # a checkpoint saved after head or component removal has other shapes: remove the same parts first
         match_structure(self.model, checkpoint["state_dict"], "model.")
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.pruner.on_batch(self.model, batch)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.pruner.mask_gradients()
 
