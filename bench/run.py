@@ -1,6 +1,6 @@
 """`make bench`: what masks cost in the training hot path, what the decoder's cache buys, what removing
-half of the attention heads buys at inference, and what the component analysis costs in full decodes
-(`--sections` picks some).
+half of the attention heads buys at inference, what the component analysis costs in full decodes, and
+what AttendOut's constant attention maps buy (`--sections` picks some).
 
 Every figure is a ratio of two timings taken in this one run on this machine, so it carries over between
 machines better than seconds do. Prints a table and writes bench/results.json.
@@ -206,11 +206,35 @@ def bench_components(reps: int = 3) -> dict[str, float]:
     }
 
 
+def bench_attendout(rounds: int = 5) -> dict[str, float]:
+    """AttendOut's structural pruning: inference examples/s of a 12-layer classifier with 10 of its 12
+    attention maps made constant (no Q/K, no scores) vs the unpruned model, batch 32 x 64 tokens."""
+    from prunelab.models import build_classifier
+    from prunelab.models.surgery import make_uniform
+
+    torch.manual_seed(0)
+    dense = build_classifier(
+        num_classes=3, vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, enc_layers=12, dropout=0.0
+    ).eval()
+    pruned = copy.deepcopy(dense)
+    make_uniform(pruned, [f"enc.{i}.sa" for i in range(10)])
+    src = torch.randint(4, 8000, (32, 64), generator=torch.Generator().manual_seed(0))
+    src[:, 0] = 1
+    times: dict[str, list[float]] = {"dense": [], "pruned": []}
+    with torch.no_grad():
+        for _ in range(rounds):
+            times["dense"].append(time_it(lambda: dense(src), 3, warmup=1))
+            times["pruned"].append(time_it(lambda: pruned(src), 3, warmup=1))
+    d, p = statistics.median(times["dense"]), statistics.median(times["pruned"])
+    return {"attendout10of12_dense_examples_per_s": 32 / d, "attendout10of12_speedup": d / p}
+
+
 SECTIONS = {
     "masking": lambda: bench_masking(rounds=7, reps=4),
     "decoding": lambda: bench_decoding(reps=3),
     "heads": bench_heads,
     "components": bench_components,
+    "attendout": bench_attendout,
 }
 
 

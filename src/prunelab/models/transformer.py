@@ -61,15 +61,17 @@ class TransformerConfig:
 
 
 def uniform_attention(v: Tensor, mask: Tensor | None, is_causal: bool, T: int) -> Tensor:
-    """Attention with the constant map 1/n over the n keys each query may see: v (B, H, S, hs) -> (B, H, T, hs)."""
+    """Attention with the constant map 1/n over the n keys each query may see: v (B, H, S, hs) -> (B, H, T, hs),
+    or (B, H, 1, hs) when every query sees the same keys (no causal mask, key mask per sentence)."""
     S = v.size(2)
     if is_causal:  # query t sees keys 0..t
         w = torch.tril(torch.ones(T, S, dtype=v.dtype, device=v.device))[None, None]
     else:
         w = (mask if mask is not None else torch.ones(1, 1, 1, S, dtype=torch.bool, device=v.device)).to(v.dtype)
     w = w / w.sum(-1, keepdim=True).clamp(min=1.0)  # (B|1, 1, T|1, S)
-    y = w @ v  # (B, H, T|1, hs)
-    return y.expand(-1, -1, T, -1) if y.size(2) != T else y
+    if w.size(2) == 1:  # every query has the same map: the masked mean of the values, (B, H, 1, hs)
+        return (v * w.transpose(-1, -2)).sum(2, keepdim=True)
+    return w @ v  # (B, H, T, hs)
 
 
 def gated(y: Tensor, g: Tensor) -> Tensor:
@@ -125,10 +127,11 @@ class MultiHeadAttention(nn.Module):
             y = self.out_proj(x.new_zeros(B, T, 0))
             return gated(y, self.gate) if self.gated else y
         if self.uniform:
-            y = uniform_attention(v, mask, is_causal, T)
+            y = uniform_attention(v, mask, is_causal, T)  # (B, H, T, hs), or (B, H, 1, hs): one for every query
             if y.size(0) != B:  # groups of rows share their keys
                 y = y.repeat_interleave(B // y.size(0), 0)
-            return self._merge(y, B, T)
+            out = self._merge(y, B, y.size(2))  # the output projection once per sentence when all queries agree
+            return out.expand(B, T, out.size(-1)) if out.size(1) != T else out
         assert k is not None
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
         if map_keep is not None:  # logits q.k scale with q
