@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ log = logging.getLogger("prunelab")
 
 
 class GNet(nn.Module):
-    def __init__(self, d_model: int, n_layers: int):
+    def __init__(self, d_model: int, n_layers: int, initial_keep: float = 0.9):
         super().__init__()
         self.n_layers = n_layers
         self.q = nn.Linear(d_model, d_model)
@@ -42,6 +43,9 @@ class GNet(nn.Module):
         self.v = nn.Linear(d_model, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.readout = nn.Linear(d_model, 1)
+        with torch.no_grad():  # start by keeping most maps: A-Net begins close to D-Net, dropping is learned
+            self.readout.weight.mul_(0.1)
+            self.readout.bias.fill_(math.log(initial_keep / (1 - initial_keep)))
 
     def step(self, h: Tensor, mask: Tensor) -> Tensor:
         """One recurrent application: h (B, S, C), mask (B, S) True on real tokens -> the next state."""
@@ -110,6 +114,7 @@ class AttendOutPruner(Pruner):
         warmup_steps: int = 200,
         threshold: float = 0.5,
         baseline_beta: float = 0.9,
+        initial_keep: float = 0.9,
         seed: int = 0,
     ):
         super().__init__(sparsity=0.0)
@@ -119,6 +124,9 @@ class AttendOutPruner(Pruner):
             raise UserError(f"pruner.threshold must be in (0, 1], got {threshold}")
         self.every, self.g_lr, self.lr, self.warmup_steps = every, g_lr, lr, warmup_steps
         self.threshold = threshold
+        if not 0.0 < initial_keep < 1.0:
+            raise UserError(f"pruner.initial_keep must be in (0, 1), got {initial_keep}")
+        self.initial_keep = initial_keep
         self.baseline = RewardBaseline(baseline_beta)
         self.generator = torch.Generator().manual_seed(seed)
         self._datamodule: Any = None
@@ -132,7 +140,7 @@ class AttendOutPruner(Pruner):
         self._weights = {}
         if not hasattr(self, "a_net"):
             self.a_net = copy.deepcopy(model)
-            self.g_net = GNet(model.cfg.d_model, len(model.enc))  # type: ignore[union-attr,arg-type]
+            self.g_net = GNet(model.cfg.d_model, len(model.enc), self.initial_keep)  # type: ignore[union-attr,arg-type]
             self.register_buffer("keep_probability", torch.full((len(model.enc),), float("nan")))  # type: ignore[arg-type]
         self._a_opt: torch.optim.Optimizer | None = None
         self._g_opt: torch.optim.Optimizer | None = None
