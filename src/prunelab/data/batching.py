@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -132,3 +133,58 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.batch_sampler.resume(state["epoch"], state["consumed"])  # type: ignore[union-attr]
+
+
+class TokenBatchedLoaders(ABC):
+    """The train/valid/test loaders of a data module whose `examples[split]` are batched by tokens: length
+    buckets, sharded per DDP rank, and a resumable training loader. A data module provides `example_length`
+    and `collate_fn` (a light picklable callable, for worker processes), and the attributes `examples`,
+    `tokenizer`, `max_tokens`, `eval_max_tokens`, `num_workers`, `seed` (and Lightning's `trainer`)."""
+
+    examples: dict[str, list[Any]]
+    max_tokens: int
+    eval_max_tokens: int
+    num_workers: int
+    seed: int
+
+    @abstractmethod
+    def example_length(self, example: Any) -> int:
+        """Tokens the example occupies in a batch."""
+
+    @abstractmethod
+    def collate_fn(self) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        """The collate function of this data's batches."""
+
+    def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
+        trainer = self.trainer  # type: ignore[attr-defined]
+        lengths = [self.example_length(e) for e in self.examples[split]]
+        sampler = TokenBatchSampler(
+            lengths,
+            max_tokens=max(max_tokens, max(lengths)),
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+        kwargs = {
+            "batch_sampler": sampler,
+            "collate_fn": self.collate_fn(),
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if split == "train" and trainer is not None:
+            return ResumableLoader(self.examples[split], progress=self._train_progress, **kwargs)  # type: ignore[arg-type]
+        return DataLoader(self.examples[split], **kwargs)  # type: ignore[arg-type]
+
+    def _train_progress(self) -> tuple[int, int]:
+        loop = self.trainer.fit_loop  # type: ignore[attr-defined]
+        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.completed
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.max_tokens, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.eval_max_tokens, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_max_tokens, shuffle=False)

@@ -17,9 +17,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from prunelab.data.batching import ResumableLoader, TokenBatchSampler
+from prunelab.data.batching import TokenBatchedLoaders
 from prunelab.data.parallel_text import SentencePieceData, read_lines
 from prunelab.data.tokenizer import BOS, EOS, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
@@ -45,7 +44,7 @@ def collate_classification(examples: Sequence[ClsExample], pad_id: int) -> dict[
     }
 
 
-class ClassificationDataModule(L.LightningDataModule, ABC):
+class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
     kind = "classification"
 
     def __init__(
@@ -123,39 +122,11 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
         self.labels = labels
         self.examples = splits
 
-    def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
-        trainer = self.trainer
-        lengths = [len(e[0]) for e in self.examples[split]]
-        sampler = TokenBatchSampler(
-            lengths,
-            max_tokens=max(max_tokens, max(lengths)),
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-        )
-        kwargs = {
-            "batch_sampler": sampler,
-            "collate_fn": partial(collate_classification, pad_id=self.tokenizer.pad_id),
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-        }
-        if split == "train" and trainer is not None:
-            return ResumableLoader(self.examples[split], progress=self._train_progress, **kwargs)  # type: ignore[arg-type]
-        return DataLoader(self.examples[split], **kwargs)  # type: ignore[arg-type]
+    def example_length(self, example: ClsExample) -> int:
+        return len(example[0])
 
-    def _train_progress(self) -> tuple[int, int]:
-        loop = self.trainer.fit_loop
-        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.completed
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.max_tokens, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", self.eval_max_tokens, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_max_tokens, shuffle=False)
+    def collate_fn(self) -> partial:
+        return partial(collate_classification, pad_id=self.tokenizer.pad_id)
 
     def state_dict(self) -> dict[str, Any]:
         return {"labels": self.labels}  # the label mapping travels with every checkpoint

@@ -18,6 +18,7 @@ import os
 import random
 import tempfile
 import zlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-class SentencePieceData:
+class SentencePieceData(ABC):
     """A joint SentencePiece model over a data set's training text, cached next to the data under a name
     derived from that text and the settings. A data module provides `_spm_sources()` (the training files,
     which key the cache) and `_spm_sentences()` (the training text), and the settings `vocab_size`,
@@ -98,11 +99,13 @@ class SentencePieceData:
     data_dir: Path
     _spm_file: Path | None
 
+    @abstractmethod
     def _spm_sources(self) -> list[Path]:
-        raise NotImplementedError
+        """The training files: their content keys the cache."""
 
+    @abstractmethod
     def _spm_sentences(self) -> list[str]:
-        raise NotImplementedError
+        """The text SentencePiece is trained on."""
 
     def check_spm_settings(self) -> None:
         """Fail at construction, before a model is built, on settings that cannot work."""

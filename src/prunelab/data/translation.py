@@ -11,9 +11,8 @@ from abc import ABC, abstractmethod
 from functools import partial
 
 import lightning as L
-from torch.utils.data import DataLoader
 
-from prunelab.data.batching import Example, ResumableLoader, TokenBatchSampler, collate
+from prunelab.data.batching import Example, TokenBatchedLoaders, collate
 from prunelab.data.tokenizer import EOS, Tokenizer
 from prunelab.errors import UserError
 
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 
 
-class TranslationDataModule(L.LightningDataModule, ABC):
+class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
     def __init__(
         self,
         max_tokens: int = 4096,
@@ -88,39 +87,11 @@ class TranslationDataModule(L.LightningDataModule, ABC):
             splits[split] = examples
         self.examples = splits
 
-    def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
-        trainer = self.trainer
-        lengths = [max(len(s), len(t) + 1) for s, t, _, _ in self.examples[split]]
-        sampler = TokenBatchSampler(
-            lengths,
-            max_tokens=max(max_tokens, max(lengths)),
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-        )
-        kwargs = {
-            "batch_sampler": sampler,
-            "collate_fn": partial(collate, pad_id=self.tokenizer.pad_id),
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-        }
-        if split == "train" and trainer is not None:
-            return ResumableLoader(self.examples[split], progress=self._train_progress, **kwargs)  # type: ignore[arg-type]
-        return DataLoader(self.examples[split], **kwargs)  # type: ignore[arg-type]
+    def example_length(self, example: Example) -> int:
+        return max(len(example[0]), len(example[1]) + 1)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.max_tokens, shuffle=True)
-
-    def _train_progress(self) -> tuple[int, int]:
-        loop = self.trainer.fit_loop
-        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.completed
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", self.eval_max_tokens, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_max_tokens, shuffle=False)
+    def collate_fn(self) -> partial:
+        return partial(collate, pad_id=self.tokenizer.pad_id)
 
     def references(self, split: str) -> list[str]:
         return [e[2] for e in self.examples[split]]
