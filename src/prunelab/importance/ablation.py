@@ -63,9 +63,10 @@ def task_score(model: Transformer, batches: Sequence[Batch], tok: Tokenizer, bea
 
 
 @contextmanager
-def heads_off(model: Transformer, heads: Iterable[str]):
-    """Gate the named heads off (`dec.2.ea.h5`) for the duration of the block."""
-    gates = [gate(model, h) for h in heads]
+def gates_off(model: Transformer, names: Iterable[str]):
+    """Gate the named heads (`dec.2.ea.h5`) or components (`enc.1.ff`: output replaced by zeros) off for
+    the duration of the block."""
+    gates = [gate(model, n) for n in names]
     saved = [g.clone() for g in gates]
     try:
         for g in gates:
@@ -74,6 +75,9 @@ def heads_off(model: Transformer, heads: Iterable[str]):
     finally:
         for g, s in zip(gates, saved, strict=True):
             g.copy_(s)
+
+
+heads_off = gates_off  # the head studies' name for it
 
 
 def single_head_ablation(model: Transformer, evaluate: Callable[[], float]) -> tuple[float, dict[str, float]]:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
+from prunelab.importance.ablation import gates_off
 from prunelab.metrics import translation_scores
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search_memory, max_target_lens
@@ -73,18 +74,7 @@ def contribution_scores(drops: dict[str, float], baseline: float, clip_fraction:
     return {c: (v / top if top > 0 else 0.0) for c, v in clipped.items()}
 
 
-@contextmanager
-def components_off(model: Transformer, names: Sequence[str]) -> Iterator[None]:
-    """Gate the named components off (output replaced by zeros) for the duration of the block."""
-    gates = [component(model, n).gate for n in names]
-    saved = [g.clone() for g in gates]
-    try:
-        for g in gates:
-            g.fill_(0.0)
-        yield
-    finally:
-        for g, s in zip(gates, saved, strict=True):
-            g.copy_(s)
+components_off = gates_off  # the component studies' name for it
 
 
 @contextmanager

@@ -12,10 +12,22 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 
 from prunelab.errors import UserError
 from prunelab.models.surgery import match_structure
 from prunelab.pruning.base import Pruner
+
+
+def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
+    """This eval epoch's (index, ...) records from every DDP rank, one per index, in index order (DDP pads
+    shards by repeating examples, so an index may come twice)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[list[tuple]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(gathered, outputs)
+        outputs = [o for part in gathered for o in part]
+    by_idx = {o[0]: o for o in outputs}
+    return [by_idx[i] for i in sorted(by_idx)]
 
 
 def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification import (
@@ -19,7 +18,7 @@ from torchmetrics.functional.classification import (
 from prunelab.errors import UserError
 from prunelab.models.classifier import TransformerClassifier
 from prunelab.pruning.base import Pruner
-from prunelab.tasks.base import PrunableTask
+from prunelab.tasks.base import PrunableTask, gathered_by_index
 
 METRICS = ("acc", "f1", "mcc")
 
@@ -78,15 +77,9 @@ class ClassificationTask(PrunableTask):
     on_test_epoch_start = on_validation_epoch_start
 
     def _score(self, split: str) -> None:
-        outputs = self._outputs
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[list[tuple[int, int, int]]] = [[] for _ in range(dist.get_world_size())]
-            dist.all_gather_object(gathered, outputs)
-            outputs = [o for part in gathered for o in part]
-        by_idx = {i: (p, g) for i, p, g in outputs}  # DDP pads shards by repetition: dedupe
-        order = sorted(by_idx)
-        pred = torch.tensor([by_idx[i][0] for i in order])
-        gold = torch.tensor([by_idx[i][1] for i in order])
+        records = gathered_by_index(self._outputs)
+        pred = torch.tensor([p for _, p, _ in records])
+        gold = torch.tensor([g for _, _, g in records])
         n = len(self.labels)
         scores = {
             "acc": float(multiclass_accuracy(pred, gold, n, average="micro")),

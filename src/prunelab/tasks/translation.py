@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -14,7 +13,7 @@ from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import Pruner
-from prunelab.tasks.base import PrunableTask, inverse_sqrt_schedule
+from prunelab.tasks.base import PrunableTask, gathered_by_index, inverse_sqrt_schedule
 
 __all__ = ["TranslationTask", "inverse_sqrt_schedule"]
 
@@ -94,15 +93,9 @@ class TranslationTask(PrunableTask):
     on_test_epoch_start = on_validation_epoch_start
 
     def _score(self, split: str) -> None:
-        outputs = self._outputs
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[list[tuple[int, str, str]]] = [[] for _ in range(dist.get_world_size())]
-            dist.all_gather_object(gathered, outputs)
-            outputs = [o for part in gathered for o in part]
-        by_idx = dict((i, (h, r)) for i, h, r in outputs)  # DDP pads shards by repetition: dedupe
-        order = sorted(by_idx)
-        hyps = [by_idx[i][0] for i in order]
-        refs = [by_idx[i][1] for i in order]
+        records = gathered_by_index(self._outputs)
+        hyps = [h for _, h, _ in records]
+        refs = [r for _, _, r in records]
         scores = translation_scores(hyps, refs)
         self.log(f"{split}/bleu", scores.bleu, prog_bar=True)
         self.log(f"{split}/ter", scores.ter)
