@@ -26,13 +26,29 @@ class Run:
         return json.loads((self.dir / "results.json").read_text())
 
 
-def train(run_dir: Path, *overrides: str, multirun: bool = False, timeout: int = 600) -> Run:
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *overrides, f"{key}={run_dir}"]
+def run_env(**changes: str | None) -> dict[str, str]:
+    """The environment of a `train.py` subprocess; a change to None removes that variable."""
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
     if "PYTEST_XDIST_WORKER" in os.environ:  # tests run side by side: one thread each on the 2 cores
         env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def train(
+    run_dir: Path,
+    *overrides: str,
+    multirun: bool = False,
+    timeout: int = 600,
+    env: dict[str, str | None] | None = None,
+) -> Run:
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *overrides, f"{key}={run_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=run_env(**(env or {})))
     return Run(proc.returncode, proc.stdout, proc.stderr, run_dir)
 
 

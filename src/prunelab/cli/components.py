@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps, plot_fraction_curves
 from prunelab.cli.heads import load_run, log_analysis_to_wandb
-from prunelab.cli.results import write_json
+from prunelab.cli.results import read_state, write_json
 from prunelab.errors import UserError
 from prunelab.importance.ablation import corpus_bleu
 from prunelab.importance.components import (
@@ -94,9 +92,7 @@ def analyse_components(
         init = res.get("init_weights")
         if not init or not Path(init).is_file():
             raise UserError(f"{run_dir}: no θ_0 saved (init.pt) for criticality; pass --no-criticality")
-        theta0 = {
-            k.removeprefix("model."): v for k, v in torch.load(init, weights_only=True, map_location="cpu").items()
-        }
+        theta0 = {k.removeprefix("model."): v for k, v in read_state(init).items()}
         t0 = time.perf_counter()
         crit_base, found = criticality_scores(
             model,

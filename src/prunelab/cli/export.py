@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from prunelab.cli.results import read_completed_run
+from prunelab.cli.results import read_completed_run, read_state
 from prunelab.errors import UserError
 from prunelab.models import Transformer, TransformerConfig
 
@@ -29,7 +29,7 @@ def _csc32(w: torch.Tensor) -> torch.Tensor:
 
 def export_run(run_dir: Path, out: Path | None = None) -> tuple[Path, dict[str, Any]]:
     results = read_completed_run(run_dir)
-    state = torch.load(results["best_checkpoint"], weights_only=True, map_location="cpu")["state_dict"]
+    state = read_state(results["best_checkpoint"])["state_dict"]
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     model_cfg = {k: v for k, v in results["config"]["model"].items() if k in fields}
     model_cfg["vocab_size"] = int(state["model.embed.weight"].shape[0])
@@ -59,7 +59,7 @@ def load_sparse(path: Path) -> Transformer:
     """Rebuild the model from an export; masked matrices come back dense with their zeros."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch: "sparse CSC support is in beta"
-        blob = torch.load(path, weights_only=True, map_location="cpu")
+        blob = read_state(path)
     if blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a prunelab sparse export")
     model = Transformer(TransformerConfig(**blob["config"]))

@@ -12,13 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
-from prunelab.cli.results import read_completed_run, write_json
+from prunelab.cli.results import read_completed_run, read_state, write_json
 from prunelab.importance.ablation import (
     ATTENTION_TYPES,
     iterative_pruning,
@@ -43,9 +42,7 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], Any, Transformer]:
     tok = dm.tokenizer
     extra = dm.model_kwargs() if hasattr(dm, "model_kwargs") else {}
     model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id, **extra)
-    load_state_dict_with_heads(
-        model, torch.load(res["best_checkpoint"], weights_only=True, map_location="cpu")["state_dict"], "model."
-    )
+    load_state_dict_with_heads(model, read_state(res["best_checkpoint"])["state_dict"], "model.")
     return res, dm, model.eval()
 
 

@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
+def is_rank_zero() -> bool:
+    """False in the extra processes of a DDP run, which print no errors and write no results."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
 class ResultsWriter:
     def __init__(self, path: Path, config: dict[str, Any]):
         self.path = path
@@ -24,6 +31,8 @@ class ResultsWriter:
             self.data["traceback"] = traceback
 
     def write(self) -> None:
+        if not is_rank_zero():  # one results.json per run, from the first process of a DDP run
+            return
         self.data["wall_time_s"] = time.perf_counter() - self.start
         write_json(self.path, self.data)
 
@@ -31,7 +40,7 @@ class ResultsWriter:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically: readers (sweep summaries, a resumed run) never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # unique: processes never write into one another's file
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
@@ -44,6 +53,25 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # DDP ranks may write side by side
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """torch.load with weights_only=True (tensors and plain containers only, never pickled code), onto the CPU.
+    A file holding anything else is refused with a UserError naming it."""
+    import pickle
+
+    import torch
+
+    from prunelab.errors import UserError
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        why = next((ln.strip() for ln in str(e).splitlines() if "unsupported" in ln.lower()), str(e).splitlines()[0])
+        raise UserError(
+            f"refusing to load {path}: it holds pickled Python objects, not only tensors "
+            f"(checkpoints load with weights_only=True): {why}"
+        ) from None
 
 
 def read_completed_run(run_dir: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,19 @@ def log_to_wandb(sweep_dir: Path, logger_cfg: DictConfig) -> None:
     run.finish()
 
 
+def failed_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
+    """(job folder, error) of every job of the sweep that did not complete."""
+    failed = []
+    for path in sorted(sweep_dir.glob("*/results.json")):
+        r = json.loads(path.read_text())
+        if r.get("status") != "completed":
+            failed.append((path.parent.name, r.get("error") or r.get("status", "?")))
+    return failed
+
+
 class SweepSummaryCallback(Callback):
-    """Hydra callback: summarize the sweep folder when a multirun ends."""
+    """Hydra callback: summarize the sweep folder when a multirun ends. A job that failed with a clear error
+    does not stop the sweep; the sweep then ends with one line naming the failed jobs and exit status 1."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -194,9 +206,14 @@ class SweepSummaryCallback(Callback):
             log.info("sweep summary: %s", ", ".join(str(p) for p in paths))
         except UserError as e:
             log.warning("no sweep summary: %s", e)
-            return
-        if str(config.logger.get("_target_", "")).endswith("WandbLogger"):
-            try:
-                log_to_wandb(sweep_dir, config.logger)
-            except Exception as e:  # an observer never fails the sweep; the files above are written
-                log.warning("sweep summary not sent to W&B: %s", e)
+        else:
+            if str(config.logger.get("_target_", "")).endswith("WandbLogger"):
+                try:
+                    log_to_wandb(sweep_dir, config.logger)
+                except Exception as e:  # an observer never fails the sweep; the files above are written
+                    log.warning("sweep summary not sent to W&B: %s", e)
+        failed = failed_jobs(sweep_dir) if sweep_dir.is_dir() else []
+        if failed:
+            jobs = "; ".join(f"job {job}: {error}" for job, error in failed)
+            print(f"error: {len(failed)} job(s) of the sweep failed ({sweep_dir}): {jobs}", file=sys.stderr)
+            raise SystemExit(1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
+import socket
 import sys
 import traceback
 import warnings
@@ -13,7 +15,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from prunelab.callbacks.importance import ComponentImportanceTracker
-from prunelab.cli.results import ResultsWriter, write_state
+from prunelab.cli.results import ResultsWriter, is_rank_zero, read_state, write_state
 from prunelab.cli.rounds import run_rounds
 from prunelab.errors import UserError
 from prunelab.models.surgery import load_state_dict_with_heads
@@ -48,6 +49,11 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"sparsity must be in [0, 1), got {s}")
     if cfg.trainer.max_steps is None or cfg.trainer.max_steps < 1:
         raise UserError(f"trainer.max_steps must be a positive number of steps, got {cfg.trainer.max_steps}")
+    keep = cfg.get("checkpoints", {}).get("keep_rounds")
+    if keep is not None and (not isinstance(keep, int) or keep < 1):
+        raise UserError(f"checkpoints.keep_rounds must be null (keep all) or a number >= 1, got {keep}")
+    if cfg.get("deterministic", False) not in (True, False, "warn"):
+        raise UserError(f"deterministic must be true, false or warn, got {cfg.deterministic!r}")
     if cfg.pruner._target_.endswith("NoPruner") and s > 0:
         log.warning("pruner=none ignores sparsity=%s: the model stays dense (pick e.g. pruner=mp)", s)
 
@@ -69,6 +75,7 @@ def build_trainer(
         enable_version_counter=False,
     )
     kwargs = {**OmegaConf.to_container(cfg.trainer), **OmegaConf.to_container(cfg.hardware), **TRAINER_FIXED}
+    kwargs.setdefault("deterministic", cfg.get("deterministic", False))  # trainer.deterministic=... wins
     if max_steps is not None:  # a round with its own budget (e.g. fine-tuning after head pruning)
         kwargs["max_steps"] = max_steps
         kwargs["val_check_interval"] = min(kwargs.get("val_check_interval") or max_steps, max_steps)
@@ -133,7 +140,9 @@ def load_trained_weights(model: Any, path: Path) -> Path:
     if not path.is_file():
         raise UserError(f"ckpt={path}: no such file")
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+        state = read_state(path)["state_dict"]
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"ckpt={path}: not a prunelab checkpoint ({type(e).__name__}: {e})") from None
     try:
@@ -147,14 +156,48 @@ def load_trained_weights(model: Any, path: Path) -> Path:
     return path
 
 
-def make_logger(cfg: DictConfig) -> Any:
+def wandb_online_problem(timeout: float = 3.0) -> str | None:
+    """Why an online W&B run cannot start from here, or None: no API key (WANDB_API_KEY or the netrc file
+    `wandb login` writes), or the server (WANDB_BASE_URL) does not answer within `timeout` seconds."""
+    import netrc
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host = url.hostname or "api.wandb.ai"
+    if not os.environ.get("WANDB_API_KEY"):
+        path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+        try:
+            found = netrc.netrc(path).authenticators(host) if path.is_file() else None
+        except (OSError, netrc.NetrcParseError):
+            found = None
+        if not found or not found[2]:
+            return f"no API key (set WANDB_API_KEY or run `wandb login`; none for {host} in {path})"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"cannot reach {host}:{port} ({e.strerror or type(e).__name__})"
+    return None
+
+
+def make_logger(cfg: DictConfig, out: Path) -> Any:
     if "_target_" not in cfg.logger:
         return False
     hc = HydraConfig.get()
-    if cfg.logger._target_.endswith("WandbLogger") and hc.mode == RunMode.MULTIRUN and not cfg.logger.get("group"):
-        # the jobs of one sweep form one W&B group, named after the sweep folder
-        return instantiate(cfg.logger, group=Path(hc.sweep.dir).name, name=f"job{hc.job.num}")
-    return instantiate(cfg.logger)
+    extra: dict[str, Any] = {}
+    if cfg.logger._target_.endswith("WandbLogger"):
+        if cfg.logger.get("mode") == "online" and (problem := wandb_online_problem()):
+            if is_rank_zero():
+                log.warning(
+                    "W&B: %s; logging offline instead (upload later: wandb sync %s)",
+                    problem,
+                    out / "wandb" / "offline-run-*",
+                )
+            extra["mode"] = "offline"  # a missing network never fails a run
+        if hc.mode == RunMode.MULTIRUN and not cfg.logger.get("group"):
+            # the jobs of one sweep form one W&B group, named after the sweep folder
+            extra.update(group=Path(hc.sweep.dir).name, name=f"job{hc.job.num}")
+    return instantiate(cfg.logger, **extra)
 
 
 def run(cfg: DictConfig, results: ResultsWriter) -> None:
@@ -171,13 +214,13 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
         source = load_trained_weights(model, Path(cfg.ckpt))
         init = next((d / "init.pt" for d in (source.parent, *source.parents) if (d / "init.pt").exists()), None)
         if init is not None:
-            pruner.use_initial_weights(torch.load(init, weights_only=True, map_location="cpu"))
+            pruner.use_initial_weights(read_state(init))
     else:
         init = out / "init.pt"  # θ_0, for analyses that need it (Wang & Tu's criticality, rewinding)
         if not init.exists():
             write_state(init, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     results.update(init_weights=str(init) if init else None)
-    logger = make_logger(cfg)
+    logger = make_logger(cfg, out)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -192,10 +235,12 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
         on_level=lambda lv: (results.update(levels=lv), results.write()),  # progress survives a kill
         max_steps=cfg.trainer.max_steps,
         pretrained=bool(cfg.get("ckpt")),
+        keep_rounds=cfg.get("checkpoints", {}).get("keep_rounds"),
     )
     final = levels[-1]
     last_dir = out / "checkpoints" / f"round_{final['round']}"
-    (out / "test.hyp.txt").write_text((last_dir / "test.hyp.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    if is_rank_zero():
+        (out / "test.hyp.txt").write_text((last_dir / "test.hyp.txt").read_text(encoding="utf-8"), encoding="utf-8")
     tokens = task.train_tokens
     results.update(
         status="completed",
@@ -240,7 +285,13 @@ def main(cfg: DictConfig) -> None:
             raise
     except UserError as e:
         results.fail(str(e))
-        print(f"error: {e}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # the sweep goes on with its other jobs; at its end it names the failed ones and exits non-zero
+            if is_rank_zero():
+                print(f"error: job {HydraConfig.get().job.num} ({out}): {e}", file=sys.stderr)
+            return
+        if is_rank_zero():
+            print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         results.fail("interrupted", status="interrupted")

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from prunelab.errors import UserError
+from prunelab.errors import NonFiniteError, UserError
 from prunelab.models.surgery import match_structure
 from prunelab.pruning.base import Pruner
 
@@ -64,6 +64,13 @@ class PrunableTask(L.LightningModule):
         self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
         self.train_tokens = 0
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # never overwrite a good checkpoint (last.ckpt) with diverged weights: stop the run instead
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise NonFiniteError(f"weights ({bad[0]}{more})", self.global_step)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint saved after head or component removal has other shapes: remove the same parts first
         match_structure(self.model, checkpoint["state_dict"], "model.")
@@ -76,12 +83,23 @@ class PrunableTask(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step, total = self.global_step, self.total_steps
+        self.check_finite(outputs["loss"] if isinstance(outputs, dict) else outputs, step)
         self.pruner.on_step_end(self.model, step, total)
         self.pruner.apply_masks()
         if step >= total:
             # Lightning validates at max_steps only on a val_check_interval boundary; asking to stop
             # makes it validate (and checkpoint) the final weights too.
             self.trainer.should_stop = True
+
+    def check_finite(self, loss: torch.Tensor | None, step: int) -> None:
+        """Stop at the first non-finite training loss (one sync per step; all DDP ranks stop together)."""
+        if loss is None:
+            return
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteError(f"loss ({float(loss):g})", step)
 
     @property
     def total_steps(self) -> int:
