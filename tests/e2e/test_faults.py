@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tests.e2e.conftest import train
+from tests.e2e.conftest import train, write_corpus
 
 
 def test_diverging_job_fails_clearly_and_the_sweep_goes_on(tmp_path: Path, smoke: list[str]) -> None:
@@ -41,3 +41,20 @@ def test_diverging_job_fails_clearly_and_the_sweep_goes_on(tmp_path: Path, smoke
     assert kept["global_step"] == 5  # the step-5 checkpoint, not overwritten with diverged weights
     assert all(v.isfinite().all() for v in kept["state_dict"].values() if v.is_floating_point())
     assert "1 job(s) did not complete: 1" in (sweep.dir / "summary.md").read_text()
+
+
+def test_non_utf8_corpus_is_one_error_line_and_no_result(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    lines = (corpus / "train.de").read_bytes().split(b"\n")
+    lines[2] += b" CAF\xc9"  # Latin-1 É in a UTF-8 corpus
+    (corpus / "train.de").write_bytes(b"\n".join(lines))
+    run = train(tmp_path / "run", "data=parallel_text", f"data.dir={corpus}", "logger=csv", "trainer.max_steps=2")
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {corpus / 'train.de'}:3: not UTF-8 (byte 0xc9 at byte {len(lines[2])} of the line); "
+        "convert the file (e.g. iconv -f latin1 -t utf-8) or set data.utf8_errors=replace"
+    ]
+    assert "Traceback" not in run.stderr
+    assert run.results["status"] == "failed" and run.results["metrics"] == {}
+    assert not (run.dir / "checkpoints").exists() and not (run.dir / "test.hyp.txt").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,14 +40,15 @@ def test_heads_pruner_on_a_trained_run(tmp_path: Path, smoke: list[str]) -> None
 
 @pytest.mark.parametrize(
     ("ckpt", "message"),
-    [("does/not/exist.ckpt", "no such file"), (".", "must be a run folder with results.json")],
+    [("does/not/exist.ckpt", ": no such file"), (".", ": a folder must be a run folder with results.json")],
 )
 def test_bad_ckpt_is_one_clear_line(tmp_path: Path, smoke: list[str], ckpt: str, message: str) -> None:
     target = tmp_path / ckpt if ckpt != "." else tmp_path
     run = train(tmp_path / "run", *smoke, "pruner=heads", "sparsity=0.5", f"ckpt={target}")
     assert run.returncode == 2
-    assert message in run.stderr and "Traceback" not in run.stderr
-    assert run.results["status"] == "failed"
+    assert [ln for ln in run.stderr.splitlines() if ln.startswith("error:")] == [f"error: ckpt={target}{message}"]
+    assert "Traceback" not in run.stderr
+    assert run.results["status"] == "failed" and run.results["metrics"] == {}
 
 
 def test_ckpt_of_another_model_shape(tmp_path: Path, smoke: list[str]) -> None:
@@ -54,4 +56,12 @@ def test_ckpt_of_another_model_shape(tmp_path: Path, smoke: list[str]) -> None:
     assert dense.returncode == 0, dense.stderr[-3000:]
     run = train(tmp_path / "run", *smoke, "model.d_model=48", f"ckpt={dense.dir}")
     assert run.returncode == 2
-    assert "does not fit this model" in run.stderr and "Traceback" not in run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    best = dense.dir / "checkpoints" / "round_0" / "best.ckpt"
+    assert len(errors) == 1 and re.fullmatch(
+        rf"error: ckpt={re.escape(str(best))} does not fit this model \(another model shape or vocabulary\?\): "
+        r"size mismatch for \S+: copying a param with shape torch\.Size\(\[\d+, 32\]\) from checkpoint, "
+        r"the shape in current model is torch\.Size\(\[\d+, 48\]\)\.",
+        errors[0],
+    ), errors
+    assert "Traceback" not in run.stderr and run.results["metrics"] == {}

@@ -123,11 +123,23 @@ def test_gzipped_split_is_read_when_the_plain_file_is_absent(tmp_path):
     assert models(tmp_path) == [model]
 
 
-def test_invalid_utf8_is_replaced_and_logged(tmp_path, caplog):
+def test_invalid_utf8_is_an_error_naming_file_line_and_byte(tmp_path):
     make_corpus(tmp_path)
     (tmp_path / "valid.de").write_bytes(b"ok\ncaf\xe9 au lait\n\xff\xfe\xfd broken\nfine\n")
     (tmp_path / "valid.en").write_bytes(b"a\nb\nc\nd\n")
-    d = dm(tmp_path)
+    with pytest.raises(UserError) as err:
+        dm(tmp_path).read_split("valid")
+    assert str(err.value) == (
+        f"{tmp_path / 'valid.de'}:2: not UTF-8 (byte 0xe9 at byte 4 of the line); convert the file "
+        "(e.g. iconv -f latin1 -t utf-8) or set data.utf8_errors=replace"
+    )
+
+
+def test_invalid_utf8_is_replaced_and_logged_when_asked(tmp_path, caplog):
+    make_corpus(tmp_path)
+    (tmp_path / "valid.de").write_bytes(b"ok\ncaf\xe9 au lait\n\xff\xfe\xfd broken\nfine\n")
+    (tmp_path / "valid.en").write_bytes(b"a\nb\nc\nd\n")
+    d = dm(tmp_path, utf8_errors="replace")
     with caplog.at_level(logging.WARNING, logger=parallel_text.__name__):
         _, tgt = d.read_split("valid")
     assert tgt == ["ok", "caf\ufffd au lait", "\ufffd\ufffd\ufffd broken", "fine"]
@@ -136,11 +148,12 @@ def test_invalid_utf8_is_replaced_and_logged(tmp_path, caplog):
     assert [e[3] for e in d.examples["valid"]] == [0, 1, 2, 3]
 
 
-def test_empty_training_pairs_are_dropped_but_evaluation_keeps_every_line(tmp_path):
+def test_empty_and_overlong_training_pairs_are_dropped_with_a_count(tmp_path, caplog):
     corpus = make_corpus(tmp_path)
     src, tgt = corpus["train"]
     src[5], tgt[9] = "", ""  # half-empty pairs
     src[7] = tgt[7] = ""
+    src[11] = " ".join(["the small red house"] * 20)  # 80 words: longer than max_len=64 subwords
     write(tmp_path / "train.en", src)
     write(tmp_path / "train.de", tgt)
     vsrc, vtgt = corpus["valid"]
@@ -148,9 +161,14 @@ def test_empty_training_pairs_are_dropped_but_evaluation_keeps_every_line(tmp_pa
     write(tmp_path / "valid.en", vsrc)
     write(tmp_path / "valid.de", vtgt)
     d = dm(tmp_path)
-    d.setup()
+    with caplog.at_level(logging.WARNING):
+        d.setup()
     kept = [e[3] for e in d.examples["train"]]
-    assert len(kept) == len(src) - 3 and not {5, 7, 9} & set(kept)
+    assert len(kept) == len(src) - 4 and not {5, 7, 9, 11} & set(kept)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "train: dropped 4 of 150 sentence pairs: 3 with an empty side, 1 longer than data.max_len=64 tokens"
+    ]
     assert [e[3] for e in d.examples["valid"]] == list(range(len(vsrc)))
     assert d.examples["valid"][2][:3] == ([EOS], [], "")
 

@@ -78,11 +78,18 @@ def test_malformed_line_is_named_with_its_number(tmp_path: Path) -> None:
 def test_empty_lines_skipped_and_unknown_test_label(tmp_path: Path) -> None:
     rows = files()
     rows["train.tsv"].insert(3, "")
-    rows["test.tsv"][2] = "fun plot\tneutral"
-    d = dm(write(tmp_path, rows))
-    with pytest.raises(UserError, match="test split has labels that the training split does not: neutral"):
+    rows["test.tsv"].insert(1, "")  # line numbers count the empty line too
+    rows["test.tsv"][3] = "fun plot\tneutral"
+    rows["test.tsv"][5] = "fun plot\tmixed"
+    d = dm(write(tmp_path, rows, header="sentence\tlabel"))
+    message = (
+        f"{tmp_path / 'test.tsv'}:5: label 'neutral' is not among the training labels (neg, pos) "
+        "(1 more with labels not seen in training)"
+    )
+    with pytest.raises(UserError) as err:
         d.setup()
-    rows["test.tsv"][2] = "fun plot\tpos"
+    assert str(err.value) == message
+    rows["test.tsv"][3] = rows["test.tsv"][5] = "fun plot\tpos"
     d = dm(write(tmp_path / "ok", rows))
     d.setup()
     assert len(d.examples["train"]) == 40
@@ -108,3 +115,25 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, change: dict, message: str
         (root / change["empty"]).write_text("")
     with pytest.raises(UserError, match=message):
         dm(root, **change.get("kw", {})).setup()
+
+
+def test_unknown_dev_label_names_file_line_and_label(tmp_path: Path) -> None:
+    rows = files()
+    rows["dev.tsv"][2] = "fun plot\t2"
+    with pytest.raises(UserError) as err:
+        dm(write(tmp_path, rows)).setup()
+    assert str(err.value) == f"{tmp_path / 'dev.tsv'}:3: label '2' is not among the training labels (neg, pos)"
+
+
+def test_non_utf8_line_is_named(tmp_path: Path) -> None:
+    root = write(tmp_path, files())
+    (root / "dev.tsv").write_bytes(b"good film\tpos\nbad caf\xe9\tneg\n")
+    with pytest.raises(UserError) as err:
+        dm(root).setup()
+    assert str(err.value) == (
+        f"{root / 'dev.tsv'}:2: not UTF-8 (byte 0xe9 at byte 8 of the line); convert the file "
+        "(e.g. iconv -f latin1 -t utf-8) or set data.utf8_errors=replace"
+    )
+    d = dm(root, utf8_errors="replace")
+    d.setup()
+    assert d.examples["valid"][1][2] == "neg"

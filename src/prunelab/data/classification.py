@@ -102,10 +102,13 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         splits: dict[str, list[ClsExample]] = {}
         for split in SPLITS:
             texts, names = raw[split]
-            unknown = sorted(set(names) - set(index))
+            unknown = [i for i, name in enumerate(names) if name not in index]
             if unknown:
+                i = unknown[0]
+                more = f" ({len(unknown) - 1} more with labels not seen in training)" if len(unknown) > 1 else ""
                 raise UserError(
-                    f"the {split} split has labels that the training split does not: {', '.join(unknown[:5])}"
+                    f"{self.location(split, i)}: label {names[i]!r} is not among the training labels "
+                    f"({', '.join(labels)}){more}"
                 )
             examples, truncated = [], 0
             for i, (text, name) in enumerate(zip(texts, names, strict=True)):
@@ -121,6 +124,10 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
             splits[split] = examples
         self.labels = labels
         self.examples = splits
+
+    def location(self, split: str, i: int) -> str:
+        """Where example `i` of `split` comes from, for error messages (a reader on files says file:line)."""
+        return f"the {split} split, example {i + 1}"
 
     def example_length(self, example: ClsExample) -> int:
         return len(example[0])
@@ -260,10 +267,12 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
         test_file: str = "test.tsv",
         header: bool | str = "auto",
         cache_dir: str | None = None,
+        utf8_errors: str = "strict",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.data_dir = Path(dir).expanduser().absolute()
+        self.utf8_errors = utf8_errors
         self.vocab_size = vocab_size
         self.spm_model_type = spm_model_type
         self.spm_character_coverage = spm_character_coverage
@@ -288,13 +297,14 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
                 )
             self.files[split] = plain if plain.is_file() else gz
         self._read: dict[str, tuple[list[str], list[str]]] = {}
+        self._line_numbers: dict[str, list[int]] = {}  # file line of each example, for error messages
         self.pairs: bool | None = None  # decided by the training file's first example
 
     def read_split(self, split: str) -> tuple[list[str], list[str]]:
         if split in self._read:
             return self._read[split]
         path = self.files[split]
-        lines = read_lines(path)
+        lines = read_lines(path, self.utf8_errors)
         first = next((i for i, line in enumerate(lines) if line), None)
         if first is None:
             raise UserError(f"{path} is empty")
@@ -314,11 +324,12 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
             self.pairs = found == 3
         n = 3 if self.pairs else 2
         layout = "text_a<TAB>text_b<TAB>label" if self.pairs else "text<TAB>label"
-        texts, labels, empty = [], [], 0
+        texts, labels, numbers, empty = [], [], [], 0
         for i in range(start, len(lines)):
             if not lines[i]:
                 empty += 1
                 continue
+            numbers.append(i + 1)
             parts = lines[i].split("\t")
             if len(parts) != n:
                 raise UserError(f"{path}:{i + 1}: expected {n} tab-separated fields ({layout}), found {len(parts)}")
@@ -330,7 +341,11 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
         if empty:
             log.warning("%s: skipped %d empty lines", path, empty)
         self._read[split] = (texts, labels)
+        self._line_numbers[split] = numbers
         return texts, labels
+
+    def location(self, split: str, i: int) -> str:
+        return f"{self.files[split]}:{self._line_numbers[split][i]}"
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
@@ -350,3 +365,4 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         self._read.clear()
+        self._line_numbers.clear()

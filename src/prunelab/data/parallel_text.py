@@ -37,11 +37,16 @@ SPM_RECIPE = "prunelab-spm-v1"
 FALLBACK_CACHE_DIR = Path("~/.cache/prunelab/spm")
 
 
-def read_lines(path: Path) -> list[str]:
+UTF8_ERRORS = ("strict", "replace")
+
+
+def read_lines(path: Path, utf8_errors: str = "strict") -> list[str]:
     """The lines of a UTF-8 text file (optionally gzipped), stripped, empty ones kept in place.
 
     Lines are split on b"\\n" only: `str.splitlines` also breaks on U+2028, U+0085, form feeds etc.,
     which occur inside sentences of web-crawled corpora and would shift one side against the other.
+    Bytes that are not UTF-8 are an error naming the file, line and byte (`utf8_errors="strict"`), or are
+    replaced with U+FFFD and counted in a warning (`"replace"`).
     """
     lines: list[str] = []
     bad_lines: list[int] = []
@@ -56,7 +61,12 @@ def read_lines(path: Path) -> list[str]:
                     raw = raw.removeprefix(codecs.BOM_UTF8)
                 try:
                     text = raw.decode("utf-8")
-                except UnicodeDecodeError:
+                except UnicodeDecodeError as e:
+                    if utf8_errors == "strict":
+                        raise UserError(
+                            f"{path}:{i + 1}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
+                            "line); convert the file (e.g. iconv -f latin1 -t utf-8) or set data.utf8_errors=replace"
+                        ) from None
                     text = raw.decode("utf-8", errors="replace")
                     bad_lines.append(i + 1)
                 lines.append(text.strip())  # also drops the "\r" of CRLF files
@@ -89,9 +99,11 @@ class SentencePieceData(ABC):
     """A joint SentencePiece model over a data set's training text, cached next to the data under a name
     derived from that text and the settings. A data module provides `_spm_sources()` (the training files,
     which key the cache) and `_spm_sentences()` (the training text), and the settings `vocab_size`,
-    `spm_model_type`, `spm_character_coverage`, `spm_max_sentences`, `cache_dir`, `data_dir`."""
+    `spm_model_type`, `spm_character_coverage`, `spm_max_sentences`, `cache_dir`, `data_dir`, and
+    `utf8_errors` (how `read_lines` treats bytes that are not UTF-8)."""
 
     vocab_size: int
+    utf8_errors: str
     spm_model_type: str
     spm_character_coverage: float
     spm_max_sentences: int
@@ -119,6 +131,8 @@ class SentencePieceData(ABC):
             raise UserError(f"data.spm_character_coverage must be in (0, 1], got {self.spm_character_coverage}")
         if self.spm_max_sentences < 0:
             raise UserError(f"data.spm_max_sentences must be 0 (no cap) or positive, got {self.spm_max_sentences}")
+        if self.utf8_errors not in UTF8_ERRORS:
+            raise UserError(f"data.utf8_errors must be strict or replace, got {self.utf8_errors!r}")
         if not self.data_dir.is_dir():
             raise UserError(f"data directory not found: {self.data_dir} (set data.dir=...)")
 
@@ -230,10 +244,12 @@ class ParallelTextDataModule(SentencePieceData, TranslationDataModule):
         valid_prefix: str = "valid",
         test_prefix: str = "test",
         cache_dir: str | None = None,
+        utf8_errors: str = "strict",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.data_dir = Path(dir).expanduser().absolute()
+        self.utf8_errors = utf8_errors
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.vocab_size = vocab_size
         self.spm_model_type = spm_model_type
@@ -265,7 +281,7 @@ class ParallelTextDataModule(SentencePieceData, TranslationDataModule):
         if split in self._lines:  # read already to train SentencePiece; hand it over without a copy
             return self._lines.pop(split)
         src_path, tgt_path = self.files[split]
-        src, tgt = read_lines(src_path), read_lines(tgt_path)
+        src, tgt = read_lines(src_path, self.utf8_errors), read_lines(tgt_path, self.utf8_errors)
         if split == "train":
             for path, lines in ((src_path, src), (tgt_path, tgt)):
                 if not any(lines):

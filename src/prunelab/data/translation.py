@@ -63,22 +63,31 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         for split in SPLITS:
             src_lines, tgt_lines = self.read_split(split)
             examples: list[Example] = []
-            dropped = truncated = 0
+            empty = too_long = truncated = 0
             for i, (s, t) in enumerate(zip(src_lines, tgt_lines, strict=True)):
                 s_ids, t_ids = tok.encode(s), tok.encode(t)
                 if split == "train":
-                    # training pairs must fit the length limit and have text on both sides
-                    if not s_ids or not t_ids or len(s_ids) + 1 > self.max_len or len(t_ids) + 1 > self.max_len:
-                        dropped += 1
+                    # as fairseq and Marian do: training pairs need text on both sides and fit the length limit
+                    if not s_ids or not t_ids:
+                        empty += 1
+                        continue
+                    if max(len(s_ids), len(t_ids)) + 1 > self.max_len:
+                        too_long += 1
                         continue
                 elif max(len(s_ids), len(t_ids)) + 1 > self.eval_max_len:  # evaluation keeps every sentence
                     # (the raw reference stays whole for BLEU; only the ids fed to the model are cut)
                     s_ids, t_ids = s_ids[: self.eval_max_len - 1], t_ids[: self.eval_max_len - 1]
                     truncated += 1
                 examples.append(([*s_ids, EOS], t_ids, t, i))
-            if dropped:
+            if empty or too_long:
                 log.warning(
-                    "%s: dropped %d of %d pairs (empty side or longer than max_len)", split, dropped, len(src_lines)
+                    "%s: dropped %d of %d sentence pairs: %d with an empty side, %d longer than data.max_len=%d tokens",
+                    split,
+                    empty + too_long,
+                    len(src_lines),
+                    empty,
+                    too_long,
+                    self.max_len,
                 )
             if truncated:
                 log.warning("%s: truncated %d pairs to %d tokens", split, truncated, self.eval_max_len)
