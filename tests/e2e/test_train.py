@@ -191,6 +191,12 @@ def test_finished_run_is_not_retrained(tmp_path: Path, smoke: list[str]) -> None
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path: Path, smoke: list[str]) -> None:
+    """One 2-round MP-SLT run on 2 gloo processes: gradual MP pruning steps inside round 0, the SLT mask and
+    rewind at its end; the masks of both processes are compared after every pruning step."""
+    import csv
+
+    from prunelab.pruning.schedule import is_pruning_step, pruning_window
+
     run = train(
         tmp_path / "run",
         *smoke,
@@ -198,10 +204,26 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, smoke: list[str]) -> None:
         "hardware.accelerator=cpu",
         "hardware.devices=2",
         "hardware.precision=32-true",
+        "pruner=mp_slt",
+        "sparsity=0.6",
+        "pruner.intermediate_sparsity=0.3",
+        "pruner.levels=[0.6]",
+        "pruner.mp_frequency=3",
         "model.layerdrop=0.5",  # skipped sub-layers must not trip DDP's unused-parameter check
     )
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     assert res["status"] == "completed"
+    assert [round(lv["sparsity"], 2) for lv in res["levels"]] == [0.3, 0.6]
+    # every pruning step (the MP steps of round 0, the SLT mask at its end) was checked on both processes
+    start, end = pruning_window(20, 0.2, 0.7)
+    mp_steps = sum(is_pruning_step(step, start, end, 3) for step in range(1, 21))
+    assert mp_steps >= 3 and res["ddp"] == {"world_size": 2, "mask_checks": mp_steps + 1}
+    # written and logged once: one results line, one CSV log whose validations each appear once
+    assert (run.stdout + run.stderr).count("results: ") == 1
+    assert not list(run.dir.rglob("*.tmp"))
+    (log,) = run.dir.glob("csv/version_*/metrics.csv")
+    val_steps = [r["step"] for r in csv.DictReader(log.open()) if r.get("val/bleu")]
+    assert val_steps == ["9", "19", "20"] * 2  # per round (steps restart): 2 validations in fit + the best's
     # every test sentence decoded exactly once although two ranks shared the work
     assert len((run.dir / "test.hyp.txt").read_text().splitlines()) == 20

@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -257,6 +258,9 @@ def run(cfg: DictConfig, results: ResultsWriter) -> None:
     scores = task.last_eval.get("test", {}).get("scores")  # none when every round was loaded from a finished run
     if hasattr(scores, "bleu_signature"):
         results.update(bleu_signature=scores.bleu_signature, ter_signature=scores.ter_signature)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every pruning step compared the masks of all processes (pruning.base.check_ranks_agree)
+        results.update(ddp={"world_size": torch.distributed.get_world_size(), "mask_checks": task.pruner.rank_checks})
     if getattr(datamodule, "kind", "translation") == "classification":
         results.update(labels=datamodule.labels)  # class index -> label name, as the model predicts them
 
@@ -302,4 +306,5 @@ def main(cfg: DictConfig) -> None:
         raise
     finally:
         results.write()
-    print(f"results: {out / 'results.json'}")
+    if is_rank_zero():
+        print(f"results: {out / 'results.json'}")

@@ -20,6 +20,7 @@ Masks are applied in place after the optimizer step (no forward hooks, no weight
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
@@ -28,6 +29,35 @@ from prunelab.pruning.masks import csc_bytes, magnitude_masks, prunable_weights
 
 def _key(param_name: str) -> str:
     return "mask__" + param_name.replace(".", "__")
+
+
+@torch.no_grad()
+def mask_checksums(masks: dict[str, Tensor]) -> Tensor:
+    """(n_masks, 2) float64: per mask, the number of kept entries and the sum of their flat positions (exact
+    up to 10^8 entries per matrix), so that two ranks holding different masks disagree here."""
+    rows = []
+    for m in masks.values():
+        kept = m.flatten().double()
+        rows.append(torch.stack([kept.sum(), (kept * torch.arange(kept.numel(), device=m.device)).sum()]))
+    return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)
+
+
+def check_ranks_agree(masks: dict[str, Tensor], sparsity: float) -> bool:
+    """Under DDP, every rank must hold the same masks after a pruning step (a mask computed from rank-local
+    data or weights would silently train different models). One all-gather of a few numbers per pruning step,
+    so it always runs; a disagreement stops the run. False when there is nothing to compare (one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return False
+    mine = mask_checksums(masks)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    differ = [name for i, name in enumerate(masks) if any(not torch.equal(g[i], gathered[0][i]) for g in gathered[1:])]
+    if differ:
+        raise RuntimeError(
+            f"DDP ranks hold different masks after pruning to sparsity {sparsity:.4f}: {', '.join(differ[:3])}"
+            + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        )
+    return True
 
 
 class Pruner(nn.Module):
@@ -43,6 +73,7 @@ class Pruner(nn.Module):
         self.prune_embeddings = prune_embeddings
         self.scope = scope
         self._weights: dict[str, nn.Parameter] = {}
+        self.rank_checks = 0  # pruning steps whose masks were compared across DDP ranks (all equal)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
@@ -121,6 +152,7 @@ class Pruner(nn.Module):
         new = magnitude_masks(dict(self._weights), self.masks, sparsity, self.scope)
         for name, m in new.items():
             getattr(self, _key(name)).copy_(m)
+        self.rank_checks += check_ranks_agree(self.masks, sparsity)
         self.apply_masks()
 
     # --- reporting -----------------------------------------------------------------------------------
