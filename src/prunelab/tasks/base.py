@@ -65,8 +65,13 @@ class PrunableTask(L.LightningModule):
         self.train_tokens = 0
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # never overwrite a good checkpoint (last.ckpt) with diverged weights: stop the run instead
-        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
+        # never overwrite a good checkpoint (last.ckpt) with diverged weights: stop the run instead (only the
+        # network's tensors: pruners keep NaN placeholders, e.g. for scores not computed yet)
+        bad = [
+            k
+            for k, v in checkpoint["state_dict"].items()
+            if k.startswith("model.") and v.is_floating_point() and not v.isfinite().all()
+        ]
         if bad:
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
             raise NonFiniteError(f"weights ({bad[0]}{more})", self.global_step)
