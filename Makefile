@@ -1,11 +1,12 @@
-# make train | make test | make sweep | make bench | make lint
+# make train | make test | make sweep | make bench | make bench-quick | make lint
 # Every target sets up .venv first; torch is pinned to the CPU wheel so pip never pulls CUDA packages.
 PY      := .venv/bin/python
 TORCH   := torch==2.13.0
 STAMP   := .venv/.installed
+BENCH_STAMP := .venv/.bench-installed
 ARGS    ?=
 
-.PHONY: setup train sweep test bench lint format clean
+.PHONY: setup train sweep test bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -25,8 +26,15 @@ sweep: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH)
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(PY) bench/run.py --quick $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench experiments train.py

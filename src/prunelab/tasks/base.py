@@ -80,6 +80,23 @@ class PrunableTask(L.LightningModule):
         # a checkpoint saved after head or component removal has other shapes: remove the same parts first
         match_structure(self.model, checkpoint["state_dict"], "model.")
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches are flat dicts: move their tensors and leave the rest (reference strings) alone, instead
+        of Lightning's walk over every string of every list (milliseconds per step on small models)."""
+        if isinstance(batch, dict):
+            return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def log_training_step(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """Count the step's real tokens; log loss and lr only at the steps the Trainer sends to the loggers
+        (every trainer.log_every_n_steps, and the last): self.log costs about a millisecond a call."""
+        self.train_tokens += batch["n_tokens"]  # real tokens (padding not counted)
+        connector = getattr(self.trainer, "_logger_connector", None)
+        due = connector is None or connector.should_update_logs or self.global_step + 1 >= self.total_steps
+        if due:
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("lr", self.optimizers().param_groups[0]["lr"])
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.pruner.on_batch(self.model, batch)
 
@@ -113,7 +130,11 @@ class PrunableTask(L.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.optimizer_name == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=1e-9, weight_decay=self.weight_decay)
+            # the fused kernel (CPU and CUDA) updates all tensors in one pass: 3-4x faster than the per-tensor loop
+            fused = all(p.device.type in ("cpu", "cuda") for p in params)
+            opt = torch.optim.Adam(
+                params, lr=self.lr, betas=self.betas, eps=1e-9, weight_decay=self.weight_decay, fused=fused
+            )
         else:
             opt = torch.optim.Adafactor(params, lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, inverse_sqrt_schedule(self.warmup_steps))

@@ -52,9 +52,7 @@ class ClassificationTask(PrunableTask):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self.loss(batch)
-        self.train_tokens += batch["n_tokens"]
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        self.log_training_step(loss, batch)
         return loss
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:

@@ -60,9 +60,7 @@ class TranslationTask(PrunableTask):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self.loss(batch)
-        self.train_tokens += batch["n_tokens"]  # real source + target tokens (padding not counted)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        self.log_training_step(loss, batch)
         return loss
 
     # --- evaluation ------------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""Analysis costs: Wang & Tu's contribution analysis in full-decode units on a trained default-config model,
+and the inference speed-up of AttendOut's constant attention maps."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from harness import ROOT, Figure, interleave, paired, seconds
+
+
+def trained_run(steps: int) -> Path:
+    """A default-config run to analyse: bench/.run (trained once for `steps` steps, then reused)."""
+    run = ROOT / "bench" / f".run{steps}"
+    res = run / "results.json"
+    if not res.exists() or json.loads(res.read_text())["status"] != "completed":
+        cmd = [sys.executable, "train.py", f"trainer.max_steps={steps}", "logger=none", f"hydra.run.dir={run}"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
+    return run
+
+
+def components(train_steps: int, reps: int) -> list[Figure]:
+    """The contribution analysis of every component (one ablation_bleu call) vs (N+1) full decodes of the
+    validation set (the unit the component issue states its cost in), at the run's validation beam."""
+    from prunelab.cli.components import decode_settings
+    from prunelab.cli.heads import load_run
+    from prunelab.importance.ablation import corpus_bleu
+    from prunelab.importance.components import ablation_bleu, components_off
+    from prunelab.models.addressing import component_names
+
+    res, dm, model = load_run(trained_run(train_steps))
+    tok, batches = dm.tokenizer, list(dm.val_dataloader())
+    settings = decode_settings(res["config"], None)
+    names = component_names(model)
+    stopped: list[int] = []
+
+    def analysis() -> None:
+        stopped.append(len(ablation_bleu(model, batches, tok, settings, names).stopped))
+
+    def separate() -> None:
+        for n in names:
+            with components_off(model, [n]):
+                corpus_bleu(model, batches, tok, settings.beam_size, settings)
+
+    full = seconds(lambda: corpus_bleu(model, batches, tok, settings.beam_size, settings))
+    r = interleave({"full": full, "analysis": seconds(analysis), "separate": seconds(separate)}, reps, warmup=0)
+    unit = [(len(names) + 1) * t for t in r["full"]]
+    note = (
+        f"{len(names)} components, beam {settings.beam_size}, {len(dm.examples['valid'])} validation sentences, "
+        f"model trained {train_steps} steps; {stopped[-1]} ablations stopped early"
+    )
+    return [
+        paired(
+            "analysis",
+            "contribution analysis / (N+1) full decodes",
+            r["analysis"],
+            unit,
+            goal=0.6,
+            lower_is_better=True,
+            note=note,
+        ),
+        paired(
+            "analysis",
+            "N separate ablation decodes + 1 / (N+1) full decodes",
+            [a + b for a, b in zip(r["separate"], r["full"], strict=True)],
+            unit,
+            note="the naive way, for comparison",
+        ),
+    ]
+
+
+@torch.no_grad()
+def attendout(reps: int) -> list[Figure]:
+    """AttendOut's structural pruning: inference examples/s of a 12-layer classifier with 10 of its 12
+    attention maps made constant (no Q/K, no scores) vs the unpruned model, batch 32 x 64 tokens."""
+    from prunelab.models import build_classifier
+    from prunelab.models.surgery import make_uniform
+
+    torch.manual_seed(0)
+    dense = build_classifier(
+        num_classes=3, vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, enc_layers=12, dropout=0.0
+    ).eval()
+    pruned = copy.deepcopy(dense)
+    make_uniform(pruned, [f"enc.{i}.sa" for i in range(10)])
+    src = torch.randint(4, 8000, (32, 64), generator=torch.Generator().manual_seed(0))
+    src[:, 0] = 1
+
+    def three(m: torch.nn.Module) -> float:
+        t = time.perf_counter()
+        for _ in range(3):
+            m(src)
+        return time.perf_counter() - t
+
+    r = interleave({"dense": lambda: three(dense), "pruned": lambda: three(pruned)}, reps)
+    return [
+        paired(
+            "analysis",
+            "AttendOut 10/12 maps constant: inference speed-up",
+            r["dense"],
+            r["pruned"],
+            note="12-layer classifier, d=256, batch 32 x 64 tokens",
+        )
+    ]

@@ -1,0 +1,123 @@
+"""What every bench section shares: contenders interleaved over repetitions after a warm-up, paired
+per-repetition ratios summarised as median [min, max], and the runs' own building blocks (the default
+config composed exactly as `train.py` composes it, its data, model and LightningModule)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Figure:
+    """One row of the table. `value` is the median over repetitions; `lo`/`hi` the min and max."""
+
+    section: str
+    name: str
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+    unit: str = "x"
+    goal: float | None = None  # the value must reach it (>=), or stay under it with lower_is_better
+    lower_is_better: bool = False
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.goal is None:
+            return ""
+        ok = self.value < self.goal if self.lower_is_better else self.value >= self.goal
+        if ok:
+            return "met"
+        miss = self.value / self.goal - 1 if self.lower_is_better else 1 - self.value / self.goal
+        return f"missed by {100 * miss:.0f}%"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def interleave(contenders: dict[str, Callable[[], float]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Call every contender `warmup` times, then `reps` rounds of each in turn (the order rotating, so no
+    contender always runs right after another); each call returns its own measurement."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for n in names:
+            contenders[n]()
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            out[n].append(contenders[n]())
+    return out
+
+
+def paired(section: str, name: str, num: list[float], den: list[float], **kw: Any) -> Figure:
+    """Median [min, max] of the per-repetition ratios num[i] / den[i] (pairs measured back to back)."""
+    ratios = [a / b for a, b in zip(num, den, strict=True)]
+    return Figure(section, name, statistics.median(ratios), min(ratios), max(ratios), **kw)
+
+
+def spread(section: str, name: str, values: list[float], **kw: Any) -> Figure:
+    return Figure(section, name, statistics.median(values), min(values), max(values), **kw)
+
+
+def seconds(fn: Callable[[], Any]) -> Callable[[], float]:
+    """A contender that returns the wall time of one call of fn."""
+
+    def timed() -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    return timed
+
+
+# --- the objects a run is made of --------------------------------------------------------------------
+def compose(*overrides: str) -> Any:
+    """The config `python train.py OVERRIDES` would run (without Hydra's run folder)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def build_run(cfg: Any, pruner: Any = None) -> tuple[Any, Any]:
+    """(datamodule, LightningModule) exactly as train.py builds them for `cfg`."""
+    from hydra.utils import instantiate
+
+    from prunelab.cli.train import build_model, build_task
+
+    torch.manual_seed(cfg.seed)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = build_model(cfg, dm)
+    return dm, build_task(cfg, dm, model, pruner if pruner is not None else instantiate(cfg.pruner))
+
+
+def first_batches(loader: Iterable[Any], n: int) -> list[Any]:
+    out = []
+    for b in loader:
+        out.append(b)
+        if len(out) == n:
+            break
+    if len(out) < n:
+        raise RuntimeError(f"the loader has only {len(out)} batches, {n} needed")
+    return out
+
+
+def replay(batches: list[Any]) -> torch.utils.data.DataLoader:
+    """A loader that yields exactly these batches, in order (for trainer.fit and the bare loop alike)."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+
+
+def target_tokens(batch: dict[str, Any], pad_id: int) -> int:
+    return int((batch["tgt_out"] != pad_id).sum())

@@ -1,0 +1,276 @@
+"""Training-side figures: the Trainer against a bare loop, masks against dense, prunelab against Hugging
+Face MarianMT, model FLOPs utilisation against the measured matmul peak, and peak resident memory."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from harness import ROOT, Figure, build_run, compose, first_batches, interleave, paired, replay, spread, target_tokens
+
+from prunelab.cli.train import TRAINER_FIXED
+from prunelab.pruning import MagnitudePruner, NoPruner
+
+Batch = dict[str, Any]
+
+
+class StepClock(L.Callback):
+    """Times steps inside trainer.fit: the start of every batch and the end of the last one."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.end = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        self.end = time.perf_counter()
+
+
+def trainer_tokens_per_s(task: L.LightningModule, cfg: Any, batches: list[Batch], skip: int) -> float:
+    """Target tokens/s of trainer.fit over `batches` with the run's Trainer settings (gradient clipping,
+    logging every log_every_n_steps), validation and checkpoints off, the first `skip` steps untimed."""
+    clock = StepClock()
+    kwargs = {**dict(cfg.trainer), **dict(cfg.hardware), **TRAINER_FIXED}
+    kwargs.update(max_steps=len(batches), val_check_interval=None, enable_progress_bar=False)
+    trainer = L.Trainer(
+        **kwargs,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
+    trainer.fit(task, train_dataloaders=replay(batches))
+    pad = task.model.cfg.pad_id
+    return sum(target_tokens(b, pad) for b in batches[skip:]) / (clock.end - clock.starts[skip])
+
+
+def bare_tokens_per_s(
+    forward_loss: Any, params: list[torch.nn.Parameter], batches: list[Batch], skip: int, pad: int, task: Any
+) -> float:
+    """The same steps in a plain PyTorch loop: the task's optimizer and schedule, gradient clipping at 1."""
+    opt_conf = task.configure_optimizers()
+    opt, sched = opt_conf["optimizer"], opt_conf["lr_scheduler"]["scheduler"]
+    start = 0.0
+    for i, batch in enumerate(replay(batches)):
+        if i == skip:
+            start = time.perf_counter()
+        loss = forward_loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+    return sum(target_tokens(b, pad) for b in batches[skip:]) / (time.perf_counter() - start)
+
+
+def framework_and_masks(steps: int, reps: int) -> list[Figure]:
+    """Goal 1 (Trainer / bare loop) and goal 2 (MP masks at 90% / dense), default config, same batches."""
+    cfg = compose()
+    dm, task = build_run(cfg, NoPruner())
+    batches = first_batches(dm.train_dataloader(), steps)
+    pad = dm.tokenizer.pad_id
+    masked_pruner = MagnitudePruner(sparsity=0.9, initial_sparsity=0.9, start_step=0, end_step=0)
+    masked = copy.deepcopy(task)
+    masked.pruner = masked_pruner
+    masked_pruner.attach(masked.model)
+    masked_pruner.prune_by_magnitude(0.9)  # the mask a finished MP schedule leaves: every step applies it
+    skip = max(2, steps // 10)
+    r = interleave(
+        {
+            "trainer": lambda: trainer_tokens_per_s(task, cfg, batches, skip),
+            "bare": lambda: bare_tokens_per_s(task.loss, list(task.parameters()), batches, skip, pad, task),
+            "masked": lambda: trainer_tokens_per_s(masked, cfg, batches, skip),
+        },
+        reps,
+    )
+    n = f"{steps - skip} steps of transformer_tiny, {cfg.data.max_tokens} tokens/batch"
+    return [
+        spread("training", "bare loop target tokens/s", r["bare"], unit="tok/s", note=n),
+        paired("training", "framework: Trainer / bare loop", r["trainer"], r["bare"], goal=0.95, note=n),
+        paired(
+            "training",
+            "masks: MP 90% / dense (both Trainer)",
+            r["masked"],
+            r["trainer"],
+            goal=0.95,
+            note="masks multiplied into gradients and weights at every step",
+        ),
+    ]
+
+
+# --- against Hugging Face ------------------------------------------------------------------------------
+def marian_like(model: Any, bos: int, eos: int) -> Any:
+    """A MarianMT of the same shape as a prunelab Transformer (random weights, built from a config)."""
+    from transformers import MarianConfig, MarianMTModel
+
+    c = model.cfg
+    config = MarianConfig(
+        vocab_size=c.vocab_size,
+        d_model=c.d_model,
+        encoder_layers=c.enc_layers,
+        decoder_layers=c.dec_layers,
+        encoder_attention_heads=c.n_heads,
+        decoder_attention_heads=c.n_heads,
+        encoder_ffn_dim=c.d_ff,
+        decoder_ffn_dim=c.d_ff,
+        activation_function="relu",
+        dropout=c.dropout,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        max_position_embeddings=c.max_len,
+        pad_token_id=c.pad_id,
+        decoder_start_token_id=bos,
+        eos_token_id=eos,
+        forced_eos_token_id=None,
+        scale_embedding=True,
+    )
+    torch.manual_seed(0)
+    return MarianMTModel(config)
+
+
+def hf_training(model_name: str, steps: int, reps: int) -> list[Figure]:
+    """Goal 3, training: the same bare loop, batches, loss and optimizer for both models."""
+    cfg = compose(f"model={model_name}")
+    dm, task = build_run(cfg, NoPruner())
+    tok = dm.tokenizer
+    batches = first_batches(dm.train_dataloader(), steps)
+    hf = marian_like(task.model, tok.bos_id, tok.eos_id).train()
+    hf_task = copy.deepcopy(task)
+    hf_task.model = hf  # the task's optimizer settings over HF's parameters
+
+    def hf_loss(batch: Batch) -> torch.Tensor:
+        src, tgt_in = batch["src"], batch["tgt_in"]
+        logits = hf(input_ids=src, attention_mask=src.ne(tok.pad_id), decoder_input_ids=tgt_in, use_cache=False).logits
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), batch["tgt_out"].flatten(), ignore_index=tok.pad_id, label_smoothing=0.1
+        )
+
+    skip = max(2, steps // 10)
+    r = interleave(
+        {
+            "prunelab": lambda: bare_tokens_per_s(task.loss, list(task.parameters()), batches, skip, tok.pad_id, task),
+            "hf": lambda: bare_tokens_per_s(hf_loss, list(hf.parameters()), batches, skip, tok.pad_id, hf_task),
+        },
+        reps,
+    )
+    p_ours = sum(p.numel() for p in task.model.parameters())
+    p_hf = sum(p.numel() for p in hf.parameters() if p.requires_grad)
+    note = (
+        f"{model_name} shape; trainable parameters {p_ours:,} vs {p_hf:,} "
+        "(prunelab is pre-norm, with a final LayerNorm per stack)"
+    )
+    return [
+        paired(
+            "vs HF", f"training tok/s: prunelab / MarianMT ({model_name})", r["prunelab"], r["hf"], goal=1.0, note=note
+        )
+    ]
+
+
+# --- model FLOPs utilisation ---------------------------------------------------------------------------
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """fp32 FLOP/s of the fastest of `reps` n x n matmuls (after a warm-up), on all threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_time(lambda: torch.mm(a, b)) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def _time(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def mfu(model_name: str, max_tokens: int, steps: int) -> list[Figure]:
+    """Goal 5: model FLOPs per second of `model_name` training under the Trainer over the measured fp32
+    matmul peak. FLOPs of one step are counted by torch's FlopCounterMode (forward + backward, every matmul
+    and attention) on the very batches trained on, scaled to real tokens (padding is not model work)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = compose(f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1")
+    dm, task = build_run(cfg, NoPruner())
+    batches = first_batches(dm.train_dataloader(), steps + 1)
+    flops, real, padded = 0, 0, 0
+    for b in batches[1:]:
+        with FlopCounterMode(display=False) as counter:
+            task.loss(b).backward()
+        flops += counter.get_total_flops()
+        real += b["n_tokens"]
+        padded += b["src"].numel() + b["tgt_in"].numel()
+    task.zero_grad(set_to_none=True)
+    peak_before = matmul_peak()
+    clock = StepClock()
+    kwargs = {**dict(cfg.trainer), **dict(cfg.hardware), **TRAINER_FIXED}
+    kwargs.update(max_steps=len(batches), val_check_interval=None, enable_progress_bar=False)
+    trainer = L.Trainer(
+        **kwargs,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
+    trainer.fit(task, train_dataloaders=replay(batches))
+    elapsed = clock.end - clock.starts[1]
+    peak = max(peak_before, matmul_peak())
+    achieved = flops * (real / padded) / elapsed
+    note = (
+        f"{model_name}, {max_tokens} tokens/batch, {steps} steps; peak {peak / 1e9:.0f} GFLOP/s "
+        f"(fp32 2048^3 matmul, {torch.get_num_threads()} threads); padding {100 * (1 - real / padded):.0f}% of "
+        f"tokens, not counted"
+    )
+    return [
+        Figure("machine", f"model GFLOP/s ({model_name} training)", achieved / 1e9, unit="GFLOP/s"),
+        Figure("machine", f"MFU ({model_name}, CPU fp32)", achieved / peak, goal=0.35, note=note),
+    ]
+
+
+# --- memory --------------------------------------------------------------------------------------------
+def peak_rss_mib(*overrides: str) -> float:
+    """Peak resident memory of `python train.py OVERRIDES` in a fresh process (its own rusage)."""
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, "train.py", *overrides, "logger=none", f"hydra.run.dir={d}"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+    return usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def memory(default_steps: int) -> list[Figure]:
+    small_eval = ["data.valid_size=16", "data.test_size=16", "task.beam_size=1"]
+    base = peak_rss_mib(
+        "model=transformer_base",
+        "data.max_tokens=4096",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        *small_eval,
+    )
+    default = peak_rss_mib(f"trainer.max_steps={default_steps}", f"trainer.val_check_interval={default_steps}")
+    return [
+        Figure(
+            "memory",
+            "peak RSS, default run",
+            default,
+            unit="MiB",
+            note=f"default config, {default_steps} steps, validation and test with beam 4 included",
+        ),
+        Figure(
+            "memory",
+            "peak RSS, transformer_base training",
+            base,
+            unit="MiB",
+            note="4096 tokens/batch, 3 steps, Adam; evaluation on 16 sentences",
+        ),
+    ]

@@ -1,0 +1,73 @@
+"""The bench harness: interleaving, paired ratios, verdicts, and the files `make bench` writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from harness import Figure, interleave, paired  # noqa: E402
+
+
+def test_interleave_warms_up_then_rotates_the_order() -> None:
+    calls: list[str] = []
+    contenders = {n: (lambda n=n: calls.append(n) or float(len(calls))) for n in "abc"}
+    out = interleave(contenders, reps=3, warmup=1)
+    assert calls == list("abc" + "abc" + "bca" + "cab")
+    # each contender's measurements are its own return values, warm-up excluded
+    assert out == {"a": [4.0, 9.0, 11.0], "b": [5.0, 7.0, 12.0], "c": [6.0, 8.0, 10.0]}
+
+
+def test_paired_ratio_is_the_median_of_per_repetition_ratios() -> None:
+    f = paired("s", "r", [2.0, 9.0, 3.0], [1.0, 3.0, 2.0], goal=2.0)
+    assert (f.value, f.lo, f.hi) == (2.0, 1.5, 3.0)  # ratios 2, 3, 1.5: not median(num) / median(den) = 1.5
+    assert f.verdict == "met"
+
+
+@pytest.mark.parametrize(
+    ("value", "goal", "lower", "verdict"),
+    [
+        (0.9, 0.95, False, "missed by 5%"),
+        (0.95, 0.95, False, "met"),
+        (0.75, 0.6, True, "missed by 25%"),
+        (0.5, 0.6, True, "met"),
+    ],
+)
+def test_verdicts(value: float, goal: float, lower: bool, verdict: str) -> None:
+    assert Figure("s", "n", value, goal=goal, lower_is_better=lower).verdict == verdict
+
+
+def test_bench_writes_json_and_markdown(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "--sections", "decoding", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["mode"] == "quick" and res["sections"] == ["decoding"]
+    (fig,) = res["figures"]
+    assert fig["name"].startswith("KV cache speed-up") and fig["lo"] <= fig["value"] <= fig["hi"]
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "| torch |" in md and fig["name"] in md
+    assert ("no GPU figures exist yet" in md) == (res["machine"]["gpu"] == "none")
+
+
+def test_unknown_section_is_one_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "bench/run.py", "--sections", "nope", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "unknown section(s) nope" in proc.stderr
+    assert not (tmp_path / "results.json").exists()
