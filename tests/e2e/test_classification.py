@@ -107,10 +107,49 @@ def test_head_analysis_of_a_classifier(tmp_path: Path) -> None:
     assert [p["fraction"] for p in rep["pruning_curves"]["E:SA"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-def test_components_pruner_on_a_classifier_is_a_clear_error(tmp_path: Path) -> None:
-    run = train(tmp_path / "run", *CLS, "pruner=components", "sparsity=0.2")
-    assert run.returncode == 2
-    assert "supports translation models for now" in run.stderr and "Traceback" not in run.stderr
+def test_components_on_a_classifier(tmp_path: Path) -> None:
+    """Wang & Tu on an encoder-only classifier: E:SA and E:FF scored by accuracy drop, the retrain and
+    shallow rows of Table 3, then `prunelab components` on the finished run."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT
+
+    run = train(
+        tmp_path / "run", *CLS, "model.enc_layers=2", "pruner=components", "pruner.mode=retrain", "sparsity=0.5"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    lv = res["levels"]
+    assert [x["stage"] for x in lv] == ["dense", "retrain", "shallow"]
+    comp = res["components"]
+    assert set(comp["contribution"]) == {"enc.0.sa", "enc.0.ff", "enc.1.sa", "enc.1.ff"}
+    assert len(comp["chosen"]) == 2 and max(comp["contribution"].values()) in (0.0, 1.0)
+    # d=32, ff=64: a self-attention sub-layer is 4 (32x32 + 32) + LayerNorm 64, a feed-forward one
+    # 32x64 + 64 + 64x32 + 32 + LayerNorm 64
+    size = {"sa": 4 * (32 * 32 + 32) + 64, "ff": 32 * 64 + 64 + 64 * 32 + 32 + 64}
+    removed = sum(size[n.split(".")[2]] for n in comp["chosen"])
+    assert lv[1]["params"]["total"] == lv[0]["params"]["total"] - removed
+    assert "test/acc" in lv[1]["metrics"] and "test/acc" in lv[2]["metrics"]
+
+    cmd = [sys.executable, "-m", "prunelab.cli.main", "components", str(run.dir)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "baseline accuracy (%)" in proc.stdout
+    rep = json.loads((run.dir / "components" / "components.json").read_text())
+    assert rep["score"] == "accuracy (%)"
+    assert rep["baseline_bleu"] == pytest.approx(100 * res["metrics"]["val/acc"], abs=1e-4)
+    names = {"enc.0.sa", "enc.0.ff", "enc.1.sa", "enc.1.ff"}
+    present = set(comp["present"])  # the shallow model the run ended with
+    assert set(rep["contribution"]) == present and present <= names
+    clip = 0.1 * rep["baseline_bleu"]
+    clipped = {n: min(max(rep["baseline_bleu"] - rep["bleu_zeroed"][n], 0.0), clip) for n in present}
+    top = max(clipped.values())
+    for n in present:  # Eq. 1 from the accuracy drops
+        assert rep["contribution"][n] == pytest.approx(clipped[n] / top if top > 0 else 0.0, abs=1e-9)
+    assert set(rep["criticality"]["alpha"]) == present
+    assert (run.dir / "components" / "heatmaps.png").stat().st_size > 0
 
 
 def test_attendout_end_to_end(tmp_path: Path) -> None:

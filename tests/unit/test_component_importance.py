@@ -225,3 +225,37 @@ def test_early_stopping_keeps_eq1_exact(monkeypatch: pytest.MonkeyPatch) -> None
     assert contribution_scores(early.drops, early.baseline) == pytest.approx(
         contribution_scores(exact.drops, exact.baseline)
     )
+
+
+def test_classifier_ablation_scores_accuracy_with_the_component_output_zeroed() -> None:
+    """For a classifier, ablation_bleu and variants_bleu score accuracy (%); checked against a model whose
+    component returns zeros, counted by hand."""
+    from prunelab.importance.components import variants_bleu
+    from prunelab.models import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(num_classes=3, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=2).eval()
+    g = torch.Generator().manual_seed(0)
+    data = [{"src": torch.randint(4, 30, (16, 7), generator=g), "label": torch.randint(0, 3, (16,), generator=g)}]
+
+    def by_hand(name: str | None) -> float:
+        mod = component(model, name) if name else None
+        if mod is not None:
+            original = mod.forward
+            mod.forward = lambda *a, f=original, **k: torch.zeros_like(f(*a, **k))  # type: ignore[method-assign]
+        try:
+            with torch.no_grad():
+                pred = model(data[0]["src"]).argmax(-1)
+        finally:
+            if mod is not None:
+                del mod.forward
+        return 100.0 * float((pred == data[0]["label"]).float().mean())
+
+    names = component_names(model)
+    assert names == ["enc.0.sa", "enc.0.ff", "enc.1.sa", "enc.1.ff"]
+    res = ablation_bleu(model, data, TOK, DecodeSettings(), names)
+    assert res.baseline == pytest.approx(by_hand(None))
+    assert res.bleu == {n: pytest.approx(by_hand(n)) for n in names} and not res.stopped
+    scores, _ = variants_bleu(model, data, TOK, DecodeSettings(), [frozenset(), frozenset(names[:2])])
+    assert scores[0] == pytest.approx(by_hand(None))
+    assert len({round(by_hand(n), 3) for n in names} | {round(res.baseline, 3)}) > 1, "ablations must change something"

@@ -109,8 +109,10 @@ def plot_fraction_curves(
     title: str,
     xlabel: str = "heads pruned (%)",
     x_scale: float = 100.0,
+    ylabel: str = "BLEU",
 ) -> None:
-    """BLEU vs how much was pruned, one line per curve (e.g. global, per attention type)."""
+    """The score (BLEU, or accuracy for a classifier) vs how much was pruned, one line per curve (e.g.
+    global, per attention type)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +122,7 @@ def plot_fraction_curves(
     for name, pts in curves.items():
         ax.plot([x_scale * x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("BLEU")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)

@@ -23,7 +23,7 @@ from prunelab.callbacks.heatmaps import plot_component_heatmaps, plot_fraction_c
 from prunelab.cli.heads import load_run, log_analysis_to_wandb
 from prunelab.cli.results import read_state, write_json
 from prunelab.errors import UserError
-from prunelab.importance.ablation import corpus_bleu
+from prunelab.importance.ablation import accuracy, corpus_bleu
 from prunelab.importance.components import (
     DecodeSettings,
     ablation_bleu,
@@ -31,6 +31,7 @@ from prunelab.importance.components import (
     criticality_scores,
     greedy_group_ablation,
     group_ablation,
+    is_classifier,
     order_by_importance,
 )
 from prunelab.models.addressing import component_names
@@ -62,8 +63,7 @@ def analyse_components(
     exact_drops: bool = False,
 ) -> dict[str, Any]:
     res, dm, model = load_run(run_dir)
-    if getattr(model, "kind", "translation") != "translation":
-        raise UserError(f"{run_dir}: the component analysis scores BLEU; it supports translation runs for now")
+    score_name = "accuracy (%)" if is_classifier(model) else "BLEU"
     tok = dm.tokenizer
     settings = decode_settings(res["config"], beam_size)
     batches = list(dm.val_dataloader() if split == "valid" else dm.test_dataloader())
@@ -97,7 +97,9 @@ def analyse_components(
         crit_base, found = criticality_scores(
             model,
             theta0,
-            lambda: corpus_bleu(model, batches, tok, settings.beam_size, settings),
+            (lambda: accuracy(model, batches))
+            if is_classifier(model)
+            else (lambda: corpus_bleu(model, batches, tok, settings.beam_size, settings)),
             names,
             epsilon,
             grid,
@@ -128,6 +130,7 @@ def analyse_components(
         "run": str(run_dir),
         "checkpoint": res["best_checkpoint"],
         "split": split,
+        "score": score_name,  # what the *_bleu fields hold: BLEU, or accuracy (%) for a classifier
         "decoding": settings.__dict__,
         "baseline_bleu": abl.baseline,
         "bleu_zeroed": abl.bleu,
@@ -171,6 +174,7 @@ def analyse_components(
         "components zeroed from the least important",
         xlabel="components zeroed",
         x_scale=1.0,
+        ylabel=score_name,
     )
     tables = {
         "components/drops": (

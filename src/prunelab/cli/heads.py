@@ -105,7 +105,9 @@ def analyse_heads(
     plot_head_heatmaps(
         out / "ablation.png", deltas, f"BLEU change when one head is masked (base {base:.1f})", cmap="RdBu"
     )
-    plot_fraction_curves(out / "curves.png", curves, "heads pruned by increasing I_h (or ablation score)")
+    plot_fraction_curves(
+        out / "curves.png", curves, "heads pruned by increasing I_h (or ablation score)", ylabel=report["score"]
+    )
     log_analysis_to_wandb(
         res,
         out,

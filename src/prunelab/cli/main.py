@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.step,
                 ablation_order=not args.no_ablation_order,
             )
-            print(f"baseline BLEU {report['baseline_bleu']:.2f}; written to {args.run_dir / 'heads'}")
+            print(f"baseline {report['score']} {report['baseline_bleu']:.2f}; written to {args.run_dir / 'heads'}")
         elif args.command == "components":
             from prunelab.cli.components import analyse_components
 
@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             c = report["cost"]
             print(
-                f"baseline BLEU {report['baseline_bleu']:.2f}; contribution of {len(report['contribution'])} "
-                f"components in {c['contribution_seconds']:.1f} s, {c['contribution_passes']} batched passes "
+                f"baseline {report['score']} {report['baseline_bleu']:.2f}; contribution of "
+                f"{len(report['contribution'])} components in {c['contribution_seconds']:.1f} s, "
+                f"{c['contribution_passes']} batched passes "
                 f"= {c['contribution_in_full_decodes']:.2f} full decodes of {args.split}"
                 + (
                     f"; criticality {c['criticality_evaluations']} decodes in {c['criticality_seconds']:.1f} s"

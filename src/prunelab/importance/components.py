@@ -7,6 +7,9 @@ Components are the sub-layers `enc.{i}.sa`, `enc.{i}.ff`, `dec.{i}.sa`, `dec.{i}
 - Criticality (Eq. 2): the smallest α in [0, 1] such that BLEU(θ_f) - BLEU(θ_f with component n at
   (1-α)θ_0 + αθ_f) < ε.
 
+For a classifier (encoder components only) the score is accuracy in percent where NMT uses BLEU, as in
+Michel et al.'s BERT experiments; the same functions dispatch on the model's kind.
+
 Every ablation of one batch is decoded in one batched pass: the sentences are repeated once per variant
 (the unablated model, then one copy per component), every copy with its own per-example gates. The encoder
 runs on the unablated copy and the encoder-ablation copies only; decoder ablations reuse the unablated
@@ -27,7 +30,7 @@ import torch
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.importance.ablation import gates_off
+from prunelab.importance.ablation import accuracy, gates_off
 from prunelab.metrics import translation_scores
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search_memory, max_target_lens
@@ -46,8 +49,8 @@ class DecodeSettings:
 
 @dataclass
 class AblationResult:
-    baseline: float  # BLEU of the unablated model
-    bleu: dict[str, float | None]  # BLEU with each component zeroed; None where decoding stopped early
+    baseline: float  # BLEU of the unablated model (accuracy % for a classifier)
+    bleu: dict[str, float | None]  # the score with each component zeroed; None where decoding stopped early
     bleu_upper_bound: dict[str, float]  # for components whose decoding stopped early: BLEU is at most this
     passes: int  # batched decoding passes
     seconds: float  # everything, the unablated decode included
@@ -132,6 +135,16 @@ def decode_variants(
     return [out[i * B : (i + 1) * B] for i in range(len(variants))]
 
 
+def is_classifier(model: Transformer) -> bool:
+    return getattr(model, "kind", "translation") == "classification"
+
+
+def variant_accuracy(model: Transformer, batches: Sequence[Batch], zeroed: frozenset[str] | Sequence[str]) -> float:
+    """Accuracy (%) of a classifier with the named components zeroed."""
+    with gates_off(model, zeroed):
+        return accuracy(model, batches)
+
+
 def variants_bleu(
     model: Transformer,
     batches: Sequence[Batch],
@@ -141,7 +154,10 @@ def variants_bleu(
     chunk: int = 16,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], int]:
-    """Corpus BLEU under every variant; at most `chunk` variants share a pass. -> (BLEU per variant, passes)."""
+    """Corpus BLEU under every variant; at most `chunk` variants share a pass. -> (BLEU per variant, passes).
+    For a classifier: accuracy (%) under every variant, one forward pass over the data each."""
+    if is_classifier(model):
+        return [variant_accuracy(model, batches, v) for v in variants], len(variants) * len(batches)
     was_training = model.training
     model.eval()
     hyps: list[list[str]] = [[] for _ in variants]
@@ -207,6 +223,8 @@ def ablation_bleu(
     C = c x baseline, so its contribution is exactly 1 whatever the rest would give. stop_below=None
     decodes everything (exact drops for every component)."""
     names = list(names if names is not None else component_names(model))
+    if is_classifier(model):
+        return ablation_accuracy(model, batches, names)
     was_training = model.training
     model.eval()
     bs = BleuStats()
@@ -264,6 +282,26 @@ def ablation_bleu(
         baseline_seconds=baseline_seconds,
         sentences_decoded=decoded,
         sentences_total=sum(len(r) for r in refs) * (len(names) + 1),
+    )
+
+
+def ablation_accuracy(model: Transformer, batches: Sequence[Batch], names: Sequence[str]) -> AblationResult:
+    """ablation_bleu for a classifier: accuracy (%) unablated and with each component zeroed, one forward
+    pass over the data each (cheap enough that nothing is skipped; every drop is exact)."""
+    t0 = time.perf_counter()
+    baseline = accuracy(model, batches)
+    baseline_seconds = time.perf_counter() - t0
+    scores: dict[str, float | None] = {n: variant_accuracy(model, batches, [n]) for n in names}
+    n_examples = sum(len(b["label"]) for b in batches)
+    return AblationResult(
+        baseline=baseline,
+        bleu=scores,
+        bleu_upper_bound={},
+        passes=len(batches) * (len(names) + 1),
+        seconds=time.perf_counter() - t0,
+        baseline_seconds=baseline_seconds,
+        sentences_decoded=n_examples * (len(names) + 1),
+        sentences_total=n_examples * (len(names) + 1),
     )
 
 

@@ -7,14 +7,16 @@ on the validation data; 0.2 of the 36 components of a 6+6 model is the paper's 7
 mode=retrain (Table 3):
     0  dense      train the full model (or only evaluate it when the run starts from `ckpt=`)
     1  retrain    the architecture without the chosen components, trained from θ_0 (from scratch)
-    2  shallow    with baseline=shallow: the full architecture without its top decoder layers, as many as
-                  make the parameter count closest to the retrain model's, trained from θ_0
+    2  shallow    with baseline=shallow: the full architecture without its top decoder layers (encoder
+                  layers for a classifier), as many as make the parameter count closest to the retrain
+                  model's, trained from θ_0
 mode=rewind (Table 4):
     0  dense      as above; θ_f is the result
     1  continue   θ_f fine-tuned for finetune_steps (the baseline)
     2  rewind     θ_f with the chosen components reset to θ_0, fine-tuned for finetune_steps
 
-Every level in results.json carries its parameter count and BLEU, so the rows of Tables 3 and 4 read off it.
+Every level in results.json carries its parameter count and BLEU (accuracy for a classifier, whose components
+are E:SA and E:FF, scored by accuracy drop), so the rows of Tables 3 and 4 read off it.
 """
 
 from __future__ import annotations
@@ -75,8 +77,6 @@ class ComponentPruner(Pruner):
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
-        if getattr(model, "kind", "translation") != "translation":
-            raise UserError("pruner=components scores components by BLEU; it supports translation models for now")
         self._weights = {}  # no weight masks
         names = component_names(model, include_removed=True)  # type: ignore[arg-type]
         if not hasattr(self, "chosen_mask"):
@@ -160,19 +160,21 @@ class ComponentPruner(Pruner):
         return chosen
 
     def shallow_removal(self, model: nn.Module) -> list[str]:
-        """Whole top decoder layers (all their components) whose removal brings the parameter count
-        closest to that of the model without the chosen components."""
+        """Whole top decoder layers (encoder layers for a classifier, which has no decoder), all their
+        components, whose removal brings the parameter count closest to that of the model without the
+        chosen components."""
         full = sum(p.numel() for p in model.parameters())
         target = full - sum(self._component_params(model, n) for n in self.chosen)
-        dec = model.dec  # type: ignore[union-attr]
-        per_layer = [sum(p.numel() for p in layer.parameters()) for layer in dec]
+        side = "dec" if len(getattr(model, "dec", ())) else "enc"
+        stack = getattr(model, side)
+        per_layer = [sum(p.numel() for p in layer.parameters()) for layer in stack]
         best_k, best_gap = 0, abs(full - target)
         removed = 0
-        for k in range(1, len(dec)):  # keep at least one decoder layer
-            removed += per_layer[len(dec) - k]
+        for k in range(1, len(stack)):  # keep at least one layer
+            removed += per_layer[len(stack) - k]
             if abs(full - removed - target) < best_gap:
                 best_k, best_gap = k, abs(full - removed - target)
-        return [f"dec.{i}.{kind}" for i in range(len(dec) - best_k, len(dec)) for kind in dec[i].kinds]
+        return [f"{side}.{i}.{kind}" for i in range(len(stack) - best_k, len(stack)) for kind in stack[i].kinds]
 
     @staticmethod
     def _component_params(model: nn.Module, name: str) -> int:
