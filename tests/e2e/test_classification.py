@@ -165,3 +165,18 @@ def test_attendout_end_to_end(tmp_path: Path) -> None:
     assert all(0.0 < p < 1.0 for p in res["attendout"]["keep_probability"])
     assert lv[1]["params"]["total"] == lv[0]["params"]["total"] - 2 * (32 * 32 + 32)  # Q and K gone
     assert 0.0 <= res["metrics"]["test/acc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_attendout_under_ddp(tmp_path: Path) -> None:
+    """Two CPU processes: A-Net and G-Net train outside DDP's reducer with their gradients averaged, every
+    cycle checks that A-Net is identical on both ranks (the run stops otherwise), and the pruning decision
+    comes from keep probabilities averaged over the whole validation set."""
+    ddp = ["hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2", "hardware.precision=32-true"]
+    run = train(tmp_path / "run", *CLS, *ddp, "pruner=attendout", "pruner.every=3", "pruner.threshold=1.0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["status"] == "completed" and [x["stage"] for x in res["levels"]] == ["attendout", "pruned"]
+    assert sum(res["attendout"]["rewards"].values()) == 20 // 3
+    assert res["attendout"]["pruned_layers"] == ["enc.0.sa"]
+    assert len((run.dir / "test.hyp.txt").read_text().split()) == 20  # every test example once

@@ -47,11 +47,11 @@ def test_baseline_is_a_moving_average() -> None:
     assert math.isclose(RewardBaseline().update(1.0), 0.1)
 
 
-def _tiny_classifier() -> torch.nn.Module:
+def _tiny_classifier(dropout: float = 0.1) -> torch.nn.Module:
     from prunelab.models import build_classifier
 
     torch.manual_seed(0)
-    return build_classifier(num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=2)
+    return build_classifier(num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=2, dropout=dropout)
 
 
 def _batch(seed: int) -> dict:
@@ -104,3 +104,36 @@ def test_cycle_runs_every_t_batches() -> None:
     for s in range(5):
         pruner.on_batch(d, _batch(s))
     assert len(pruner.rewards) == 2 and len(pruner._cache) == 1
+
+
+def test_checkpoint_state_resumes_mid_cycle_exactly(tmp_path) -> None:
+    """A and G weights, their optimizers, the step count, rewards and the batches cached since the last
+    cycle go through a weights_only checkpoint; the resumed pruner continues exactly like the original
+    (without dropout, whose global random stream no resume restores, as in classifier_tiny)."""
+    from prunelab.pruning.attendout import AttendOutPruner
+
+    def fresh() -> tuple[torch.nn.Module, AttendOutPruner]:
+        d = _tiny_classifier(dropout=0.0)
+        p = AttendOutPruner(every=3, lr=1e-2, warmup_steps=1, seed=0)
+        p.attach(d)
+        return d, p
+
+    d, pruner = fresh()
+    for s in range(4):  # one cycle done, one batch cached
+        pruner.on_batch(d, _batch(s))
+    path = tmp_path / "state.pt"
+    torch.save({"pruner_state": pruner.checkpoint_state(), "d": d.state_dict()}, path)
+    saved = torch.load(path, weights_only=True)
+    d2, resumed = fresh()
+    d2.load_state_dict(saved["d"])
+    resumed.load_checkpoint_state(saved["pruner_state"])
+    assert resumed.rewards == pruner.rewards and len(resumed._cache) == 1
+    for s in range(4, 9):  # two more cycles, one of them completing the cached batch's
+        pruner.on_batch(d, _batch(s))
+        resumed.on_batch(d2, _batch(s))
+    assert resumed.rewards == pruner.rewards and len(pruner.rewards) == 3
+    for a, b in zip(pruner.a_net.parameters(), resumed.a_net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(pruner.g_net.parameters(), resumed.g_net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed._opts["a"].state_dict()["state"][0]["step"] == pruner._opts["a"].state_dict()["state"][0]["step"]

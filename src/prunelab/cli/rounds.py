@@ -22,7 +22,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from prunelab.callbacks.curves import record_levels
 from prunelab.cli.results import read_state, write_json
 from prunelab.errors import NonFiniteError
-from prunelab.models.surgery import match_structure
 from prunelab.tasks.translation import TranslationTask
 
 log = logging.getLogger("prunelab")
@@ -91,9 +90,9 @@ def run_rounds(
         if r <= finished:  # finished earlier: its figures, and the state of the latest such round
             levels.append(json.loads((round_dir / "results.json").read_text()))
             if r == finished:
-                state = read_state(done)["state_dict"]
-                match_structure(model, state, "model.")  # heads removed in that round are removed here too
-                task.load_state_dict(state)
+                saved = read_state(done)
+                task.on_load_checkpoint(saved)  # heads removed in that round are removed here too; pruner state
+                task.load_state_dict(saved["state_dict"])
                 pruner.enter_round(r)
                 log.info("rounds 0-%d already finished: loaded %s", r, done)
             continue

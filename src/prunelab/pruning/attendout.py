@@ -13,6 +13,13 @@ is a moving average of past rewards.
 The round logic around it (A and D trained side by side, evaluation every T steps, D <- A, the final
 structural pruning with `make_uniform`) is the AttendOut pruner's; this module holds the parts that are
 pure functions of tensors.
+
+Under DDP every rank trains A-Net and G-Net on its own shard: their gradients are averaged over the ranks
+before each step, the cached losses are summed over the ranks before A and D are compared, and the keep
+probabilities are averaged over the whole validation set, so every rank holds the same A, G, reward and
+pruning decision. A-Net and G-Net live outside the module tree (DDP must not reduce them with D-Net's
+gradients); their weights, optimizer states and the batches cached since the last cycle travel in the
+checkpoint's `pruner_state`, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -94,6 +102,27 @@ class RewardBaseline:
         return self.value
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of the DDP process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def average_over_ranks(tensors: list[Tensor]) -> None:
+    """In place: every tensor becomes its mean over the DDP ranks (one all-reduce of a flat copy)."""
+    _, n = world()
+    if n == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= n
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 class AttendOutPruner(Pruner):
     """`pruner=attendout` (Algorithm 1). Round 0 trains D-Net (the run's model, regular dropout) while this
     pruner trains A-Net, a copy that also receives G-Net's per-layer keep/drop decisions, on the same
@@ -128,22 +157,35 @@ class AttendOutPruner(Pruner):
             raise UserError(f"pruner.initial_keep must be in (0, 1), got {initial_keep}")
         self.initial_keep = initial_keep
         self.baseline = RewardBaseline(baseline_beta)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self._datamodule: Any = None
-        self._cache: list[tuple[dict[str, Tensor], Tensor, Tensor]] = []  # (batch, decisions, log-prob)
+        # (batch, decisions, G-Net inputs): log-probabilities are recomputed at the cycle (G is unchanged
+        # in between), so the cache holds tensors only and goes into checkpoints
+        self._cache: list[tuple[dict[str, Tensor], Tensor, tuple[Tensor, Tensor]]] = []
         self._steps = 0
         self.rewards: list[float] = []
+        self._nets: dict[str, nn.Module] = {}  # a plain dict: not submodules, so DDP leaves them alone
+        self._opts: dict[str, torch.optim.Optimizer] = {}
+        self._pending_opt_state: dict[str, Any] = {}
+
+    @property
+    def a_net(self) -> nn.Module:
+        return self._nets["a"]
+
+    @property
+    def g_net(self) -> GNet:
+        return self._nets["g"]  # type: ignore[return-value]
 
     def attach(self, model: nn.Module) -> None:
         if getattr(model, "kind", "") != "classification":
             raise UserError("pruner=attendout prunes the self-attention of a classifier (e.g. model=classifier_tiny)")
         self._weights = {}
-        if not hasattr(self, "a_net"):
-            self.a_net = copy.deepcopy(model)
-            self.g_net = GNet(model.cfg.d_model, len(model.enc), self.initial_keep)  # type: ignore[union-attr,arg-type]
+        if not self._nets:
+            self._nets = {
+                "a": copy.deepcopy(model),
+                "g": GNet(model.cfg.d_model, len(model.enc), self.initial_keep),  # type: ignore[union-attr,arg-type]
+            }
             self.register_buffer("keep_probability", torch.full((len(model.enc),), float("nan")))  # type: ignore[arg-type]
-        self._a_opt: torch.optim.Optimizer | None = None
-        self._g_opt: torch.optim.Optimizer | None = None
 
     def use_data(self, datamodule: object) -> None:
         self._datamodule = datamodule
@@ -157,46 +199,73 @@ class AttendOutPruner(Pruner):
     def _inputs(self, net: nn.Module, src: Tensor) -> tuple[Tensor, Tensor]:
         return net.embed_tokens(src).detach(), src != net.cfg.pad_id  # type: ignore[operator,union-attr]
 
+    def _optimizers(self, device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """A's and G's Adam, created on first use, on the batches' device (with any state from a checkpoint)."""
+        if not self._opts:
+            for net in self._nets.values():
+                net.to(device)
+            self._opts = {
+                "a": torch.optim.Adam(self.a_net.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-9),
+                "g": torch.optim.Adam(self.g_net.parameters(), lr=self.g_lr),
+            }
+            for k, state in self._pending_opt_state.items():
+                self._opts[k].load_state_dict(state)
+            self._pending_opt_state = {}
+        return self._opts["a"], self._opts["g"]
+
     def on_batch(self, model: nn.Module, batch: dict) -> None:
         if not torch.is_grad_enabled():
             return
-        a, src, label = self.a_net, batch["src"], batch["label"]
-        if self._a_opt is None:
-            self._a_opt = torch.optim.Adam(a.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-9)
-            self._g_opt = torch.optim.Adam(self.g_net.parameters(), lr=self.g_lr)
+        src, label = batch["src"], batch["label"]
+        a_opt, _ = self._optimizers(src.device)
+        a = self.a_net
         a.train()
-        keep, lp = self.g_net.sample(*self._inputs(a, src), generator=self.generator)
-        for group in self._a_opt.param_groups:  # the same warm-up and decay as D-Net's
+        # decisions drawn from a generator seeded by (seed, rank, step): reproducible after a resume, and
+        # every DDP rank draws its own
+        rank, _ = world()
+        gen = torch.Generator(device=src.device).manual_seed(self.seed * 1_000_003 + rank * 10_007 + self._steps)
+        x, mask = self._inputs(a, src)
+        with torch.no_grad():
+            keep, _ = self.g_net.sample(x, mask, generator=gen)
+        for group in a_opt.param_groups:  # the same warm-up and decay as D-Net's
             group["lr"] = self.lr * min(
                 (self._steps + 1) / self.warmup_steps, (self.warmup_steps / (self._steps + 1)) ** 0.5
             )
-        self._a_opt.zero_grad(set_to_none=True)
+        a_opt.zero_grad(set_to_none=True)
         F.cross_entropy(a(src, keep).float(), label).backward()
-        self._a_opt.step()
-        self._cache.append(({"src": src, "label": label}, keep, lp))
+        average_over_ranks([p.grad for p in a.parameters() if p.grad is not None])
+        a_opt.step()
+        self._cache.append(({"src": src, "label": label}, keep, (x, mask)))
         self._steps += 1
         if self._steps % self.every == 0:
             self.cycle(model)
 
     @torch.no_grad()
-    def _cached_loss(self, net: nn.Module, with_decisions: bool) -> float:
+    def _cached_loss(self, net: nn.Module, with_decisions: bool) -> Tensor:
         was = net.training
         net.eval()
         total = sum(
-            float(F.cross_entropy(net(b["src"], keep if with_decisions else None).float(), b["label"]))
+            F.cross_entropy(net(b["src"], keep if with_decisions else None).float(), b["label"], reduction="sum")
             for b, keep, _ in self._cache
         )
         net.train(was)
-        return total
+        return torch.as_tensor(total, dtype=torch.float64)
 
     def cycle(self, model: nn.Module) -> float:
-        """A vs D on the cached batches, the G-Net update, the cache cleared, D <- A. -> the reward."""
-        reward = 1.0 if self._cached_loss(self.a_net, True) < self._cached_loss(model, False) else -1.0
-        loss = reinforce_loss(torch.cat([lp for _, _, lp in self._cache]), reward, self.baseline.value)
-        assert self._g_opt is not None
-        self._g_opt.zero_grad(set_to_none=True)
+        """A vs D on the cached batches (of every rank), the G-Net update, the cache cleared, D <- A.
+        -> the reward."""
+        losses = torch.stack([self._cached_loss(self.a_net, True), self._cached_loss(model, False)])
+        if world()[1] > 1:
+            dist.all_reduce(losses)
+        reward = 1.0 if float(losses[0]) < float(losses[1]) else -1.0
+        self._check_ranks_agree()
+        log_probs = torch.cat([log_prob(self.g_net.keep_logits(x, m), keep) for _, keep, (x, m) in self._cache])
+        loss = reinforce_loss(log_probs, reward, self.baseline.value)
+        _, g_opt = self._optimizers(log_probs.device)
+        g_opt.zero_grad(set_to_none=True)
         loss.backward()
-        self._g_opt.step()
+        average_over_ranks([p.grad for p in self.g_net.parameters() if p.grad is not None])
+        g_opt.step()
         self.baseline.update(reward)
         self.rewards.append(reward)
         self._cache.clear()
@@ -206,15 +275,53 @@ class AttendOutPruner(Pruner):
         return reward
 
     @torch.no_grad()
+    def _check_ranks_agree(self) -> None:
+        """Under DDP: A-Net must be the same on every rank (D takes its weights); stop if it is not."""
+        _, n = world()
+        if n == 1:
+            return
+        total = torch.stack([p.double().sum() for p in self.a_net.parameters()]).sum().reshape(1)
+        sums = [torch.zeros_like(total) for _ in range(n)]
+        dist.all_gather(sums, total)
+        if any(not torch.equal(s, sums[0]) for s in sums):
+            raise RuntimeError(f"AttendOut: A-Net differs across DDP ranks at step {self._steps}: {sums}")
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "a_net": self.a_net.state_dict(),
+            "g_net": self.g_net.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self._opts.items()} or self._pending_opt_state,
+            "steps": self._steps,
+            "rewards": list(self.rewards),
+            "baseline": self.baseline.value,
+            "cache": [(b, keep, x, m) for b, keep, (x, m) in self._cache],
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.a_net.load_state_dict(state["a_net"])
+        self.g_net.load_state_dict(state["g_net"])
+        self._opts, self._pending_opt_state = {}, dict(state["optimizers"])  # applied on the batches' device
+        self._steps, self.rewards, self.baseline.value = state["steps"], list(state["rewards"]), state["baseline"]
+        self._cache = [(b, keep, (x, m)) for b, keep, x, m in state["cache"]]
+
+    @torch.no_grad()
     def on_round_end(self, model: nn.Module, round_idx: int) -> None:
         if round_idx != 0:
             return
-        probs, count = torch.zeros(len(model.enc)), 0  # type: ignore[arg-type]
+        dev = next(model.parameters()).device
+        self.g_net.to(dev)
+        probs, count = torch.zeros(len(model.enc), device=dev), torch.zeros((), device=dev)  # type: ignore[arg-type]
         for b in self._datamodule.val_dataloader():
-            x, mask = self._inputs(model, b["src"])
+            x, mask = self._inputs(model, b["src"].to(dev))
             probs += torch.sigmoid(self.g_net.keep_logits(x, mask)).sum(0)
             count += len(b["src"])
-        self.keep_probability.copy_(probs / max(count, 1))
+        if world()[1] > 1:  # each rank saw its shard of the validation set
+            dist.all_reduce(probs)
+            dist.all_reduce(count)
+        self.keep_probability.copy_(probs / count.clamp(min=1))
         drop = [f"enc.{i}.sa" for i, p in enumerate(self.keep_probability.tolist()) if p < self.threshold]
         log.info(
             "attendout: keep probabilities %s; pruning %s", [round(p, 3) for p in self.keep_probability.tolist()], drop

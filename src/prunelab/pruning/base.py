@@ -19,6 +19,8 @@ Masks are applied in place after the optimizer step (no forward hooks, no weight
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -96,6 +98,14 @@ class Pruner(nn.Module):
 
     def use_data(self, datamodule: object) -> None:
         """Called once before the first round; pruners that score with data (head importance) keep it."""
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """State that is not in the module's buffers (e.g. auxiliary networks' optimizers), saved in every
+        checkpoint as `pruner_state`; tensors and plain containers only (checkpoints load weights_only)."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Take back what checkpoint_state gave (called when a checkpoint is loaded)."""
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
         """Training steps of round `round_idx` (0: the round only evaluates the weights it starts from).

@@ -75,10 +75,17 @@ class PrunableTask(L.LightningModule):
         if bad:
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
             raise NonFiniteError(f"weights ({bad[0]}{more})", self.global_step)
+        extra = self.pruner.checkpoint_state()
+        if extra:
+            checkpoint["pruner_state"] = extra
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint saved after head or component removal has other shapes: remove the same parts first
         match_structure(self.model, checkpoint["state_dict"], "model.")
+        # the pruner's own state comes back when training resumes (or a finished round is loaded), not when
+        # a round's best checkpoint is evaluated: that must not rewind what the pruner has done since
+        if self._trainer is None or self._trainer.state.fn == "fit":
+            self.pruner.load_checkpoint_state(checkpoint.get("pruner_state", {}))
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Batches are flat dicts: move their tensors and leave the rest (reference strings) alone, instead
