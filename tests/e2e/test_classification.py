@@ -38,6 +38,16 @@ def test_mp_and_heads_on_the_classifier(tmp_path: Path) -> None:
     assert lv[1]["params"]["total"] < lv[0]["params"]["total"]
 
 
+def test_lottery_family_on_the_classifier(tmp_path: Path) -> None:
+    """SLT-MP (Brix et al.): a dense round, then a rewound round at the target sparsity, on the classifier."""
+    run = train(tmp_path / "slt", *CLS, "pruner=slt_mp", "sparsity=0.5")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lv = run.results["levels"]
+    assert [round(x["sparsity"], 2) for x in lv] == [0.0, 0.5]
+    assert run.results["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
+    assert all("test/acc" in x["metrics"] for x in lv)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
