@@ -51,6 +51,23 @@ def test_checkpoint_with_non_finite_weights_is_never_written(tiny_model: Transfo
     assert str(err.value).startswith(f"non-finite weights ({names[3]} and 1 more) at step 0: training diverged")
 
 
+def test_loss_check_names_the_first_bad_step_when_read_later(tiny_model: Transformer) -> None:
+    """With the host reading the device-side record only every 5 steps (as on a GPU, every 50), the error
+    still names the first non-finite step and its loss; a finite run never raises."""
+    task = PrunableTask(tiny_model, MagnitudePruner(sparsity=0.5))
+    task.finite_check_every = 5
+    for step in range(1, 7):
+        task.check_finite(torch.tensor(2.0), step)
+    task.check_finite(torch.tensor(float("inf")), 7)  # not read yet
+    task.check_finite(torch.tensor(float("nan")), 8)
+    task.check_finite(torch.tensor(1.0), 9)
+    with pytest.raises(NonFiniteError) as err:
+        task.check_finite(torch.tensor(1.0), 10)
+    assert str(err.value).startswith("non-finite loss (inf) at step 7: training diverged")
+    with pytest.raises(NonFiniteError, match="at step 7"):  # and before any checkpoint is written
+        task.on_save_checkpoint({"state_dict": {}})
+
+
 # --- safe loading -------------------------------------------------------------------------------------
 class Payload:
     """Unpickling this runs code: it creates the file named in `marker`."""

@@ -275,6 +275,8 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # PrunableTask moves batches itself (flat dicts; see transfer_batch_to_device), on purpose
+    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device` in `LightningModule`.*")
     out = Path(HydraConfig.get().runtime.output_dir)
     results = ResultsWriter(out / "results.json", config=resolved(cfg))
     results.update(choices=dict(HydraConfig.get().runtime.choices))  # e.g. {"pruner": "slt_mp", ...}

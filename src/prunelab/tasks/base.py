@@ -42,6 +42,7 @@ def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
 
 class PrunableTask(L.LightningModule):
     monitor = "val/score_at_target"  # the ModelCheckpoint metric (set by subclasses)
+    finite_check_every: int | None = None  # steps between host reads of the loss check; None: 1 on CPU, 50 on GPU
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class PrunableTask(L.LightningModule):
         self.train_tokens = 0
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite(None, self.global_step)  # a loss that went bad since the host last looked
         # never overwrite a good checkpoint (last.ckpt) with diverged weights: stop the run instead (only the
         # network's tensors: pruners keep NaN placeholders, e.g. for scores not computed yet)
         bad = [
@@ -112,7 +114,7 @@ class PrunableTask(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step, total = self.global_step, self.total_steps
-        self.check_finite(outputs["loss"] if isinstance(outputs, dict) else outputs, step)
+        self.check_finite(outputs["loss"] if isinstance(outputs, dict) else outputs, step, last=step >= total - 1)
         self.pruner.on_step_end(self.model, step, total)
         self.pruner.apply_masks()
         if step >= total:
@@ -120,15 +122,30 @@ class PrunableTask(L.LightningModule):
             # makes it validate (and checkpoint) the final weights too.
             self.trainer.should_stop = True
 
-    def check_finite(self, loss: torch.Tensor | None, step: int) -> None:
-        """Stop at the first non-finite training loss (one sync per step; all DDP ranks stop together)."""
-        if loss is None:
-            return
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            raise NonFiniteError(f"loss ({float(loss):g})", step)
+    def check_finite(self, loss: torch.Tensor | None, step: int, last: bool = False) -> None:
+        """Stop at the first non-finite training loss, naming its step. The first bad step and its loss are
+        recorded on the loss's device at every step; the host reads them every `finite_check_every` steps
+        (every step on CPU, where reading is free; every 50 on a GPU, so training never waits for the
+        device each step), at the round's last step and before any checkpoint is written. All DDP ranks
+        decide together."""
+        if loss is not None:
+            loss = loss.detach().float().reshape(())
+            if getattr(self, "_first_bad", None) is None or self._first_bad.device != loss.device:
+                self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+                self._bad_loss = torch.zeros((), device=loss.device)
+            newly = ~torch.isfinite(loss) & (self._first_bad < 0)
+            self._first_bad = torch.where(newly, torch.full_like(self._first_bad, step), self._first_bad)
+            self._bad_loss = torch.where(newly, loss, self._bad_loss)
+            every = self.finite_check_every or (1 if loss.device.type == "cpu" else 50)
+            if not last and step % every:
+                return
+        first = int(self._first_bad) if getattr(self, "_first_bad", None) is not None else -1
+        bad = first >= 0
+        if self._trainer is not None and self._trainer.world_size > 1:
+            bad = self._trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:  # a rank that saw no bad loss itself reports the step it stopped at
+            what = f"loss ({float(self._bad_loss):g})" if first >= 0 else "loss (on another process)"
+            raise NonFiniteError(what, first if first >= 0 else step)
 
     @property
     def total_steps(self) -> int:
