@@ -47,7 +47,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
         "memory": lambda: training.memory(default_steps=20 if q else 200),
         "heads": lambda: generation.heads(rounds=2 if q else 3),
         "analysis": lambda: [
-            *analysis.components(train_steps=200 if q else 600, reps=1 if q else 3),
+            *analysis.components(train_steps=200 if q else 1200, reps=1 if q else 3),
             *analysis.attendout(reps=3 if q else 5),
         ],
     }

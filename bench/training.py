@@ -4,11 +4,11 @@ Face MarianMT, model FLOPs utilisation against the measured matmul peak, and pea
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -237,15 +237,29 @@ def mfu(model_name: str, max_tokens: int, steps: int) -> list[Figure]:
 
 
 # --- memory --------------------------------------------------------------------------------------------
+# the child reports its own peak: VmHWM of the memory map exec gave it (getrusage's ru_maxrss would also count
+# the pages of this process it was forked from, which are large after the MFU section)
+PEAK_REPORTER = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def report():
+    hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+    open(out, "w").write(hwm.split()[1])
+atexit.register(report)
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
 def peak_rss_mib(*overrides: str) -> float:
-    """Peak resident memory of `python train.py OVERRIDES` in a fresh process (its own rusage)."""
+    """Peak resident memory of `python train.py OVERRIDES` in a fresh process."""
     with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "train.py", *overrides, "logger=none", f"hydra.run.dir={d}"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-    return usage.ru_maxrss / 1024  # KiB on Linux
+        peak = Path(d) / "peak_kib"
+        cmd = [sys.executable, "-c", PEAK_REPORTER, str(peak), *overrides, "logger=none", f"hydra.run.dir={d}/run"]
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not peak.exists():
+            raise RuntimeError(f"train.py {' '.join(overrides)} failed: {proc.stderr[-2000:]}")
+        return int(peak.read_text()) / 1024
 
 
 def memory(default_steps: int) -> list[Figure]:
