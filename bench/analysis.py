@@ -26,7 +26,7 @@ def trained_run(steps: int) -> Path:
     return run
 
 
-def components(train_steps: int, reps: int) -> list[Figure]:
+def components(train_steps: int, reps: int, warmup: int = 1) -> list[Figure]:
     """The contribution analysis of every component (one ablation_bleu call) vs (N+1) full decodes of the
     validation set (the unit the component issue states its cost in), at the run's validation beam."""
     from prunelab.cli.components import decode_settings
@@ -50,7 +50,7 @@ def components(train_steps: int, reps: int) -> list[Figure]:
                 corpus_bleu(model, batches, tok, settings.beam_size, settings)
 
     full = seconds(lambda: corpus_bleu(model, batches, tok, settings.beam_size, settings))
-    r = interleave({"full": full, "analysis": seconds(analysis), "separate": seconds(separate)}, reps, warmup=0)
+    r = interleave({"full": full, "analysis": seconds(analysis), "separate": seconds(separate)}, reps, warmup)
     unit = [(len(names) + 1) * t for t in r["full"]]
     note = (
         f"{len(names)} components, beam {settings.beam_size}, {len(dm.examples['valid'])} validation sentences, "

@@ -43,11 +43,11 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             *generation.hf_generation(nmt, steps=50, reps=2 if q else 3, batch=16 if paper else 64),
         ],
         "decoding": lambda: generation.kv_cache(steps=50 if q else 60, reps=3 if q else 5),
-        "mfu": lambda: training.mfu("transformer_big" if paper else "transformer_base", 4096, steps=2 if q else 4),
-        "memory": lambda: training.memory(default_steps=20 if q else 200),
+        "mfu": lambda: training.mfu("transformer_big" if paper else "transformer_base", 4096, steps=1 if q else 4),
+        "memory": lambda: training.memory(default_steps=20 if q else 200, base_steps=2 if q else 3),
         "heads": lambda: generation.heads(rounds=2 if q else 3),
         "analysis": lambda: [
-            *analysis.components(train_steps=200 if q else 1200, reps=1 if q else 3),
+            *analysis.components(train_steps=100 if q else 1200, reps=1 if q else 3, warmup=0 if q else 1),
             *analysis.attendout(reps=3 if q else 5),
         ],
     }

@@ -262,13 +262,13 @@ def peak_rss_mib(*overrides: str) -> float:
         return int(peak.read_text()) / 1024
 
 
-def memory(default_steps: int) -> list[Figure]:
+def memory(default_steps: int, base_steps: int = 3) -> list[Figure]:
     small_eval = ["data.valid_size=16", "data.test_size=16", "task.beam_size=1"]
     base = peak_rss_mib(
         "model=transformer_base",
         "data.max_tokens=4096",
-        "trainer.max_steps=3",
-        "trainer.val_check_interval=3",
+        f"trainer.max_steps={base_steps}",
+        f"trainer.val_check_interval={base_steps}",
         *small_eval,
     )
     default = peak_rss_mib(f"trainer.max_steps={default_steps}", f"trainer.val_check_interval={default_steps}")
@@ -285,6 +285,6 @@ def memory(default_steps: int) -> list[Figure]:
             "peak RSS, transformer_base training",
             base,
             unit="MiB",
-            note="4096 tokens/batch, 3 steps, Adam; evaluation on 16 sentences",
+            note=f"4096 tokens/batch, {base_steps} steps, Adam; evaluation on 16 sentences",
         ),
     ]
