@@ -148,3 +148,59 @@ def test_sentences_leaving_the_batch_early_do_not_change_any_result(tiny_model: 
     alone = [beam_search(tiny_model, src[i : i + 1], 1, 2, beam, 0.6, 1.0, 2)[0] for i in range(6)]
     assert together == alone
     assert len({len(h) for h in together}) > 2  # the sentences did end at different steps
+
+
+class MarkovDecoder:
+    """A stand-in decoder whose next-token logits depend on the last token and the sentence (peaked, with
+    EOS reachable from some tokens), so that beams end at different steps with very different scores."""
+
+    def __init__(self, vocab: int = 12, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.table = 4.0 * torch.randn(vocab, vocab, generator=g)
+        self.cfg = type("Cfg", (), {"pad_id": 0})()
+
+    def new_cache(self) -> dict:
+        return {}
+
+    def reorder_cache(self, cache: dict, rows: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
+        pass
+
+    def decode_step(self, token, mem, mem_mask, cache, step) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        k = token.size(0) // mem.size(0)
+        logits = self.table[token] + mem[:, 0, : self.table.size(1)].repeat_interleave(k, 0)
+        logits[:, 0] = float("-inf")  # never pad, never BOS
+        logits[:, 1] = float("-inf")
+        return logits
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
+def test_settled_sentences_stop_early_with_the_result_of_a_full_search(
+    alpha: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sentence whose best finished hypothesis can no longer be displaced or beaten stops before all its
+    beams end; every result equals that of the search run until every beam has ended."""
+    import prunelab.models.decoding as decoding
+    from prunelab.models.decoding import beam_search_memory
+
+    model = MarkovDecoder()
+    mem = 2.0 * torch.randn(32, 1, 12, generator=torch.Generator().manual_seed(1))
+    limits = torch.full((32,), 15)
+    calls: list[int] = []
+    real = decoding.settled
+
+    def counted(*args: torch.Tensor | float) -> torch.Tensor:
+        out = real(*args)  # type: ignore[arg-type]
+        all_ended = args[2].view(out.size(0), -1).all(1)  # type: ignore[union-attr]
+        calls.append(int((out & ~all_ended).sum()))  # settled while some beam was still open
+        return out
+
+    def search() -> list[list[int]]:
+        return beam_search_memory(model, mem, torch.ones(32, 1), limits, 1, 2, 4, alpha)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decoding, "settled", counted)
+    early = search()
+    assert sum(calls) > 0, "some sentence must settle before all its beams end"
+    monkeypatch.setattr(decoding, "settled", lambda scores, *a: torch.zeros(scores.size(0), dtype=torch.bool))
+    full = search()
+    assert early == full
+    assert len({len(h) for h in full}) > 2  # sentences of different lengths

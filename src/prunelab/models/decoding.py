@@ -51,6 +51,20 @@ def length_penalty(length: Tensor, alpha: float) -> Tensor:
     return ((5.0 + length) / 6.0) ** alpha
 
 
+def settled(scores: Tensor, lengths: Tensor, done: Tensor, limits: Tensor, alpha: float) -> Tensor:
+    """Sentences whose result can no longer change, (b,), although some beams are still open: no open beam
+    can end with a better normalised score than the best finished hypothesis f, since scores only fall and
+    the best an open beam can reach is its score now over the length penalty of the longest length it may
+    reach. (For alpha >= 0 that also puts every open score below f's raw score, so no continuation can
+    push f out of the top K: f stays in the beam and wins.)"""
+    b, K = scores.shape
+    flat = scores.reshape(-1)
+    norm = torch.where(done, flat / length_penalty(lengths, alpha), float("-inf")).view(b, K)
+    best_norm = norm.max(1).values
+    open_best = torch.where(done, float("-inf"), flat / length_penalty(limits.float(), alpha)).view(b, K).max(1).values
+    return (best_norm > float("-inf")) & (open_best < best_norm)
+
+
 @torch.no_grad()
 def beam_search(
     model: Transformer,
@@ -138,7 +152,7 @@ def beam_search_memory(
             lengths = lengths.index_select(0, rows) + (~was_done).float()
             done = was_done | (token == eos_id)
             model.reorder_cache(cache, rows)
-            ended = done.view(b, K).all(1)  # (b,)
+            ended = done.view(b, K).all(1) | settled(scores, lengths, done, limits, alpha)  # (b,)
             if bool(ended.any()):
                 finish(ended.nonzero().squeeze(1))
                 keep = (~ended).nonzero().squeeze(1)
