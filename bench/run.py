@@ -37,7 +37,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
     q = quick
     nmt = "transformer_base" if paper else "transformer_tiny"
     return {
-        "training": lambda: training.framework_and_masks(steps=20 if q else 40, reps=3 if q else 5),
+        "training": lambda: training.framework_and_masks(steps=20 if q else 60, reps=3 if q else 7),
         "hf": lambda: [
             *training.hf_training(nmt, steps=12 if q else 30, reps=2 if q else 5),
             *generation.hf_generation(nmt, steps=50, reps=2 if q else 3, batch=16 if paper else 64),
