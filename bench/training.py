@@ -127,7 +127,7 @@ def marian_like(model: Any, bos: int, eos: int) -> Any:
         activation_function="relu",
         dropout=c.dropout,
         attention_dropout=0.0,
-        activation_dropout=0.0,
+        activation_dropout=c.dropout,  # prunelab drops out the FF activation too (as tensor2tensor does)
         max_position_embeddings=c.max_len,
         pad_token_id=c.pad_id,
         decoder_start_token_id=bos,
