@@ -36,9 +36,9 @@ class StepClock(L.Callback):
         self.end = time.perf_counter()
 
 
-def trainer_tokens_per_s(task: L.LightningModule, cfg: Any, batches: list[Batch], skip: int) -> float:
-    """Target tokens/s of trainer.fit over `batches` with the run's Trainer settings (gradient clipping,
-    logging every log_every_n_steps), validation and checkpoints off, the first `skip` steps untimed."""
+def timed_fit(task: L.LightningModule, cfg: Any, batches: list[Batch]) -> StepClock:
+    """trainer.fit over exactly `batches` with the run's Trainer settings (gradient clipping, logging every
+    log_every_n_steps), validation, checkpoints and the progress bar off; -> the step times."""
     clock = StepClock()
     kwargs = {**dict(cfg.trainer), **dict(cfg.hardware), **TRAINER_FIXED}
     kwargs.update(max_steps=len(batches), val_check_interval=None, enable_progress_bar=False)
@@ -51,6 +51,12 @@ def trainer_tokens_per_s(task: L.LightningModule, cfg: Any, batches: list[Batch]
         callbacks=[clock],
     )
     trainer.fit(task, train_dataloaders=replay(batches))
+    return clock
+
+
+def trainer_tokens_per_s(task: L.LightningModule, cfg: Any, batches: list[Batch], skip: int) -> float:
+    """Target tokens/s of `timed_fit` over `batches`, the first `skip` steps untimed."""
+    clock = timed_fit(task, cfg, batches)
     pad = task.model.cfg.pad_id
     return sum(target_tokens(b, pad) for b in batches[skip:]) / (clock.end - clock.starts[skip])
 
@@ -210,18 +216,7 @@ def mfu(model_name: str, max_tokens: int, steps: int) -> list[Figure]:
         padded += b["src"].numel() + b["tgt_in"].numel()
     task.zero_grad(set_to_none=True)
     peak_before = matmul_peak()
-    clock = StepClock()
-    kwargs = {**dict(cfg.trainer), **dict(cfg.hardware), **TRAINER_FIXED}
-    kwargs.update(max_steps=len(batches), val_check_interval=None, enable_progress_bar=False)
-    trainer = L.Trainer(
-        **kwargs,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-    )
-    trainer.fit(task, train_dataloaders=replay(batches))
+    clock = timed_fit(task, cfg, batches)
     elapsed = clock.end - clock.starts[1]
     peak = max(peak_before, matmul_peak())
     achieved = flops * (real / padded) / elapsed

@@ -55,7 +55,7 @@ def test_components_analysis(dense: Run) -> None:
     assert top in (0.0, pytest.approx(1.0))  # normalised by the largest clipped drop
     alpha = rep["criticality"]["alpha"]
     assert set(alpha) == set(rep["contribution"]) and all(0.0 <= a <= 1.0 for a in alpha.values())
-    assert rep["cost"]["contribution_passes"] >= 1 and isinstance(rep["cost"]["full_decode_seconds"], float)
+    assert {"contribution_seconds", "contribution_passes", "full_decode_seconds"} <= set(rep["cost"])  # cost stated
     curve = rep["group_ablation"]["by contribution"]
     assert [p["zeroed"] for p in curve] == list(range(9))
     for name in ("drops.csv", "group_ablation.csv", "heatmaps.png", "group_ablation.png"):

@@ -30,10 +30,10 @@ import math
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunelab.distributed import average_over_ranks, rows_differing_across_ranks, sum_over_ranks, world
 from prunelab.errors import UserError
 from prunelab.models.addressing import component
 from prunelab.models.surgery import make_uniform
@@ -100,27 +100,6 @@ class RewardBaseline:
     def update(self, reward: float) -> float:
         self.value = self.beta * self.value + (1 - self.beta) * reward
         return self.value
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the DDP process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def average_over_ranks(tensors: list[Tensor]) -> None:
-    """In place: every tensor becomes its mean over the DDP ranks (one all-reduce of a flat copy)."""
-    _, n = world()
-    if n == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= n
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
 
 
 class AttendOutPruner(Pruner):
@@ -255,8 +234,7 @@ class AttendOutPruner(Pruner):
         """A vs D on the cached batches (of every rank), the G-Net update, the cache cleared, D <- A.
         -> the reward."""
         losses = torch.stack([self._cached_loss(self.a_net, True), self._cached_loss(model, False)])
-        if world()[1] > 1:
-            dist.all_reduce(losses)
+        sum_over_ranks(losses)
         reward = 1.0 if float(losses[0]) < float(losses[1]) else -1.0
         self._check_ranks_agree()
         log_probs = torch.cat([log_prob(self.g_net.keep_logits(x, m), keep) for _, keep, (x, m) in self._cache])
@@ -277,14 +255,9 @@ class AttendOutPruner(Pruner):
     @torch.no_grad()
     def _check_ranks_agree(self) -> None:
         """Under DDP: A-Net must be the same on every rank (D takes its weights); stop if it is not."""
-        _, n = world()
-        if n == 1:
-            return
         total = torch.stack([p.double().sum() for p in self.a_net.parameters()]).sum().reshape(1)
-        sums = [torch.zeros_like(total) for _ in range(n)]
-        dist.all_gather(sums, total)
-        if any(not torch.equal(s, sums[0]) for s in sums):
-            raise RuntimeError(f"AttendOut: A-Net differs across DDP ranks at step {self._steps}: {sums}")
+        if rows_differing_across_ranks(total):
+            raise RuntimeError(f"AttendOut: A-Net differs across DDP ranks at step {self._steps}")
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -318,9 +291,7 @@ class AttendOutPruner(Pruner):
             x, mask = self._inputs(model, b["src"].to(dev))
             probs += torch.sigmoid(self.g_net.keep_logits(x, mask)).sum(0)
             count += len(b["src"])
-        if world()[1] > 1:  # each rank saw its shard of the validation set
-            dist.all_reduce(probs)
-            dist.all_reduce(count)
+        sum_over_ranks(probs, count)  # each rank saw its shard of the validation set
         self.keep_probability.copy_(probs / count.clamp(min=1))
         drop = [f"enc.{i}.sa" for i, p in enumerate(self.keep_probability.tolist()) if p < self.threshold]
         log.info(

@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from prunelab.distributed import rows_differing_across_ranks
 from prunelab.errors import UserError
 from prunelab.pruning.masks import csc_bytes, magnitude_masks, prunable_weights
 
@@ -48,12 +48,10 @@ def check_ranks_agree(masks: dict[str, Tensor], sparsity: float) -> bool:
     """Under DDP, every rank must hold the same masks after a pruning step (a mask computed from rank-local
     data or weights would silently train different models). One all-gather of a few numbers per pruning step,
     so it always runs; a disagreement stops the run. False when there is nothing to compare (one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    rows = rows_differing_across_ranks(mask_checksums(masks))
+    if rows is None:
         return False
-    mine = mask_checksums(masks)
-    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, mine)
-    differ = [name for i, name in enumerate(masks) if any(not torch.equal(g[i], gathered[0][i]) for g in gathered[1:])]
+    differ = [name for i, name in enumerate(masks) if i in rows]
     if differ:
         raise RuntimeError(
             f"DDP ranks hold different masks after pruning to sparsity {sparsity:.4f}: {', '.join(differ[:3])}"

@@ -25,9 +25,9 @@ import logging
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
 from prunelab.importance.components import (
     DecodeSettings,
@@ -115,11 +115,7 @@ class ComponentPruner(Pruner):
     def on_round_end(self, model: nn.Module, round_idx: int) -> None:
         if round_idx != 0:
             return
-        chosen = self.choose(model)
-        if dist.is_available() and dist.is_initialized():  # every rank acts on rank 0's choice
-            box = [chosen]
-            dist.broadcast_object_list(box, src=0)
-            chosen = box[0]
+        chosen = from_rank_zero(self.choose(model))  # every rank acts on rank 0's choice
         for n in chosen:
             self.chosen_mask[self._names.index(n)] = True
         if self.mode == "rewind":

@@ -17,9 +17,9 @@ import math
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
 from prunelab.importance.ablation import ATTENTION_TYPES, order_by_score, scores_by_head
 from prunelab.importance.heads import head_importance
@@ -83,11 +83,7 @@ class HeadPruner(Pruner):
     def on_round_end(self, model: nn.Module, round_idx: int) -> None:
         if round_idx != 0:
             return
-        chosen = self.choose(model)
-        if dist.is_available() and dist.is_initialized():  # every rank removes rank 0's choice
-            box = [chosen]
-            dist.broadcast_object_list(box, src=0)
-            chosen = box[0]
+        chosen = from_rank_zero(self.choose(model))  # every rank removes rank 0's choice
         self.remove(model, chosen)
 
     # --- the method ---------------------------------------------------------------------------------

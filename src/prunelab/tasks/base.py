@@ -12,8 +12,8 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 
+from prunelab.distributed import gather_objects
 from prunelab.errors import NonFiniteError, UserError
 from prunelab.models.surgery import match_structure
 from prunelab.pruning.base import Pruner
@@ -22,11 +22,7 @@ from prunelab.pruning.base import Pruner
 def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
     """This eval epoch's (index, ...) records from every DDP rank, one per index, in index order (DDP pads
     shards by repeating examples, so an index may come twice)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered: list[list[tuple]] = [[] for _ in range(dist.get_world_size())]
-        dist.all_gather_object(gathered, outputs)
-        outputs = [o for part in gathered for o in part]
-    by_idx = {o[0]: o for o in outputs}
+    by_idx = {o[0]: o for part in gather_objects(outputs) for o in part}
     return [by_idx[i] for i in sorted(by_idx)]
 
 
@@ -64,6 +60,9 @@ class PrunableTask(L.LightningModule):
         self.pruner.attach(self.model)
         self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
         self.train_tokens = 0
+        # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
+        self._first_bad: torch.Tensor | None = None
+        self._bad_loss: torch.Tensor | None = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_finite(None, self.global_step)  # a loss that went bad since the host last looked
@@ -130,7 +129,7 @@ class PrunableTask(L.LightningModule):
         decide together."""
         if loss is not None:
             loss = loss.detach().float().reshape(())
-            if getattr(self, "_first_bad", None) is None or self._first_bad.device != loss.device:
+            if self._first_bad is None or self._first_bad.device != loss.device:
                 self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
                 self._bad_loss = torch.zeros((), device=loss.device)
             newly = ~torch.isfinite(loss) & (self._first_bad < 0)
@@ -139,7 +138,7 @@ class PrunableTask(L.LightningModule):
             every = self.finite_check_every or (1 if loss.device.type == "cpu" else 50)
             if not last and step % every:
                 return
-        first = int(self._first_bad) if getattr(self, "_first_bad", None) is not None else -1
+        first = int(self._first_bad) if self._first_bad is not None else -1
         bad = first >= 0
         if self._trainer is not None and self._trainer.world_size > 1:
             bad = self._trainer.strategy.reduce_boolean_decision(bad, all=False)
