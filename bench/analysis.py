@@ -30,12 +30,13 @@ def components(train_steps: int, reps: int, warmup: int = 1) -> list[Figure]:
     """The contribution analysis of every component (one ablation_bleu call) vs (N+1) full decodes of the
     validation set (the unit the component issue states its cost in), at the run's validation beam."""
     from prunelab.cli.components import decode_settings
-    from prunelab.cli.heads import load_run
     from prunelab.importance.ablation import corpus_bleu
     from prunelab.importance.components import ablation_bleu, components_off
     from prunelab.models.addressing import component_names
+    from prunelab.training import load_run
 
-    res, dm, model = load_run(trained_run(train_steps))
+    run = load_run(trained_run(train_steps), data=True)
+    res, dm, model = run.results, run.datamodule, run.model
     tok, batches = dm.tokenizer, list(dm.val_dataloader())
     settings = decode_settings(res["config"], None)
     names = component_names(model)

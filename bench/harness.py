@@ -93,13 +93,11 @@ def build_run(cfg: Any, pruner: Any = None) -> tuple[Any, Any]:
     """(datamodule, LightningModule) exactly as train.py builds them for `cfg`."""
     from hydra.utils import instantiate
 
-    from prunelab.cli.train import build_model, build_task
+    from prunelab.training.build import build_data, build_model, build_task, model_args
 
     torch.manual_seed(cfg.seed)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    model = build_model(cfg, dm)
+    dm = build_data(cfg)
+    model = build_model(cfg.model, model_args(dm))
     return dm, build_task(cfg, dm, model, pruner if pruner is not None else instantiate(cfg.pruner))
 
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from harness import ROOT, Figure, build_run, compose, first_batches, interleave, paired, replay, spread, target_tokens
 
-from prunelab.cli.train import TRAINER_FIXED
 from prunelab.pruning import MagnitudePruner, NoPruner
+from prunelab.training.build import trainer_kwargs
 
 Batch = dict[str, Any]
 
@@ -40,16 +40,15 @@ def timed_fit(task: L.LightningModule, cfg: Any, batches: list[Batch]) -> StepCl
     """trainer.fit over exactly `batches` with the run's Trainer settings (gradient clipping, logging every
     log_every_n_steps), validation, checkpoints and the progress bar off; -> the step times."""
     clock = StepClock()
-    kwargs = {**dict(cfg.trainer), **dict(cfg.hardware), **TRAINER_FIXED}
-    kwargs.update(max_steps=len(batches), val_check_interval=None, enable_progress_bar=False)
-    trainer = L.Trainer(
-        **kwargs,
+    kwargs = trainer_kwargs(cfg)
+    kwargs.update(
+        max_steps=len(batches),
+        val_check_interval=None,
+        enable_progress_bar=False,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[clock],
     )
+    trainer = L.Trainer(**kwargs, logger=False, enable_checkpointing=False, callbacks=[clock])
     trainer.fit(task, train_dataloaders=replay(batches))
     return clock
 
@@ -90,7 +89,7 @@ def framework_and_masks(steps: int, reps: int) -> list[Figure]:
     masked = copy.deepcopy(task)
     masked.pruner = masked_pruner
     masked_pruner.attach(masked.model)
-    masked_pruner.prune_by_magnitude(0.9)  # the mask a finished MP schedule leaves: every step applies it
+    masked_pruner.prune_to(masked.model, 0.9)  # the mask a finished MP schedule leaves: every step applies it
     skip = max(2, steps // 10)
     r = interleave(
         {

@@ -52,6 +52,37 @@ def train(
     return Run(proc.returncode, proc.stdout, proc.stderr, run_dir)
 
 
+def read_hypotheses(run_dir: Path) -> list[str]:
+    """The run's test.hyp.txt, one line per test sentence (an empty translation is an empty line)."""
+    text = (run_dir / "test.hyp.txt").read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    return text[:-1].split("\n")
+
+
+def read_test_split(results: dict) -> tuple[list[str], list[str]]:
+    """(inputs, references or gold labels) of the test split, read again independently of the run: the data
+    module its results.json recorded, rebuilt here, and its raw test text."""
+    from hydra.utils import instantiate
+
+    return instantiate(results["config"]["data"]).read_split("test")
+
+
+def check_scores_from_files(run: Run) -> None:
+    """results.json's test scores, recomputed from what the run wrote (test.hyp.txt) and the references:
+    sacrebleu BLEU and TER for translation, accuracy for classification."""
+    import sacrebleu
+
+    res, hyps = run.results, read_hypotheses(run.dir)
+    _, refs = read_test_split(res)
+    assert len(hyps) == len(refs)
+    if "test/acc" in res["metrics"]:
+        acc = sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(refs)
+        assert res["metrics"]["test/acc"] == pytest.approx(acc, abs=1e-6)
+    else:
+        assert res["metrics"]["test/bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-4)
+        assert res["metrics"]["test/ter"] == pytest.approx(sacrebleu.corpus_ter(hyps, [refs]).score, abs=1e-4)
+
+
 @pytest.fixture
 def smoke() -> list[str]:
     """A seconds-long configuration that still trains, validates, tests and writes results."""

@@ -33,7 +33,18 @@ def test_importance_over_training_writes_heatmaps(dense: Run) -> None:
         f"dec.{i}.{k}" for i in range(2) for k in ("sa", "ea", "ff")
     }
     assert len(rows) == 8 * len(pngs)  # one score per component per heatmap
-    assert all(0.0 <= float(r["contribution"]) <= 1.0 for r in rows)
+    for epoch in {r["epoch"] for r in rows}:  # Eq. 1 from the drops: min(max(d, 0), T) / T, T the largest clipped
+        pairs = [(float(r["drop"]), float(r["contribution"])) for r in rows if r["epoch"] == epoch]
+        assert all(c == 0.0 for d, c in pairs if d <= 0) and all(c > 0.0 for d, c in pairs if d > 0)
+        if all(d <= 0 for d, _ in pairs):
+            continue
+        ones = [d for d, c in pairs if c == pytest.approx(1.0)]
+        partial = [(d, c) for d, c in pairs if 0.0 < c < 1.0 and c != pytest.approx(1.0)]
+        assert ones and len(ones) + len(partial) == sum(d > 0 for d, _ in pairs)
+        if partial:  # below the clip the score is proportional to the drop, with one constant T for all
+            top = partial[0][0] / partial[0][1]
+            assert all(d / c == pytest.approx(top, rel=1e-5) for d, c in partial)
+            assert all(d >= top * (1 - 1e-5) for d in ones) and all(d < top for d, _ in partial)
 
 
 def test_components_analysis(dense: Run) -> None:

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from prunelab.cli.train import TRAINER_FIXED
+from prunelab.config import TRAINER_FIXED
 from prunelab.data.synthetic import SyntheticTranslationDataModule
 from prunelab.models import build_transformer
 from prunelab.pruning import MagnitudePruner, NoPruner, Pruner

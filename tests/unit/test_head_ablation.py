@@ -94,11 +94,20 @@ def test_names_follow_original_numbers_after_removal(tiny_model: Transformer) ->
 
 
 def test_corpus_bleu_scores_real_decodes(tiny_model: Transformer, batch: dict) -> None:
+    import sacrebleu
+
     from prunelab.data.tokenizer import WordTokenizer
+    from prunelab.models.decoding import greedy_decode
 
     tok = WordTokenizer([f"w{i}" for i in range(46)])
-    b = {**batch, "ref": ["w1 w2 w3"] * 3}
-    assert 0.0 <= corpus_bleu(tiny_model, [b], tok) <= 100.0
+    # independently: greedy decoding (what beam 1 is), detokenized, scored by sacrebleu itself; one reference
+    # is the model's own translation, so the score is neither 0 nor 100
+    hyps = [tok.decode(h) for h in greedy_decode(tiny_model, batch["src"], tok.bos_id, tok.eos_id)]
+    refs = [hyps[0], "w1 w2 w3", " ".join([*hyps[2].split()[:2], "w1", "w2"])]
+    expected = sacrebleu.corpus_bleu(hyps, [refs]).score
+    assert 0.0 < expected < 100.0
+    b = {**batch, "ref": refs}
+    assert corpus_bleu(tiny_model, [b], tok) == pytest.approx(expected, abs=1e-9)
 
 
 def test_iterative_pruning_scores_each_count_once(tiny_model: Transformer) -> None:

@@ -153,7 +153,7 @@ def test_slt_mp_starts_mp_at_60_with_the_slt_mask(tiny_model: Transformer) -> No
     for name, w in prunable_weights(tiny_model).items():
         keep = slt_mask[name].bool()
         assert torch.equal(w[keep], seen["theta_t_2"][name][keep]), name  # from θ_t, SLT mask applied
-    start, end = pruner.mp_window(STEPS)
+    start, end = pruner.schedule.window(STEPS)
     pruner.on_step_end(tiny_model, start, STEPS)
     assert pruner.report(tiny_model)["sparsity"]["overall"] == pytest.approx(0.6, abs=1e-3)  # s_0 = 0.6
     for name in slt_mask:

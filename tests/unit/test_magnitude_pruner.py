@@ -25,5 +25,5 @@ def test_gradual_pruning_follows_the_schedule(tiny_model: Transformer) -> None:
 
 def test_explicit_steps_override_fractions() -> None:
     p = MagnitudePruner(sparsity=0.5, start_step=5, end_step=50)
-    assert p.window(1000) == (5, 50)
-    assert p.window(30) == (5, 30)  # never past the last step
+    assert p.schedule.window(1000) == (5, 50)
+    assert p.schedule.window(30) == (5, 30)  # never past the last step

@@ -24,7 +24,7 @@ def test_exact_per_matrix_sparsity(tiny_model: Transformer, sparsity: float) -> 
     original = {n: w.detach().clone() for n, w in prunable_weights(tiny_model).items()}
     pruner = MagnitudePruner(sparsity=sparsity)
     pruner.attach(tiny_model)
-    pruner.prune_by_magnitude(sparsity)
+    pruner.prune_to(tiny_model, sparsity)
     for name, w in prunable_weights(tiny_model).items():
         mask = pruner.masks[name].bool()
         assert int((~mask).sum()) == round(sparsity * w.numel()), name  # exactly k masked per matrix
@@ -58,7 +58,7 @@ def test_masks_only_shrink(tiny_model: Transformer) -> None:
         with torch.no_grad():
             for w in prunable_weights(tiny_model).values():
                 w.add_(torch.randn_like(w))
-        pruner.prune_by_magnitude(s)
+        pruner.prune_to(tiny_model, s)
         for n, m in pruner.masks.items():
             assert bool((m <= previous[n]).all()), n
             previous[n] = m.clone()
@@ -72,7 +72,7 @@ def test_biases_and_norms_untouched(tiny_model: Transformer) -> None:
     before = {n: p.clone() for n, p in tiny_model.named_parameters() if p.dim() == 1}
     pruner = MagnitudePruner(sparsity=0.9)
     pruner.attach(tiny_model)
-    pruner.prune_by_magnitude(0.9)
+    pruner.prune_to(tiny_model, 0.9)
     for n, p in tiny_model.named_parameters():
         if p.dim() == 1:
             assert torch.equal(p, before[n]), n
@@ -82,7 +82,7 @@ def test_biases_and_norms_untouched(tiny_model: Transformer) -> None:
 def test_gradients_of_masked_weights_are_zeroed(tiny_model: Transformer, batch: dict) -> None:
     pruner = MagnitudePruner(sparsity=0.5)
     pruner.attach(tiny_model)
-    pruner.prune_by_magnitude(0.5)
+    pruner.prune_to(tiny_model, 0.5)
     tiny_model(batch["src"], batch["tgt_in"]).sum().backward()
     pruner.mask_gradients()
     for name, w in prunable_weights(tiny_model).items():
@@ -92,7 +92,7 @@ def test_gradients_of_masked_weights_are_zeroed(tiny_model: Transformer, batch: 
 def test_masks_survive_state_dict_round_trip(tiny_model: Transformer, tmp_path) -> None:
     pruner = MagnitudePruner(sparsity=0.7)
     pruner.attach(tiny_model)
-    pruner.prune_by_magnitude(0.7)
+    pruner.prune_to(tiny_model, 0.7)
     holder = nn.ModuleDict({"model": tiny_model, "pruner": pruner})
     torch.save(holder.state_dict(), tmp_path / "ckpt.pt")
 
@@ -110,7 +110,7 @@ def test_masks_survive_state_dict_round_trip(tiny_model: Transformer, tmp_path) 
 def test_report_counts(tiny_model: Transformer) -> None:
     pruner = MagnitudePruner(sparsity=0.5)
     pruner.attach(tiny_model)
-    pruner.prune_by_magnitude(0.5)
+    pruner.prune_to(tiny_model, 0.5)
     rep = pruner.report(tiny_model)
     weights = prunable_weights(tiny_model)
     prunable = sum(w.numel() for w in weights.values())

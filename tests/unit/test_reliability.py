@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab.cli.results import read_state
-from prunelab.cli.train import build_trainer, load_trained_weights, validate, wandb_online_problem
 from prunelab.errors import NonFiniteError, UserError
 from prunelab.models import Transformer
 from prunelab.pruning import MagnitudePruner
 from prunelab.tasks.base import PrunableTask
+from prunelab.training.build import build_trainer, validate, wandb_online_problem
+from prunelab.training.io import read_state
+from prunelab.training.load import load_trained_weights
 from tests.integration.test_configs import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,10 +157,10 @@ def test_deterministic_reaches_the_trainer(tmp_path: Path) -> None:
     before = torch.are_deterministic_algorithms_enabled()
     try:
         cfg = compose_cfg(tmp_path, ["experiment=smoke", "deterministic=true"])
-        build_trainer(cfg, tmp_path / "checkpoints" / "round_0", logger=False)
+        build_trainer(cfg, tmp_path / "checkpoints" / "round_0", False, 20, "val/bleu_at_target")
         assert torch.are_deterministic_algorithms_enabled()
         cfg = compose_cfg(tmp_path, ["experiment=smoke"])
-        build_trainer(cfg, tmp_path / "checkpoints" / "round_0", logger=False)
+        build_trainer(cfg, tmp_path / "checkpoints" / "round_0", False, 20, "val/bleu_at_target")
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before)

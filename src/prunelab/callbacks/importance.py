@@ -13,6 +13,7 @@ import lightning as L
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps
 from prunelab.importance.components import DecodeSettings, ablation_bleu, contribution_scores
+from prunelab.loggers import wandb_run
 
 log = logging.getLogger("prunelab")
 
@@ -43,7 +44,8 @@ class ComponentImportanceTracker(L.Callback):
         write_csv(self.out_dir / "contribution.csv", ["epoch", "step", "component", "drop", "contribution"], self.rows)
         log.info("importance at epoch %d: %s", epoch, png)
         for lg in trainer.loggers:
-            if type(lg).__name__ == "WandbLogger":
+            run = wandb_run(lg)
+            if run is not None:
                 import wandb
 
-                lg.experiment.log({"importance/contribution": wandb.Image(str(png)), "trainer/global_step": step})
+                run.log({"importance/contribution": wandb.Image(str(png)), "trainer/global_step": step})

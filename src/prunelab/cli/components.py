@@ -20,8 +20,7 @@ from typing import Any
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps, plot_fraction_curves
-from prunelab.cli.heads import load_run, log_analysis_to_wandb
-from prunelab.cli.results import read_state, write_json
+from prunelab.cli.heads import log_analysis_to_wandb
 from prunelab.errors import UserError
 from prunelab.importance.ablation import accuracy, corpus_bleu
 from prunelab.importance.components import (
@@ -35,6 +34,8 @@ from prunelab.importance.components import (
     order_by_importance,
 )
 from prunelab.models.addressing import component_names
+from prunelab.training import load_run
+from prunelab.training.io import read_state, write_json
 
 log = logging.getLogger("prunelab")
 
@@ -62,7 +63,8 @@ def analyse_components(
     out_dir: Path | None = None,
     exact_drops: bool = False,
 ) -> dict[str, Any]:
-    res, dm, model = load_run(run_dir)
+    run = load_run(run_dir, data=True)
+    res, dm, model = run.results, run.datamodule, run.model
     score_name = "accuracy (%)" if is_classifier(model) else "BLEU"
     tok = dm.tokenizer
     settings = decode_settings(res["config"], beam_size)

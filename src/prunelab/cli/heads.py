@@ -12,12 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
-from prunelab.cli.results import read_completed_run, read_state, write_json
 from prunelab.importance.ablation import (
     ATTENTION_TYPES,
     iterative_pruning,
@@ -28,22 +24,9 @@ from prunelab.importance.ablation import (
     task_score,
 )
 from prunelab.importance.heads import head_importance
-from prunelab.models.surgery import load_state_dict_with_heads
-from prunelab.models.transformer import Transformer
-
-
-def load_run(run_dir: Path) -> tuple[dict[str, Any], Any, Transformer]:
-    """The run's results, its data module (set up) and its tested model (eval mode)."""
-    res = read_completed_run(run_dir)
-    cfg = OmegaConf.create(res["config"])
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    tok = dm.tokenizer
-    extra = dm.model_kwargs() if hasattr(dm, "model_kwargs") else {}
-    model = instantiate(cfg.model)(vocab_size=tok.vocab_size, pad_id=tok.pad_id, **extra)
-    load_state_dict_with_heads(model, read_state(res["best_checkpoint"])["state_dict"], "model.")
-    return res, dm, model.eval()
+from prunelab.loggers import is_wandb_config
+from prunelab.training import load_run
+from prunelab.training.io import write_json
 
 
 def analyse_heads(
@@ -54,7 +37,8 @@ def analyse_heads(
     out_dir: Path | None = None,
     ablation_order: bool = True,
 ) -> dict[str, Any]:
-    res, dm, model = load_run(run_dir)
+    run = load_run(run_dir, data=True)
+    res, dm, model = run.results, run.datamodule, run.model
     tok = dm.tokenizer
     out = out_dir or run_dir / "heads"
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +110,7 @@ def log_analysis_to_wandb(
     """Send an analysis folder's PNGs and the given tables to W&B, in the run's project, when the run used
     W&B (offline runs stay offline). {key: (columns, rows)}."""
     logger = res.get("config", {}).get("logger") or {}
-    if not str(logger.get("_target_", "")).endswith("WandbLogger"):
+    if not is_wandb_config(logger):
         return
     import wandb
 

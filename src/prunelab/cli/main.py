@@ -13,9 +13,10 @@ from prunelab.errors import UserError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prunelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_export = sub.add_parser("export", help="write a run's pruned model with sparse (CSC) matrices")
-    p_export.add_argument("run_dir", type=Path)
-    p_export.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/model.sparse.pt")
+    p_export = sub.add_parser("export", help="write a run's pruned model in a compact sparse file (bitmask or CSC)")
+    from prunelab.cli.export import add_arguments
+
+    add_arguments(p_export)
     p_sum = sub.add_parser("summarize", help="table + plot of a sweep folder's results.json files")
     p_sum.add_argument("sweep_dir", type=Path)
     p_sum.add_argument(
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from prunelab.cli.export import export_run
 
-            _, stats = export_run(args.run_dir, args.out)
+            _, stats = export_run(args.run_dir, args.out, fmt=args.format, dtype=args.dtype)
             print(json.dumps(stats, indent=2))
         else:
             from prunelab.cli.summary import summarize

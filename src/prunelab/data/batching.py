@@ -139,13 +139,23 @@ class TokenBatchedLoaders(ABC):
     """The train/valid/test loaders of a data module whose `examples[split]` are batched by tokens: length
     buckets, sharded per DDP rank, and a resumable training loader. A data module provides `example_length`
     and `collate_fn` (a light picklable callable, for worker processes), and the attributes `examples`,
-    `tokenizer`, `max_tokens`, `eval_max_tokens`, `num_workers`, `seed` (and Lightning's `trainer`)."""
+    `tokenizer`, `max_tokens`, `eval_max_tokens`, `num_workers`, `shuffle_seed` (and Lightning's `trainer`).
+    It also tells the model builder and the task what they take from the data (`model_kwargs`, `task_kwargs`)."""
 
+    kind: str  # the task kind this data feeds: translation | classification
     examples: dict[str, list[Any]]
     max_tokens: int
     eval_max_tokens: int
     num_workers: int
-    seed: int
+    shuffle_seed: int
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What the model builder needs from the data besides the vocabulary (a classifier: its classes)."""
+        return {}
+
+    @abstractmethod
+    def task_kwargs(self) -> dict[str, Any]:
+        """What the task (LightningModule) takes from the data: the tokenizer, or the label names."""
 
     @abstractmethod
     def example_length(self, example: Any) -> int:
@@ -162,7 +172,7 @@ class TokenBatchedLoaders(ABC):
             lengths,
             max_tokens=max(max_tokens, max(lengths)),
             shuffle=shuffle,
-            seed=self.seed,
+            seed=self.shuffle_seed,
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
         )

@@ -54,13 +54,15 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         max_len: int = 256,
         num_workers: int = 0,
         seed: int = 0,
+        shuffle_seed: int | None = None,
     ):
         super().__init__()
         self.max_tokens = max_tokens
         self.eval_max_tokens = eval_max_tokens or max_tokens
         self.max_len = max_len
         self.num_workers = num_workers
-        self.seed = seed
+        self.seed = seed  # the data's own (what a synthetic task generates)
+        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # training order: the run's seed
         self._tokenizer: Tokenizer | None = None
         self.examples: dict[str, list[ClsExample]] = {}
         self.labels: list[str] = []  # label names, index = class id (from the training split)
@@ -87,6 +89,9 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
     def model_kwargs(self) -> dict[str, Any]:
         """What the model builder needs from the data besides the vocabulary."""
         return {"num_classes": self.num_classes}
+
+    def task_kwargs(self) -> dict[str, Any]:
+        return {"labels": self.labels}
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

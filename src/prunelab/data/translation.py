@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from functools import partial
+from typing import Any
 
 import lightning as L
 
@@ -21,6 +22,8 @@ SPLITS = ("train", "valid", "test")
 
 
 class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
+    kind = "translation"  # the task kind it feeds (conf/task/translation.yaml)
+
     def __init__(
         self,
         max_tokens: int = 4096,
@@ -29,6 +32,7 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         eval_max_len: int = 1000,
         num_workers: int = 0,
         seed: int = 0,
+        shuffle_seed: int | None = None,
     ):
         super().__init__()
         self.max_tokens = max_tokens
@@ -36,7 +40,8 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         self.max_len = max_len
         self.eval_max_len = eval_max_len
         self.num_workers = num_workers
-        self.seed = seed
+        self.seed = seed  # the data's own (what a synthetic task generates)
+        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # training order: the run's seed
         self._tokenizer: Tokenizer | None = None
         self.examples: dict[str, list[Example]] = {}
 
@@ -54,6 +59,9 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         if self._tokenizer is None:
             self._tokenizer = self.build_tokenizer()
         return self._tokenizer
+
+    def task_kwargs(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer}
 
     def setup(self, stage: str | None = None) -> None:
         if self.examples:

@@ -6,6 +6,7 @@ A pure function of a model and batches; it returns one (H,) tensor per attention
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,9 +39,7 @@ def head_importance(
     was_training = model.training
     model.eval()  # no dropout: the gradient of the model as it is used
     try:
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
+        for batch in itertools.islice(batches, max_batches):  # never draws a batch past max_batches
             B = batch["src"].size(0)
             gates = {n: saved[n].detach().expand(B, -1).clone().requires_grad_(True) for n in names}  # (B, H)
             for n, m in modules.items():

@@ -1,5 +1,5 @@
 from prunelab.pruning.attendout import AttendOutPruner
-from prunelab.pruning.base import NoPruner, Pruner
+from prunelab.pruning.base import MaskPruner, NoPruner, Pruner
 from prunelab.pruning.components import ComponentPruner
 from prunelab.pruning.heads import HeadPruner
 from prunelab.pruning.lottery import (
@@ -20,6 +20,7 @@ __all__ = [
     "LotteryTicketPruner",
     "MPSLTPruner",
     "MagnitudePruner",
+    "MaskPruner",
     "NoPruner",
     "Pruner",
     "Round",

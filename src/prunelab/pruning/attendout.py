@@ -112,6 +112,8 @@ class AttendOutPruner(Pruner):
     attention, no Q or K); round 1 only evaluates the pruned model. The report gives the proportion of
     attention layers pruned (the paper's "Prop. Atd.Outs")."""
 
+    tasks = ("classification",)  # it prunes the self-attention maps of a classifier
+
     rounds = 2
 
     def __init__(
@@ -125,7 +127,7 @@ class AttendOutPruner(Pruner):
         initial_keep: float = 0.9,
         seed: int = 0,
     ):
-        super().__init__(sparsity=0.0)
+        super().__init__()
         if every < 1:
             raise UserError(f"pruner.every must be >= 1, got {every}")
         if not 0.0 < threshold <= 1.0:
@@ -156,9 +158,6 @@ class AttendOutPruner(Pruner):
         return self._nets["g"]  # type: ignore[return-value]
 
     def attach(self, model: nn.Module) -> None:
-        if getattr(model, "kind", "") != "classification":
-            raise UserError("pruner=attendout prunes the self-attention of a classifier (e.g. model=classifier_tiny)")
-        self._weights = {}
         if not self._nets:
             self._nets = {
                 "a": copy.deepcopy(model),

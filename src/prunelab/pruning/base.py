@@ -1,18 +1,31 @@
-"""The Pruner strategy interface.
+"""The Pruner contract: `Pruner` (the hooks every method may use) and `MaskPruner` (weight masks with one
+score seam). Structural pruners (heads, components, AttendOut) subclass `Pruner` and change the model itself;
+mask pruners (MP, the lottery family, random) subclass `MaskPruner` and mostly say how to score.
 
-A pruner is an `nn.Module` owned by the task, so its masks (and any weight snapshots a method keeps,
-such as θ_0 for lottery tickets) are buffers that land in every checkpoint and come back on resume.
+A pruner is an `nn.Module` owned by the task, so its masks (and any weight snapshots a method keeps, such as
+θ_0 for lottery tickets) are buffers that land in every checkpoint and come back on resume.
 
-The round driver and the task call it at fixed points:
+The whole call order, and who calls what:
 
-    attach(model)                        once, before training or loading a checkpoint
-    for round in range(rounds):          each round is a fresh `trainer.fit` (own optimizer, warm-up)
-        on_round_start(model, round)     e.g. rewind surviving weights to θ_0 or θ_t
-        every step:
-            before the optimizer step:   mask_gradients()
-            after the optimizer step:    on_step_end(model, step, total)  (gradual schedules prune here)
-                                         then apply_masks(): masked weights are zeroed in place
-        on_round_end(model, round)       e.g. compute the next mask from converged weights
+    task.__init__ (training.build.build_task)
+        attach(model)                    register masks/buffers for this model (before any checkpoint loads)
+    training.train.start_weights
+        use_initial_weights(state)       `ckpt=RUN`: that run's θ_0 (init.pt), for methods that rewind to it
+    training.rounds.Rounds.run           (the round loop; `rounds` rounds, each a fresh trainer.fit)
+        use_data(datamodule)             once, before the first round (scoring with data: I_h, Eq. 1)
+        round_steps(r, max_steps, pretrained)   the round's training steps (0: evaluate only)
+        on_round_start(model, r)         a new round: rewind weights, set this round's mask
+          or enter_round(r)              a round resumed from its checkpoint, or a finished one reloaded
+        every training step (the task's Lightning hooks):
+            on_batch(model, batch)       before the forward (AttendOut trains its A-Net here)
+            mask_gradients()             before the optimizer step (and before gradient clipping)
+            on_step_end(model, step, total)   after it; gradual schedules prune here (prune_to)
+            apply_masks()                then masked weights are zeroed in place
+        mask_is_final(step, total)       at each validation: may this checkpoint be the round's best?
+        round_sparsity(r), stage(r), same_as_targeting(r), report(model)   the level's figures
+        on_round_end(model, r)           after the round is scored: e.g. the next round's mask
+    every checkpoint (PrunableTask.on_save_checkpoint / on_load_checkpoint)
+        checkpoint_state() / load_checkpoint_state(state)   state that is not in buffers
 
 Masks are applied in place after the optimizer step (no forward hooks, no weight copies).
 """
@@ -26,11 +39,16 @@ from torch import Tensor, nn
 
 from prunelab.distributed import rows_differing_across_ranks
 from prunelab.errors import UserError
-from prunelab.pruning.masks import csc_bytes, magnitude_masks, prunable_weights
+from prunelab.models.sparse_format import bitmask_bytes
+from prunelab.pruning.masks import csc_bytes, keep_top, prunable_weights
+
+MASK_PREFIX = "mask__"
 
 
-def _key(param_name: str) -> str:
-    return "mask__" + param_name.replace(".", "__")
+def mask_buffer(param_name: str) -> str:
+    """The buffer holding the mask of a parameter: `enc.0.ff.fc1.weight` -> `mask__enc__0__ff__fc1__weight`
+    (in a checkpoint's state_dict it is under the task's `pruner.`)."""
+    return MASK_PREFIX + param_name.replace(".", "__")
 
 
 @torch.no_grad()
@@ -60,8 +78,106 @@ def check_ranks_agree(masks: dict[str, Tensor], sparsity: float) -> bool:
     return True
 
 
+def dense_report(model: nn.Module) -> dict[str, Any]:
+    """The figures of a model without weight masks: every parameter counts, stored dense in fp32."""
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "sparsity": {"overall": 0.0},
+        "params": {"total": total, "remaining": total},
+        "memory": {"model": {"dense_bytes": 4 * total}},
+    }
+
+
 class Pruner(nn.Module):
+    """Every hook of the call order above, doing nothing: a structural method overrides what it needs."""
+
     rounds: int = 1  # how many `trainer.fit` rounds the method needs
+    tasks: tuple[str, ...] = ("translation", "classification")  # the task kinds it can prune
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rank_checks = 0  # pruning steps whose masks were compared across DDP ranks (all equal)
+
+    # --- lifecycle (see the call order in the module docstring) --------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Register what the method keeps for this model (buffers, so checkpoints carry it)."""
+
+    def use_initial_weights(self, state: dict[str, Tensor]) -> None:
+        """The run starts from a trained checkpoint (`ckpt=`) whose run saved θ_0 (init.pt): methods that
+        rewind to θ_0 take that run's initialisation instead of this run's."""
+
+    def use_data(self, datamodule: object) -> None:
+        """Pruners that score with data (head importance, contribution) keep it."""
+
+    def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
+        """Training steps of round `round_idx` (0: the round only evaluates the weights it starts from).
+        `pretrained`: the run started from a trained checkpoint (`ckpt=`)."""
+        return max_steps
+
+    def on_round_start(self, model: nn.Module, round_idx: int) -> None:
+        """A new round starts (not a resumed one): iterative methods rewind weights here."""
+
+    def enter_round(self, round_idx: int) -> None:
+        """Instead of on_round_start, when a round resumes from its checkpoint (nothing to rewind)."""
+
+    def on_batch(self, model: nn.Module, batch: dict) -> None:
+        """Every training batch, before the model's own step (AttendOut trains a second network on it)."""
+
+    def mask_gradients(self) -> None:
+        """Before the optimizer step: zero the gradients of masked weights."""
+
+    def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """After every optimizer step, before the masks are applied; gradual methods prune here."""
+
+    def apply_masks(self) -> None:
+        """After on_step_end: zero the masked weights in place."""
+
+    def mask_is_final(self, step: int, total_steps: int) -> bool:
+        """True once the mask of this round will not change any more (best checkpoints are chosen only then)."""
+        return True
+
+    def on_round_end(self, model: nn.Module, round_idx: int) -> None:
+        """After the round's best checkpoint was scored: iterative methods compute the next mask here."""
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """State that is not in the module's buffers (e.g. auxiliary networks' optimizers), saved in every
+        checkpoint as `pruner_state`; tensors and plain containers only (checkpoints load weights_only)."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Take back what checkpoint_state gave (called when a checkpoint is loaded)."""
+
+    # --- what a round reports --------------------------------------------------------------------------
+    def round_sparsity(self, round_idx: int) -> float:
+        """The sparsity round `round_idx` ends at (for the log)."""
+        return 0.0
+
+    def stage(self, round_idx: int) -> str | None:
+        """A name for what round `round_idx` holds (e.g. "pruned"), shown with its level in results.json."""
+        return None
+
+    def same_as_targeting(self, round_idx: int) -> bool:
+        """Whether round `round_idx`'s result equals a run of this method targeting that round's sparsity."""
+        return round_idx == self.rounds - 1
+
+    def masked_fraction(self) -> float:
+        """Fraction of the prunable weights masked (or heads removed), logged as prune/sparsity at each eval."""
+        return 0.0
+
+    def report(self, model: nn.Module) -> dict[str, Any]:
+        """Sparsity, parameter counts and memory of the model as the method leaves it (results.json)."""
+        return dense_report(model)
+
+
+class NoPruner(Pruner):
+    """`pruner=none`: the dense baseline. No masks, so training pays nothing."""
+
+
+class MaskPruner(Pruner):
+    """Weight masks, one per prunable matrix (Linear weights; the embedding only if asked). A method overrides
+    `scores(model)`; `prune_to(sparsity)` is the one way masks change: per matrix or globally the entries with
+    the lowest scores are masked, already-masked entries stay masked, DDP ranks are checked to agree, and the
+    masks are applied. The default score is the magnitude |w| (MP and the lottery-ticket family)."""
 
     def __init__(self, sparsity: float = 0.0, prune_embeddings: bool = False, scope: str = "per_matrix"):
         super().__init__()
@@ -73,72 +189,37 @@ class Pruner(nn.Module):
         self.prune_embeddings = prune_embeddings
         self.scope = scope
         self._weights: dict[str, nn.Parameter] = {}
-        self.rank_checks = 0  # pruning steps whose masks were compared across DDP ranks (all equal)
 
-    # --- lifecycle -----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
         """Register an all-ones mask buffer per prunable weight matrix."""
         self._weights = prunable_weights(model, self.prune_embeddings)
         for name, w in self._weights.items():
-            if not hasattr(self, _key(name)):
-                self.register_buffer(_key(name), torch.ones_like(w, requires_grad=False))
-
-    def on_round_start(self, model: nn.Module, round_idx: int) -> None:
-        """Called before each round's fit; iterative methods rewind weights here."""
-
-    def on_batch(self, model: nn.Module, batch: dict) -> None:
-        """Called with every training batch before the model's own step (AttendOut trains a second
-        network on the same batches here)."""
-
-    def use_initial_weights(self, state: dict[str, Tensor]) -> None:
-        """Called when the run starts from a trained checkpoint (`ckpt=`) whose run saved θ_0 (init.pt):
-        methods that rewind to θ_0 take that run's initialisation instead of this run's."""
-
-    def use_data(self, datamodule: object) -> None:
-        """Called once before the first round; pruners that score with data (head importance) keep it."""
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """State that is not in the module's buffers (e.g. auxiliary networks' optimizers), saved in every
-        checkpoint as `pruner_state`; tensors and plain containers only (checkpoints load weights_only)."""
-        return {}
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        """Take back what checkpoint_state gave (called when a checkpoint is loaded)."""
-
-    def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
-        """Training steps of round `round_idx` (0: the round only evaluates the weights it starts from).
-        `pretrained`: the run started from a trained checkpoint (`ckpt=`)."""
-        return max_steps
-
-    def stage(self, round_idx: int) -> str | None:
-        """A name for what round `round_idx` holds (e.g. "pruned"), shown with its level in results.json."""
-        return None
-
-    def enter_round(self, round_idx: int) -> None:
-        """Called instead of on_round_start when a round resumes from its checkpoint (nothing to rewind)."""
+            if not hasattr(self, mask_buffer(name)):
+                self.register_buffer(mask_buffer(name), torch.ones_like(w, requires_grad=False))
 
     def round_sparsity(self, round_idx: int) -> float:
-        """The sparsity round `round_idx` ends at."""
         return self.sparsity
 
-    def same_as_targeting(self, round_idx: int) -> bool:
-        """Whether round `round_idx`'s result equals a run of this method targeting that round's sparsity."""
-        return round_idx == self.rounds - 1
+    # --- the score seam --------------------------------------------------------------------------------
+    def scores(self, model: nn.Module) -> dict[str, Tensor]:
+        """{prunable parameter name: tensor of its shape}; higher = more worth keeping. Signed scores rank as
+        they are (no abs here): magnitude pruning passes |w|."""
+        return {name: w.detach().abs() for name, w in self._weights.items()}
 
-    def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
-        """Called after every optimizer step, before the masks are applied; gradual methods prune here."""
-
-    def on_round_end(self, model: nn.Module, round_idx: int) -> None:
-        """Called after each round's fit; iterative methods compute the next mask here."""
-
-    def mask_is_final(self, step: int, total_steps: int) -> bool:
-        """True once the mask of this round will not change any more (checkpoints are chosen only then)."""
-        return True
+    @torch.no_grad()
+    def prune_to(self, model: nn.Module, sparsity: float) -> None:
+        """Mask the lowest-scoring weights so that exactly round(sparsity * n) are masked (per matrix, or over
+        all matrices with scope=global); masked entries never come back. Then check DDP ranks and apply."""
+        new = keep_top(self.scores(model), self.masks, sparsity, self.scope)
+        for name, m in new.items():
+            getattr(self, mask_buffer(name)).copy_(m)
+        self.rank_checks += check_ranks_agree(self.masks, sparsity)
+        self.apply_masks()
 
     # --- masks ---------------------------------------------------------------------------------------
     @property
     def masks(self) -> dict[str, Tensor]:
-        return {name: getattr(self, _key(name)) for name in self._weights}
+        return {name: getattr(self, mask_buffer(name)) for name in self._weights}
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -154,28 +235,18 @@ class Pruner(nn.Module):
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
-    @torch.no_grad()
-    def prune_by_magnitude(self, sparsity: float) -> None:
-        """Set masks to keep the largest-|w| weights at `sparsity` (per matrix or global), then apply."""
-        new = magnitude_masks(dict(self._weights), self.masks, sparsity, self.scope)
-        for name, m in new.items():
-            getattr(self, _key(name)).copy_(m)
-        self.rank_checks += check_ranks_agree(self.masks, sparsity)
-        self.apply_masks()
-
     # --- reporting -----------------------------------------------------------------------------------
     @torch.no_grad()
     def masked_fraction(self) -> float:
-        """Fraction of the prunable weights masked (0 for a pruner without masks); cheap enough per eval."""
         masks = list(self.masks.values())
         if not masks:
             return 0.0
         return 1.0 - sum(float(m.sum()) for m in masks) / sum(m.numel() for m in masks)
 
     @torch.no_grad()
-    def report(self, model: nn.Module) -> dict:
-        """Sparsity (fraction of prunable weights masked), parameter counts, and memory: dense fp32 bytes
-        versus the prunable matrices in CSC form plus everything else dense."""
+    def report(self, model: nn.Module) -> dict[str, Any]:
+        """Sparsity (fraction of prunable weights masked), parameter counts, and memory: dense fp32 bytes versus
+        the prunable matrices in CSC form, or as a bitmask plus kept values, with everything else dense."""
         weights = prunable_weights(model, self.prune_embeddings)
         masks = self.masks
         nonzero = {
@@ -186,6 +257,7 @@ class Pruner(nn.Module):
         remaining = sum(int(nz.sum()) for nz in nonzero.values())
         total = sum(p.numel() for p in model.parameters())
         prunable_csc = sum(csc_bytes(nz) for nz in nonzero.values())
+        prunable_bitmask = sum(bitmask_bytes(nz) for nz in nonzero.values())
         rest = 4 * (total - prunable)  # everything unpruned stays dense fp32
         return {
             "sparsity": {
@@ -193,18 +265,18 @@ class Pruner(nn.Module):
                 "per_matrix": per_matrix,
             },
             "params": {"total": total, "prunable": prunable, "remaining": remaining + (total - prunable)},
-            "memory": {  # fp32 values; CSC = values + int32 row indices + int32 column pointers
-                "prunable": {"dense_bytes": 4 * prunable, "csc_bytes": prunable_csc},
-                "model": {"dense_bytes": 4 * total, "csc_bytes": prunable_csc + rest},
+            # fp32 values; CSC = values + int32 row indices + int32 column pointers; bitmask = 1 bit per entry +
+            # the kept values (+ the shape), the layout of `prunelab export` (models.sparse_format)
+            "memory": {
+                "prunable": {
+                    "dense_bytes": 4 * prunable,
+                    "csc_bytes": prunable_csc,
+                    "bitmask_bytes": prunable_bitmask,
+                },
+                "model": {
+                    "dense_bytes": 4 * total,
+                    "csc_bytes": prunable_csc + rest,
+                    "bitmask_bytes": prunable_bitmask + rest,
+                },
             },
         }
-
-
-class NoPruner(Pruner):
-    """`pruner=none`: the dense baseline. Registers no masks, so training pays nothing."""
-
-    def __init__(self) -> None:
-        super().__init__(sparsity=0.0)
-
-    def attach(self, model: nn.Module) -> None:
-        self._weights = {}

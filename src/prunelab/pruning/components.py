@@ -58,7 +58,10 @@ class ComponentPruner(Pruner):
         length_penalty: float = 0.6,
         score_batches: int | None = None,
     ):
-        super().__init__(sparsity=sparsity)
+        super().__init__()
+        if not 0.0 <= sparsity < 1.0:
+            raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
+        self.sparsity = sparsity
         if mode not in STAGES:
             raise UserError(f"pruner.mode must be retrain or rewind, got {mode!r}")
         if baseline not in (None, "none", "shallow"):
@@ -77,7 +80,6 @@ class ComponentPruner(Pruner):
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
-        self._weights = {}  # no weight masks
         names = component_names(model, include_removed=True)  # type: ignore[arg-type]
         if not hasattr(self, "chosen_mask"):
             self.register_buffer("chosen_mask", torch.zeros(len(names), dtype=torch.bool))
@@ -199,8 +201,9 @@ class ComponentPruner(Pruner):
                 snap.copy_(v)
 
     def _restore_lists(self) -> None:
-        self.chosen = [n for n, c in zip(self._names, self.chosen_mask.tolist(), strict=True) if c]
         self.scores = {n: float(v) for n, v in zip(self._names, self.contribution.tolist(), strict=True) if v == v}
+        chosen = [n for n, c in zip(self._names, self.chosen_mask.tolist(), strict=True) if c]
+        self.chosen = sorted(chosen, key=lambda n: self.scores.get(n, float("inf")))  # least important first
 
     # --- reporting -----------------------------------------------------------------------------------
     def masked_fraction(self) -> float:

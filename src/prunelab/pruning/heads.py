@@ -40,7 +40,10 @@ class HeadPruner(Pruner):
         importance_split: str = "train",
         types: list[str] | None = None,
     ):
-        super().__init__(sparsity=sparsity)
+        super().__init__()
+        if not 0.0 <= sparsity < 1.0:
+            raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
+        self.sparsity = sparsity
         if finetune_steps < 0:
             raise UserError(f"pruner.finetune_steps must be >= 0, got {finetune_steps}")
         if importance_batches < 1:
@@ -58,7 +61,6 @@ class HeadPruner(Pruner):
         self._datamodule: Any = None
 
     def attach(self, model: nn.Module) -> None:
-        self._weights = {}  # no weight masks: heads are removed from the model itself
         names = attention_names(model)  # type: ignore[arg-type]
         n_heads = model.cfg.n_heads  # type: ignore[union-attr]
         if not hasattr(self, "importance"):  # buffers, so a resumed run still reports what it removed

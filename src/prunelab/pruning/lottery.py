@@ -62,8 +62,8 @@ class SLTMPPruner(RoundPruner):
     from s_0 = 60% to the target, starting from θ_t with the SLT mask. A target at or below 60% is reached
     by the SLT rounds alone."""
 
-    def __init__(self, sparsity: float, slt_levels: list[float] | None = None, **kwargs: object):
-        slt = [float(x) for x in (slt_levels if slt_levels is not None else [0.5, 0.6])]
+    def __init__(self, sparsity: float, slt_levels: tuple[float, ...] = (0.5, 0.6), **kwargs: object):
+        slt = [float(x) for x in slt_levels]
 
         def plan_for(target: float) -> list[Round]:
             below = [s for s in slt if s <= target + 1e-9]

@@ -17,29 +17,40 @@ def prunable_weights(model: nn.Module, include_embeddings: bool = False) -> dict
 
 
 @torch.no_grad()
-def magnitude_masks(
-    weights: dict[str, Tensor], masks: dict[str, Tensor], sparsity: float, scope: str = "per_matrix"
+def keep_top(
+    scores: dict[str, Tensor], masks: dict[str, Tensor], sparsity: float, scope: str = "per_matrix"
 ) -> dict[str, Tensor]:
-    """New masks that remove the `sparsity` fraction of smallest-|w| weights, per matrix or globally.
+    """New masks that remove the `sparsity` fraction of lowest-scoring entries, per matrix or globally.
 
-    Exactly round(sparsity * n) weights are masked (per matrix, or over all matrices together).
-    Already-masked weights rank below every surviving one, so masks only ever shrink.
+    Exactly round(sparsity * n) entries are masked (per matrix, or over all matrices together). Scores are
+    used as given (signed scores rank as they are); already-masked entries rank below every surviving one,
+    so masks only ever shrink.
     """
-    scores = {
-        n: torch.where(masks[n].bool(), w.abs().float(), torch.full_like(w, -1.0, dtype=torch.float32))
-        for n, w in weights.items()
+    kept = {n: masks[n].bool() for n in scores}
+    ranked = {
+        n: torch.where(kept[n], s.float(), torch.full_like(s, -torch.inf, dtype=torch.float32))
+        for n, s in scores.items()
     }
     if scope == "per_matrix":
-        return {n: _keep_largest(s, round(sparsity * s.numel())).to(masks[n].dtype) for n, s in scores.items()}
+        return {
+            n: (_keep_largest(s, round(sparsity * s.numel())) & kept[n]).to(masks[n].dtype) for n, s in ranked.items()
+        }
     if scope == "global":
-        flat = torch.cat([s.flatten() for s in scores.values()])
+        flat = torch.cat([s.flatten() for s in ranked.values()])
         keep = _keep_largest(flat, round(sparsity * flat.numel()))
         out, i = {}, 0
-        for n, s in scores.items():
-            out[n] = keep[i : i + s.numel()].view_as(s).to(masks[n].dtype)
+        for n, s in ranked.items():
+            out[n] = (keep[i : i + s.numel()].view_as(s) & kept[n]).to(masks[n].dtype)
             i += s.numel()
         return out
     raise ValueError(f"unknown ranking scope {scope!r}: use per_matrix or global")
+
+
+def magnitude_masks(
+    weights: dict[str, Tensor], masks: dict[str, Tensor], sparsity: float, scope: str = "per_matrix"
+) -> dict[str, Tensor]:
+    """keep_top with the magnitude |w| as the score: the largest weights survive."""
+    return keep_top({n: w.abs() for n, w in weights.items()}, masks, sparsity, scope)
 
 
 def _keep_largest(scores: Tensor, n_prune: int) -> Tensor:

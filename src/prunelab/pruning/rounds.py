@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
-from prunelab.pruning.base import Pruner
-from prunelab.pruning.schedule import cubic_sparsity, is_pruning_step, pruning_window
+from prunelab.pruning.base import MaskPruner
+from prunelab.pruning.schedule import GradualSchedule
 
 REWINDS = ("none", "init", "early")
 
@@ -50,7 +50,7 @@ class Round:
     mp_from: float | None = None  # an MP round: gradual pruning from this sparsity to `sparsity`
 
 
-class RoundPruner(Pruner):
+class RoundPruner(MaskPruner):
     """Runs a plan of rounds. Round 0 starts from the initialisation; later rounds start from the previous
     round's best weights, masked and possibly rewound. Snapshots (θ_0, θ_t) are buffers, so they are saved
     with every checkpoint and a resumed run rewinds to exactly the same weights."""
@@ -64,9 +64,11 @@ class RoundPruner(Pruner):
         rewind_step: int | None = None,
         rewind_from: str = "latest",
         reinit: str = "none",
-        mp_frequency: int = 50,
-        mp_start_fraction: float = 0.2,
-        mp_end_fraction: float = 0.7,
+        frequency: int = 50,
+        start_fraction: float = 0.2,
+        end_fraction: float = 0.7,
+        start_step: int | None = None,
+        end_step: int | None = None,
         scope: str = "per_matrix",
         prune_embeddings: bool = False,
         seed: int = 0,
@@ -89,11 +91,7 @@ class RoundPruner(Pruner):
         self.rounds = len(plan)
         self.rewind_fraction, self.rewind_step, self.rewind_from = rewind_fraction, rewind_step, rewind_from
         self.reinit = reinit
-        self.mp_frequency, self.mp_start_fraction, self.mp_end_fraction = (
-            mp_frequency,
-            mp_start_fraction,
-            mp_end_fraction,
-        )
+        self.schedule = GradualSchedule(frequency, start_fraction, end_fraction, start_step, end_step)  # MP rounds
         self.seed = seed
         self.current = 0
         self._params: dict[str, nn.Parameter] = {}
@@ -109,6 +107,20 @@ class RoundPruner(Pruner):
                     key = self._snap_key(kind, name)
                     if not hasattr(self, key):
                         self.register_buffer(key, p.detach().clone())  # θ_0 is the model as attached
+
+    @torch.no_grad()
+    def use_initial_weights(self, state: dict[str, Tensor]) -> None:
+        """`ckpt=RUN`: θ_0 is that run's initialisation (its init.pt), not this run's: rewinding to θ_0 must give
+        the ticket of the network that was trained."""
+        if not any(r.rewind == "init" for r in self.plan):
+            return
+        for name in self._params:
+            if name not in state:
+                raise UserError(f"the source run's init.pt has no {name}: it is another model")
+            target = getattr(self, self._snap_key("init", name))
+            if state[name].shape != target.shape:
+                raise UserError(f"the source run's init.pt holds {name} of shape {tuple(state[name].shape)}")
+            target.copy_(state[name])
 
     @staticmethod
     def _snap_key(kind: str, name: str) -> str:
@@ -148,22 +160,19 @@ class RoundPruner(Pruner):
         if capture and self._needs_early and step == self.rewind_step_of(total_steps):
             self._capture_early()
         if rnd.mp_from is not None:
-            start, end = self.mp_window(total_steps)
-            if is_pruning_step(step, start, end, self.mp_frequency):
-                self.prune_by_magnitude(cubic_sparsity(step, rnd.mp_from, rnd.sparsity, start, end))
-
-    def mp_window(self, total_steps: int) -> tuple[int, int]:
-        return pruning_window(total_steps, self.mp_start_fraction, self.mp_end_fraction)
+            target = self.schedule.target(step, total_steps, rnd.mp_from, rnd.sparsity)
+            if target is not None:
+                self.prune_to(model, target)
 
     def on_round_end(self, model: nn.Module, round_idx: int) -> None:
         """The next round's mask, from this round's (best) weights by magnitude."""
         if round_idx + 1 < self.rounds:
             nxt = self.plan[round_idx + 1]
-            self.prune_by_magnitude(nxt.mp_from if nxt.mp_from is not None else nxt.sparsity)
+            self.prune_to(model, nxt.mp_from if nxt.mp_from is not None else nxt.sparsity)
 
     def mask_is_final(self, step: int, total_steps: int) -> bool:
         rnd = self.plan[self.current]
-        return rnd.mp_from is None or step >= self.mp_window(total_steps)[1]
+        return rnd.mp_from is None or self.schedule.is_final(step, total_steps)
 
     def round_sparsity(self, round_idx: int) -> float:
         return self.plan[round_idx].sparsity

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from prunelab.errors import UserError
+
 
 def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
     """Zhu & Gupta (2017) gradual pruning: s_t = s_f + (s_0 - s_f) * (1 - (t - t_0) / (t_end - t_0))^3.
@@ -35,3 +39,38 @@ def pruning_window(
     end = end_step if end_step is not None else round(end_fraction * total_steps)
     start = max(1, start)
     return start, min(max(start, end), total_steps)
+
+
+@dataclass(frozen=True)
+class GradualSchedule:
+    """When gradual pruning prunes inside a round, and to what (the one copy used by `mp` and by the MP rounds
+    of `slt_mp`/`mp_slt`): every `frequency` steps from the start step to the end step (steps, or fractions of
+    the round's steps when the step is not given), along the cubic schedule from s_0 to s_T."""
+
+    frequency: int = 50
+    start_fraction: float = 0.2
+    end_fraction: float = 0.7
+    start_step: int | None = None
+    end_step: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.frequency < 1:
+            raise UserError(f"pruner.frequency must be >= 1, got {self.frequency}")
+        if not 0.0 <= self.start_fraction <= self.end_fraction <= 1.0:
+            raise UserError(
+                f"need 0 <= start_fraction <= end_fraction <= 1, got {self.start_fraction}, {self.end_fraction}"
+            )
+
+    def window(self, total_steps: int) -> tuple[int, int]:
+        return pruning_window(total_steps, self.start_fraction, self.end_fraction, self.start_step, self.end_step)
+
+    def target(self, step: int, total_steps: int, initial: float, final: float) -> float | None:
+        """The sparsity to prune to after `step`, or None when this is not a pruning step."""
+        start, end = self.window(total_steps)
+        if not is_pruning_step(step, start, end, self.frequency):
+            return None
+        return cubic_sparsity(step, initial, final, start, end)
+
+    def is_final(self, step: int, total_steps: int) -> bool:
+        """The mask no longer changes from the end of the ramp on."""
+        return step >= self.window(total_steps)[1]

@@ -24,17 +24,20 @@ METRICS = ("acc", "f1", "mcc")
 
 
 class ClassificationTask(PrunableTask):
+    kind = "classification"
+    score_name = "accuracy"
+
     def __init__(
         self,
         model: TransformerClassifier,
         pruner: Pruner,
         labels: list[str],
-        lr: float = 5e-4,
-        warmup_steps: int = 4000,
+        lr: float = 3e-3,
+        warmup_steps: int = 200,
         optimizer: str = "adam",
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
-        label_smoothing: float = 0.0,
+        label_smoothing: float = 0.1,
         metric: str = "acc",
     ):
         super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay)
@@ -43,6 +46,8 @@ class ClassificationTask(PrunableTask):
         self.labels = list(labels)
         self.label_smoothing = label_smoothing
         self.metric = metric
+        self.score_key = metric
+        self.score_name = {"acc": "accuracy", "f1": "macro-F1", "mcc": "Matthews correlation"}[metric]
         self.monitor = f"val/{metric}_at_target"
         self._outputs: list[tuple[int, int, int]] = []  # (index, predicted, gold) of this eval epoch
 
@@ -89,6 +94,9 @@ class ClassificationTask(PrunableTask):
         if split == "val":
             self.log_target(scores[self.metric])
         self.last_eval[split] = {"hypotheses": [self.labels[p] for p in pred.tolist()], "scores": scores}
+
+    def run_report(self) -> dict[str, Any]:
+        return {"labels": self.labels}  # class index -> label name, as the model predicts them
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

@@ -21,6 +21,8 @@ Batch = dict[str, Any]
 
 
 class TranslationTask(PrunableTask):
+    kind = "translation"
+    score_key, score_name = "bleu", "BLEU"
     monitor = "val/bleu_at_target"
 
     def __init__(
@@ -28,8 +30,8 @@ class TranslationTask(PrunableTask):
         model: Transformer,
         pruner: Pruner,
         tokenizer: Tokenizer,
-        lr: float = 5e-4,
-        warmup_steps: int = 4000,
+        lr: float = 3e-3,
+        warmup_steps: int = 200,
         optimizer: str = "adam",
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
@@ -100,6 +102,13 @@ class TranslationTask(PrunableTask):
         if split == "val":
             self.log_target(scores.bleu)
         self.last_eval[split] = {"hypotheses": hyps, "scores": scores}
+
+    def run_report(self) -> dict[str, Any]:
+        """sacreBLEU's signatures of the test scores (none when every round was loaded from a finished run)."""
+        scores = self.last_eval.get("test", {}).get("scores")
+        if scores is None:
+            return {}
+        return {"bleu_signature": scores.bleu_signature, "ter_signature": scores.ter_signature}
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

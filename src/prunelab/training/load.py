@@ -1,0 +1,100 @@
+"""One way to rebuild a run's model: `load_run(run folder or .ckpt)`.
+
+The model is built by the same builders as in training (`model/` config + the data's arguments, which the run
+recorded in results.json as `model_args`), then given the structure its checkpoint has (removed heads,
+removed components, AttendOut's uniform attention maps) and its weights. `ckpt=`, `prunelab heads`,
+`prunelab components` and `prunelab export` all go through here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from prunelab.errors import UserError
+from prunelab.models.surgery import load_state_dict_with_heads
+from prunelab.training.build import build_data, build_model, model_args
+from prunelab.training.io import read_completed_run, read_state
+
+log = logging.getLogger("prunelab")
+MODEL_PREFIX = "model."  # the task holds the network as `model`: its keys in a checkpoint's state_dict
+
+
+@dataclass
+class LoadedRun:
+    dir: Path  # the run folder
+    results: dict[str, Any]  # its results.json
+    config: DictConfig  # the run's resolved config
+    checkpoint: Path  # the checkpoint the weights came from
+    state: dict[str, Tensor]  # the checkpoint's whole state_dict (model, masks, pruner snapshots)
+    model: nn.Module  # eval mode
+    datamodule: Any | None  # set up, when asked for (or when an older run did not record model_args)
+
+
+def load_run(path: Path, data: bool = False) -> LoadedRun:
+    """A completed run folder (its tested checkpoint) or any .ckpt inside a run folder -> the rebuilt model.
+    `data`: also set up the run's data module (the analyses score on it)."""
+    path = Path(path)
+    if path.is_dir():
+        results = read_completed_run(path)
+        run_dir, ckpt = path, Path(results["best_checkpoint"])
+    elif path.is_file():
+        run_dir = next((d for d in path.parents if (d / "results.json").is_file()), None)  # type: ignore[assignment]
+        if run_dir is None:
+            raise UserError(f"{path}: not inside a prunelab run folder (no results.json above it)")
+        results, ckpt = json.loads((run_dir / "results.json").read_text()), path
+    else:
+        raise UserError(f"{path}: no such run folder or checkpoint")
+    cfg = OmegaConf.create(results["config"])
+    datamodule = build_data(cfg) if data or "model_args" not in results else None
+    args = results.get("model_args") or model_args(datamodule)
+    model = build_model(cfg.model, args)
+    state = checkpoint_state(ckpt)
+    load_model_state(model, state, ckpt)
+    return LoadedRun(run_dir, results, cfg, ckpt, state, model.eval(), datamodule)
+
+
+def checkpoint_state(path: Path, label: str = "") -> dict[str, Tensor]:
+    """The state_dict of a prunelab checkpoint (loaded with weights_only=True), or one clear error."""
+    try:
+        return read_state(path)["state_dict"]
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{label}{path}: not a prunelab checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Tensor], path: Path, label: str = "") -> None:
+    """The model part of a checkpoint's state into `model`, removing first the heads/components it lacks."""
+    try:
+        load_state_dict_with_heads(model, state, MODEL_PREFIX)
+    except (RuntimeError, KeyError) as e:
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise UserError(
+            f"{label}{path} does not fit this model (another model shape or vocabulary?): {first.strip()}"
+        ) from None
+
+
+def load_trained_weights(model: nn.Module, path: Path) -> Path:
+    """`ckpt=PATH`: start from the model weights of a trained run (its folder, or any .ckpt it wrote).
+    Only the model is taken (heads removed in it stay removed); masks and optimizer state are not."""
+    if path.is_dir():
+        results = path / "results.json"
+        if not results.exists():
+            raise UserError(f"ckpt={path}: a folder must be a run folder with results.json")
+        best = json.loads(results.read_text()).get("best_checkpoint")
+        if not best:
+            raise UserError(f"ckpt={path}: the run has no tested checkpoint (status not completed?)")
+        path = Path(best)
+    if not path.is_file():
+        raise UserError(f"ckpt={path}: no such file")
+    load_model_state(model, checkpoint_state(path, "ckpt="), path, "ckpt=")
+    log.info("started from the weights of %s", path)
+    return path

@@ -1,0 +1,220 @@
+"""The round loop: one `trainer.fit` per pruning round, each round a few small steps that first ask "already done?".
+
+    for each round r of the pruner's plan:
+        done earlier?  -> take its figures (and, for the latest such round, its state) and go on
+        prepare        -> the round's Trainer; a fresh round lets the pruner rewind/mask, a started one resumes
+        fit            -> train the round's steps (from last.ckpt when it was interrupted)
+        evaluate       -> validate and test the round's best checkpoint
+        record         -> the level's figures, the next mask (pruner.on_round_end), round_end.ckpt
+
+Each round has `checkpoints/round_K/` with `best.ckpt`, `last.ckpt`, its own `results.json` (the level's
+figures), `test.hyp.txt` and, once finished, `round_end.ckpt` (model + masks + snapshots, with the next
+round's mask already set). Re-running over the same folder therefore resumes where the run stopped. With
+`keep_rounds=N` only the N latest finished rounds keep their checkpoint files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from prunelab.callbacks.curves import record_levels
+from prunelab.errors import NonFiniteError
+from prunelab.training import interrupt
+from prunelab.training.build import build_trainer
+from prunelab.training.io import read_state, write_json
+
+log = logging.getLogger("prunelab")
+CHECKPOINT_FILES = ("best.ckpt", "last.ckpt", "round_end.ckpt")
+
+
+def round_dir_of(out: Path, r: int) -> Path:
+    return out / "checkpoints" / f"round_{r}"
+
+
+def latest_finished_round(out: Path, rounds: int) -> int:
+    """The last round with its `round_end.ckpt` (rounds run in order: every earlier one finished too); -1: none."""
+    return max((r for r in range(rounds) if (round_dir_of(out, r) / "round_end.ckpt").exists()), default=-1)
+
+
+class SaveOnInterrupt(L.Callback):
+    """Ctrl-C or SIGTERM during fit: the round's `last.ckpt` at the step boundary training reached, then stop.
+    A noted signal stops the run at the next step's start; Lightning's own SIGTERM stop comes at the end of a
+    step. Either way the checkpoint is saved before the Trainer tears down."""
+
+    def __init__(self, last: Path):
+        self.last = last
+        self.step: int | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        stop = interrupt.requested() is not None
+        if trainer.world_size > 1:  # every rank stops at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            raise interrupt.Interrupted(interrupt.requested() or 2)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, interrupt.Interrupted | SIGTERMException | KeyboardInterrupt):
+            trainer.save_checkpoint(self.last, weights_only=False)
+            self.step = trainer.global_step
+
+
+def evaluate(trainer: L.Trainer, task: Any, datamodule: Any, best: str | None) -> dict[str, float]:
+    """Validate and test the checkpoint `best` (its weights stay loaded in `task`); None: the weights as they are."""
+    metrics: dict[str, float] = {}
+    for stage in (trainer.validate, trainer.test):
+        log.info("%s: %s", stage.__name__, best or "the current weights")
+        (scores,) = stage(task, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        metrics.update({k: float(v) for k, v in scores.items() if not k.endswith("_at_target")})
+    return metrics
+
+
+@dataclass
+class Rounds:
+    """The rounds of one run (see the module docstring). `pretrained`: the model holds trained weights (`ckpt=`),
+    which a pruner may evaluate without training. `on_level` is told of every new level (results.json)."""
+
+    cfg: DictConfig
+    out: Path
+    task: Any
+    datamodule: Any
+    logger: Any
+    name: str
+    on_level: Callable[[list[dict[str, Any]]], None]
+    pretrained: bool = False
+    levels: list[dict[str, Any]] = field(default_factory=list)
+    fit_time: float = 0.0
+    trainer_settings: dict[str, Any] = field(default_factory=dict)  # of the latest round's Trainer, as it runs
+
+    def run(self) -> list[dict[str, Any]]:
+        pruner = self.task.pruner
+        pruner.use_data(self.datamodule)
+        finished = latest_finished_round(self.out, pruner.rounds)
+        for r in range(pruner.rounds):
+            if r <= finished:
+                self.levels.append(self.load_finished(r, latest=r == finished))
+                continue
+            trainer, ckpt, steps = self.prepare(r)
+            best, metrics, seconds = self.fit_and_evaluate(r, trainer, ckpt, steps)
+            self.record(r, trainer, best, metrics, seconds)
+        return self.levels
+
+    def load_finished(self, r: int, latest: bool) -> dict[str, Any]:
+        """A round finished earlier: its figures; for the latest such round also its state (weights, masks,
+        removed heads, the pruner's own state), which the next round starts from."""
+        d = round_dir_of(self.out, r)
+        if latest:
+            saved = read_state(d / "round_end.ckpt")
+            self.task.on_load_checkpoint(saved)  # removed heads/components first, then the pruner's state
+            self.task.load_state_dict(saved["state_dict"])
+            self.task.pruner.enter_round(r)
+            log.info("rounds 0-%d already finished: loaded %s", r, d / "round_end.ckpt")
+        return json.loads((d / "results.json").read_text())
+
+    def prepare(self, r: int) -> tuple[L.Trainer, ModelCheckpoint, int]:
+        """The round's Trainer; the pruner starts the round (rewind, mask) unless it resumes from last.ckpt."""
+        pruner = self.task.pruner
+        steps = pruner.round_steps(r, self.cfg.trainer.max_steps, self.pretrained)
+        d = round_dir_of(self.out, r)
+        trainer, ckpt = build_trainer(self.cfg, d, self.logger, max(steps, 1), self.task.monitor)
+        self.trainer_settings = {
+            "accelerator": type(trainer.accelerator).__name__,
+            "strategy": type(trainer.strategy).__name__,
+            "devices": trainer.num_devices,
+            "precision": trainer.precision,
+            "max_steps": trainer.max_steps,
+            "max_epochs": trainer.max_epochs,
+            "gradient_clip_val": trainer.gradient_clip_val,
+        }
+        if (d / "last.ckpt").exists():
+            pruner.enter_round(r)  # the checkpoint holds the round's weights and masks
+        else:
+            pruner.on_round_start(self.task.model, r)
+        log.info("round %d of %d: sparsity %.4f", r + 1, pruner.rounds, pruner.round_sparsity(r))
+        return trainer, ckpt, steps
+
+    def fit_and_evaluate(
+        self, r: int, trainer: L.Trainer, ckpt: ModelCheckpoint, steps: int
+    ) -> tuple[str, dict[str, float], float]:
+        """Train the round (resuming from last.ckpt), then score its best checkpoint. A round of 0 steps only
+        evaluates the weights it starts from, which become its best checkpoint."""
+        d = round_dir_of(self.out, r)
+        last = d / "last.ckpt"
+        t0 = time.perf_counter()
+        if steps > 0:
+            guard = SaveOnInterrupt(last)
+            trainer.callbacks.append(guard)
+            try:
+                with interrupt.deferred():
+                    resume = last if last.exists() else None
+                    trainer.fit(self.task, datamodule=self.datamodule, ckpt_path=resume, weights_only=True)
+            except NonFiniteError as e:  # the round's last good checkpoint stays as it is
+                e.round, e.kept = r, str(last.relative_to(self.out)) if last.exists() else None
+                raise
+            except (interrupt.Interrupted, SIGTERMException) as e:
+                signum = e.signum if isinstance(e, interrupt.Interrupted) else 15
+                raise interrupt.Interrupted(signum, guard.step, str(last)) from None
+            metrics = evaluate(trainer, self.task, self.datamodule, ckpt.best_model_path)
+            best = ckpt.best_model_path
+        else:
+            metrics = evaluate(trainer, self.task, self.datamodule, None)
+            best = str(d / "best.ckpt")
+            trainer.save_checkpoint(best, weights_only=True)
+        return best, metrics, time.perf_counter() - t0
+
+    def record(self, r: int, trainer: L.Trainer, best: str, metrics: dict[str, float], seconds: float) -> None:
+        """The level's figures (results.json of the round and of the run, curves), then the next round's mask
+        from the scored weights, then round_end.ckpt: from here on the round counts as done."""
+        pruner, d = self.task.pruner, round_dir_of(self.out, r)
+        self.fit_time += seconds
+        report = pruner.report(self.task.model)
+        level = {
+            "round": r,
+            **({"stage": pruner.stage(r)} if pruner.stage(r) else {}),
+            "sparsity": report["sparsity"]["overall"],
+            "same_as_targeting": pruner.same_as_targeting(r),  # usable as that target's result in tables
+            "score": self.task.score,
+            "metrics": metrics,
+            "memory": report["memory"],
+            "params": report["params"],
+            "best_checkpoint": best,
+            "fit_time_s": seconds,
+        }
+        self.levels.append(level)
+        if trainer.is_global_zero:  # the other DDP processes hold the same figures
+            write_json(d / "results.json", level)
+            (d / "test.hyp.txt").write_text("\n".join(self.task.last_eval["test"]["hypotheses"]) + "\n")
+            self.on_level(self.levels)
+            if pruner.rounds > 1:
+                record_levels(self.out, self.levels, self.logger, self.name)
+        pruner.on_round_end(self.task.model, r)  # the next mask, from the scored (best) weights
+        trainer.save_checkpoint(d / "round_end.ckpt", weights_only=True)
+        if trainer.is_global_zero and self.drop_old_checkpoints():
+            self.on_level(self.levels)
+
+    def drop_old_checkpoints(self) -> bool:
+        """Delete the checkpoint files of all but the `keep_rounds` latest finished rounds (None: keep all); their
+        levels keep their figures, with `best_checkpoint` null. True when a level changed."""
+        keep = self.cfg.get("checkpoints", {}).get("keep_rounds")
+        if keep is None:
+            return False
+        changed = False
+        for level in self.levels[: max(0, len(self.levels) - keep)]:
+            d = round_dir_of(self.out, level["round"])
+            for name in CHECKPOINT_FILES:
+                (d / name).unlink(missing_ok=True)
+            if level.get("best_checkpoint") is not None:
+                level["best_checkpoint"] = None
+                write_json(d / "results.json", level)
+                changed = True
+        return changed

@@ -1,0 +1,148 @@
+"""`train(cfg, out)`: one run, top to bottom. Needs no Hydra runtime, so tests and notebooks call it directly;
+`python train.py` (cli/train.py) only composes the config, calls it and turns errors into one line."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from prunelab.errors import UserError
+from prunelab.training.build import build_data, build_logger, build_model, build_task, model_args, validate
+from prunelab.training.interrupt import Interrupted
+from prunelab.training.io import ResultsWriter, is_rank_zero, read_state, write_state
+from prunelab.training.load import load_trained_weights
+from prunelab.training.rounds import Rounds, round_dir_of
+
+log = logging.getLogger("prunelab")
+
+
+def train(
+    cfg: DictConfig,
+    out: Path,
+    choices: dict[str, str] | None = None,
+    group: str | None = None,
+    job: str | None = None,
+) -> dict[str, Any]:
+    """Train, prune and test as `cfg` says, in the run folder `out` (a folder holding an unfinished run of the
+    same config resumes it). Returns what results.json holds; it is written also when the run fails
+    (`status: failed` and the error) or is interrupted (`status: interrupted`), and the error is re-raised.
+    `choices`: the config group options, for messages and reports; `group`/`job`: a sweep's W&B group and job."""
+    choices = dict(choices or {})
+    results = ResultsWriter(out / "results.json", config=resolved(cfg))
+    results.update(choices=choices)
+    try:
+        run(cfg, out, results, choices, group, job)
+    except Interrupted as e:
+        results.fail(f"interrupted by {e}", status="interrupted")
+        results.update(interrupted={"signal": str(e), "step": e.step, "checkpoint": e.checkpoint})
+        raise
+    except UserError as e:
+        results.fail(str(e))
+        raise
+    except Exception as e:
+        results.fail(f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        raise
+    finally:
+        results.write()
+    return results.data
+
+
+def run(
+    cfg: DictConfig, out: Path, results: ResultsWriter, choices: dict[str, str], group: str | None, job: str | None
+) -> None:
+    with user_errors():
+        validate(cfg)
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = build_data(cfg)
+        args = model_args(datamodule)
+        model = build_model(cfg.model, args, choices)
+        pruner = instantiate(cfg.pruner)
+        task = build_task(cfg, datamodule, model, pruner, choices)
+        init = start_weights(cfg, out, model, pruner)
+        logger = build_logger(cfg, out, group, job)
+        if logger:
+            logger.log_hyperparams(results.data["config"])
+    results.update(score=task.score, model_args=args, init_weights=init)
+
+    def on_level(levels: list[dict[str, Any]]) -> None:  # progress survives a kill
+        results.update(levels=levels)
+        results.write()
+
+    rounds = Rounds(cfg, out, task, datamodule, logger, choices.get("pruner", "run"), on_level, bool(cfg.get("ckpt")))
+    levels = rounds.run()
+
+    final = levels[-1]
+    if is_rank_zero():
+        hyp = round_dir_of(out, final["round"]) / "test.hyp.txt"
+        (out / "test.hyp.txt").write_text(hyp.read_text(encoding="utf-8"), encoding="utf-8")
+    tokens = task.train_tokens  # real source + target tokens trained on; fit time includes validation
+    results.update(
+        status="completed",
+        metrics=final["metrics"],
+        best_checkpoint=final["best_checkpoint"],
+        levels=levels,
+        train={
+            "fit_time_s": rounds.fit_time,
+            "tokens": tokens,
+            "tokens_per_s": tokens / rounds.fit_time if rounds.fit_time else None,
+        },
+        trainer=rounds.trainer_settings,  # what the Trainer ran with (none when every round was loaded)
+        **task.pruner.report(model),
+        **task.run_report(),
+    )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every pruning step compared the masks of all processes (pruning.base.check_ranks_agree)
+        results.update(ddp={"world_size": torch.distributed.get_world_size(), "mask_checks": task.pruner.rank_checks})
+
+
+def start_weights(cfg: DictConfig, out: Path, model: Any, pruner: Any) -> str | None:
+    """`ckpt=RUN`: the trained weights of that run, and its θ_0 (init.pt) for every method that rewinds to θ_0.
+    Otherwise this run's initialisation is saved as `init.pt` (θ_0, for rewinding and Wang & Tu's criticality)."""
+    if cfg.get("ckpt"):
+        source = load_trained_weights(model, Path(cfg.ckpt))
+        init = next((d / "init.pt" for d in (source.parent, *source.parents) if (d / "init.pt").exists()), None)
+        if init is None:
+            log.warning(
+                "ckpt=%s: no init.pt next to it; methods that rewind to θ_0 use this run's initialisation", source
+            )
+            return None
+        pruner.use_initial_weights(read_state(init))
+        return str(init)
+    init = out / "init.pt"
+    if not init.exists():
+        write_state(init, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return str(init)
+
+
+class user_errors:
+    """Config problems that Hydra or OmegaConf report in their own words become one clear UserError."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, e: BaseException | None, tb: Any) -> bool:
+        if isinstance(e, MissingMandatoryValue):
+            raise UserError(f"{e.full_key} must be set (e.g. {e.full_key}=...)") from None
+        if isinstance(e, InstantiationException):  # Hydra wraps errors raised in constructors
+            cause = e.__cause__
+            if isinstance(cause, UserError):
+                raise cause from None
+            if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+                raise UserError(f"unknown setting: {cause} (check the pruner./task. keys)") from None
+        return False
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception:  # a missing mandatory value: keep the config as written, the run reports the error
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
