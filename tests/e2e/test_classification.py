@@ -51,8 +51,8 @@ def test_lottery_family_on_the_classifier(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model=transformer_tiny", "data=synthetic_classification"], "is a translation model but"),
-        (["model=classifier_tiny", "data=synthetic_translation"], "is a classification model but"),
+        (["model=transformer_tiny", "data=synthetic_classification"], "cannot be built for classification data"),
+        (["model=classifier_tiny", "data=synthetic_translation"], "cannot be built for translation data"),
     ],
 )
 def test_mixing_kinds_is_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:

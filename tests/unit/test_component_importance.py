@@ -20,6 +20,7 @@ from prunelab.importance.components import (
     order_by_importance,
     smallest_alpha,
 )
+from prunelab.importance.scoring import BleuScorer
 from prunelab.models import Transformer, build_transformer
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search
@@ -158,11 +159,11 @@ def test_group_ablation_is_cumulative_and_greedy_rescoring_picks_least_harmful()
     data = batches(1)
     settings = DecodeSettings(beam_size=1)
     order = ["dec.1.ff", "enc.0.ff", "dec.0.sa"]
-    pts = group_ablation(model, data, TOK, settings, order)
+    pts = group_ablation(model, data, BleuScorer(TOK, settings), order)
     assert [c for c, _, _ in pts] == [0, 1, 2, 3] and [n for _, n, _ in pts] == [None, *order]
     with components_off(model, order[:2]):
         assert pts[2][2] == pytest.approx(corpus_bleu(model, data, TOK, 1, settings))
-    greedy = greedy_group_ablation(model, data, TOK, settings)
+    greedy = greedy_group_ablation(model, data, BleuScorer(TOK, settings))
     assert len(greedy) == len(component_names(model)) + 1
     first = greedy[1][1]
     res = ablation_bleu(model, data, TOK, settings, stop_below=None)
@@ -228,10 +229,10 @@ def test_early_stopping_keeps_eq1_exact(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_classifier_ablation_scores_accuracy_with_the_component_output_zeroed() -> None:
-    """For a classifier, ablation_bleu and variants_bleu score accuracy (%); checked against a model whose
-    component returns zeros, counted by hand."""
-    from prunelab.importance.components import variants_bleu
+    """For a classifier, the task's scorer (ClassificationTask.scorer) scores accuracy (%) in the ablation and
+    its variants; checked against a model whose component returns zeros, counted by hand."""
     from prunelab.models import build_classifier
+    from prunelab.tasks import ClassificationTask
 
     torch.manual_seed(0)
     model = build_classifier(num_classes=3, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=2).eval()
@@ -253,9 +254,10 @@ def test_classifier_ablation_scores_accuracy_with_the_component_output_zeroed() 
 
     names = component_names(model)
     assert names == ["enc.0.sa", "enc.0.ff", "enc.1.sa", "enc.1.ff"]
-    res = ablation_bleu(model, data, TOK, DecodeSettings(), names)
+    scorer = ClassificationTask.scorer(None)
+    res = scorer.ablation(model, data, names)
     assert res.baseline == pytest.approx(by_hand(None))
     assert res.bleu == {n: pytest.approx(by_hand(n)) for n in names} and not res.stopped
-    scores, _ = variants_bleu(model, data, TOK, DecodeSettings(), [frozenset(), frozenset(names[:2])])
+    scores, _ = scorer.variants(model, data, [frozenset(), frozenset(names[:2])])
     assert scores[0] == pytest.approx(by_hand(None))
     assert len({round(by_hand(n), 3) for n in names} | {round(res.baseline, 3)}) > 1, "ablations must change something"

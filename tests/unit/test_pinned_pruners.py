@@ -20,6 +20,7 @@ from prunelab.models.addressing import component_names
 from prunelab.pruning import MagnitudePruner, MPSLTPruner, Pruner, SLTMPPruner
 from prunelab.pruning.components import ComponentPruner
 from prunelab.pruning.masks import prunable_weights
+from prunelab.tasks import TranslationTask
 
 # --- pruner=components -------------------------------------------------------------------------------------
 
@@ -71,10 +72,11 @@ def component_pruner(model: Transformer, sparsity: float, monkeypatch: pytest.Mo
             baseline_seconds=0.0,
         )
 
-    monkeypatch.setattr("prunelab.pruning.components.ablation_bleu", fake_ablation)
+    monkeypatch.setattr("prunelab.importance.scoring.ablation_bleu", fake_ablation)
     p = ComponentPruner(sparsity=sparsity, mode="retrain", baseline="none")
     p.attach(model)
-    p.use_data(SimpleNamespace(val_dataloader=lambda: [{"src": torch.ones(1, 2, dtype=torch.long)}], tokenizer=None))
+    data = SimpleNamespace(val_dataloader=lambda: [{"src": torch.ones(1, 2, dtype=torch.long)}], tokenizer=None)
+    p.use_data(data, TranslationTask)  # the task says how to score: BLEU
     return p
 
 

@@ -12,7 +12,7 @@ import lightning as L
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps
-from prunelab.importance.components import DecodeSettings, ablation_bleu, contribution_scores
+from prunelab.importance.components import DecodeSettings, contribution_scores
 from prunelab.loggers import wandb_run
 
 log = logging.getLogger("prunelab")
@@ -34,7 +34,7 @@ class ComponentImportanceTracker(L.Callback):
             return
         dm = trainer.datamodule  # type: ignore[attr-defined]
         batches = list(dm.val_dataloader())[: self.max_batches]
-        res = ablation_bleu(pl_module.model, batches, dm.tokenizer, self.settings)  # type: ignore[arg-type]
+        res = pl_module.scorer(dm, self.settings).ablation(pl_module.model, batches)  # type: ignore[attr-defined]
         scores = contribution_scores(res.drops, res.baseline)
         step = trainer.global_step
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,15 +22,12 @@ from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps, plot_fraction_curves
 from prunelab.cli.heads import log_analysis_to_wandb
 from prunelab.errors import UserError
-from prunelab.importance.ablation import accuracy, corpus_bleu
 from prunelab.importance.components import (
     DecodeSettings,
-    ablation_bleu,
     contribution_scores,
     criticality_scores,
     greedy_group_ablation,
     group_ablation,
-    is_classifier,
     order_by_importance,
 )
 from prunelab.models.addressing import component_names
@@ -65,16 +62,16 @@ def analyse_components(
 ) -> dict[str, Any]:
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
-    score_name = "accuracy (%)" if is_classifier(model) else "BLEU"
-    tok = dm.tokenizer
     settings = decode_settings(res["config"], beam_size)
+    scorer = run.task_class.scorer(dm, settings)
+    score_name = scorer.name
     batches = list(dm.val_dataloader() if split == "valid" else dm.test_dataloader())
     out = out_dir or run_dir / "components"
     out.mkdir(parents=True, exist_ok=True)
     names = component_names(model)
 
     log.info("contribution: %d components, ablations decoded side by side", len(names))
-    abl = ablation_bleu(model, batches, tok, settings, names, stop_below=None if exact_drops else 0.1)
+    abl = scorer.ablation(model, batches, names, stop_below=None if exact_drops else 0.1)
     drops = abl.drops
     contribution = contribution_scores(drops, abl.baseline)
     full_decode_s = abl.baseline_seconds  # the unablated decode of the split: one ordinary full decode
@@ -99,9 +96,7 @@ def analyse_components(
         crit_base, found = criticality_scores(
             model,
             theta0,
-            (lambda: accuracy(model, batches))
-            if is_classifier(model)
-            else (lambda: corpus_bleu(model, batches, tok, settings.beam_size, settings)),
+            lambda: scorer.score(model, batches),
             names,
             epsilon,
             grid,
@@ -122,10 +117,10 @@ def analyse_components(
 
     order = order_by_importance(contribution)
     t0 = time.perf_counter()
-    group = group_ablation(model, batches, tok, settings, order)
+    group = group_ablation(model, batches, scorer, order)
     curves = {"by contribution": group}
     if rescore:
-        curves["re-scored after each step"] = greedy_group_ablation(model, batches, tok, settings)
+        curves["re-scored after each step"] = greedy_group_ablation(model, batches, scorer)
     cost["group_ablation_seconds"] = time.perf_counter() - t0
 
     report = {

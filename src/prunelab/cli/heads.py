@@ -21,8 +21,8 @@ from prunelab.importance.ablation import (
     order_by_score,
     scores_by_head,
     single_head_ablation,
-    task_score,
 )
+from prunelab.importance.components import DecodeSettings
 from prunelab.importance.heads import head_importance
 from prunelab.loggers import is_wandb_config
 from prunelab.training import load_run
@@ -39,16 +39,16 @@ def analyse_heads(
 ) -> dict[str, Any]:
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
-    tok = dm.tokenizer
+    scorer = run.task_class.scorer(dm, DecodeSettings(beam_size=beam_size))
     out = out_dir or run_dir / "heads"
     out.mkdir(parents=True, exist_ok=True)
     valid, test = list(dm.val_dataloader()), list(dm.test_dataloader())
 
     def score_valid() -> float:
-        return task_score(model, valid, tok, beam_size)
+        return scorer.score(model, valid)
 
     def score_test() -> float:
-        return task_score(model, test, tok, beam_size)
+        return scorer.score(model, test)
 
     # I_h on training data, normalised per layer (Michel et al. section 4.1)
     importance = scores_by_head(model, head_importance(model, dm.train_dataloader(), max_batches=importance_batches))
@@ -66,7 +66,7 @@ def analyse_heads(
     report = {
         "run": str(run_dir),
         "checkpoint": res["best_checkpoint"],
-        "score": "accuracy (%)" if getattr(model, "kind", "") == "classification" else "BLEU",
+        "score": scorer.name,
         "decoding": {"beam_size": beam_size, "split": "test", "choice_split": "valid"},
         "baseline_bleu": base,
         "importance": importance,

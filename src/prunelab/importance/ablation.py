@@ -55,13 +55,6 @@ def accuracy(model: Transformer, batches: Sequence[Batch]) -> float:
     return 100.0 * right / max(total, 1)
 
 
-def task_score(model: Transformer, batches: Sequence[Batch], tok: Tokenizer, beam_size: int = 1) -> float:
-    """The score the head studies report: corpus BLEU for a translation model, accuracy (%) for a classifier."""
-    if getattr(model, "kind", "translation") == "classification":
-        return accuracy(model, batches)
-    return corpus_bleu(model, batches, tok, beam_size)
-
-
 @contextmanager
 def gates_off(model: Transformer, names: Iterable[str]):
     """Gate the named heads (`dec.2.ea.h5`) or components (`enc.1.ff`: output replaced by zeros) off for

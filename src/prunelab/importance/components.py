@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sacrebleu
 import torch
@@ -35,6 +35,9 @@ from prunelab.metrics import translation_scores
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search_memory, max_target_lens
 from prunelab.models.transformer import Transformer
+
+if TYPE_CHECKING:
+    from prunelab.importance.scoring import Scorer
 
 Batch = dict[str, Any]
 
@@ -135,10 +138,6 @@ def decode_variants(
     return [out[i * B : (i + 1) * B] for i in range(len(variants))]
 
 
-def is_classifier(model: Transformer) -> bool:
-    return getattr(model, "kind", "translation") == "classification"
-
-
 def variant_accuracy(model: Transformer, batches: Sequence[Batch], zeroed: frozenset[str] | Sequence[str]) -> float:
     """Accuracy (%) of a classifier with the named components zeroed."""
     with gates_off(model, zeroed):
@@ -154,10 +153,7 @@ def variants_bleu(
     chunk: int = 16,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], int]:
-    """Corpus BLEU under every variant; at most `chunk` variants share a pass. -> (BLEU per variant, passes).
-    For a classifier: accuracy (%) under every variant, one forward pass over the data each."""
-    if is_classifier(model):
-        return [variant_accuracy(model, batches, v) for v in variants], len(variants) * len(batches)
+    """Corpus BLEU under every variant; at most `chunk` variants share a pass. -> (BLEU per variant, passes)."""
     was_training = model.training
     model.eval()
     hyps: list[list[str]] = [[] for _ in variants]
@@ -223,8 +219,6 @@ def ablation_bleu(
     C = c x baseline, so its contribution is exactly 1 whatever the rest would give. stop_below=None
     decodes everything (exact drops for every component)."""
     names = list(names if names is not None else component_names(model))
-    if is_classifier(model):
-        return ablation_accuracy(model, batches, names)
     was_training = model.training
     model.eval()
     bs = BleuStats()
@@ -387,21 +381,17 @@ def criticality_scores(
 
 # --- group ablation (Figure 9) --------------------------------------------------------------------------
 def group_ablation(
-    model: Transformer,
-    batches: Sequence[Batch],
-    tok: Tokenizer,
-    settings: DecodeSettings,
-    order: Sequence[str],
+    model: Transformer, batches: Sequence[Batch], scorer: Scorer, order: Sequence[str]
 ) -> list[tuple[int, str | None, float]]:
-    """Zero components cumulatively along `order` (all prefixes decoded side by side).
-    -> [(count zeroed, component added, BLEU)], starting at (0, None, unablated BLEU)."""
+    """Zero components cumulatively along `order` (all prefixes scored side by side).
+    -> [(count zeroed, component added, score)], starting at (0, None, unablated score)."""
     variants = [frozenset(order[:k]) for k in range(len(order) + 1)]
-    bleu, _ = variants_bleu(model, batches, tok, settings, variants)
+    bleu, _ = scorer.variants(model, batches, variants)
     return [(k, order[k - 1] if k else None, b) for k, b in enumerate(bleu)]
 
 
 def greedy_group_ablation(
-    model: Transformer, batches: Sequence[Batch], tok: Tokenizer, settings: DecodeSettings
+    model: Transformer, batches: Sequence[Batch], scorer: Scorer
 ) -> list[tuple[int, str | None, float]]:
     """Group ablation re-scored after each step: with the components chosen so far zeroed, zero next the
     one whose ablation costs least. One batched pass over the data per step."""
@@ -411,7 +401,7 @@ def greedy_group_ablation(
     while len(chosen) < len(names):
         rest = [n for n in names if n not in chosen]
         variants = [frozenset(chosen)] + [frozenset([*chosen, n]) for n in rest]
-        bleu, _ = variants_bleu(model, batches, tok, settings, variants)
+        bleu, _ = scorer.variants(model, batches, variants)
         if not points:
             points.append((0, None, bleu[0]))
         best = max(range(len(rest)), key=lambda i: (bleu[i + 1], -i))

@@ -165,7 +165,7 @@ class AttendOutPruner(Pruner):
             }
             self.register_buffer("keep_probability", torch.full((len(model.enc),), float("nan")))  # type: ignore[arg-type]
 
-    def use_data(self, datamodule: object) -> None:
+    def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:

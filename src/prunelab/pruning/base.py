@@ -12,7 +12,7 @@ The whole call order, and who calls what:
     training.train.start_weights
         use_initial_weights(state)       `ckpt=RUN`: that run's θ_0 (init.pt), for methods that rewind to it
     training.rounds.Rounds.run           (the round loop; `rounds` rounds, each a fresh trainer.fit)
-        use_data(datamodule)             once, before the first round (scoring with data: I_h, Eq. 1)
+        use_data(datamodule, task)       once, before the first round (scoring with data: I_h, Eq. 1)
         round_steps(r, max_steps, pretrained)   the round's training steps (0: evaluate only)
         on_round_start(model, r)         a new round: rewind weights, set this round's mask
           or enter_round(r)              a round resumed from its checkpoint, or a finished one reloaded
@@ -106,8 +106,9 @@ class Pruner(nn.Module):
         """The run starts from a trained checkpoint (`ckpt=`) whose run saved θ_0 (init.pt): methods that
         rewind to θ_0 take that run's initialisation instead of this run's."""
 
-    def use_data(self, datamodule: object) -> None:
-        """Pruners that score with data (head importance, contribution) keep it."""
+    def use_data(self, datamodule: object, task: Any) -> None:
+        """Pruners that score with data keep it (head importance), and the task's way of scoring a model
+        (`task.scorer(datamodule, settings)`: BLEU or accuracy, for Wang & Tu's contribution)."""
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
         """Training steps of round `round_idx` (0: the round only evaluates the weights it starts from).
@@ -167,10 +168,6 @@ class Pruner(nn.Module):
     def report(self, model: nn.Module) -> dict[str, Any]:
         """Sparsity, parameter counts and memory of the model as the method leaves it (results.json)."""
         return dense_report(model)
-
-
-class NoPruner(Pruner):
-    """`pruner=none`: the dense baseline. No masks, so training pays nothing."""
 
 
 class MaskPruner(Pruner):
@@ -280,3 +277,14 @@ class MaskPruner(Pruner):
                 },
             },
         }
+
+
+class NoPruner(MaskPruner):
+    """`pruner=none`: the dense baseline. It registers no masks, so training pays nothing; its report counts
+    the prunable matrices (all kept) like any mask method's, so dense rows sit in the same tables."""
+
+    def __init__(self) -> None:
+        super().__init__(sparsity=0.0)
+
+    def attach(self, model: nn.Module) -> None:
+        self._weights = {}

@@ -31,7 +31,6 @@ from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
 from prunelab.importance.components import (
     DecodeSettings,
-    ablation_bleu,
     contribution_scores,
     order_by_importance,
 )
@@ -75,6 +74,7 @@ class ComponentPruner(Pruner):
         self.score_batches = score_batches
         self.rounds = 3 if (mode == "rewind" or self.shallow) else 2
         self._datamodule: Any = None
+        self._scorer: Any = None
         self.chosen: list[str] = []
         self.scores: dict[str, float] = {}
 
@@ -97,8 +97,9 @@ class ComponentPruner(Pruner):
             if hasattr(self, f"init__{_key(k)}"):
                 getattr(self, f"init__{_key(k)}").copy_(v)
 
-    def use_data(self, datamodule: object) -> None:
+    def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
+        self._scorer = task.scorer(datamodule, self.settings) if task is not None else None
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
         if round_idx == 0:
@@ -143,12 +144,12 @@ class ComponentPruner(Pruner):
     # --- the method ---------------------------------------------------------------------------------
     def choose(self, model: nn.Module) -> list[str]:
         """The `sparsity` fraction of components with the lowest contribution on the validation data."""
-        if self._datamodule is None:
-            raise RuntimeError("ComponentPruner.use_data(datamodule) must be called before pruning")
+        if self._datamodule is None or self._scorer is None:
+            raise RuntimeError("ComponentPruner.use_data(datamodule, task) must be called before pruning")
 
         batches = list(self._datamodule.val_dataloader())[: self.score_batches]
         names = component_names(model)  # type: ignore[arg-type]
-        res = ablation_bleu(model, batches, self._datamodule.tokenizer, self.settings, names)  # type: ignore[arg-type]
+        res = self._scorer.ablation(model, batches, names)  # BLEU, or accuracy for a classifier (the task's)
         scores = contribution_scores(res.drops, res.baseline)
         for n, v in scores.items():
             self.contribution[self._names.index(n)] = v

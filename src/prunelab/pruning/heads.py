@@ -68,7 +68,7 @@ class HeadPruner(Pruner):
             self.register_buffer("removed", torch.zeros(len(names), n_heads, dtype=torch.bool))
         self._names = names
 
-    def use_data(self, datamodule: object) -> None:
+    def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:

@@ -72,6 +72,12 @@ class PrunableTask(L.LightningModule):
         """What this task is scored by, as results.json and every level report it."""
         return {"key": self.score_key, "name": self.score_name}
 
+    @staticmethod
+    def scorer(datamodule: Any, settings: Any = None) -> Any:
+        """The importance studies' Scorer for this task (prunelab.importance.scoring), on `datamodule`'s data;
+        `settings`: decoding settings where the score decodes (DecodeSettings)."""
+        raise NotImplementedError
+
     def run_report(self) -> dict[str, Any]:
         """What results.json holds about this task besides its metrics (e.g. how the score was computed)."""
         return {}

@@ -95,6 +95,13 @@ class ClassificationTask(PrunableTask):
             self.log_target(scores[self.metric])
         self.last_eval[split] = {"hypotheses": [self.labels[p] for p in pred.tolist()], "scores": scores}
 
+    @staticmethod
+    def scorer(datamodule: Any, settings: Any = None) -> Any:
+        """Accuracy in percent (the 0-100 scale of BLEU); nothing is decoded, so `settings` do not apply."""
+        from prunelab.importance.scoring import AccuracyScorer
+
+        return AccuracyScorer()
+
     def run_report(self) -> dict[str, Any]:
         return {"labels": self.labels}  # class index -> label name, as the model predicts them
 

@@ -103,6 +103,14 @@ class TranslationTask(PrunableTask):
             self.log_target(scores.bleu)
         self.last_eval[split] = {"hypotheses": hyps, "scores": scores}
 
+    @staticmethod
+    def scorer(datamodule: Any, settings: Any = None) -> Any:
+        """Corpus BLEU of beam-search decodes (`settings`: beam, length penalty, length limits)."""
+        from prunelab.importance.components import DecodeSettings
+        from prunelab.importance.scoring import BleuScorer
+
+        return BleuScorer(datamodule.tokenizer, settings or DecodeSettings())
+
     def run_report(self) -> dict[str, Any]:
         """sacreBLEU's signatures of the test scores (none when every round was loaded from a finished run)."""
         scores = self.last_eval.get("test", {}).get("scores")

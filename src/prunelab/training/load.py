@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -36,6 +37,7 @@ class LoadedRun:
     state: dict[str, Tensor]  # the checkpoint's whole state_dict (model, masks, pruner snapshots)
     model: nn.Module  # eval mode
     datamodule: Any | None  # set up, when asked for (or when an older run did not record model_args)
+    task_class: type  # the run's LightningModule class (it says how the run is scored: `scorer`)
 
 
 def load_run(path: Path, data: bool = False) -> LoadedRun:
@@ -58,7 +60,17 @@ def load_run(path: Path, data: bool = False) -> LoadedRun:
     model = build_model(cfg.model, args)
     state = checkpoint_state(ckpt)
     load_model_state(model, state, ckpt)
-    return LoadedRun(run_dir, results, cfg, ckpt, state, model.eval(), datamodule)
+    return LoadedRun(run_dir, results, cfg, ckpt, state, model.eval(), datamodule, task_class(cfg))
+
+
+def task_class(cfg: DictConfig) -> type:
+    """The run's task class from its `task._target_`; runs recorded before the task group named no target and
+    were translation runs unless their model was a classifier."""
+    target = OmegaConf.select(cfg, "task._target_", default=None)
+    if target is None:
+        legacy = "classifier" in str(OmegaConf.select(cfg, "model._target_", default=""))
+        target = "prunelab.tasks.ClassificationTask" if legacy else "prunelab.tasks.TranslationTask"
+    return get_class(target)
 
 
 def checkpoint_state(path: Path, label: str = "") -> dict[str, Tensor]:

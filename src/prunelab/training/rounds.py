@@ -48,20 +48,18 @@ def latest_finished_round(out: Path, rounds: int) -> int:
 
 
 class SaveOnInterrupt(L.Callback):
-    """Ctrl-C or SIGTERM during fit: the round's `last.ckpt` at the step boundary training reached, then stop.
-    A noted signal stops the run at the next step's start; Lightning's own SIGTERM stop comes at the end of a
-    step. Either way the checkpoint is saved before the Trainer tears down."""
+    """Ctrl-C or SIGTERM during fit: the round's `last.ckpt` at the end of the step training reached, then stop.
+    A signal noted by prunelab's handler (interrupt.py) is handed to Lightning's own SIGTERM stop, which ends
+    the step (scheduler step included), tells every DDP rank and raises; the checkpoint is saved then, before
+    the Trainer tears down. (Stopping at the next step's start instead does not resume exactly.)"""
 
     def __init__(self, last: Path):
         self.last = last
         self.step: int | None = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        stop = interrupt.requested() is not None
-        if trainer.world_size > 1:  # every rank stops at the same step
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
-            raise interrupt.Interrupted(interrupt.requested() or 2)
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if interrupt.requested() is not None:
+            trainer._signal_connector.received_sigterm = True  # Lightning stops at this step's end
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, interrupt.Interrupted | SIGTERMException | KeyboardInterrupt):
@@ -98,7 +96,7 @@ class Rounds:
 
     def run(self) -> list[dict[str, Any]]:
         pruner = self.task.pruner
-        pruner.use_data(self.datamodule)
+        pruner.use_data(self.datamodule, self.task)
         finished = latest_finished_round(self.out, pruner.rounds)
         for r in range(pruner.rounds):
             if r <= finished:
@@ -162,7 +160,7 @@ class Rounds:
                 e.round, e.kept = r, str(last.relative_to(self.out)) if last.exists() else None
                 raise
             except (interrupt.Interrupted, SIGTERMException) as e:
-                signum = e.signum if isinstance(e, interrupt.Interrupted) else 15
+                signum = e.signum if isinstance(e, interrupt.Interrupted) else interrupt.requested() or 15
                 raise interrupt.Interrupted(signum, guard.step, str(last)) from None
             metrics = evaluate(trainer, self.task, self.datamodule, ckpt.best_model_path)
             best = ckpt.best_model_path
