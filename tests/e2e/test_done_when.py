@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prunelab.training.load import mask_key
 from tests.e2e.conftest import train
 from tests.e2e.wandb_log import history
 
@@ -37,4 +38,4 @@ def test_mp_default_run_hits_90_percent(tmp_path: Path) -> None:
     for key, value in state.items():
         if key.startswith("model.") and value.dim() == 1 and "pos" not in key:
             assert bool((value != 0).any()), f"{key} was zeroed"  # biases and norms keep their values
-            assert f"pruner.mask__{key[6:].replace('.', '__')}" not in state
+            assert mask_key(key.removeprefix("model.")) not in state

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prunelab.training.load import checkpoint_masks
 from tests.e2e.conftest import ROOT, Run, run_env, train
 
 BASE = [
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.xdist_group("resume")  # one worker runs the module-sco
 def final_masks(run_dir: Path) -> dict[str, torch.Tensor]:
     best = json.loads((run_dir / "results.json").read_text())["best_checkpoint"]
     state = torch.load(best, weights_only=True)["state_dict"]
-    return {k: v for k, v in state.items() if k.startswith("pruner.mask__")}
+    return checkpoint_masks(state)
 
 
 def reached(target: Path, text: str | None, last_size: int) -> bool:

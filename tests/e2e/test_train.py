@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prunelab.training.load import checkpoint_masks, mask_key
 from tests.e2e.conftest import check_scores_from_files, read_hypotheses, train, write_corpus
 
 REQUIRED_METRICS = {"val/bleu", "val/ter", "test/bleu", "test/ter"}
@@ -42,15 +43,15 @@ def test_mp_reaches_exact_sparsity_and_leaves_biases(tmp_path: Path, smoke: list
     )
     # the tested checkpoint is the pruned one: its weights carry the masks, biases and norms are untouched
     state = torch.load(res["best_checkpoint"], weights_only=True)["state_dict"]
-    masked = [k for k in state if k.startswith("pruner.mask__")]
-    assert masked
-    for key in masked:
-        weight = state["model." + key.removeprefix("pruner.mask__").replace("__", ".")]
-        assert bool((weight[state[key] == 0] == 0).all())
-        assert abs(float((state[key] == 0).float().mean()) - 0.9) < 0.01
+    masks = checkpoint_masks(state)
+    assert masks
+    for name, mask in masks.items():
+        weight = state["model." + name]
+        assert bool((weight[mask == 0] == 0).all())
+        assert abs(float((mask == 0).float().mean()) - 0.9) < 0.01
     for key, _value in state.items():
         if key.startswith("model.") and (key.endswith(".bias") or "norm" in key):
-            assert f"pruner.mask__{key[6:].replace('.', '__')}" not in state
+            assert mask_key(key.removeprefix("model.")) not in state
     check_scores_from_files(run)
 
 

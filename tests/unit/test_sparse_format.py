@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from prunelab.cli.export import FORMAT, MASK_PREFIX, export_run, load_sparse, main
+from prunelab.cli.export import FORMAT, export_run, load_sparse, main
 from prunelab.models import Transformer, TransformerClassifier, TransformerConfig
 from prunelab.models.sparse_format import bitmask_bytes, pack, pack_state, packed_bytes, unpack, unpack_state
 from prunelab.models.surgery import prune_heads
+from prunelab.training.load import checkpoint_masks, mask_key
 
 SHAPES = [(7,), (3, 5), (13, 11), (64, 48), (2, 3, 5), (1, 1)]
 SPARSITIES = [0.0, 0.3, 0.9, 1.0]
@@ -177,7 +178,7 @@ def _fake_run(run_dir: Path, model: nn.Module, masks: dict[str, Tensor], model_c
     state_dict has the model under `model.` and the pruner's masks under `pruner.mask__<name with __>`."""
     run_dir.mkdir(parents=True)
     state = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
-    state.update({MASK_PREFIX + n.replace(".", "__"): m for n, m in masks.items()})
+    state.update({mask_key(n): m for n, m in masks.items()})
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     ckpt.parent.mkdir()
     torch.save({"state_dict": state, "epoch": 3}, ckpt)
@@ -225,7 +226,7 @@ def test_export_reloads_to_identical_outputs(tmp_path: Path, fmt: str) -> None:
     with torch.no_grad():
         assert torch.equal(model(src, tgt), ref(src, tgt))
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
-    masks = {k: v for k, v in ckpt.items() if k.startswith(MASK_PREFIX)}
+    masks = checkpoint_masks(ckpt)
     assert stats["sparse_matrices"] == len(masks) == 2 * 6 + 2 * 10  # 4 linear per attention, 2 per ff
     assert stats["nonzeros"] == sum(int(m.sum()) for m in masks.values())
     dense = sum(

@@ -39,12 +39,12 @@ from prunelab.models.surgery import load_state_dict_with_heads
 from prunelab.training import load_run
 from prunelab.training.build import build_model
 from prunelab.training.io import read_state
+from prunelab.training.load import checkpoint_masks
 
 FORMAT = "prunelab-sparse-v1"  # CSC
 BITMASK_FORMAT = "prunelab-bitmask-v1"
 FORMATS = {"bitmask": BITMASK_FORMAT, "csc": FORMAT}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MASK_PREFIX = "pruner.mask__"
 
 
 def _csc32(w: Tensor) -> Tensor:
@@ -70,11 +70,7 @@ def _model_state(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
     model took from the data}, which `training.build.build_model` rebuilds it from."""
     run = load_run(run_dir)
     state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-    masks = {}
-    for name in state:
-        mask_key = MASK_PREFIX + name.replace(".", "__")
-        if mask_key in run.state:
-            masks[name] = run.state[mask_key]
+    masks = {n: m for n, m in checkpoint_masks(run.state).items() if n in state}
     raw = OmegaConf.to_container(run.config.model, resolve=True)
     args = dict(run.results.get("model_args") or {})
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}

@@ -104,7 +104,7 @@ class RoundPruner(MaskPruner):
         for kind in ("init", "early"):
             if kind in needs:
                 for name, p in self._params.items():
-                    key = self._snap_key(kind, name)
+                    key = self.snapshot_buffer(kind, name)
                     if not hasattr(self, key):
                         self.register_buffer(key, p.detach().clone())  # θ_0 is the model as attached
 
@@ -117,22 +117,22 @@ class RoundPruner(MaskPruner):
         for name in self._params:
             if name not in state:
                 raise UserError(f"the source run's init.pt has no {name}: it is another model")
-            target = getattr(self, self._snap_key("init", name))
+            target = getattr(self, self.snapshot_buffer("init", name))
             if state[name].shape != target.shape:
                 raise UserError(f"the source run's init.pt holds {name} of shape {tuple(state[name].shape)}")
             target.copy_(state[name])
 
     @staticmethod
-    def _snap_key(kind: str, name: str) -> str:
+    def snapshot_buffer(kind: str, name: str) -> str:
         return f"theta_{'0' if kind == 'init' else 't'}__" + name.replace(".", "__")
 
     def snapshot(self, kind: str) -> dict[str, Tensor]:
-        return {n: getattr(self, self._snap_key(kind, n)) for n in self._params}
+        return {n: getattr(self, self.snapshot_buffer(kind, n)) for n in self._params}
 
     @torch.no_grad()
     def _capture_early(self) -> None:
         for name, p in self._params.items():
-            getattr(self, self._snap_key("early", name)).copy_(p)
+            getattr(self, self.snapshot_buffer("early", name)).copy_(p)
 
     def rewind_step_of(self, total_steps: int) -> int:
         step = self.rewind_step if self.rewind_step is not None else round(self.rewind_fraction * total_steps)
