@@ -99,3 +99,27 @@ def write_corpus(root: Path, n: int = 60, langs: tuple[str, str] = ("en", "de"))
         (root / f"{split}.{langs[0]}").write_text("\n".join(src) + "\n", encoding="utf-8")
         (root / f"{split}.{langs[1]}").write_text("\n".join(tgt) + "\n", encoding="utf-8")
     return root
+
+
+def assert_export_round_trip(run_dir: Path) -> None:
+    """`prunelab export` of a real run reloads (load_sparse) to the outputs of the run's tested model, rebuilt
+    independently through load_run: exactly, in fp32 (classifiers and head-pruned runs included)."""
+    import torch
+
+    from prunelab.cli.export import export_run, load_sparse
+    from prunelab.training import load_run
+
+    reference = load_run(run_dir).model
+    exported = load_sparse(export_run(run_dir, run_dir / "exported.pt")[0])
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, reference.cfg.vocab_size, (3, 9), generator=g)
+    args = (
+        (src,)
+        if not reference.cfg.dec_layers
+        else (src, torch.randint(4, reference.cfg.vocab_size, (3, 7), generator=g))
+    )
+    with torch.no_grad():
+        assert torch.equal(exported(*args), reference(*args))
+    assert {k: v.shape for k, v in exported.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import check_scores_from_files, train
+from tests.e2e.conftest import assert_export_round_trip, check_scores_from_files, train
 
 CLS = ["model=classifier_tiny", "data=synthetic_classification", "experiment=smoke", "logger=csv"]
 
@@ -36,6 +36,8 @@ def test_mp_and_heads_on_the_classifier(tmp_path: Path) -> None:
     assert lv[0]["metrics"]["test/acc"] == pytest.approx(mp.results["metrics"]["test/acc"])
     assert len(heads.results["heads"]["removed"]) == 1  # smoke: 1 encoder layer x 2 heads
     assert lv[1]["params"]["total"] < lv[0]["params"]["total"]
+    assert_export_round_trip(mp.dir)  # a classifier's export reloads (it failed on "dec.0.sa.gate")
+    assert_export_round_trip(heads.dir)  # with heads removed too
 
 
 def test_lottery_family_on_the_classifier(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import train
+from tests.e2e.conftest import assert_export_round_trip, train
 
 
 def test_heads_pruner_on_a_trained_run(tmp_path: Path, smoke: list[str]) -> None:
@@ -27,6 +27,7 @@ def test_heads_pruner_on_a_trained_run(tmp_path: Path, smoke: list[str]) -> None
     assert res["params"]["before_pruning"] == dense.results["params"]["total"]
     assert res["metrics"] == levels[-1]["metrics"]
     assert (run.dir / "curve.csv").exists() and (run.dir / "curve.png").stat().st_size > 0
+    assert_export_round_trip(run.dir)  # a head-pruned run's export reloads (it failed on the smaller shapes)
 
     # the pruned run is itself a starting point: its smaller shapes load, and nothing more is removed
     again = train(tmp_path / "again", *smoke, "pruner=heads", "sparsity=0.5", f"ckpt={run.dir}")
