@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from prunelab.models import Transformer, build_transformer
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # tests run side by side, one per core: one thread each, as train.py
+    torch.set_num_threads(1)  # subprocesses get through OMP_NUM_THREADS (tests/e2e/conftest.py)
 
 
 @pytest.fixture

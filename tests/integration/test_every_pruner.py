@@ -13,9 +13,13 @@ from prunelab.training import train
 from tests.integration.conftest import run_cfg
 
 PRUNERS = sorted(p.stem for p in (Path(CONF_DIR) / "pruner").glob("*.yaml"))
-DATA = {"translation": [], "classification": ["model=classifier_tiny", "data=synthetic_classification"]}
-FAST = {"finetune_steps": 3, "every": 2}  # a pruner's own step counts, kept short where it has them
+DATA = {
+    "translation": ["task.beam_size=1"],
+    "classification": ["model=classifier_tiny", "data=synthetic_classification"],
+}
 SPARSITY = 0.3
+# kept short where a pruner has them: its own step counts, and one pruned level for iterative methods
+FAST = {"finetune_steps": 3, "every": 2, "levels": f"[{SPARSITY}]"}
 
 
 @pytest.mark.parametrize("name", PRUNERS)
