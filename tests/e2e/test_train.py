@@ -212,8 +212,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, smoke: list[str]) -> None:
         *smoke,
         "hardware=ddp",
         "hardware.accelerator=cpu",
-        "hardware.devices=2",
-        "hardware.precision=32-true",
+        "hardware.devices=2",  # the preset's bf16-mixed and DDP strategy kept: only the accelerator is the CPU
         "pruner=mp_slt",
         "sparsity=0.6",
         "pruner.intermediate_sparsity=0.3",
@@ -224,6 +223,11 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, smoke: list[str]) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     assert res["status"] == "completed"
+    assert (res["trainer"]["strategy"], res["trainer"]["precision"], res["trainer"]["devices"]) == (
+        "DDPStrategy",
+        "bf16-mixed",
+        2,
+    )
     assert [round(lv["sparsity"], 2) for lv in res["levels"]] == [0.3, 0.6]
     # every pruning step (the MP steps of round 0, the SLT mask at its end) was checked on both processes
     start, end = pruning_window(20, 0.2, 0.7)

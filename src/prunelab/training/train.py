@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,22 +125,20 @@ def start_weights(cfg: DictConfig, out: Path, model: Any, pruner: Any) -> str | 
     return str(init)
 
 
-class user_errors:
+@contextmanager
+def user_errors() -> Iterator[None]:
     """Config problems that Hydra or OmegaConf report in their own words become one clear UserError."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, e: BaseException | None, tb: Any) -> bool:
-        if isinstance(e, MissingMandatoryValue):
-            raise UserError(f"{e.full_key} must be set (e.g. {e.full_key}=...)") from None
-        if isinstance(e, InstantiationException):  # Hydra wraps errors raised in constructors
-            cause = e.__cause__
-            if isinstance(cause, UserError):
-                raise cause from None
-            if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
-                raise UserError(f"unknown setting: {cause} (check the pruner./task. keys)") from None
-        return False
+    try:
+        yield
+    except MissingMandatoryValue as e:
+        raise UserError(f"{e.full_key} must be set (e.g. {e.full_key}=...)") from None
+    except InstantiationException as e:  # Hydra wraps errors raised in constructors
+        cause = e.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            raise UserError(f"unknown setting: {cause} (check the pruner./task. keys)") from None
+        raise
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
