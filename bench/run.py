@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import analysis
+import export
 import generation
 import torch
 import training
@@ -45,6 +46,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
         "decoding": lambda: generation.kv_cache(steps=50 if q else 60, reps=3 if q else 5),
         "mfu": lambda: training.mfu("transformer_big" if paper else "transformer_base", 4096, steps=1 if q else 4),
         "memory": lambda: training.memory(default_steps=20 if q else 200, base_steps=2 if q else 3),
+        "export": lambda: export.sizes(0.9),
         "heads": lambda: generation.heads(rounds=2 if q else 3),
         "analysis": lambda: [
             *analysis.components(train_steps=100 if q else 1200, reps=1 if q else 3, warmup=0 if q else 1),
