@@ -3,6 +3,7 @@
 PY      := .venv/bin/python
 TORCH   := torch==2.13.0
 STAMP   := .venv/.installed
+TEST_STAMP  := .venv/.test-installed
 BENCH_STAMP := .venv/.bench-installed
 ARGS    ?=
 
@@ -23,11 +24,18 @@ train: $(STAMP)
 sweep: $(STAMP)
 	$(PY) train.py -m pruner=none,mp sparsity=0.5,0.8,0.9 $(ARGS)
 
-test: $(STAMP)
+# The tests also need the hf extra: the import parity tests build reference models with transformers and read
+# them with safetensors. `make train` stays without it (a lighter set-up); the torch pin is on every pip line,
+# so that resolving the extras can never replace the CPU wheel with a CUDA one.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,hf]' $(TORCH)
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,hf,bench]' $(TORCH)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -1,4 +1,5 @@
 from prunelab.models.classifier import TransformerClassifier, build_classifier
+from prunelab.models.hf_import import build_hf_encoder, load_hf_encoder  # reads files; imports no transformers
 from prunelab.models.transformer import Transformer, TransformerConfig
 
 
@@ -7,4 +8,12 @@ def build_transformer(**kwargs: object) -> Transformer:
     return Transformer(TransformerConfig(**kwargs))  # type: ignore[arg-type]
 
 
-__all__ = ["Transformer", "TransformerClassifier", "TransformerConfig", "build_classifier", "build_transformer"]
+__all__ = [
+    "Transformer",
+    "TransformerClassifier",
+    "TransformerConfig",
+    "build_classifier",
+    "build_hf_encoder",
+    "build_transformer",
+    "load_hf_encoder",
+]

@@ -16,13 +16,17 @@ the output projection. Gates default to 1; multiplying by 1.0 is exact in IEEE a
 model with all gates at 1 computes bit-identical outputs to one without gates.
 Gates are buffers, not parameters: the optimizer never sees them, but `requires_grad_()` on a gate
 gives dL/d(gate), which is what head importance needs.
+
+The config's defaults are the 2017 model; its other options (LayerNorm eps, GELU, learned positions, token
+types, an embedding LayerNorm, no embedding scale) are what pretrained encoders such as BERT need, see
+prunelab.models.hf_import.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +37,17 @@ from torch.nn.utils import skip_init  # the weights are copied in: no init neede
 # A decoder-side key/value cache: one dict per decoder layer holding "sa_k", "sa_v" (grown by one
 # position per step) and "ea_k", "ea_v" (the projected encoder memory, computed once).
 Cache = list[dict[str, Tensor]]
+
+# Feed-forward non-linearities by config name. "gelu" is the exact (erf) GELU of BERT's `hidden_act="gelu"`;
+# "gelu_tanh" is the tanh approximation (HF `gelu_new`, `gelu_pytorch_tanh`): they differ by up to 5e-4, which
+# a parity test notices, so the two are kept apart.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+POSITIONS = ("sinusoidal", "learned")
 
 
 @dataclass
@@ -51,10 +66,28 @@ class TransformerConfig:
     gated: bool = True  # False skips every gate multiply (used to check that gates at 1 are a no-op)
     layerdrop: float = 0.0  # LayerDrop (Fan et al. 2020): in training, each sub-layer is skipped with this chance
     removed: tuple[str, ...] = ()  # components built without parameters, e.g. ("enc.0.ff", "dec.1.sa")
+    # Options for imported checkpoints (prunelab.models.hf_import); the defaults are the 2017 model as above.
+    norm_eps: float = 1e-5  # every LayerNorm's epsilon (BERT: 1e-12)
+    activation: str = "relu"  # feed-forward non-linearity, a key of ACTIVATIONS (BERT: gelu, exact erf)
+    activation_dropout: float | None = None  # dropout between fc1 and fc2; None: `dropout` (BERT has none: 0)
+    embed_scale: bool = True  # token embeddings x sqrt(d_model), as Vaswani et al. (BERT: no scaling)
+    positions: str = "sinusoidal"  # sinusoidal (a fixed table) | learned (`pos_embed`, max_len rows, BERT)
+    position_offset: int = 0  # 0: positions 0, 1, 2, ...; k > 0: RoBERTa's, see Transformer.position_ids
+    type_vocab_size: int = 0  # >0: a `type_embed` table of token types (BERT's segments A/B) added to the input
+    embed_norm: bool = False  # a LayerNorm on the summed embeddings, before their dropout (BERT)
+    embed_dim: int | None = None  # embedding width if not d_model (ELECTRA-small: 128), then `embed_proj` to d_model
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.position_offset < 0 or self.type_vocab_size < 0:
+            raise ValueError("position_offset and type_vocab_size must be >= 0")
+        if self.embed_dim not in (None, self.d_model) and self.dec_layers:
+            raise ValueError("embed_dim != d_model needs dec_layers=0: the output projection is the tied embedding")
         if not 0.0 <= self.layerdrop < 1.0:
             raise ValueError(f"layerdrop must be in [0, 1), got {self.layerdrop}")
         self.removed = tuple(self.removed)
@@ -203,11 +236,12 @@ class FeedForward(nn.Module):
         self.gated = cfg.gated
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.activation = cfg.activation  # a name, not a function: the module stays picklable and printable
+        self.dropout = nn.Dropout(cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout)
         self.register_buffer("gate", torch.ones(()))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.fc2(self.dropout(F.relu(self.fc1(x))))  # (B, T, C)
+        y = self.fc2(self.dropout(ACTIVATIONS[self.activation](self.fc1(x))))  # (B, T, C)
         return gated(y, self.gate) if self.gated else y
 
 
@@ -217,7 +251,7 @@ class Residual(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.pre_norm = cfg.pre_norm
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def inp(self, x: Tensor) -> Tensor:
@@ -349,41 +383,82 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
-        self.register_buffer("pos", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+        E = cfg.embed_dim or cfg.d_model  # the embeddings' width
+        self.embed = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_id)
+        # optional parts exist only when asked for, so the default model's parameters, state-dict keys and
+        # random initialisation stay exactly what they were before these options
+        self.pos_embed = nn.Embedding(cfg.max_len, E) if cfg.positions == "learned" else None
+        if cfg.positions == "sinusoidal":
+            self.register_buffer("pos", sinusoidal_positions(cfg.max_len, E), persistent=False)
+        self.type_embed = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
+        self.embed_norm = nn.LayerNorm(E, eps=cfg.norm_eps) if cfg.embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
+        self.embed_proj = nn.Linear(E, cfg.d_model) if E != cfg.d_model else None  # ELECTRA's embeddings_project
         self.enc = nn.ModuleList(EncoderLayer(cfg, f"enc.{i}") for i in range(cfg.enc_layers))
         self.dec = nn.ModuleList(DecoderLayer(cfg, f"dec.{i}") for i in range(cfg.dec_layers))
         # pre-norm leaves the residual stream un-normalised, so each stack ends with a LayerNorm
-        self.enc_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        self.dec_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm and cfg.dec_layers else nn.Identity()
+        # (post-norm ends every sub-layer with one already, as BERT does: no final LayerNorm there)
+        self.enc_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        self.dec_norm = (
+            nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.pre_norm and cfg.dec_layers else nn.Identity()
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
-            if p.dim() == 2 and not name.startswith("embed"):
+            if p.dim() == 2 and name not in ("embed.weight", "pos_embed.weight", "type_embed.weight"):
                 nn.init.xavier_uniform_(p)
             elif name.endswith(".bias"):
                 nn.init.zeros_(p)
         nn.init.normal_(self.embed.weight, mean=0.0, std=self.cfg.d_model**-0.5)
+        for table in (self.pos_embed, self.type_embed):  # BERT's initializer_range
+            if table is not None:
+                nn.init.normal_(table.weight, mean=0.0, std=0.02)
         with torch.no_grad():
             self.embed.weight[self.cfg.pad_id].zero_()
 
-    def embed_tokens(self, tokens: Tensor, offset: int = 0) -> Tensor:
+    def position_ids(self, tokens: Tensor, offset: int = 0) -> Tensor:
+        """The position of each token of tokens (B, T): (T,), or (B, T) with position_offset k > 0, RoBERTa's
+        `create_position_ids_from_input_ids` (fairseq's make_positions): the real tokens are numbered k, k+1, ...
+        in order, skipping padding, and every pad token sits at k-1 (RoBERTa: k = pad_id + 1, pads at pad_id)."""
+        k = self.cfg.position_offset
+        if not k:
+            return torch.arange(offset, offset + tokens.size(1), device=tokens.device)  # (T,)
+        if offset:
+            raise ValueError("position_offset > 0 numbers positions per sentence: no incremental decoding")
+        real = (tokens != self.cfg.pad_id).long()  # (B, T)
+        return torch.cumsum(real, dim=1) * real + (k - 1)  # (B, T)
+
+    def embed_tokens(self, tokens: Tensor, offset: int = 0, types: Tensor | None = None) -> Tensor:
+        """tokens (B, T) -> input states (B, T, C): token (+ token type) + position embeddings, then the optional
+        embedding LayerNorm, dropout, and the projection embed_dim -> d_model. `types` (B, T): token types (segment
+        ids), 0 everywhere when None."""
         T = tokens.size(1)
-        if offset + T > self.cfg.max_len:
+        if self.cfg.position_offset + offset + T > self.cfg.max_len:
             raise ValueError(f"sequence of length {offset + T} exceeds max_len={self.cfg.max_len}")
-        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.pos[offset : offset + T]  # (B, T, C)
-        return self.drop(x)
+        x = self.embed(tokens)  # (B, T, C)
+        if self.cfg.embed_scale:
+            x = x * math.sqrt(self.cfg.d_model)
+        if self.type_embed is not None:  # added before the positions, in BERT's order (fp sums are not associative)
+            x = x + self.type_embed(types if types is not None else torch.zeros_like(tokens))
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(self.position_ids(tokens, offset))
+        elif self.cfg.position_offset:
+            x = x + self.pos[self.position_ids(tokens)]
+        else:
+            x = x + self.pos[offset : offset + T]
+        x = self.drop(self.embed_norm(x))
+        return x if self.embed_proj is None else self.embed_proj(x)  # (B, T, d_model)
 
     def key_mask(self, src: Tensor) -> Tensor:
         return (src != self.cfg.pad_id)[:, None, None, :]  # (B, 1, 1, S) True = real token
 
-    def encode(self, src: Tensor, map_keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def encode(self, src: Tensor, map_keep: Tensor | None = None, types: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """src (B, S) token ids -> memory (B, S, C) and its key mask (B, 1, 1, S). map_keep (B, enc_layers):
-        AttendOut's keep (1) / drop (0) decision for each layer's self-attention map, per example."""
+        AttendOut's keep (1) / drop (0) decision for each layer's self-attention map, per example. types (B, S):
+        token types, for a model with `type_vocab_size` (0 everywhere when None)."""
         mask = self.key_mask(src)
-        x = self.embed_tokens(src)
+        x = self.embed_tokens(src, types=types)
         for i, layer in enumerate(self.enc):
             x = layer(x, mask, None if map_keep is None else map_keep[:, i])
         return self.enc_norm(x), mask
