@@ -1,4 +1,5 @@
-"""Greedy and beam-search decoding with the incremental key/value cache."""
+"""Greedy and beam-search decoding with the incremental key/value cache. `hf_beam_search` is Hugging Face's beam
+search, for parity with imported checkpoints (prunelab.models.hf_marian)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ def max_target_lens(src: Tensor, pad_id: int, a: float, b: int, limit: int) -> T
     return (a * src_len + b).long().clamp(1, limit)
 
 
+def start_id(model: Transformer, bos_id: int) -> int:
+    """The decoder's first input: the model's own start token when its config names one (Marian starts from its
+    pad id, HF's decoder_start_token_id), else the caller's BOS."""
+    start = getattr(model.cfg, "decoder_start_id", None)  # getattr: stand-in models with a minimal config
+    return bos_id if start is None else start
+
+
+def ban_pad(scores: Tensor, model: Transformer) -> None:
+    """With cfg.ban_pad, pad can never be emitted (in place): HF's bad_words_ids=[[pad]], which Marian sets."""
+    if getattr(model.cfg, "ban_pad", False):
+        scores[:, model.cfg.pad_id] = float("-inf")
+
+
 def force_eos(logits: Tensor, at_limit: Tensor, eos_id: int) -> None:
     """Rows that reached their length limit may only emit EOS (in place)."""
     if bool(at_limit.any()):
@@ -26,17 +40,19 @@ def force_eos(logits: Tensor, at_limit: Tensor, eos_id: int) -> None:
 def greedy_decode(
     model: Transformer, src: Tensor, bos_id: int, eos_id: int, max_len_a: float = 1.5, max_len_b: int = 10
 ) -> list[list[int]]:
-    """Argmax at every step. Returns token ids per sentence, without BOS and EOS."""
+    """Argmax at every step. Returns token ids per sentence, without BOS and EOS. The first input is
+    `start_id(model, bos_id)`."""
     pad = model.cfg.pad_id
     B = src.size(0)
     mem, mem_mask = model.encode(src)
     cache = model.new_cache()
-    token = torch.full((B,), bos_id, dtype=torch.long, device=src.device)
+    token = torch.full((B,), start_id(model, bos_id), dtype=torch.long, device=src.device)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
     limits = max_target_lens(src, pad, max_len_a, max_len_b, model.cfg.max_len)  # (B,)
     out: list[Tensor] = []
     for step in range(int(limits.max())):
         logits = model.decode_step(token, mem, mem_mask, cache, step)  # (B, V)
+        ban_pad(logits, model)
         force_eos(logits, limits == step + 1, eos_id)
         token = logits.argmax(-1).masked_fill(done, pad)
         out.append(token)
@@ -108,7 +124,7 @@ def beam_search_memory(
     cache = model.new_cache()
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step 0
-    token = torch.full((B * K,), bos_id, dtype=torch.long, device=dev)
+    token = torch.full((B * K,), start_id(model, bos_id), dtype=torch.long, device=dev)
     done = torch.zeros(B * K, dtype=torch.bool, device=dev)
     lengths = torch.zeros(B * K, device=dev)
     history = torch.empty(B * K, 0, dtype=torch.long, device=dev)
@@ -139,6 +155,7 @@ def beam_search_memory(
             base = (torch.arange(b, device=dev) * K).unsqueeze(1)  # (b, 1) first row of each sentence's beams
             logp = model.decode_step(token, mem, mem_mask, cache, step).float().log_softmax(-1)  # (b*K, V)
             V = logp.size(-1)
+            ban_pad(logp, model)  # after the log-softmax, as HF's logits processors in beam search
             force_eos(logp, (limits == step + 1) & ~done, eos_id)
             # a finished hypothesis may only extend with pad, at no cost
             logp[done] = float("-inf")
@@ -171,6 +188,84 @@ def beam_search_memory(
     finally:
         for n, m in modules.items():
             m.gate = saved[n]
+
+
+@torch.no_grad()
+def hf_beam_search(
+    model: Transformer,
+    src: Tensor,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 4,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    max_new_tokens: int = 64,
+) -> list[list[int]]:
+    """Beam search as Hugging Face's `generate(num_beams=K, length_penalty=L, early_stopping=...,
+    max_new_tokens=N, forced_eos_token_id=eos)` (transformers 5), for parity with imported checkpoints; prunelab's
+    own `beam_search` differs on purpose (finished hypotheses keep their slot, GNMT length penalty).
+
+    HF's algorithm: K open beams always continue; of the 2K best continuations, those ending in EOS among the
+    first K enter a pool of K finished hypotheses scored sum log p / |Y|^L (|Y| counts EOS), the others refill the
+    open beams. The last step may only emit EOS, at log-probability 0 (HF's ForcedEOSTokenLogitsProcessor). A
+    sentence stops taking hypotheses when its best open beam cannot beat its worst finished one (HF's heuristic:
+    the open score over the current length, or over the longest length with early_stopping="never" and L > 0),
+    or, with early_stopping=True, once K have finished. Returns the best pooled hypothesis, without EOS."""
+    K, pad, neg = beam_size, model.cfg.pad_id, -1.0e9
+    B, dev = src.size(0), src.device
+    mem, mem_mask = model.encode(src)  # one row per sentence: its K beams share it
+    cache = model.new_cache()
+    token = torch.full((B * K,), start_id(model, bos_id), dtype=torch.long, device=dev)
+    run_scores = torch.full((B, K), neg, device=dev)
+    run_scores[:, 0] = 0.0
+    run_seq = torch.empty(B, K, 0, dtype=torch.long, device=dev)
+    pool_seq = torch.full((B, K, max_new_tokens), pad, dtype=torch.long, device=dev)
+    pool_scores = torch.full((B, K), neg, device=dev)
+    pool_done = torch.zeros(B, K, dtype=torch.bool, device=dev)
+    hopeful = torch.ones(B, 1, dtype=torch.bool, device=dev)  # HF's is_early_stop_heuristic_unsatisfied
+    top_k = torch.zeros(2 * K, dtype=torch.bool, device=dev)
+    top_k[:K] = True
+    for step in range(max_new_tokens):
+        logp = model.decode_step(token, mem, mem_mask, cache, step).float().log_softmax(-1)  # (B*K, V)
+        ban_pad(logp, model)
+        last = step == max_new_tokens - 1
+        if last:  # only EOS, at no cost
+            logp.fill_(float("-inf"))
+            logp[:, eos_id] = 0.0
+        V = logp.size(-1)
+        acc = (logp.view(B, K, V) + run_scores[:, :, None]).view(B, K * V)
+        cand_scores, flat = acc.topk(2 * K, dim=-1)  # (B, 2K)
+        beam, tok = flat // V, flat % V
+        cand_seq = torch.cat([run_seq.gather(1, beam[:, :, None].expand(-1, -1, step)), tok[:, :, None]], 2)
+        hits = (tok == eos_id) | last  # (B, 2K) EOS, or the length limit
+        # the open beams: the K best continuations that did not finish
+        open_scores = cand_scores + hits.float() * neg
+        keep = open_scores.topk(K, dim=-1).indices  # (B, K)
+        run_scores = open_scores.gather(1, keep)
+        run_seq = cand_seq.gather(1, keep[:, :, None].expand(-1, -1, step + 1))
+        rows = (torch.arange(B, device=dev)[:, None] * K + beam.gather(1, keep)).view(-1)
+        # the pool: finished ones among the first K candidates, length-normalised, merged with the pool's best K
+        just = hits & top_k
+        norm = cand_scores / float(step + 1) ** length_penalty
+        full = pool_done.all(-1, keepdim=True) & (early_stopping is True)
+        norm = norm + full.float() * neg + (~hopeful).float() * neg + (~just).float() * neg
+        padded = torch.cat([cand_seq, cand_seq.new_full((B, 2 * K, max_new_tokens - step - 1), pad)], 2)
+        m_seq = torch.cat([pool_seq, padded], 1)
+        m_scores = torch.cat([pool_scores, norm], 1)
+        m_done = torch.cat([pool_done, just], 1)
+        best = m_scores.topk(K, dim=-1).indices
+        pool_seq = m_seq.gather(1, best[:, :, None].expand(-1, -1, max_new_tokens))
+        pool_scores, pool_done = m_scores.gather(1, best), m_done.gather(1, best)
+        # HF's stopping test, with cur_len - prompt_len = step + 1 tokens generated
+        length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else step + 1
+        best_open = run_scores[:, :1] / float(length) ** length_penalty
+        worst = torch.where(pool_done, pool_scores.min(1, keepdim=True).values, neg)
+        hopeful = hopeful & (best_open > worst).any(-1, keepdim=True)
+        if not bool(hopeful.any()) or (bool(pool_done.all()) and early_stopping is True) or bool(hits.all()):
+            break
+        token = run_seq[:, :, -1].reshape(-1)
+        model.reorder_cache(cache, rows)
+    return _strip(pool_seq[:, 0].tolist(), eos_id, pad)
 
 
 def _strip(rows: list[list[int]], eos_id: int, pad_id: int) -> list[list[int]]:

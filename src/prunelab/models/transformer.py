@@ -19,7 +19,8 @@ gives dL/d(gate), which is what head importance needs.
 
 The config's defaults are the 2017 model; its other options (LayerNorm eps, GELU, learned positions, token
 types, an embedding LayerNorm, no embedding scale) are what pretrained encoders such as BERT need, see
-prunelab.models.hf_import.
+prunelab.models.hf_import; `pos_layout="split"`, `logit_bias`, `decoder_start_id` and `ban_pad` are what MarianMT
+needs, see prunelab.models.hf_marian.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
 }
 POSITIONS = ("sinusoidal", "learned")
+POS_LAYOUTS = ("interleaved", "split")
 
 
 @dataclass
@@ -76,6 +78,11 @@ class TransformerConfig:
     type_vocab_size: int = 0  # >0: a `type_embed` table of token types (BERT's segments A/B) added to the input
     embed_norm: bool = False  # a LayerNorm on the summed embeddings, before their dropout (BERT)
     embed_dim: int | None = None  # embedding width if not d_model (ELECTRA-small: 128), then `embed_proj` to d_model
+    # Options for imported translation models (prunelab.models.hf_marian); the defaults are again the 2017 model.
+    pos_layout: str = "interleaved"  # sinusoids: sin/cos interleaved (2017) | split: sin in the first half, cos after
+    logit_bias: bool = False  # a `logit_bias` buffer (V,) added to the output logits (Marian's final_logits_bias)
+    decoder_start_id: int | None = None  # the decoder's first input; None: the caller's BOS (Marian: its pad id)
+    ban_pad: bool = False  # decoding never emits pad (its score is -inf), as HF's bad_words_ids=[[pad]] for Marian
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads != 0:
@@ -84,6 +91,10 @@ class TransformerConfig:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.pos_layout not in POS_LAYOUTS:
+            raise ValueError(f"pos_layout must be one of {POS_LAYOUTS}, got {self.pos_layout!r}")
+        if self.pos_layout == "split" and (self.embed_dim or self.d_model) % 2:
+            raise ValueError("pos_layout='split' needs an even embedding width")
         if self.position_offset < 0 or self.type_vocab_size < 0:
             raise ValueError("position_offset and type_vocab_size must be >= 0")
         if self.embed_dim not in (None, self.d_model) and self.dec_layers:
@@ -366,7 +377,14 @@ class DecoderLayer(Layer):
         return self.ff_block(x)
 
 
-def sinusoidal_positions(max_len: int, d: int) -> Tensor:
+def sinusoidal_positions(max_len: int, d: int, layout: str = "interleaved") -> Tensor:
+    """The fixed position table (max_len, d): sin(pos * f_j) and cos(pos * f_j), f_j = 10000^(-2j/d), j < d/2.
+    interleaved: sin in the even columns, cos in the odd ones (Vaswani et al.); split: sin in the first d/2 columns,
+    cos in the last d/2 (Marian, HF MarianSinusoidalPositionalEmbedding), computed in float64 as HF does."""
+    if layout == "split":
+        pos64 = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)  # (L, 1)
+        angle = pos64 / torch.pow(10000.0, torch.arange(0, d, 2, dtype=torch.float64) / d)  # (L, d/2)
+        return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).float()  # (L, d)
     pos = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # (L, 1)
     freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))  # (d/2,)
     pe = torch.zeros(max_len, d)
@@ -389,7 +407,9 @@ class Transformer(nn.Module):
         # random initialisation stay exactly what they were before these options
         self.pos_embed = nn.Embedding(cfg.max_len, E) if cfg.positions == "learned" else None
         if cfg.positions == "sinusoidal":
-            self.register_buffer("pos", sinusoidal_positions(cfg.max_len, E), persistent=False)
+            self.register_buffer("pos", sinusoidal_positions(cfg.max_len, E, cfg.pos_layout), persistent=False)
+        if cfg.logit_bias:  # persistent: part of the trained model (only when asked for, so default keys stay)
+            self.register_buffer("logit_bias", torch.zeros(cfg.vocab_size))
         self.type_embed = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
         self.embed_norm = nn.LayerNorm(E, eps=cfg.norm_eps) if cfg.embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
@@ -464,7 +484,10 @@ class Transformer(nn.Module):
         return self.enc_norm(x), mask
 
     def logits(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.embed.weight)  # (B, T, V) tied output projection
+        """(B, T, C) -> (B, T, V): the tied output projection, plus `logit_bias` when the config has one."""
+        if self.cfg.logit_bias:
+            return F.linear(x, self.embed.weight, self.logit_bias.to(x.dtype))
+        return F.linear(x, self.embed.weight)
 
     def decode(self, tgt_in: Tensor, mem: Tensor, mem_mask: Tensor) -> Tensor:
         """Teacher-forced decoding of the whole target prefix: (B, T) -> logits (B, T, V)."""

@@ -1,0 +1,222 @@
+"""Import a Hugging Face MarianMT checkpoint (OPUS-MT, e.g. Helsinki-NLP/opus-mt-en-de) into prunelab's
+encoder-decoder Transformer, so that its heads and sub-layers can be studied and pruned under prunelab's addresses
+(`enc.{i}.sa.h{j}`, `dec.{i}.ea.h{j}`: head j is rows j*hs ... j*hs+hs-1 of Q/K/V on both sides).
+
+As prunelab.models.hf_import: build prunelab's network from config.json, map every key of the file to a prunelab
+key by name, and copy tensor by tensor with the shapes asserted. Every key is accounted for: mapped, dropped on
+purpose (the sinusoid tables, recomputed and checked against the file; the tied copies of the shared embedding,
+checked equal to it), or an error naming it. No transposes: both sides use nn.Linear with separate Q/K/V.
+
+What Marian is, in TransformerConfig terms: post-norm with no final encoder/decoder LayerNorm (`pre_norm=False`),
+LayerNorm eps 1e-5, sinusoidal positions from 0 with sin in the first d/2 columns and cos in the last d/2
+(`pos_layout="split"`), embeddings x sqrt(d) (`scale_embedding`), `activation_function` (OPUS-MT: swish = SiLU),
+one vocabulary shared by source, target and output projection, plus `final_logits_bias` (`logit_bias`). Its
+special ids: `</s>` = 0 (eos), `<pad>` = V-1; the decoder starts from pad (`decoder_start_id`) and never emits it
+(`ban_pad`, HF's bad_words_ids=[[pad]]); the encoder's key mask is the checkpoint's pad id (`pad_id`).
+Checkpoints with separate decoder embeddings (tc-big: `share_encoder_decoder_embeddings=false`, a
+`decoder_vocab_size`) are refused. fp16 storage is upcast to fp32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunelab.errors import UserError
+from prunelab.models.hf_import import HF_ACTIVATIONS, OVERRIDABLE, _num, _wb, read_checkpoint
+from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
+
+# Keys (without the `model.` prefix) that hold the shared embedding again: HF ties them to `shared.weight`, older
+# files store every copy. They are checked equal to the shared table and dropped.
+TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight")
+# The sinusoid tables: recomputed (pos_layout="split"), checked against the file when it has them, dropped.
+POSITION_TABLES = ("encoder.embed_positions.weight", "decoder.embed_positions.weight")
+
+# BART-family switches that Marian's code does not have; a config that sets them is not a Marian network.
+NOT_MARIAN = {
+    "normalize_before": False,  # pre-norm
+    "add_final_layer_norm": False,
+    "normalize_embedding": False,  # an embedding LayerNorm
+    "add_bias_logits": False,
+    "static_position_embeddings": True,
+}
+
+
+def marian_config(hf: dict[str, Any]) -> TransformerConfig:
+    """config.json of a MarianMT model -> the TransformerConfig of the same network (see the module doc)."""
+    if hf.get("model_type") != "marian":
+        raise UserError(f"model_type {hf.get('model_type')!r} is not a MarianMT checkpoint (model_type 'marian')")
+    vocab = _num(hf, "vocab_size")
+    untied = []
+    if not hf.get("share_encoder_decoder_embeddings", True):
+        untied.append("share_encoder_decoder_embeddings=false")
+    if not hf.get("tie_word_embeddings", True):
+        untied.append("tie_word_embeddings=false")
+    if hf.get("decoder_vocab_size") not in (None, vocab):
+        untied.append(f"decoder_vocab_size={hf['decoder_vocab_size']} != vocab_size={vocab}")
+    if untied:
+        raise UserError(
+            f"untied MarianMT checkpoint ({', '.join(untied)}): prunelab's Transformer shares one vocabulary "
+            "between source, target and output projection"
+        )
+    for key, want in NOT_MARIAN.items():
+        if key in hf and bool(hf[key]) != want:
+            raise UserError(f"config.json sets {key}={hf[key]!r}: not supported for a MarianMT import")
+    heads = {_num(hf, "encoder_attention_heads"), _num(hf, "decoder_attention_heads")}
+    d_ff = {_num(hf, "encoder_ffn_dim"), _num(hf, "decoder_ffn_dim")}
+    if len(heads) > 1 or len(d_ff) > 1:
+        raise UserError(
+            f"encoder and decoder differ in heads {sorted(heads)} or feed-forward width {sorted(d_ff)}: "
+            "prunelab's Transformer has one n_heads and one d_ff"
+        )
+    act = hf.get("activation_function", "swish")
+    if act not in HF_ACTIVATIONS:
+        raise UserError(f"activation {act!r} of the checkpoint is not supported (supported: {sorted(HF_ACTIVATIONS)})")
+    pad, start = _num(hf, "pad_token_id"), hf.get("decoder_start_token_id")
+    return TransformerConfig(
+        vocab_size=vocab,
+        d_model=_num(hf, "d_model"),
+        n_heads=heads.pop(),
+        d_ff=d_ff.pop(),
+        enc_layers=_num(hf, "encoder_layers"),
+        dec_layers=_num(hf, "decoder_layers"),
+        dropout=hf.get("dropout", 0.1),
+        attn_dropout=hf.get("attention_dropout", 0.0),
+        activation_dropout=hf.get("activation_dropout", 0.0),
+        pre_norm=False,  # post-norm (Marian's "dan"): and so no final encoder or decoder LayerNorm
+        max_len=_num(hf, "max_position_embeddings"),
+        pad_id=pad,  # the key mask and the pad of decoding: Marian's <pad> is the last id
+        norm_eps=1e-5,  # Marian's nn.LayerNorm default
+        activation=HF_ACTIVATIONS[act],
+        embed_scale=bool(hf.get("scale_embedding", False)),
+        positions="sinusoidal",
+        pos_layout="split",
+        logit_bias=True,
+        decoder_start_id=pad if start is None else start,
+        ban_pad=True,
+    )
+
+
+def key_map(enc_layers: int, dec_layers: int) -> dict[str, str]:
+    """HF key (without the `model.` prefix; `final_logits_bias` is outside it) -> prunelab key."""
+    m = {"shared.weight": "embed.weight", "final_logits_bias": "logit_bias"}
+    attn = {f"{p}_proj": f"{p}_proj" for p in ("q", "k", "v", "out")}
+    for side, ours, n in (("encoder", "enc", enc_layers), ("decoder", "dec", dec_layers)):
+        for i in range(n):
+            h, e = f"{side}.layers.{i}", f"{ours}.{i}"
+            parts = {f"self_attn.{a}": f"sa.{b}" for a, b in attn.items()}
+            parts["self_attn_layer_norm"] = "sa_res.norm"
+            if side == "decoder":
+                parts.update({f"encoder_attn.{a}": f"ea.{b}" for a, b in attn.items()})
+                parts["encoder_attn_layer_norm"] = "ea_res.norm"
+            parts.update({"fc1": "ff.fc1", "fc2": "ff.fc2", "final_layer_norm": "ff_res.norm"})
+            for theirs, mine in parts.items():
+                m.update(_wb(f"{h}.{theirs}", f"{e}.{mine}"))
+    return m
+
+
+def load_hf_marian(path: str | Path, **overrides: Any) -> Transformer:
+    """A local MarianMT folder (config.json + model.safetensors or pytorch_model.bin) -> a Transformer computing
+    the same logits (eval mode, fp32) and, with prunelab's decoding, the same greedy translations as HF's generate.
+
+    `overrides`: training settings among OVERRIDABLE (e.g. dropout=0.0) that replace the checkpoint's."""
+    hf, state = read_checkpoint(path)
+    cfg = marian_config(hf)
+    if bad := sorted(set(overrides) - set(OVERRIDABLE)):
+        raise UserError(f"cannot override {bad} of an imported checkpoint (its shape comes from config.json)")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    cfg.__post_init__()
+
+    # Normalise the names: take off `model.` (a bare MarianModel file has none).
+    names: dict[str, str] = {}  # normalised name -> name in the file, for messages
+    for k in state:
+        n = k.removeprefix("model.")
+        if n in names:
+            raise UserError(f"{path}: keys {names[n]!r} and {k!r} both name {n!r}")
+        names[n] = k
+    shown = "model." if any(k.startswith("model.") for k in state) else ""
+
+    # The shared embedding: `shared.weight`, or (files that stored only the tied copies) the first copy there is.
+    # Every other copy must equal it, or the checkpoint is untied.
+    copies = [n for n in ("shared.weight", *TIED_COPIES) if n in names]
+    if not copies:
+        raise UserError(f"{path}: key missing from the marian checkpoint: {shown}shared.weight")
+    if copies[0] != "shared.weight":
+        names["shared.weight"] = names.pop(copies[0])
+    for n in copies[1:]:
+        a, b = state[names["shared.weight"]], state[names[n]]
+        if a.shape != b.shape or not torch.equal(a, b):
+            raise UserError(
+                f"{path}: {names[n]} differs from {names['shared.weight']}: an untied MarianMT checkpoint "
+                "(prunelab's Transformer shares one embedding between encoder, decoder and output projection)"
+            )
+        del names[n]
+
+    # The sinusoid tables are recomputed; when the file has them they must agree with ours.
+    table = sinusoidal_positions(cfg.max_len, cfg.d_model, cfg.pos_layout)
+    for n in POSITION_TABLES:
+        if n in names:
+            theirs = state[names.pop(n)]
+            if theirs.shape != table.shape or not torch.allclose(theirs, table, atol=1e-3, rtol=0):
+                err = (theirs - table).abs().max().item() if theirs.shape == table.shape else None
+                raise UserError(
+                    f"{path}: {shown}{n} (shape {tuple(theirs.shape)}, max |diff| {err}) is not the sinusoid table "
+                    f"prunelab computes ({tuple(table.shape)}, sin in the first d/2 columns, cos in the last)"
+                )
+
+    mapping = key_map(cfg.enc_layers, cfg.dec_layers)
+    if "final_logits_bias" not in names:  # HF too loads a file without it (a bare MarianModel) with zeros
+        mapping.pop("final_logits_bias")
+    unexpected = [names[n] for n in names if n not in mapping]
+    if unexpected:
+        raise UserError(f"{path}: unexpected key(s) in a marian checkpoint: {', '.join(sorted(unexpected))}")
+    missing = [shown + n for n in mapping if n not in names]
+    if missing:
+        raise UserError(f"{path}: key(s) missing from the marian checkpoint: {', '.join(missing)}")
+
+    model = Transformer(cfg)
+    ours = model.state_dict()
+    left = {k for k in ours if not k.endswith((".gate", ".head_gate", ".head_ids")) and k != "logit_bias"}
+    with torch.no_grad():
+        for theirs, mine in mapping.items():
+            src: Tensor = state[names[theirs]]
+            if theirs == "final_logits_bias":
+                if src.shape not in ((1, cfg.vocab_size), (cfg.vocab_size,)):
+                    raise UserError(
+                        f"{path}: final_logits_bias has shape {tuple(src.shape)}, needs (1, {cfg.vocab_size})"
+                    )
+                src = src.reshape(-1)
+            if src.shape != ours[mine].shape:
+                raise UserError(
+                    f"{path}: {names[theirs]} has shape {tuple(src.shape)}, {mine} needs {tuple(ours[mine].shape)}"
+                )
+            ours[mine].copy_(src)
+            left.discard(mine)
+    assert not left, f"prunelab parameters not filled by the import: {sorted(left)}"  # a bug here, not the user's
+    return model
+
+
+def build_hf_marian(vocab_size: int, pad_id: int, path: str, **overrides: Any) -> Transformer:
+    """Hydra entry point (`model=hf_marian model.path=DIR`): the checkpoint as prunelab's translation model.
+
+    The data must be tokenized with the checkpoint's own tokenizer (its vocabulary and padding id); until prunelab
+    reads Marian's tokenizer, a vocabulary or padding id that disagrees with the checkpoint is an error here."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        raise UserError(f"model.path={path}: not a Hugging Face model folder (no config.json)")
+    cfg = marian_config(json.loads(config.read_text()))  # checked before the weights are read
+    if vocab_size != cfg.vocab_size:
+        raise UserError(
+            f"model.path={path} has a vocabulary of {cfg.vocab_size} tokens but the data's has {vocab_size}: "
+            "the data must use the checkpoint's tokenizer"
+        )
+    if pad_id != cfg.pad_id:
+        raise UserError(
+            f"model.path={path} pads with id {cfg.pad_id} but the data with {pad_id}: "
+            "the data must use the checkpoint's tokenizer"
+        )
+    return load_hf_marian(path, **overrides)
