@@ -120,3 +120,26 @@ def test_head_importance_on_the_classifier_matches_finite_differences() -> None:
             g[h] = 1.0
         fd = float(((up - down) / (2 * eps)).abs().mean())
         assert float(scores["enc.0.sa"][h]) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def test_the_task_passes_the_batch_token_types_to_the_model() -> None:
+    """A sentence-pair batch may carry token types (BERT's segment ids): the loss is the model's on them."""
+    import torch.nn.functional as F
+
+    from prunelab.models import build_classifier
+    from prunelab.pruning import NoPruner
+    from prunelab.tasks import ClassificationTask
+
+    torch.manual_seed(0)
+    model = build_classifier(
+        num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=1, type_vocab_size=2
+    )
+    task = ClassificationTask(model, NoPruner(), labels=["a", "b"], label_smoothing=0.0).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {"src": torch.randint(4, 30, (3, 6), generator=g), "label": torch.tensor([0, 1, 1])}
+    types = torch.zeros(3, 6, dtype=torch.long)
+    types[:, 3:] = 1
+    with torch.no_grad():
+        expected = F.cross_entropy(model(batch["src"], types=types), batch["label"])
+        assert torch.allclose(task.loss({**batch, "types": types}), expected)
+        assert not torch.allclose(task.loss(batch), expected)  # without types: all type 0, another loss

@@ -1,5 +1,6 @@
 from prunelab.models.classifier import TransformerClassifier, build_classifier
 from prunelab.models.hf_import import build_hf_encoder, load_hf_encoder  # reads files; imports no transformers
+from prunelab.models.hf_marian import build_hf_marian, load_hf_marian
 from prunelab.models.transformer import Transformer, TransformerConfig
 
 
@@ -14,6 +15,8 @@ __all__ = [
     "TransformerConfig",
     "build_classifier",
     "build_hf_encoder",
+    "build_hf_marian",
     "build_transformer",
     "load_hf_encoder",
+    "load_hf_marian",
 ]

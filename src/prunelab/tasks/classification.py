@@ -52,7 +52,7 @@ class ClassificationTask(PrunableTask):
         self._outputs: list[tuple[int, int, int]] = []  # (index, predicted, gold) of this eval epoch
 
     def loss(self, batch: dict[str, Any]) -> Tensor:
-        logits = self.model(batch["src"])
+        logits = self.model(batch["src"], types=batch.get("types"))  # token types, where the data has them
         return F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -61,7 +61,7 @@ class ClassificationTask(PrunableTask):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
-        logits = self.model(batch["src"]).float()
+        logits = self.model(batch["src"], types=batch.get("types")).float()
         loss = F.cross_entropy(logits, batch["label"])
         self.log(f"{split}/loss", loss, sync_dist=True, batch_size=len(batch["ref"]))
         pred = logits.argmax(-1)
