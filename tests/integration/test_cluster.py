@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.integration.test_configs import compose_cfg
+from tests.integration.conftest import compose_cfg
 
 pytest.importorskip(
     "hydra_plugins.hydra_submitit_launcher",

@@ -7,30 +7,19 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict, read_write
 
 from prunelab.cli.train import CONF_DIR
 from prunelab.config import TRAINER_FIXED
 from prunelab.models import Transformer
 from prunelab.pruning import Pruner
 from prunelab.training.build import build_logger, trainer_kwargs
+from tests.integration.conftest import compose_cfg
 
 GROUPS = {
     g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
     for g in ("model", "data", "pruner", "hardware", "logger", "experiment")
 }
-
-
-def compose_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)  # lets ${hydra:runtime.output_dir} resolve as in a real run
-    return cfg
 
 
 def test_groups_have_the_options_the_design_names() -> None:

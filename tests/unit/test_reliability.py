@@ -18,7 +18,7 @@ from prunelab.tasks.base import PrunableTask
 from prunelab.training.build import build_trainer, validate, wandb_online_problem
 from prunelab.training.io import read_state
 from prunelab.training.load import load_trained_weights
-from tests.integration.test_configs import compose_cfg
+from tests.integration.conftest import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -285,17 +285,13 @@ def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides
     return model
 
 
-def build_hf_encoder(
-    vocab_size: int, pad_id: int, num_classes: int, path: str, **overrides: Any
-) -> TransformerClassifier:
-    """Hydra entry point (`model=hf_encoder model.path=DIR`): the checkpoint as a classifier for the data's classes.
-
-    The data must be tokenized with the checkpoint's own tokenizer (its vocabulary and padding id); until prunelab
-    reads HF tokenizers, a vocabulary or padding id that disagrees with the checkpoint is an error here."""
+def check_data_fits(path: str, to_config: Any, vocab_size: int, pad_id: int) -> None:
+    """The data's vocabulary size and padding id must be the checkpoint's (`to_config` reads its config.json into a
+    TransformerConfig): until prunelab reads HF tokenizers, the data must already use the checkpoint's."""
     config = Path(path) / "config.json"
     if not config.is_file():
         raise UserError(f"model.path={path}: not a Hugging Face model folder (no config.json)")
-    cfg = encoder_config(json.loads(config.read_text()))  # checked before the weights are read
+    cfg = to_config(json.loads(config.read_text()))
     if vocab_size != cfg.vocab_size:
         raise UserError(
             f"model.path={path} has a vocabulary of {cfg.vocab_size} tokens but the data's has {vocab_size}: "
@@ -306,4 +302,14 @@ def build_hf_encoder(
             f"model.path={path} pads with id {cfg.pad_id} but the data with {pad_id}: "
             "the data must use the checkpoint's tokenizer"
         )
+
+
+def build_hf_encoder(
+    vocab_size: int, pad_id: int, num_classes: int, path: str, **overrides: Any
+) -> TransformerClassifier:
+    """Hydra entry point (`model=hf_encoder model.path=DIR`): the checkpoint as a classifier for the data's classes.
+
+    The data must be tokenized with the checkpoint's own tokenizer (its vocabulary and padding id); until prunelab
+    reads HF tokenizers, a vocabulary or padding id that disagrees with the checkpoint is an error here."""
+    check_data_fits(path, encoder_config, vocab_size, pad_id)  # before the weights are read
     return load_hf_encoder(path, num_classes, **overrides)

@@ -18,7 +18,6 @@ Checkpoints with separate decoder embeddings (tc-big: `share_encoder_decoder_emb
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from prunelab.errors import UserError
-from prunelab.models.hf_import import HF_ACTIVATIONS, OVERRIDABLE, _num, _wb, read_checkpoint
+from prunelab.models.hf_import import HF_ACTIVATIONS, OVERRIDABLE, _num, _wb, check_data_fits, read_checkpoint
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
 
 # Keys (without the `model.` prefix) that hold the shared embedding again: HF ties them to `shared.weight`, older
@@ -205,18 +204,5 @@ def build_hf_marian(vocab_size: int, pad_id: int, path: str, **overrides: Any) -
 
     The data must be tokenized with the checkpoint's own tokenizer (its vocabulary and padding id); until prunelab
     reads Marian's tokenizer, a vocabulary or padding id that disagrees with the checkpoint is an error here."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        raise UserError(f"model.path={path}: not a Hugging Face model folder (no config.json)")
-    cfg = marian_config(json.loads(config.read_text()))  # checked before the weights are read
-    if vocab_size != cfg.vocab_size:
-        raise UserError(
-            f"model.path={path} has a vocabulary of {cfg.vocab_size} tokens but the data's has {vocab_size}: "
-            "the data must use the checkpoint's tokenizer"
-        )
-    if pad_id != cfg.pad_id:
-        raise UserError(
-            f"model.path={path} pads with id {cfg.pad_id} but the data with {pad_id}: "
-            "the data must use the checkpoint's tokenizer"
-        )
+    check_data_fits(path, marian_config, vocab_size, pad_id)  # before the weights are read
     return load_hf_marian(path, **overrides)

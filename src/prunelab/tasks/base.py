@@ -72,11 +72,11 @@ class PrunableTask(L.LightningModule):
         """What this task is scored by, as results.json and every level report it."""
         return {"key": self.score_key, "name": self.score_name}
 
-    @staticmethod
-    def scorer(datamodule: Any, settings: Any = None) -> Any:
+    @classmethod
+    def scorer(cls, datamodule: Any, settings: Any = None) -> Any:
         """The importance studies' Scorer for this task (prunelab.importance.scoring), on `datamodule`'s data;
-        `settings`: decoding settings where the score decodes (DecodeSettings)."""
-        raise NotImplementedError
+        `settings`: decoding settings where the score decodes (DecodeSettings). Each task defines its own."""
+        raise NotImplementedError(f"{cls.__name__} does not say how the importance studies score it (scorer)")
 
     def run_report(self) -> dict[str, Any]:
         """What results.json holds about this task besides its metrics (e.g. how the score was computed)."""
