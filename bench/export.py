@@ -8,6 +8,7 @@ import io
 import torch
 from harness import Figure
 
+from prunelab.cli.export import to_csc32  # the CSC layout `prunelab export --format csc` writes
 from prunelab.models import build_transformer
 from prunelab.models.sparse_format import pack_state
 from prunelab.pruning import MagnitudePruner
@@ -17,11 +18,6 @@ def _saved_bytes(obj: object) -> int:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.tell()
-
-
-def _csc32(w: torch.Tensor) -> torch.Tensor:
-    s = w.to_sparse_csc()
-    return torch.sparse_csc_tensor(s.ccol_indices().int(), s.row_indices().int(), s.values(), s.shape)
 
 
 def sizes(sparsity: float = 0.9) -> list[Figure]:
@@ -37,7 +33,7 @@ def sizes(sparsity: float = 0.9) -> list[Figure]:
     rows = [
         ("bitmask + values, fp32", _saved_bytes(pack_state(weights, masks, torch.float32))),
         ("bitmask + values, fp16", _saved_bytes(pack_state(weights, masks, torch.float16))),
-        ("CSC, int32 indices, fp32", _saved_bytes({n: _csc32(w * masks[n]) for n, w in weights.items()})),
+        ("CSC, int32 indices, fp32", _saved_bytes({n: to_csc32(w * masks[n]) for n, w in weights.items()})),
     ]
     goal = {"bitmask + values, fp32": 0.14}
     return [

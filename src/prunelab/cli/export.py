@@ -47,7 +47,7 @@ FORMATS = {"bitmask": BITMASK_FORMAT, "csc": FORMAT}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _csc32(w: Tensor) -> Tensor:
+def to_csc32(w: Tensor) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch: "sparse CSC support is in beta"
         s = w.to_sparse_csc()
@@ -103,7 +103,7 @@ def export_run(
                 if name in masks:
                     if masks[name].shape != value.shape:
                         raise ValueError(f"mask shape {tuple(masks[name].shape)} != weight shape {tuple(value.shape)}")
-                    sparse[name] = _csc32((value * masks[name]).to(dt))
+                    sparse[name] = to_csc32((value * masks[name]).to(dt))
                 else:
                     dense[name] = value.to(dt) if value.is_floating_point() else value
             blob = {**head, "dtype": dtype_name(dt), "dense": dense, "sparse": sparse}
