@@ -48,10 +48,26 @@ def test_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize("option", GROUPS["model"])
 def test_model_options(tmp_path: Path, option: str) -> None:
     cfg = compose_cfg(tmp_path, [f"model={option}"])
-    if "path" in cfg.model.keys():  # a pretrained checkpoint: built from files by tests/unit/test_hf_encoder_import.py
-        pytest.skip("needs a checkpoint folder (model.path)")
     extra = {"num_classes": 3} if option.startswith("classifier") else {}
-    model = instantiate(cfg.model)(vocab_size=100, pad_id=0, **extra)
+    args = {"vocab_size": 100, "pad_id": 0}
+    if "path" in cfg.model.keys():  # a pretrained checkpoint: a tiny one made here, with its tokenizer
+        from prunelab.data.tokenizer import PretrainedTokenizer
+        from tests import hf_checkpoints as H
+
+        if option == "hf_encoder":
+            folder = H.encoder_checkpoint(tmp_path / "ckpt", *H.sentiment(20, 0), steps=0)
+            data = ["data=synthetic_classification"]
+        else:
+            folder = H.marian_checkpoint(tmp_path / "ckpt", *H.copy_pairs(20, 0), steps=0)
+            data = []
+        cfg = compose_cfg(tmp_path, [f"model={option}", f"model.path={folder}", *data])
+        assert cfg.data.tokenizer == str(folder)  # the data read the checkpoint's own tokenizer
+        tok = PretrainedTokenizer(folder)
+        args = {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id}
+        extra = {"num_classes": 2} if option == "hf_encoder" else {}
+    else:
+        assert cfg.data.tokenizer is None
+    model = instantiate(cfg.model)(**args, **extra)
     assert isinstance(model, Transformer)
     expected = {
         "transformer_base": (6, 512, 2048, 8, 6),

@@ -10,9 +10,11 @@ import torch
 
 from prunelab.config import TRAINER_FIXED
 from prunelab.data.synthetic import SyntheticTranslationDataModule
+from prunelab.errors import UserError
 from prunelab.models import build_transformer
 from prunelab.pruning import MagnitudePruner, NoPruner, Pruner
 from prunelab.pruning.masks import prunable_weights
+from prunelab.tasks.base import linear_schedule
 from prunelab.tasks.translation import TranslationTask, inverse_sqrt_schedule
 
 
@@ -63,6 +65,39 @@ def test_inverse_sqrt_warmup_then_decay() -> None:
     assert f(99) == pytest.approx(1.0)  # the peak at the end of warm-up
     assert f(399) == pytest.approx(0.5)  # sqrt(100 / 400)
     assert all(f(s) > f(s + 1) for s in range(100, 500))
+
+
+def test_linear_warmup_then_linear_decay_to_zero() -> None:
+    f = linear_schedule(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)  # peak at the end of warm-up
+    assert f(60) == pytest.approx(0.5) and f(110) == 0.0 and f(200) == 0.0
+    assert all(f(s) > f(s + 1) for s in range(10, 110))
+
+
+def test_finetuning_recipe_adamw_linear_schedule(tmp_path: Path) -> None:
+    """experiment=finetune's settings: AdamW with decay on the matrices only, warm-up over a fraction of the round's
+    steps, and the lr at 0 after the last step."""
+    task = fit(
+        tmp_path,
+        NoPruner(),
+        steps=12,
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.01,
+        schedule="linear",
+        warmup_fraction=0.25,
+        betas=(0.9, 0.999),
+    )
+    opt = task.trainer.optimizers[0]
+    assert isinstance(opt, torch.optim.AdamW)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.01 and all(p.dim() == 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+    sched = task.lr_schedulers()
+    assert sched.lr_lambdas[0](2) == pytest.approx(1.0) and sched.lr_lambdas[0](1) < 1.0  # warm-up: 3 steps of 12
+    assert sched.get_last_lr()[0] == pytest.approx(0.0)
+    with pytest.raises(UserError, match=r"task\.schedule must be one of"):
+        TranslationTask(task.model, NoPruner(), task.tokenizer, schedule="cosine")
 
 
 def test_label_smoothed_loss_ignores_padding() -> None:

@@ -69,7 +69,8 @@ def test_datamodule_labels_cls_and_unknown_labels() -> None:
     dm = SyntheticClassificationDataModule(seed=0, train_size=50, valid_size=5, test_size=5)
     dm.setup()
     assert dm.labels == ["affirmed", "negated"] and dm.num_classes == 2
-    ids, label, name, idx = dm.examples["train"][0]
+    ids, label, name, idx, types = dm.examples["train"][0]
+    assert types is None
     assert ids[0] == CLS and ids[-1] == EOS and dm.labels[label] == name and idx == 0
     batch = next(iter(dm.train_dataloader()))
     assert batch["src"][:, 0].eq(CLS).all() and batch["label"].dtype == torch.long

@@ -191,7 +191,7 @@ def test_head_size_mismatch_and_builder_checks(saved: dict) -> None:
     with pytest.raises(UserError, match="3 labels, but 4"):
         load_hf_encoder(path, num_labels=4)
     assert build_hf_encoder(vocab_size=99, pad_id=0, num_classes=3, path=str(path)).num_classes == 3
-    with pytest.raises(UserError, match="vocabulary of 99 tokens but the data's has 120"):
+    with pytest.raises(UserError, match="vocabulary of 99 tokens but the data's tokenizer has 120"):
         build_hf_encoder(vocab_size=120, pad_id=0, num_classes=3, path=str(path))
     with pytest.raises(UserError, match="cannot override"):
         load_hf_encoder(path, d_model=64)
@@ -218,7 +218,7 @@ def test_model_config_builds_the_checkpoint_for_the_data(saved: dict) -> None:
     model = instantiate(node)(vocab_size=99, pad_id=0, num_classes=3)
     ids, types = batch(0, with_types=True)
     torch.testing.assert_close(model.eval()(ids, types=types), hf_logits(hf, ids, types, 0), atol=1e-5, rtol=1e-5)
-    with pytest.raises(UserError, match="pads with id 0 but the data with 1"):
+    with pytest.raises(UserError, match=r"pads with id 0 but the data.s tokenizer with 1"):
         instantiate(node)(vocab_size=99, pad_id=1, num_classes=3)
 
 

@@ -293,9 +293,9 @@ def test_untied_weights_refused(saved: tuple[Path, object], tmp_path: Path) -> N
 
 def test_build_hf_marian_checks_the_data(saved: tuple[Path, object]) -> None:
     path = str(saved[0])
-    with pytest.raises(UserError, match="vocabulary of 60 tokens but the data's has 61"):
+    with pytest.raises(UserError, match="vocabulary of 60 tokens but the data's tokenizer has 61"):
         build_hf_marian(61, PAD, path)
-    with pytest.raises(UserError, match="pads with id 59 but the data with 0"):
+    with pytest.raises(UserError, match="pads with id 59 but the data's tokenizer with 0"):
         build_hf_marian(V, 0, path)
     model = build_hf_marian(V, PAD, path, dropout=0.0)
     assert model.cfg.dropout == 0.0 and model.cfg.pad_id == PAD

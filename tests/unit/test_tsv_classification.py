@@ -39,7 +39,8 @@ def test_text_label_with_header_string_labels(tmp_path: Path) -> None:
     d.setup()
     assert d.labels == ["neg", "pos"] and d.num_classes == 2
     assert len(d.examples["train"]) == 40 and d.pairs is False
-    ids, label, name, _ = d.examples["valid"][0]
+    ids, label, name, _, types = d.examples["valid"][0]
+    assert types is None  # prunelab's own tokenizer gives no token types
     assert ids[0] == CLS and ids[-1] == EOS and d.labels[label] == name == "pos"
 
 

@@ -1,5 +1,5 @@
-"""`prunelab export RUN_DIR [--format bitmask|csc] [--dtype fp32|fp16|bf16] [--out PATH]`: the pruned model of a
-run in a compact sparse file (default `RUN_DIR/model.sparse.pt`).
+"""`prunelab export RUN_DIR [--format bitmask|csc|hf] [--dtype fp32|fp16|bf16] [--out PATH]`: the pruned model of a
+run in a compact sparse file (default `RUN_DIR/model.sparse.pt`), or (`--format hf`) as a Hugging Face folder.
 
 Both formats are plain torch files that load with weights_only=True and hold the model's whole state (every
 `model.*` key of the tested checkpoint: `head_ids` buffers of removed heads, a classifier's `head.*`, ...):
@@ -16,6 +16,11 @@ buffers are never cast); the file records it, and loading casts back to fp32. fp
 
 "config" holds the TransformerConfig fields (as in the first version of the format); "model_config" the run's
 model config as results.json has it plus vocab_size, pad_id (and num_classes for a classifier).
+
+`--format hf` (runs of model=hf_encoder / model=hf_marian only, fp32 only; default `RUN_DIR/hf`): the run's model
+written back as the Hugging Face folder it was imported from (`model.path`), masks, zero gates and removed heads
+folded into dense fp32 weights, with the source's tokenizer files and the run's label names
+(`prunelab.models.hf_export`): `from_pretrained` loads it with the logits of the run's model.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import Tensor
 
 from prunelab.errors import UserError
 from prunelab.models import Transformer, TransformerConfig
+from prunelab.models.hf_export import export_hf
 from prunelab.models.sparse_format import dtype_name, pack_state, state_bytes, unpack_state
 from prunelab.models.surgery import load_state_dict_with_heads
 from prunelab.training import load_run
@@ -44,6 +50,7 @@ from prunelab.training.load import checkpoint_masks
 FORMAT = "prunelab-sparse-v1"  # CSC
 BITMASK_FORMAT = "prunelab-bitmask-v1"
 FORMATS = {"bitmask": BITMASK_FORMAT, "csc": FORMAT}
+HF_FORMAT = "hf"  # a Hugging Face folder, not a prunelab file (export_hf_run)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -83,9 +90,11 @@ def export_run(
 ) -> tuple[Path, dict[str, Any]]:
     """Write the export; returns its path and stats: file_bytes (the file on disk), dense_bytes (the model's
     state dense in fp32), ratio (file_bytes / dense_bytes), payload_bytes (the tensors' bytes without the
-    file's own overhead), sparse_matrices and nonzeros (kept entries stored for them)."""
+    file's own overhead), sparse_matrices and nonzeros (kept entries stored for them). fmt="hf": export_hf_run."""
+    if fmt == HF_FORMAT:
+        return export_hf_run(run_dir, out, dtype)
     if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown export format {fmt!r}: use one of {', '.join([*FORMATS, HF_FORMAT])}")
     if dtype not in DTYPES:
         raise UserError(f"unknown export dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     config, model_config, state, masks = _model_state(run_dir)
@@ -127,6 +136,43 @@ def export_run(
         "payload_bytes": payload,
         "sparse_matrices": len(masks),
         "nonzeros": nonzeros,
+    }
+    return out, stats
+
+
+def export_hf_run(run_dir: Path, out: Path | None = None, dtype: str = "fp32") -> tuple[Path, dict[str, Any]]:
+    """`--format hf`: a run whose model was imported from Hugging Face (`model.path`, model=hf_encoder or
+    hf_marian) -> that folder's format again, in `out` (default `RUN_DIR/hf`): the run's tested model with its masks
+    (`checkpoint_masks`) as weight * mask, gates at 0 and removed heads as zeros, fp32; a classifier's label names
+    from results.json (`labels`). Stats: file (the folder), format, dtype, source, file_bytes (its
+    model.safetensors), dense_bytes, ratio, sparse_matrices (masks folded in), nonzeros (their kept entries)."""
+    if dtype != "fp32":
+        raise UserError(f"--format hf writes fp32 weights (--dtype {dtype} is for the bitmask and csc formats)")
+    run = load_run(run_dir)
+    source = OmegaConf.select(run.config, "model.path", default=None)
+    if not source:
+        raise UserError(
+            f"{run_dir}: the run's model was not imported from Hugging Face (no model.path; --format hf is for "
+            "model=hf_encoder and model=hf_marian runs): use --format bitmask or csc"
+        )
+    if not (Path(source) / "config.json").is_file():
+        raise UserError(f"{run_dir}: the run's model.path={source} is no longer a Hugging Face model folder")
+    state = run.model.state_dict()
+    masks = {n: m for n, m in checkpoint_masks(run.state).items() if n in state}
+    labels = run.results.get("labels")  # a classification run's label names (translation runs have none)
+    out = export_hf(run.model, source, out or run.dir / "hf", masks=masks, labels=labels)
+    file_bytes = (out / "model.safetensors").stat().st_size
+    dense = dense_bytes(state)
+    stats = {
+        "file": str(out),
+        "format": HF_FORMAT,
+        "dtype": dtype,
+        "source": str(source),
+        "file_bytes": file_bytes,
+        "dense_bytes": dense,
+        "ratio": file_bytes / dense,
+        "sparse_matrices": len(masks),
+        "nonzeros": sum(int(m.count_nonzero()) for m in masks.values()),
     }
     return out, stats
 
@@ -173,9 +219,14 @@ def load_sparse(path: Path) -> Transformer:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--format", choices=list(FORMATS), default="bitmask", help="bitmask (default) or csc")
+    parser.add_argument(
+        "--format",
+        choices=[*FORMATS, HF_FORMAT],
+        default="bitmask",
+        help="bitmask (default), csc, or hf (a Hugging Face folder, for runs of an imported model)",
+    )
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="storage dtype of every float tensor")
-    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/model.sparse.pt")
+    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/model.sparse.pt (hf: RUN_DIR/hf)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,10 @@ from prunelab.errors import UserError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prunelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_export = sub.add_parser("export", help="write a run's pruned model in a compact sparse file (bitmask or CSC)")
+    p_export = sub.add_parser(
+        "export",
+        help="write a run's pruned model: a compact sparse file (bitmask or CSC) or a Hugging Face folder (hf)",
+    )
     from prunelab.cli.export import add_arguments
 
     add_arguments(p_export)

@@ -11,14 +11,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from prunelab.data.tokenizer import BOS, EOS
+from prunelab.data.tokenizer import BOS, EOS, PAD
 
 Example = tuple[list[int], list[int], str, int]  # (source ids + EOS, target ids, raw reference, index)
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Tensor | list[str] | int]:
+def collate(
+    examples: Sequence[Example], pad_id: int = PAD, bos_id: int = BOS, eos_id: int = EOS
+) -> dict[str, Tensor | list[str] | int]:
     """-> src (B, S), tgt_in = BOS + y (B, T), tgt_out = y + EOS (B, T), refs, idx (B,), and n_tokens: the
-    real (unpadded) source + target tokens, counted here on the CPU so training never syncs to count them."""
+    real (unpadded) source + target tokens, counted here on the CPU so training never syncs to count them.
+    The ids are the tokenizer's (a Marian checkpoint's decoder starts from its pad id: bos_id = pad_id)."""
     B = len(examples)
     S = max(len(e[0]) for e in examples)
     T = max(len(e[1]) for e in examples) + 1
@@ -27,8 +30,8 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Tensor | list
     tgt_out = torch.full((B, T), pad_id, dtype=torch.long)
     for i, (s, t, _, _) in enumerate(examples):
         src[i, : len(s)] = torch.tensor(s)
-        tgt_in[i, : len(t) + 1] = torch.tensor([BOS, *t])
-        tgt_out[i, : len(t) + 1] = torch.tensor([*t, EOS])
+        tgt_in[i, : len(t) + 1] = torch.tensor([bos_id, *t])
+        tgt_out[i, : len(t) + 1] = torch.tensor([*t, eos_id])
     return {
         "src": src,
         "tgt_in": tgt_in,

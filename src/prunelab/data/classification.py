@@ -1,11 +1,14 @@
 """Text classification data: the shared LightningDataModule and the embedded synthetic task.
 
-An example is ([CLS] + token ids + EOS, label index, label name, line index). Batches hold up to
-`max_tokens` tokens, grouped by length, sharded per DDP rank, by the same sampler as translation.
+An example is (ids framed by the tokenizer: [CLS] text EOS, label index, label name, line index, token types or
+None). Batches hold up to `max_tokens` tokens, grouped by length, sharded per DDP rank, by the same sampler as
+translation. With `tokenizer=` a pretrained checkpoint's folder (the model's own `model.path` by default), its
+tokenizer frames the inputs ([CLS] a [SEP] b [SEP] and token types for BERT) instead of prunelab's own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from abc import ABC, abstractmethod
@@ -20,22 +23,31 @@ from torch import Tensor
 
 from prunelab.data.batching import TokenBatchedLoaders
 from prunelab.data.parallel_text import SentencePieceData, read_lines
-from prunelab.data.tokenizer import BOS, EOS, Tokenizer, WordTokenizer
+from prunelab.data.tokenizer import BOS, PretrainedTokenizer, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 CLS = BOS  # the first token of every input; pooling=cls reads its final state
-ClsExample = tuple[list[int], int, str, int]  # (ids with CLS and EOS, label index, label name, index)
+# (ids with CLS and EOS, label index, label name, index, token types or None)
+ClsExample = tuple[list[int], int, str, int, list[int] | None]
 
 
 def collate_classification(examples: Sequence[ClsExample], pad_id: int) -> dict[str, Any]:
-    """-> src (B, S), label (B,), ref (label names, for code that counts sentences), idx (B,), n_tokens."""
+    """-> src (B, S), label (B,), ref (label names, for code that counts sentences), idx (B,), n_tokens, and
+    types (B, S) when the tokenizer gives token types (padding gets type 0, as HF pads token_type_ids)."""
     B, S = len(examples), max(len(e[0]) for e in examples)
     src = torch.full((B, S), pad_id, dtype=torch.long)
     for i, e in enumerate(examples):
         src[i, : len(e[0])] = torch.tensor(e[0])
+    extra: dict[str, Any] = {}
+    if examples[0][4] is not None:
+        types = torch.zeros((B, S), dtype=torch.long)
+        for i, e in enumerate(examples):
+            types[i, : len(e[0])] = torch.tensor(e[4])
+        extra["types"] = types
     return {
+        **extra,
         "src": src,
         "label": torch.tensor([e[1] for e in examples]),
         "ref": [e[2] for e in examples],
@@ -55,8 +67,10 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         num_workers: int = 0,
         seed: int = 0,
         shuffle_seed: int | None = None,
+        tokenizer: str | None = None,
     ):
         super().__init__()
+        self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
         self.max_tokens = max_tokens
         self.eval_max_tokens = eval_max_tokens or max_tokens
         self.max_len = max_len
@@ -73,13 +87,13 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
 
     @abstractmethod
     def read_split(self, split: str) -> tuple[list[str], list[str]]:
-        """(texts, label names) of one split; a sentence pair is one text joined by the tokenizer's EOS."""
+        """(texts, label names) of one split; a sentence pair is one text, its two parts joined by a tab."""
 
     # --- shared machinery ------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = self.build_tokenizer()
+            self._tokenizer = PretrainedTokenizer(self.pretrained) if self.pretrained else self.build_tokenizer()
         return self._tokenizer
 
     @property
@@ -93,14 +107,11 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
     def task_kwargs(self) -> dict[str, Any]:
         return {"labels": self.labels}
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
     def setup(self, stage: str | None = None) -> None:
         if self.examples:
             return
         raw = {split: self.read_split(split) for split in SPLITS}
-        labels = sorted(set(raw["train"][1]), key=_label_order)
+        labels = self.checkpoint_order(sorted(set(raw["train"][1]), key=_label_order))
         if len(labels) < 2:
             raise UserError(f"the training split has {len(labels)} label(s); classification needs at least 2")
         index = {name: i for i, name in enumerate(labels)}
@@ -116,19 +127,32 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
                     f"({', '.join(labels)}){more}"
                 )
             examples, truncated = [], 0
+            max_len = min(self.max_len, self.tokenizer.max_positions or self.max_len)
             for i, (text, name) in enumerate(zip(texts, names, strict=True)):
-                ids = [CLS, *self.encode(text), EOS]
-                if len(ids) > self.max_len:
-                    ids = [*ids[: self.max_len - 1], EOS]
-                    truncated += 1
-                examples.append((ids, index[name], name, i))
+                ids, types, cut = self.tokenizer.classification_input(text.split("\t"), max_len)
+                truncated += cut
+                examples.append((ids, index[name], name, i, types))
             if truncated:
-                log.warning("%s: truncated %d texts to %d tokens", split, truncated, self.max_len)
+                log.warning("%s: truncated %d texts to %d tokens", split, truncated, max_len)
             if not examples:
                 raise UserError(f"the {split} split has no examples")
             splits[split] = examples
         self.labels = labels
         self.examples = splits
+
+    def checkpoint_order(self, labels: list[str]) -> list[str]:
+        """The class order of a pretrained classifier whose config.json (`id2label`) names exactly the data's labels
+        (case aside): its head's row k is then the data's label id2label[k]. Otherwise `labels` as they are (numeric
+        labels in numeric order, which is also the order of HF's default LABEL_0, LABEL_1, ...)."""
+        config = Path(self.pretrained) / "config.json" if self.pretrained else None
+        if config is None or not config.is_file():
+            return labels
+        id2label = json.loads(config.read_text()).get("id2label") or {}
+        names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        ours = {name.lower(): name for name in labels}
+        if len(ours) == len(labels) and sorted(n.lower() for n in names) == sorted(ours):
+            return [ours[n.lower()] for n in names]
+        return labels
 
     def location(self, split: str, i: int) -> str:
         """Where example `i` of `split` comes from, for error messages (a reader on files says file:line)."""
@@ -257,8 +281,8 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
     `text<TAB>label` or, for sentence pairs (NLI), `text_a<TAB>text_b<TAB>label`. Labels may be strings or
     integers; the mapping (sorted, integers numerically) is stored with the run. A header row is detected
     by its last field (label, gold_label, class, ...) or forced with `data.header=true|false`. Texts are cut
-    into SentencePiece subwords trained on the training texts, as for translation; a pair is encoded as
-    text_a EOS text_b."""
+    into SentencePiece subwords trained on the training texts, as for translation (or by a pretrained model's own
+    tokenizer, `tokenizer=`); a pair is framed by the tokenizer, [CLS] text_a EOS text_b EOS with prunelab's own."""
 
     def __init__(
         self,
@@ -351,14 +375,6 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
 
     def location(self, split: str, i: int) -> str:
         return f"{self.files[split]}:{self._line_numbers[split][i]}"
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for k, part in enumerate(text.split("\t")):  # a pair: text_a EOS text_b
-            if k:
-                ids.append(EOS)
-            ids += self.tokenizer.encode(part)
-        return ids
 
     def _spm_sources(self) -> list[Path]:
         return [self.files["train"]]

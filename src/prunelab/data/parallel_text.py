@@ -138,8 +138,9 @@ class SentencePieceData(ABC):
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before setup() runs on every rank: the model is
-        # trained once here and the other ranks find it in the cache.
-        self._spm_model()
+        # trained once here and the other ranks find it in the cache. (A pretrained tokenizer needs none.)
+        if not getattr(self, "pretrained", None):
+            self._spm_model()
 
     def build_tokenizer(self) -> Tokenizer:
         path = self._spm_model()

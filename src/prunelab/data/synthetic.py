@@ -19,6 +19,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from typing import Any
 
 from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
 from prunelab.data.translation import TranslationDataModule
@@ -205,7 +206,7 @@ class SyntheticTranslationDataModule(TranslationDataModule):
         p_pp: float = 0.3,
         p_conj: float = 0.15,
         tokenization: str = "syllable",
-        **kwargs: int,
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if tokenization not in ("syllable", "word"):

@@ -1,7 +1,9 @@
 """The LightningDataModule every translation data source shares.
 
 A subclass says where the text comes from (`read_split`) and how it is cut into tokens
-(`build_tokenizer`); this class encodes, filters the training set by length, and batches by tokens.
+(`build_tokenizer`); this class encodes, filters the training set by length, and batches by tokens. With
+`tokenizer=` a pretrained checkpoint's folder (by default the model's own `model.path`), that checkpoint's tokenizer
+and special ids are used instead (Marian: sources end in its </s>, the decoder starts from its pad id).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import lightning as L
 
 from prunelab.data.batching import Example, TokenBatchedLoaders, collate
-from prunelab.data.tokenizer import EOS, Tokenizer
+from prunelab.data.tokenizer import PretrainedTokenizer, Tokenizer
 from prunelab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,10 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         num_workers: int = 0,
         seed: int = 0,
         shuffle_seed: int | None = None,
+        tokenizer: str | None = None,
     ):
         super().__init__()
+        self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
         self.max_tokens = max_tokens
         self.eval_max_tokens = eval_max_tokens or max_tokens
         self.max_len = max_len
@@ -57,7 +61,7 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = self.build_tokenizer()
+            self._tokenizer = PretrainedTokenizer(self.pretrained) if self.pretrained else self.build_tokenizer()
         return self._tokenizer
 
     def task_kwargs(self) -> dict[str, Any]:
@@ -67,26 +71,29 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         if self.examples:
             return
         tok = self.tokenizer
+        # a pretrained model has positions for so many tokens (512 for OPUS-MT): longer inputs are cut to fit
+        limit = tok.max_positions or 1 << 30
+        max_len, eval_max_len = min(self.max_len, limit), min(self.eval_max_len, limit)
         splits: dict[str, list[Example]] = {}  # assigned only when every split has been read
         for split in SPLITS:
             src_lines, tgt_lines = self.read_split(split)
             examples: list[Example] = []
             empty = too_long = truncated = 0
             for i, (s, t) in enumerate(zip(src_lines, tgt_lines, strict=True)):
-                s_ids, t_ids = tok.encode(s), tok.encode(t)
+                s_ids, t_ids = tok.encode(s), tok.encode_target(t)
                 if split == "train":
                     # as fairseq and Marian do: training pairs need text on both sides and fit the length limit
                     if not s_ids or not t_ids:
                         empty += 1
                         continue
-                    if max(len(s_ids), len(t_ids)) + 1 > self.max_len:
+                    if max(len(s_ids), len(t_ids)) + 1 > max_len:
                         too_long += 1
                         continue
-                elif max(len(s_ids), len(t_ids)) + 1 > self.eval_max_len:  # evaluation keeps every sentence
+                elif max(len(s_ids), len(t_ids)) + 1 > eval_max_len:  # evaluation keeps every sentence
                     # (the raw reference stays whole for BLEU; only the ids fed to the model are cut)
-                    s_ids, t_ids = s_ids[: self.eval_max_len - 1], t_ids[: self.eval_max_len - 1]
+                    s_ids, t_ids = s_ids[: eval_max_len - 1], t_ids[: eval_max_len - 1]
                     truncated += 1
-                examples.append(([*s_ids, EOS], t_ids, t, i))
+                examples.append(([*s_ids, tok.eos_id], t_ids, t, i))
             if empty or too_long:
                 log.warning(
                     "%s: dropped %d of %d sentence pairs: %d with an empty side, %d longer than data.max_len=%d tokens",
@@ -95,10 +102,10 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
                     len(src_lines),
                     empty,
                     too_long,
-                    self.max_len,
+                    max_len,
                 )
             if truncated:
-                log.warning("%s: truncated %d pairs to %d tokens", split, truncated, self.eval_max_len)
+                log.warning("%s: truncated %d pairs to %d tokens", split, truncated, eval_max_len)
             if not examples:
                 raise UserError(f"the {split} split has no usable sentence pairs")
             splits[split] = examples
@@ -108,7 +115,8 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         return max(len(example[0]), len(example[1]) + 1)
 
     def collate_fn(self) -> partial:
-        return partial(collate, pad_id=self.tokenizer.pad_id)
+        tok = self.tokenizer
+        return partial(collate, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
 
     def references(self, split: str) -> list[str]:
         return [e[2] for e in self.examples[split]]

@@ -205,6 +205,9 @@ CLASSIFIERS = {
     "electra": ("classifier.dense", "gelu", "classifier.out_proj"),
     "distilbert": ("pre_classifier", "relu", "classifier"),
 }
+# Keys of a *ForSequenceClassification file outside the family prefix (the classification layers, except BERT's
+# `bert.pooler.dense`): every other key is `bert.`/`roberta.`/... + the key_map / CLASSIFIERS name.
+UNPREFIXED = ("classifier", "pre_classifier")
 
 
 def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides: Any) -> TransformerClassifier:
@@ -263,7 +266,7 @@ def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides
         raise UserError(f"{path}: unexpected key(s) in a {family} checkpoint: {', '.join(sorted(unexpected))}")
     # name a missing key as the file would: under the prefix if the file uses one (the head keys never are)
     shown = prefix if any(k.startswith(prefix) for k in state) else ""
-    missing = [n if n.startswith(("classifier", "pre_classifier")) else shown + n for n in mapping if n not in names]
+    missing = [n if n.startswith(UNPREFIXED) else shown + n for n in mapping if n not in names]
     if missing:
         raise UserError(f"{path}: key(s) missing from the {family} checkpoint: {', '.join(missing)}")
 
@@ -282,25 +285,28 @@ def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides
             ours[mine].copy_(src)
             left.discard(mine)
     assert not left, f"prunelab parameters not filled by the import: {sorted(left)}"  # a bug here, not the user's
+    model.pretrained_from = str(path)
     return model
 
 
 def check_data_fits(path: str, to_config: Any, vocab_size: int, pad_id: int) -> None:
-    """The data's vocabulary size and padding id must be the checkpoint's (`to_config` reads its config.json into a
-    TransformerConfig): until prunelab reads HF tokenizers, the data must already use the checkpoint's."""
+    """The data's ids must be the checkpoint's (`to_config` reads its config.json into a TransformerConfig): a
+    vocabulary no larger than the checkpoint's embedding table and the same padding id. The data modules read the
+    checkpoint's own tokenizer (`data.tokenizer`, the model's folder by default), so this fails only when a data
+    config was told to use another tokenizer."""
     config = Path(path) / "config.json"
     if not config.is_file():
         raise UserError(f"model.path={path}: not a Hugging Face model folder (no config.json)")
     cfg = to_config(json.loads(config.read_text()))
-    if vocab_size != cfg.vocab_size:
+    if vocab_size > cfg.vocab_size:
         raise UserError(
-            f"model.path={path} has a vocabulary of {cfg.vocab_size} tokens but the data's has {vocab_size}: "
-            "the data must use the checkpoint's tokenizer"
+            f"model.path={path} has a vocabulary of {cfg.vocab_size} tokens but the data's tokenizer has {vocab_size}: "
+            "the data must use the checkpoint's tokenizer (data.tokenizer=<the model folder>)"
         )
     if pad_id != cfg.pad_id:
         raise UserError(
-            f"model.path={path} pads with id {cfg.pad_id} but the data with {pad_id}: "
-            "the data must use the checkpoint's tokenizer"
+            f"model.path={path} pads with id {cfg.pad_id} but the data's tokenizer with {pad_id}: "
+            "the data must use the checkpoint's tokenizer (data.tokenizer=<the model folder>)"
         )
 
 
@@ -309,7 +315,6 @@ def build_hf_encoder(
 ) -> TransformerClassifier:
     """Hydra entry point (`model=hf_encoder model.path=DIR`): the checkpoint as a classifier for the data's classes.
 
-    The data must be tokenized with the checkpoint's own tokenizer (its vocabulary and padding id); until prunelab
-    reads HF tokenizers, a vocabulary or padding id that disagrees with the checkpoint is an error here."""
+    The data are tokenized with the checkpoint's own tokenizer (see check_data_fits)."""
     check_data_fits(path, encoder_config, vocab_size, pad_id)  # before the weights are read
     return load_hf_encoder(path, num_classes, **overrides)

@@ -196,13 +196,13 @@ def load_hf_marian(path: str | Path, **overrides: Any) -> Transformer:
             ours[mine].copy_(src)
             left.discard(mine)
     assert not left, f"prunelab parameters not filled by the import: {sorted(left)}"  # a bug here, not the user's
+    model.pretrained_from = str(path)
     return model
 
 
 def build_hf_marian(vocab_size: int, pad_id: int, path: str, **overrides: Any) -> Transformer:
     """Hydra entry point (`model=hf_marian model.path=DIR`): the checkpoint as prunelab's translation model.
 
-    The data must be tokenized with the checkpoint's own tokenizer (its vocabulary and padding id); until prunelab
-    reads Marian's tokenizer, a vocabulary or padding id that disagrees with the checkpoint is an error here."""
+    The data are tokenized with the checkpoint's own tokenizer (see hf_import.check_data_fits)."""
     check_data_fits(path, marian_config, vocab_size, pad_id)  # before the weights are read
     return load_hf_marian(path, **overrides)

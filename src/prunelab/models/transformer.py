@@ -397,6 +397,7 @@ class Transformer(nn.Module):
     """Encoder-decoder with one shared vocabulary: source, target and output embeddings are tied."""
 
     kind = "translation"
+    pretrained_from: str | None = None  # the checkpoint folder an imported model's weights come from
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()

@@ -36,6 +36,22 @@ def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """BERT's fine-tuning schedule (Devlin et al. 2019): linear warm-up to the peak lr, then linear decay to 0 at
+    the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+OPTIMIZERS = ("adam", "adamw", "adafactor")
+SCHEDULES = ("inverse_sqrt", "linear")
+
+
 class PrunableTask(L.LightningModule):
     kind: str = ""  # the data it takes: translation | classification (data modules name theirs)
     score_key: str = ""  # its score, logged as val/<key> and test/<key> (bleu, acc, ...)
@@ -52,14 +68,21 @@ class PrunableTask(L.LightningModule):
         optimizer: str = "adam",
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
+        schedule: str = "inverse_sqrt",
+        warmup_fraction: float | None = None,
     ):
         super().__init__()
-        if optimizer not in ("adam", "adafactor"):
-            raise UserError(f"task.optimizer must be adam or adafactor, got {optimizer!r}")
+        if optimizer not in OPTIMIZERS:
+            raise UserError(f"task.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if schedule not in SCHEDULES:
+            raise UserError(f"task.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if warmup_fraction is not None and not 0.0 <= warmup_fraction < 1.0:
+            raise UserError(f"task.warmup_fraction must be in [0, 1) or null, got {warmup_fraction}")
         self.model = model
         self.pruner = pruner
         self.lr, self.warmup_steps, self.optimizer_name = lr, warmup_steps, optimizer
         self.betas, self.weight_decay = tuple(betas), weight_decay
+        self.schedule, self.warmup_fraction = schedule, warmup_fraction
         self.pruner.attach(self.model)
         self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
         self.train_tokens = 0
@@ -177,9 +200,21 @@ class PrunableTask(L.LightningModule):
             opt = torch.optim.Adam(
                 params, lr=self.lr, betas=self.betas, eps=1e-9, weight_decay=self.weight_decay, fused=fused
             )
+        elif self.optimizer_name == "adamw":
+            # decoupled weight decay on the weight matrices only, not on biases and LayerNorm (BERT, HF's Trainer)
+            groups = [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
+            fused = all(p.device.type in ("cpu", "cuda") for p in params) and self._loss_scaler() is None
+            opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=1e-8, fused=fused)
         else:
             opt = torch.optim.Adafactor(params, lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, inverse_sqrt_schedule(self.warmup_steps))
+        total = self.total_steps
+        warmup = round(self.warmup_fraction * total) if self.warmup_fraction is not None else self.warmup_steps
+        warmup = max(1, warmup)
+        factor = inverse_sqrt_schedule(warmup) if self.schedule == "inverse_sqrt" else linear_schedule(warmup, total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _loss_scaler(self) -> Any:

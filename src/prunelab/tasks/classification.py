@@ -37,10 +37,12 @@ class ClassificationTask(PrunableTask):
         optimizer: str = "adam",
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
+        schedule: str = "inverse_sqrt",
+        warmup_fraction: float | None = None,
         label_smoothing: float = 0.1,
         metric: str = "acc",
     ):
-        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay)
+        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction)
         if metric not in METRICS:
             raise UserError(f"task.metric must be one of {', '.join(METRICS)}, got {metric!r}")
         self.labels = list(labels)

@@ -35,6 +35,8 @@ class TranslationTask(PrunableTask):
         optimizer: str = "adam",
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
+        schedule: str = "inverse_sqrt",
+        warmup_fraction: float | None = None,
         label_smoothing: float = 0.1,
         beam_size: int = 4,
         val_beam_size: int | None = None,
@@ -42,7 +44,7 @@ class TranslationTask(PrunableTask):
         max_len_a: float = 1.5,
         max_len_b: int = 10,
     ):
-        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay)
+        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction)
         self.tokenizer = tokenizer
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size

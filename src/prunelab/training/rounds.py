@@ -38,8 +38,11 @@ log = logging.getLogger("prunelab")
 CHECKPOINT_FILES = ("best.ckpt", "last.ckpt", "round_end.ckpt")
 
 
+PRETRAINED = -1  # the "round" of the weights a run starts from (imported or `ckpt=`), scored before any training
+
+
 def round_dir_of(out: Path, r: int) -> Path:
-    return out / "checkpoints" / f"round_{r}"
+    return out / "checkpoints" / ("pretrained" if r == PRETRAINED else f"round_{r}")
 
 
 def latest_finished_round(out: Path, rounds: int) -> int:
@@ -79,8 +82,9 @@ def evaluate(trainer: L.Trainer, task: Any, datamodule: Any, best: str | None) -
 
 @dataclass
 class Rounds:
-    """The rounds of one run (see the module docstring). `pretrained`: the model holds trained weights (`ckpt=`),
-    which a pruner may evaluate without training. `on_level` is told of every new level (results.json)."""
+    """The rounds of one run (see the module docstring). `pretrained`: the model holds trained weights (`ckpt=`, or
+    an imported checkpoint), which a pruner may evaluate without training, and which are scored as the first level
+    when round 0 trains. `on_level` is told of every new level (results.json)."""
 
     cfg: DictConfig
     out: Path
@@ -97,6 +101,8 @@ class Rounds:
     def run(self) -> list[dict[str, Any]]:
         pruner = self.task.pruner
         pruner.use_data(self.datamodule, self.task)
+        if self.pretrained and pruner.round_steps(0, self.cfg.trainer.max_steps, True) > 0:
+            self.levels.append(self.evaluate_start())  # round 0 trains: score the weights it starts from first
         finished = latest_finished_round(self.out, pruner.rounds)
         for r in range(pruner.rounds):
             if r <= finished:
@@ -106,6 +112,36 @@ class Rounds:
             best, metrics, seconds = self.fit_and_evaluate(r, trainer, ckpt, steps)
             self.record(r, trainer, best, metrics, seconds)
         return self.levels
+
+    def evaluate_start(self) -> dict[str, Any]:
+        """The level of the pretrained weights the run starts from (stage "pretrained", round -1): validated and
+        tested as they are, before any round trains or prunes, so that a pretrained model's own score is the
+        dense level of every method. Its figures go to `checkpoints/pretrained/` (no checkpoint: the weights are
+        the checkpoint's); a resumed run reads them back."""
+        d = round_dir_of(self.out, PRETRAINED)
+        if (d / "results.json").exists():
+            return json.loads((d / "results.json").read_text())
+        trainer, _ = build_trainer(self.cfg, d, self.logger, 1, self.task.monitor)
+        t0 = time.perf_counter()
+        metrics = evaluate(trainer, self.task, self.datamodule, None)
+        report = self.task.pruner.report(self.task.model)
+        level = {
+            "round": PRETRAINED,
+            "stage": "pretrained",
+            "sparsity": report["sparsity"]["overall"],
+            "same_as_targeting": False,
+            "score": self.task.score,
+            "metrics": metrics,
+            "memory": report["memory"],
+            "params": report["params"],
+            "best_checkpoint": None,
+            "fit_time_s": time.perf_counter() - t0,
+        }
+        if trainer.is_global_zero:
+            write_json(d / "results.json", level)
+            (d / "test.hyp.txt").write_text("\n".join(self.task.last_eval["test"]["hypotheses"]) + "\n")
+            self.on_level([level])
+        return level
 
     def load_finished(self, r: int, latest: bool) -> dict[str, Any]:
         """A round finished earlier: its figures; for the latest such round also its state (weights, masks,
@@ -193,7 +229,7 @@ class Rounds:
             write_json(d / "results.json", level)
             (d / "test.hyp.txt").write_text("\n".join(self.task.last_eval["test"]["hypotheses"]) + "\n")
             self.on_level(self.levels)
-            if pruner.rounds > 1:
+            if len(self.levels) > 1:
                 record_levels(self.out, self.levels, self.logger, self.name)
         pruner.on_round_end(self.task.model, r)  # the next mask, from the scored (best) weights
         trainer.save_checkpoint(d / "round_end.ckpt", weights_only=True)

@@ -79,7 +79,8 @@ def run(
         results.update(levels=levels)
         results.write()
 
-    rounds = Rounds(cfg, out, task, datamodule, logger, choices.get("pruner", "run"), on_level, bool(cfg.get("ckpt")))
+    pretrained = bool(cfg.get("ckpt")) or getattr(model, "pretrained_from", None) is not None
+    rounds = Rounds(cfg, out, task, datamodule, logger, choices.get("pruner", "run"), on_level, pretrained)
     levels = rounds.run()
 
     final = levels[-1]
@@ -108,7 +109,8 @@ def run(
 
 def start_weights(cfg: DictConfig, out: Path, model: Any, pruner: Any) -> str | None:
     """`ckpt=RUN`: the trained weights of that run, and its θ_0 (init.pt) for every method that rewinds to θ_0.
-    Otherwise this run's initialisation is saved as `init.pt` (θ_0, for rewinding and Wang & Tu's criticality)."""
+    Otherwise this run's initialisation is saved as `init.pt` (θ_0, for rewinding and Wang & Tu's criticality); for an
+    imported checkpoint that is its pretrained weights, the θ_0 lottery tickets for pretrained models rewind to."""
     if cfg.get("ckpt"):
         source = load_trained_weights(model, Path(cfg.ckpt))
         init = next((d / "init.pt" for d in (source.parent, *source.parents) if (d / "init.pt").exists()), None)

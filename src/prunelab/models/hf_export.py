@@ -1,0 +1,265 @@
+"""Export a (mask-)pruned model that was imported from Hugging Face back to a Hugging Face folder: the inverse of
+prunelab.models.hf_import (BERT, RoBERTa, ELECTRA, DistilBERT -> *ForSequenceClassification) and
+prunelab.models.hf_marian (-> MarianMTModel), computing the same logits as the prunelab model (eval mode, fp32).
+
+The key names come from the import's own maps (`key_map`, `CLASSIFIERS`), inverted. What prunelab keeps outside
+the weights is folded into them, exactly:
+
+- masks: every masked matrix is written as weight * mask (its zeros are in the file);
+- a sub-layer gate at 0: the output projection (out_proj of an attention, fc2 of a feed-forward) gets zero weight
+  and bias, so the sub-layer adds exactly 0 to the residual, as g * f(x) with g = 0 does (post-norm or not:
+  LN(x + 0) = LN(x + 0 * f(x)));
+- a head gate at 0: the head's columns of out_proj are zeroed (head j: columns j*hs ... j*hs+hs-1);
+- heads removed structurally (`head_ids` shorter than n_heads) come back as zero rows of Q/K/V and zero columns
+  of out_proj (a zero head attends uniformly to zero values and adds nothing); AttendOut's uniform attention
+  (no Q or K projection) is Q = K = 0: every score is 0, so softmax is the uniform map over the keys allowed.
+
+Not exportable, a UserError saying so (the model stays in prunelab's format, `prunelab export --format bitmask`):
+gates other than 0 or 1, structurally removed sub-layers (post-norm LN(x) cannot be skipped in HF's layers),
+mean pooling or a classifier without the family's pooler (a fresh head on an ELECTRA/DistilBERT body).
+
+The folder: config.json (the source's, with the labels and `architectures` of the class written, dtype float32),
+model.safetensors (fp32) and the source folder's tokenizer files, so that it is self-contained. `transformers` is
+not imported here; `safetensors` only when writing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import UserError
+from prunelab.models import hf_import, hf_marian
+from prunelab.models.classifier import TransformerClassifier
+from prunelab.models.transformer import MultiHeadAttention, Transformer, TransformerConfig
+
+# The class each family is written as (config.json's `architectures`).
+ARCHITECTURES = {
+    "bert": "BertForSequenceClassification",
+    "roberta": "RobertaForSequenceClassification",
+    "electra": "ElectraForSequenceClassification",
+    "distilbert": "DistilBertForSequenceClassification",
+    "marian": "MarianMTModel",
+}
+# Files of a model folder that are not copied: the weights (written anew) and config.json (rewritten).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".index.json")
+# TransformerConfig fields that are training settings, not the network (they may differ from config.json's).
+TRAINING_FIELDS = (*hf_import.OVERRIDABLE, "removed")
+BITMASK_HINT = "it stays in prunelab's format (prunelab export --format bitmask)"
+
+
+def export_hf(
+    model: nn.Module,
+    source: str | Path,
+    out: str | Path,
+    masks: Mapping[str, Tensor] | None = None,
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """Write `model` (imported from the HF folder `source` by load_hf_encoder / load_hf_marian, then pruned) as a
+    folder that transformers' `from_pretrained` loads (AutoModelForSequenceClassification for an encoder,
+    MarianMTModel for Marian) with the same logits. `masks`: {parameter name: 0/1 mask}, written as weight * mask.
+    `labels`: class names of a classifier, index = class id (default: the source's when their number fits,
+    else LABEL_i). Returns `out`."""
+    source, out = Path(source), Path(out)
+    if not (source / "config.json").is_file():
+        raise UserError(f"{source}: not a Hugging Face model folder (no config.json)")
+    if out.resolve() == source.resolve():
+        raise UserError(f"{out}: the export would overwrite the source checkpoint; choose another folder")
+    hf = json.loads((source / "config.json").read_text())
+    family = hf.get("model_type")
+    classifier = isinstance(model, TransformerClassifier)
+    if classifier and family in hf_import.FAMILIES:
+        want = hf_import.encoder_config(hf)
+    elif isinstance(model, Transformer) and not classifier and family == "marian":
+        want = hf_marian.marian_config(hf)
+    else:
+        raise UserError(
+            f"cannot export a {type(model).__name__} as the {family!r} checkpoint of {source}: only a classifier "
+            f"imported from {', '.join(hf_import.FAMILIES)} or a Transformer imported from marian can be"
+        )
+    assert isinstance(model, Transformer)
+    _check_same_network(model.cfg, want, source)
+
+    state = effective_state(model, masks)
+    if isinstance(model, TransformerClassifier):
+        tensors = _encoder_tensors(model, state, family)
+        config = _label_config(hf, model.num_classes, labels)
+    else:
+        if labels is not None:
+            raise UserError("labels are for a classifier: a translation model has none")
+        tensors = _marian_tensors(model, state)
+        config = dict(hf)
+    config["architectures"] = [ARCHITECTURES[family]]
+    config["dtype"] = "float32"  # the weights are written in fp32 (an fp16 source would otherwise load as fp16)
+    if "torch_dtype" in config:  # the key before transformers 5
+        config["torch_dtype"] = "float32"
+
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError("writing model.safetensors needs the safetensors package: pip install -e '.[hf]'") from None
+    out.mkdir(parents=True, exist_ok=True)
+    _copy_tokenizer_files(source, out)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
+    )
+    return out
+
+
+def _check_same_network(ours: TransformerConfig, want: TransformerConfig, source: Path) -> None:
+    """The model must be the network config.json describes (training settings aside)."""
+    differ = [
+        f"{f.name}={getattr(ours, f.name)!r} (the checkpoint's: {getattr(want, f.name)!r})"
+        for f in fields(TransformerConfig)
+        if f.name not in TRAINING_FIELDS and getattr(ours, f.name) != getattr(want, f.name)
+    ]
+    if differ:
+        raise UserError(f"the model is not the network of {source}: {'; '.join(differ)}")
+
+
+def _gate_value(g: Tensor, name: str) -> list[float]:
+    """The gate's values, each exactly 0 or 1, or a UserError."""
+    values = g.detach().float().flatten().tolist()
+    bad = sorted({v for v in values if v not in (0.0, 1.0)})
+    if bad:
+        raise UserError(
+            f"{name} has gate value(s) {bad}: only gates of exactly 0 (pruned) or 1 can be folded into the weights "
+            f"of a Hugging Face model; {BITMASK_HINT}"
+        )
+    return values
+
+
+@torch.no_grad()
+def effective_state(model: Transformer, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The model's state dict in fp32 with everything folded into the weights (see the module doc): masks
+    applied, gates at 0 as zero weights, removed heads as zero rows/columns, uniform attention as Q = K = 0.
+    The gate, head_gate and head_ids buffers are gone; every other key is the model's."""
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone()
+        for k, v in model.state_dict().items()
+    }
+    for name, m in (masks or {}).items():
+        if name not in state:
+            raise UserError(f"a mask for {name!r}, which the model does not have")
+        if tuple(m.shape) != tuple(state[name].shape):
+            raise UserError(f"the mask of {name} has shape {tuple(m.shape)}, the weight {tuple(state[name].shape)}")
+        state[name] = state[name] * m.detach().to("cpu", torch.float32)
+
+    cfg = model.cfg
+    for side, stack in (("enc", model.enc), ("dec", model.dec)):
+        for i, layer in enumerate(stack):
+            for kind in layer.kinds:
+                name = f"{side}.{i}.{kind}"
+                module = getattr(layer, kind)
+                if module is None:
+                    raise UserError(
+                        f"{name} was removed structurally: a Hugging Face layer cannot skip a sub-layer with its "
+                        f"LayerNorm (post-norm LN(x + f(x)) is not x without it); {BITMASK_HINT}"
+                    )
+                gate = _gate_value(module.gate, name)[0] if cfg.gated else 1.0
+                for buf in ("gate", "head_gate", "head_ids"):
+                    state.pop(f"{name}.{buf}", None)
+                if isinstance(module, MultiHeadAttention):
+                    _expand_attention(state, name, module, cfg)
+                out = f"{name}.{'fc2' if kind == 'ff' else 'out_proj'}"
+                if gate == 0.0:  # the sub-layer adds exactly 0
+                    state[f"{out}.weight"].zero_()
+                    state[f"{out}.bias"].zero_()
+    return state
+
+
+def _expand_attention(state: dict[str, Tensor], name: str, attn: MultiHeadAttention, cfg: TransformerConfig) -> None:
+    """Q/K/V/O of an attention at full width (cfg.n_heads heads), head gates at 0 folded into out_proj."""
+    H, hs, d = cfg.n_heads, cfg.d_model // cfg.n_heads, cfg.d_model
+    ids = attn.head_ids.tolist()  # the original number of each head left, in slot order
+    gates = _gate_value(attn.head_gate, f"{name} (head gates)") if cfg.gated else [1.0] * len(ids)
+    if len(gates) != len(ids):
+        raise UserError(f"{name}: {len(gates)} head gates for {len(ids)} heads (per-example gates cannot be exported)")
+    # slot s of the compact weights holds original head ids[s]; a head gated at 0 keeps its Q/K/V, loses its O
+    full = [h * hs + j for h in ids for j in range(hs)]
+    slot = list(range(len(ids) * hs))
+    kept = [h * hs + j for h, g in zip(ids, gates, strict=True) if g == 1.0 for j in range(hs)]
+    kept_slot = [s * hs + j for s, g in enumerate(gates) if g == 1.0 for j in range(hs)]
+    for p in ("q_proj", "k_proj", "v_proj"):
+        w, b = torch.zeros(H * hs, d), torch.zeros(H * hs)
+        if not (attn.uniform and p != "v_proj"):  # uniform attention: Q = K = 0, so every score is 0
+            w[full] = state[f"{name}.{p}.weight"][slot]
+            b[full] = state[f"{name}.{p}.bias"][slot]
+        state[f"{name}.{p}.weight"], state[f"{name}.{p}.bias"] = w, b
+    o = torch.zeros(d, H * hs)
+    o[:, kept] = state[f"{name}.out_proj.weight"][:, kept_slot]
+    state[f"{name}.out_proj.weight"] = o
+
+
+def _encoder_tensors(model: TransformerClassifier, state: dict[str, Tensor], family: str) -> dict[str, Tensor]:
+    """The effective state under the keys of `family`'s *ForSequenceClassification file."""
+    pooler_key, pooler_act, head_key = hf_import.CLASSIFIERS[family]
+    if model.pooling != "cls":
+        raise UserError(f"the classifier pools with {model.pooling!r}: a {family} classifier reads [CLS]")
+    if model.pooler is None or model.pooler_activation != pooler_act:
+        raise UserError(
+            f"the classifier has {'no pooler' if model.pooler is None else f'a {model.pooler_activation} pooler'}, "
+            f"a {ARCHITECTURES[family]} has a Linear + {pooler_act} before its head: it cannot be written as one; "
+            f"{BITMASK_HINT}"
+        )
+    mapping = hf_import.key_map(family, model.cfg.enc_layers, embed_proj=model.embed_proj is not None)
+    mapping.update(hf_import._wb(pooler_key, "pooler"))
+    mapping.update(hf_import._wb(head_key, "head"))
+    prefix = f"{family}."
+    return _rename(state, {k if k.startswith(hf_import.UNPREFIXED) else prefix + k: v for k, v in mapping.items()})
+
+
+def _marian_tensors(model: Transformer, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The effective state under MarianMTModel's keys: `model.` + the import's keys, final_logits_bias (1, V)
+    outside it, and lm_head.weight, the tied output projection (a copy of the shared embedding)."""
+    mapping = hf_marian.key_map(model.cfg.enc_layers, model.cfg.dec_layers)
+    tensors = _rename(state, {k if k == "final_logits_bias" else "model." + k: v for k, v in mapping.items()})
+    tensors["final_logits_bias"] = tensors["final_logits_bias"].reshape(1, -1)
+    tensors["lm_head.weight"] = tensors["model.shared.weight"].clone()
+    return tensors
+
+
+def _rename(state: dict[str, Tensor], mapping: dict[str, str]) -> dict[str, Tensor]:
+    """{HF key: state[prunelab key]}; every key of `state` must be used (else a bug here, not the user's)."""
+    mine = set(mapping.values())
+    assert len(mine) == len(mapping), "the import's key map is not one-to-one"
+    left = sorted(set(state) - mine)
+    assert not left, f"prunelab keys with no Hugging Face key: {left}"
+    return {theirs: state[ours] for theirs, ours in mapping.items()}
+
+
+def _label_config(hf: dict[str, Any], n: int, labels: Sequence[str] | None) -> dict[str, Any]:
+    """config.json with num_labels, id2label and label2id for the model's n classes."""
+    if labels is not None:
+        names = [str(x) for x in labels]
+        if len(names) != n:
+            raise UserError(f"{len(names)} label names for a classifier with {n} classes")
+        if len(set(names)) != n:
+            raise UserError(f"label names must be distinct: {names}")
+    else:
+        old = hf.get("id2label") or {}
+        names = [str(old[str(i)]) for i in range(n)] if len(old) == n and all(str(i) in old for i in range(n)) else []
+        if len(set(names)) != n:
+            names = [f"LABEL_{i}" for i in range(n)]
+    config = dict(hf)
+    config.update(num_labels=n, id2label=dict(enumerate(names)), label2id={x: i for i, x in enumerate(names)})
+    return config
+
+
+def _copy_tokenizer_files(source: Path, out: Path) -> list[Path]:
+    """Everything at the top of `source` except weights, config.json and hidden files: the tokenizer files
+    (vocab.txt, tokenizer.json, merges.txt, source.spm, ...), generation_config.json, a README."""
+    copied = []
+    for f in sorted(source.iterdir()):
+        if not f.is_file() or f.name == "config.json" or f.name.startswith(".") or f.name.endswith(WEIGHT_SUFFIXES):
+            continue
+        shutil.copyfile(f, out / f.name)
+        copied.append(out / f.name)
+    return copied

@@ -1,0 +1,179 @@
+"""Pretrained checkpoints from the command line, as a researcher runs them: a tiny BERT classifier and a tiny MarianMT
+model, each made and trained a little by Hugging Face itself (tests/hf_checkpoints.py), imported with
+`model=hf_encoder|hf_marian model.path=...` on data files read with the checkpoint's own tokenizer.
+
+The pretrained model's own score is every run's dense level, and it is checked against Hugging Face: the accuracy of
+HF's model on HF's tokenization, and the BLEU of HF's greedy `generate` (identical hypotheses, line for line)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+
+from tests import hf_checkpoints as H
+from tests.e2e.conftest import ROOT, check_scores_from_files, read_hypotheses, run_env, train
+
+transformers = pytest.importorskip("transformers")
+
+TINY = ["logger=none", "trainer.max_steps=16", "trainer.val_check_interval=8"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    cls = {"train": H.sentiment(160, 1), "dev": H.sentiment(32, 2), "test": H.sentiment(48, 3)}
+    nmt = {"train": H.copy_pairs(160, 1), "valid": H.copy_pairs(16, 2), "test": H.copy_pairs(24, 3)}
+    return {
+        # id2label in the reverse of sorted order: the data's labels must follow the checkpoint's head
+        "bert": H.encoder_checkpoint(root / "bert", *cls["train"], "bert", names=["positive", "negative"]),
+        "marian": H.marian_checkpoint(root / "marian", *nmt["train"]),
+        "tsv": H.write_tsv(root / "tsv", cls),
+        "parallel": H.write_parallel(root / "parallel", nmt),
+    }
+
+
+def hf_accuracy(folder: Path, texts: list[str], labels: list[str]) -> float:
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        pred = model(**tok(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+    return sum(model.config.id2label[p] == y for p, y in zip(pred, labels, strict=True)) / len(labels)
+
+
+def hf_greedy(folder: Path, sources: list[str]) -> list[str]:
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.MarianMTModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        out = model.generate(**tok(sources, padding=True, return_tensors="pt"), num_beams=1, max_new_tokens=40)
+    return tok.batch_decode(out, skip_special_tokens=True)
+
+
+def encoder_run(made: dict[str, Path], out: Path, *overrides: str):
+    args = ["model=hf_encoder", f"model.path={made['bert']}", "data=tsv_classification", f"data.dir={made['tsv']}"]
+    return train(out, *args, *TINY, *overrides)
+
+
+def marian_run(made: dict[str, Path], out: Path, *overrides: str):
+    args = ["model=hf_marian", f"model.path={made['marian']}", "data=parallel_text", f"data.dir={made['parallel']}"]
+    return train(out, *args, *TINY, "task.beam_size=1", *overrides)
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        ["pruner=mp", "sparsity=0.5"],
+        ["pruner=slt", "sparsity=0.5", "pruner.levels=[0.3,0.5]"],
+        ["pruner=heads", "sparsity=0.25", "pruner.finetune_steps=4"],
+        ["pruner=components", "sparsity=0.25", "pruner.finetune_steps=4"],
+        ["pruner=attendout"],
+    ],
+    ids=lambda p: p[0],
+)
+def test_every_method_on_an_imported_bert(made: dict[str, Path], tmp_path: Path, pruner: list[str]) -> None:
+    run = encoder_run(made, tmp_path / "run", *pruner)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["status"] == "completed" and res["labels"] == ["positive", "negative"]
+    dense = res["levels"][0]
+    # a separate "pretrained" level when round 0 trains; heads and components score the start weights as round 0
+    assert dense["sparsity"] == 0.0 and dense["stage"] in ("pretrained", "dense")
+    assert (dense["round"] == -1) == (dense["stage"] == "pretrained")
+    texts, labels = H.sentiment(48, 3)
+    assert dense["metrics"]["test/acc"] == pytest.approx(hf_accuracy(made["bert"], texts, labels), abs=1e-9)
+    assert len(res["levels"]) >= 2 and res["levels"][-1]["round"] > dense["round"]
+    check_scores_from_files(run)
+    if pruner[0] in ("pruner=mp", "pruner=slt"):
+        assert res["levels"][-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        ["pruner=mp", "sparsity=0.5"],
+        ["pruner=slt", "sparsity=0.5", "pruner.levels=[0.3,0.5]"],
+        ["pruner=heads", "sparsity=0.25", "pruner.finetune_steps=4"],
+        ["pruner=components", "sparsity=0.25", "pruner.finetune_steps=4"],
+    ],
+    ids=lambda p: p[0],
+)
+def test_every_method_on_an_imported_marian(made: dict[str, Path], tmp_path: Path, pruner: list[str]) -> None:
+    run = marian_run(made, tmp_path / "run", *pruner)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    dense = res["levels"][0]
+    assert res["status"] == "completed" and dense["sparsity"] == 0.0
+    sources, refs = H.copy_pairs(24, 3)
+    want = hf_greedy(made["marian"], sources)
+    d = run.dir / "checkpoints" / ("pretrained" if dense["round"] == -1 else "round_0")
+    assert read_hypotheses(d) == want  # the pretrained level decodes exactly as HF's generate
+    assert dense["metrics"]["test/bleu"] == pytest.approx(sacrebleu.corpus_bleu(want, [refs]).score, abs=1e-6)
+    assert len(res["levels"]) >= 2
+    check_scores_from_files(run)
+
+
+def prunelab_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prunelab.cli.main", *args], cwd=ROOT, capture_output=True, text=True, env=run_env()
+    )
+
+
+def test_mask_pruned_bert_and_marian_export_to_hugging_face(made: dict[str, Path], tmp_path: Path) -> None:
+    """`prunelab export RUN --format hf`: transformers loads the folder and computes the pruned run's logits."""
+    from prunelab.training import load_run
+
+    for name, run in (
+        ("bert", encoder_run(made, tmp_path / "bert", "pruner=mp", "sparsity=0.5")),
+        ("marian", marian_run(made, tmp_path / "marian", "pruner=mp", "sparsity=0.5")),
+    ):
+        assert run.returncode == 0, run.stderr[-3000:]
+        proc = prunelab_cli("export", str(run.dir), "--format", "hf")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        folder = run.dir / "hf"
+        ours = load_run(run.dir, data=True)
+        batch = next(iter(ours.datamodule.test_dataloader()))
+        auto = transformers.AutoModelForSequenceClassification if name == "bert" else transformers.MarianMTModel
+        hf = auto.from_pretrained(folder).eval()
+        with torch.no_grad():
+            if name == "bert":
+                got = hf(input_ids=batch["src"], token_type_ids=batch["types"], attention_mask=batch["src"] != 0).logits
+                want = ours.model(batch["src"], types=batch["types"])
+                assert hf.config.id2label == {0: "positive", 1: "negative"}
+            else:
+                pad = hf.config.pad_token_id
+                got = hf(
+                    input_ids=batch["src"], attention_mask=batch["src"] != pad, decoder_input_ids=batch["tgt_in"]
+                ).logits
+                want = ours.model(batch["src"], batch["tgt_in"])
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        zeros = [
+            (w == 0).float().mean().item()
+            for k, w in hf.state_dict().items()
+            if k.endswith("fc1.weight") or k.endswith("intermediate.dense.weight")
+        ]
+        assert zeros and min(zeros) == pytest.approx(0.5, abs=0.01)  # the masks are in the file
+        assert (folder / "tokenizer_config.json").is_file()  # self-contained: its tokenizer came along
+
+
+def test_head_pruned_run_reloads_in_prunelab(made: dict[str, Path], tmp_path: Path) -> None:
+    """Heads removed from an imported BERT (which transformers v5 cannot represent) reload through load_run, from
+    checkpoints read with weights_only=True, and score what the run reported."""
+    from prunelab.training import load_run
+
+    run = encoder_run(made, tmp_path / "run", "pruner=heads", "sparsity=0.5", "pruner.finetune_steps=0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    ours = load_run(run.dir, data=True)
+    heads = [layer.sa.n_heads for layer in ours.model.enc]
+    assert sum(heads) == 4  # 8 heads, half removed
+    proc = prunelab_cli("export", str(run.dir), "--format", "hf")  # a removed head comes back as zeros
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    correct = total = 0
+    with torch.no_grad():
+        for batch in ours.datamodule.test_dataloader():
+            correct += int((ours.model(batch["src"], types=batch["types"]).argmax(-1) == batch["label"]).sum())
+            total += len(batch["label"])
+    assert correct / total == pytest.approx(run.results["metrics"]["test/acc"], abs=1e-9)
