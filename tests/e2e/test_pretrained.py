@@ -7,6 +7,7 @@ HF's model on HF's tokenization, and the BLEU of HF's greedy `generate` (identic
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,13 @@ def test_every_method_on_an_imported_bert(made: dict[str, Path], tmp_path: Path,
     check_scores_from_files(run)
     if pruner[0] in ("pruner=mp", "pruner=slt"):
         assert res["levels"][-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    if pruner[0] == "pruner=slt":  # θ_0, which lottery tickets rewind to, is the pretrained model itself
+        from safetensors.torch import load_file
+
+        init = torch.load(res["init_weights"], weights_only=True)
+        hf = load_file(str(made["bert"] / "model.safetensors"))
+        assert torch.equal(init["enc.1.ff.fc2.weight"], hf["bert.encoder.layer.1.output.dense.weight"])
+        assert torch.equal(init["embed.weight"], hf["bert.embeddings.word_embeddings.weight"])
 
 
 @pytest.mark.parametrize(
@@ -177,3 +185,71 @@ def test_head_pruned_run_reloads_in_prunelab(made: dict[str, Path], tmp_path: Pa
             correct += int((ours.model(batch["src"], types=batch["types"]).argmax(-1) == batch["label"]).sum())
             total += len(batch["label"])
     assert correct / total == pytest.approx(run.results["metrics"]["test/acc"], abs=1e-9)
+
+
+def test_datasets_readers_from_the_command_line(made: dict[str, Path], tmp_path: Path) -> None:
+    """`data=hf_classification` and `data=hf_translation` on data sets saved with `datasets`, with the imported
+    checkpoints: the pretrained level scores what Hugging Face's model scores on the same test split."""
+    datasets = pytest.importorskip("datasets")
+    cls = {"train": H.sentiment(160, 1), "validation": H.sentiment(32, 2), "test": H.sentiment(48, 3)}
+    datasets.DatasetDict(
+        {k: datasets.Dataset.from_dict({"sentence": t, "label": y}) for k, (t, y) in cls.items()}
+    ).save_to_disk(str(tmp_path / "sst"))
+    nmt = {"train": H.copy_pairs(160, 1), "validation": H.copy_pairs(16, 2), "test": H.copy_pairs(24, 3)}
+    datasets.DatasetDict(
+        {
+            k: datasets.Dataset.from_dict({"translation": [{"en": a, "de": b} for a, b in zip(s, t, strict=True)]})
+            for k, (s, t) in nmt.items()
+        }
+    ).save_to_disk(str(tmp_path / "wmt"))
+
+    run = train(
+        tmp_path / "cls",
+        "model=hf_encoder",
+        f"model.path={made['bert']}",
+        "data=hf_classification",
+        f"data.name={tmp_path / 'sst'}",
+        *TINY,
+        "pruner=mp",
+        "sparsity=0.3",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    acc = hf_accuracy(made["bert"], *cls["test"])
+    assert run.results["levels"][0]["metrics"]["test/acc"] == pytest.approx(acc, abs=1e-9)
+
+    run = train(
+        tmp_path / "nmt",
+        "model=hf_marian",
+        f"model.path={made['marian']}",
+        "data=hf_translation",
+        f"data.name={tmp_path / 'wmt'}",
+        *TINY,
+        "task.beam_size=1",
+        "pruner=mp",
+        "sparsity=0.3",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    want = hf_greedy(made["marian"], nmt["test"][0])
+    assert read_hypotheses(run.dir / "checkpoints" / "pretrained") == want
+    check_scores_from_files(run)
+
+
+def test_a_hub_id_is_read_from_the_hugging_face_cache(made: dict[str, Path], tmp_path: Path) -> None:
+    """`model.path=org/name`: resolved through the hub cache (offline here: HF_HUB_OFFLINE=1, a cache laid out as
+    huggingface_hub writes it), for the weights and the tokenizer alike; an id that is not cached is one error line."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny--bert"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(made["bert"], repo / "snapshots" / commit)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    common = ["data=tsv_classification", f"data.dir={made['tsv']}", *TINY, "trainer.max_steps=2"]
+    run = train(tmp_path / "run", "model=hf_encoder", "model.path=tiny/bert", *common, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.results["levels"][0]["metrics"]["test/acc"] == pytest.approx(
+        hf_accuracy(made["bert"], *H.sentiment(48, 3)), abs=1e-9
+    )
+    missing = train(tmp_path / "missing", "model=hf_encoder", "model.path=tiny/absent", *common, env=env)
+    assert missing.returncode != 0
+    lines = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "tiny/absent: not a local folder" in lines[0] and "hf download" in lines[0]

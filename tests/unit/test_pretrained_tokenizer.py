@@ -126,7 +126,7 @@ def test_a_vocab_txt_only_folder_loads(folders: dict[str, Path], tmp_path: Path)
 
 
 def test_unreadable_tokenizer_folders_are_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="tokenizer folder not found"):
+    with pytest.raises(UserError, match="model folder not found"):
         PretrainedTokenizer(tmp_path / "nowhere")
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(UserError, match=f"cannot load the tokenizer in {tmp_path}"):

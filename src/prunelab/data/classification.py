@@ -144,8 +144,12 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         """The class order of a pretrained classifier whose config.json (`id2label`) names exactly the data's labels
         (case aside): its head's row k is then the data's label id2label[k]. Otherwise `labels` as they are (numeric
         labels in numeric order, which is also the order of HF's default LABEL_0, LABEL_1, ...)."""
-        config = Path(self.pretrained) / "config.json" if self.pretrained else None
-        if config is None or not config.is_file():
+        if not self.pretrained:
+            return labels
+        from prunelab.models.hf_import import resolve_checkpoint  # a folder, or a hub id in the cache
+
+        config = resolve_checkpoint(self.pretrained) / "config.json"
+        if not config.is_file():
             return labels
         id2label = json.loads(config.read_text()).get("id2label") or {}
         names = [str(id2label[k]) for k in sorted(id2label, key=int)]

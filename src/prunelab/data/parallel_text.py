@@ -159,7 +159,12 @@ class SentencePieceData(ABC):
         )
         for path in self._spm_sources():
             h.update(_content_digest(path))
+        h.update(self._spm_key_extra())
         return h.hexdigest()[:16]
+
+    def _spm_key_extra(self) -> bytes:
+        """More of the cache key, for text that does not come from files (a `datasets` data set: its text)."""
+        return b""
 
     def _spm_model(self) -> Path:
         """The cached model file for this training text and these settings; trained if there is none."""

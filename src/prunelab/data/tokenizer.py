@@ -166,10 +166,9 @@ class PretrainedTokenizer:
 
     def __init__(self, path: str | Path):
         from prunelab.errors import UserError
+        from prunelab.models.hf_import import resolve_checkpoint
 
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"tokenizer folder not found: {folder} (a local Hugging Face model folder)")
+        folder = resolve_checkpoint(path)  # a local folder, or a hub id through the Hugging Face cache
         # transformers builds an empty tokenizer from a config alone: without vocabulary files, stop here
         if not any((folder / name).is_file() for name in VOCABULARY_FILES) and not list(folder.glob("*.model")):
             raise UserError(

@@ -68,9 +68,41 @@ _DROPPED = re.compile("|".join(f"(?:{d})" for d in DROPPED))
 OVERRIDABLE = ("dropout", "attn_dropout", "activation_dropout", "layerdrop", "gated")
 
 
+# What is fetched of a hub checkpoint: config, tokenizer files and the PyTorch weights (not TF/Flax/ONNX copies).
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.spm", "model.safetensors", "pytorch_model.bin"]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """`model.path` -> a local folder: the folder itself, or a hub id (`bert-base-uncased`,
+    `Helsinki-NLP/opus-mt-en-de`) resolved through the Hugging Face cache (`huggingface_hub.snapshot_download`:
+    downloaded once when the machine is online, read from the cache when it is not, e.g. HF_HUB_OFFLINE=1).
+    One clear error when neither works."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    name = str(path)
+    if folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise UserError(f"model folder not found: {folder}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(
+            f"{name}: not a local folder, and reading hub ids needs huggingface_hub: pip install -e '.[hf]'"
+        ) from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline and not cached, unknown id, ...: one line
+        raise UserError(
+            f"{name}: not a local folder, and not found on the Hugging Face hub or in its cache "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); download it first, e.g. "
+            f"`hf download {name} --local-dir models/{name.rsplit('/', 1)[-1]}`, and set model.path to that folder"
+        ) from e
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """A local HF model folder -> (config.json as a dict, state dict with fp16/bf16 upcast to fp32)."""
-    folder = Path(path)
+    """A HF model folder or hub id (resolve_checkpoint) -> (config.json as a dict, state dict with fp16/bf16 upcast
+    to fp32)."""
+    folder = resolve_checkpoint(path)
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
     config = json.loads((folder / "config.json").read_text())
@@ -294,7 +326,7 @@ def check_data_fits(path: str, to_config: Any, vocab_size: int, pad_id: int) -> 
     vocabulary no larger than the checkpoint's embedding table and the same padding id. The data modules read the
     checkpoint's own tokenizer (`data.tokenizer`, the model's folder by default), so this fails only when a data
     config was told to use another tokenizer."""
-    config = Path(path) / "config.json"
+    config = resolve_checkpoint(path) / "config.json"
     if not config.is_file():
         raise UserError(f"model.path={path}: not a Hugging Face model folder (no config.json)")
     cfg = to_config(json.loads(config.read_text()))

@@ -229,7 +229,7 @@ class Rounds:
             write_json(d / "results.json", level)
             (d / "test.hyp.txt").write_text("\n".join(self.task.last_eval["test"]["hypotheses"]) + "\n")
             self.on_level(self.levels)
-            if len(self.levels) > 1:
+            if pruner.rounds > 1 or len(self.levels) > 1:  # an iterative run, or a pretrained level first
                 record_levels(self.out, self.levels, self.logger, self.name)
         pruner.on_round_end(self.task.model, r)  # the next mask, from the scored (best) weights
         trainer.save_checkpoint(d / "round_end.ckpt", weights_only=True)
