@@ -26,6 +26,7 @@ from pathlib import Path
 import analysis
 import export
 import generation
+import pretrained
 import torch
 import training
 from harness import Figure
@@ -42,6 +43,17 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
         "hf": lambda: [
             *training.hf_training(nmt, steps=12 if q else 30, reps=2 if q else 5),
             *generation.hf_generation(nmt, steps=50, reps=2 if q else 3, batch=16 if paper else 64),
+        ],
+        # BERT-base and opus-mt-en-de shapes in every mode; even repetition counts, so that each contender runs
+        # first as often as second (interleave rotates the order), and more, shorter repetitions in the full run
+        "pretrained": lambda: [
+            *pretrained.bert_base(
+                train_steps=3 if q else 2,
+                train_reps=2 if q else 6,
+                infer_batches=2 if q else 1,
+                infer_reps=2 if q else 8,
+            ),
+            *pretrained.marian_base(train_steps=3 if q else 2, train_reps=2 if q else 6, gen_reps=2 if q else 4),
         ],
         "decoding": lambda: generation.kv_cache(steps=50 if q else 60, reps=3 if q else 5),
         "mfu": lambda: training.mfu("transformer_big" if paper else "transformer_base", 4096, steps=1 if q else 4),
