@@ -59,7 +59,7 @@ def test_bf16_mixed_clips_the_kept_gradients_to_the_norm(tmp_path: Path) -> None
         for name, w in pruner._weights.items():  # masked entries carry no gradient into the step
             assert bool((w.grad[pruner.masks[name] == 0] == 0).all()), name
 
-    trainer, _ = build_trainer(cfg, tmp_path / "round_0", False, 3, task.monitor)
+    trainer, _, _ = build_trainer(cfg, tmp_path / "round_0", False, 3, task.monitor)
     orig = task.configure_optimizers
 
     def configure() -> dict:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.metrics import translation_scores
+from prunelab.metrics import bleu
 from prunelab.models.addressing import attention_names, component, component_type, gate, head_names
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer
@@ -39,7 +39,7 @@ def corpus_bleu(
         hyps += [tok.decode(h) for h in out]
         refs += list(b["ref"])
     model.train(was_training)
-    return translation_scores(hyps, refs).bleu
+    return bleu(hyps, refs)
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
 from prunelab.importance.ablation import accuracy, gates_off
-from prunelab.metrics import translation_scores
+from prunelab.metrics import bleu
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search_memory, max_target_lens
 from prunelab.models.transformer import Transformer
@@ -172,7 +172,7 @@ def variants_bleu(
                 progress(i + 1, len(batches))
     finally:
         model.train(was_training)
-    return [translation_scores(h, refs).bleu for h in hyps], passes
+    return [bleu(h, refs) for h in hyps], passes
 
 
 class BleuStats:

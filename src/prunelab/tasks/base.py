@@ -17,6 +17,7 @@ from prunelab.distributed import gather_objects
 from prunelab.errors import NonFiniteError, UserError
 from prunelab.models.surgery import match_structure
 from prunelab.pruning.base import Pruner
+from prunelab.training.budget import StageClock
 
 
 def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
@@ -36,14 +37,15 @@ def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+def linear_schedule(warmup_steps: int, total_steps: int | Callable[[], int]) -> Callable[[int], float]:
     """BERT's fine-tuning schedule (Devlin et al. 2019): linear warm-up to the peak lr, then linear decay to 0 at
-    the last step."""
+    the last step. `total_steps` may be a function, read at every step (a time budget revises it)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        total = total_steps() if callable(total_steps) else total_steps
+        return max(0.0, (total - step) / max(1, total - warmup_steps))
 
     return factor
 
@@ -189,7 +191,18 @@ class PrunableTask(L.LightningModule):
 
     @property
     def total_steps(self) -> int:
-        return int(self.trainer.estimated_stepping_batches)
+        """The round's steps: trainer.max_steps (or the epoch budget), or fewer when a time budget
+        (trainer.max_time) will end the round first, at the rate trained so far (training.budget.StageClock):
+        the lr schedule and gradual pruning then end with the budget."""
+        steps = float(self.trainer.estimated_stepping_batches)
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, StageClock):
+                steps = min(steps, cb.estimated_total_steps(self.global_step))
+        return int(steps) if math.isfinite(steps) else int(1e12)
+
+    def eval_cost_ratio(self) -> float:
+        """The test's cost per example relative to a validation's (a larger test beam costs more)."""
+        return 1.0
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -213,7 +226,10 @@ class PrunableTask(L.LightningModule):
         total = self.total_steps
         warmup = round(self.warmup_fraction * total) if self.warmup_fraction is not None else self.warmup_steps
         warmup = max(1, warmup)
-        factor = inverse_sqrt_schedule(warmup) if self.schedule == "inverse_sqrt" else linear_schedule(warmup, total)
+        if self.schedule == "inverse_sqrt":
+            factor = inverse_sqrt_schedule(warmup)
+        else:  # the decay follows total_steps as a time budget revises it
+            factor = linear_schedule(warmup, lambda: self.total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

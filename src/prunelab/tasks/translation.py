@@ -52,6 +52,9 @@ class TranslationTask(PrunableTask):
         self.length_penalty, self.max_len_a, self.max_len_b = length_penalty, max_len_a, max_len_b
         self._outputs: list[tuple[int, str, str]] = []  # (index, hypothesis, reference) of this eval epoch
 
+    def eval_cost_ratio(self) -> float:
+        return self.beam_size / self.val_beam_size  # beam search costs about its width
+
     # --- training --------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> Tensor:
         logits = self.model(batch["src"], batch["tgt_in"])  # (B, T, V)
@@ -101,6 +104,8 @@ class TranslationTask(PrunableTask):
         scores = translation_scores(hyps, refs)
         self.log(f"{split}/bleu", scores.bleu, prog_bar=True)
         self.log(f"{split}/ter", scores.ter)
+        self.log(f"{split}/chrf", scores.chrf)  # chrF2
+        self.log(f"{split}/bleu_lc", scores.bleu_lc)  # BLEU, lowercased, 13a-tokenized (sacrebleu -lc)
         if split == "val":
             self.log_target(scores.bleu)
         self.last_eval[split] = {"hypotheses": hyps, "scores": scores}
@@ -114,11 +119,17 @@ class TranslationTask(PrunableTask):
         return BleuScorer(datamodule.tokenizer, settings or DecodeSettings())
 
     def run_report(self) -> dict[str, Any]:
-        """sacreBLEU's signatures of the test scores (none when every round was loaded from a finished run)."""
+        """sacrebleu's signatures of the test scores (none when every round was loaded from a finished run):
+        BLEU, TER, chrF and the lowercased BLEU (`bleu_lc`)."""
         scores = self.last_eval.get("test", {}).get("scores")
         if scores is None:
             return {}
-        return {"bleu_signature": scores.bleu_signature, "ter_signature": scores.ter_signature}
+        return {
+            "bleu_signature": scores.bleu_signature,
+            "ter_signature": scores.ter_signature,
+            "chrf_signature": scores.chrf_signature,
+            "bleu_lc_signature": scores.bleu_lc_signature,
+        }
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

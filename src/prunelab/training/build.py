@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunelab.config import HARDWARE_KEYS, TRAINER_FIXED
 from prunelab.errors import UserError
 from prunelab.loggers import is_wandb_config
+from prunelab.training.budget import PatienceStop, StageClock, seconds
 from prunelab.training.io import is_rank_zero
 
 log = logging.getLogger("prunelab")
@@ -42,6 +43,10 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"sparsity must be in [0, 1), got {s}")
     if cfg.trainer.max_steps is None or cfg.trainer.max_steps < 1:
         raise UserError(f"trainer.max_steps must be a positive number of steps, got {cfg.trainer.max_steps}")
+    seconds(cfg.trainer.get("max_time"))  # a budget prunelab cannot read is an error now, not after training
+    patience = (cfg.get("early_stopping") or {}).get("patience")
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise UserError(f"early_stopping.patience must be null (off) or a number of validations >= 1, got {patience}")
     keep = cfg.get("checkpoints", {}).get("keep_rounds")
     if keep is not None and (not isinstance(keep, int) or keep < 1):
         raise UserError(f"checkpoints.keep_rounds must be null (keep all) or a number >= 1, got {keep}")
@@ -170,7 +175,8 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     devices, strategy, precision and nodes unless `trainer.X` sets them, and `deterministic`."""
     given = OmegaConf.to_container(cfg.trainer, resolve=True)
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
-    kwargs = {k: v for k, v in given.items() if k not in TRAINER_OWNED and k not in HARDWARE_KEYS}
+    # max_time is prunelab's own budget (training.budget.StageClock: per round, leaving time for the test)
+    kwargs = {k: v for k, v in given.items() if k not in TRAINER_OWNED and k not in HARDWARE_KEYS and k != "max_time"}
     kwargs.update({k: given.get(k) if given.get(k) is not None else hardware.get(k) for k in HARDWARE_KEYS})
     if kwargs.get("deterministic") is None:
         kwargs["deterministic"] = cfg.get("deterministic", False)
@@ -178,9 +184,17 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_trainer(
-    cfg: DictConfig, round_dir: Path, logger: Any, max_steps: int, monitor: str
-) -> tuple[L.Trainer, ModelCheckpoint]:
-    """The Trainer of one round: its own checkpoint folder (best by `monitor`, and last), `max_steps` steps."""
+    cfg: DictConfig,
+    round_dir: Path,
+    logger: Any,
+    max_steps: int,
+    monitor: str,
+    budget_s: float | None = None,
+    eval_factor: float = 1.0,
+) -> tuple[L.Trainer, ModelCheckpoint, StageClock]:
+    """The Trainer of one round: its own checkpoint folder (best by `monitor`, and last), `max_steps` steps, its
+    clock (with the round's time budget `budget_s`, see training.budget) and, with `early_stopping.patience`, a stop
+    after that many validations without a better score."""
     from prunelab.callbacks.importance import ComponentImportanceTracker
 
     ckpt = ModelCheckpoint(
@@ -195,7 +209,11 @@ def build_trainer(
     kwargs = trainer_kwargs(cfg)
     kwargs["max_steps"] = max_steps
     kwargs["val_check_interval"] = min(kwargs.get("val_check_interval") or max_steps, max_steps)
-    callbacks: list[L.Callback] = [ckpt]
+    clock = StageClock(budget_s, eval_factor)
+    callbacks: list[L.Callback] = [ckpt, clock]
+    patience = (cfg.get("early_stopping") or {}).get("patience")
+    if patience is not None:
+        callbacks.append(PatienceStop(monitor, int(patience), float(cfg.early_stopping.get("min_delta", 0.0))))
     track = cfg.get("track_importance") or {}
     if track.get("every_n_epochs", 0) > 0:  # Wang & Tu Figure 8: contribution heatmaps during training
         callbacks.append(
@@ -207,4 +225,4 @@ def build_trainer(
             )
         )
     trainer = L.Trainer(**kwargs, callbacks=callbacks, logger=logger, default_root_dir=round_dir.parent.parent)
-    return trainer, ckpt
+    return trainer, ckpt, clock

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from prunelab.callbacks.curves import record_levels
 from prunelab.errors import NonFiniteError
 from prunelab.training import interrupt
+from prunelab.training.budget import StageClock, seconds
 from prunelab.training.build import build_trainer
 from prunelab.training.io import read_state, write_json
 
@@ -97,6 +98,9 @@ class Rounds:
     levels: list[dict[str, Any]] = field(default_factory=list)
     fit_time: float = 0.0
     trainer_settings: dict[str, Any] = field(default_factory=dict)  # of the latest round's Trainer, as it runs
+    started: float = field(default_factory=time.monotonic)  # the run's start: trainer.max_time counts from here
+    clock: StageClock | None = None  # the latest round's
+    evaluate_s: float = 0.0  # the latest round's final validation + test
 
     def run(self) -> list[dict[str, Any]]:
         pruner = self.task.pruner
@@ -121,9 +125,10 @@ class Rounds:
         d = round_dir_of(self.out, PRETRAINED)
         if (d / "results.json").exists():
             return json.loads((d / "results.json").read_text())
-        trainer, _ = build_trainer(self.cfg, d, self.logger, 1, self.task.monitor)
+        trainer, _, _ = build_trainer(self.cfg, d, self.logger, 1, self.task.monitor)
         t0 = time.perf_counter()
         metrics = evaluate(trainer, self.task, self.datamodule, None)
+        evaluate_s = time.perf_counter() - t0
         report = self.task.pruner.report(self.task.model)
         level = {
             "round": PRETRAINED,
@@ -135,7 +140,8 @@ class Rounds:
             "memory": report["memory"],
             "params": report["params"],
             "best_checkpoint": None,
-            "fit_time_s": time.perf_counter() - t0,
+            "fit_time_s": evaluate_s,
+            "time": {"train_s": 0.0, "validate_s": 0.0, "evaluate_s": evaluate_s},
         }
         if trainer.is_global_zero:
             write_json(d / "results.json", level)
@@ -160,7 +166,9 @@ class Rounds:
         pruner = self.task.pruner
         steps = pruner.round_steps(r, self.cfg.trainer.max_steps, self.pretrained)
         d = round_dir_of(self.out, r)
-        trainer, ckpt = build_trainer(self.cfg, d, self.logger, max(steps, 1), self.task.monitor)
+        trainer, ckpt, self.clock = build_trainer(
+            self.cfg, d, self.logger, max(steps, 1), self.task.monitor, self.round_budget(r), self.eval_factor()
+        )
         self.trainer_settings = {
             "accelerator": type(trainer.accelerator).__name__,
             "strategy": type(trainer.strategy).__name__,
@@ -176,6 +184,24 @@ class Rounds:
             pruner.on_round_start(self.task.model, r)
         log.info("round %d of %d: sparsity %.4f", r + 1, pruner.rounds, pruner.round_sparsity(r))
         return trainer, ckpt, steps
+
+    def round_budget(self, r: int) -> float | None:
+        """`trainer.max_time` shared out: what is left of the run's budget, split evenly over the rounds still to
+        train (a round that only evaluates takes none)."""
+        total = seconds(self.cfg.trainer.get("max_time"))
+        if total is None:
+            return None
+        pruner, max_steps = self.task.pruner, self.cfg.trainer.max_steps
+        training = [q for q in range(r, pruner.rounds) if pruner.round_steps(q, max_steps, self.pretrained) > 0]
+        left = total - (time.monotonic() - self.started)
+        return max(left, 0.0) / max(1, len(training))
+
+    def eval_factor(self) -> float:
+        """The test's cost relative to one validation (the test set's size over the validation set's, and the test
+        beam over the validation beam), for the time kept back from a budget."""
+        examples = getattr(self.datamodule, "examples", {})
+        n_valid, n_test = len(examples.get("valid", ())) or 1, len(examples.get("test", ())) or 1
+        return n_test / n_valid * self.task.eval_cost_ratio()
 
     def fit_and_evaluate(
         self, r: int, trainer: L.Trainer, ckpt: ModelCheckpoint, steps: int
@@ -198,10 +224,14 @@ class Rounds:
             except (interrupt.Interrupted, SIGTERMException) as e:
                 signum = e.signum if isinstance(e, interrupt.Interrupted) else interrupt.requested() or 15
                 raise interrupt.Interrupted(signum, guard.step, str(last)) from None
+            t_eval = time.perf_counter()
             metrics = evaluate(trainer, self.task, self.datamodule, ckpt.best_model_path)
+            self.evaluate_s = time.perf_counter() - t_eval
             best = ckpt.best_model_path
         else:
+            t_eval = time.perf_counter()
             metrics = evaluate(trainer, self.task, self.datamodule, None)
+            self.evaluate_s = time.perf_counter() - t_eval
             best = str(d / "best.ckpt")
             trainer.save_checkpoint(best, weights_only=True)
         return best, metrics, time.perf_counter() - t0
@@ -223,6 +253,8 @@ class Rounds:
             "params": report["params"],
             "best_checkpoint": best,
             "fit_time_s": seconds,
+            # where the round's time went: training, validations during fit, validating + testing the best
+            "time": {**(self.clock.report() if self.clock else {}), "evaluate_s": self.evaluate_s},
         }
         self.levels.append(level)
         if trainer.is_global_zero:  # the other DDP processes hold the same figures

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,11 +39,12 @@ def train(
     same config resumes it). Returns what results.json holds; it is written also when the run fails
     (`status: failed` and the error) or is interrupted (`status: interrupted`), and the error is re-raised.
     `choices`: the config group options, for messages and reports; `group`/`job`: a sweep's W&B group and job."""
+    started = time.monotonic()  # trainer.max_time counts from here
     choices = dict(choices or {})
     results = ResultsWriter(out / "results.json", config=resolved(cfg))
     results.update(choices=choices)
     try:
-        run(cfg, out, results, choices, group, job)
+        run(cfg, out, results, choices, group, job, started)
     except Interrupted as e:
         results.fail(f"interrupted by {e}", status="interrupted")
         results.update(interrupted={"signal": str(e), "step": e.step, "checkpoint": e.checkpoint})
@@ -59,7 +61,13 @@ def train(
 
 
 def run(
-    cfg: DictConfig, out: Path, results: ResultsWriter, choices: dict[str, str], group: str | None, job: str | None
+    cfg: DictConfig,
+    out: Path,
+    results: ResultsWriter,
+    choices: dict[str, str],
+    group: str | None,
+    job: str | None,
+    started: float,
 ) -> None:
     with user_errors():
         validate(cfg)
@@ -81,6 +89,7 @@ def run(
 
     pretrained = bool(cfg.get("ckpt")) or getattr(model, "pretrained_from", None) is not None
     rounds = Rounds(cfg, out, task, datamodule, logger, choices.get("pruner", "run"), on_level, pretrained)
+    rounds.started = started
     levels = rounds.run()
 
     final = levels[-1]
@@ -88,6 +97,7 @@ def run(
         hyp = round_dir_of(out, final["round"]) / "test.hyp.txt"
         (out / "test.hyp.txt").write_text(hyp.read_text(encoding="utf-8"), encoding="utf-8")
     tokens = task.train_tokens  # real source + target tokens trained on; fit time includes validation
+    results.update(time=time_shares(levels, time.monotonic() - started))
     results.update(
         status="completed",
         metrics=final["metrics"],
@@ -105,6 +115,23 @@ def run(
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # every pruning step compared the masks of all processes (pruning.base.check_ranks_agree)
         results.update(ddp={"world_size": torch.distributed.get_world_size(), "mask_checks": task.pruner.rank_checks})
+
+
+def time_shares(levels: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Where the rounds' wall time went, summed over the levels: training, validation during fit, and the final
+    validation + test of each round's best checkpoint, in seconds and as shares of `wall_s` (the rounds' wall time;
+    levels loaded from an earlier run count what they took then)."""
+    parts = {
+        k: sum(level.get("time", {}).get(k, 0.0) for level in levels) for k in ("train_s", "validate_s", "evaluate_s")
+    }
+    budget = next((level["time"].get("budget_s") for level in levels if level.get("time", {}).get("budget_s")), None)
+    return {
+        "wall_s": wall_s,
+        **parts,
+        "shares": {k.removesuffix("_s"): v / wall_s if wall_s > 0 else None for k, v in parts.items()},
+        "stopped_by_budget": any(level.get("time", {}).get("stopped_by_budget") for level in levels),
+        "first_round_budget_s": budget,
+    }
 
 
 def start_weights(cfg: DictConfig, out: Path, model: Any, pruner: Any) -> str | None:
