@@ -203,8 +203,11 @@ def test_unsupported_checkpoints_are_refused(tmp_path: Path) -> None:
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="activation 'gelu_fast'"):
         load_hf_encoder(tmp_path)
-    with pytest.raises(UserError, match=r"no config\.json"):
+    with pytest.raises(UserError, match=r"model folder not found: .*nowhere"):
         load_hf_encoder(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no config\.json"):
+        load_hf_encoder(tmp_path / "empty")
 
 
 def test_model_config_builds_the_checkpoint_for_the_data(saved: dict) -> None:
