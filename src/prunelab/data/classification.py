@@ -190,12 +190,13 @@ class NegationScopeTask:
     Every input holds the same multiset of words whichever clause carries the "not", so a bag-of-words
     model is at chance; the label needs word order and the link between the queried noun and its clause.
     Variety: optional intensifiers and adjective pairs, clause joiners, and a third, never negated and
-    never queried, distractor clause."""
+    never queried, distractor clause. Nouns and adjectives are drawn uniformly, or with `zipf` with Zipfian
+    frequencies (rank r with weight 1 / (r + 1)), as words are in real text: a long tail of rare words."""
 
     JOINERS = ("and", "but", "while", "whereas")
     INTENSIFIERS = ("very", "rather", "quite")
 
-    def __init__(self, seed: int, n_nouns: int = 60, n_adjectives: int = 40):
+    def __init__(self, seed: int, n_nouns: int = 60, n_adjectives: int = 40, zipf: bool = False):
         rng = random.Random(f"negation-lexicon-{seed}")
         onsets, vowels, codas = "b d f g k l m n p r s t v z br gl pl tr st".split(), "a e i o u".split(), "n r s l"
         words: set[str] = set()
@@ -212,22 +213,42 @@ class NegationScopeTask:
 
         self.nouns = fresh(n_nouns)
         self.adjectives = fresh(n_adjectives)
+        self.zipf = zipf
+        if zipf:
+            from prunelab.data.synthetic import zipf_cum_weights
+
+            self._noun_weights, self._adj_weights = zipf_cum_weights(n_nouns), zipf_cum_weights(n_adjectives)
 
     def vocabulary(self) -> set[str]:
         fixed = {"the", "is", "not", "?", *self.JOINERS, *self.INTENSIFIERS}
         return fixed | set(self.nouns) | set(self.adjectives)
 
+    def _adjective(self, rng: random.Random) -> str:
+        if self.zipf:
+            return rng.choices(self.adjectives, cum_weights=self._adj_weights)[0]
+        return rng.choice(self.adjectives)
+
+    def _three_nouns(self, rng: random.Random) -> list[str]:
+        if not self.zipf:
+            return rng.sample(self.nouns, 3)
+        out: list[str] = []
+        while len(out) < 3:
+            noun = rng.choices(self.nouns, cum_weights=self._noun_weights)[0]
+            if noun not in out:
+                out.append(noun)
+        return out
+
     def _clause(self, rng: random.Random, noun: str, negated: bool) -> list[str]:
         words = ["the", noun, "is"] + (["not"] if negated else [])
         if rng.random() < 0.3:
             words.append(rng.choice(self.INTENSIFIERS))
-        words.append(rng.choice(self.adjectives))
+        words.append(self._adjective(rng))
         if rng.random() < 0.2:
-            words += ["and", rng.choice(self.adjectives)]
+            words += ["and", self._adjective(rng)]
         return words
 
     def example(self, rng: random.Random) -> tuple[str, str]:
-        n1, n2, n3 = rng.sample(self.nouns, 3)
+        n1, n2, n3 = self._three_nouns(rng)
         first_negated = rng.random() < 0.5
         words = [*self._clause(rng, n1, first_negated), rng.choice(self.JOINERS)]
         words += self._clause(rng, n2, not first_negated)
@@ -239,32 +260,59 @@ class NegationScopeTask:
 
 
 class SyntheticClassificationDataModule(ClassificationDataModule):
-    """`data=synthetic_classification`: the negation-scope task, generated from the seed."""
+    """`data=synthetic_classification`: the negation-scope task, generated from the seed.
+
+    `regime`: `clean` (the default: 20k examples over 60 nouns and 40 adjectives drawn uniformly, exact labels) or
+    `real` (`data=synthetic_classification_real`: 5k examples over thousands of words drawn with Zipfian frequencies,
+    a long tail of rare words and test words never seen in training, which the word vocabulary, taken from the
+    training texts as on a real data set, leaves unknown; 4% of the training labels flipped). The size, lexicon
+    and `label_noise` arguments left None take the regime's value (synthetic.CLASSIFICATION_REGIMES). `label_noise`: the
+    fraction of training examples whose label is flipped (exactly round(label_noise * n) of them, drawn from their
+    own random stream: the texts stay the same); valid and test labels are always right."""
 
     def __init__(
         self,
         seed: int = 0,
-        train_size: int = 20000,
+        train_size: int | None = None,
         valid_size: int = 500,
         test_size: int = 1000,
-        n_nouns: int = 60,
-        n_adjectives: int = 40,
+        n_nouns: int | None = None,
+        n_adjectives: int | None = None,
+        regime: str = "clean",
+        label_noise: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(seed=seed, **kwargs)
-        for name, n in (("train_size", train_size), ("valid_size", valid_size), ("test_size", test_size)):
+        from prunelab.data.synthetic import CLASSIFICATION_REGIMES, check_fraction, regime_defaults
+
+        given = {"train_size": train_size, "n_nouns": n_nouns, "n_adjectives": n_adjectives, "label_noise": label_noise}
+        v = regime_defaults(CLASSIFICATION_REGIMES, regime, given)
+        for name, n in (("train_size", v["train_size"]), ("valid_size", valid_size), ("test_size", test_size)):
             if n < 1:
                 raise UserError(f"data.{name} must be positive, got {n}")
-        self.task = NegationScopeTask(seed, n_nouns, n_adjectives)
-        self.sizes = {"train": train_size, "valid": valid_size, "test": test_size}
+        check_fraction("label_noise", v["label_noise"], 0.5)
+        self.regime = regime
+        self.label_noise = float(v["label_noise"])
+        self.task = NegationScopeTask(seed, v["n_nouns"], v["n_adjectives"], zipf=regime == "real")
+        self.sizes = {"train": v["train_size"], "valid": valid_size, "test": test_size}
+        self.noisy: list[int] = []  # the indices of the training examples whose label is flipped
 
     def build_tokenizer(self) -> Tokenizer:
+        if self.regime == "real":  # as on a real data set: the words of the training texts, others unknown
+            return WordTokenizer({w for text in self.read_split("train")[0] for w in text.split()})
         return WordTokenizer(self.task.vocabulary())
 
     def read_split(self, split: str) -> tuple[list[str], list[str]]:
         rng = random.Random(f"negation-{split}-{self.seed}")
         pairs = [self.task.example(rng) for _ in range(self.sizes[split])]
-        return [t for t, _ in pairs], [y for _, y in pairs]
+        texts, labels = [t for t, _ in pairs], [y for _, y in pairs]
+        if split == "train" and self.label_noise > 0:
+            noise = random.Random(f"negation-label-noise-{self.seed}")
+            self.noisy = sorted(noise.sample(range(len(labels)), round(self.label_noise * len(labels))))
+            flip = {"negated": "affirmed", "affirmed": "negated"}
+            for i in self.noisy:
+                labels[i] = flip[labels[i]]
+        return texts, labels
 
 
 def bag_of_words(texts: Sequence[str], vocab: dict[str, int]) -> Tensor:

@@ -11,6 +11,13 @@ model can translate it.
 
 Words are pseudo-words built from two different syllable inventories; the lexicon (hundreds of lemmas)
 and the sentences are fully determined by the seed.
+
+`regime="real"` makes the pair behave like a small real corpus (Multi30k, IWSLT) rather than a clean, large and
+regular one: a lexicon of thousands of lemmas drawn with Zipfian frequencies (a long tail of words seen once or
+twice in training, and test words never seen there), lexical ambiguity (some source words have 2-3 translations,
+chosen by the clause's verb or at random), a few percent of noisy training pairs (target words shuffled, or another
+sentence's target), and far fewer training pairs, so that a dropout-free model over-fits. `regime="clean"` (the
+default) generates exactly the data it always has.
 """
 
 from __future__ import annotations
@@ -31,10 +38,53 @@ TENSES = ("pres", "past")
 SRC_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 TGT_ONSETS = ["ch", "sh", "kh", "ts", "zh", "y", "w", "h", "j", "q", "x", "r", "l", "n"]
 TGT_SYLLABLES = [c + v for c in TGT_ONSETS for v in ("a", "e", "i", "o", "u", "ae", "oi")]
+N_DOMAINS = 3  # verbs' semantic domains: the context that picks a context-ambiguous noun's translation
+
+# What each regime leaves to None: `clean` is the embedded default (large, regular, noise-free), `real` a small
+# real-looking corpus: a Zipfian lexicon with a long tail, ambiguity, noisy training pairs, few examples.
+REGIMES: dict[str, dict[str, Any]] = {
+    "clean": {
+        "train_size": 40_000,
+        "n_nouns": 160,
+        "n_adjectives": 60,
+        "n_verbs": 60,
+        "n_preps": 8,
+        "noise": 0.0,
+        "ambiguity": 0.0,
+    },
+    "real": {
+        "train_size": 10_000,
+        "n_nouns": 3000,
+        "n_adjectives": 1000,
+        "n_verbs": 800,
+        "n_preps": 24,
+        "noise": 0.04,
+        "ambiguity": 0.15,
+    },
+}
+
+# The same for the embedded classification task (prunelab.data.classification.SyntheticClassificationDataModule).
+CLASSIFICATION_REGIMES: dict[str, dict[str, Any]] = {
+    "clean": {"train_size": 20000, "n_nouns": 60, "n_adjectives": 40, "label_noise": 0.0},
+    "real": {"train_size": 5000, "n_nouns": 4000, "n_adjectives": 2000, "label_noise": 0.04},
+}
+
+
+def regime_defaults(regimes: dict[str, dict[str, Any]], regime: str, given: dict[str, Any]) -> dict[str, Any]:
+    """`given` with each None replaced by the regime's value; UserError for an unknown regime."""
+    if regime not in regimes:
+        raise UserError(f"data.regime must be {' or '.join(regimes)}, got {regime!r}")
+    return {k: regimes[regime][k] if v is None else v for k, v in given.items()}
+
+
+def check_fraction(name: str, value: float, top: float = 1.0) -> None:
+    if not 0.0 <= value <= top:
+        raise UserError(f"data.{name} must be between 0 and {top}, got {value}")
 
 
 @lru_cache
-def _zipf_cum_weights(n: int) -> list[float]:
+def zipf_cum_weights(n: int) -> list[float]:
+    """Cumulative weights of Zipf-like frequencies, as in natural text: rank r with weight 1 / (r + 1)."""
     return list(itertools.accumulate(1.0 / (r + 1) for r in range(n)))
 
 
@@ -48,6 +98,12 @@ class Lexicon:
     noun_pl: dict[str, str] = field(default_factory=dict)  # gender -> target plural ending
     adj_end: dict[tuple[str, str], str] = field(default_factory=dict)  # (gender, number) -> ending
     verb_end: dict[tuple[str, str], str] = field(default_factory=dict)  # (tense, number) -> ending
+    # lexical ambiguity (none unless `ambiguity` > 0): a source stem -> its translations (target stem, gender or
+    # "" for adjectives and verbs), the usual one first; those in `context` are chosen by the domain of the clause's
+    # verb (`verb_domain`), the others at random
+    senses: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    context: set[str] = field(default_factory=set)
+    verb_domain: dict[str, int] = field(default_factory=dict)
 
 
 class SyntheticLanguagePair:
@@ -61,13 +117,20 @@ class SyntheticLanguagePair:
         max_adjectives: int = 2,
         p_pp: float = 0.3,
         p_conj: float = 0.15,
+        ambiguity: float = 0.0,
+        ambiguity_context: float = 0.5,
     ):
+        """`ambiguity`: the fraction of noun, adjective and verb lemmas with 2-3 translations; `ambiguity_context`:
+        the fraction of ambiguous nouns whose translation the clause's verb picks (the others', and every ambiguous
+        adjective's and verb's, is drawn at random: irreducible uncertainty)."""
         self.rng = random.Random(seed)
         self.stem_pieces: dict[str, list[str]] = {"and": ["and"], "ko": ["ko"]}
         self.max_adjectives = max_adjectives
         self.p_pp = p_pp
         self.p_conj = p_conj
         self.lex = self._make_lexicon(n_nouns, n_adjectives, n_verbs, n_preps)
+        if ambiguity > 0:
+            self._add_senses(ambiguity, ambiguity_context)
 
     # --- lexicon -------------------------------------------------------------------------------------
     def _words(self, n: int, syllables: list[str], taken: set[str], lo: int, hi: int, coda: str = "") -> list[str]:
@@ -87,6 +150,7 @@ class SyntheticLanguagePair:
         lex = Lexicon()
         src_taken: set[str] = {"and"}
         tgt_taken: set[str] = {"ko"}
+        self.tgt_taken = tgt_taken  # further target stems (other senses) must differ from these
         # target stems end in a consonant so that vowel endings attach; endings are distinct per slot
         for g, e in zip(GENDERS, ("i", "e", "a"), strict=True):
             lex.noun_pl[g] = e
@@ -114,6 +178,33 @@ class SyntheticLanguagePair:
             lex.dets.append((src_det, dict(zip(slots, forms, strict=True))))
         return lex
 
+    def _add_senses(self, ambiguity: float, ambiguity_context: float) -> None:
+        """Give a fraction `ambiguity` of the noun, adjective and verb lemmas one or two more translations."""
+        lex, rng = self.lex, self.rng
+        lex.verb_domain = {s: rng.randrange(N_DOMAINS) for s, _, _ in lex.verbs}
+        classes = (
+            ([(s, t, g) for s, t, g in lex.nouns], "m"),
+            ([(s, t, "") for s, t in lex.adjectives], "l"),
+            ([(s, t, "") for s, t, _ in lex.verbs], "v"),
+        )
+        for lemmas, coda in classes:
+            for s, t, g in lemmas:
+                if rng.random() >= ambiguity:
+                    continue
+                more = self._words(1 if rng.random() < 0.7 else 2, TGT_SYLLABLES, self.tgt_taken, 1, 2, coda=coda)
+                lex.senses[s] = [(t, g), *((m, rng.choice(GENDERS) if g else "") for m in more)]
+                if g and rng.random() < ambiguity_context:
+                    lex.context.add(s)
+
+    def _translate(self, src: str, tgt: str, gender: str, rng: random.Random, domain: int) -> tuple[str, str]:
+        """The target stem (and gender) of one occurrence of source stem `src`, usually (`tgt`, `gender`)."""
+        senses = self.lex.senses.get(src)
+        if not senses:
+            return tgt, gender
+        if src in self.lex.context:
+            return senses[domain % len(senses)]
+        return senses[rng.randrange(len(senses))]
+
     def segmentation(self) -> dict[str, list[str]]:
         """Every word form either side can produce -> its subword pieces (stem syllables, then ending)."""
         lex, seg = self.lex, dict(self.stem_pieces)
@@ -123,6 +214,7 @@ class SyntheticLanguagePair:
         def inflect(stem: str, ending: str) -> None:
             seg[stem + ending] = [*self.stem_pieces[stem], ending]
 
+        other = [(t, g) for senses in lex.senses.values() for t, g in senses[1:]]  # ambiguity's further stems
         for s, t, g in lex.nouns:
             inflect(s, "s")
             inflect(t, lex.noun_pl[g])
@@ -134,8 +226,16 @@ class SyntheticLanguagePair:
             inflect(s, "ed")
             for e in lex.verb_end.values():
                 inflect(t, e)
-        for t in list(seg):  # bare target stems never occur alone except nouns; keep the table to real forms
-            if t in {a for _, a in lex.adjectives} | {v for _, v, _ in lex.verbs}:
+        for t, g in other:
+            if g:  # a noun
+                inflect(t, lex.noun_pl[g])
+            else:
+                for e in (lex.verb_end if t.endswith("v") else lex.adj_end).values():  # verbs' stems end in v
+                    inflect(t, e)
+        # bare target stems never occur alone except nouns; keep the table to real forms
+        bare = {a for _, a in lex.adjectives} | {v for _, v, _ in lex.verbs} | {t for t, g in other if not g}
+        for t in list(seg):
+            if t in bare:
                 del seg[t]
         return seg
 
@@ -147,38 +247,47 @@ class SyntheticLanguagePair:
     @staticmethod
     def _zipf(items: list, rng: random.Random) -> object:
         """Zipf-like frequencies, as in natural text: rank r drawn with weight 1 / (r + 1)."""
-        return rng.choices(items, cum_weights=_zipf_cum_weights(len(items)))[0]
+        return rng.choices(items, cum_weights=zipf_cum_weights(len(items)))[0]
 
-    def _np(self, rng: random.Random, depth: int) -> tuple[list[str], list[str], str]:
-        """-> (source words, target words, number)."""
+    def _np(self, rng: random.Random, depth: int, domain: int = 0) -> tuple[list[str], list[str], str]:
+        """-> (source words, target words, number); `domain`: the clause verb's (picks ambiguous nouns' sense)."""
         src_n, tgt_n, g = self._zipf(self.lex.nouns, rng)  # type: ignore[misc]
+        tgt_n, g = self._translate(src_n, tgt_n, g, rng, domain)
         num = rng.choice(NUMBERS)
         src_det, det_forms = rng.choice(self.lex.dets[:2] if num == "pl" else self.lex.dets)
         adjs = [self._zipf(self.lex.adjectives, rng) for _ in range(rng.randint(0, self.max_adjectives))]
+        adjs = [(a, self._translate(a, t, "", rng, domain)[0]) for a, t in adjs]
         src = [src_det, *(a for a, _ in adjs), src_n + ("s" if num == "pl" else "")]
         tgt = [det_forms[(g, num)], tgt_n + (self.lex.noun_pl[g] if num == "pl" else "")]
         tgt += [t + self.lex.adj_end[(g, num)] for _, t in adjs]
         if depth < 1 and rng.random() < self.p_pp:
-            ps, pt = self._pp(rng, depth + 1)
+            ps, pt = self._pp(rng, depth + 1, domain)
             src, tgt = src + ps, tgt + pt
         return src, tgt, num
 
-    def _pp(self, rng: random.Random, depth: int) -> tuple[list[str], list[str]]:
+    def _pp(self, rng: random.Random, depth: int, domain: int = 0) -> tuple[list[str], list[str]]:
         src_p, tgt_p = self._zipf(self.lex.preps, rng)  # type: ignore[misc]
-        s, t, _ = self._np(rng, depth)
+        s, t, _ = self._np(rng, depth, domain)
         return [src_p, *s], [*t, tgt_p]  # preposition -> postposition
 
     def _clause(self, rng: random.Random) -> tuple[list[str], list[str]]:
-        subj_s, subj_t, num = self._np(rng, 0)
-        src_v, tgt_v, transitive = self._zipf(self.lex.verbs, rng)  # type: ignore[misc]
+        if self.lex.verb_domain:  # ambiguity: the verb, whose domain picks its nouns' senses, is drawn first
+            verb = self._zipf(self.lex.verbs, rng)
+            domain = self.lex.verb_domain[verb[0]]  # type: ignore[index]
+            subj_s, subj_t, num = self._np(rng, 0, domain)
+        else:  # the clean pair's order of draws
+            subj_s, subj_t, num = self._np(rng, 0)
+            verb, domain = self._zipf(self.lex.verbs, rng), 0
+        src_v, tgt_v, transitive = verb  # type: ignore[misc]
+        tgt_v = self._translate(src_v, tgt_v, "", rng, domain)[0]
         tense = rng.choice(TENSES)
         src_vf = src_v + ("ed" if tense == "past" else "s" if num == "sg" else "")
         src, tgt = [*subj_s, src_vf], list(subj_t)
         if transitive:
-            obj_s, obj_t, _ = self._np(rng, 0)
+            obj_s, obj_t, _ = self._np(rng, 0, domain)
             src, tgt = src + obj_s, tgt + obj_t + ["ko"]  # "ko" marks the object (accusative particle)
         if rng.random() < self.p_pp:
-            ps, pt = self._pp(rng, 0)
+            ps, pt = self._pp(rng, 0, domain)
             src, tgt = src + ps, tgt + pt
         return src, [*tgt, tgt_v + self.lex.verb_end[(tense, num)]]  # verb-final
 
@@ -191,31 +300,68 @@ class SyntheticLanguagePair:
 
 
 class SyntheticTranslationDataModule(TranslationDataModule):
-    """`data=synthetic_translation`: the embedded default, needs no files and no network."""
+    """`data=synthetic_translation`: the embedded default, needs no files and no network.
+
+    `regime`: `clean` (the default: 40k pairs from a few hundred lemmas, no ambiguity, no noise) or `real`
+    (`data=synthetic_translation_real`: 10k pairs from thousands of Zipf-distributed lemmas, 15% of them ambiguous,
+    4% noisy training pairs). The size, lexicon, `noise` and `ambiguity` arguments left None take the regime's value
+    (REGIMES); given, they override it. Under `real`, `tokenization=word` takes its vocabulary from the training
+    pairs (unseen words are unknown), as a pipeline on a real corpus would; syllable pieces cover every word, as BPE
+    does. `noise`: the fraction of training pairs whose target is corrupted (its words shuffled, or another pair's
+    target); valid and test are never noisy."""
 
     def __init__(
         self,
-        train_size: int = 40_000,
+        train_size: int | None = None,
         valid_size: int = 300,
         test_size: int = 500,
-        n_nouns: int = 160,
-        n_adjectives: int = 60,
-        n_verbs: int = 60,
-        n_preps: int = 8,
+        n_nouns: int | None = None,
+        n_adjectives: int | None = None,
+        n_verbs: int | None = None,
+        n_preps: int | None = None,
         max_adjectives: int = 2,
         p_pp: float = 0.3,
         p_conj: float = 0.15,
         tokenization: str = "syllable",
+        regime: str = "clean",
+        noise: float | None = None,
+        ambiguity: float | None = None,
+        ambiguity_context: float = 0.5,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if tokenization not in ("syllable", "word"):
             raise UserError(f"data.tokenization must be syllable or word, got {tokenization!r}")
+        given = {
+            "train_size": train_size,
+            "n_nouns": n_nouns,
+            "n_adjectives": n_adjectives,
+            "n_verbs": n_verbs,
+            "n_preps": n_preps,
+            "noise": noise,
+            "ambiguity": ambiguity,
+        }
+        v = regime_defaults(REGIMES, regime, given)
+        check_fraction("noise", v["noise"], 0.5)
+        check_fraction("ambiguity", v["ambiguity"])
+        check_fraction("ambiguity_context", ambiguity_context)
+        self.regime = regime
         self.tokenization = tokenization
-        self.sizes = {"train": train_size, "valid": valid_size, "test": test_size}
+        self.noise = float(v["noise"])
+        self.sizes = {"train": v["train_size"], "valid": valid_size, "test": test_size}
         self.lang = SyntheticLanguagePair(
-            self.seed, n_nouns, n_adjectives, n_verbs, n_preps, max_adjectives, p_pp, p_conj
+            self.seed,
+            v["n_nouns"],
+            v["n_adjectives"],
+            v["n_verbs"],
+            v["n_preps"],
+            max_adjectives,
+            p_pp,
+            p_conj,
+            v["ambiguity"],
+            ambiguity_context,
         )
+        self.noisy: list[int] = []  # the indices of the corrupted training pairs
 
     @cached_property
     def corpus(self) -> dict[str, tuple[list[str], list[str]]]:
@@ -234,10 +380,35 @@ class SyntheticTranslationDataModule(TranslationDataModule):
                 src.append(s)
                 tgt.append(t)
             out[split] = (src, tgt)
+        if self.noise > 0:
+            out["train"] = (out["train"][0], self._corrupt(out["train"][1]))
+        return out
+
+    def _corrupt(self, targets: list[str]) -> list[str]:
+        """A fraction `noise` of the targets (exactly round(noise * n), drawn from their own random stream, so the
+        sentences stay those of the noise-free corpus) garbled: half with their words shuffled, half replaced by
+        another pair's target (a misaligned pair). A corrupted target always differs from its clean one."""
+        rng = random.Random(f"{self.seed}-noise")
+        n = len(targets)
+        self.noisy = sorted(rng.sample(range(n), round(self.noise * n)))
+        out = list(targets)
+        for i in self.noisy:
+            words = targets[i].split()
+            bad = targets[i]
+            if rng.random() < 0.5 and len(set(words)) > 1:
+                while bad == targets[i]:
+                    rng.shuffle(words)
+                    bad = " ".join(words)
+            while bad == targets[i]:
+                bad = targets[rng.randrange(n)]
+            out[i] = bad
         return out
 
     def build_tokenizer(self) -> Tokenizer:
         if self.tokenization == "word":
+            if self.regime == "real":  # as on a real corpus: the words of the training pairs, others unknown
+                src, tgt = self.corpus["train"]
+                return WordTokenizer({w for line in (*src, *tgt) for w in line.split()})
             return WordTokenizer(self.lang.vocabulary())
         return PieceTokenizer(self.lang.segmentation())
 
