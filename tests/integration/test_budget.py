@@ -106,3 +106,33 @@ def test_early_stopping_ends_a_round_on_a_plateau(tmp_path: Path) -> None:
 def test_bad_patience_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"early_stopping\.patience must be"):
         train(run_cfg([*SMOKE, "early_stopping.patience=0"]), tmp_path)
+
+
+def test_checkpoint_averaging_tests_the_mean_of_the_last_validations(tmp_path: Path) -> None:
+    """checkpoints.average_last=3: the round tests averaged.ckpt, whose weights are the mean of the three latest
+    validation checkpoints (recomputed here from those files), with the masks of the latest one."""
+    res = train(
+        run_cfg(
+            [
+                *SMOKE,
+                "pruner=mp",
+                "sparsity=0.5",
+                "trainer.max_steps=20",
+                "trainer.val_check_interval=4",
+                "checkpoints.average_last=3",
+            ]
+        ),
+        tmp_path,
+    )
+    assert res["status"] == "completed" and res["best_checkpoint"].endswith("averaged.ckpt")
+    from prunelab.training.io import read_state
+
+    kept = sorted((tmp_path / "checkpoints" / "round_0" / "average").glob("step*.ckpt"))
+    assert [p.name for p in kept] == ["step12.ckpt", "step16.ckpt", "step20.ckpt"]
+    states = [read_state(p)["state_dict"] for p in kept]
+    avg = read_state(Path(res["best_checkpoint"]))["state_dict"]
+    name = "model.enc.0.ff.fc1.weight"
+    mask = states[-1]["pruner.mask__enc__0__ff__fc1__weight"]
+    want = sum(s[name].double() for s in states) / 3 * mask
+    torch.testing.assert_close(avg[name].double(), want)
+    assert (avg[name][mask == 0] == 0).all() and res["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)

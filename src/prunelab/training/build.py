@@ -47,6 +47,9 @@ def validate(cfg: DictConfig) -> None:
     patience = (cfg.get("early_stopping") or {}).get("patience")
     if patience is not None and (not isinstance(patience, int) or patience < 1):
         raise UserError(f"early_stopping.patience must be null (off) or a number of validations >= 1, got {patience}")
+    average = cfg.get("checkpoints", {}).get("average_last")
+    if average is not None and (not isinstance(average, int) or average < 2):
+        raise UserError(f"checkpoints.average_last must be null (off) or a number of checkpoints >= 2, got {average}")
     keep = cfg.get("checkpoints", {}).get("keep_rounds")
     if keep is not None and (not isinstance(keep, int) or keep < 1):
         raise UserError(f"checkpoints.keep_rounds must be null (keep all) or a number >= 1, got {keep}")
@@ -183,6 +186,9 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if not (k in HARDWARE_KEYS and v is None)}
 
 
+AVERAGED_DIR = "average"  # a round's folder for the checkpoints averaged with checkpoints.average_last
+
+
 def build_trainer(
     cfg: DictConfig,
     round_dir: Path,
@@ -211,6 +217,20 @@ def build_trainer(
     kwargs["val_check_interval"] = min(kwargs.get("val_check_interval") or max_steps, max_steps)
     clock = StageClock(budget_s, eval_factor)
     callbacks: list[L.Callback] = [ckpt, clock]
+    average = (cfg.get("checkpoints") or {}).get("average_last")
+    if average:  # the latest N validation checkpoints, for rounds.Rounds to average (fairseq's recipe)
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=round_dir / AVERAGED_DIR,
+                filename="step{step}",
+                auto_insert_metric_name=False,
+                monitor="step",
+                mode="max",
+                save_top_k=int(average),
+                enable_version_counter=False,
+                save_weights_only=True,
+            )
+        )
     patience = (cfg.get("early_stopping") or {}).get("patience")
     if patience is not None:
         callbacks.append(PatienceStop(monitor, int(patience), float(cfg.early_stopping.get("min_delta", 0.0))))

@@ -31,12 +31,13 @@ from omegaconf import DictConfig
 from prunelab.callbacks.curves import record_levels
 from prunelab.errors import NonFiniteError
 from prunelab.training import interrupt
+from prunelab.training.averaging import average_checkpoints
 from prunelab.training.budget import StageClock, seconds
-from prunelab.training.build import build_trainer
+from prunelab.training.build import AVERAGED_DIR, build_trainer
 from prunelab.training.io import read_state, write_json
 
 log = logging.getLogger("prunelab")
-CHECKPOINT_FILES = ("best.ckpt", "last.ckpt", "round_end.ckpt")
+CHECKPOINT_FILES = ("best.ckpt", "last.ckpt", "round_end.ckpt", "averaged.ckpt")
 
 
 PRETRAINED = -1  # the "round" of the weights a run starts from (imported or `ckpt=`), scored before any training
@@ -185,6 +186,18 @@ class Rounds:
         log.info("round %d of %d: sparsity %.4f", r + 1, pruner.rounds, pruner.round_sparsity(r))
         return trainer, ckpt, steps
 
+    def averaged(self, d: Path) -> str | None:
+        """With `checkpoints.average_last=N`: the average of the round's latest N validation checkpoints (its masks
+        those of the latest, training.averaging), which the round then tests instead of the best one; None
+        otherwise, or when fewer than 2 were saved."""
+        n = (self.cfg.get("checkpoints") or {}).get("average_last")
+        found = sorted((d / AVERAGED_DIR).glob("step*.ckpt"), key=lambda p: int(p.stem.removeprefix("step")))
+        if not n or len(found) < 2:
+            return None
+        out = average_checkpoints(found[-n:], d / "averaged.ckpt")
+        log.info("averaged %d checkpoints: %s", len(found[-n:]), ", ".join(p.name for p in found[-n:]))
+        return str(out)
+
     def round_budget(self, r: int) -> float | None:
         """`trainer.max_time` shared out: what is left of the run's budget, split evenly over the rounds still to
         train (a round that only evaluates takes none)."""
@@ -224,10 +237,10 @@ class Rounds:
             except (interrupt.Interrupted, SIGTERMException) as e:
                 signum = e.signum if isinstance(e, interrupt.Interrupted) else interrupt.requested() or 15
                 raise interrupt.Interrupted(signum, guard.step, str(last)) from None
+            best = self.averaged(d) or ckpt.best_model_path
             t_eval = time.perf_counter()
-            metrics = evaluate(trainer, self.task, self.datamodule, ckpt.best_model_path)
+            metrics = evaluate(trainer, self.task, self.datamodule, best)
             self.evaluate_s = time.perf_counter() - t_eval
-            best = ckpt.best_model_path
         else:
             t_eval = time.perf_counter()
             metrics = evaluate(trainer, self.task, self.datamodule, None)
@@ -279,6 +292,8 @@ class Rounds:
             d = round_dir_of(self.out, level["round"])
             for name in CHECKPOINT_FILES:
                 (d / name).unlink(missing_ok=True)
+            for path in (d / AVERAGED_DIR).glob("*.ckpt"):  # checkpoints.average_last's
+                path.unlink()
             if level.get("best_checkpoint") is not None:
                 level["best_checkpoint"] = None
                 write_json(d / "results.json", level)
