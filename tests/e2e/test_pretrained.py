@@ -253,3 +253,23 @@ def test_a_hub_id_is_read_from_the_hugging_face_cache(made: dict[str, Path], tmp
     assert missing.returncode != 0
     lines = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "tiny/absent: not a local folder" in lines[0] and "hf download" in lines[0]
+
+
+def test_head_and_component_analyses_of_an_imported_bert(made: dict[str, Path], tmp_path: Path) -> None:
+    """`prunelab heads` and `prunelab components` on a run of the imported BERT: Michel's BERT setting (accuracy as
+    heads are removed) and Wang & Tu's contributions, scored in accuracy on the run's own data and checkpoint."""
+    import json
+
+    run = encoder_run(made, tmp_path / "run", "trainer.max_steps=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for command in ("heads", "components"):
+        proc = prunelab_cli(command, str(run.dir))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = run.results["metrics"]
+    heads = json.loads((run.dir / "heads" / "heads.json").read_text())
+    assert heads["score"] == "accuracy (%)"
+    assert sorted(heads["importance"]) == [f"enc.{i}.sa.h{j}" for i in range(2) for j in range(4)]
+    assert heads["baseline_bleu"] == pytest.approx(100 * metrics["test/acc"], abs=1e-6)  # the run's tested checkpoint
+    components = json.loads((run.dir / "components" / "components.json").read_text())
+    assert sorted(components["bleu_zeroed"]) == ["enc.0.ff", "enc.0.sa", "enc.1.ff", "enc.1.sa"]
+    assert components["baseline_bleu"] == pytest.approx(100 * metrics["val/acc"], abs=1e-6)  # scored on valid
