@@ -4,6 +4,7 @@ import torch
 from prunelab.data.batching import TokenBatchSampler, collate
 from prunelab.data.synthetic import SyntheticLanguagePair, SyntheticTranslationDataModule
 from prunelab.data.tokenizer import BOS, EOS, WordTokenizer
+from prunelab.errors import UserError
 
 
 def small_dm(seed: int) -> SyntheticTranslationDataModule:
@@ -124,3 +125,24 @@ def test_lightning_reaches_set_epoch_and_resume_is_exact() -> None:
     resumed.resume(epoch=2, consumed=5)
     assert list(resumed) == epoch2[5:]  # continues exactly where the epoch was cut
     assert list(resumed) == epoch2  # and the next pass is a whole epoch again
+
+
+def test_validation_sample_is_a_fixed_subset_and_the_test_split_stays_whole() -> None:
+    from prunelab.data.classification import SyntheticClassificationDataModule
+
+    full = SyntheticTranslationDataModule(train_size=50, valid_size=40, test_size=30)
+    full.setup()
+    sampled = SyntheticTranslationDataModule(train_size=50, valid_size=40, test_size=30, valid_max_sentences=12)
+    sampled.setup()
+    got = sampled.examples["valid"]
+    assert len(got) == 12 and [e[3] for e in got] == sorted(e[3] for e in got)  # original order
+    assert all(e == full.examples["valid"][e[3]] for e in got)  # the same examples, not new ones
+    assert sampled.examples["test"] == full.examples["test"] and sampled.examples["train"] == full.examples["train"]
+    again = SyntheticTranslationDataModule(train_size=50, valid_size=40, test_size=30, valid_max_sentences=12)
+    again.setup()
+    assert again.examples["valid"] == got  # the same seed, the same sample
+    cls = SyntheticClassificationDataModule(train_size=60, valid_size=25, test_size=10, valid_max_sentences=7)
+    cls.setup()
+    assert len(cls.examples["valid"]) == 7 and len(cls.examples["test"]) == 10
+    with pytest.raises(UserError, match="valid_max_sentences"):
+        SyntheticTranslationDataModule(train_size=50, valid_size=40, test_size=30, valid_max_sentences=0).setup()

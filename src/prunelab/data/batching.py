@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from prunelab.data.tokenizer import BOS, EOS, PAD
+from prunelab.errors import UserError
 
 Example = tuple[list[int], list[int], str, int]  # (source ids + EOS, target ids, raw reference, index)
 
@@ -40,6 +41,17 @@ def collate(
         "idx": torch.tensor([e[3] for e in examples]),
         "n_tokens": sum(len(e[0]) + len(e[1]) + 1 for e in examples),
     }
+
+
+def sample_validation(examples: list[Any], n: int | None, seed: int) -> list[Any]:
+    """A fixed random sample of `n` validation examples, in their original order (None, or n >= len: all of them):
+    cheaper validation during training; the test split is never sampled. The same seed gives the same sample."""
+    if n is None or n >= len(examples):
+        return examples
+    if n < 1:
+        raise UserError(f"data.valid_max_sentences must be null (all) or >= 1, got {n}")
+    keep = sorted(random.Random(f"valid-sample-{seed}").sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
 
 
 class TokenBatchSampler:

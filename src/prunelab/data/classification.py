@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from prunelab.data.batching import TokenBatchedLoaders
+from prunelab.data.batching import TokenBatchedLoaders, sample_validation
 from prunelab.data.parallel_text import SentencePieceData, read_lines
 from prunelab.data.tokenizer import BOS, PretrainedTokenizer, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
@@ -68,8 +68,10 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         seed: int = 0,
         shuffle_seed: int | None = None,
         tokenizer: str | None = None,
+        valid_max_sentences: int | None = None,
     ):
         super().__init__()
+        self.valid_max_sentences = valid_max_sentences  # validate on a fixed sample of this size (None: all)
         self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
         self.max_tokens = max_tokens
         self.eval_max_tokens = eval_max_tokens or max_tokens
@@ -138,6 +140,7 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
                 raise UserError(f"the {split} split has no examples")
             splits[split] = examples
         self.labels = labels
+        splits["valid"] = sample_validation(splits["valid"], self.valid_max_sentences, self.seed)
         self.examples = splits
 
     def checkpoint_order(self, labels: list[str]) -> list[str]:

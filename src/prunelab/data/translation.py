@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 
-from prunelab.data.batching import Example, TokenBatchedLoaders, collate
+from prunelab.data.batching import Example, TokenBatchedLoaders, collate, sample_validation
 from prunelab.data.tokenizer import PretrainedTokenizer, Tokenizer
 from prunelab.errors import UserError
 
@@ -36,8 +36,10 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         seed: int = 0,
         shuffle_seed: int | None = None,
         tokenizer: str | None = None,
+        valid_max_sentences: int | None = None,
     ):
         super().__init__()
+        self.valid_max_sentences = valid_max_sentences  # validate on a fixed sample of this size (None: all)
         self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
         self.max_tokens = max_tokens
         self.eval_max_tokens = eval_max_tokens or max_tokens
@@ -109,6 +111,7 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
             if not examples:
                 raise UserError(f"the {split} split has no usable sentence pairs")
             splits[split] = examples
+        splits["valid"] = sample_validation(splits["valid"], self.valid_max_sentences, self.seed)
         self.examples = splits
 
     def example_length(self, example: Example) -> int:
