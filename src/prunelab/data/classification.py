@@ -161,6 +161,11 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
             return [ours[n.lower()] for n in names]
         return labels
 
+    def training_parts(self) -> list[str]:
+        """The training texts, a pair's two parts apart: what a subword model for this data is trained on."""
+        texts, _ = self.read_split("train")
+        return [part for t in texts for part in t.split("\t") if part]
+
     def location(self, split: str, i: int) -> str:
         """Where example `i` of `split` comes from, for error messages (a reader on files says file:line)."""
         return f"the {split} split, example {i + 1}"
@@ -435,8 +440,7 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
         return [self.files["train"]]
 
     def _spm_sentences(self) -> list[str]:
-        texts, _ = self.read_split("train")
-        return [part for t in texts for part in t.split("\t") if part]
+        return self.training_parts()
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)

@@ -87,19 +87,25 @@ def _text_digest(texts: list[str]) -> bytes:
     return h.digest()
 
 
-class HfDatasetSubwords(SentencePieceData):
-    """SentencePiece over a `datasets` data set's training text, cached in `cache_dir`, else the data set's folder
-    (when it is one), else ~/.cache/prunelab/spm, under a key made from the text itself and the settings."""
+class HfDatasetSource(SentencePieceData):
+    """What both `datasets` readers share: the data set and its three splits, read once (`splits()`), and SentencePiece
+    over its training text, cached in `cache_dir`, else the data set's folder (when it is one), else
+    ~/.cache/prunelab/spm, under a key made from the text itself and the settings."""
 
-    def _init_subwords(
+    def _init_source(
         self,
         name: str,
+        config: str | None,
+        data_files: Any,
+        split_names: dict[str, str],
         vocab_size: int,
         spm_model_type: str,
         spm_character_coverage: float,
         spm_max_sentences: int,
         cache_dir: str | None,
     ) -> None:
+        self.name, self.config, self.data_files, self.split_names = name, config, data_files, split_names
+        self._splits: dict[str, Any] | None = None
         self.vocab_size = vocab_size
         self.spm_model_type = spm_model_type
         self.spm_character_coverage = spm_character_coverage
@@ -112,6 +118,11 @@ class HfDatasetSubwords(SentencePieceData):
         self._spm_file = None
         self.check_spm_settings()
 
+    def splits(self) -> dict[str, Any]:
+        if self._splits is None:
+            self._splits = load_splits(self.name, self.config, self.data_files, self.split_names)
+        return self._splits
+
     def _spm_sources(self) -> list[Path]:
         return []  # no files: the text keys the cache (_spm_key_extra)
 
@@ -119,7 +130,7 @@ class HfDatasetSubwords(SentencePieceData):
         return _text_digest(self._spm_sentences())
 
 
-class HfClassificationDataModule(HfDatasetSubwords, ClassificationDataModule):
+class HfClassificationDataModule(HfDatasetSource, ClassificationDataModule):
     """`data=hf_classification`: a classification data set through `datasets` (see the module doc)."""
 
     def __init__(
@@ -140,21 +151,14 @@ class HfClassificationDataModule(HfDatasetSubwords, ClassificationDataModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.name, self.config = name, config
-        self.split_names = {"train": train_split, "valid": valid_split, "test": test_split}
-        self.data_files = data_files
+        splits = {"train": train_split, "valid": valid_split, "test": test_split}
+        spm = (vocab_size, spm_model_type, spm_character_coverage, spm_max_sentences, cache_dir)
+        self._init_source(name, config, data_files, splits, *spm)
         self.text_columns = list(text_columns) if text_columns else None
         if self.text_columns is not None and len(self.text_columns) not in (1, 2):
             raise UserError(f"data.text_columns must name one column or two (a pair), got {self.text_columns}")
         self.label_column = label_column
-        self._init_subwords(name, vocab_size, spm_model_type, spm_character_coverage, spm_max_sentences, cache_dir)
-        self._splits: dict[str, Any] | None = None
         self._read: dict[str, tuple[list[str], list[str]]] = {}
-
-    def splits(self) -> dict[str, Any]:
-        if self._splits is None:
-            self._splits = load_splits(self.name, self.config, self.data_files, self.split_names)
-        return self._splits
 
     def columns(self, ds: Any) -> list[str]:
         have = set(ds.column_names)
@@ -197,15 +201,14 @@ class HfClassificationDataModule(HfDatasetSubwords, ClassificationDataModule):
         return texts, labels
 
     def _spm_sentences(self) -> list[str]:
-        texts, _ = self.read_split("train")
-        return [part for t in texts for part in t.split("\t") if part]
+        return self.training_parts()
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         self._read.clear()
 
 
-class HfTranslationDataModule(HfDatasetSubwords, TranslationDataModule):
+class HfTranslationDataModule(HfDatasetSource, TranslationDataModule):
     """`data=hf_translation`: a parallel corpus through `datasets` (see the module doc)."""
 
     def __init__(
@@ -228,21 +231,14 @@ class HfTranslationDataModule(HfDatasetSubwords, TranslationDataModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.name, self.config = name, config
+        splits = {"train": train_split, "valid": valid_split, "test": test_split}
+        spm = (vocab_size, spm_model_type, spm_character_coverage, spm_max_sentences, cache_dir)
+        self._init_source(name, config, data_files, splits, *spm)
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
-        self.split_names = {"train": train_split, "valid": valid_split, "test": test_split}
-        self.data_files = data_files
         if (src_column is None) != (tgt_column is None):
             raise UserError("set both data.src_column and data.tgt_column, or neither (a `translation` column)")
         self.src_column, self.tgt_column = src_column, tgt_column
-        self._init_subwords(name, vocab_size, spm_model_type, spm_character_coverage, spm_max_sentences, cache_dir)
-        self._splits: dict[str, Any] | None = None
         self._lines: dict[str, tuple[list[str], list[str]]] = {}
-
-    def splits(self) -> dict[str, Any]:
-        if self._splits is None:
-            self._splits = load_splits(self.name, self.config, self.data_files, self.split_names)
-        return self._splits
 
     def read_split(self, split: str) -> tuple[list[str], list[str]]:
         if split in self._lines:
