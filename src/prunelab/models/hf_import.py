@@ -34,7 +34,7 @@ from torch import Tensor
 
 from prunelab.errors import UserError
 from prunelab.models.classifier import TransformerClassifier
-from prunelab.models.transformer import TransformerConfig
+from prunelab.models.transformer import Transformer, TransformerConfig
 
 FAMILIES = ("bert", "roberta", "electra", "distilbert")
 
@@ -303,10 +303,24 @@ def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides
         raise UserError(f"{path}: key(s) missing from the {family} checkpoint: {', '.join(missing)}")
 
     model = TransformerClassifier(cfg, num_labels, pooling="cls", pooler=pooler)
+    # a fresh head keeps its initialisation
+    return copy_weights(model, state, names, mapping, path, keep=() if has_head else ("head.weight", "head.bias"))
+
+
+def copy_weights(
+    model: Transformer,
+    state: dict[str, Tensor],
+    names: dict[str, str],
+    mapping: dict[str, str],
+    path: str | Path,
+    keep: tuple[str, ...] = (),
+) -> Transformer:
+    """Copy the checkpoint's tensors into `model` by `mapping` (normalised HF name -> prunelab key; `names`: normalised
+    name -> the file's), each shape checked (a mismatch is the user's error, naming both). Every prunelab tensor must
+    be filled except the gate and head_ids buffers (at their defaults) and the keys in `keep` (a bug here if not).
+    The model remembers the folder it came from (`pretrained_from`)."""
     ours = model.state_dict()
-    # the gate and head_ids buffers stay at their defaults, and a fresh head keeps its initialisation
-    fresh = () if has_head else ("head.weight", "head.bias")
-    left = {k for k in ours if not k.endswith((".gate", ".head_gate", ".head_ids")) and k not in fresh}
+    left = {k for k in ours if not k.endswith((".gate", ".head_gate", ".head_ids")) and k not in keep}
     with torch.no_grad():
         for theirs, mine in mapping.items():
             src = state[names[theirs]]

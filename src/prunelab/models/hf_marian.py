@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from prunelab.errors import UserError
-from prunelab.models.hf_import import HF_ACTIVATIONS, OVERRIDABLE, _num, _wb, check_data_fits, read_checkpoint
+from prunelab.models.hf_import import (
+    HF_ACTIVATIONS,
+    OVERRIDABLE,
+    _num,
+    _wb,
+    check_data_fits,
+    copy_weights,
+    read_checkpoint,
+)
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
 
 # Keys (without the `model.` prefix) that hold the shared embedding again: HF ties them to `shared.weight`, older
@@ -177,27 +184,13 @@ def load_hf_marian(path: str | Path, **overrides: Any) -> Transformer:
     if missing:
         raise UserError(f"{path}: key(s) missing from the marian checkpoint: {', '.join(missing)}")
 
-    model = Transformer(cfg)
-    ours = model.state_dict()
-    left = {k for k in ours if not k.endswith((".gate", ".head_gate", ".head_ids")) and k != "logit_bias"}
-    with torch.no_grad():
-        for theirs, mine in mapping.items():
-            src: Tensor = state[names[theirs]]
-            if theirs == "final_logits_bias":
-                if src.shape not in ((1, cfg.vocab_size), (cfg.vocab_size,)):
-                    raise UserError(
-                        f"{path}: final_logits_bias has shape {tuple(src.shape)}, needs (1, {cfg.vocab_size})"
-                    )
-                src = src.reshape(-1)
-            if src.shape != ours[mine].shape:
-                raise UserError(
-                    f"{path}: {names[theirs]} has shape {tuple(src.shape)}, {mine} needs {tuple(ours[mine].shape)}"
-                )
-            ours[mine].copy_(src)
-            left.discard(mine)
-    assert not left, f"prunelab parameters not filled by the import: {sorted(left)}"  # a bug here, not the user's
-    model.pretrained_from = str(path)
-    return model
+    if "final_logits_bias" in mapping:  # (1, V) in HF files, a (V,) buffer here
+        bias = state[names["final_logits_bias"]]
+        if bias.shape not in ((1, cfg.vocab_size), (cfg.vocab_size,)):
+            raise UserError(f"{path}: final_logits_bias has shape {tuple(bias.shape)}, needs (1, {cfg.vocab_size})")
+        state[names["final_logits_bias"]] = bias.reshape(-1)
+    # without final_logits_bias in the file the bias stays at zero, as HF loads it
+    return copy_weights(Transformer(cfg), state, names, mapping, path, keep=("logit_bias",))
 
 
 def build_hf_marian(vocab_size: int, pad_id: int, path: str, **overrides: Any) -> Transformer:
