@@ -87,6 +87,7 @@ class PrunableTask(L.LightningModule):
         self.schedule, self.warmup_fraction = schedule, warmup_fraction
         self.pruner.attach(self.model)
         self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
+        self._budget: StageClock | None = None  # the round's time budget (on_fit_start), for total_steps
         self.train_tokens = 0
         # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
         self._first_bad: torch.Tensor | None = None
@@ -195,10 +196,14 @@ class PrunableTask(L.LightningModule):
         (trainer.max_time) will end the round first, at the rate trained so far (training.budget.StageClock):
         the lr schedule and gradual pruning then end with the budget."""
         steps = float(self.trainer.estimated_stepping_batches)
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, StageClock):
-                steps = min(steps, cb.estimated_total_steps(self.global_step))
+        if self._budget is not None:
+            steps = min(steps, self._budget.estimated_total_steps(self.global_step))
         return int(steps) if math.isfinite(steps) else int(1e12)
+
+    def on_fit_start(self) -> None:
+        """The round's time budget, looked up once (total_steps reads it several times a step)."""
+        clocks = [cb for cb in self.trainer.callbacks if isinstance(cb, StageClock) and cb.budget_s is not None]
+        self._budget = clocks[0] if clocks else None
 
     def eval_cost_ratio(self) -> float:
         """The test's cost per example relative to a validation's (a larger test beam costs more)."""
