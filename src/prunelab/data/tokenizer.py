@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -44,15 +45,19 @@ class Tokenizer(Protocol):
         """One text or a pair -> (ids with the special tokens, token types or None, whether it was truncated)."""
 
 
-class OwnTokenizer:
+class OwnTokenizer(ABC):
     """What prunelab's own tokenizers share: the fixed special ids, targets cut like sources, and classification
-    inputs framed as [CLS] a EOS (b EOS), with [CLS] = BOS and no token types."""
+    inputs framed as [CLS] a EOS (b EOS), with [CLS] = BOS and no token types. A subclass says how text becomes ids
+    and back."""
 
     pad_id, bos_id, eos_id, unk_id = PAD, BOS, EOS, UNK
     max_positions: int | None = None
 
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
 
     def encode_target(self, text: str) -> list[int]:
         return self.encode(text)
