@@ -167,6 +167,26 @@ def warm_train(loss: Callable[[Batch], Tensor], opt: torch.optim.Optimizer, b: B
     opt.step()
 
 
+Trainee = tuple[Callable[[Batch], Tensor], torch.optim.Optimizer]  # a side's loss and optimizer
+
+
+def compare_training(
+    ours: Trainee, hf: Trainee, batches: list[Batch], tokens: Callable[[Batch], int], reps: int
+) -> tuple[dict[str, list[float]], list[Batch], int]:
+    """Both sides take one untimed step on the first batch, then train on the rest, interleaved over `reps`
+    repetitions: -> (tokens/s per side, the timed batches, their tokens)."""
+    warm, timed = batches[0], batches[1:]
+    warm_train(*ours, warm)
+    warm_train(*hf, warm)
+    n = sum(tokens(b) for b in timed)
+    rates = interleave(
+        {"prunelab": lambda: training_rate(*ours, timed, n), "hf": lambda: training_rate(*hf, timed, n)},
+        reps,
+        warmup=0,
+    )
+    return rates, timed, n
+
+
 def save_and_import(hf: Any, load: Callable[[str], Any]) -> Any:
     """hf.save_pretrained to a temporary folder (without its progress bar), then prunelab's import from there."""
     from transformers.utils import logging as hf_logging
@@ -265,17 +285,8 @@ def bert_base(
     def hf_loss(b: Batch) -> Tensor:
         return F.cross_entropy(hf_logits(b), b["label"])
 
-    warm, timed_batches = train[0], train[1:]
-    warm_train(ours_loss, opt_ours, warm)
-    warm_train(hf_loss, opt_hf, warm)
-    n_tr = sum(real(b["src"], pad) for b in timed_batches)
-    r = interleave(
-        {
-            "prunelab": lambda: training_rate(ours_loss, opt_ours, timed_batches, n_tr),
-            "hf": lambda: training_rate(hf_loss, opt_hf, timed_batches, n_tr),
-        },
-        train_reps,
-        warmup=0,
+    r, timed_batches, n_tr = compare_training(
+        (ours_loss, opt_ours), (hf_loss, opt_hf), train, lambda b: real(b["src"], pad), train_reps
     )
     pad_share = 1 - n_tr / sum(b["src"].numel() for b in timed_batches)
     out.append(
@@ -452,17 +463,8 @@ def marian_base(
         ).logits
         return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=PAD)
 
-    warm, timed_batches = train[0], train[1:]
-    warm_train(ours_loss, opt_ours, warm)
-    warm_train(hf_loss, opt_hf, warm)
-    n_tr = sum(real(b["tgt_out"], PAD) for b in timed_batches)
-    r = interleave(
-        {
-            "prunelab": lambda: training_rate(ours_loss, opt_ours, timed_batches, n_tr),
-            "hf": lambda: training_rate(hf_loss, opt_hf, timed_batches, n_tr),
-        },
-        train_reps,
-        warmup=0,
+    r, _, _ = compare_training(
+        (ours_loss, opt_ours), (hf_loss, opt_hf), train, lambda b: real(b["tgt_out"], PAD), train_reps
     )
     out.insert(
         0,

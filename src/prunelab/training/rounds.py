@@ -107,7 +107,7 @@ class Rounds:
         pruner = self.task.pruner
         pruner.use_data(self.datamodule, self.task)
         if self.pretrained and pruner.round_steps(0, self.cfg.trainer.max_steps, True) > 0:
-            self.levels.append(self.evaluate_start())  # round 0 trains: score the weights it starts from first
+            self.evaluate_start()  # round 0 trains: score the weights it starts from first
         finished = latest_finished_round(self.out, pruner.rounds)
         for r in range(pruner.rounds):
             if r <= finished:
@@ -118,37 +118,21 @@ class Rounds:
             self.record(r, trainer, best, metrics, seconds)
         return self.levels
 
-    def evaluate_start(self) -> dict[str, Any]:
+    def evaluate_start(self) -> None:
         """The level of the pretrained weights the run starts from (stage "pretrained", round -1): validated and
         tested as they are, before any round trains or prunes, so that a pretrained model's own score is the
         dense level of every method. Its figures go to `checkpoints/pretrained/` (no checkpoint: the weights are
         the checkpoint's); a resumed run reads them back."""
         d = round_dir_of(self.out, PRETRAINED)
         if (d / "results.json").exists():
-            return json.loads((d / "results.json").read_text())
+            self.levels.append(json.loads((d / "results.json").read_text()))
+            return
         trainer, _, _ = build_trainer(self.cfg, d, self.logger, 1, self.task.monitor)
         t0 = time.perf_counter()
         metrics = evaluate(trainer, self.task, self.datamodule, None)
-        evaluate_s = time.perf_counter() - t0
-        report = self.task.pruner.report(self.task.model)
-        level = {
-            "round": PRETRAINED,
-            "stage": "pretrained",
-            "sparsity": report["sparsity"]["overall"],
-            "same_as_targeting": False,
-            "score": self.task.score,
-            "metrics": metrics,
-            "memory": report["memory"],
-            "params": report["params"],
-            "best_checkpoint": None,
-            "fit_time_s": evaluate_s,
-            "time": {"train_s": 0.0, "validate_s": 0.0, "evaluate_s": evaluate_s},
-        }
-        if trainer.is_global_zero:
-            write_json(d / "results.json", level)
-            (d / "test.hyp.txt").write_text("\n".join(self.task.last_eval["test"]["hypotheses"]) + "\n")
-            self.on_level([level])
-        return level
+        seconds = time.perf_counter() - t0
+        timing = {"train_s": 0.0, "validate_s": 0.0, "evaluate_s": seconds}
+        self.add_level(trainer, PRETRAINED, "pretrained", False, metrics, None, seconds, timing)
 
     def load_finished(self, r: int, latest: bool) -> dict[str, Any]:
         """A round finished earlier: its figures; for the latest such round also its state (weights, masks,
@@ -254,31 +238,49 @@ class Rounds:
         from the scored weights, then round_end.ckpt: from here on the round counts as done."""
         pruner, d = self.task.pruner, round_dir_of(self.out, r)
         self.fit_time += seconds
-        report = pruner.report(self.task.model)
+        # where the round's time went: training, validations during fit, validating + testing the best
+        timing = {**(self.clock.report() if self.clock else {}), "evaluate_s": self.evaluate_s}
+        # same_as_targeting: usable as that target's result in tables
+        self.add_level(trainer, r, pruner.stage(r), pruner.same_as_targeting(r), metrics, best, seconds, timing)
+        if trainer.is_global_zero and (pruner.rounds > 1 or len(self.levels) > 1):  # iterative, or pretrained first
+            record_levels(self.out, self.levels, self.logger, self.name)
+        pruner.on_round_end(self.task.model, r)  # the next mask, from the scored (best) weights
+        trainer.save_checkpoint(d / "round_end.ckpt", weights_only=True)
+        if trainer.is_global_zero and self.drop_old_checkpoints():
+            self.on_level(self.levels)
+
+    def add_level(
+        self,
+        trainer: L.Trainer,
+        r: int,
+        stage: str | None,
+        same_as_targeting: bool,
+        metrics: dict[str, float],
+        best: str | None,
+        seconds: float,
+        timing: dict[str, Any],
+    ) -> None:
+        """A level's figures, from the model as it was scored: kept, and written (results.json and test.hyp.txt of
+        its folder, the run's results.json) by the first process; the other DDP processes hold the same figures."""
+        report = self.task.pruner.report(self.task.model)
         level = {
             "round": r,
-            **({"stage": pruner.stage(r)} if pruner.stage(r) else {}),
+            **({"stage": stage} if stage else {}),
             "sparsity": report["sparsity"]["overall"],
-            "same_as_targeting": pruner.same_as_targeting(r),  # usable as that target's result in tables
+            "same_as_targeting": same_as_targeting,
             "score": self.task.score,
             "metrics": metrics,
             "memory": report["memory"],
             "params": report["params"],
             "best_checkpoint": best,
             "fit_time_s": seconds,
-            # where the round's time went: training, validations during fit, validating + testing the best
-            "time": {**(self.clock.report() if self.clock else {}), "evaluate_s": self.evaluate_s},
+            "time": timing,
         }
         self.levels.append(level)
-        if trainer.is_global_zero:  # the other DDP processes hold the same figures
+        if trainer.is_global_zero:
+            d = round_dir_of(self.out, r)
             write_json(d / "results.json", level)
             (d / "test.hyp.txt").write_text("\n".join(self.task.last_eval["test"]["hypotheses"]) + "\n")
-            self.on_level(self.levels)
-            if pruner.rounds > 1 or len(self.levels) > 1:  # an iterative run, or a pretrained level first
-                record_levels(self.out, self.levels, self.logger, self.name)
-        pruner.on_round_end(self.task.model, r)  # the next mask, from the scored (best) weights
-        trainer.save_checkpoint(d / "round_end.ckpt", weights_only=True)
-        if trainer.is_global_zero and self.drop_old_checkpoints():
             self.on_level(self.levels)
 
     def drop_old_checkpoints(self) -> bool:
