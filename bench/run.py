@@ -26,6 +26,7 @@ from pathlib import Path
 import analysis
 import export
 import generation
+import precision
 import pretrained
 import torch
 import training
@@ -56,6 +57,14 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             *pretrained.marian_base(train_steps=3 if q else 2, train_reps=2 if q else 6, gen_reps=2 if q else 4),
         ],
         "decoding": lambda: generation.kv_cache(steps=50 if q else 60, reps=3 if q else 5),
+        "precision": lambda: precision.training_and_decoding(
+            "transformer_base",
+            4096,
+            steps=4 if q else 8,
+            reps=2 if q else 4,
+            decode_batch=64,
+            decode_tokens=20 if q else 32,
+        ),
         "mfu": lambda: training.mfu("transformer_big" if paper else "transformer_base", 4096, steps=1 if q else 4),
         "memory": lambda: training.memory(default_steps=20 if q else 200, base_steps=2 if q else 3),
         "export": lambda: export.sizes(0.9),

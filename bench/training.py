@@ -183,9 +183,9 @@ def hf_training(model_name: str, steps: int, reps: int) -> list[Figure]:
 
 
 # --- model FLOPs utilisation ---------------------------------------------------------------------------
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """fp32 FLOP/s of the fastest of `reps` n x n matmuls (after a warm-up), on all threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of the fastest of `reps` n x n matmuls in `dtype` (after a warm-up), on all threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = min(_time(lambda: torch.mm(a, b)) for _ in range(reps))
     return 2 * n**3 / best

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunelab.models.kernels import Dropout
 from prunelab.models.transformer import ACTIVATIONS, Transformer, TransformerConfig
 
 POOLINGS = ("cls", "mean")
@@ -42,7 +43,7 @@ class TransformerClassifier(Transformer):
         if self.pooler is not None:
             nn.init.xavier_uniform_(self.pooler.weight)
             nn.init.zeros_(self.pooler.bias)
-        self.pooler_drop = nn.Dropout(cfg.dropout)
+        self.pooler_drop = Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.d_model, num_classes)
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)

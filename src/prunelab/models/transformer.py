@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init  # the weights are copied in: no init needed
 
+from prunelab.models.kernels import Dropout, attention  # CPU fast paths: exact to their definitions
+
 # A decoder-side key/value cache: one dict per decoder layer holding "sa_k", "sa_v" (grown by one
 # position per step) and "ea_k", "ea_v" (the projected encoder memory, computed once).
 Cache = list[dict[str, Tensor]]
@@ -195,10 +197,10 @@ class MultiHeadAttention(nn.Module):
         if b != B:  # groups of G rows share keys: one attention with G*T queries per key set
             G, H, hs = B // b, self.n_heads, self.head_dim
             q = q.view(b, G, H, T, hs).transpose(1, 2).reshape(b, H, G * T, hs)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+            y = attention(q, k, v, mask, drop)
             y = y.view(b, H, G, T, hs).transpose(1, 2).reshape(B, H, T, hs)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
+            y = attention(q, k, v, mask, drop, is_causal)
         return self._merge(y, B, T)
 
     def _merge(self, y: Tensor, B: int, T: int) -> Tensor:
@@ -258,7 +260,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
         self.activation = cfg.activation  # a name, not a function: the module stays picklable and printable
-        self.dropout = nn.Dropout(cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout)
+        self.dropout = Dropout(cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout)
         self.register_buffer("gate", torch.ones(()))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -273,7 +275,7 @@ class Residual(nn.Module):
         super().__init__()
         self.pre_norm = cfg.pre_norm
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def inp(self, x: Tensor) -> Tensor:
         return self.norm(x) if self.pre_norm else x
@@ -423,7 +425,7 @@ class Transformer(nn.Module):
             self.register_buffer("logit_bias", torch.zeros(cfg.vocab_size))
         self.type_embed = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
         self.embed_norm = nn.LayerNorm(E, eps=cfg.norm_eps) if cfg.embed_norm else nn.Identity()
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.embed_proj = nn.Linear(E, cfg.d_model) if E != cfg.d_model else None  # ELECTRA's embeddings_project
         self.enc = nn.ModuleList(EncoderLayer(cfg, f"enc.{i}") for i in range(cfg.enc_layers))
         self.dec = nn.ModuleList(DecoderLayer(cfg, f"dec.{i}") for i in range(cfg.dec_layers))

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from prunelab.distributed import average_over_ranks, rows_differing_across_ranks, sum_over_ranks, world
 from prunelab.errors import UserError
 from prunelab.models.addressing import component
+from prunelab.models.kernels import attention
 from prunelab.models.surgery import make_uniform
 from prunelab.pruning.base import Pruner
 
@@ -57,9 +58,7 @@ class GNet(nn.Module):
 
     def step(self, h: Tensor, mask: Tensor) -> Tensor:
         """One recurrent application: h (B, S, C), mask (B, S) True on real tokens -> the next state."""
-        att = F.scaled_dot_product_attention(
-            self.q(h)[:, None], self.k(h)[:, None], self.v(h)[:, None], attn_mask=mask[:, None, None, :]
-        )[:, 0]
+        att = attention(self.q(h)[:, None], self.k(h)[:, None], self.v(h)[:, None], mask[:, None, None, :])[:, 0]
         return self.norm(h + att)
 
     def keep_logits(self, x: Tensor, mask: Tensor) -> Tensor:

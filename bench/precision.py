@@ -1,0 +1,128 @@
+"""fp32 against bf16-mixed on this machine: training and decoding throughput of the same model on the same
+batches, with model FLOPs utilisation against both matmul peaks, measured in the same run."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from harness import Figure, build_run, compose, first_batches, interleave, paired, seconds, spread
+from training import matmul_peak, trainer_tokens_per_s
+
+from prunelab.pruning import NoPruner
+
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
+BF16_GOAL = 2.0  # bf16-mixed training / fp32, asked where the bf16 peak is at least 4x the fp32 one
+PEAK_RATIO_FOR_GOAL = 4.0
+
+
+def peaks() -> dict[str, float]:
+    """FLOP/s of the fastest 2048^3 matmul in each dtype."""
+    return {"fp32": matmul_peak(dtype=torch.float32), "bf16": matmul_peak(dtype=torch.bfloat16)}
+
+
+def train_flops(task: Any, batches: list[dict]) -> tuple[float, float]:
+    """(FLOPs of forward + backward over `batches`, real / padded tokens) by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops, real, padded = 0, 0, 0
+    for b in batches:
+        with FlopCounterMode(display=False) as counter:
+            task.loss(b).backward()
+        flops += counter.get_total_flops()
+        real += b["n_tokens"]
+        padded += b["src"].numel() + b["tgt_in"].numel()
+    task.zero_grad(set_to_none=True)
+    return flops, real / padded
+
+
+def autocast(name: str) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
+
+
+def training_and_decoding(
+    model_name: str, max_tokens: int, steps: int, reps: int, decode_batch: int, decode_tokens: int
+) -> list[Figure]:
+    from generation import fixed_length
+
+    before = peaks()
+    overrides = [f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1"]
+    base = compose(*overrides)
+    cfgs = {k: compose(*overrides, f"hardware.precision={v}") for k, v in PRECISIONS.items()}
+    dm, task = build_run(base, NoPruner())
+    batches = first_batches(dm.train_dataloader(), steps)
+    flops, real_share = train_flops(task, batches[2:])
+    tasks = {"fp32": task, "bf16": copy.deepcopy(task)}  # the same initial weights
+    skip = 2
+    contenders: dict[str, Callable[[], float]] = {
+        k: (lambda k=k: trainer_tokens_per_s(tasks[k], cfgs[k], batches, skip)) for k in PRECISIONS
+    }
+    r = interleave(contenders, reps)
+    pad = dm.tokenizer.pad_id
+    tokens = sum(int((b["tgt_out"] != pad).sum()) for b in batches[skip:])
+
+    # decoding: greedy and beam 4 of exactly decode_tokens per sentence, model in eval mode, under autocast or not
+    model = task.model.eval()
+    src = first_batches(dm.val_dataloader(), 1)[0]["src"][:decode_batch]
+    dec: dict[str, list[float]] = {}
+    dec_flops: dict[int, float] = {}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for beam in (1, 4):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fixed_length(model, src, decode_tokens, beam)
+        dec_flops[beam] = counter.get_total_flops()
+
+        def decode(k: str, beam: int = beam) -> None:
+            with torch.no_grad(), autocast(k):
+                fixed_length(model, src, decode_tokens, beam)
+
+        times = interleave({k: seconds(lambda k=k: decode(k)) for k in PRECISIONS}, reps)
+        dec.update({f"{k}@{beam}": v for k, v in times.items()})
+    after = peaks()
+    peak = {k: max(before[k], after[k]) for k in PRECISIONS}
+    goal = BF16_GOAL if peak["bf16"] >= PEAK_RATIO_FOR_GOAL * peak["fp32"] else None
+    note_peaks = (
+        f"peaks: fp32 {peak['fp32'] / 1e9:.0f}, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
+        f"(2048^3 matmul, {torch.get_num_threads()} threads; bf16/fp32 {peak['bf16'] / peak['fp32']:.1f}x)"
+    )
+    shape = f"{model_name}, {max_tokens} tokens/batch, dropout 0.1, {steps - skip} timed steps"
+    out = [
+        Figure("precision", "bf16 matmul peak / fp32 matmul peak", peak["bf16"] / peak["fp32"], note=note_peaks),
+        *(spread("precision", f"training target tok/s, {k}", r[k], unit="tok/s", note=shape) for k in PRECISIONS),
+        paired(
+            "precision",
+            "training: bf16-mixed / fp32",
+            r["bf16"],
+            r["fp32"],
+            goal=goal,
+            note=f"{shape}; goal applies where the bf16 peak >= {PEAK_RATIO_FOR_GOAL:.0f}x the fp32 peak",
+        ),
+    ]
+    # MFU: the model FLOPs of a step (real tokens only) per second of training, over each peak
+    step_flops = flops * real_share / (steps - skip)
+    steps_per_s = {k: [v / (tokens / (steps - skip)) for v in r[k]] for k in PRECISIONS}
+    for k in PRECISIONS:
+        achieved = [s * step_flops for s in steps_per_s[k]]
+        for pk in PRECISIONS if k == "bf16" else ("fp32",):
+            out.append(
+                spread("precision", f"training MFU, {k} vs {pk} peak", [a / peak[pk] for a in achieved], unit="")
+            )
+    for beam in (1, 4):
+        name = "greedy" if beam == 1 else f"beam {beam}"
+        note = f"{model_name}, batch {src.size(0)}, {decode_tokens} tokens each, KV cache"
+        out.append(
+            paired("precision", f"decoding {name}: bf16 / fp32", dec[f"fp32@{beam}"], dec[f"bf16@{beam}"], note=note)
+        )
+        for k in PRECISIONS:
+            achieved = [dec_flops[beam] / t for t in dec[f"{k}@{beam}"]]
+            for pk in PRECISIONS if k == "bf16" else ("fp32",):
+                out.append(
+                    spread(
+                        "precision", f"decoding {name} MFU, {k} vs {pk} peak", [a / peak[pk] for a in achieved], unit=""
+                    )
+                )
+    return out

@@ -1,0 +1,127 @@
+"""The CPU fast paths (prunelab.models.kernels) against the PyTorch ops they stand in for: the explicit attention
+product against `F.scaled_dot_product_attention` in float64 (outputs and gradients), the 16-bit dropout against
+its definition (rate per position, scale, gradient, reproducibility), and a bf16-autocast model against fp32."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunelab.models.kernels import MATH_MAX_KEYS, Dropout, attention, cpu_dropout, math_attention
+from prunelab.models.transformer import Transformer, TransformerConfig
+
+
+def qkv(B: int, H: int, T: int, S: int, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(B, H, n, 8, generator=g, dtype=dtype).requires_grad_() for n in (T, S, S)]
+
+
+def key_mask(B: int, S: int) -> torch.Tensor:
+    lengths = torch.tensor([S, S - 2, 1][:B])
+    return (torch.arange(S)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+
+
+@pytest.mark.parametrize(
+    ("masked", "causal", "T"), [(False, False, 5), (True, False, 5), (False, True, 7), (True, True, 7)]
+)
+def test_math_attention_equals_sdpa_in_float64(masked: bool, causal: bool, T: int) -> None:
+    B, H, S = 3, 2, 7
+    mask = key_mask(B, S) if masked else None
+    out = {}
+    for name, fn in {"math": math_attention, "sdpa": F.scaled_dot_product_attention}.items():
+        q, k, v = qkv(B, H, T, S)
+        y = fn(q, k, v, mask, 0.0, causal) if name == "math" else fn(q, k, v, attn_mask=mask, is_causal=causal)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        out[name] = [y, q.grad, k.grad, v.grad]
+    for a, b in zip(out["math"], out["sdpa"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_math_attention_matches_a_brute_force_softmax() -> None:
+    """Independent of SDPA: every query's weights over its visible keys, one loop per (b, h, t)."""
+    B, H, T, S = 2, 2, 4, 4
+    q, k, v = (x.detach() for x in qkv(B, H, T, S))
+    mask = key_mask(B, S)
+    y = math_attention(q, k, v, mask, 0.0, True)
+    for b in range(B):
+        for h in range(H):
+            for t in range(T):
+                seen = [s for s in range(S) if mask[b, 0, 0, s] and s <= t]
+                logits = torch.tensor(
+                    [float(q[b, h, t] @ k[b, h, s]) / math.sqrt(8) for s in seen], dtype=torch.float64
+                )
+                w = torch.exp(logits - logits.max())
+                want = sum(wi / w.sum() * v[b, h, s] for wi, s in zip(w, seen, strict=True))
+                torch.testing.assert_close(y[b, h, t], want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("S", [MATH_MAX_KEYS, MATH_MAX_KEYS + 1])
+def test_bf16_attention_stays_close_to_float64_on_either_side_of_the_switch(S: int) -> None:
+    q, k, v = (x.detach() for x in qkv(2, 2, 3, S))
+    mask = key_mask(2, S)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), want, rtol=0.0, atol=0.03)
+
+
+# --- dropout ----------------------------------------------------------------------------------------------------
+def test_cpu_dropout_rate_is_p_at_every_position_of_a_64_bit_word() -> None:
+    """Each 64-bit draw feeds 4 consecutive elements: each of the 4 must be dropped at rate p' (a draw of 63
+    random bits, or one 16-bit value reused, would show here), and neighbours must be independent."""
+    p, n = 0.1, 400_000
+    drop = round(p * 65536) / 65536
+    torch.manual_seed(0)
+    dropped = (cpu_dropout(torch.ones(n), p) == 0).view(-1, 4).double()
+    sd = math.sqrt(drop * (1 - drop) / (n // 4))
+    for rate in dropped.mean(0):
+        assert abs(float(rate) - drop) < 5 * sd
+    both = float((dropped[:, 0] * dropped[:, 1]).mean())  # P(both dropped) = p'^2 when independent
+    assert abs(both - drop**2) < 5 * math.sqrt(drop**2 / (n // 4))
+
+
+def test_cpu_dropout_scales_kept_values_and_routes_the_gradient_through_them() -> None:
+    p = 0.3
+    scale = 65536 / (65536 - round(p * 65536))
+    x = torch.randn(10_000, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    y = cpu_dropout(x, p)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] * scale, rtol=1e-15, atol=0.0)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.double() * scale)
+    torch.manual_seed(1)
+    assert torch.equal(cpu_dropout(x, p), y)  # torch.manual_seed reproduces the draw
+
+
+def test_dropout_module_is_identity_in_eval_and_at_zero() -> None:
+    x = torch.randn(64, 8)
+    assert torch.equal(Dropout(0.5).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    assert Dropout(0.5).state_dict() == {} and isinstance(Dropout(0.5), torch.nn.Dropout)
+    y = Dropout(0.5).train()(x)
+    assert 0 < int((y == 0).sum()) < x.numel()
+
+
+# --- a whole model under CPU autocast ---------------------------------------------------------------------------
+def test_bf16_autocast_training_step_tracks_fp32() -> None:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=50, d_model=64, n_heads=4, d_ff=128, enc_layers=2, dec_layers=2, dropout=0.0)
+    model = Transformer(cfg)
+    src, tgt = torch.randint(4, 50, (8, 12)), torch.randint(4, 50, (8, 10))
+    src[:3, 9:] = cfg.pad_id
+
+    def loss_and_grads() -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        logits = model(src, tgt[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten())
+        loss.backward()
+        return float(loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    l32, g32 = loss_and_grads()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        l16, g16 = loss_and_grads()
+    assert l16 == pytest.approx(l32, rel=0.02)
+    assert float(F.cosine_similarity(g16, g32, dim=0)) > 0.99
