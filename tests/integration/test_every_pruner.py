@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -22,17 +23,30 @@ SPARSITY = 0.3
 FAST = {"finetune_steps": 3, "every": 2, "levels": f"[{SPARSITY}]"}
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 @pytest.mark.parametrize("name", PRUNERS)
-def test_pruner_runs_end_to_end(tmp_path: Path, name: str) -> None:
-    base = ["experiment=smoke", "logger=csv", f"pruner={name}", f"sparsity={SPARSITY}"]
+def test_pruner_runs_end_to_end(tmp_path: Path, name: str, precision: str) -> None:
+    """Every pruner in fp32 and under bf16-mixed (CPU autocast: bf16 matmuls, the gates, masks, scores and
+    optimizer state in fp32): the run completes, every level is tested with finite scores."""
+    base = [
+        "experiment=smoke",
+        "logger=csv",
+        f"pruner={name}",
+        f"sparsity={SPARSITY}",
+        f"trainer.precision={precision}",
+    ]
     base += ["trainer.max_steps=6", "trainer.val_check_interval=3", "data.train_size=200"]
     cfg = run_cfg(base)
     kind = get_class(cfg.pruner._target_).tasks[0]
     extra = [f"pruner.{k}={v}" for k, v in FAST.items() if k in cfg.pruner]
     res = train(run_cfg([*base, *DATA[kind], *extra]), tmp_path, choices={"pruner": name})
-    assert res["status"] == "completed"
+    assert res["status"] == "completed" and res["trainer"]["precision"] == precision
     key = res["score"]["key"]
     assert res["levels"] and all(f"test/{key}" in lv["metrics"] for lv in res["levels"])
+    assert all(
+        math.isfinite(lv["metrics"][f"test/{key}"]) and math.isfinite(lv["metrics"]["test/loss"])
+        for lv in res["levels"]
+    )
     assert res["metrics"] == res["levels"][-1]["metrics"]
     if "sparsity" in cfg.pruner:  # a level reaches the target (weights, heads or components removed; a method
         # may end on a baseline level, e.g. components' "continue")
