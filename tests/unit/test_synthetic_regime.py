@@ -234,7 +234,7 @@ def rule_label(text: str, nouns: set[str]) -> str:
 def test_real_classification_has_a_long_tail_and_unseen_test_words() -> None:
     dm = real_classification()
     (train, _), (test, _) = dm.read_split("train"), dm.read_split("test")
-    assert len(train) == 5000
+    assert len(train) == 20000
     counts = word_counts(train)
     assert sum(c == 1 for c in counts.values()) / len(counts) > 0.2
     assert -1.3 < rank_frequency_slope(counts) < -0.85
@@ -253,7 +253,7 @@ def test_real_classification_label_noise_only_in_training() -> None:
     nouns = set(dm.task.nouns)
     texts, labels = dm.read_split("train")
     wrong = sum(rule_label(t, nouns) != y for t, y in zip(texts, labels, strict=True))
-    assert wrong == 200  # 4% of 5,000
+    assert wrong == 800  # 4% of 20,000
     for split in ("valid", "test"):
         texts, labels = dm.read_split(split)
         assert all(rule_label(t, nouns) == y for t, y in zip(texts, labels, strict=True))

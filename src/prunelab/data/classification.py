@@ -271,9 +271,9 @@ class SyntheticClassificationDataModule(ClassificationDataModule):
     """`data=synthetic_classification`: the negation-scope task, generated from the seed.
 
     `regime`: `clean` (the default: 20k examples over 60 nouns and 40 adjectives drawn uniformly, exact labels) or
-    `real` (`data=synthetic_classification_real`: 5k examples over thousands of words drawn with Zipfian frequencies,
-    a long tail of rare words and test words never seen in training, which the word vocabulary, taken from the
-    training texts as on a real data set, leaves unknown; 4% of the training labels flipped). The size, lexicon
+    `real` (`data=synthetic_classification_real`: 20k examples, 100 nouns and 10,000 adjectives drawn with Zipfian
+    frequencies, a long tail of rare words and test words never seen in training, which the word vocabulary, taken
+    from the training texts as on a real data set, leaves unknown; 4% of the training labels flipped). The size, lexicon
     and `label_noise` arguments left None take the regime's value (synthetic.CLASSIFICATION_REGIMES). `label_noise`: the
     fraction of training examples whose label is flipped (exactly round(label_noise * n) of them, drawn from their
     own random stream: the texts stay the same); valid and test labels are always right."""
