@@ -6,11 +6,10 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from harness import Figure, build_run, compose, first_batches, interleave, paired, seconds, spread
-from training import matmul_peak, trainer_tokens_per_s
+from training import matmul_peak, train_flops, trainer_tokens_per_s
 
 from prunelab.pruning import NoPruner
 
@@ -22,21 +21,6 @@ PEAK_RATIO_FOR_GOAL = 4.0
 def peaks() -> dict[str, float]:
     """FLOP/s of the fastest 2048^3 matmul in each dtype."""
     return {"fp32": matmul_peak(dtype=torch.float32), "bf16": matmul_peak(dtype=torch.bfloat16)}
-
-
-def train_flops(task: Any, batches: list[dict]) -> tuple[float, float]:
-    """(FLOPs of forward + backward over `batches`, real / padded tokens) by torch's FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    flops, real, padded = 0, 0, 0
-    for b in batches:
-        with FlopCounterMode(display=False) as counter:
-            task.loss(b).backward()
-        flops += counter.get_total_flops()
-        real += b["n_tokens"]
-        padded += b["src"].numel() + b["tgt_in"].numel()
-    task.zero_grad(set_to_none=True)
-    return flops, real / padded
 
 
 def autocast(name: str) -> contextlib.AbstractContextManager:

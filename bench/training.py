@@ -197,31 +197,37 @@ def _time(fn: Any) -> float:
     return time.perf_counter() - t
 
 
-def mfu(model_name: str, max_tokens: int, steps: int) -> list[Figure]:
-    """Goal 5: model FLOPs per second of `model_name` training under the Trainer over the measured fp32
-    matmul peak. FLOPs of one step are counted by torch's FlopCounterMode (forward + backward, every matmul
-    and attention) on the very batches trained on, scaled to real tokens (padding is not model work)."""
+def train_flops(task: Any, batches: list[Batch]) -> tuple[float, float]:
+    """(FLOPs of forward + backward over `batches` by torch's FlopCounterMode, real / padded tokens)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = compose(f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1")
-    dm, task = build_run(cfg, NoPruner())
-    batches = first_batches(dm.train_dataloader(), steps + 1)
     flops, real, padded = 0, 0, 0
-    for b in batches[1:]:
+    for b in batches:
         with FlopCounterMode(display=False) as counter:
             task.loss(b).backward()
         flops += counter.get_total_flops()
         real += b["n_tokens"]
         padded += b["src"].numel() + b["tgt_in"].numel()
     task.zero_grad(set_to_none=True)
+    return flops, real / padded
+
+
+def mfu(model_name: str, max_tokens: int, steps: int) -> list[Figure]:
+    """Goal 5: model FLOPs per second of `model_name` training under the Trainer over the measured fp32
+    matmul peak. FLOPs of one step are counted by torch's FlopCounterMode (forward + backward, every matmul
+    and attention) on the very batches trained on, scaled to real tokens (padding is not model work)."""
+    cfg = compose(f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1")
+    dm, task = build_run(cfg, NoPruner())
+    batches = first_batches(dm.train_dataloader(), steps + 1)
+    flops, real_share = train_flops(task, batches[1:])
     peak_before = matmul_peak()
     clock = timed_fit(task, cfg, batches)
     elapsed = clock.end - clock.starts[1]
     peak = max(peak_before, matmul_peak())
-    achieved = flops * (real / padded) / elapsed
+    achieved = flops * real_share / elapsed
     note = (
         f"{model_name}, {max_tokens} tokens/batch, {steps} steps; peak {peak / 1e9:.0f} GFLOP/s "
-        f"(fp32 2048^3 matmul, {torch.get_num_threads()} threads); padding {100 * (1 - real / padded):.0f}% of "
+        f"(fp32 2048^3 matmul, {torch.get_num_threads()} threads); padding {100 * (1 - real_share):.0f}% of "
         f"tokens, not counted"
     )
     return [
