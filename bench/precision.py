@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 from harness import Figure, build_run, compose, first_batches, interleave, paired, seconds, spread
+from torch.utils.flop_counter import FlopCounterMode
 from training import matmul_peak, train_flops, trainer_tokens_per_s
 
 from prunelab.pruning import NoPruner
@@ -34,27 +35,24 @@ def training_and_decoding(
 
     before = peaks()
     overrides = [f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1"]
-    base = compose(*overrides)
     cfgs = {k: compose(*overrides, f"hardware.precision={v}") for k, v in PRECISIONS.items()}
-    dm, task = build_run(base, NoPruner())
+    dm, task = build_run(cfgs["fp32"], NoPruner())
     batches = first_batches(dm.train_dataloader(), steps)
-    flops, real_share = train_flops(task, batches[2:])
-    tasks = {"fp32": task, "bf16": copy.deepcopy(task)}  # the same initial weights
     skip = 2
+    flops, real_share = train_flops(task, batches[skip:])
+    tokens = sum(int((b["tgt_out"] != dm.tokenizer.pad_id).sum()) for b in batches[skip:])
+    flops_per_token = flops * real_share / tokens  # model FLOPs (real tokens only) per target token trained
+    tasks = {"fp32": task, "bf16": copy.deepcopy(task)}  # the same initial weights
     contenders: dict[str, Callable[[], float]] = {
         k: (lambda k=k: trainer_tokens_per_s(tasks[k], cfgs[k], batches, skip)) for k in PRECISIONS
     }
     r = interleave(contenders, reps)
-    pad = dm.tokenizer.pad_id
-    tokens = sum(int((b["tgt_out"] != pad).sum()) for b in batches[skip:])
 
     # decoding: greedy and beam 4 of exactly decode_tokens per sentence, model in eval mode, under autocast or not
     model = task.model.eval()
     src = first_batches(dm.val_dataloader(), 1)[0]["src"][:decode_batch]
     dec: dict[str, list[float]] = {}
     dec_flops: dict[int, float] = {}
-    from torch.utils.flop_counter import FlopCounterMode
-
     for beam in (1, 4):
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             fixed_length(model, src, decode_tokens, beam)
@@ -86,15 +84,16 @@ def training_and_decoding(
             note=f"{shape}; goal applies where the bf16 peak >= {PEAK_RATIO_FOR_GOAL:.0f}x the fp32 peak",
         ),
     ]
-    # MFU: the model FLOPs of a step (real tokens only) per second of training, over each peak
-    step_flops = flops * real_share / (steps - skip)
-    steps_per_s = {k: [v / (tokens / (steps - skip)) for v in r[k]] for k in PRECISIONS}
+
+    def mfu(label: str, k: str, achieved: list[float]) -> list[Figure]:
+        """Achieved FLOP/s over the peak of its own dtype, and bf16's also over the fp32 peak."""
+        return [
+            spread("precision", f"{label} MFU, {k} vs {pk} peak", [a / peak[pk] for a in achieved], unit="")
+            for pk in (PRECISIONS if k == "bf16" else ("fp32",))
+        ]
+
     for k in PRECISIONS:
-        achieved = [s * step_flops for s in steps_per_s[k]]
-        for pk in PRECISIONS if k == "bf16" else ("fp32",):
-            out.append(
-                spread("precision", f"training MFU, {k} vs {pk} peak", [a / peak[pk] for a in achieved], unit="")
-            )
+        out += mfu("training", k, [v * flops_per_token for v in r[k]])
     for beam in (1, 4):
         name = "greedy" if beam == 1 else f"beam {beam}"
         note = f"{model_name}, batch {src.size(0)}, {decode_tokens} tokens each, KV cache"
@@ -102,11 +101,5 @@ def training_and_decoding(
             paired("precision", f"decoding {name}: bf16 / fp32", dec[f"fp32@{beam}"], dec[f"bf16@{beam}"], note=note)
         )
         for k in PRECISIONS:
-            achieved = [dec_flops[beam] / t for t in dec[f"{k}@{beam}"]]
-            for pk in PRECISIONS if k == "bf16" else ("fp32",):
-                out.append(
-                    spread(
-                        "precision", f"decoding {name} MFU, {k} vs {pk} peak", [a / peak[pk] for a in achieved], unit=""
-                    )
-                )
+            out += mfu(f"decoding {name}", k, [dec_flops[beam] / t for t in dec[f"{k}@{beam}"]])
     return out

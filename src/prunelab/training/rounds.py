@@ -175,8 +175,10 @@ class Rounds:
         those of the latest, training.averaging), which the round then tests instead of the best one; None
         otherwise, or when fewer than 2 were saved."""
         n = (self.cfg.get("checkpoints") or {}).get("average_last")
+        if not n:
+            return None
         found = sorted((d / AVERAGED_DIR).glob("step*.ckpt"), key=lambda p: int(p.stem.removeprefix("step")))
-        if not n or len(found) < 2:
+        if len(found) < 2:
             return None
         out = average_checkpoints(found[-n:], d / "averaged.ckpt")
         log.info("averaged %d checkpoints: %s", len(found[-n:]), ", ".join(p.name for p in found[-n:]))
