@@ -66,6 +66,25 @@ def test_clock_stops_when_the_evaluation_would_not_fit(monkeypatch: pytest.Monke
     assert StageClock().estimated_total_steps(10) == math.inf  # no budget: max_steps rules
 
 
+def test_budget_is_the_reason_when_less_than_a_step_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task stops at int(total_steps): an estimate of 10.77 at step 10 ends the round, so the clock says why."""
+    fake = FakeTime()
+    monkeypatch.setattr(budget.time, "monotonic", fake)
+    clock = StageClock(budget_s=24.0, eval_factor=1.0)
+    trainer = SimpleNamespace(should_stop=False, state=SimpleNamespace(fn="fit"))
+    clock.on_train_start(trainer, None)
+    for _ in range(10):  # 10 steps of 1 s, then a validation of 3 s: reserve 1 + 3 * 3 = 10 s
+        fake.now += 1.0
+        clock.on_train_batch_end(trainer, None)
+    clock.on_validation_start(trainer, None)
+    fake.now += 3.0
+    clock.on_validation_end(trainer, None)
+    # elapsed 13 s of 24, 10 reserved: 1 s left, of which training gets its share so far (10/13) at 1 step/s
+    total = clock.estimated_total_steps(10)
+    assert total == pytest.approx(10 + 10 / 13)
+    assert clock.stopped_by_budget
+
+
 def test_patience_skips_nan_scores() -> None:
     stop = PatienceStop("val/bleu_at_target", patience=2)
     trainer = SimpleNamespace(callback_metrics={}, should_stop=False, global_step=0)

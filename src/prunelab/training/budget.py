@@ -120,7 +120,7 @@ class StageClock(L.Callback):
         # validations still to come take their share of the time left
         train_share = self.train_s() / self.elapsed() if self.elapsed() > 0 else 1.0
         total = step + rate * left * train_share
-        if total <= step:  # the task stops the round here (total_steps reached): the budget ended it
+        if int(total) <= step:  # the task stops at int(total_steps): not one more whole step fits, the budget ended it
             self.stopped_by_budget = True
         return total
 
