@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -123,3 +124,14 @@ def assert_export_round_trip(run_dir: Path) -> None:
     assert {k: v.shape for k, v in exported.state_dict().items()} == {
         k: v.shape for k, v in reference.state_dict().items()
     }
+
+
+def load_experiment_report(paper: str) -> ModuleType:
+    """experiments/<paper>/report.py as a module (experiments/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{paper}_report", ROOT / "experiments" / paper / "report.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

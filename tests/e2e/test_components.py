@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Run, train
+from prunelab.importance.components import spearman
+from tests.e2e.conftest import ROOT, Run, load_experiment_report, train
 
 pytestmark = pytest.mark.xdist_group("components")
 SHAPE = ["model.dec_layers=2"]  # 1 encoder + 2 decoder layers: 8 components, and a shallow baseline exists
@@ -67,6 +68,8 @@ def test_components_analysis(dense: Run) -> None:
     alpha = rep["criticality"]["alpha"]
     assert set(alpha) == set(rep["contribution"]) and all(0.0 <= a <= 1.0 for a in alpha.values())
     assert {"contribution_seconds", "contribution_passes", "full_decode_seconds"} <= set(rep["cost"])  # cost stated
+    rho = rep["rank_agreement"]["spearman_contribution_criticality"]
+    assert rho == (pytest.approx(spearman(rep["contribution"], alpha)) if rho is not None else None)
     curve = rep["group_ablation"]["by contribution"]
     assert [p["zeroed"] for p in curve] == list(range(9))
     for name in ("drops.csv", "group_ablation.csv", "heatmaps.png", "group_ablation.png"):
@@ -93,3 +96,26 @@ def test_pruner_components_rewind_and_retrain(dense: Run) -> None:
     assert lv[2]["params"]["total"] < lv[0]["params"]["total"]  # one decoder layer fewer
     present = set(retrain.results["components"]["present"])
     assert present == {"enc.0.sa", "enc.0.ff", "dec.0.sa", "dec.0.ea", "dec.0.ff"}  # the shallow model, last
+
+    # experiments/wangtu2020/report.py reads these three runs: its verdicts follow from their numbers
+    if not (dense.dir / "components" / "components.json").exists():  # the analysis test ran elsewhere
+        from prunelab.cli.components import analyse_components
+
+        analyse_components(dense.dir, tolerance=0.25, grid=2)
+    out = dense.dir.parent / "wangtu_report"
+    verdicts = load_experiment_report("wangtu2020").report(dense.dir, retrain.dir, rewind.dir, out)
+    contribution = json.loads((dense.dir / "components" / "components.json").read_text())["contribution"]
+    by_type: dict[str, list[float]] = {}
+    for name, v in contribution.items():  # enc.0.sa -> E:SA
+        by_type.setdefault(f"{name[0].upper()}:{name.split('.')[2].upper()}", []).append(v)
+    means = {k: sum(v) / len(v) for k, v in by_type.items()}
+    least_is_dsa = min(means, key=means.get) == "D:SA"
+    assert verdicts["decoder self-attention is the least important component type"]["verdict"] == (
+        "agree" if least_is_dsa else "disagree"
+    )
+    gain = rewind.results["levels"][2]["metrics"]["test/bleu"] - rewind.results["levels"][1]["metrics"]["test/bleu"]
+    rewind_claim = next(v for c, v in verdicts.items() if c.startswith("unimportant components are not useless"))
+    assert rewind_claim["verdict"] == ("agree" if gain > 0.3 else "disagree" if gain < -0.3 else "inconclusive")
+    text = (out / "tables.md").read_text()
+    assert "## Verdicts" in text and "Table 3" in text and "Table 4" in text
+    assert (out / "heatmaps.png").stat().st_size > 0

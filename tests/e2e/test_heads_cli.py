@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,12 @@ def test_head_analysis_of_a_run(tmp_path: Path, smoke: list[str]) -> None:
             "4",
             "--importance-batches",
             "2",
+            "--random-orders",
+            "2",
+            "--speed-batch-sizes",
+            "1,4",
+            "--speed-sentences",
+            "6",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -45,7 +52,15 @@ def test_head_analysis_of_a_run(tmp_path: Path, smoke: list[str]) -> None:
         assert sum(x * x for x in v) == pytest.approx(1.0, abs=1e-5)
         assert report["keep_one_head"][comp]["head"] in (0, 1)
     curves = report["pruning_curves"]
-    assert set(curves) == {"all heads", "E:SA", "D:SA", "D:EA", "all heads, by ablation"}
+    randoms = ["all heads, random order 1", "all heads, random order 2"]
+    assert set(curves) == {"all heads", "E:SA", "D:SA", "D:EA", "all heads, by ablation", *randoms}
+    # a random curve masks first the head that the seeded shuffle puts first: its BLEU is that head's ablation
+    order = sorted(heads)
+    random.Random(0).shuffle(order)
+    assert curves[randoms[0]][1]["bleu"] == pytest.approx(
+        report["baseline_bleu"] + report["ablation_delta_bleu"][order[0]], abs=1e-6
+    )
+    assert [p["fraction"] for p in curves[randoms[1]]] == [p["fraction"] for p in curves["all heads"]]
     # the comparison curve masks first the head whose ablation changed BLEU the least harmfully
     deltas = report["ablation_delta_bleu"]
     first = curves["all heads, by ablation"][1]  # 1 of 6 heads masked (10% rounds up to one head)
@@ -53,5 +68,21 @@ def test_head_analysis_of_a_run(tmp_path: Path, smoke: list[str]) -> None:
     assert first["bleu"] == pytest.approx(report["baseline_bleu"] + max(deltas.values()), abs=1e-6)
     assert curves["all heads"][0] == {"fraction": 0.0, "bleu": pytest.approx(report["baseline_bleu"])}
     assert curves["all heads"][-1]["fraction"] == 1.0
-    for name in ("importance.png", "ablation.png", "curves.png", "importance.csv", "ablation.csv", "keep_one.csv"):
+    # Table 4: half the heads (3 of 6, the lowest I_h) cut out, timed against the unpruned model by batch size
+    speed = report["speed"]
+    assert speed["fraction_pruned"] == 0.5
+    rows = speed["by_batch_size"]
+    assert [r["batch_size"] for r in rows] == [1, 4] and all(r["sentences"] == 6 for r in rows)
+    assert all(r["dense_per_s"] > 0 and r["pruned_per_s"] > 0 for r in rows)
+    assert all(r["speedup"] == pytest.approx(r["pruned_per_s"] / r["dense_per_s"]) for r in rows)
+    assert rows[0]["dense_score"] == pytest.approx(rows[1]["dense_score"], abs=1e-6)  # batching changes no output
+    for name in (
+        "speed.csv",
+        "importance.png",
+        "ablation.png",
+        "curves.png",
+        "importance.csv",
+        "ablation.csv",
+        "keep_one.csv",
+    ):
         assert (out / name).stat().st_size > 0, name

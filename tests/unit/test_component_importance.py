@@ -261,3 +261,35 @@ def test_classifier_ablation_scores_accuracy_with_the_component_output_zeroed() 
     scores, _ = scorer.variants(model, data, [frozenset(), frozenset(names[:2])])
     assert scores[0] == pytest.approx(by_hand(None))
     assert len({round(by_hand(n), 3) for n in names} | {round(res.baseline, 3)}) > 1, "ablations must change something"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spearman_without_ties_matches_the_textbook_formula(seed: int) -> None:
+    """rho = 1 - 6 sum d^2 / (n (n^2 - 1)) when no two values tie; a monotone transform changes nothing."""
+    from prunelab.importance.components import spearman
+
+    g = torch.Generator().manual_seed(seed)
+    n = 12
+    a = {f"c{i}": float(v) for i, v in enumerate(torch.randn(n, generator=g))}
+    b = {f"c{i}": float(v) for i, v in enumerate(torch.randn(n, generator=g))}
+    rank = lambda s: {k: r for r, k in enumerate(sorted(s, key=s.get), start=1)}  # noqa: E731
+    ra, rb = rank(a), rank(b)
+    d2 = sum((ra[k] - rb[k]) ** 2 for k in a)
+    assert spearman(a, b) == pytest.approx(1 - 6 * d2 / (n * (n * n - 1)))
+    assert spearman(a, {k: v**3 + 5 for k, v in a.items()}) == pytest.approx(1.0)
+    assert spearman(a, {k: -v for k, v in a.items()}) == pytest.approx(-1.0)
+
+
+def test_spearman_with_ties_is_pearson_of_average_ranks() -> None:
+    from prunelab.importance.components import average_ranks, spearman
+
+    a = {"x": 1.0, "y": 2.0, "z": 2.0, "w": 5.0, "v": 0.5}
+    b = {"x": 0.1, "y": 0.3, "z": 0.2, "w": 0.2, "v": 0.0, "only_in_b": 9.0}
+    assert average_ranks([1.0, 2.0, 2.0, 5.0, 0.5]) == [2.0, 3.5, 3.5, 5.0, 1.0]
+    names = sorted(set(a) & set(b))
+    ra = torch.tensor(average_ranks([a[n] for n in names]))
+    rb = torch.tensor(average_ranks([b[n] for n in names]))
+    pearson = float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+    assert spearman(a, b) == pytest.approx(pearson)
+    assert spearman(a, {k: 1.0 for k in a}) is None  # a constant score ranks nothing
+    assert spearman({"x": 1.0}, {"x": 2.0}) is None

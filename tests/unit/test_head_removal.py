@@ -58,3 +58,19 @@ def test_pruned_model_saves_and_loads(tiny_model: Transformer, batch: dict, tmp_
     assert remaining_heads(fresh) == remaining_heads(tiny_model)
     assert component(fresh, "dec.1.ea").q_proj.weight.shape == (2 * 8, 32)
     assert torch.equal(fresh(batch["src"], batch["tgt_in"]), tiny_model(batch["src"], batch["tgt_in"]))
+
+
+def test_without_heads_cuts_a_copy_by_head_name(tiny_model: Transformer, batch: dict) -> None:
+    """The speed study's pruned model (importance.speed.without_heads): heads named as the studies name them are
+    cut out of a copy, which then computes what the original computes with those heads gated off."""
+    from prunelab.importance.ablation import heads_off
+    from prunelab.importance.speed import without_heads
+
+    tiny_model.eval()
+    names = ["enc.0.sa.h1", "enc.0.sa.h3", "dec.1.ea.h0", "dec.0.sa.h2"]
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    pruned = without_heads(tiny_model, names)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())  # the original is untouched
+    assert remaining_heads(pruned)["enc.0.sa"] == [0, 2] and remaining_heads(pruned)["dec.1.ea"] == [1, 2, 3]
+    with heads_off(tiny_model, names):
+        torch.testing.assert_close(pruned(batch["src"], batch["tgt_in"]), tiny_model(batch["src"], batch["tgt_in"]))

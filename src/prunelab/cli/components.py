@@ -29,6 +29,7 @@ from prunelab.importance.components import (
     greedy_group_ablation,
     group_ablation,
     order_by_importance,
+    spearman,
 )
 from prunelab.models.addressing import component_names
 from prunelab.training import load_run
@@ -136,6 +137,10 @@ def analyse_components(
         "contribution": contribution,
         "contribution_clip": 0.1 * abl.baseline,
         "criticality": crit,
+        # do the two measures rank the components alike? (Wang & Tu compare their heatmaps)
+        "rank_agreement": {"spearman_contribution_criticality": spearman(contribution, crit["alpha"])}
+        if crit
+        else None,
         "group_ablation": {k: [{"zeroed": c, "component": n, "bleu": b} for c, n, b in v] for k, v in curves.items()},
         "cost": cost,
     }

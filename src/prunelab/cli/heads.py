@@ -4,16 +4,21 @@ Loads the run's tested checkpoint with the run's own data and model config, then
 heads.json (everything), importance.csv / ablation.csv / keep_one.csv / curves.csv, and the figures
 importance.png and ablation.png (layer x head heatmaps per attention type) and curves.png (BLEU vs
 fraction of heads pruned: by I_h, globally and per attention type; globally by single-head ablation
-score). With a W&B logger in the run's config the figures and tables also go to W&B, in the run's project.
+score and in random orders). With speed batch sizes, speed.csv: examples/s of the model with half its heads
+(the least important by I_h) cut out against the unpruned one, by batch size (Table 4). With a W&B logger in
+the run's config the figures and tables also go to W&B, in the run's project.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
+from prunelab.errors import UserError
 from prunelab.importance.ablation import (
     ATTENTION_TYPES,
     iterative_pruning,
@@ -24,6 +29,7 @@ from prunelab.importance.ablation import (
 )
 from prunelab.importance.components import DecodeSettings
 from prunelab.importance.heads import head_importance
+from prunelab.importance.speed import speed_by_batch_size, without_heads
 from prunelab.loggers import is_wandb_config
 from prunelab.training import load_run
 from prunelab.training.io import write_json
@@ -36,7 +42,19 @@ def analyse_heads(
     step: float = 0.1,
     out_dir: Path | None = None,
     ablation_order: bool = True,
+    random_orders: int = 3,
+    seed: int = 0,
+    speed_batch_sizes: Sequence[int] = (),
+    speed_fraction: float = 0.5,
+    speed_sentences: int = 128,
 ) -> dict[str, Any]:
+    """`random_orders`: that many pruning curves along random head orders (Michel et al.'s baseline for I_h),
+    drawn from `seed`. `speed_batch_sizes`: also time the model with the `speed_fraction` least important heads
+    (by I_h) cut out against the unpruned one, decoding `speed_sentences` test sentences at each batch size."""
+    if speed_batch_sizes and not 0.0 < speed_fraction < 1.0:
+        raise UserError(f"--speed-fraction must be between 0 and 1 (exclusive), got {speed_fraction}")
+    if any(b < 1 for b in speed_batch_sizes) or speed_sentences < 1:
+        raise UserError("--speed-batch-sizes and --speed-sentences must be positive")
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
     scorer = run.task_class.scorer(dm, DecodeSettings(beam_size=beam_size))
@@ -62,6 +80,17 @@ def analyse_heads(
     if ablation_order:  # for comparison: least harmful single-head ablation first (largest BLEU change)
         by_ablation = order_by_score({h: -d for h, d in deltas.items()})
         curves["all heads, by ablation"] = iterative_pruning(model, by_ablation, score_test, step)
+    rng = random.Random(seed)
+    for r in range(random_orders):
+        shuffled = sorted(importance)
+        rng.shuffle(shuffled)
+        curves[f"all heads, random order {r + 1}"] = iterative_pruning(model, shuffled, score_test, step)
+    speed = []
+    if speed_batch_sizes:
+        order = order_by_score(importance)
+        removed = order[: round(speed_fraction * len(order))]
+        pruned = without_heads(model, removed)
+        speed = speed_by_batch_size(model, pruned, dm, scorer, speed_batch_sizes, speed_sentences)
 
     report = {
         "run": str(run_dir),
@@ -73,6 +102,8 @@ def analyse_heads(
         "ablation_delta_bleu": deltas,
         "keep_one_head": keep_one,
         "pruning_curves": {k: [{"fraction": f, "bleu": b} for f, b in v] for k, v in curves.items()},
+        "random_orders": {"count": random_orders, "seed": seed},
+        "speed": {"fraction_pruned": speed_fraction, "by_batch_size": speed} if speed else None,
     }
     write_json(out / "heads.json", report)
     write_csv(out / "importance.csv", ["head", "importance"], sorted(importance.items()))
@@ -85,12 +116,20 @@ def analyse_heads(
     write_csv(
         out / "curves.csv", ["order", "fraction_pruned", "bleu"], [[k, f, b] for k, v in curves.items() for f, b in v]
     )
+    if speed:
+        write_csv(out / "speed.csv", list(speed[0]), [list(r.values()) for r in speed])
     plot_head_heatmaps(out / "importance.png", importance, "head importance I_h (normalised per layer)")
     plot_head_heatmaps(
         out / "ablation.png", deltas, f"BLEU change when one head is masked (base {base:.1f})", cmap="RdBu"
     )
+    plotted = {k: v for k, v in curves.items() if "random order" not in k}
+    if random_orders:  # one line, the mean over the random orders (they share their fractions)
+        runs = [v for k, v in curves.items() if "random order" in k]
+        plotted[f"all heads, random order (mean of {random_orders})"] = [
+            (f, sum(r[i][1] for r in runs) / len(runs)) for i, (f, _) in enumerate(runs[0])
+        ]
     plot_fraction_curves(
-        out / "curves.png", curves, "heads pruned by increasing I_h (or ablation score)", ylabel=report["score"]
+        out / "curves.png", plotted, "heads pruned by increasing I_h (or ablation score)", ylabel=report["score"]
     )
     log_analysis_to_wandb(
         res,

@@ -35,6 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     p_heads.add_argument(
         "--no-ablation-order", action="store_true", help="skip the comparison curve ordered by ablation score"
     )
+    p_heads.add_argument("--random-orders", type=int, default=3, help="pruning curves along random head orders")
+    p_heads.add_argument("--seed", type=int, default=0, help="seed of the random orders")
+    p_heads.add_argument(
+        "--speed-batch-sizes",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="e.g. 1,4,16,64: time the model with --speed-fraction of its heads cut out at these batch sizes",
+    )
+    p_heads.add_argument("--speed-fraction", type=float, default=0.5, help="fraction of heads cut out (by I_h)")
+    p_heads.add_argument("--speed-sentences", type=int, default=128, help="test sentences decoded per timing")
     p_comp = sub.add_parser("components", help="Wang & Tu component importance of a trained run")
     p_comp.add_argument("run_dir", type=Path)
     p_comp.add_argument("--split", choices=["valid", "test"], default="valid", help="data every BLEU is taken on")
@@ -56,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.beam_size,
                 args.step,
                 ablation_order=not args.no_ablation_order,
+                random_orders=args.random_orders,
+                seed=args.seed,
+                speed_batch_sizes=args.speed_batch_sizes,
+                speed_fraction=args.speed_fraction,
+                speed_sentences=args.speed_sentences,
             )
             print(f"baseline {report['score']} {report['baseline_bleu']:.2f}; written to {args.run_dir / 'heads'}")
         elif args.command == "components":

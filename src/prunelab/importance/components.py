@@ -415,5 +415,33 @@ def order_by_importance(scores: dict[str, float]) -> list[str]:
     return [n for _, n in sorted((v, n) for n, v in scores.items())]
 
 
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a: dict[str, float], b: dict[str, float]) -> float | None:
+    """Spearman's rank correlation of two scores over the names they share (ties: average ranks); None when
+    fewer than 2 names or when either score is constant (no ranking to compare)."""
+    names = sorted(set(a) & set(b))
+    if len(names) < 2:
+        return None
+    ra, rb = average_ranks([a[n] for n in names]), average_ranks([b[n] for n in names])
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else None
+
+
 def finite(x: float) -> float | None:
     return x if math.isfinite(x) else None

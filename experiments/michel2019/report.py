@@ -1,0 +1,171 @@
+"""Michel, Levy & Neubig (2019) on a converged 6+6-layer, 8-head model: the tables and verdicts of README.md.
+
+    python experiments/michel2019/report.py DENSE_RUN_DIR [OUT_DIR]
+
+Reads DENSE_RUN_DIR/results.json and DENSE_RUN_DIR/heads/heads.json (written by `prunelab heads`) and writes to
+OUT_DIR (default experiments/michel2019/results): tables.md (every table and the verdicts), verdicts.json, and
+copies of the heads folder's figures and CSVs. Every number comes from those two files; the thresholds of the
+verdicts are stated next to them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from prunelab.models.addressing import component_type
+
+TYPES = {"E:SA": "enc self-attention", "D:SA": "dec self-attention", "D:EA": "enc-dec attention"}
+SMALL = 0.5  # BLEU: a single-head ablation whose |change| is below this counts as "small cost"
+FRACTIONS = (0.2, 0.4, 0.5, 0.6, 0.8)
+
+
+def at(curve: list[dict[str, float]], fraction: float) -> float:
+    """The curve's score at the first point pruning at least `fraction` of its heads."""
+    return next(p["bleu"] for p in curve if p["fraction"] >= fraction - 1e-9)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    fmt = [" | ".join(str(c) for c in header), " | ".join("---" for _ in header)]
+    fmt += [" | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in r) for r in rows]
+    return "\n".join(f"| {line} |" for line in fmt)
+
+
+def report(run_dir: Path, out: Path) -> dict[str, Any]:
+    res = json.loads((run_dir / "results.json").read_text())
+    rep = json.loads((run_dir / "heads" / "heads.json").read_text())
+    base, deltas, curves = rep["baseline_bleu"], rep["ablation_delta_bleu"], rep["pruning_curves"]
+    lines = [
+        f"Dense model: `{run_dir}`, test BLEU {base:.2f} (greedy; the run's beam-4 test BLEU is "
+        f"{res['metrics']['test/bleu']:.2f}), trained {res['levels'][0]['time']['steps']} steps."
+    ]
+
+    # 1. single-head ablation (Table 1, for every attention type)
+    layers = sorted({int(h.split(".")[1]) for h in deltas})
+    n_heads = len({h.rsplit(".h", 1)[1] for h in deltas})
+    lines.append("\n## Single-head ablation: BLEU change when one head is masked (Table 1)\n")
+    for kind, label in TYPES.items():
+        side, sub = ("enc", "sa") if kind == "E:SA" else ("dec", kind[2:].lower())
+        rows = [[f"{label} layer {i + 1}", *(deltas[f"{side}.{i}.{sub}.h{j}"] for j in range(n_heads))] for i in layers]
+        lines.append(table(["", *(f"h{j}" for j in range(n_heads))], rows) + "\n")
+    small = {k: sum(abs(d) < SMALL for h, d in deltas.items() if component_type(h) == k) for k in TYPES}
+    total = {k: sum(component_type(h) == k for h in deltas) for k in TYPES}
+    share_small = sum(small.values()) / len(deltas)
+    worst = min(deltas, key=deltas.get)
+    lines.append(
+        table(
+            ["attention", "heads", f"|ΔBLEU| < {SMALL}", "mean ΔBLEU", "worst ΔBLEU"],
+            [
+                [
+                    TYPES[k],
+                    total[k],
+                    small[k],
+                    mean(d for h, d in deltas.items() if component_type(h) == k),
+                    min(d for h, d in deltas.items() if component_type(h) == k),
+                ]
+                for k in TYPES
+            ],
+        )
+    )
+
+    # 2. keep one head per layer (Table 2)
+    lines.append("\n## Keeping one head per layer (the head chosen on valid, scored on test; Table 2)\n")
+    keep = rep["keep_one_head"]
+    lines.append(
+        table(
+            ["layer", "head kept", "test BLEU", "ΔBLEU"],
+            [[c, r["head"], r["test"], r["delta_test"]] for c, r in keep.items()],
+        )
+    )
+
+    # 3. pruning curves (Figures 3 and 4)
+    randoms = [v for k, v in curves.items() if "random order" in k]
+    rows = []
+    for name in ["all heads", "all heads, by ablation", *TYPES]:
+        rows.append(
+            [name if name not in TYPES else f"{TYPES[name]} only, by I_h", *(at(curves[name], f) for f in FRACTIONS)]
+        )
+    rows.append(
+        [f"all heads, random order (mean of {len(randoms)})", *(mean(at(r, f) for r in randoms) for f in FRACTIONS)]
+    )
+    lines.append("\n## Pruning curves: test BLEU with a fraction of heads masked (Figures 3, 4)\n")
+    lines.append(table(["order", *(f"{int(100 * f)}% pruned" for f in FRACTIONS)], rows))
+
+    # 4. speed (Table 4)
+    speed = (rep.get("speed") or {}).get("by_batch_size") or []
+    if speed:
+        frac = rep["speed"]["fraction_pruned"]
+        lines.append(f"\n## Inference speed with {int(100 * frac)}% of heads cut out, by batch size (Table 4)\n")
+        lines.append(
+            table(
+                ["batch size", "sentences", "dense sent/s", "pruned sent/s", "speed-up", "dense BLEU", "pruned BLEU"],
+                [
+                    [
+                        r["batch_size"],
+                        r["sentences"],
+                        r["dense_per_s"],
+                        r["pruned_per_s"],
+                        f"{100 * (r['speedup'] - 1):+.1f}%",
+                        r["dense_score"],
+                        r["pruned_score"],
+                    ]
+                    for r in speed
+                ],
+            )
+        )
+
+    # verdicts, computed from the numbers above
+    by_type_half = {k: at(curves[k], 0.5) for k in TYPES}
+    most_sensitive = min(by_type_half, key=by_type_half.get)
+    ih = [at(curves["all heads"], f) for f in FRACTIONS]
+    rnd = [mean(at(r, f) for r in randoms) for f in FRACTIONS]
+    wins = sum(a > b for a, b in zip(ih, rnd, strict=True))
+    verdicts = {
+        "most single heads can be removed at a small cost": {
+            "verdict": "agree" if share_small > 0.5 else "disagree",
+            "evidence": f"{sum(small.values())} of {len(deltas)} heads ({100 * share_small:.0f}%) change test BLEU by "
+            f"less than {SMALL} when masked alone; the worst single head ({worst}) costs {deltas[worst]:.2f}",
+        },
+        "enc-dec attention is the most sensitive to pruning": {
+            "verdict": "agree" if most_sensitive == "D:EA" else "disagree",
+            "evidence": "test BLEU with 50% of one type's heads pruned by I_h: "
+            + ", ".join(f"{TYPES[k]} {v:.2f}" for k, v in by_type_half.items()),
+        },
+        "pruning by I_h beats pruning in random order": {
+            "verdict": "agree" if wins >= len(FRACTIONS) - 1 else ("disagree" if wins <= 1 else "inconclusive"),
+            "evidence": f"I_h is ahead at {wins} of {len(FRACTIONS)} fractions ("
+            + ", ".join(f"{int(100 * f)}%: {a:.1f} vs {b:.1f}" for f, a, b in zip(FRACTIONS, ih, rnd, strict=True))
+            + ")",
+        },
+    }
+    if speed:
+        top = max(speed, key=lambda r: r["batch_size"])
+        verdicts["pruning half the heads speeds up inference, more at large batch sizes"] = {
+            "verdict": "agree" if top["speedup"] > max(speed[0]["speedup"], 1.0) else "disagree",
+            "evidence": ", ".join(f"batch {r['batch_size']}: {100 * (r['speedup'] - 1):+.1f}%" for r in speed),
+        }
+    lines.append("\n## Verdicts\n")
+    lines.append(
+        table(["claim", "verdict", "evidence"], [[c, v["verdict"], v["evidence"]] for c, v in verdicts.items()])
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n")
+    for f in sorted((run_dir / "heads").iterdir()):
+        if f.suffix in (".png", ".csv", ".json"):
+            shutil.copy(f, out / f.name)
+    return verdicts
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    run = Path(sys.argv[1])
+    verdicts = report(run, Path(sys.argv[2]) if len(sys.argv) == 3 else Path(__file__).parent / "results")
+    for claim, v in verdicts.items():
+        print(f"{v['verdict']:>12}  {claim}")

@@ -1,0 +1,149 @@
+"""Wang & Tu (2020) on a converged 6+6-layer Transformer: the tables and verdicts of README.md.
+
+    python experiments/wangtu2020/report.py DENSE_RUN_DIR RETRAIN_RUN_DIR REWIND_RUN_DIR [OUT_DIR]
+
+Reads DENSE_RUN_DIR/components/components.json (`prunelab components`), and the results.json of the
+`pruner=components pruner.mode=retrain` and `pruner.mode=rewind` runs started from the dense one. Writes to OUT_DIR
+(default experiments/wangtu2020/results): tables.md (every table and the verdicts), verdicts.json, and copies of
+the components folder's figures and CSVs. Every number comes from those files; thresholds are stated with them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from prunelab.models.addressing import component_type
+
+TYPES = {"E:SA": "enc self-attn", "E:FF": "enc FF", "D:SA": "dec self-attn", "D:EA": "enc-dec attn", "D:FF": "dec FF"}
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    fmt = [" | ".join(str(c) for c in header), " | ".join("---" for _ in header)]
+    fmt += [" | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in r) for r in rows]
+    return "\n".join(f"| {line} |" for line in fmt)
+
+
+def by_layer(scores: dict[str, float]) -> list[list[Any]]:
+    """Rows = component types, columns = layers (the paper's heatmap as a table)."""
+    layers = sorted({int(n.split(".")[1]) for n in scores})
+    rows = []
+    for kind, label in TYPES.items():
+        side, sub = ("enc" if kind[0] == "E" else "dec"), kind[2:].lower()
+        rows.append([label, *(scores.get(f"{side}.{i}.{sub}", "") for i in layers)])
+    return rows
+
+
+def stages(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {lv["stage"]: lv for lv in results["levels"]}
+
+
+def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any]:
+    comp = json.loads((dense / "components" / "components.json").read_text())
+    contribution, alpha = comp["contribution"], comp["criticality"].get("alpha", {})
+    layers = sorted({int(n.split(".")[1]) for n in contribution})
+    cols = ["component", *(f"layer {i + 1}" for i in layers)]
+    lines = [
+        f"Dense model: `{dense}`; scores on the {comp['split']} set, {comp['score']} {comp['baseline_bleu']:.2f} "
+        f"(beam {comp['decoding']['beam_size']})."
+    ]
+    lines += ["\n## Contribution (Eq. 1: BLEU drop when zeroed, clipped at 10% of BLEU, normalised)\n"]
+    lines.append(table(cols, by_layer(contribution)))
+    if alpha:
+        lines += ["\n## Criticality (Eq. 2: smallest α with BLEU drop < ε when rewound towards θ_0)\n"]
+        lines.append(table(cols, by_layer(alpha)))
+    mean_contribution = {k: mean(v for n, v in contribution.items() if component_type(n) == k) for k in TYPES}
+    mean_alpha = {k: mean(v for n, v in alpha.items() if component_type(n) == k) for k in TYPES} if alpha else {}
+    lines += ["\n## Mean score per component type\n"]
+    lines.append(
+        table(
+            ["type", "contribution", "criticality α"],
+            [[TYPES[k], mean_contribution[k], mean_alpha.get(k, "")] for k in TYPES],
+        )
+    )
+    rho = (comp.get("rank_agreement") or {}).get("spearman_contribution_criticality")
+    if rho is not None:
+        lines.append(f"\nSpearman rank correlation of contribution and criticality over the 36 components: {rho:.2f}")
+
+    curve = comp["group_ablation"]["by contribution"]
+    lines += ["\n## Group ablation: components zeroed cumulatively from the least important (Figure 9)\n"]
+    lines.append(
+        table(["zeroed", "last added", "BLEU"], [[p["zeroed"], p["component"] or "", p["bleu"]] for p in curve[:13]])
+    )
+
+    rt, rw = (
+        stages(json.loads((retrain / "results.json").read_text())),
+        stages(json.loads((rewind / "results.json").read_text())),
+    )
+    chosen = json.loads((retrain / "results.json").read_text())["components"]["chosen"]
+    lines += [f"\n## Prune and retrain (Table 3): the {len(chosen)} least important components removed\n"]
+    lines.append(f"Removed: {', '.join(chosen)}\n")
+    rows = [
+        [name, lv["params"]["total"], lv["time"]["steps"], lv["metrics"]["test/bleu"]]
+        for name, lv in (
+            ("full model", rt["dense"]),
+            ("pruned, retrained from θ_0", rt["retrain"]),
+            ("shallow baseline, equal size", rt["shallow"]),
+        )
+    ]
+    lines.append(table(["model", "parameters", "training steps", "test BLEU"], rows))
+    lines += ["\n## Rewind (Table 4): the same components reset to θ_0, then the whole model fine-tuned\n"]
+    rows = [
+        [name, lv["time"]["steps"], lv["metrics"]["test/bleu"]]
+        for name, lv in (
+            ("full model", rw["dense"]),
+            ("continue training (baseline)", rw["continue"]),
+            ("rewind the unimportant ones, fine-tune", rw["rewind"]),
+        )
+    ]
+    lines.append(table(["model", "fine-tuning steps", "test BLEU"], rows))
+
+    least, most = min(mean_contribution, key=mean_contribution.get), max(mean_contribution, key=mean_contribution.get)
+    gain = rw["rewind"]["metrics"]["test/bleu"] - rw["continue"]["metrics"]["test/bleu"]
+    retrain_gap = rt["retrain"]["metrics"]["test/bleu"] - rt["shallow"]["metrics"]["test/bleu"]
+    noise = 0.3  # BLEU: differences smaller than this between single runs are read as ties
+    verdicts = {
+        "decoder self-attention is the least important component type": {
+            "verdict": "agree" if least == "D:SA" else "disagree",
+            "evidence": f"lowest mean contribution: {TYPES[least]} ({mean_contribution[least]:.2f})",
+        },
+        "decoder feed-forward is the most important component type": {
+            "verdict": "agree" if most == "D:FF" else "disagree",
+            "evidence": f"highest mean contribution: {TYPES[most]} ({mean_contribution[most]:.2f})",
+        },
+        "the pruned architecture, retrained, beats a shallower model of the same size": {
+            "verdict": "agree" if retrain_gap > noise else ("disagree" if retrain_gap < -noise else "inconclusive"),
+            "evidence": f"retrained {rt['retrain']['metrics']['test/bleu']:.2f} vs shallow "
+            f"{rt['shallow']['metrics']['test/bleu']:.2f} test BLEU ({retrain_gap:+.2f})",
+        },
+        "unimportant components are not useless: rewinding them to θ_0 and fine-tuning beats continued training": {
+            "verdict": "agree" if gain > noise else ("disagree" if gain < -noise else "inconclusive"),
+            "evidence": f"rewind {rw['rewind']['metrics']['test/bleu']:.2f} vs continue "
+            f"{rw['continue']['metrics']['test/bleu']:.2f} test BLEU ({gain:+.2f}), same fine-tuning steps",
+        },
+    }
+    lines += ["\n## Verdicts\n"]
+    lines.append(
+        table(["claim", "verdict", "evidence"], [[c, v["verdict"], v["evidence"]] for c, v in verdicts.items()])
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n")
+    for f in sorted((dense / "components").iterdir()):
+        if f.suffix in (".png", ".csv", ".json"):
+            shutil.copy(f, out / f.name)
+    return verdicts
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (4, 5):
+        sys.exit(__doc__)
+    dirs = [Path(a) for a in sys.argv[1:4]]
+    target = Path(sys.argv[4]) if len(sys.argv) == 5 else Path(__file__).parent / "results"
+    for claim, v in report(*dirs, target).items():
+        print(f"{v['verdict']:>12}  {claim}")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Wang & Tu (2020) at CPU scale, on the same converged 6+6-layer model as experiments/michel2019 (experiment=deep_nmt):
+# contribution and criticality of the 36 components, group ablation, prune-and-retrain against a shallow model of the
+# same size (Table 3), and rewind against continued training (Table 4), then the tables of README.md.
+#
+#   experiments/wangtu2020/run.sh [OUT]      # trains the dense model, or reuses one: DENSE=path/to/run
+#
+# The paper's scale (transformer_base on WMT data, a GPU): experiment=wangtu2020_paper in the same commands.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-outputs/wangtu2020/$(date +%Y-%m-%d_%H-%M-%S)}
+PY=${PY:-.venv/bin/python}
+DENSE=${DENSE:-$OUT/dense}
+EXP=${EXP:-experiment=deep_nmt}
+start=$(date +%s)
+if [ ! -f "$DENSE/results.json" ]; then
+  $PY train.py $EXP logger=csv hydra.run.dir="$DENSE"
+fi
+$PY -m prunelab.cli.main components "$DENSE"
+# 20% of the components (7 of 36, the paper's Table 3-4 setting), chosen by contribution on the validation set
+$PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=retrain hydra.run.dir="$OUT/retrain"
+$PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=rewind hydra.run.dir="$OUT/rewind"
+$PY experiments/wangtu2020/report.py "$DENSE" "$OUT/retrain" "$OUT/rewind" experiments/wangtu2020/results
+echo "wangtu2020: $(( $(date +%s) - start )) s; tables in experiments/wangtu2020/results/tables.md"
