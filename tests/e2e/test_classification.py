@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import assert_export_round_trip, check_scores_from_files, train
+from tests.e2e.conftest import assert_export_round_trip, check_scores_from_files, load_experiment_report, train
 
 CLS = ["model=classifier_tiny", "data=synthetic_classification", "experiment=smoke", "logger=csv"]
 
@@ -178,6 +179,19 @@ def test_attendout_end_to_end(tmp_path: Path) -> None:
     assert all(0.0 < p < 1.0 for p in res["attendout"]["keep_probability"])
     assert lv[1]["params"]["total"] == lv[0]["params"]["total"] - 2 * (32 * 32 + 32)  # Q and K gone
     check_scores_from_files(run)
+
+    # experiments/wu2022/report.py on this run and a plain one: it loads each model as its run tested it
+    baseline = train(tmp_path / "baseline", *CLS)
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+    out = tmp_path / "wu_report"
+    verdicts = load_experiment_report("wu2022").report(run.dir, baseline.dir, out, draws=3)
+    full = json.loads((out / "report.json").read_text())
+    assert full["accuracy"]["attendout_pruned"] == pytest.approx(100 * res["metrics"]["test/acc"], abs=1e-4)
+    assert full["accuracy"]["baseline"] == pytest.approx(100 * baseline.results["metrics"]["test/acc"], abs=1e-4)
+    assert full["accuracy"]["attendout_unpruned"] == pytest.approx(100 * lv[0]["metrics"]["test/acc"], abs=1e-4)
+    assert full["random_draws"] == []  # the one layer is pruned: no other choice of as many layers exists
+    assert verdicts["AttendOut prunes a share of the attention layers"]["verdict"] == "agree"
+    assert [r["batch_size"] for r in full["speed"]] == [1, 16, 64]
 
 
 @pytest.mark.slow

@@ -61,10 +61,12 @@ def load_run(path: Path, data: bool = False) -> LoadedRun:
         results = read_completed_run(path)
         run_dir, ckpt = path, Path(results["best_checkpoint"])
     elif path.is_file():
-        run_dir = next((d for d in path.parents if (d / "results.json").is_file()), None)  # type: ignore[assignment]
+        # the run folder: the nearest results.json above with the run's config (a round's folder has its own
+        # results.json, without it)
+        run_dir = next((d for d in path.parents if "config" in _results_or_empty(d)), None)  # type: ignore[assignment]
         if run_dir is None:
-            raise UserError(f"{path}: not inside a prunelab run folder (no results.json above it)")
-        results, ckpt = json.loads((run_dir / "results.json").read_text()), path
+            raise UserError(f"{path}: not inside a prunelab run folder (no results.json with a config above it)")
+        results, ckpt = _results_or_empty(run_dir), path
     else:
         raise UserError(f"{path}: no such run folder or checkpoint")
     cfg = OmegaConf.create(results["config"])
@@ -74,6 +76,14 @@ def load_run(path: Path, data: bool = False) -> LoadedRun:
     state = checkpoint_state(ckpt)
     load_model_state(model, state, ckpt)
     return LoadedRun(run_dir, results, cfg, ckpt, state, model.eval(), datamodule, task_class(cfg))
+
+
+def _results_or_empty(folder: Path) -> dict[str, Any]:
+    f = folder / "results.json"
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def task_class(cfg: DictConfig) -> type:

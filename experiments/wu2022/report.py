@@ -1,0 +1,167 @@
+"""AttendOut (Wu, Zhao & Zhang) on a 6-layer classifier: the tables and verdicts of README.md.
+
+    python experiments/wu2022/report.py ATTENDOUT_RUN BASELINE_RUN [OUT_DIR] [--draws N]
+
+ATTENDOUT_RUN: `python train.py experiment=wu2022 pruner=attendout`; BASELINE_RUN: the same with pruner=none.
+Compares on the test set: the baseline; the AttendOut-trained model before and after its chosen layers get
+uniform attention; the same number of layers made uniform at random (N draws, default 10) in the AttendOut-trained
+model and in the baseline; and the inference speed of the pruned model against its unpruned self by batch size.
+Writes OUT_DIR (default experiments/wu2022/results): tables.md, verdicts.json, report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from prunelab.importance.scoring import AccuracyScorer
+from prunelab.importance.speed import speed_by_batch_size
+from prunelab.models.surgery import make_uniform
+from prunelab.training import load_run
+
+NOISE = 0.5  # accuracy points: differences below this between single runs are read as ties
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    fmt = [" | ".join(str(c) for c in header), " | ".join("---" for _ in header)]
+    fmt += [" | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in r) for r in rows]
+    return "\n".join(f"| {line} |" for line in fmt)
+
+
+def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, seed: int = 0) -> dict[str, Any]:
+    res = json.loads((attendout_dir / "results.json").read_text())
+    chosen: list[str] = res["attendout"]["pruned_layers"]
+    trained = load_run(Path(res["levels"][0]["best_checkpoint"]), data=True)  # D-Net after AttendOut, unpruned
+    pruned, baseline = load_run(attendout_dir).model, load_run(baseline_dir).model
+    dm, scorer = trained.datamodule, AccuracyScorer()
+    test = list(dm.test_dataloader())
+    layers = [f"enc.{i}.sa" for i in range(len(trained.model.enc))]
+    k = len(chosen)
+
+    def uniform(model: Any, names: list[str]) -> float:
+        m = copy.deepcopy(model)
+        make_uniform(m, names)
+        return scorer.score(m, test)
+
+    rng = random.Random(seed)
+    draws_list = [sorted(rng.sample(layers, k)) for _ in range(draws)] if 0 < k < len(layers) else []
+    acc = {
+        "baseline": scorer.score(baseline, test),
+        "attendout_unpruned": scorer.score(trained.model, test),
+        "attendout_pruned": scorer.score(pruned, test),
+        "attendout_random": [uniform(trained.model, d) for d in draws_list],
+        "baseline_same_layers": uniform(baseline, chosen) if k else None,
+        "baseline_random": [uniform(baseline, d) for d in draws_list],
+    }
+    speed = speed_by_batch_size(trained.model, pruned, dm, scorer, (1, 16, 64), sentences=512) if k else []
+
+    steps = {lv["stage"]: lv["time"]["steps"] for lv in res["levels"]}
+    base_steps = json.loads((baseline_dir / "results.json").read_text())["levels"][0]["time"]["steps"]
+    lines = [
+        f"AttendOut run `{attendout_dir}` ({steps.get('attendout')} steps, keep probabilities "
+        + ", ".join(f"{p:.2f}" for p in res["attendout"]["keep_probability"])
+        + f"; A-Net won {res['attendout']['rewards']['a_wins']} of "
+        f"{sum(res['attendout']['rewards'].values())} cycles); baseline `{baseline_dir}` ({base_steps} steps).",
+        f"\nAttention layers pruned: {k} of {len(layers)} ({', '.join(chosen) or 'none'}).\n",
+        "## Test accuracy (%)\n",
+    ]
+    rand = acc["attendout_random"]
+    brand = acc["baseline_random"]
+    rows: list[list[Any]] = [
+        ["baseline (no AttendOut)", acc["baseline"]],
+        ["AttendOut-trained, all layers", acc["attendout_unpruned"]],
+        [f"AttendOut-trained, its {k} layers uniform (pruned)", acc["attendout_pruned"]],
+    ]
+    if rand:
+        rows.append(
+            [
+                f"AttendOut-trained, {k} random layers uniform (mean of {len(rand)}; min-max)",
+                f"{mean(rand):.2f} ({min(rand):.2f}-{max(rand):.2f})",
+            ]
+        )
+    if k:
+        rows.append([f"baseline, AttendOut's {k} layers uniform", acc["baseline_same_layers"]])
+    if brand:
+        rows.append(
+            [
+                f"baseline, {k} random layers uniform (mean of {len(brand)}; min-max)",
+                f"{mean(brand):.2f} ({min(brand):.2f}-{max(brand):.2f})",
+            ]
+        )
+    lines.append(table(["model", "test accuracy"], rows))
+    if speed:
+        lines.append(f"\n## Inference speed: {k} uniform layers (no Q/K) against the same model unpruned\n")
+        lines.append(
+            table(
+                ["batch size", "examples", "unpruned ex/s", "pruned ex/s", "speed-up"],
+                [
+                    [
+                        r["batch_size"],
+                        r["sentences"],
+                        r["dense_per_s"],
+                        r["pruned_per_s"],
+                        f"{100 * (r['speedup'] - 1):+.1f}%",
+                    ]
+                    for r in speed
+                ],
+            )
+        )
+
+    def compare(a: float, b: float) -> str:
+        return "agree" if a - b > -NOISE else "disagree"
+
+    verdicts: dict[str, dict[str, str]] = {
+        "AttendOut prunes a share of the attention layers": {
+            "verdict": "agree" if k > 0 else "disagree",
+            "evidence": f"{k} of {len(layers)} layers pruned",
+        },
+        "the pruned AttendOut model is as accurate as the unpruned baseline": {
+            "verdict": compare(acc["attendout_pruned"], acc["baseline"]),
+            "evidence": f"{acc['attendout_pruned']:.2f} vs {acc['baseline']:.2f} (ties within {NOISE} points)",
+        },
+    }
+    if rand:
+        gap = acc["attendout_pruned"] - mean(rand)
+        verdicts["G-Net's choice of layers beats a random choice of as many"] = {
+            "verdict": "agree" if gap > NOISE else ("disagree" if gap < -NOISE else "inconclusive"),
+            "evidence": f"{acc['attendout_pruned']:.2f} vs {mean(rand):.2f} mean of {len(rand)} random draws",
+        }
+    if speed:
+        top = max(speed, key=lambda r: r["batch_size"])
+        verdicts["the pruned model is faster at inference"] = {
+            "verdict": "agree" if top["speedup"] > 1.0 else "disagree",
+            "evidence": ", ".join(f"batch {r['batch_size']}: {100 * (r['speedup'] - 1):+.1f}%" for r in speed),
+        }
+    lines += [
+        "\n## Verdicts\n",
+        table(["claim", "verdict", "evidence"], [[c, v["verdict"], v["evidence"]] for c, v in verdicts.items()]),
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n")
+    full = {
+        "accuracy": acc,
+        "random_draws": draws_list,
+        "pruned_layers": chosen,
+        "speed": speed,
+        "steps": steps,
+        "baseline_steps": base_steps,
+    }
+    (out / "report.json").write_text(json.dumps(full, indent=2) + "\n")
+    return verdicts
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("attendout_run", type=Path)
+    parser.add_argument("baseline_run", type=Path)
+    parser.add_argument("out", type=Path, nargs="?", default=Path(__file__).parent / "results")
+    parser.add_argument("--draws", type=int, default=10)
+    args = parser.parse_args()
+    for claim, v in report(args.attendout_run, args.baseline_run, args.out, args.draws).items():
+        print(f"{v['verdict']:>12}  {claim}")
