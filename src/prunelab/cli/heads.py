@@ -11,10 +11,13 @@ the run's config the figures and tables also go to W&B, in the run's project.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
@@ -31,6 +34,7 @@ from prunelab.importance.components import DecodeSettings
 from prunelab.importance.heads import head_importance
 from prunelab.importance.speed import speed_by_batch_size, without_heads
 from prunelab.loggers import is_wandb_config
+from prunelab.models.addressing import attention_names, head_names
 from prunelab.training import load_run
 from prunelab.training.io import write_json
 
@@ -62,10 +66,19 @@ def analyse_heads(
     out.mkdir(parents=True, exist_ok=True)
     valid, test = list(dm.val_dataloader()), list(dm.test_dataloader())
 
+    # one progress bar over every evaluation of the study (each a full decode of valid or test)
+    n_heads, n_layers = len(head_names(model)), len(attention_names(model))
+    types = sum(bool(order_by_score(dict.fromkeys(head_names(model), 0.0), [k])) for k in ATTENTION_TYPES)
+    per_curve = 1 + math.ceil(round(1 / step, 9))  # at most: few heads can round two steps to one count
+    curves_n = 1 + types + int(ablation_order) + random_orders
+    bar = tqdm(total=(1 + n_heads) + (1 + n_heads + n_layers) + curves_n * per_curve, desc="heads study", unit="eval")
+
     def score_valid() -> float:
+        bar.update()
         return scorer.score(model, valid)
 
     def score_test() -> float:
+        bar.update()
         return scorer.score(model, test)
 
     # I_h on training data, normalised per layer (Michel et al. section 4.1)
@@ -85,6 +98,7 @@ def analyse_heads(
         shuffled = sorted(importance)
         rng.shuffle(shuffled)
         curves[f"all heads, random order {r + 1}"] = iterative_pruning(model, shuffled, score_test, step)
+    bar.close()
     speed = []
     if speed_batch_sizes:
         order = order_by_score(importance)
