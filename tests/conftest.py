@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
 
@@ -29,3 +32,16 @@ def batch() -> dict[str, torch.Tensor]:
     tgt_in = torch.randint(4, 50, (3, 6), generator=g)
     tgt_in[:, 0] = 1
     return {"src": src, "tgt_in": tgt_in}
+
+
+def quiet_trainer(root: Path, **kwargs: Any) -> L.Trainer:
+    """A Lightning Trainer as the in-process tests use it: prunelab's fixed settings, nothing logged, saved or shown."""
+    from prunelab.config import TRAINER_FIXED
+
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(default_root_dir=root, **{**TRAINER_FIXED, **quiet, **kwargs})

@@ -1,6 +1,6 @@
 """Michel, Levy & Neubig (2019) on a converged 6+6-layer, 8-head model: the tables and verdicts of README.md.
 
-    python experiments/michel2019/report.py DENSE_RUN_DIR [OUT_DIR]
+    python -m experiments.michel2019.report DENSE_RUN_DIR [OUT_DIR]
 
 Reads DENSE_RUN_DIR/results.json and DENSE_RUN_DIR/heads/heads.json (written by `prunelab heads`) and writes to
 OUT_DIR (default experiments/michel2019/results): tables.md (every table and the verdicts), verdicts.json, and
@@ -11,12 +11,12 @@ verdicts are stated next to them.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from experiments.reporting import table, write_results
 from prunelab.models.addressing import component_type
 
 TYPES = {"E:SA": "enc self-attention", "D:SA": "dec self-attention", "D:EA": "enc-dec attention"}
@@ -27,12 +27,6 @@ FRACTIONS = (0.2, 0.4, 0.5, 0.6, 0.8)
 def at(curve: list[dict[str, float]], fraction: float) -> float:
     """The curve's score at the first point pruning at least `fraction` of its heads."""
     return next(p["bleu"] for p in curve if p["fraction"] >= fraction - 1e-9)
-
-
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    fmt = [" | ".join(str(c) for c in header), " | ".join("---" for _ in header)]
-    fmt += [" | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in r) for r in rows]
-    return "\n".join(f"| {line} |" for line in fmt)
 
 
 def report(run_dir: Path, out: Path) -> dict[str, Any]:
@@ -148,17 +142,7 @@ def report(run_dir: Path, out: Path) -> dict[str, Any]:
             "verdict": "agree" if top["speedup"] > max(speed[0]["speedup"], 1.0) else "disagree",
             "evidence": ", ".join(f"batch {r['batch_size']}: {100 * (r['speedup'] - 1):+.1f}%" for r in speed),
         }
-    lines.append("\n## Verdicts\n")
-    lines.append(
-        table(["claim", "verdict", "evidence"], [[c, v["verdict"], v["evidence"]] for c, v in verdicts.items()])
-    )
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tables.md").write_text("\n".join(lines) + "\n")
-    (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n")
-    for f in sorted((run_dir / "heads").iterdir()):
-        if f.suffix in (".png", ".csv", ".json"):
-            shutil.copy(f, out / f.name)
+    write_results(out, lines, verdicts, figures_from=run_dir / "heads")
     return verdicts
 
 

@@ -17,5 +17,5 @@ fi
 # greedy decoding for every BLEU of the study (the paper's own choice for its ablations is beam search; greedy
 # keeps ~400 decodes of the test set affordable); Table 4 at the paper's batch sizes
 $PY -m prunelab.cli.main heads "$DENSE" --beam-size 1 --random-orders 3 --speed-batch-sizes 1,4,16,64
-$PY experiments/michel2019/report.py "$DENSE" experiments/michel2019/results
+$PY -m experiments.michel2019.report "$DENSE" experiments/michel2019/results
 echo "michel2019: $(( $(date +%s) - start )) s; tables in experiments/michel2019/results/tables.md"

@@ -1,6 +1,6 @@
 """Wang & Tu (2020) on a converged 6+6-layer Transformer: the tables and verdicts of README.md.
 
-    python experiments/wangtu2020/report.py DENSE_RUN_DIR RETRAIN_RUN_DIR REWIND_RUN_DIR [OUT_DIR]
+    python -m experiments.wangtu2020.report DENSE_RUN_DIR RETRAIN_RUN_DIR REWIND_RUN_DIR [OUT_DIR]
 
 Reads DENSE_RUN_DIR/components/components.json (`prunelab components`), and the results.json of the
 `pruner=components pruner.mode=retrain` and `pruner.mode=rewind` runs started from the dense one. Writes to OUT_DIR
@@ -11,21 +11,15 @@ the components folder's figures and CSVs. Every number comes from those files; t
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from experiments.reporting import by_gap, table, write_results
 from prunelab.models.addressing import component_type
 
 TYPES = {"E:SA": "enc self-attn", "E:FF": "enc FF", "D:SA": "dec self-attn", "D:EA": "enc-dec attn", "D:FF": "dec FF"}
-
-
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    fmt = [" | ".join(str(c) for c in header), " | ".join("---" for _ in header)]
-    fmt += [" | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in r) for r in rows]
-    return "\n".join(f"| {line} |" for line in fmt)
 
 
 def by_layer(scores: dict[str, float]) -> list[list[Any]]:
@@ -116,27 +110,17 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
             "evidence": f"highest mean contribution: {TYPES[most]} ({mean_contribution[most]:.2f})",
         },
         "the pruned architecture, retrained, beats a shallower model of the same size": {
-            "verdict": "agree" if retrain_gap > noise else ("disagree" if retrain_gap < -noise else "inconclusive"),
+            "verdict": by_gap(retrain_gap, noise),
             "evidence": f"retrained {rt['retrain']['metrics']['test/bleu']:.2f} vs shallow "
             f"{rt['shallow']['metrics']['test/bleu']:.2f} test BLEU ({retrain_gap:+.2f})",
         },
         "unimportant components are not useless: rewinding them to θ_0 and fine-tuning beats continued training": {
-            "verdict": "agree" if gain > noise else ("disagree" if gain < -noise else "inconclusive"),
+            "verdict": by_gap(gain, noise),
             "evidence": f"rewind {rw['rewind']['metrics']['test/bleu']:.2f} vs continue "
             f"{rw['continue']['metrics']['test/bleu']:.2f} test BLEU ({gain:+.2f}), same fine-tuning steps",
         },
     }
-    lines += ["\n## Verdicts\n"]
-    lines.append(
-        table(["claim", "verdict", "evidence"], [[c, v["verdict"], v["evidence"]] for c, v in verdicts.items()])
-    )
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tables.md").write_text("\n".join(lines) + "\n")
-    (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n")
-    for f in sorted((dense / "components").iterdir()):
-        if f.suffix in (".png", ".csv", ".json"):
-            shutil.copy(f, out / f.name)
+    write_results(out, lines, verdicts, figures_from=dense / "components")
     return verdicts
 
 

@@ -20,5 +20,5 @@ $PY -m prunelab.cli.main components "$DENSE"
 # 20% of the components (7 of 36, the paper's Table 3-4 setting), chosen by contribution on the validation set
 $PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=retrain hydra.run.dir="$OUT/retrain"
 $PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=rewind hydra.run.dir="$OUT/rewind"
-$PY experiments/wangtu2020/report.py "$DENSE" "$OUT/retrain" "$OUT/rewind" experiments/wangtu2020/results
+$PY -m experiments.wangtu2020.report "$DENSE" "$OUT/retrain" "$OUT/rewind" experiments/wangtu2020/results
 echo "wangtu2020: $(( $(date +%s) - start )) s; tables in experiments/wangtu2020/results/tables.md"

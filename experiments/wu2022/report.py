@@ -1,6 +1,6 @@
 """AttendOut (Wu, Zhao & Zhang) on a 6-layer classifier: the tables and verdicts of README.md.
 
-    python experiments/wu2022/report.py ATTENDOUT_RUN BASELINE_RUN [OUT_DIR] [--draws N]
+    python -m experiments.wu2022.report ATTENDOUT_RUN BASELINE_RUN [OUT_DIR] [--draws N]
 
 ATTENDOUT_RUN: `python train.py experiment=wu2022 pruner=attendout`; BASELINE_RUN: the same with pruner=none.
 Compares on the test set: the baseline; the AttendOut-trained model before and after its chosen layers get
@@ -19,18 +19,13 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from experiments.reporting import by_gap, table, write_results
 from prunelab.importance.scoring import AccuracyScorer
 from prunelab.importance.speed import speed_by_batch_size
 from prunelab.models.surgery import make_uniform
 from prunelab.training import load_run
 
 NOISE = 0.5  # accuracy points: differences below this between single runs are read as ties
-
-
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    fmt = [" | ".join(str(c) for c in header), " | ".join("---" for _ in header)]
-    fmt += [" | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in r) for r in rows]
-    return "\n".join(f"| {line} |" for line in fmt)
 
 
 def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, seed: int = 0) -> dict[str, Any]:
@@ -128,7 +123,7 @@ def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, 
     if rand:
         gap = acc["attendout_pruned"] - mean(rand)
         verdicts["G-Net's choice of layers beats a random choice of as many"] = {
-            "verdict": "agree" if gap > NOISE else ("disagree" if gap < -NOISE else "inconclusive"),
+            "verdict": by_gap(gap, NOISE),
             "evidence": f"{acc['attendout_pruned']:.2f} vs {mean(rand):.2f} mean of {len(rand)} random draws",
         }
     if speed:
@@ -137,13 +132,7 @@ def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, 
             "verdict": "agree" if top["speedup"] > 1.0 else "disagree",
             "evidence": ", ".join(f"batch {r['batch_size']}: {100 * (r['speedup'] - 1):+.1f}%" for r in speed),
         }
-    lines += [
-        "\n## Verdicts\n",
-        table(["claim", "verdict", "evidence"], [[c, v["verdict"], v["evidence"]] for c, v in verdicts.items()]),
-    ]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tables.md").write_text("\n".join(lines) + "\n")
-    (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2) + "\n")
+    write_results(out, lines, verdicts)
     full = {
         "accuracy": acc,
         "random_draws": draws_list,

@@ -13,5 +13,5 @@ EXP=${EXP:-experiment=wu2022}
 start=$(date +%s)
 $PY train.py $EXP logger=csv pruner=attendout hydra.run.dir="$OUT/attendout"
 $PY train.py $EXP logger=csv pruner=none hydra.run.dir="$OUT/baseline"
-$PY experiments/wu2022/report.py "$OUT/attendout" "$OUT/baseline" experiments/wu2022/results
+$PY -m experiments.wu2022.report "$OUT/attendout" "$OUT/baseline" experiments/wu2022/results
 echo "wu2022: $(( $(date +%s) - start )) s; tables in experiments/wu2022/results/tables.md"

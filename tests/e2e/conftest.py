@@ -127,11 +127,7 @@ def assert_export_round_trip(run_dir: Path) -> None:
 
 
 def load_experiment_report(paper: str) -> ModuleType:
-    """experiments/<paper>/report.py as a module (experiments/ is not a package)."""
-    import importlib.util
+    """experiments/<paper>/report.py, imported as the run scripts run it (python -m experiments.<paper>.report)."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"{paper}_report", ROOT / "experiments" / paper / "report.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"experiments.{paper}.report")

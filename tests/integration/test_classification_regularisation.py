@@ -7,12 +7,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from prunelab.config import TRAINER_FIXED
 from prunelab.data.classification import SyntheticClassificationDataModule
 from prunelab.data.tokenizer import UNK
 from prunelab.models import build_classifier
 from prunelab.pruning import NoPruner
 from prunelab.tasks.classification import ClassificationTask
+from tests.conftest import quiet_trainer
 
 STEPS = 10
 
@@ -31,16 +31,7 @@ def fit(tmp_path: Path, **task_kwargs: object) -> tuple[ClassificationTask, torc
     )
     before = model.embed.weight[UNK].detach().clone()
     task = ClassificationTask(model, NoPruner(), dm.labels, warmup_steps=3, **task_kwargs)
-    trainer = L.Trainer(
-        max_steps=STEPS,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **TRAINER_FIXED,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=STEPS, limit_val_batches=0)
     trainer.fit(task, datamodule=dm)
     return task, before
 

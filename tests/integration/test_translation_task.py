@@ -8,7 +8,6 @@ import lightning as L
 import pytest
 import torch
 
-from prunelab.config import TRAINER_FIXED
 from prunelab.data.synthetic import SyntheticTranslationDataModule
 from prunelab.errors import UserError
 from prunelab.models import build_transformer
@@ -16,6 +15,7 @@ from prunelab.pruning import MagnitudePruner, NoPruner, Pruner
 from prunelab.pruning.masks import prunable_weights
 from prunelab.tasks.base import linear_schedule
 from prunelab.tasks.translation import TranslationTask, inverse_sqrt_schedule
+from tests.conftest import quiet_trainer
 
 
 def fit(tmp_path: Path, pruner: Pruner, steps: int = 12, **task_kwargs: object) -> TranslationTask:
@@ -26,16 +26,7 @@ def fit(tmp_path: Path, pruner: Pruner, steps: int = 12, **task_kwargs: object) 
         vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=2, d_ff=64, enc_layers=1, dec_layers=1, dropout=0.0
     )
     task = TranslationTask(model, pruner, dm.tokenizer, warmup_steps=4, beam_size=2, **task_kwargs)
-    trainer = L.Trainer(
-        max_steps=steps,
-        val_check_interval=6,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **TRAINER_FIXED,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=steps, val_check_interval=6)
     trainer.fit(task, datamodule=dm)
     return task
 

@@ -9,12 +9,12 @@ import lightning as L
 import pytest
 import sacrebleu
 
-from prunelab.config import TRAINER_FIXED
 from prunelab.data.synthetic import SyntheticTranslationDataModule
 from prunelab.metrics import translation_scores
 from prunelab.models import build_transformer
 from prunelab.pruning import NoPruner
 from prunelab.tasks.translation import TranslationTask
+from tests.conftest import quiet_trainer
 
 HYPS = [
     "The cat sat on the mat.",
@@ -97,16 +97,7 @@ def test_a_translation_task_logs_chrf_and_bleu_lc(tmp_path: Path) -> None:
         vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=2, d_ff=64, enc_layers=1, dec_layers=1, dropout=0.0
     )
     task = TranslationTask(model, NoPruner(), dm.tokenizer, warmup_steps=4, beam_size=2)
-    trainer = L.Trainer(
-        max_steps=12,
-        val_check_interval=6,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **TRAINER_FIXED,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=12, val_check_interval=6)
     trainer.fit(task, datamodule=dm)
     for stage, split, data in ((trainer.validate, "val", "valid"), (trainer.test, "test", "test")):
         (metrics,) = stage(task, datamodule=dm, verbose=False)
