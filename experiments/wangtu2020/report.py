@@ -69,36 +69,7 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
         table(["zeroed", "last added", "BLEU"], [[p["zeroed"], p["component"] or "", p["bleu"]] for p in curve[:13]])
     )
 
-    rt, rw = (
-        stages(json.loads((retrain / "results.json").read_text())),
-        stages(json.loads((rewind / "results.json").read_text())),
-    )
-    chosen = json.loads((retrain / "results.json").read_text())["components"]["chosen"]
-    lines += [f"\n## Prune and retrain (Table 3): the {len(chosen)} least important components removed\n"]
-    lines.append(f"Removed: {', '.join(chosen)}\n")
-    rows = [
-        [name, lv["params"]["total"], lv["time"]["steps"], lv["metrics"]["test/bleu"]]
-        for name, lv in (
-            ("full model", rt["dense"]),
-            ("pruned, retrained from θ_0", rt["retrain"]),
-            ("shallow baseline, equal size", rt["shallow"]),
-        )
-    ]
-    lines.append(table(["model", "parameters", "training steps", "test BLEU"], rows))
-    lines += ["\n## Rewind (Table 4): the same components reset to θ_0, then the whole model fine-tuned\n"]
-    rows = [
-        [name, lv["time"]["steps"], lv["metrics"]["test/bleu"]]
-        for name, lv in (
-            ("full model", rw["dense"]),
-            ("continue training (baseline)", rw["continue"]),
-            ("rewind the unimportant ones, fine-tune", rw["rewind"]),
-        )
-    ]
-    lines.append(table(["model", "fine-tuning steps", "test BLEU"], rows))
-
     least, most = min(mean_contribution, key=mean_contribution.get), max(mean_contribution, key=mean_contribution.get)
-    gain = rw["rewind"]["metrics"]["test/bleu"] - rw["continue"]["metrics"]["test/bleu"]
-    retrain_gap = rt["retrain"]["metrics"]["test/bleu"] - rt["shallow"]["metrics"]["test/bleu"]
     noise = 0.3  # BLEU: differences smaller than this between single runs are read as ties
     verdicts = {
         "decoder self-attention is the least important component type": {
@@ -109,17 +80,56 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
             "verdict": "agree" if most == "D:FF" else "disagree",
             "evidence": f"highest mean contribution: {TYPES[most]} ({mean_contribution[most]:.2f})",
         },
-        "the pruned architecture, retrained, beats a shallower model of the same size": {
-            "verdict": by_gap(retrain_gap, noise),
-            "evidence": f"retrained {rt['retrain']['metrics']['test/bleu']:.2f} vs shallow "
-            f"{rt['shallow']['metrics']['test/bleu']:.2f} test BLEU ({retrain_gap:+.2f})",
-        },
-        "unimportant components are not useless: rewinding them to θ_0 and fine-tuning beats continued training": {
+    }
+    # the two training studies, each written as soon as its run exists (run.sh runs rewind first: it is cheaper)
+    retrain_claim = "the pruned architecture, retrained, beats a shallower model of the same size"
+    rewind_claim = (
+        "unimportant components are not useless: rewinding them to θ_0 and fine-tuning beats continued training"
+    )
+    if (rewind / "results.json").is_file():
+        rw = stages(json.loads((rewind / "results.json").read_text()))
+        lines += [
+            "\n## Rewind (Table 4): the least important components reset to θ_0, then the whole model fine-tuned\n"
+        ]
+        rows = [
+            [name, lv["time"]["steps"], lv["metrics"]["test/bleu"]]
+            for name, lv in (
+                ("full model", rw["dense"]),
+                ("continue training (baseline)", rw["continue"]),
+                ("rewind the unimportant ones, fine-tune", rw["rewind"]),
+            )
+        ]
+        lines.append(table(["model", "fine-tuning steps", "test BLEU"], rows))
+        gain = rw["rewind"]["metrics"]["test/bleu"] - rw["continue"]["metrics"]["test/bleu"]
+        verdicts[rewind_claim] = {
             "verdict": by_gap(gain, noise),
             "evidence": f"rewind {rw['rewind']['metrics']['test/bleu']:.2f} vs continue "
             f"{rw['continue']['metrics']['test/bleu']:.2f} test BLEU ({gain:+.2f}), same fine-tuning steps",
-        },
-    }
+        }
+    else:
+        verdicts[rewind_claim] = {"verdict": "not run yet", "evidence": f"no {rewind / 'results.json'}"}
+    if (retrain / "results.json").is_file():
+        results = json.loads((retrain / "results.json").read_text())
+        rt, chosen = stages(results), results["components"]["chosen"]
+        lines += [f"\n## Prune and retrain (Table 3): the {len(chosen)} least important components removed\n"]
+        lines.append(f"Removed: {', '.join(chosen)}\n")
+        rows = [
+            [name, lv["params"]["total"], lv["time"]["steps"], lv["metrics"]["test/bleu"]]
+            for name, lv in (
+                ("full model", rt["dense"]),
+                ("pruned, retrained from θ_0", rt["retrain"]),
+                ("shallow baseline, equal size", rt["shallow"]),
+            )
+        ]
+        lines.append(table(["model", "parameters", "training steps", "test BLEU"], rows))
+        gap = rt["retrain"]["metrics"]["test/bleu"] - rt["shallow"]["metrics"]["test/bleu"]
+        verdicts[retrain_claim] = {
+            "verdict": by_gap(gap, noise),
+            "evidence": f"retrained {rt['retrain']['metrics']['test/bleu']:.2f} vs shallow "
+            f"{rt['shallow']['metrics']['test/bleu']:.2f} test BLEU ({gap:+.2f})",
+        }
+    else:
+        verdicts[retrain_claim] = {"verdict": "not run yet", "evidence": f"no {retrain / 'results.json'}"}
     write_results(out, lines, verdicts, figures_from=dense / "components")
     return verdicts
 

@@ -18,7 +18,12 @@ if [ ! -f "$DENSE/results.json" ]; then
 fi
 $PY -m prunelab.cli.main components "$DENSE"
 # 20% of the components (7 of 36, the paper's Table 3-4 setting), chosen by contribution on the validation set
-$PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=retrain hydra.run.dir="$OUT/retrain"
+# each study's tables are written as soon as it finishes (rewind first: two 1,000-step fine-tunings; retrain trains
+# two models to convergence)
+report() { $PY -m experiments.wangtu2020.report "$DENSE" "$OUT/retrain" "$OUT/rewind" experiments/wangtu2020/results; }
+report
 $PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=rewind hydra.run.dir="$OUT/rewind"
-$PY -m experiments.wangtu2020.report "$DENSE" "$OUT/retrain" "$OUT/rewind" experiments/wangtu2020/results
+report
+$PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=retrain hydra.run.dir="$OUT/retrain"
+report
 echo "wangtu2020: $(( $(date +%s) - start )) s; tables in experiments/wangtu2020/results/tables.md"
