@@ -53,6 +53,12 @@ def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, 
         "baseline_same_layers": uniform(baseline, chosen) if k else None,
         "baseline_random": [uniform(baseline, d) for d in draws_list],
     }
+    # how much redundancy there is to find: each layer made uniform alone, and n random layers for every n, in the
+    # AttendOut-trained model (what a perfect G-Net could have pruned)
+    alone = {name: uniform(trained.model, [name]) for name in layers}
+    by_count = {
+        n: [uniform(trained.model, sorted(rng.sample(layers, n))) for _ in range(draws)] for n in range(1, len(layers))
+    }
     speed = speed_by_batch_size(trained.model, pruned, dm, scorer, (1, 16, 64), sentences=512) if k else []
 
     steps = {lv["stage"]: lv["time"]["steps"] for lv in res["levels"]}
@@ -89,6 +95,15 @@ def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, 
             ]
         )
     lines.append(table(["model", "test accuracy"], rows))
+    lines.append("\n## Redundancy: accuracy with layers made uniform in the AttendOut-trained model\n")
+    lines.append(table(["layer made uniform alone", *layers], [["test accuracy", *alone.values()]]))
+    lines.append("")
+    lines.append(
+        table(
+            ["random layers made uniform", f"mean of {draws}", "min", "max"],
+            [[n, mean(v), min(v), max(v)] for n, v in by_count.items()],
+        )
+    )
     if speed:
         lines.append(f"\n## Inference speed: {k} uniform layers (no Q/K) against the same model unpruned\n")
         lines.append(
@@ -136,6 +151,8 @@ def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, 
     full = {
         "accuracy": acc,
         "random_draws": draws_list,
+        "uniform_alone": alone,
+        "uniform_random_by_count": by_count,
         "pruned_layers": chosen,
         "speed": speed,
         "steps": steps,
