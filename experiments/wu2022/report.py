@@ -131,7 +131,7 @@ def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, 
             "evidence": f"{k} of {len(layers)} layers pruned",
         },
         "the pruned AttendOut model is as accurate as the unpruned baseline": {
-            "verdict": compare(acc["attendout_pruned"], acc["baseline"]),
+            "verdict": compare(acc["attendout_pruned"], acc["baseline"]) if k else "not tested: nothing pruned",
             "evidence": f"{acc['attendout_pruned']:.2f} vs {acc['baseline']:.2f} (ties within {NOISE} points)",
         },
     }
