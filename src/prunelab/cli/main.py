@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p_comp.add_argument("--rescore", action="store_true", help="group ablation also re-scored after each step")
     p_comp.add_argument("--exact-drops", action="store_true", help="no early stop: exact BLEU drop for every one")
     args = parser.parse_args(argv)
+    log = logging.getLogger("prunelab")  # the analyses' progress lines, to stderr (other libraries stay quiet)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         if args.command == "heads":
             from prunelab.cli.heads import analyse_heads
