@@ -1,7 +1,7 @@
 """`pruner=components`: use Wang & Tu's (2020) contribution scores to drop or rewind whole sub-layers.
 
 `sparsity` is the fraction of components (sub-layers) chosen, the least important by contribution (Eq. 1)
-on the validation data; 0.2 of the 36 components of a 6+6 model is the paper's 7. Rounds (each a
+on the validation data; 0.2 of the 30 components of a 6+6 model is 6. Rounds (each a
 `trainer.fit`):
 
 mode=retrain (Table 3):
