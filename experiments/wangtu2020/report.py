@@ -62,7 +62,8 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
     rho = (comp.get("rank_agreement") or {}).get("spearman_contribution_criticality")
     if rho is not None:
         lines.append(
-            f"\nSpearman rank correlation of contribution and criticality over the {len(contribution)} components: {rho:.2f}"
+            f"\nSpearman rank correlation of contribution and criticality over the {len(contribution)} "
+            f"components: {rho:.2f}"
         )
 
     curve = comp["group_ablation"]["by contribution"]
