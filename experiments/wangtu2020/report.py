@@ -32,6 +32,17 @@ def by_layer(scores: dict[str, float]) -> list[list[Any]]:
     return rows
 
 
+def versus(claimed: tuple[str, dict[str, Any]], other: tuple[str, dict[str, Any]], noise: float) -> dict[str, str]:
+    """The verdict on "the first level's test BLEU beats the second's", with both numbers as evidence."""
+    (a_name, a), (b_name, b) = claimed, other
+    gap = a["metrics"]["test/bleu"] - b["metrics"]["test/bleu"]
+    return {
+        "verdict": by_gap(gap, noise),
+        "evidence": f"{a_name} {a['metrics']['test/bleu']:.2f} vs {b_name} {b['metrics']['test/bleu']:.2f} test BLEU "
+        f"({gap:+.2f}), after {a['time']['steps']} and {b['time']['steps']} steps",
+    }
+
+
 def stages(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {lv["stage"]: lv for lv in results["levels"]}
 
@@ -92,45 +103,41 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
     if (rewind / "results.json").is_file():
         rw = stages(json.loads((rewind / "results.json").read_text()))
         lines += [
-            "\n## Rewind (Table 4): the least important components reset to θ_0, then the whole model fine-tuned\n"
+            "\n## Rewind (Table 4): the least important components reset to θ_0, then the whole model fine-tuned\n",
+            table(
+                ["model", "fine-tuning steps", "test BLEU"],
+                [
+                    [name, lv["time"]["steps"], lv["metrics"]["test/bleu"]]
+                    for name, lv in (
+                        ("full model", rw["dense"]),
+                        ("continue training (baseline)", rw["continue"]),
+                        ("rewind the unimportant ones, fine-tune", rw["rewind"]),
+                    )
+                ],
+            ),
         ]
-        rows = [
-            [name, lv["time"]["steps"], lv["metrics"]["test/bleu"]]
-            for name, lv in (
-                ("full model", rw["dense"]),
-                ("continue training (baseline)", rw["continue"]),
-                ("rewind the unimportant ones, fine-tune", rw["rewind"]),
-            )
-        ]
-        lines.append(table(["model", "fine-tuning steps", "test BLEU"], rows))
-        gain = rw["rewind"]["metrics"]["test/bleu"] - rw["continue"]["metrics"]["test/bleu"]
-        verdicts[rewind_claim] = {
-            "verdict": by_gap(gain, noise),
-            "evidence": f"rewind {rw['rewind']['metrics']['test/bleu']:.2f} vs continue "
-            f"{rw['continue']['metrics']['test/bleu']:.2f} test BLEU ({gain:+.2f}), same fine-tuning steps",
-        }
+        verdicts[rewind_claim] = versus(("rewind", rw["rewind"]), ("continue", rw["continue"]), noise)
     else:
         verdicts[rewind_claim] = {"verdict": "not run yet", "evidence": f"no {rewind / 'results.json'}"}
     if (retrain / "results.json").is_file():
         results = json.loads((retrain / "results.json").read_text())
         rt, chosen = stages(results), results["components"]["chosen"]
-        lines += [f"\n## Prune and retrain (Table 3): the {len(chosen)} least important components removed\n"]
-        lines.append(f"Removed: {', '.join(chosen)}\n")
-        rows = [
-            [name, lv["params"]["total"], lv["time"]["steps"], lv["metrics"]["test/bleu"]]
-            for name, lv in (
-                ("full model", rt["dense"]),
-                ("pruned, retrained from θ_0", rt["retrain"]),
-                ("shallow baseline, equal size", rt["shallow"]),
-            )
+        lines += [
+            f"\n## Prune and retrain (Table 3): the {len(chosen)} least important components removed\n",
+            f"Removed: {', '.join(chosen)}\n",
+            table(
+                ["model", "parameters", "training steps", "test BLEU"],
+                [
+                    [name, lv["params"]["total"], lv["time"]["steps"], lv["metrics"]["test/bleu"]]
+                    for name, lv in (
+                        ("full model", rt["dense"]),
+                        ("pruned, retrained from θ_0", rt["retrain"]),
+                        ("shallow baseline, equal size", rt["shallow"]),
+                    )
+                ],
+            ),
         ]
-        lines.append(table(["model", "parameters", "training steps", "test BLEU"], rows))
-        gap = rt["retrain"]["metrics"]["test/bleu"] - rt["shallow"]["metrics"]["test/bleu"]
-        verdicts[retrain_claim] = {
-            "verdict": by_gap(gap, noise),
-            "evidence": f"retrained {rt['retrain']['metrics']['test/bleu']:.2f} vs shallow "
-            f"{rt['shallow']['metrics']['test/bleu']:.2f} test BLEU ({gap:+.2f})",
-        }
+        verdicts[retrain_claim] = versus(("retrained", rt["retrain"]), ("shallow", rt["shallow"]), noise)
     else:
         verdicts[retrain_claim] = {"verdict": "not run yet", "evidence": f"no {retrain / 'results.json'}"}
     write_results(out, lines, verdicts, figures_from=dense / "components")
