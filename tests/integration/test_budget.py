@@ -41,16 +41,24 @@ class FakeTime:
         return self.now
 
 
-def test_clock_stops_when_the_evaluation_would_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Budget 100 s, test twice a validation's cost: a validation of 10 s reserves 10 * (2 + 2) s plus a step."""
+def clock_after_ten_steps(
+    monkeypatch: pytest.MonkeyPatch, budget_s: float, eval_factor: float
+) -> tuple[FakeTime, StageClock, SimpleNamespace]:
+    """A StageClock on a fake clock, after 10 training steps of 1 s each."""
     fake = FakeTime()
     monkeypatch.setattr(budget.time, "monotonic", fake)
-    clock = StageClock(budget_s=100.0, eval_factor=2.0)
+    clock = StageClock(budget_s=budget_s, eval_factor=eval_factor)
     trainer = SimpleNamespace(should_stop=False, state=SimpleNamespace(fn="fit"))
     clock.on_train_start(trainer, None)
-    for _ in range(10):  # 10 steps of 1 s
+    for _ in range(10):
         fake.now += 1.0
         clock.on_train_batch_end(trainer, None)
+    return fake, clock, trainer
+
+
+def test_clock_stops_when_the_evaluation_would_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Budget 100 s, test twice a validation's cost: a validation of 10 s reserves 10 * (2 + 2) s plus a step."""
+    fake, clock, trainer = clock_after_ten_steps(monkeypatch, 100.0, 2.0)  # 10 steps of 1 s
     assert clock.reserve() == pytest.approx(1.0 + 0.2 * 100.0)  # no validation timed yet: a fifth of the budget
     clock.on_validation_start(trainer, None)
     fake.now += 10.0
@@ -68,14 +76,8 @@ def test_clock_stops_when_the_evaluation_would_not_fit(monkeypatch: pytest.Monke
 
 def test_budget_is_the_reason_when_less_than_a_step_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
     """The task stops at int(total_steps): an estimate of 10.77 at step 10 ends the round, so the clock says why."""
-    fake = FakeTime()
-    monkeypatch.setattr(budget.time, "monotonic", fake)
-    clock = StageClock(budget_s=24.0, eval_factor=1.0)
-    trainer = SimpleNamespace(should_stop=False, state=SimpleNamespace(fn="fit"))
-    clock.on_train_start(trainer, None)
-    for _ in range(10):  # 10 steps of 1 s, then a validation of 3 s: reserve 1 + 3 * 3 = 10 s
-        fake.now += 1.0
-        clock.on_train_batch_end(trainer, None)
+    # 10 steps of 1 s, then a validation of 3 s: reserve 1 + 3 * 3 = 10 s
+    fake, clock, trainer = clock_after_ten_steps(monkeypatch, 24.0, 1.0)
     clock.on_validation_start(trainer, None)
     fake.now += 3.0
     clock.on_validation_end(trainer, None)
