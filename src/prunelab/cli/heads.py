@@ -34,7 +34,7 @@ from prunelab.importance.components import DecodeSettings
 from prunelab.importance.heads import head_importance
 from prunelab.importance.speed import speed_by_batch_size, without_heads
 from prunelab.loggers import is_wandb_config
-from prunelab.models.addressing import attention_names, head_names
+from prunelab.models.addressing import attention_names, component_type, head_names
 from prunelab.training import load_run
 from prunelab.training.io import write_json
 
@@ -68,7 +68,7 @@ def analyse_heads(
 
     # one progress bar over every evaluation of the study (each a full decode of valid or test)
     n_heads, n_layers = len(head_names(model)), len(attention_names(model))
-    types = sum(bool(order_by_score(dict.fromkeys(head_names(model), 0.0), [k])) for k in ATTENTION_TYPES)
+    types = len({component_type(h) for h in head_names(model)})  # attention types with heads (a classifier: 1)
     per_curve = 1 + math.ceil(round(1 / step, 9))  # at most: few heads can round two steps to one count
     curves_n = 1 + types + int(ablation_order) + random_orders
     bar = tqdm(total=(1 + n_heads) + (1 + n_heads + n_layers) + curves_n * per_curve, desc="heads study", unit="eval")
