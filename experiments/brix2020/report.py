@@ -1,0 +1,215 @@
+"""Brix, Bahar & Ney (2020) at CPU scale: the tables, figure and verdicts of README.md.
+
+    python -m experiments.brix2020.report RUNS_DIR [OUT_DIR]
+
+RUNS_DIR holds the runs of run.sh, one folder each (slt, lt, clt, clt_random_signs, slt_mp, mp_slt, mp_1200,
+mp50_1200, mp80_1200, mp_matched, random_matched); missing or unfinished runs leave their cells empty and their
+verdicts "not run". Every number comes from the runs' results.json (their finished levels). Writes OUT_DIR
+(default RUNS_DIR/report): tables.md, verdicts.json, table1.csv and bleu_vs_sparsity.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from experiments.reporting import by_gap, table, write_results
+
+NOISE = 1.0  # BLEU: single runs on a 500-sentence test set; gaps below this are read as ties
+DEFAULT_RUN_BLEU = 88.4  # `python train.py` (fp32, 1,200 steps), README "Quick start"
+# folder -> row label; the iterative runs have one level per round, the others one
+RUNS = {
+    "lt": "LT (rewind to θ_0)",
+    "slt": "SLT (rewind to θ_t, t = 5%)",
+    "clt": "CLT (constant magnitudes)",
+    "clt_random_signs": "CLT, random signs",
+    "slt_mp": "SLT-MP",
+    "mp_slt": "MP-SLT",
+    "mp_1200": "MP, one round",
+    "mp50_1200": "MP, one round",
+    "mp80_1200": "MP, one round",
+    "mp_matched": "MP, compute-matched",
+    "random_matched": "random, compute-matched",
+}
+LEVELS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
+
+
+def levels_of(runs_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """folder -> its finished levels (a running iterative run contributes the rounds it has finished)."""
+    found = {}
+    for name in RUNS:
+        path = runs_dir / name / "results.json"
+        if path.is_file():
+            levels = json.loads(path.read_text()).get("levels") or []
+            if levels:
+                found[name] = levels
+    return found
+
+
+def at(levels: list[dict[str, Any]], sparsity: float) -> dict[str, Any] | None:
+    """The level at this sparsity (to 0.1 percentage point), if the run reached it."""
+    return next((lv for lv in levels if abs(lv["sparsity"] - sparsity) < 1e-3), None)
+
+
+def bleu(runs: dict[str, list[dict[str, Any]]], name: str, sparsity: float) -> float | None:
+    lv = at(runs.get(name, []), sparsity)
+    return None if lv is None else lv["metrics"]["test/bleu"]
+
+
+def steps_to(levels: list[dict[str, Any]], sparsity: float) -> int:
+    """Training steps of all rounds up to and including the one at `sparsity`."""
+    total = 0
+    for lv in levels:
+        total += lv["time"]["steps"]
+        if abs(lv["sparsity"] - sparsity) < 1e-3:
+            return total
+    raise ValueError(f"no level at {sparsity}")
+
+
+def table1(runs: dict[str, list[dict[str, Any]]]) -> list[list[Any]]:
+    """Rows per technique (the three one-round MP runs share one), cells 'BLEU / TER (steps)'."""
+    rows: dict[str, list[Any]] = {}
+    for name, levels in runs.items():
+        row = rows.setdefault(RUNS[name], [RUNS[name], *("–" for _ in LEVELS)])
+        for i, s in enumerate(LEVELS):
+            lv = at(levels, s)
+            if lv is not None:
+                m = lv["metrics"]
+                row[1 + i] = f"{m['test/bleu']:.1f} / {m['test/ter']:.1f} ({steps_to(levels, s):,})"
+    order = list(dict.fromkeys(RUNS.values()))
+    return sorted(rows.values(), key=lambda r: order.index(r[0]))
+
+
+def claim(gap: float | None, evidence: str, noise: float = NOISE) -> dict[str, str]:
+    """by_gap's verdict on a claimed advantage, or 'not run' when a run it needs is missing."""
+    if gap is None:
+        return {"verdict": "not run", "evidence": "a run it needs has not finished"}
+    return {"verdict": by_gap(gap, noise), "evidence": evidence}
+
+
+def versus(runs: dict[str, list[dict[str, Any]]], a: str, b: str, sparsity: float) -> tuple[float | None, str]:
+    """(BLEU of a − BLEU of b at this sparsity, the evidence sentence with both numbers and step counts)."""
+    x, y = bleu(runs, a, sparsity), bleu(runs, b, sparsity)
+    if x is None or y is None:
+        return None, ""
+    sa, sb = steps_to(runs[a], sparsity), steps_to(runs[b], sparsity)
+    return x - y, f"{RUNS[a]} {x:.1f} ({sa:,} steps) vs {RUNS[b]} {y:.1f} ({sb:,} steps) at {sparsity:.0%}"
+
+
+def verdicts(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, str]]:
+    out = {}
+    gap, ev = versus(runs, "slt", "lt", 0.9)
+    out["LT (rewinding to θ_0) falls behind SLT at high sparsity"] = claim(gap, ev)
+
+    # "SLT performs similar to MP for sparsity levels of up to 85%": a tie is the claim; a gap either way is not
+    pairs = [versus(runs, "slt", mp, s) for mp, s in (("mp50_1200", 0.5), ("mp80_1200", 0.8))]
+    if any(g is None for g, _ in pairs):
+        out["SLT performs like MP up to 85% sparsity"] = claim(None, "")
+    else:
+        worst = max(abs(g) for g, _ in pairs)
+        out["SLT performs like MP up to 85% sparsity"] = {
+            "verdict": "agree" if worst <= NOISE else "disagree",
+            "evidence": "; ".join(e for _, e in pairs) + f" (largest gap {worst:.1f}, ties within {NOISE})",
+        }
+
+    others = [n for n in runs if n not in ("slt_mp", "mp50_1200", "mp80_1200") and bleu(runs, n, 0.9) is not None]
+    best = max(others, key=lambda n: bleu(runs, n, 0.9), default=None)
+    gap, ev = versus(runs, "slt_mp", best, 0.9) if best else (None, "")
+    out["SLT-MP beats every other technique at 90% (compute-matched MP included)"] = claim(
+        gap, ev + " (the best of the others)" if ev else ev
+    )
+
+    gap, ev = versus(runs, "clt", "slt", 0.9)
+    out["the sign matters, not the magnitude: CLT does as well as SLT"] = (
+        claim(None, "")
+        if gap is None
+        else {
+            "verdict": "agree" if gap > -NOISE else "disagree",
+            "evidence": f"{ev} (agree unless CLT < SLT − {NOISE})",
+        }
+    )
+    gap, ev = versus(runs, "clt", "clt_random_signs", 0.9)
+    out["with random signs CLT fails (control)"] = claim(gap, ev)
+
+    gap, ev = versus(runs, "slt", "mp_slt", 0.9)
+    out["MP does not find winning tickets: MP-SLT falls behind SLT"] = claim(gap, ev)
+
+    gap, ev = versus(runs, "slt", "random_matched", 0.9)
+    out["a lottery mask beats a random mask at equal training (control)"] = claim(gap, ev)
+
+    gap, ev = versus(runs, "slt", "mp_matched", 0.9)
+    out["(compute-matched) SLT beats MP trained as many steps, at 90%"] = claim(gap, ev)
+    return out
+
+
+def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    seen: set[str] = set()
+    for name, levels in runs.items():
+        label = RUNS[name]
+        xs = [lv["sparsity"] * 100 for lv in levels]
+        ys = [lv["metrics"]["test/bleu"] for lv in levels]
+        style = "o" if len(levels) == 1 else "o-"
+        ax.plot(xs, ys, style, label=None if label in seen else label, color=f"C{list(RUNS.values()).index(label)}")
+        seen.add(label)
+    ax.set_xlabel("sparsity of the prunable matrices (%)")
+    ax.set_ylabel("test BLEU (beam 4)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(runs_dir: Path, out: Path) -> dict[str, dict[str, str]]:
+    runs = levels_of(runs_dir)
+    lines = ["Test BLEU / TER (beam 4) and, in brackets, the training steps of all rounds up to that level.\n"]
+    rows = table1(runs)
+    lines.append(table(["technique", *(f"{s:.0%}" for s in LEVELS)], rows))
+    if "slt" in runs:
+        dense = runs["slt"][0]
+        lines.append(
+            f"\nDense round (round 0 of SLT, {dense['time']['steps']:,} steps): test BLEU "
+            f"{dense['metrics']['test/bleu']:.2f}; the dense default run (fp32) reached {DEFAULT_RUN_BLEU}."
+        )
+    walls = []
+    for name in runs:
+        r = json.loads((runs_dir / name / "results.json").read_text())
+        if r.get("status") == "completed":
+            walls.append([name, RUNS[name], len(runs[name]), steps_to(runs[name], runs[name][-1]["sparsity"]),
+                          f"{r['wall_time_s'] / 60:.1f}"])  # fmt: skip
+    lines += ["\n## Training per run\n", table(["run", "technique", "rounds", "steps", "wall (min)"], walls)]
+    result = verdicts(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "table1.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["run", "technique", "round", "sparsity", "steps_so_far", "test_bleu", "test_ter", "model_csc_bytes"]
+        )
+        for name, levels in runs.items():
+            for lv in levels:
+                w.writerow([name, RUNS[name], lv["round"], f"{lv['sparsity']:.4f}", steps_to(levels, lv["sparsity"]),
+                            f"{lv['metrics']['test/bleu']:.2f}", f"{lv['metrics']['test/ter']:.2f}",
+                            lv["memory"]["model"]["csc_bytes"]])  # fmt: skip
+    if runs:
+        plot(runs, out / "bleu_vs_sparsity.png")
+    write_results(out, lines, result)
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    runs_dir = Path(sys.argv[1])
+    if not runs_dir.is_dir():
+        sys.exit(f"error: runs folder not found: {runs_dir}")
+    report(runs_dir, Path(sys.argv[2]) if len(sys.argv) == 3 else runs_dir / "report")
+    print(f"tables: {(Path(sys.argv[2]) if len(sys.argv) == 3 else runs_dir / 'report') / 'tables.md'}")
