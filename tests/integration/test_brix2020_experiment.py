@@ -39,7 +39,12 @@ def test_every_job_composes_and_matched_runs_train_as_long_as_the_iterative_ones
         cfg = run_cfg(["experiment=brix2020", "logger=csv", *args])
         pruner = instantiate(cfg.pruner)
         steps[name] = getattr(pruner, "rounds", 1) * cfg.trainer.max_steps
-        assert cfg.trainer.precision == "bf16-mixed" and cfg.task.val_beam_size == 1 and cfg.task.beam_size == 4
+        assert (
+            cfg.task.schedule == "linear"
+            and cfg.trainer.precision == "bf16-mixed"
+            and cfg.task.val_beam_size == 1
+            and cfg.task.beam_size == 4
+        )
     assert steps["slt"] == steps["lt"] == steps["clt"] == steps["clt_random_signs"] == 11 * 1200
     assert steps["mp_matched"] == steps["random_matched"] == steps["slt"]  # compute-matched
     assert steps["mp_1200"] == 1200 and steps["slt_mp"] < steps["slt"]
