@@ -3,14 +3,17 @@
 #
 # Every round trains 1,200 steps (the dense default run's length). LT, SLT and CLT go up the paper's level
 # schedule to 90% in 11 rounds (13,200 steps); their runs to 50% and 80% are the first rounds of those runs.
-# MP and random pruning train once, either for one round (the paper's MP) or for 13,200 steps (compute-matched).
+# MP and random pruning train once, either for one round (the paper's MP) or for as many steps as SLT took to
+# reach the same sparsity (compute-matched: 13,200 steps to 90%, 10,800 to 80%, 7,200 to 50%).
 # A finished run (its results.json says "completed") is skipped, so an interrupted script can be rerun.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-outputs/brix2020/$(date +%Y-%m-%d)}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-MATCHED=13200   # 11 rounds x 1,200 steps
+MATCHED=13200     # 11 rounds x 1,200 steps: LT/SLT/CLT to 90%
+MATCHED80=10800   # 9 rounds: to 80%
+MATCHED50=7200    # 6 rounds: to 50%
 
 run() {  # run NAME OVERRIDES...: one training run into $OUT/NAME, then the table so far
   local name=$1
@@ -35,4 +38,6 @@ run random_matched pruner=random sparsity=0.9 trainer.max_steps=$MATCHED
 run clt_random_signs pruner=clt pruner.random_signs=true sparsity=0.9
 run slt_mp pruner=slt_mp sparsity=0.9
 run mp_slt pruner=mp_slt sparsity=0.9
+run mp50_matched pruner=mp sparsity=0.5 trainer.max_steps=$MATCHED50
+run mp80_matched pruner=mp sparsity=0.8 trainer.max_steps=$MATCHED80
 $PY -m experiments.brix2020.report "$OUT" experiments/brix2020/results
