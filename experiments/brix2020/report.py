@@ -4,13 +4,15 @@
 
 RUNS_DIR holds the runs of run.sh, one folder each (the keys of RUNS below); missing or unfinished runs leave
 their cells empty and their verdicts "not run". Every number comes from the runs' results.json (their finished
-levels). Writes OUT_DIR (default RUNS_DIR/report): tables.md, verdicts.json, table1.csv and bleu_vs_sparsity.png.
+levels). Writes OUT_DIR (default RUNS_DIR/report): tables.md, verdicts.json, table1.csv, bleu_vs_sparsity.png,
+and runs/ with a copy of each run's results.json.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,9 @@ def report(runs_dir: Path, out: Path) -> dict[str, dict[str, str]]:
                 w.writerow([name, RUNS[name], lv["round"], f"{lv['sparsity']:.4f}", steps_to(levels, lv["sparsity"]),
                             f"{lv['metrics']['test/bleu']:.2f}", f"{lv['metrics']['test/ter']:.2f}",
                             lv["memory"]["model"]["csc_bytes"]])  # fmt: skip
+    for name in runs:  # the evidence, beside the tables
+        (out / "runs").mkdir(exist_ok=True)
+        shutil.copy(runs_dir / name / "results.json", out / "runs" / f"{name}_results.json")
     if runs:
         plot(runs, out / "bleu_vs_sparsity.png")
     write_results(out, lines, result)

@@ -114,6 +114,10 @@ def test_report_tables_steps_and_verdicts(tmp_path: Path) -> None:
     # the unfinished run is in the table, not in the per-run training table
     assert "| slt_mp |" not in text and "| slt |" in text
     assert (tmp_path / "out" / "bleu_vs_sparsity.png").stat().st_size > 0
+    assert (
+        json.loads((tmp_path / "out" / "runs" / "lt_results.json").read_text())["levels"][-1]["metrics"]["test/bleu"]
+        == 70.0
+    )
     assert json.loads((tmp_path / "out" / "verdicts.json").read_text()) == verdicts
 
 
