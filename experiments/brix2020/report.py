@@ -195,7 +195,7 @@ def report(runs_dir: Path, out: Path) -> dict[str, dict[str, str]]:
     for name in runs:
         r = json.loads((runs_dir / name / "results.json").read_text())
         if r.get("status") == "completed":
-            walls.append([name, RUNS[name], len(runs[name]), f"{steps_to(runs[name], runs[name][-1]['sparsity']):,}",
+            walls.append([name, RUNS[name], len(runs[name]), f"{sum(lv['time']['steps'] for lv in runs[name]):,}",
                           f"{r['wall_time_s'] / 60:.1f}"])  # fmt: skip
     lines += ["\n## Training per run\n", table(["run", "technique", "rounds", "steps", "wall (min)"], walls)]
     result = verdicts(runs)
