@@ -1,8 +1,9 @@
 """AttendOut (Wu, Zhao & Zhang) on a 6-layer classifier: the tables and verdicts of README.md.
 
-    python -m experiments.wu2022.report ATTENDOUT_RUN BASELINE_RUN [OUT_DIR] [--draws N]
+    python -m experiments.wu2022.report ATTENDOUT_RUN BASELINE_RUN [OUT_DIR] [--draws N] [--start RUN]
 
-ATTENDOUT_RUN: `python train.py experiment=wu2022 pruner=attendout`; BASELINE_RUN: the same with pruner=none.
+ATTENDOUT_RUN: `python train.py experiment=wu2022 pruner=attendout`; BASELINE_RUN: the same with pruner=none and
+the same steps (run.sh: both fine-tune the model of START, the run they begin from, whose accuracy is reported too).
 Compares on the test set: the baseline; the AttendOut-trained model before and after its chosen layers get
 uniform attention; the same number of layers made uniform at random (N draws, default 10) in the AttendOut-trained
 model and in the baseline; and the inference speed of the pruned model against its unpruned self by batch size.
@@ -28,7 +29,9 @@ from prunelab.training import load_run
 NOISE = 0.5  # accuracy points: differences below this between single runs are read as ties
 
 
-def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, seed: int = 0) -> dict[str, Any]:
+def report(
+    attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, seed: int = 0, start_dir: Path | None = None
+) -> dict[str, Any]:
     res = json.loads((attendout_dir / "results.json").read_text())
     chosen: list[str] = res["attendout"]["pruned_layers"]
     trained = load_run(Path(res["levels"][0]["best_checkpoint"]), data=True)  # D-Net after AttendOut, unpruned
@@ -46,6 +49,7 @@ def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, 
     rng = random.Random(seed)
     draws_list = [sorted(rng.sample(layers, k)) for _ in range(draws)] if 0 < k < len(layers) else []
     acc = {
+        "start": scorer.score(load_run(start_dir).model, test) if start_dir else None,
         "baseline": scorer.score(baseline, test),
         "attendout_unpruned": scorer.score(trained.model, test),
         "attendout_pruned": scorer.score(pruned, test),
@@ -67,15 +71,18 @@ def report(attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, 
         f"AttendOut run `{attendout_dir}` ({steps.get('attendout')} steps, keep probabilities "
         + ", ".join(f"{p:.2f}" for p in res["attendout"]["keep_probability"])
         + f"; A-Net won {res['attendout']['rewards']['a_wins']} of "
-        f"{sum(res['attendout']['rewards'].values())} cycles); baseline `{baseline_dir}` ({base_steps} steps).",
+        f"{sum(res['attendout']['rewards'].values())} cycles; reward {res['attendout'].get('reward', 'sign')}, "
+        f"drop bonus {res['attendout'].get('drop_bonus', 0.0)}); baseline `{baseline_dir}` ({base_steps} steps)"
+        + (f"; both start from `{start_dir}`." if start_dir else "."),
         f"\nAttention layers pruned: {k} of {len(layers)} ({', '.join(chosen) or 'none'}).\n",
         "## Test accuracy (%)\n",
     ]
     rand = acc["attendout_random"]
     brand = acc["baseline_random"]
-    rows: list[list[Any]] = [
-        ["baseline (no AttendOut)", acc["baseline"]],
-        ["AttendOut-trained, all layers", acc["attendout_unpruned"]],
+    rows: list[list[Any]] = [["the model both start from", acc["start"]]] if start_dir else []
+    rows += [
+        [f"baseline (no AttendOut), {base_steps} steps", acc["baseline"]],
+        [f"AttendOut-trained, {steps.get('attendout')} steps, all layers", acc["attendout_unpruned"]],
         [f"AttendOut-trained, its {k} layers uniform (pruned)", acc["attendout_pruned"]],
     ]
     if rand:
@@ -168,6 +175,7 @@ if __name__ == "__main__":
     parser.add_argument("baseline_run", type=Path)
     parser.add_argument("out", type=Path, nargs="?", default=Path(__file__).parent / "results")
     parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--start", type=Path, default=None, help="the run both fine-tune (its accuracy is reported)")
     args = parser.parse_args()
-    for claim, v in report(args.attendout_run, args.baseline_run, args.out, args.draws).items():
+    for claim, v in report(args.attendout_run, args.baseline_run, args.out, args.draws, start_dir=args.start).items():
         print(f"{v['verdict']:>12}  {claim}")

@@ -198,12 +198,15 @@ def test_attendout_end_to_end(tmp_path: Path) -> None:
 def test_attendout_under_ddp(tmp_path: Path) -> None:
     """Two CPU processes: A-Net and G-Net train outside DDP's reducer with their gradients averaged, every
     cycle checks that A-Net is identical on both ranks (the run stops otherwise), and the pruning decision
-    comes from keep probabilities averaged over the whole validation set."""
+    comes from keep probabilities averaged over the whole validation set. The per-example "margin" reward
+    with a drop bonus: its mean over both ranks' examples feeds the shared baseline."""
     ddp = ["hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2", "hardware.precision=32-true"]
-    run = train(tmp_path / "run", *CLS, *ddp, "pruner=attendout", "pruner.every=3", "pruner.threshold=1.0")
+    margin = ["pruner.reward=margin", "pruner.drop_bonus=0.05"]
+    run = train(tmp_path / "run", *CLS, *ddp, "pruner=attendout", "pruner.every=3", "pruner.threshold=1.0", *margin)
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     assert res["status"] == "completed" and [x["stage"] for x in res["levels"]] == ["attendout", "pruned"]
     assert sum(res["attendout"]["rewards"].values()) == 20 // 3
+    assert res["attendout"]["reward"] == "margin" and res["attendout"]["mean_reward_last_10"] is not None
     assert res["attendout"]["pruned_layers"] == ["enc.0.sa"]
     assert len((run.dir / "test.hyp.txt").read_text().split()) == 20  # every test example once

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from prunelab.pruning.attendout import GNet, RewardBaseline, log_prob, reinforce_loss
+from prunelab.pruning.attendout import GNet, RewardBaseline, example_rewards, log_prob, reinforce_loss
 
 
 def test_decisions_shapes_and_log_probability() -> None:
@@ -137,3 +137,78 @@ def test_checkpoint_state_resumes_mid_cycle_exactly(tmp_path) -> None:
     for a, b in zip(pruner.g_net.parameters(), resumed.g_net.parameters(), strict=True):
         assert torch.equal(a, b)
     assert resumed._opts["a"].state_dict()["state"][0]["step"] == pruner._opts["a"].state_dict()["state"][0]["step"]
+
+
+def _learn_policy(mode: str, drop_bonus: float, cycles: int = 150, seed: int = 0) -> list[float]:
+    """REINFORCE on a planted problem, with the library's G-Net, rewards and loss: dropping layer 0's map costs
+    A-Net 0.5 nats on that example, dropping any other map costs nothing; both nets' per-example losses carry
+    independent noise (std 0.3). The A-vs-D verdict is on the summed losses, as in a cycle.
+    -> G-Net's mean keep probability per layer after `cycles` cycles of 5 batches of 16."""
+    torch.manual_seed(seed)
+    layers, width, length = 4, 16, 6
+    cost = torch.tensor([0.5, 0.0, 0.0, 0.0])
+    g = GNet(d_model=width, n_layers=layers, initial_keep=0.9)
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    baseline = RewardBaseline(0.9)
+    mask = torch.ones(16, length, dtype=torch.bool)
+    for _ in range(cycles):
+        xs = [torch.randn(16, length, width) for _ in range(5)]
+        with torch.no_grad():
+            keeps = [g.sample(x, mask)[0] for x in xs]
+        keep = torch.cat(keeps)
+        a_loss = ((1 - keep) * cost).sum(1) + 0.3 * torch.randn(len(keep))
+        d_loss = 0.3 * torch.randn(len(keep))
+        reward = example_rewards(a_loss, d_loss, keep, mode, drop_bonus, bool(a_loss.sum() < d_loss.sum()))
+        log_probs = torch.cat([log_prob(g.keep_logits(x, mask), k) for x, k in zip(xs, keeps, strict=True)])
+        opt.zero_grad()
+        reinforce_loss(log_probs, reward, baseline.value).backward()
+        opt.step()
+        baseline.update(float(torch.as_tensor(reward).mean()))
+    with torch.no_grad():
+        big = torch.ones(512, length, dtype=torch.bool)
+        return torch.sigmoid(g.keep_logits(torch.randn(512, length, width), big)).mean(0).tolist()
+
+
+def test_example_rewards_by_hand() -> None:
+    a = torch.tensor([0.2, 1.0, 0.1])
+    d = torch.tensor([0.5, 0.4, 0.1])
+    keep = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    assert example_rewards(a, d, keep, "sign", 0.0, a_wins=False) == -1.0
+    assert torch.allclose(example_rewards(a, d, keep, "margin", 0.0, True), torch.tensor([0.3, -0.6, 0.0]))
+    assert torch.allclose(example_rewards(a, d, keep, "margin", 0.1, True), torch.tensor([0.4, -0.4, 0.0]))
+    assert torch.allclose(example_rewards(a, d, keep, "sign", 0.5, True), torch.tensor([1.5, 2.0, 1.0]))
+
+
+def test_margin_reward_with_a_drop_bonus_keeps_the_costly_map_and_drops_the_free_ones() -> None:
+    keep = _learn_policy("margin", drop_bonus=0.05)
+    assert keep[0] > 0.9, keep  # dropping it costs 0.5 nats, more than the 0.05 bonus
+    assert max(keep[1:]) < 0.1, keep  # free: the bonus wins
+
+
+def test_sign_reward_alone_learns_to_keep_every_map_and_with_a_bonus_drops_every_map() -> None:
+    """Why experiment=wu2022 uses reward=margin: the +/-1 reward (as the paper is summarised in DESIGN.md) has
+    nothing pushing towards dropping, and a bonus added to it saturates (A-Net always loses, r = -1)."""
+    assert min(_learn_policy("sign", drop_bonus=0.0)) > 0.5  # nothing falls below the pruning threshold
+    assert max(_learn_policy("sign", drop_bonus=0.05 * 4)) < 0.1
+
+
+def test_a_net_starts_from_the_weights_the_round_starts_with() -> None:
+    """`ckpt=` loads trained weights after the pruner is attached: A-Net must start from them, or the first
+    D <- A would throw the trained weights away."""
+    from prunelab.pruning.attendout import AttendOutPruner
+
+    d = _tiny_classifier()
+    pruner = AttendOutPruner(every=1, lr=1e-3, warmup_steps=1, seed=0)
+    pruner.attach(d)
+    trained = _tiny_classifier()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    d.load_state_dict(trained.state_dict())  # what ckpt= does after attach
+    assert not torch.equal(pruner.a_net.enc[0].sa.q_proj.weight, d.enc[0].sa.q_proj.weight)
+    pruner.on_round_start(d, 0)
+    for a, b in zip(pruner.a_net.state_dict().values(), d.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    pruner.on_batch(d, _batch(0))  # one step and a cycle: D <- A stays close to the trained weights
+    drift = max(float((a - b).abs().max()) for a, b in zip(d.parameters(), trained.parameters(), strict=True))
+    assert drift < 0.05

@@ -6,9 +6,19 @@ and after step l a linear read-out of its pooled state gives the probability p_l
 attention map. Decisions are sampled per example, keep_l ~ Bernoulli(p_l); A-Net trains with them
 (`MultiHeadAttention(map_keep=...)`).
 
-REINFORCE with a baseline (the paper's Eq. 4): with reward r = +1 when A-Net beats D-Net on the cached
-batches and -1 otherwise, the G-Net loss is -(r - b) * mean_x sum_l log pi(keep_l | x), and the baseline b
-is a moving average of past rewards.
+REINFORCE with a baseline (the paper's Eq. 4): the G-Net loss is -mean_x (r_x - b) sum_l log pi(keep_l | x),
+and the baseline b is a moving average of past mean rewards. The reward r_x of example x comes from the
+A-vs-D evaluation on the cached batches, in one of two forms (`reward`):
+
+- "sign": r_x = +1 for every example when A-Net's summed loss is below D-Net's, else -1 (one scalar a cycle);
+- "margin": r_x = loss_D(x) - loss_A(x), each example's own A-vs-D loss difference (nats), so a decision is
+  credited with what it cost on its own example.
+
+Both can add `drop_bonus` nats per dropped map: r_x += drop_bonus * n_dropped(x). With "margin" this reads as
+"drop a map when A-Net loses less than drop_bonus nats on the example for it". The bonus is prunelab's
+addition: the paper's reward could not be checked here (experiments/wu2022/README.md), and "sign" alone
+learns to keep every map (`tests/unit/test_attendout_gnet.py`). A +/-1 reward saturates once A-Net always
+loses, so "sign" with a bonus drops everything; "margin" with a bonus keeps the maps that cost more than it.
 
 The round logic around it (A and D trained side by side, evaluation every T steps, D <- A, the final
 structural pruning with `make_uniform`) is the AttendOut pruner's; this module holds the parts that are
@@ -84,9 +94,25 @@ def log_prob(logits: Tensor, keep: Tensor) -> Tensor:
     return -F.binary_cross_entropy_with_logits(logits, keep, reduction="none").sum(1)
 
 
-def reinforce_loss(log_probs: Tensor, reward: float, baseline: float) -> Tensor:
-    """The REINFORCE-with-baseline loss whose gradient is -(r - b) * E_x grad log pi (Eq. 4)."""
-    return -(reward - baseline) * log_probs.mean()
+def reinforce_loss(log_probs: Tensor, reward: float | Tensor, baseline: float) -> Tensor:
+    """The REINFORCE-with-baseline loss whose gradient is -E_x (r_x - b) grad log pi(x) (Eq. 4); the reward is
+    one number for every example, or one per example (B,)."""
+    return -((reward - baseline) * log_probs).mean()
+
+
+REWARDS = ("sign", "margin")
+
+
+def example_rewards(
+    a_loss: Tensor, d_loss: Tensor, keep: Tensor, mode: str, drop_bonus: float, a_wins: bool
+) -> float | Tensor:
+    """Each example's reward from its A-Net and D-Net losses (N,) and decisions (N, L); `a_wins` is the
+    cycle's verdict on the summed losses of every rank. -> a float when every example gets the same."""
+    sign = 1.0 if a_wins else -1.0
+    if mode == "sign" and drop_bonus == 0.0:
+        return sign
+    base = torch.full_like(a_loss, sign) if mode == "sign" else d_loss - a_loss
+    return base + drop_bonus * (1.0 - keep).sum(1).to(base.dtype)
 
 
 class RewardBaseline:
@@ -105,11 +131,14 @@ class AttendOutPruner(Pruner):
     """`pruner=attendout` (Algorithm 1). Round 0 trains D-Net (the run's model, regular dropout) while this
     pruner trains A-Net, a copy that also receives G-Net's per-layer keep/drop decisions, on the same
     batches. Every `every` steps A and D are scored (loss) on the cached batches with the cached decisions;
-    G-Net gets reward +1 if A wins and -1 otherwise and takes a REINFORCE step (lr `g_lr`, moving-average
+    G-Net is rewarded from that comparison and takes a REINFORCE step (lr `g_lr`, moving-average
     baseline); the cache is cleared and D takes A's weights. At the end of the round every layer whose
     mean keep probability on the validation data is below `threshold` is pruned structurally (constant 1/n
     attention, no Q or K); round 1 only evaluates the pruned model. The report gives the proportion of
-    attention layers pruned (the paper's "Prop. Atd.Outs")."""
+    attention layers pruned (the paper's "Prop. Atd.Outs").
+
+    `reward` and `drop_bonus` choose the reward (module docstring): "sign" (+/-1 for the cycle, as the paper is
+    summarised in DESIGN.md) or "margin" (each example's A-vs-D loss difference), plus nats per dropped map."""
 
     tasks = ("classification",)  # it prunes the self-attention maps of a classifier
 
@@ -124,6 +153,8 @@ class AttendOutPruner(Pruner):
         threshold: float = 0.5,
         baseline_beta: float = 0.9,
         initial_keep: float = 0.9,
+        reward: str = "sign",
+        drop_bonus: float = 0.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -136,6 +167,11 @@ class AttendOutPruner(Pruner):
         if not 0.0 < initial_keep < 1.0:
             raise UserError(f"pruner.initial_keep must be in (0, 1), got {initial_keep}")
         self.initial_keep = initial_keep
+        if reward not in REWARDS:
+            raise UserError(f"pruner.reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+        if drop_bonus < 0:
+            raise UserError(f"pruner.drop_bonus must be >= 0, got {drop_bonus}")
+        self.reward, self.drop_bonus = reward, float(drop_bonus)
         self.baseline = RewardBaseline(baseline_beta)
         self.seed = seed
         self._datamodule: Any = None
@@ -143,7 +179,8 @@ class AttendOutPruner(Pruner):
         # in between), so the cache holds tensors only and goes into checkpoints
         self._cache: list[tuple[dict[str, Tensor], Tensor, tuple[Tensor, Tensor]]] = []
         self._steps = 0
-        self.rewards: list[float] = []
+        self.rewards: list[float] = []  # +1 when A-Net won the cycle, -1 when D-Net did
+        self.mean_rewards: list[float] = []  # each cycle's mean reward (= the above for reward=sign, no bonus)
         self._nets: dict[str, nn.Module] = {}  # a plain dict: not submodules, so DDP leaves them alone
         self._opts: dict[str, torch.optim.Optimizer] = {}
         self._pending_opt_state: dict[str, Any] = {}
@@ -166,6 +203,13 @@ class AttendOutPruner(Pruner):
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
+
+    @torch.no_grad()
+    def on_round_start(self, model: nn.Module, round_idx: int) -> None:
+        """A-Net starts from D-Net's weights as the round starts, not as the model was built: with `ckpt=`
+        the trained weights arrive after attach (a resumed round restores A from its checkpoint instead)."""
+        if round_idx == 0:
+            self.a_net.load_state_dict(model.state_dict())
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
         return max_steps if round_idx == 0 else 0
@@ -219,36 +263,50 @@ class AttendOutPruner(Pruner):
 
     @torch.no_grad()
     def _cached_loss(self, net: nn.Module, with_decisions: bool) -> Tensor:
+        """-> each cached example's loss (N,), float64."""
         was = net.training
         net.eval()
-        total = sum(
-            F.cross_entropy(net(b["src"], keep if with_decisions else None).float(), b["label"], reduction="sum")
-            for b, keep, _ in self._cache
+        losses = torch.cat(
+            [
+                F.cross_entropy(net(b["src"], keep if with_decisions else None).float(), b["label"], reduction="none")
+                for b, keep, _ in self._cache
+            ]
         )
         net.train(was)
-        return torch.as_tensor(total, dtype=torch.float64)
+        return losses.double()
 
     def cycle(self, model: nn.Module) -> float:
         """A vs D on the cached batches (of every rank), the G-Net update, the cache cleared, D <- A.
-        -> the reward."""
-        losses = torch.stack([self._cached_loss(self.a_net, True), self._cached_loss(model, False)])
-        sum_over_ranks(losses)
-        reward = 1.0 if float(losses[0]) < float(losses[1]) else -1.0
+        -> the cycle's mean reward."""
+        a_loss, d_loss = self._cached_loss(self.a_net, True), self._cached_loss(model, False)
+        totals = torch.stack([a_loss.sum(), d_loss.sum()])
+        sum_over_ranks(totals)
+        a_wins = float(totals[0]) < float(totals[1])
         self._check_ranks_agree()
-        log_probs = torch.cat([log_prob(self.g_net.keep_logits(x, m), keep) for _, keep, (x, m) in self._cache])
+        keep = torch.cat([k for _, k, _ in self._cache])
+        reward = example_rewards(a_loss, d_loss, keep, self.reward, self.drop_bonus, a_wins)
+        if isinstance(reward, Tensor):  # the mean over the examples of every rank
+            moments = torch.stack([reward.sum(), torch.tensor(float(len(reward)), dtype=reward.dtype)])
+            sum_over_ranks(moments)
+            mean_reward = float(moments[0] / moments[1])
+            reward = reward.to(a_loss.device, torch.float32)
+        else:
+            mean_reward = reward
+        log_probs = torch.cat([log_prob(self.g_net.keep_logits(x, m), k) for _, k, (x, m) in self._cache])
         loss = reinforce_loss(log_probs, reward, self.baseline.value)
         _, g_opt = self._optimizers(log_probs.device)
         g_opt.zero_grad(set_to_none=True)
         loss.backward()
         average_over_ranks([p.grad for p in self.g_net.parameters() if p.grad is not None])
         g_opt.step()
-        self.baseline.update(reward)
-        self.rewards.append(reward)
+        self.baseline.update(mean_reward)
+        self.rewards.append(1.0 if a_wins else -1.0)
+        self.mean_rewards.append(mean_reward)
         self._cache.clear()
         with torch.no_grad():
             for d, a in zip(model.parameters(), self.a_net.parameters(), strict=True):
                 d.copy_(a)
-        return reward
+        return mean_reward
 
     @torch.no_grad()
     def _check_ranks_agree(self) -> None:
@@ -265,6 +323,7 @@ class AttendOutPruner(Pruner):
             "optimizers": {k: o.state_dict() for k, o in self._opts.items()} or self._pending_opt_state,
             "steps": self._steps,
             "rewards": list(self.rewards),
+            "mean_rewards": list(self.mean_rewards),
             "baseline": self.baseline.value,
             "cache": [(b, keep, x, m) for b, keep, (x, m) in self._cache],
         }
@@ -276,6 +335,7 @@ class AttendOutPruner(Pruner):
         self.g_net.load_state_dict(state["g_net"])
         self._opts, self._pending_opt_state = {}, dict(state["optimizers"])  # applied on the batches' device
         self._steps, self.rewards, self.baseline.value = state["steps"], list(state["rewards"]), state["baseline"]
+        self.mean_rewards = list(state.get("mean_rewards", self.rewards))
         self._cache = [(b, keep, (x, m)) for b, keep, x, m in state["cache"]]
 
     @torch.no_grad()
@@ -310,5 +370,10 @@ class AttendOutPruner(Pruner):
                 "proportion_pruned": f"{len(pruned)}/{len(layers)}",
                 "keep_probability": [float(p) for p in self.keep_probability.tolist()],
                 "rewards": {"a_wins": self.rewards.count(1.0), "d_wins": self.rewards.count(-1.0)},
+                "reward": self.reward,
+                "drop_bonus": self.drop_bonus,
+                "mean_reward_last_10": (
+                    sum(self.mean_rewards[-10:]) / len(self.mean_rewards[-10:]) if self.mean_rewards else None
+                ),
             },
         }
