@@ -34,7 +34,9 @@ def report(
 ) -> dict[str, Any]:
     res = json.loads((attendout_dir / "results.json").read_text())
     chosen: list[str] = res["attendout"]["pruned_layers"]
-    trained = load_run(Path(res["levels"][0]["best_checkpoint"]), data=True)  # D-Net after AttendOut, unpruned
+    # D-Net after AttendOut, unpruned (a run started with ckpt= has a first level evaluating the start weights)
+    trained_level = next(lv for lv in res["levels"] if lv["stage"] == "attendout")
+    trained = load_run(Path(trained_level["best_checkpoint"]), data=True)
     pruned, baseline = load_run(attendout_dir).model, load_run(baseline_dir).model
     dm, scorer = trained.datamodule, AccuracyScorer()
     test = list(dm.test_dataloader())
@@ -65,8 +67,10 @@ def report(
     }
     speed = speed_by_batch_size(trained.model, pruned, dm, scorer, (1, 16, 64), sentences=512) if k else []
 
-    steps = {lv["stage"]: lv["time"]["steps"] for lv in res["levels"]}
-    base_steps = json.loads((baseline_dir / "results.json").read_text())["levels"][0]["time"]["steps"]
+    steps = {lv["stage"]: lv["time"].get("steps", 0) for lv in res["levels"]}
+    base_steps = sum(
+        lv["time"].get("steps", 0) for lv in json.loads((baseline_dir / "results.json").read_text())["levels"]
+    )
     lines = [
         f"AttendOut run `{attendout_dir}` ({steps.get('attendout')} steps, keep probabilities "
         + ", ".join(f"{p:.2f}" for p in res["attendout"]["keep_probability"])
@@ -76,6 +80,8 @@ def report(
         + (f"; both start from `{start_dir}`." if start_dir else "."),
         f"\nAttention layers pruned: {k} of {len(layers)} ({', '.join(chosen) or 'none'}).\n",
         "## Test accuracy (%)\n",
+        "Every model is scored here in float32; the runs' own results.json scored under their precision (bf16-mixed"
+        " in experiment=wu2022), which can move an accuracy by a few tenths.\n",
     ]
     rand = acc["attendout_random"]
     brand = acc["baseline_random"]
