@@ -49,6 +49,12 @@ def stages(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any]:
     comp = json.loads((dense / "components" / "components.json").read_text())
+    # the full model's training steps are the dense run's (the studies start from it with ckpt= and train it 0)
+    dense_steps = sum(lv["time"].get("steps", 0) for lv in json.loads((dense / "results.json").read_text())["levels"])
+
+    def steps(lv: dict[str, Any], full: bool = False) -> int:
+        return dense_steps if full else lv["time"]["steps"]
+
     contribution, alpha = comp["contribution"], comp["criticality"].get("alpha", {})
     layers = sorted({int(n.split(".")[1]) for n in contribution})
     cols = ["component", *(f"layer {i + 1}" for i in layers)]
@@ -105,9 +111,9 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
         lines += [
             "\n## Rewind (Table 4): the least important components reset to θ_0, then the whole model fine-tuned\n",
             table(
-                ["model", "fine-tuning steps", "test BLEU"],
+                ["model", "training steps (fine-tuning for the others)", "test BLEU"],
                 [
-                    [name, lv["time"]["steps"], lv["metrics"]["test/bleu"]]
+                    [name, steps(lv, name == "full model"), lv["metrics"]["test/bleu"]]
                     for name, lv in (
                         ("full model", rw["dense"]),
                         ("continue training (baseline)", rw["continue"]),
@@ -128,11 +134,11 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
             table(
                 ["model", "parameters", "training steps", "test BLEU"],
                 [
-                    [name, lv["params"]["total"], lv["time"]["steps"], lv["metrics"]["test/bleu"]]
+                    [name, lv["params"]["total"], steps(lv, name == "full model"), lv["metrics"]["test/bleu"]]
                     for name, lv in (
                         ("full model", rt["dense"]),
                         ("pruned, retrained from θ_0", rt["retrain"]),
-                        ("shallow baseline, equal size", rt["shallow"]),
+                        ("shallow baseline, closest size", rt["shallow"]),
                     )
                 ],
             ),

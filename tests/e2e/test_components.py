@@ -118,4 +118,7 @@ def test_pruner_components_rewind_and_retrain(dense: Run) -> None:
     assert rewind_claim["verdict"] == ("agree" if gain > 0.3 else "disagree" if gain < -0.3 else "inconclusive")
     text = (out / "tables.md").read_text()
     assert "## Verdicts" in text and "Table 3" in text and "Table 4" in text
+    dense_steps = sum(x["time"]["steps"] for x in dense.results["levels"])
+    assert dense_steps > 0  # the full model's row shows the steps it was trained, not this run's 0
+    assert f"| full model | {retrain.results['levels'][0]['params']['total']} | {dense_steps} |" in text
     assert (out / "heatmaps.png").stat().st_size > 0
