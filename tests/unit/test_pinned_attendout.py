@@ -45,9 +45,9 @@ def spy_forward(net: torch.nn.Module, calls: list[Any]) -> None:
     """Record the map_keep argument of every forward call of `net` (None when not given)."""
     original = net.forward
 
-    def forward(src: torch.Tensor, map_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(src: torch.Tensor, map_keep: torch.Tensor | None = None, types: Any = None) -> torch.Tensor:
         calls.append(None if map_keep is None else map_keep.detach().clone())
-        return original(src, map_keep)
+        return original(src, map_keep, types)
 
     net.forward = forward  # type: ignore[method-assign]
 
@@ -211,3 +211,45 @@ def test_round_end_prunes_the_layers_g_net_learned_to_drop(threshold: float, pru
     keep = torch.tensor([[0.0 if n in pruned else 1.0 for n in names]]).expand(src.size(0), -1)
     with torch.no_grad():
         torch.testing.assert_close(d.eval()(src), before(src, keep), rtol=1e-5, atol=1e-6)
+
+
+def test_a_net_trains_on_the_tasks_loss_and_is_compared_on_plain_cross_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A-Net's training loss is D-Net's (the task's label smoothing); the A-vs-D comparison scores every cached
+    example by its plain cross-entropy. Token types (sentence pairs) reach A-Net and G-Net as they reach D-Net."""
+    import torch.nn.functional as F
+
+    calls: list[dict[str, Any]] = []
+    original = F.cross_entropy
+
+    def spy(logits: torch.Tensor, target: torch.Tensor, **kw: Any) -> torch.Tensor:
+        calls.append({"grad": logits.requires_grad, **kw})
+        return original(logits, target, **kw)
+
+    torch.manual_seed(0)
+    d = build_classifier(num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=LAYERS, dropout=0.0)
+    d.cfg.type_vocab_size = 2  # a pair model: token types change the embeddings
+    d.type_embed = torch.nn.Embedding(2, 16)
+    pruner = AttendOutPruner(every=2, lr=1e-2, warmup_steps=1, initial_keep=0.5, seed=0)
+    pruner.attach(d)
+    pruner.use_data(SimpleNamespace(val_dataloader=val_batches), SimpleNamespace(label_smoothing=0.3))
+    types_seen: list[Any] = []
+    original_forward = pruner.a_net.forward
+
+    def a_forward(src: torch.Tensor, map_keep: Any = None, types: Any = None) -> torch.Tensor:
+        types_seen.append(types)
+        return original_forward(src, map_keep, types)
+
+    pruner.a_net.forward = a_forward  # type: ignore[method-assign]
+    monkeypatch.setattr(F, "cross_entropy", spy)
+    batches = [batch(s) for s in range(2)]
+    for b in batches:
+        b["types"] = (torch.arange(b["src"].size(1)) >= 3).long().expand_as(b["src"])
+        pruner.on_batch(d, b)
+    training = [c for c in calls if c["grad"]]
+    assert len(training) == 2 and all(c.get("label_smoothing") == 0.3 for c in training)
+    scoring = [c for c in calls if not c["grad"]]  # the cycle: A and D on both cached batches
+    assert len(scoring) == 4 and all(c.get("label_smoothing", 0.0) == 0.0 and c["reduction"] == "none" for c in scoring)
+    assert len(types_seen) == 4 and all(t is not None and t.max() == 1 for t in types_seen)
+    x_typed, _ = pruner._inputs(d, batches[0]["src"], batches[0]["types"])
+    x_plain, _ = pruner._inputs(d, batches[0]["src"])
+    assert not torch.allclose(x_typed, x_plain)  # G-Net sees the token types too

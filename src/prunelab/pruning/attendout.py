@@ -175,6 +175,7 @@ class AttendOutPruner(Pruner):
         self.baseline = RewardBaseline(baseline_beta)
         self.seed = seed
         self._datamodule: Any = None
+        self._label_smoothing = 0.0
         # (batch, decisions, G-Net inputs): log-probabilities are recomputed at the cycle (G is unchanged
         # in between), so the cache holds tensors only and goes into checkpoints
         self._cache: list[tuple[dict[str, Tensor], Tensor, tuple[Tensor, Tensor]]] = []
@@ -203,6 +204,8 @@ class AttendOutPruner(Pruner):
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
+        # A-Net trains on the task's own loss, as D-Net does (a classifier's label smoothing)
+        self._label_smoothing = float(getattr(task, "label_smoothing", 0.0) or 0.0)
 
     @torch.no_grad()
     def on_round_start(self, model: nn.Module, round_idx: int) -> None:
@@ -217,8 +220,8 @@ class AttendOutPruner(Pruner):
     def stage(self, round_idx: int) -> str:
         return ("attendout", "pruned")[round_idx]
 
-    def _inputs(self, net: nn.Module, src: Tensor) -> tuple[Tensor, Tensor]:
-        return net.embed_tokens(src).detach(), src != net.cfg.pad_id  # type: ignore[operator,union-attr]
+    def _inputs(self, net: nn.Module, src: Tensor, types: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return net.embed_tokens(src, types=types).detach(), src != net.cfg.pad_id  # type: ignore[operator,union-attr]
 
     def _optimizers(self, device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
         """A's and G's Adam, created on first use, on the batches' device (with any state from a checkpoint)."""
@@ -238,6 +241,8 @@ class AttendOutPruner(Pruner):
         if not torch.is_grad_enabled():
             return
         src, label = batch["src"], batch["label"]
+        # what the cache keeps of the batch: token types too, where the data has them (sentence pairs)
+        kept = {k: batch[k] for k in ("src", "label", "types") if batch.get(k) is not None}
         a_opt, _ = self._optimizers(src.device)
         a = self.a_net
         a.train()
@@ -245,7 +250,7 @@ class AttendOutPruner(Pruner):
         # every DDP rank draws its own
         rank, _ = world()
         gen = torch.Generator(device=src.device).manual_seed(self.seed * 1_000_003 + rank * 10_007 + self._steps)
-        x, mask = self._inputs(a, src)
+        x, mask = self._inputs(a, src, kept.get("types"))
         with torch.no_grad():
             keep, _ = self.g_net.sample(x, mask, generator=gen)
         for group in a_opt.param_groups:  # the same warm-up and decay as D-Net's
@@ -253,22 +258,27 @@ class AttendOutPruner(Pruner):
                 (self._steps + 1) / self.warmup_steps, (self.warmup_steps / (self._steps + 1)) ** 0.5
             )
         a_opt.zero_grad(set_to_none=True)
-        F.cross_entropy(a(src, keep).float(), label).backward()
+        logits = a(src, keep, types=kept.get("types")).float()
+        F.cross_entropy(logits, label, label_smoothing=self._label_smoothing).backward()
         average_over_ranks([p.grad for p in a.parameters() if p.grad is not None])
         a_opt.step()
-        self._cache.append(({"src": src, "label": label}, keep, (x, mask)))
+        self._cache.append((kept, keep, (x, mask)))
         self._steps += 1
         if self._steps % self.every == 0:
             self.cycle(model)
 
     @torch.no_grad()
     def _cached_loss(self, net: nn.Module, with_decisions: bool) -> Tensor:
-        """-> each cached example's loss (N,), float64."""
+        """-> each cached example's plain cross-entropy (N,), float64: A and D are compared on the evaluation loss."""
         was = net.training
         net.eval()
         losses = torch.cat(
             [
-                F.cross_entropy(net(b["src"], keep if with_decisions else None).float(), b["label"], reduction="none")
+                F.cross_entropy(
+                    net(b["src"], keep if with_decisions else None, types=b.get("types")).float(),
+                    b["label"],
+                    reduction="none",
+                )
                 for b, keep, _ in self._cache
             ]
         )
@@ -346,7 +356,8 @@ class AttendOutPruner(Pruner):
         self.g_net.to(dev)
         probs, count = torch.zeros(len(model.enc), device=dev), torch.zeros((), device=dev)  # type: ignore[arg-type]
         for b in self._datamodule.val_dataloader():
-            x, mask = self._inputs(model, b["src"].to(dev))
+            types = b.get("types")
+            x, mask = self._inputs(model, b["src"].to(dev), None if types is None else types.to(dev))
             probs += torch.sigmoid(self.g_net.keep_logits(x, mask)).sum(0)
             count += len(b["src"])
         sum_over_ranks(probs, count)  # each rank saw its shard of the validation set
