@@ -12,6 +12,7 @@ OUT=${1:-outputs/wangtu2020/$(date +%Y-%m-%d_%H-%M-%S)}
 PY=${PY:-.venv/bin/python}
 DENSE=${DENSE:-$OUT/dense}
 EXP=${EXP:-experiment=deep_nmt}
+FT_LR=${FT_LR:-3e-4}  # Table 4's fine-tuning lr: a tenth of the training peak (the peak itself shakes the trained model)
 start=$(date +%s)
 if [ ! -f "$DENSE/results.json" ]; then
   $PY train.py $EXP logger=csv hydra.run.dir="$DENSE"
@@ -22,7 +23,8 @@ $PY -m prunelab.cli.main components "$DENSE"
 # two models to convergence)
 report() { $PY -m experiments.wangtu2020.report "$DENSE" "$OUT/retrain" "$OUT/rewind" experiments/wangtu2020/results; }
 report
-$PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=rewind hydra.run.dir="$OUT/rewind"
+$PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=rewind task.lr="$FT_LR" \
+  hydra.run.dir="$OUT/rewind"
 report
 # two models trained to convergence from θ_0: twice the dense model's budget, shared by the two
 $PY train.py $EXP logger=csv ckpt="$DENSE" pruner=components sparsity=0.2 pruner.mode=retrain trainer.max_time=4800 \

@@ -35,4 +35,7 @@ fi
 run attendout $AO "${FROM[@]}"
 run baseline pruner=none "${FROM[@]}"
 $PY -m experiments.wu2022.report "$OUT/attendout" "$OUT/baseline" experiments/wu2022/results "${START[@]}"
+for name in pretrained attendout baseline; do  # every number of the tables, with the configuration behind it
+  [ ! -f "$OUT/$name/results.json" ] || cp "$OUT/$name/results.json" "experiments/wu2022/results/${name}_results.json"
+done
 echo "wu2022: $(( $(date +%s) - start )) s; tables in experiments/wu2022/results/tables.md"
