@@ -16,6 +16,13 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(f"| {line} |" for line in lines)
 
 
+def trained_steps(run_dir: Path) -> int:
+    """The training steps a run took, summed over its levels (a level that only evaluates, e.g. the weights a
+    `ckpt=` run starts from, has none)."""
+    levels = json.loads((run_dir / "results.json").read_text())["levels"]
+    return sum(lv["time"].get("steps", 0) for lv in levels)
+
+
 def by_gap(gap: float, noise: float) -> str:
     """agree when the claimed advantage exceeds `noise`, disagree when it is reversed by more, else inconclusive."""
     return "agree" if gap > noise else ("disagree" if gap < -noise else "inconclusive")

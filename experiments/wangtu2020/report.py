@@ -16,7 +16,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from experiments.reporting import by_gap, table, write_results
+from experiments.reporting import by_gap, table, trained_steps, write_results
 from prunelab.models.addressing import component_type
 
 TYPES = {"E:SA": "enc self-attn", "E:FF": "enc FF", "D:SA": "dec self-attn", "D:EA": "enc-dec attn", "D:FF": "dec FF"}
@@ -50,11 +50,7 @@ def stages(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any]:
     comp = json.loads((dense / "components" / "components.json").read_text())
     # the full model's training steps are the dense run's (the studies start from it with ckpt= and train it 0)
-    dense_steps = sum(lv["time"].get("steps", 0) for lv in json.loads((dense / "results.json").read_text())["levels"])
-
-    def steps(lv: dict[str, Any], full: bool = False) -> int:
-        return dense_steps if full else lv["time"]["steps"]
-
+    dense_steps = trained_steps(dense)
     contribution, alpha = comp["contribution"], comp["criticality"].get("alpha", {})
     layers = sorted({int(n.split(".")[1]) for n in contribution})
     cols = ["component", *(f"layer {i + 1}" for i in layers)]
@@ -113,11 +109,11 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
             table(
                 ["model", "training steps (fine-tuning for the others)", "test BLEU"],
                 [
-                    [name, steps(lv, name == "full model"), lv["metrics"]["test/bleu"]]
-                    for name, lv in (
-                        ("full model", rw["dense"]),
-                        ("continue training (baseline)", rw["continue"]),
-                        ("rewind the unimportant ones, fine-tune", rw["rewind"]),
+                    [name, steps, lv["metrics"]["test/bleu"]]
+                    for name, lv, steps in (
+                        ("full model", rw["dense"], dense_steps),
+                        ("continue training (baseline)", rw["continue"], rw["continue"]["time"]["steps"]),
+                        ("rewind the unimportant ones, fine-tune", rw["rewind"], rw["rewind"]["time"]["steps"]),
                     )
                 ],
             ),
@@ -134,11 +130,11 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
             table(
                 ["model", "parameters", "training steps", "test BLEU"],
                 [
-                    [name, lv["params"]["total"], steps(lv, name == "full model"), lv["metrics"]["test/bleu"]]
-                    for name, lv in (
-                        ("full model", rt["dense"]),
-                        ("pruned, retrained from θ_0", rt["retrain"]),
-                        ("shallow baseline, closest size", rt["shallow"]),
+                    [name, lv["params"]["total"], steps, lv["metrics"]["test/bleu"]]
+                    for name, lv, steps in (
+                        ("full model", rt["dense"], dense_steps),
+                        ("pruned, retrained from θ_0", rt["retrain"], rt["retrain"]["time"]["steps"]),
+                        ("shallow baseline, closest size", rt["shallow"], rt["shallow"]["time"]["steps"]),
                     )
                 ],
             ),

@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from experiments.reporting import by_gap, table, write_results
+from experiments.reporting import by_gap, table, trained_steps, write_results
 from prunelab.importance.scoring import AccuracyScorer
 from prunelab.importance.speed import speed_by_batch_size
 from prunelab.models.surgery import make_uniform
@@ -68,9 +68,7 @@ def report(
     speed = speed_by_batch_size(trained.model, pruned, dm, scorer, (1, 16, 64), sentences=512) if k else []
 
     steps = {lv["stage"]: lv["time"].get("steps", 0) for lv in res["levels"]}
-    base_steps = sum(
-        lv["time"].get("steps", 0) for lv in json.loads((baseline_dir / "results.json").read_text())["levels"]
-    )
+    base_steps = trained_steps(baseline_dir)
     lines = [
         f"AttendOut run `{attendout_dir}` ({steps.get('attendout')} steps, keep probabilities "
         + ", ".join(f"{p:.2f}" for p in res["attendout"]["keep_probability"])

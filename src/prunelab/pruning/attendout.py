@@ -240,9 +240,8 @@ class AttendOutPruner(Pruner):
     def on_batch(self, model: nn.Module, batch: dict) -> None:
         if not torch.is_grad_enabled():
             return
-        src, label = batch["src"], batch["label"]
-        # what the cache keeps of the batch: token types too, where the data has them (sentence pairs)
-        kept = {k: batch[k] for k in ("src", "label", "types") if batch.get(k) is not None}
+        src, label, types = batch["src"], batch["label"], batch.get("types")  # types: sentence pairs only
+        kept = {"src": src, "label": label} | ({} if types is None else {"types": types})  # what the cache holds
         a_opt, _ = self._optimizers(src.device)
         a = self.a_net
         a.train()
@@ -250,7 +249,7 @@ class AttendOutPruner(Pruner):
         # every DDP rank draws its own
         rank, _ = world()
         gen = torch.Generator(device=src.device).manual_seed(self.seed * 1_000_003 + rank * 10_007 + self._steps)
-        x, mask = self._inputs(a, src, kept.get("types"))
+        x, mask = self._inputs(a, src, types)
         with torch.no_grad():
             keep, _ = self.g_net.sample(x, mask, generator=gen)
         for group in a_opt.param_groups:  # the same warm-up and decay as D-Net's
@@ -258,7 +257,7 @@ class AttendOutPruner(Pruner):
                 (self._steps + 1) / self.warmup_steps, (self.warmup_steps / (self._steps + 1)) ** 0.5
             )
         a_opt.zero_grad(set_to_none=True)
-        logits = a(src, keep, types=kept.get("types")).float()
+        logits = a(src, keep, types=types).float()
         F.cross_entropy(logits, label, label_smoothing=self._label_smoothing).backward()
         average_over_ranks([p.grad for p in a.parameters() if p.grad is not None])
         a_opt.step()
@@ -296,10 +295,9 @@ class AttendOutPruner(Pruner):
         keep = torch.cat([k for _, k, _ in self._cache])
         reward = example_rewards(a_loss, d_loss, keep, self.reward, self.drop_bonus, a_wins)
         if isinstance(reward, Tensor):  # the mean over the examples of every rank
-            moments = torch.stack([reward.sum(), torch.tensor(float(len(reward)), dtype=reward.dtype)])
-            sum_over_ranks(moments)
-            mean_reward = float(moments[0] / moments[1])
-            reward = reward.to(a_loss.device, torch.float32)
+            total, count = reward.sum(), torch.tensor(float(len(reward)), dtype=reward.dtype, device=reward.device)
+            sum_over_ranks(total, count)
+            mean_reward, reward = float(total / count), reward.float()
         else:
             mean_reward = reward
         log_probs = torch.cat([log_prob(self.g_net.keep_logits(x, m), k) for _, k, (x, m) in self._cache])
