@@ -216,7 +216,7 @@ def bert_base(
     0.1 in the hidden states and attention) and 2 labels, against its import by `load_hf_encoder`."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from prunelab.models.hf_import import load_hf_encoder
+    from prunelab.hf.encoders import load_hf_encoder
 
     done = Progress()
     torch.manual_seed(0)
@@ -326,8 +326,8 @@ def marian_base(
     import by `load_hf_marian`: training, then greedy and beam-4 generation of `new_tokens` tokens per sentence."""
     from transformers import MarianConfig, MarianMTModel
 
+    from prunelab.hf.marian import load_hf_marian
     from prunelab.models.decoding import beam_search, greedy_decode, hf_beam_search
-    from prunelab.models.hf_marian import load_hf_marian
 
     done = Progress()
     torch.manual_seed(0)

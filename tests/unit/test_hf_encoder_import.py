@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from prunelab.errors import UserError
+from prunelab.hf.encoders import build_hf_encoder, load_hf_encoder
 from prunelab.models.addressing import set_gate
-from prunelab.models.hf_import import build_hf_encoder, load_hf_encoder
 from prunelab.models.surgery import prune_heads
 
 transformers = pytest.importorskip("transformers")
@@ -230,7 +230,7 @@ def test_importing_prunelab_does_not_import_transformers() -> None:
     import sys
 
     code = (
-        "import sys, prunelab.models, prunelab.models.hf_import; "
+        "import sys, prunelab.models, prunelab.hf.encoders, prunelab.hf.export, prunelab.data; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'safetensors', 'tokenizers'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from prunelab.errors import UserError
+from prunelab.hf.encoders import load_hf_encoder
+from prunelab.hf.export import export_hf
+from prunelab.hf.marian import load_hf_marian
 from prunelab.models.addressing import set_gate
-from prunelab.models.hf_export import export_hf
-from prunelab.models.hf_import import load_hf_encoder
-from prunelab.models.hf_marian import load_hf_marian
 from prunelab.models.surgery import make_uniform, prune_heads, remove_components
 from prunelab.models.transformer import TransformerConfig
 from prunelab.pruning.masks import prunable_weights

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from prunelab.errors import UserError
+from prunelab.hf.marian import build_hf_marian, load_hf_marian
 from prunelab.models.decoding import beam_search, greedy_decode, hf_beam_search
-from prunelab.models.hf_marian import build_hf_marian, load_hf_marian
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
 
 transformers = pytest.importorskip("transformers")

@@ -11,10 +11,10 @@ import torch
 
 from prunelab.data.classification import TsvClassificationDataModule
 from prunelab.data.parallel_text import ParallelTextDataModule
-from prunelab.data.tokenizer import PretrainedTokenizer
 from prunelab.errors import UserError
-from prunelab.models.hf_import import load_hf_encoder
-from prunelab.models.hf_marian import build_hf_marian
+from prunelab.hf.checkpoint import PretrainedTokenizer
+from prunelab.hf.encoders import load_hf_encoder
+from prunelab.hf.marian import build_hf_marian
 from tests import hf_checkpoints as H
 
 transformers = pytest.importorskip("transformers")

@@ -20,7 +20,7 @@ model config as results.json has it plus vocab_size, pad_id (and num_classes for
 `--format hf` (runs of model=hf_encoder / model=hf_marian only, fp32 only; default `RUN_DIR/hf`): the run's model
 written back as the Hugging Face folder it was imported from (`model.path`), masks, zero gates and removed heads
 folded into dense fp32 weights, with the source's tokenizer files and the run's label names
-(`prunelab.models.hf_export`): `from_pretrained` loads it with the logits of the run's model.
+(`prunelab.hf.export`): `from_pretrained` loads it with the logits of the run's model.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from prunelab.errors import UserError
+from prunelab.hf.export import export_hf
 from prunelab.models import Transformer, TransformerConfig
-from prunelab.models.hf_export import export_hf
 from prunelab.models.sparse_format import dtype_name, pack_state, state_bytes, unpack_state
 from prunelab.models.surgery import load_state_dict_with_heads
 from prunelab.training import load_run

@@ -23,8 +23,9 @@ from torch import Tensor
 
 from prunelab.data.batching import TokenBatchedLoaders, sample_validation
 from prunelab.data.parallel_text import SentencePieceData, read_lines
-from prunelab.data.tokenizer import BOS, PretrainedTokenizer, Tokenizer, WordTokenizer
+from prunelab.data.tokenizer import BOS, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
+from prunelab.hf.checkpoint import PretrainedTokenizer, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -149,8 +150,6 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         labels in numeric order, which is also the order of HF's default LABEL_0, LABEL_1, ...)."""
         if not self.pretrained:
             return labels
-        from prunelab.models.hf_import import resolve_checkpoint  # a folder, or a hub id in the cache
-
         config = resolve_checkpoint(self.pretrained) / "config.json"
         if not config.is_file():
             return labels

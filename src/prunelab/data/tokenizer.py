@@ -1,8 +1,9 @@
 """Tokenizers: what turns text into model ids and back, and how an input is framed with special tokens.
 
 prunelab's own tokenizers share one id layout: pad=0, bos=1, eos=2, unk=3, then the vocabulary. A pretrained
-checkpoint brings its own (`PretrainedTokenizer`: BERT's WordPiece, RoBERTa's byte-level BPE, Marian's two
-SentencePiece models), with its own special ids; the data modules only ever use the ids a tokenizer names:
+checkpoint brings its own (`prunelab.hf.checkpoint.PretrainedTokenizer`: BERT's WordPiece, RoBERTa's byte-level
+BPE, Marian's two SentencePiece models), with its own special ids; the data modules only ever use the ids a
+tokenizer names:
 
     translation     source = encode(s) + [eos]    decoder input = [bos] + encode_target(t)    output = ... + [eos]
     classification  classification_input([text] or [text_a, text_b], max_len) -> ids (with [CLS] first), types
@@ -11,8 +12,6 @@ For an encoder-decoder checkpoint `bos_id` is the decoder's start token (Marian:
 
 from __future__ import annotations
 
-import json
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -144,93 +143,3 @@ class PieceTokenizer(OwnTokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         text = " ".join(self.itos[i] for i in ids if i >= len(SPECIALS) or i == UNK)
         return text.replace(self.CONT + " ", "").removesuffix(self.CONT)
-
-
-# The files a Hugging Face tokenizer is read from (besides SentencePiece *.model files).
-VOCABULARY_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",
-    "source.spm",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-
-
-class PretrainedTokenizer:
-    """A pretrained checkpoint's own tokenizer, read from its local folder with transformers' AutoTokenizer:
-    BERT's WordPiece (vocab.txt), RoBERTa's byte-level BPE (vocab.json + merges.txt), any `tokenizer.json`, and
-    Marian's source/target SentencePiece models with their vocab.json. Its special ids are the checkpoint's:
-
-        bos_id  the decoder's start token for an encoder-decoder (config.json `decoder_start_token_id`, Marian: pad),
-                else [CLS] (BERT 101, RoBERTa <s> = 0)
-        eos_id  [SEP] where there is one (BERT 102, RoBERTa </s> = 2), else </s> (Marian 0)
-
-    Classification inputs are framed by the tokenizer itself ([CLS] a [SEP] b [SEP] for BERT with token types,
-    <s> a </s></s> b </s> for RoBERTa), truncated as it does (longest first)."""
-
-    def __init__(self, path: str | Path):
-        from prunelab.errors import UserError
-        from prunelab.models.hf_import import resolve_checkpoint
-
-        folder = resolve_checkpoint(path)  # a local folder, or a hub id through the Hugging Face cache
-        # transformers builds an empty tokenizer from a config alone: without vocabulary files, stop here
-        if not any((folder / name).is_file() for name in VOCABULARY_FILES) and not list(folder.glob("*.model")):
-            raise UserError(
-                f"cannot load the tokenizer in {folder}: it has none of {', '.join(VOCABULARY_FILES)} (copy the "
-                "checkpoint's tokenizer files next to its weights, or set data.tokenizer=<a folder with them>)"
-            )
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            raise UserError("reading a checkpoint's tokenizer needs transformers: pip install -e '.[hf]'") from None
-        try:
-            with warnings.catch_warnings():  # MarianTokenizer recommends sacremoses, which its decoding does not need
-                warnings.filterwarnings("ignore", message=".*sacremoses")
-                self.hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a folder it cannot read
-            raise UserError(f"cannot load the tokenizer in {folder}: {' '.join(str(e).split())[:300]}") from e
-        config_file = folder / "config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        hf = self.hf
-        start = config.get("decoder_start_token_id") if config.get("is_encoder_decoder") else None
-        ids = {
-            "pad": hf.pad_token_id,
-            "bos": start
-            if start is not None
-            else (hf.cls_token_id if hf.cls_token_id is not None else hf.bos_token_id),
-            "eos": hf.sep_token_id if hf.sep_token_id is not None else hf.eos_token_id,
-        }
-        if missing := [k for k, v in ids.items() if v is None]:
-            raise UserError(f"the tokenizer in {folder} has no {' / '.join(missing)} token")
-        self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
-        self.unk_id = hf.unk_token_id if hf.unk_token_id is not None else -1  # byte-level BPE may have none
-        self.types = "token_type_ids" in hf.model_input_names  # BERT's segments; RoBERTa and Marian have none
-        # the longest input its model was trained on (512 for BERT and OPUS-MT); None when the tokenizer does not say
-        self.max_positions = hf.model_max_length if hf.model_max_length < 1_000_000 else None
-        hf.model_max_length = 1 << 30  # prunelab truncates itself; no warning per long sentence
-        self.folder = folder
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.hf)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.hf(text, add_special_tokens=False)["input_ids"])
-
-    def encode_target(self, text: str) -> list[int]:
-        return list(self.hf(text_target=text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.hf.decode(list(ids), skip_special_tokens=True))
-
-    def classification_input(self, parts: Sequence[str], max_len: int) -> tuple[list[int], list[int] | None, bool]:
-        if len(parts) > 2:
-            raise ValueError(f"a classification input is one text or a pair, got {len(parts)} parts")
-        kwargs = {"return_token_type_ids": self.types, "return_attention_mask": False}
-        enc = self.hf(*parts, **kwargs)
-        truncated = len(enc["input_ids"]) > max_len
-        if truncated:
-            enc = self.hf(*parts, truncation=True, max_length=max_len, **kwargs)
-        types = list(enc["token_type_ids"]) if self.types else None
-        return list(enc["input_ids"]), types, truncated

@@ -16,8 +16,9 @@ from typing import Any
 import lightning as L
 
 from prunelab.data.batching import Example, TokenBatchedLoaders, collate, sample_validation
-from prunelab.data.tokenizer import PretrainedTokenizer, Tokenizer
+from prunelab.data.tokenizer import Tokenizer
 from prunelab.errors import UserError
+from prunelab.hf.checkpoint import PretrainedTokenizer
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")

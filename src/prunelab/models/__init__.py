@@ -1,6 +1,4 @@
 from prunelab.models.classifier import TransformerClassifier, build_classifier
-from prunelab.models.hf_import import build_hf_encoder, load_hf_encoder  # reads files; imports no transformers
-from prunelab.models.hf_marian import build_hf_marian, load_hf_marian
 from prunelab.models.transformer import Transformer, TransformerConfig
 
 
@@ -14,9 +12,5 @@ __all__ = [
     "TransformerClassifier",
     "TransformerConfig",
     "build_classifier",
-    "build_hf_encoder",
-    "build_hf_marian",
     "build_transformer",
-    "load_hf_encoder",
-    "load_hf_marian",
 ]

@@ -3,7 +3,7 @@
 
 The data put a [CLS] token (id BOS) first; pooling=cls reads its final state, pooling=mean averages the
 states of the real (unpadded) tokens. An optional pooler (`pooler="tanh"`: BERT's Linear + tanh) transforms the
-pooled vector before the head; imported checkpoints use it for their own classification layers (see hf_import)."""
+pooled vector before the head; imported checkpoints use it for their classification layers (prunelab.hf.encoders)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Greedy and beam-search decoding with the incremental key/value cache. `hf_beam_search` is Hugging Face's beam
-search, for parity with imported checkpoints (prunelab.models.hf_marian)."""
+search, for parity with imported checkpoints (prunelab.hf.marian)."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ gives dL/d(gate), which is what head importance needs.
 
 The config's defaults are the 2017 model; its other options (LayerNorm eps, GELU, learned positions, token
 types, an embedding LayerNorm, no embedding scale) are what pretrained encoders such as BERT need, see
-prunelab.models.hf_import; `pos_layout="split"`, `logit_bias`, `decoder_start_id` and `ban_pad` are what MarianMT
-needs, see prunelab.models.hf_marian.
+prunelab.hf.encoders; `pos_layout="split"`, `logit_bias`, `decoder_start_id` and `ban_pad` are what MarianMT
+needs, see prunelab.hf.marian.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class TransformerConfig:
     gated: bool = True  # False skips every gate multiply (used to check that gates at 1 are a no-op)
     layerdrop: float = 0.0  # LayerDrop (Fan et al. 2020): in training, each sub-layer is skipped with this chance
     removed: tuple[str, ...] = ()  # components built without parameters, e.g. ("enc.0.ff", "dec.1.sa")
-    # Options for imported checkpoints (prunelab.models.hf_import); the defaults are the 2017 model as above.
+    # Options for imported checkpoints (prunelab.hf.encoders); the defaults are the 2017 model as above.
     norm_eps: float = 1e-5  # every LayerNorm's epsilon (BERT: 1e-12)
     activation: str = "relu"  # feed-forward non-linearity, a key of ACTIVATIONS (BERT: gelu, exact erf)
     activation_dropout: float | None = None  # dropout between fc1 and fc2; None: `dropout` (BERT has none: 0)
@@ -80,7 +80,7 @@ class TransformerConfig:
     type_vocab_size: int = 0  # >0: a `type_embed` table of token types (BERT's segments A/B) added to the input
     embed_norm: bool = False  # a LayerNorm on the summed embeddings, before their dropout (BERT)
     embed_dim: int | None = None  # embedding width if not d_model (ELECTRA-small: 128), then `embed_proj` to d_model
-    # Options for imported translation models (prunelab.models.hf_marian); the defaults are again the 2017 model.
+    # Options for imported translation models (prunelab.hf.marian); the defaults are again the 2017 model.
     pos_layout: str = "interleaved"  # sinusoids: sin/cos interleaved (2017) | split: sin in the first half, cos after
     logit_bias: bool = False  # a `logit_bias` buffer (V,) added to the output logits (Marian's final_logits_bias)
     decoder_start_id: int | None = None  # the decoder's first input; None: the caller's BOS (Marian: its pad id)

@@ -24,28 +24,38 @@ BERT/RoBERTa `pooler.dense` when the file has one)."""
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from prunelab.errors import UserError
+from prunelab.hf.checkpoint import (
+    BITMASK_HINT,
+    HF_ACTIVATIONS,
+    OVERRIDABLE,
+    account_for_keys,
+    check_data_fits,
+    copy_weights,
+    num,
+    read_checkpoint,
+    rename_keys,
+    wb,
+)
 from prunelab.models.classifier import TransformerClassifier
-from prunelab.models.transformer import Transformer, TransformerConfig
+from prunelab.models.transformer import TransformerConfig
 
 FAMILIES = ("bert", "roberta", "electra", "distilbert")
-
-# HF `hidden_act` / `activation` -> prunelab activation. "gelu" is the exact erf GELU in transformers.
-HF_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
+MODEL_TYPES = FAMILIES
+MODEL_CLASS = TransformerClassifier  # what these checkpoints are imported into
+# The class each family is exported as (config.json's `architectures`).
+ARCHITECTURES = {
+    "bert": "BertForSequenceClassification",
+    "roberta": "RobertaForSequenceClassification",
+    "electra": "ElectraForSequenceClassification",
+    "distilbert": "DistilBertForSequenceClassification",
 }
 
 # Keys (after the family prefix is taken off) that are dropped on purpose: position/token-type id buffers
@@ -64,68 +74,6 @@ DROPPED = (
 )
 _DROPPED = re.compile("|".join(f"(?:{d})" for d in DROPPED))
 
-# TransformerConfig fields a caller may set on top of the checkpoint's (training choices, not the architecture).
-OVERRIDABLE = ("dropout", "attn_dropout", "activation_dropout", "layerdrop", "gated")
-
-
-# What is fetched of a hub checkpoint: config, tokenizer files and the PyTorch weights (not TF/Flax/ONNX copies).
-HUB_FILES = ["*.json", "*.txt", "*.model", "*.spm", "model.safetensors", "pytorch_model.bin"]
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """`model.path` -> a local folder: the folder itself, or a hub id (`bert-base-uncased`,
-    `Helsinki-NLP/opus-mt-en-de`) resolved through the Hugging Face cache (`huggingface_hub.snapshot_download`:
-    downloaded once when the machine is online, read from the cache when it is not, e.g. HF_HUB_OFFLINE=1).
-    One clear error when neither works."""
-    folder = Path(path).expanduser()
-    if folder.is_dir():
-        return folder
-    name = str(path)
-    if folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-        raise UserError(f"model folder not found: {folder}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise UserError(
-            f"{name}: not a local folder, and reading hub ids needs huggingface_hub: pip install -e '.[hf]'"
-        ) from None
-    try:
-        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
-    except Exception as e:  # offline and not cached, unknown id, ...: one line
-        raise UserError(
-            f"{name}: not a local folder, and not found on the Hugging Face hub or in its cache "
-            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); download it first, e.g. "
-            f"`hf download {name} --local-dir models/{name.rsplit('/', 1)[-1]}`, and set model.path to that folder"
-        ) from e
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """A HF model folder or hub id (resolve_checkpoint) -> (config.json as a dict, state dict with fp16/bf16 upcast
-    to fp32)."""
-    folder = resolve_checkpoint(path)
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
-    config = json.loads((folder / "config.json").read_text())
-    if (folder / "model.safetensors").is_file():
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise UserError("reading model.safetensors needs the safetensors package: pip install -e '.[hf]'") from None
-        state = load_file(str(folder / "model.safetensors"), device="cpu")
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise UserError(f"{folder}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
-    # fp16 checkpoints (Marian-style conversions) are upcast: prunelab computes in fp32 unless told otherwise
-    return config, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-
-
-def _num(hf: dict[str, Any], *names: str) -> Any:
-    for n in names:
-        if hf.get(n) is not None:
-            return hf[n]
-    raise UserError(f"config.json of a {hf.get('model_type')} model lacks {' / '.join(names)}")
-
 
 def encoder_config(hf: dict[str, Any]) -> TransformerConfig:
     """config.json -> the TransformerConfig of the same network: post-norm, no final LayerNorm, learned
@@ -141,13 +89,13 @@ def encoder_config(hf: dict[str, Any]) -> TransformerConfig:
         raise UserError(f"a {family} decoder (is_decoder / add_cross_attention) cannot be imported as an encoder")
     if family == "distilbert":
         act = hf.get("activation", "gelu")
-        d, d_ff, layers = _num(hf, "dim"), _num(hf, "hidden_dim"), _num(hf, "n_layers")
-        heads, eps, types = _num(hf, "n_heads"), 1e-12, 0  # DistilBERT hard-codes eps=1e-12; no token types
+        d, d_ff, layers = num(hf, "dim"), num(hf, "hidden_dim"), num(hf, "n_layers")
+        heads, eps, types = num(hf, "n_heads"), 1e-12, 0  # DistilBERT hard-codes eps=1e-12; no token types
         dropout, attn_dropout = hf.get("dropout", 0.1), hf.get("attention_dropout", 0.1)
     else:
         act = hf.get("hidden_act", "gelu")
-        d, d_ff = _num(hf, "hidden_size"), _num(hf, "intermediate_size")
-        layers, heads = _num(hf, "num_hidden_layers"), _num(hf, "num_attention_heads")
+        d, d_ff = num(hf, "hidden_size"), num(hf, "intermediate_size")
+        layers, heads = num(hf, "num_hidden_layers"), num(hf, "num_attention_heads")
         eps, types = hf.get("layer_norm_eps", 1e-12), hf.get("type_vocab_size", 2)
         dropout = hf.get("hidden_dropout_prob", 0.1)
         attn_dropout = hf.get("attention_probs_dropout_prob", 0.1)
@@ -159,7 +107,7 @@ def encoder_config(hf: dict[str, Any]) -> TransformerConfig:
     if pad_id is None:
         pad_id = 0
     return TransformerConfig(
-        vocab_size=_num(hf, "vocab_size"),
+        vocab_size=num(hf, "vocab_size"),
         d_model=d,
         n_heads=heads,
         d_ff=d_ff,
@@ -169,7 +117,7 @@ def encoder_config(hf: dict[str, Any]) -> TransformerConfig:
         attn_dropout=attn_dropout,
         activation_dropout=0.0,  # HF encoders have no dropout between the two feed-forward layers
         pre_norm=False,  # post-norm: LN(x + dropout(f(x))), and so no final encoder LayerNorm
-        max_len=_num(hf, "max_position_embeddings"),
+        max_len=num(hf, "max_position_embeddings"),
         pad_id=pad_id,
         norm_eps=eps,
         activation=HF_ACTIVATIONS[act],
@@ -183,9 +131,7 @@ def encoder_config(hf: dict[str, Any]) -> TransformerConfig:
     )
 
 
-def _wb(hf: str, ours: str) -> dict[str, str]:
-    """Both parameters of a Linear or LayerNorm."""
-    return {f"{hf}.weight": f"{ours}.weight", f"{hf}.bias": f"{ours}.bias"}
+network_config = encoder_config  # the name every family module gives it (prunelab.hf.export)
 
 
 def key_map(family: str, layers: int, embed_proj: bool = False) -> dict[str, str]:
@@ -193,12 +139,12 @@ def key_map(family: str, layers: int, embed_proj: bool = False) -> dict[str, str
     m = {
         "embeddings.word_embeddings.weight": "embed.weight",
         "embeddings.position_embeddings.weight": "pos_embed.weight",
-        **_wb("embeddings.LayerNorm", "embed_norm"),
+        **wb("embeddings.LayerNorm", "embed_norm"),
     }
     if family != "distilbert":
         m["embeddings.token_type_embeddings.weight"] = "type_embed.weight"
     if embed_proj:
-        m.update(_wb("embeddings_project", "embed_proj"))
+        m.update(wb("embeddings_project", "embed_proj"))
     for i in range(layers):
         e = f"enc.{i}"
         if family == "distilbert":
@@ -226,7 +172,7 @@ def key_map(family: str, layers: int, embed_proj: bool = False) -> dict[str, str
                 "output.LayerNorm": "ff_res.norm",
             }
         for theirs, ours in parts.items():
-            m.update(_wb(f"{h}.{theirs}", f"{e}.{ours}"))  # Linear and LayerNorm alike: weight and bias
+            m.update(wb(f"{h}.{theirs}", f"{e}.{ours}"))  # Linear and LayerNorm alike: weight and bias
     return m
 
 
@@ -277,9 +223,9 @@ def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides
         if not has_head:  # a bare BertModel/RobertaModel: keep its pre-trained pooler under a fresh head
             pooler_key = "pooler.dense"
         pooler = pooler_act
-        mapping.update(_wb(pooler_key, "pooler"))
+        mapping.update(wb(pooler_key, "pooler"))
     if has_head:
-        mapping.update(_wb(head_key, "head"))
+        mapping.update(wb(head_key, "head"))
         n_head = state[names[f"{head_key}.weight"]].shape[0]
         if num_labels is not None and num_labels != n_head:
             raise UserError(
@@ -293,67 +239,13 @@ def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides
         raise UserError(f"{path}: a classifier needs at least 2 labels, got {num_labels} (regression is not supported)")
 
     # Account for every key of the file: mapped, or dropped on purpose, or an error naming it.
-    unexpected = [names[n] for n in names if n not in mapping and not _DROPPED.fullmatch(n)]
-    if unexpected:
-        raise UserError(f"{path}: unexpected key(s) in a {family} checkpoint: {', '.join(sorted(unexpected))}")
     # name a missing key as the file would: under the prefix if the file uses one (the head keys never are)
     shown = prefix if any(k.startswith(prefix) for k in state) else ""
-    missing = [n if n.startswith(UNPREFIXED) else shown + n for n in mapping if n not in names]
-    if missing:
-        raise UserError(f"{path}: key(s) missing from the {family} checkpoint: {', '.join(missing)}")
+    account_for_keys(path, family, names, mapping, _DROPPED, lambda n: n if n.startswith(UNPREFIXED) else shown + n)
 
     model = TransformerClassifier(cfg, num_labels, pooling="cls", pooler=pooler)
     # a fresh head keeps its initialisation
     return copy_weights(model, state, names, mapping, path, keep=() if has_head else ("head.weight", "head.bias"))
-
-
-def copy_weights(
-    model: Transformer,
-    state: dict[str, Tensor],
-    names: dict[str, str],
-    mapping: dict[str, str],
-    path: str | Path,
-    keep: tuple[str, ...] = (),
-) -> Transformer:
-    """Copy the checkpoint's tensors into `model` by `mapping` (normalised HF name -> prunelab key; `names`: normalised
-    name -> the file's), each shape checked (a mismatch is the user's error, naming both). Every prunelab tensor must
-    be filled except the gate and head_ids buffers (at their defaults) and the keys in `keep` (a bug here if not).
-    The model remembers the folder it came from (`pretrained_from`)."""
-    ours = model.state_dict()
-    left = {k for k in ours if not k.endswith((".gate", ".head_gate", ".head_ids")) and k not in keep}
-    with torch.no_grad():
-        for theirs, mine in mapping.items():
-            src = state[names[theirs]]
-            if src.shape != ours[mine].shape:
-                raise UserError(
-                    f"{path}: {names[theirs]} has shape {tuple(src.shape)}, {mine} needs {tuple(ours[mine].shape)}"
-                )
-            ours[mine].copy_(src)
-            left.discard(mine)
-    assert not left, f"prunelab parameters not filled by the import: {sorted(left)}"  # a bug here, not the user's
-    model.pretrained_from = str(path)
-    return model
-
-
-def check_data_fits(path: str, to_config: Any, vocab_size: int, pad_id: int) -> None:
-    """The data's ids must be the checkpoint's (`to_config` reads its config.json into a TransformerConfig): a
-    vocabulary no larger than the checkpoint's embedding table and the same padding id. The data modules read the
-    checkpoint's own tokenizer (`data.tokenizer`, the model's folder by default), so this fails only when a data
-    config was told to use another tokenizer."""
-    config = resolve_checkpoint(path) / "config.json"
-    if not config.is_file():
-        raise UserError(f"model.path={path}: not a Hugging Face model folder (no config.json)")
-    cfg = to_config(json.loads(config.read_text()))
-    if vocab_size > cfg.vocab_size:
-        raise UserError(
-            f"model.path={path} has a vocabulary of {cfg.vocab_size} tokens but the data's tokenizer has {vocab_size}: "
-            "the data must use the checkpoint's tokenizer (data.tokenizer=<the model folder>)"
-        )
-    if pad_id != cfg.pad_id:
-        raise UserError(
-            f"model.path={path} pads with id {cfg.pad_id} but the data's tokenizer with {pad_id}: "
-            "the data must use the checkpoint's tokenizer (data.tokenizer=<the model folder>)"
-        )
 
 
 def build_hf_encoder(
@@ -364,3 +256,45 @@ def build_hf_encoder(
     The data are tokenized with the checkpoint's own tokenizer (see check_data_fits)."""
     check_data_fits(path, encoder_config, vocab_size, pad_id)  # before the weights are read
     return load_hf_encoder(path, num_classes, **overrides)
+
+
+def export_folder(
+    model: TransformerClassifier, hf: dict[str, Any], state: dict[str, Tensor], labels: Sequence[str] | None = None
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Export (prunelab.hf.export): (config.json with the model's labels, tensors under the keys of the family's
+    *ForSequenceClassification file) of the effective state."""
+    family = hf["model_type"]
+    pooler_key, pooler_act, head_key = CLASSIFIERS[family]
+    if model.pooling != "cls":
+        raise UserError(f"the classifier pools with {model.pooling!r}: a {family} classifier reads [CLS]")
+    if model.pooler is None or model.pooler_activation != pooler_act:
+        raise UserError(
+            f"the classifier has {'no pooler' if model.pooler is None else f'a {model.pooler_activation} pooler'}, "
+            f"a {ARCHITECTURES[family]} has a Linear + {pooler_act} before its head: it cannot be written as one; "
+            f"{BITMASK_HINT}"
+        )
+    mapping = key_map(family, model.cfg.enc_layers, embed_proj=model.embed_proj is not None)
+    mapping.update(wb(pooler_key, "pooler"))
+    mapping.update(wb(head_key, "head"))
+    prefix = f"{family}."
+    tensors = rename_keys(state, {k if k.startswith(UNPREFIXED) else prefix + k: v for k, v in mapping.items()})
+    return label_config(hf, model.num_classes, labels), tensors
+
+
+def label_config(hf: dict[str, Any], n: int, labels: Sequence[str] | None) -> dict[str, Any]:
+    """config.json with num_labels, id2label and label2id for the model's n classes (`labels`, index = class id;
+    default: the source's when their number fits, else LABEL_i)."""
+    if labels is not None:
+        names = [str(x) for x in labels]
+        if len(names) != n:
+            raise UserError(f"{len(names)} label names for a classifier with {n} classes")
+        if len(set(names)) != n:
+            raise UserError(f"label names must be distinct: {names}")
+    else:
+        old = hf.get("id2label") or {}
+        names = [str(old[str(i)]) for i in range(n)] if len(old) == n and all(str(i) in old for i in range(n)) else []
+        if len(set(names)) != n:
+            names = [f"LABEL_{i}" for i in range(n)]
+    config = dict(hf)
+    config.update(num_labels=n, id2label=dict(enumerate(names)), label2id={x: i for i, x in enumerate(names)})
+    return config

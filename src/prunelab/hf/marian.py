@@ -2,8 +2,8 @@
 encoder-decoder Transformer, so that its heads and sub-layers can be studied and pruned under prunelab's addresses
 (`enc.{i}.sa.h{j}`, `dec.{i}.ea.h{j}`: head j is rows j*hs ... j*hs+hs-1 of Q/K/V on both sides).
 
-As prunelab.models.hf_import: build prunelab's network from config.json, map every key of the file to a prunelab
-key by name, and copy tensor by tensor with the shapes asserted. Every key is accounted for: mapped, dropped on
+As every family (prunelab.hf.checkpoint): build prunelab's network from config.json, map every key of the file to a
+prunelab key by name, and copy tensor by tensor with the shapes asserted. Every key is accounted for: mapped, dropped on
 purpose (the sinusoid tables, recomputed and checked against the file; the tied copies of the shared embedding,
 checked equal to it), or an error naming it. No transposes: both sides use nn.Linear with separate Q/K/V.
 
@@ -18,22 +18,30 @@ Checkpoints with separate decoder embeddings (tc-big: `share_encoder_decoder_emb
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from prunelab.errors import UserError
-from prunelab.models.hf_import import (
+from prunelab.hf.checkpoint import (
     HF_ACTIVATIONS,
     OVERRIDABLE,
-    _num,
-    _wb,
+    account_for_keys,
     check_data_fits,
     copy_weights,
+    num,
     read_checkpoint,
+    rename_keys,
+    wb,
 )
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
+
+MODEL_TYPES = ("marian",)
+MODEL_CLASS = Transformer  # what a MarianMT checkpoint is imported into
+ARCHITECTURES = {"marian": "MarianMTModel"}  # the class an export is written as (config.json's `architectures`)
 
 # Keys (without the `model.` prefix) that hold the shared embedding again: HF ties them to `shared.weight`, older
 # files store every copy. They are checked equal to the shared table and dropped.
@@ -55,7 +63,7 @@ def marian_config(hf: dict[str, Any]) -> TransformerConfig:
     """config.json of a MarianMT model -> the TransformerConfig of the same network (see the module doc)."""
     if hf.get("model_type") != "marian":
         raise UserError(f"model_type {hf.get('model_type')!r} is not a MarianMT checkpoint (model_type 'marian')")
-    vocab = _num(hf, "vocab_size")
+    vocab = num(hf, "vocab_size")
     untied = []
     if not hf.get("share_encoder_decoder_embeddings", True):
         untied.append("share_encoder_decoder_embeddings=false")
@@ -71,8 +79,8 @@ def marian_config(hf: dict[str, Any]) -> TransformerConfig:
     for key, want in NOT_MARIAN.items():
         if key in hf and bool(hf[key]) != want:
             raise UserError(f"config.json sets {key}={hf[key]!r}: not supported for a MarianMT import")
-    heads = {_num(hf, "encoder_attention_heads"), _num(hf, "decoder_attention_heads")}
-    d_ff = {_num(hf, "encoder_ffn_dim"), _num(hf, "decoder_ffn_dim")}
+    heads = {num(hf, "encoder_attention_heads"), num(hf, "decoder_attention_heads")}
+    d_ff = {num(hf, "encoder_ffn_dim"), num(hf, "decoder_ffn_dim")}
     if len(heads) > 1 or len(d_ff) > 1:
         raise UserError(
             f"encoder and decoder differ in heads {sorted(heads)} or feed-forward width {sorted(d_ff)}: "
@@ -81,19 +89,19 @@ def marian_config(hf: dict[str, Any]) -> TransformerConfig:
     act = hf.get("activation_function", "swish")
     if act not in HF_ACTIVATIONS:
         raise UserError(f"activation {act!r} of the checkpoint is not supported (supported: {sorted(HF_ACTIVATIONS)})")
-    pad, start = _num(hf, "pad_token_id"), hf.get("decoder_start_token_id")
+    pad, start = num(hf, "pad_token_id"), hf.get("decoder_start_token_id")
     return TransformerConfig(
         vocab_size=vocab,
-        d_model=_num(hf, "d_model"),
+        d_model=num(hf, "d_model"),
         n_heads=heads.pop(),
         d_ff=d_ff.pop(),
-        enc_layers=_num(hf, "encoder_layers"),
-        dec_layers=_num(hf, "decoder_layers"),
+        enc_layers=num(hf, "encoder_layers"),
+        dec_layers=num(hf, "decoder_layers"),
         dropout=hf.get("dropout", 0.1),
         attn_dropout=hf.get("attention_dropout", 0.0),
         activation_dropout=hf.get("activation_dropout", 0.0),
         pre_norm=False,  # post-norm (Marian's "dan"): and so no final encoder or decoder LayerNorm
-        max_len=_num(hf, "max_position_embeddings"),
+        max_len=num(hf, "max_position_embeddings"),
         pad_id=pad,  # the key mask and the pad of decoding: Marian's <pad> is the last id
         norm_eps=1e-5,  # Marian's nn.LayerNorm default
         activation=HF_ACTIVATIONS[act],
@@ -104,6 +112,9 @@ def marian_config(hf: dict[str, Any]) -> TransformerConfig:
         decoder_start_id=pad if start is None else start,
         ban_pad=True,
     )
+
+
+network_config = marian_config  # the name every family module gives it (prunelab.hf.export)
 
 
 def key_map(enc_layers: int, dec_layers: int) -> dict[str, str]:
@@ -120,7 +131,7 @@ def key_map(enc_layers: int, dec_layers: int) -> dict[str, str]:
                 parts["encoder_attn_layer_norm"] = "ea_res.norm"
             parts.update({"fc1": "ff.fc1", "fc2": "ff.fc2", "final_layer_norm": "ff_res.norm"})
             for theirs, mine in parts.items():
-                m.update(_wb(f"{h}.{theirs}", f"{e}.{mine}"))
+                m.update(wb(f"{h}.{theirs}", f"{e}.{mine}"))
     return m
 
 
@@ -177,12 +188,7 @@ def load_hf_marian(path: str | Path, **overrides: Any) -> Transformer:
     mapping = key_map(cfg.enc_layers, cfg.dec_layers)
     if "final_logits_bias" not in names:  # HF too loads a file without it (a bare MarianModel) with zeros
         mapping.pop("final_logits_bias")
-    unexpected = [names[n] for n in names if n not in mapping]
-    if unexpected:
-        raise UserError(f"{path}: unexpected key(s) in a marian checkpoint: {', '.join(sorted(unexpected))}")
-    missing = [shown + n for n in mapping if n not in names]
-    if missing:
-        raise UserError(f"{path}: key(s) missing from the marian checkpoint: {', '.join(missing)}")
+    account_for_keys(path, "marian", names, mapping, shown=lambda n: shown + n)
 
     if "final_logits_bias" in mapping:  # (1, V) in HF files, a (V,) buffer here
         bias = state[names["final_logits_bias"]]
@@ -196,6 +202,21 @@ def load_hf_marian(path: str | Path, **overrides: Any) -> Transformer:
 def build_hf_marian(vocab_size: int, pad_id: int, path: str, **overrides: Any) -> Transformer:
     """Hydra entry point (`model=hf_marian model.path=DIR`): the checkpoint as prunelab's translation model.
 
-    The data are tokenized with the checkpoint's own tokenizer (see hf_import.check_data_fits)."""
+    The data are tokenized with the checkpoint's own tokenizer (see prunelab.hf.checkpoint.check_data_fits)."""
     check_data_fits(path, marian_config, vocab_size, pad_id)  # before the weights are read
     return load_hf_marian(path, **overrides)
+
+
+def export_folder(
+    model: Transformer, hf: dict[str, Any], state: dict[str, Tensor], labels: Sequence[str] | None = None
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Export (prunelab.hf.export): (config.json, tensors under MarianMTModel's keys) of the effective state: `model.`
+    + the import's keys, final_logits_bias (1, V) outside it, and lm_head.weight, the tied output projection (a
+    copy of the shared embedding)."""
+    if labels is not None:
+        raise UserError("labels are for a classifier: a translation model has none")
+    mapping = key_map(model.cfg.enc_layers, model.cfg.dec_layers)
+    tensors = rename_keys(state, {k if k == "final_logits_bias" else "model." + k: v for k, v in mapping.items()})
+    tensors["final_logits_bias"] = tensors["final_logits_bias"].reshape(1, -1)
+    tensors["lm_head.weight"] = tensors["model.shared.weight"].clone()
+    return dict(hf), tensors

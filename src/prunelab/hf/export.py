@@ -1,8 +1,8 @@
 """Export a (mask-)pruned model that was imported from Hugging Face back to a Hugging Face folder: the inverse of
-prunelab.models.hf_import (BERT, RoBERTa, ELECTRA, DistilBERT -> *ForSequenceClassification) and
-prunelab.models.hf_marian (-> MarianMTModel), computing the same logits as the prunelab model (eval mode, fp32).
+the import of its family (prunelab.hf.encoders: BERT, RoBERTa, ELECTRA, DistilBERT -> *ForSequenceClassification;
+prunelab.hf.marian -> MarianMTModel), computing the same logits as the prunelab model (eval mode, fp32).
 
-The key names come from the import's own maps (`key_map`, `CLASSIFIERS`), inverted. What prunelab keeps outside
+The key names come from the family's own import maps, inverted (its `export_folder`). What prunelab keeps outside
 the weights is folded into them, exactly:
 
 - masks: every masked matrix is written as weight * mask (its zeros are in the file);
@@ -29,29 +29,22 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
-from prunelab.models import hf_import, hf_marian
-from prunelab.models.classifier import TransformerClassifier
+from prunelab.hf import encoders, marian
+from prunelab.hf.checkpoint import BITMASK_HINT, OVERRIDABLE, WEIGHT_SUFFIXES
 from prunelab.models.transformer import MultiHeadAttention, Transformer, TransformerConfig
 
-# The class each family is written as (config.json's `architectures`).
-ARCHITECTURES = {
-    "bert": "BertForSequenceClassification",
-    "roberta": "RobertaForSequenceClassification",
-    "electra": "ElectraForSequenceClassification",
-    "distilbert": "DistilBertForSequenceClassification",
-    "marian": "MarianMTModel",
-}
-# Files of a model folder that are not copied: the weights (written anew) and config.json (rewritten).
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".index.json")
+# config.json's model_type -> its family's module. A family module has MODEL_TYPES, MODEL_CLASS (the prunelab class
+# it imports into), ARCHITECTURES (the class each model type is written as), network_config(config.json) and
+# export_folder(model, config.json, effective state, labels) -> (config.json to write, tensors under its keys).
+FAMILIES: dict[str, ModuleType] = {t: module for module in (encoders, marian) for t in module.MODEL_TYPES}
 # TransformerConfig fields that are training settings, not the network (they may differ from config.json's).
-TRAINING_FIELDS = (*hf_import.OVERRIDABLE, "removed")
-BITMASK_HINT = "it stays in prunelab's format (prunelab export --format bitmask)"
+TRAINING_FIELDS = (*OVERRIDABLE, "removed")
 
 
 def export_hf(
@@ -61,11 +54,11 @@ def export_hf(
     masks: Mapping[str, Tensor] | None = None,
     labels: Sequence[str] | None = None,
 ) -> Path:
-    """Write `model` (imported from the HF folder `source` by load_hf_encoder / load_hf_marian, then pruned) as a
-    folder that transformers' `from_pretrained` loads (AutoModelForSequenceClassification for an encoder,
-    MarianMTModel for Marian) with the same logits. `masks`: {parameter name: 0/1 mask}, written as weight * mask.
-    `labels`: class names of a classifier, index = class id (default: the source's when their number fits,
-    else LABEL_i). Returns `out`."""
+    """Write `model` (imported from the HF folder `source` by its family's importer, then pruned) as a folder that
+    transformers' `from_pretrained` loads (AutoModelForSequenceClassification for an encoder, MarianMTModel for
+    Marian) with the same logits. `masks`: {parameter name: 0/1 mask}, written as weight * mask. `labels`: class
+    names of a classifier, index = class id (default: the source's when their number fits, else LABEL_i).
+    `source` may be a run's copy of the source folder without weights (its `hf_source`). Returns `out`."""
     source, out = Path(source), Path(out)
     if not (source / "config.json").is_file():
         raise UserError(f"{source}: not a Hugging Face model folder (no config.json)")
@@ -73,29 +66,20 @@ def export_hf(
         raise UserError(f"{out}: the export would overwrite the source checkpoint; choose another folder")
     hf = json.loads((source / "config.json").read_text())
     family = hf.get("model_type")
-    classifier = isinstance(model, TransformerClassifier)
-    if classifier and family in hf_import.FAMILIES:
-        want = hf_import.encoder_config(hf)
-    elif isinstance(model, Transformer) and not classifier and family == "marian":
-        want = hf_marian.marian_config(hf)
-    else:
+    module = FAMILIES.get(family)
+    if module is None or type(model) is not module.MODEL_CLASS:
         raise UserError(
-            f"cannot export a {type(model).__name__} as the {family!r} checkpoint of {source}: only a classifier "
-            f"imported from {', '.join(hf_import.FAMILIES)} or a Transformer imported from marian can be"
+            f"cannot export a {type(model).__name__} as the {family!r} checkpoint of {source}: only "
+            + " or ".join(
+                f"a {m.MODEL_CLASS.__name__} imported from {', '.join(m.MODEL_TYPES)}" for m in (encoders, marian)
+            )
+            + " can be"
         )
     assert isinstance(model, Transformer)
-    _check_same_network(model.cfg, want, source)
+    _check_same_network(model.cfg, module.network_config(hf), source)
 
-    state = effective_state(model, masks)
-    if isinstance(model, TransformerClassifier):
-        tensors = _encoder_tensors(model, state, family)
-        config = _label_config(hf, model.num_classes, labels)
-    else:
-        if labels is not None:
-            raise UserError("labels are for a classifier: a translation model has none")
-        tensors = _marian_tensors(model, state)
-        config = dict(hf)
-    config["architectures"] = [ARCHITECTURES[family]]
+    config, tensors = module.export_folder(model, hf, effective_state(model, masks), labels)
+    config["architectures"] = [module.ARCHITECTURES[family]]
     config["dtype"] = "float32"  # the weights are written in fp32 (an fp16 source would otherwise load as fp16)
     if "torch_dtype" in config:  # the key before transformers 5
         config["torch_dtype"] = "float32"
@@ -196,61 +180,6 @@ def _expand_attention(state: dict[str, Tensor], name: str, attn: MultiHeadAttent
     o = torch.zeros(d, H * hs)
     o[:, kept] = state[f"{name}.out_proj.weight"][:, kept_slot]
     state[f"{name}.out_proj.weight"] = o
-
-
-def _encoder_tensors(model: TransformerClassifier, state: dict[str, Tensor], family: str) -> dict[str, Tensor]:
-    """The effective state under the keys of `family`'s *ForSequenceClassification file."""
-    pooler_key, pooler_act, head_key = hf_import.CLASSIFIERS[family]
-    if model.pooling != "cls":
-        raise UserError(f"the classifier pools with {model.pooling!r}: a {family} classifier reads [CLS]")
-    if model.pooler is None or model.pooler_activation != pooler_act:
-        raise UserError(
-            f"the classifier has {'no pooler' if model.pooler is None else f'a {model.pooler_activation} pooler'}, "
-            f"a {ARCHITECTURES[family]} has a Linear + {pooler_act} before its head: it cannot be written as one; "
-            f"{BITMASK_HINT}"
-        )
-    mapping = hf_import.key_map(family, model.cfg.enc_layers, embed_proj=model.embed_proj is not None)
-    mapping.update(hf_import._wb(pooler_key, "pooler"))
-    mapping.update(hf_import._wb(head_key, "head"))
-    prefix = f"{family}."
-    return _rename(state, {k if k.startswith(hf_import.UNPREFIXED) else prefix + k: v for k, v in mapping.items()})
-
-
-def _marian_tensors(model: Transformer, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The effective state under MarianMTModel's keys: `model.` + the import's keys, final_logits_bias (1, V)
-    outside it, and lm_head.weight, the tied output projection (a copy of the shared embedding)."""
-    mapping = hf_marian.key_map(model.cfg.enc_layers, model.cfg.dec_layers)
-    tensors = _rename(state, {k if k == "final_logits_bias" else "model." + k: v for k, v in mapping.items()})
-    tensors["final_logits_bias"] = tensors["final_logits_bias"].reshape(1, -1)
-    tensors["lm_head.weight"] = tensors["model.shared.weight"].clone()
-    return tensors
-
-
-def _rename(state: dict[str, Tensor], mapping: dict[str, str]) -> dict[str, Tensor]:
-    """{HF key: state[prunelab key]}; every key of `state` must be used (else a bug here, not the user's)."""
-    mine = set(mapping.values())
-    assert len(mine) == len(mapping), "the import's key map is not one-to-one"
-    left = sorted(set(state) - mine)
-    assert not left, f"prunelab keys with no Hugging Face key: {left}"
-    return {theirs: state[ours] for theirs, ours in mapping.items()}
-
-
-def _label_config(hf: dict[str, Any], n: int, labels: Sequence[str] | None) -> dict[str, Any]:
-    """config.json with num_labels, id2label and label2id for the model's n classes."""
-    if labels is not None:
-        names = [str(x) for x in labels]
-        if len(names) != n:
-            raise UserError(f"{len(names)} label names for a classifier with {n} classes")
-        if len(set(names)) != n:
-            raise UserError(f"label names must be distinct: {names}")
-    else:
-        old = hf.get("id2label") or {}
-        names = [str(old[str(i)]) for i in range(n)] if len(old) == n and all(str(i) in old for i in range(n)) else []
-        if len(set(names)) != n:
-            names = [f"LABEL_{i}" for i in range(n)]
-    config = dict(hf)
-    config.update(num_labels=n, id2label=dict(enumerate(names)), label2id={x: i for i, x in enumerate(names)})
-    return config
 
 
 def _copy_tokenizer_files(source: Path, out: Path) -> list[Path]:

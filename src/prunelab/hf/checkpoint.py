@@ -1,0 +1,344 @@
+"""What every imported Hugging Face family shares, and nothing family-specific.
+
+nanoGPT's `from_pretrained` is the model of an import: build prunelab's own network from the checkpoint's
+config.json, map every key of the file to a prunelab key by name, and copy tensor by tensor with the shapes
+checked. Every key is accounted for: mapped, in the family's list of keys dropped on purpose, or an error naming
+it; every prunelab parameter is filled. This module holds the family-agnostic half:
+
+- `resolve_checkpoint`: `model.path` -> a local folder (the folder, or a hub id through the Hugging Face cache);
+- `read_config` / `read_checkpoint`: config.json, and the state dict from model.safetensors or pytorch_model.bin
+  (read with safetensors or `torch.load(weights_only=True)`: `transformers` is not needed);
+- `account_for_keys`, `copy_weights`, `fresh_linear`, `check_data_fits`: the checks and copies of an import, and
+  `rename_keys`, the copy of an export;
+- `PretrainedTokenizer`: the checkpoint's own tokenizer (the one entry the data modules use);
+- `copy_source_files`: what a run keeps of its source folder (config and tokenizer files, no weights), so that
+  it rebuilds without it.
+
+The families (`prunelab.hf.encoders`, `prunelab.hf.marian`) say how their config.json and keys map to prunelab's."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import UserError
+
+# HF `hidden_act` / `activation` / `activation_function` -> prunelab activation ("gelu" is the exact erf GELU).
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+# TransformerConfig fields a caller may set on top of the checkpoint's (training choices, not the architecture).
+OVERRIDABLE = ("dropout", "attn_dropout", "activation_dropout", "layerdrop", "gated")
+
+# The files of a folder that describe the model without being its weights: config.json, generation_config.json,
+# the tokenizer's files (tokenizer.json, tokenizer_config.json, vocab.txt, vocab.json, merges.txt, *.spm, ...).
+SOURCE_FILES = ("*.json", "*.txt", "*.model", "*.spm", "*.codes", "*.tiktoken")
+# What is fetched of a hub checkpoint: those, and the PyTorch weights (not TF/Flax/ONNX copies).
+HUB_FILES = [*SOURCE_FILES, "model.safetensors", "pytorch_model.bin"]
+# Weight files (any framework), never copied along with a model's other files.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".ot", ".index.json")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """`model.path` -> a local folder: the folder itself, or a hub id (`bert-base-uncased`,
+    `Helsinki-NLP/opus-mt-en-de`) resolved through the Hugging Face cache (`huggingface_hub.snapshot_download`:
+    downloaded once when the machine is online, read from the cache when it is not, e.g. HF_HUB_OFFLINE=1).
+    One clear error when neither works."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    name = str(path)
+    if folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise UserError(f"model folder not found: {folder}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(
+            f"{name}: not a local folder, and reading hub ids needs huggingface_hub: pip install -e '.[hf]'"
+        ) from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline and not cached, unknown id, ...: one line
+        raise UserError(
+            f"{name}: not a local folder, and not found on the Hugging Face hub or in its cache "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); download it first, e.g. "
+            f"`hf download {name} --local-dir models/{name.rsplit('/', 1)[-1]}`, and set model.path to that folder"
+        ) from e
+
+
+def read_config(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A HF model folder or hub id -> (the local folder, its config.json as a dict)."""
+    folder = resolve_checkpoint(path)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    return folder, json.loads((folder / "config.json").read_text())
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A HF model folder or hub id -> (config.json as a dict, state dict with fp16/bf16 upcast to fp32)."""
+    folder, config = read_config(path)
+    if (folder / "model.safetensors").is_file():
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError("reading model.safetensors needs the safetensors package: pip install -e '.[hf]'") from None
+        state = load_file(str(folder / "model.safetensors"), device="cpu")
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise UserError(f"{folder}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
+    # fp16 checkpoints (Marian-style conversions) are upcast: prunelab computes in fp32 unless told otherwise
+    return config, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def num(hf: dict[str, Any], *names: str) -> Any:
+    """The first of `names` that config.json sets, or one error naming them."""
+    for n in names:
+        if hf.get(n) is not None:
+            return hf[n]
+    raise UserError(f"config.json of a {hf.get('model_type')} model lacks {' / '.join(names)}")
+
+
+def activation(hf: dict[str, Any], name: str, default: str) -> str:
+    """config.json's activation (key `name`) as a prunelab activation, or one error."""
+    act = hf.get(name, default)
+    if act not in HF_ACTIVATIONS:
+        raise UserError(f"activation {act!r} of the checkpoint is not supported (supported: {sorted(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[act]
+
+
+def apply_overrides(cfg: Any, overrides: Mapping[str, Any]) -> None:
+    """Training settings among OVERRIDABLE set on a TransformerConfig read from config.json (its shape stays)."""
+    if bad := sorted(set(overrides) - set(OVERRIDABLE)):
+        raise UserError(f"cannot override {bad} of an imported checkpoint (its shape comes from config.json)")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    cfg.__post_init__()
+
+
+def wb(hf: str, ours: str) -> dict[str, str]:
+    """Both parameters of a Linear or LayerNorm: {hf.weight: ours.weight, hf.bias: ours.bias}."""
+    return {f"{hf}.weight": f"{ours}.weight", f"{hf}.bias": f"{ours}.bias"}
+
+
+def account_for_keys(
+    path: str | Path,
+    family: str,
+    names: Mapping[str, str],
+    mapping: Mapping[str, str],
+    dropped: re.Pattern[str] | None = None,
+    shown: Callable[[str], str] = str,
+) -> None:
+    """Every key of the file (`names`: normalised name -> the file's) is mapped or matches `dropped` (the family's
+    keys dropped on purpose), and every key of `mapping` (normalised HF name -> prunelab key) is in the file; else
+    one error naming them (a missing key as `shown(name)`, the way the file would spell it)."""
+    unexpected = [names[n] for n in names if n not in mapping and not (dropped and dropped.fullmatch(n))]
+    if unexpected:
+        raise UserError(f"{path}: unexpected key(s) in a {family} checkpoint: {', '.join(sorted(unexpected))}")
+    missing = [shown(n) for n in mapping if n not in names]
+    if missing:
+        raise UserError(f"{path}: key(s) missing from the {family} checkpoint: {', '.join(missing)}")
+
+
+def copy_weights(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    names: dict[str, str],
+    mapping: dict[str, str],
+    path: str | Path,
+    keep: Iterable[str] = (),
+) -> nn.Module:
+    """Copy the checkpoint's tensors into `model` by `mapping` (normalised HF name -> prunelab key; `names`: normalised
+    name -> the file's), each shape checked (a mismatch is the user's error, naming both). Every prunelab tensor must
+    be filled except the gate and head_ids buffers (at their defaults) and the keys in `keep` (fresh ones; a bug here
+    if not). The model remembers the folder its weights came from (`pretrained_from`)."""
+    ours = model.state_dict()
+    keep = set(keep)
+    left = {k for k in ours if not k.endswith((".gate", ".head_gate", ".head_ids")) and k not in keep}
+    with torch.no_grad():
+        for theirs, mine in mapping.items():
+            src = state[names[theirs]]
+            if src.shape != ours[mine].shape:
+                raise UserError(
+                    f"{path}: {names[theirs]} has shape {tuple(src.shape)}, {mine} needs {tuple(ours[mine].shape)}"
+                )
+            ours[mine].copy_(src)
+            left.discard(mine)
+    assert not left, f"prunelab parameters not filled by the import: {sorted(left)}"  # a bug here, not the user's
+    model.pretrained_from = str(path)
+    return model
+
+
+@torch.no_grad()
+def fresh_linear(layer: nn.Linear, std: float) -> None:
+    """A layer the checkpoint does not have, initialised as transformers initialises it: weight ~ N(0, std²)
+    (config.json's `initializer_range`), bias 0."""
+    layer.weight.normal_(0.0, std)
+    if layer.bias is not None:
+        layer.bias.zero_()
+
+
+BITMASK_HINT = "it stays in prunelab's format (prunelab export --format bitmask)"
+
+
+def rename_keys(state: Mapping[str, Tensor], mapping: Mapping[str, str]) -> dict[str, Tensor]:
+    """Export: {HF key: state[prunelab key]} by a family's key map (HF key -> prunelab key); every key of `state`
+    must be used (else a bug here, not the user's)."""
+    mine = set(mapping.values())
+    assert len(mine) == len(mapping), "the import's key map is not one-to-one"
+    left = sorted(set(state) - mine)
+    assert not left, f"prunelab keys with no Hugging Face key: {left}"
+    return {theirs: state[ours] for theirs, ours in mapping.items()}
+
+
+def check_data_fits(path: str, to_config: Callable[[dict[str, Any]], Any], vocab_size: int, pad_id: int) -> None:
+    """The data's ids must be the checkpoint's (`to_config` reads its config.json into a TransformerConfig): a
+    vocabulary no larger than the checkpoint's embedding table and the same padding id. The data modules read the
+    checkpoint's own tokenizer (`data.tokenizer`, the model's folder by default), so this fails only when a data
+    config was told to use another tokenizer."""
+    config = resolve_checkpoint(path) / "config.json"
+    if not config.is_file():
+        raise UserError(f"model.path={path}: not a Hugging Face model folder (no config.json)")
+    cfg = to_config(json.loads(config.read_text()))
+    if vocab_size > cfg.vocab_size:
+        raise UserError(
+            f"model.path={path} has a vocabulary of {cfg.vocab_size} tokens but the data's tokenizer has {vocab_size}: "
+            "the data must use the checkpoint's tokenizer (data.tokenizer=<the model folder>)"
+        )
+    if pad_id != cfg.pad_id:
+        raise UserError(
+            f"model.path={path} pads with id {cfg.pad_id} but the data's tokenizer with {pad_id}: "
+            "the data must use the checkpoint's tokenizer (data.tokenizer=<the model folder>)"
+        )
+
+
+def source_files(folder: Path) -> list[Path]:
+    """The files at the top of `folder` that describe the model without being its weights (SOURCE_FILES)."""
+    return [
+        f
+        for f in sorted(folder.iterdir())
+        if f.is_file()
+        and not f.name.startswith(".")
+        and not f.name.endswith(WEIGHT_SUFFIXES)
+        and any(fnmatch.fnmatch(f.name, p) for p in SOURCE_FILES)
+    ]
+
+
+def copy_source_files(source: str | Path, out: Path) -> Path:
+    """A copy of a checkpoint's config, generation config and tokenizer files in `out` (replaced if there), no
+    weights: what a run keeps so that its model, tokenizer and export rebuild without the source folder."""
+    folder = resolve_checkpoint(source)
+    files = source_files(folder)
+    if not any(f.name == "config.json" for f in files):
+        raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in files:
+        shutil.copyfile(f, tmp / f.name)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+# The files a Hugging Face tokenizer is read from (besides SentencePiece *.model files).
+VOCABULARY_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "source.spm",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+class PretrainedTokenizer:
+    """A pretrained checkpoint's own tokenizer, read from its local folder with transformers' AutoTokenizer:
+    BERT's WordPiece (vocab.txt), RoBERTa's byte-level BPE (vocab.json + merges.txt), any `tokenizer.json`, and
+    Marian's source/target SentencePiece models with their vocab.json. Its special ids are the checkpoint's:
+
+        bos_id  the decoder's start token for an encoder-decoder (config.json `decoder_start_token_id`, Marian: pad),
+                else [CLS] (BERT 101, RoBERTa <s> = 0)
+        eos_id  [SEP] where there is one (BERT 102, RoBERTa </s> = 2), else </s> (Marian 0)
+
+    Classification inputs are framed by the tokenizer itself ([CLS] a [SEP] b [SEP] for BERT with token types,
+    <s> a </s></s> b </s> for RoBERTa), truncated as it does (longest first). It is a `prunelab.data.tokenizer.
+    Tokenizer`."""
+
+    def __init__(self, path: str | Path):
+        folder = resolve_checkpoint(path)  # a local folder, or a hub id through the Hugging Face cache
+        # transformers builds an empty tokenizer from a config alone: without vocabulary files, stop here
+        if not any((folder / name).is_file() for name in VOCABULARY_FILES) and not list(folder.glob("*.model")):
+            raise UserError(
+                f"cannot load the tokenizer in {folder}: it has none of {', '.join(VOCABULARY_FILES)} (copy the "
+                "checkpoint's tokenizer files next to its weights, or set data.tokenizer=<a folder with them>)"
+            )
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UserError("reading a checkpoint's tokenizer needs transformers: pip install -e '.[hf]'") from None
+        try:
+            with warnings.catch_warnings():  # MarianTokenizer recommends sacremoses, which its decoding does not need
+                warnings.filterwarnings("ignore", message=".*sacremoses")
+                self.hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a folder it cannot read
+            raise UserError(f"cannot load the tokenizer in {folder}: {' '.join(str(e).split())[:300]}") from e
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        hf = self.hf
+        start = config.get("decoder_start_token_id") if config.get("is_encoder_decoder") else None
+        ids = {
+            "pad": hf.pad_token_id,
+            "bos": start
+            if start is not None
+            else (hf.cls_token_id if hf.cls_token_id is not None else hf.bos_token_id),
+            "eos": hf.sep_token_id if hf.sep_token_id is not None else hf.eos_token_id,
+        }
+        if missing := [k for k, v in ids.items() if v is None]:
+            raise UserError(f"the tokenizer in {folder} has no {' / '.join(missing)} token")
+        self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
+        self.unk_id = hf.unk_token_id if hf.unk_token_id is not None else -1  # byte-level BPE may have none
+        self.types = "token_type_ids" in hf.model_input_names  # BERT's segments; RoBERTa and Marian have none
+        # the longest input its model was trained on (512 for BERT and OPUS-MT); None when the tokenizer does not say
+        self.max_positions = hf.model_max_length if hf.model_max_length < 1_000_000 else None
+        hf.model_max_length = 1 << 30  # prunelab truncates itself; no warning per long sentence
+        self.folder = folder
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.hf(text, add_special_tokens=False)["input_ids"])
+
+    def encode_target(self, text: str) -> list[int]:
+        return list(self.hf(text_target=text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.hf.decode(list(ids), skip_special_tokens=True))
+
+    def classification_input(self, parts: Sequence[str], max_len: int) -> tuple[list[int], list[int] | None, bool]:
+        if len(parts) > 2:
+            raise ValueError(f"a classification input is one text or a pair, got {len(parts)} parts")
+        kwargs = {"return_token_type_ids": self.types, "return_attention_mask": False}
+        enc = self.hf(*parts, **kwargs)
+        truncated = len(enc["input_ids"]) > max_len
+        if truncated:
+            enc = self.hf(*parts, truncation=True, max_length=max_len, **kwargs)
+        types = list(enc["token_type_ids"]) if self.types else None
+        return list(enc["input_ids"]), types, truncated
