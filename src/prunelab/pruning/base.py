@@ -41,6 +41,7 @@ from prunelab.distributed import rows_differing_across_ranks
 from prunelab.errors import UserError
 from prunelab.models.sparse_format import bitmask_bytes
 from prunelab.pruning.masks import csc_bytes, keep_top, prunable_weights
+from prunelab.pruning.schedule import Progress
 
 MASK_PREFIX = "mask__"
 
@@ -186,6 +187,7 @@ class MaskPruner(Pruner):
         self.prune_embeddings = prune_embeddings
         self.scope = scope
         self._weights: dict[str, nn.Parameter] = {}
+        self.progress = Progress()  # the round's one-off step events (gradual methods, θ_t capture)
 
     def attach(self, model: nn.Module) -> None:
         """Register an all-ones mask buffer per prunable weight matrix."""
@@ -196,6 +198,12 @@ class MaskPruner(Pruner):
 
     def round_sparsity(self, round_idx: int) -> float:
         return self.sparsity
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"progress": self.progress.state()}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.progress = Progress.from_state(state.get("progress"))
 
     # --- the score seam --------------------------------------------------------------------------------
     def scores(self, model: nn.Module) -> dict[str, Tensor]:

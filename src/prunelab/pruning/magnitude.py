@@ -33,9 +33,9 @@ class MagnitudePruner(MaskPruner):
         self.schedule = GradualSchedule(frequency, start_fraction, end_fraction, start_step, end_step)
 
     def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
-        target = self.schedule.target(step, total_steps, self.initial_sparsity, self.sparsity)
+        target = self.schedule.due(step, total_steps, self.initial_sparsity, self.sparsity, self.progress)
         if target is not None:
             self.prune_to(model, target)
 
     def mask_is_final(self, step: int, total_steps: int) -> bool:
-        return self.schedule.is_final(step, total_steps)
+        return self.progress.final_done

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from prunelab.errors import UserError
 from prunelab.pruning.base import MaskPruner
-from prunelab.pruning.schedule import GradualSchedule
+from prunelab.pruning.schedule import GradualSchedule, Progress
 
 REWINDS = ("none", "init", "early")
 
@@ -141,6 +141,7 @@ class RoundPruner(MaskPruner):
     # --- lifecycle ---------------------------------------------------------------------------------
     def on_round_start(self, model: nn.Module, round_idx: int) -> None:
         self.current = round_idx
+        self.progress = Progress()  # the round's one-off events are still to come
         rnd = self.plan[round_idx]
         if rnd.rewind != "none" and round_idx > 0:
             with torch.no_grad():
@@ -157,10 +158,12 @@ class RoundPruner(MaskPruner):
     def on_step_end(self, model: nn.Module, step: int, total_steps: int) -> None:
         rnd = self.plan[self.current]
         capture = self.rewind_from == "latest" or self.current == 0
-        if capture and self._needs_early and step == self.rewind_step_of(total_steps):
+        # θ_t: once, at the first step at or past the rewind step (a re-estimated total may jump over it)
+        if capture and self._needs_early and not self.progress.captured and step >= self.rewind_step_of(total_steps):
             self._capture_early()
+            self.progress.captured = True
         if rnd.mp_from is not None:
-            target = self.schedule.target(step, total_steps, rnd.mp_from, rnd.sparsity)
+            target = self.schedule.due(step, total_steps, rnd.mp_from, rnd.sparsity, self.progress)
             if target is not None:
                 self.prune_to(model, target)
 
@@ -172,7 +175,7 @@ class RoundPruner(MaskPruner):
 
     def mask_is_final(self, step: int, total_steps: int) -> bool:
         rnd = self.plan[self.current]
-        return rnd.mp_from is None or self.schedule.is_final(step, total_steps)
+        return rnd.mp_from is None or self.progress.final_done
 
     def round_sparsity(self, round_idx: int) -> float:
         return self.plan[round_idx].sparsity

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from prunelab.errors import UserError
 
@@ -72,5 +73,45 @@ class GradualSchedule:
         return cubic_sparsity(step, initial, final, start, end)
 
     def is_final(self, step: int, total_steps: int) -> bool:
-        """The mask no longer changes from the end of the ramp on."""
+        """The mask no longer changes from the end of the ramp on (for a fixed `total_steps`; during training,
+        where the total may be re-estimated, `Progress.final_done` says it)."""
         return step >= self.window(total_steps)[1]
+
+    def due(self, step: int, total_steps: int, initial: float, final: float, progress: Progress) -> float | None:
+        """The sparsity to prune to after `step` during training, or None; records what fired in `progress`.
+
+        As `target`, except that the events do not wait for `step == X` while `total_steps` may move (a time
+        budget re-estimates it every step): the final pruning fires once, at the first step at or past the end of
+        the ramp, however the window moved, and a step never prunes twice (gradient accumulation calls every
+        batch with the same optimizer step)."""
+        if progress.final_done or step == progress.last_pruned:
+            return None
+        start, end = self.window(total_steps)
+        if step >= end:
+            progress.final_done = True
+            target: float | None = final
+        elif step >= start and (step - start) % self.frequency == 0:
+            target = cubic_sparsity(step, initial, final, start, end)
+        else:
+            return None
+        progress.last_pruned = step
+        return target
+
+
+@dataclass
+class Progress:
+    """What a round's one-off step events have done: the last step that pruned, whether the final pruning (to the
+    round's target) happened, whether θ_t was captured. Each event fires once, when its condition first holds,
+    however the round's total steps are re-estimated. Kept in every checkpoint (the pruner's `pruner_state`), so
+    that a resumed round neither repeats nor skips them."""
+
+    last_pruned: int = -1
+    final_done: bool = False
+    captured: bool = False
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> Progress:
+        return cls(**state) if state else cls()
