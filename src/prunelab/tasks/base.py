@@ -17,7 +17,7 @@ from prunelab.distributed import gather_objects
 from prunelab.errors import NonFiniteError, UserError
 from prunelab.models.surgery import match_structure
 from prunelab.pruning.base import Pruner
-from prunelab.training.budget import StageClock
+from prunelab.training.budget import StepBudget
 
 
 def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
@@ -27,25 +27,34 @@ def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
     return [by_idx[i] for i in sorted(by_idx)]
 
 
-def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
-    """Vaswani et al. (2017): linear warm-up to the peak lr, then decay with 1/sqrt(step)."""
+def _now(value: int | Callable[[], int]) -> int:
+    return value() if callable(value) else value
+
+
+def inverse_sqrt_schedule(warmup_steps: int | Callable[[], int]) -> Callable[[int], float]:
+    """Vaswani et al. (2017): linear warm-up to the peak lr, then decay with 1/sqrt(step). `warmup_steps` may be a
+    function, read at every step (a warm-up that is a fraction of a time budget's re-estimated steps)."""
 
     def factor(step: int) -> float:
+        warmup = max(1, _now(warmup_steps))
         step = step + 1
-        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
+        return min(step / warmup, math.sqrt(warmup / step))
 
     return factor
 
 
-def linear_schedule(warmup_steps: int, total_steps: int | Callable[[], int]) -> Callable[[int], float]:
+def linear_schedule(
+    warmup_steps: int | Callable[[], int], total_steps: int | Callable[[], int]
+) -> Callable[[int], float]:
     """BERT's fine-tuning schedule (Devlin et al. 2019): linear warm-up to the peak lr, then linear decay to 0 at
-    the last step. `total_steps` may be a function, read at every step (a time budget revises it)."""
+    the last step. Both may be functions, read at every step (a time budget revises them)."""
 
     def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        total = total_steps() if callable(total_steps) else total_steps
-        return max(0.0, (total - step) / max(1, total - warmup_steps))
+        warmup = max(1, _now(warmup_steps))
+        if step < warmup:
+            return (step + 1) / warmup
+        total = _now(total_steps)
+        return max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
 
@@ -87,7 +96,8 @@ class PrunableTask(L.LightningModule):
         self.schedule, self.warmup_fraction = schedule, warmup_fraction
         self.pruner.attach(self.model)
         self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
-        self._budget: StageClock | None = None  # the round's time budget (on_fit_start), for total_steps
+        self.step_budget: StepBudget | None = None  # the round's steps and clock, handed over by the round loop
+        self.peak_lr_factor = 0.0  # the highest lr factor the round's schedule reached (1: the peak lr)
         self.train_tokens = 0
         # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
         self._first_bad: torch.Tensor | None = None
@@ -190,27 +200,64 @@ class PrunableTask(L.LightningModule):
             what = f"loss ({float(self._bad_loss):g})" if first >= 0 else "loss (on another process)"
             raise NonFiniteError(what, first if first >= 0 else step)
 
+    def use_step_budget(self, budget: StepBudget | None) -> None:
+        """The round's step budget (max_steps and its clock), handed over by the round loop before the round trains;
+        the lr schedule and gradual pruning follow it from the first step."""
+        self.step_budget = budget
+        self.peak_lr_factor = 0.0
+
     @property
     def total_steps(self) -> int:
-        """The round's steps: trainer.max_steps (or the epoch budget), or fewer when a time budget
-        (trainer.max_time) will end the round first, at the rate trained so far (training.budget.StageClock):
-        the lr schedule and gradual pruning then end with the budget."""
-        steps = float(self.trainer.estimated_stepping_batches)
-        if self._budget is not None:
-            steps = min(steps, self._budget.estimated_total_steps(self.global_step))
+        """The round's optimizer steps: its step budget's max_steps (and the Trainer's epoch limit, when one is
+        attached), or fewer when a time budget (trainer.max_time) will end the round first, at the rate trained so
+        far (training.budget.StageClock): the lr schedule and gradual pruning then end with the budget."""
+        steps = math.inf
+        if self._trainer is not None:
+            steps = float(self._trainer.estimated_stepping_batches)
+        if self.step_budget is not None:
+            steps = min(steps, self.step_budget.total(self.global_step))
+        if steps == math.inf and self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__}: no step budget (use_step_budget) and no Trainer attached")
         return int(steps) if math.isfinite(steps) else int(1e12)
 
-    def on_fit_start(self) -> None:
-        """The round's time budget, looked up once (total_steps reads it several times a step)."""
-        clocks = [cb for cb in self.trainer.callbacks if isinstance(cb, StageClock) and cb.budget_s is not None]
-        self._budget = clocks[0] if clocks else None
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: `warmup_fraction` of the round's steps as now estimated (a time budget's estimate is
+        revised every step, so the warm-up follows the budget from the first step), else `warmup_steps`."""
+        if self.warmup_fraction is None:
+            return max(1, self.warmup_steps)
+        return max(1, round(self.warmup_fraction * self.total_steps))
 
     def eval_cost_ratio(self) -> float:
         """The test's cost per example relative to a validation's (a larger test beam costs more)."""
         return 1.0
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt, shape = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
+
+        def factor(step: int) -> float:  # the schedule, noting the highest fraction of the peak lr reached
+            value = shape(step)
+            self.peak_lr_factor = max(self.peak_lr_factor, value)
+            return value
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def schedule_report(self) -> dict[str, Any]:
+        """How the round's lr schedule went (results.json, per level): warm-up and total steps as last estimated,
+        and the highest fraction of the peak lr reached (below 1: the round ended during its warm-up)."""
+        return {
+            "schedule": self.schedule,
+            "peak_lr": self.lr,
+            "warmup_steps": self.warmup,
+            "total_steps": self.total_steps,
+            "peak_lr_fraction_reached": round(self.peak_lr_factor, 6),
+        }
+
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> tuple[torch.optim.Optimizer, Callable[[int], float]]:
+        """The task's optimizer over `params` (task.optimizer, lr, betas, weight_decay) and its lr factor by
+        optimizer step (task.schedule, warm-up): D-Net's, and that of any network trained beside it with the
+        same recipe (AttendOut's A-Net)."""
         if self.optimizer_name == "adam":
             # the fused kernel (CPU and CUDA) updates all tensors in one pass: 3-4x faster than the per-tensor loop;
             # not under fp16 loss scaling, where it would unscale inside its step, after gradient clipping
@@ -228,15 +275,12 @@ class PrunableTask(L.LightningModule):
             opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=1e-8, fused=fused)
         else:
             opt = torch.optim.Adafactor(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = self.total_steps
-        warmup = round(self.warmup_fraction * total) if self.warmup_fraction is not None else self.warmup_steps
-        warmup = max(1, warmup)
+        # warm-up and decay follow the round's steps, read at every step as a time budget revises them
         if self.schedule == "inverse_sqrt":
-            factor = inverse_sqrt_schedule(warmup)
-        else:  # the decay follows total_steps as a time budget revises it
-            factor = linear_schedule(warmup, lambda: self.total_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            factor = inverse_sqrt_schedule(lambda: self.warmup)
+        else:
+            factor = linear_schedule(lambda: self.warmup, lambda: self.total_steps)
+        return opt, factor
 
     def _loss_scaler(self) -> Any:
         """The fp16 GradScaler of the precision plugin, or None (fp32, bf16: gradients are never scaled)."""
