@@ -122,6 +122,75 @@ def test_bare_encoder_gets_a_fresh_head_and_keeps_its_pooler(tmp_path: Path) -> 
     torch.testing.assert_close(torch.tanh(ours.pooler(mem[:, 0])), out.pooler_output, atol=1e-5, rtol=1e-5)
 
 
+def bare_body(family: str, **config):
+    """A freshly made body without classification layers, as transformers' *Model saves it (RoBERTa with its pooler,
+    `bert_nopool`: a BertModel without one)."""
+    torch.manual_seed(0)
+    if family == "distilbert":
+        cfg = transformers.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, **config)
+        return transformers.DistilBertModel(cfg).eval()
+    make = {
+        "bert": (transformers.BertConfig, transformers.BertModel),
+        "bert_nopool": (transformers.BertConfig, transformers.BertModel),
+        "roberta": (transformers.RobertaConfig, transformers.RobertaModel),
+        "electra": (transformers.ElectraConfig, transformers.ElectraModel),
+    }
+    cfg_cls, model_cls = make[family]
+    kw = {"add_pooling_layer": False} if family == "bert_nopool" else {}
+    return model_cls(cfg_cls(**SHAPE, **config), **kw).eval()
+
+
+# What transformers' *ForSequenceClassification puts between [CLS] and the head: (the activation, the key of its
+# dense layer, the key of the head).
+CLASSIFICATION_LAYERS = {
+    "bert": ("tanh", "bert.pooler.dense", "classifier"),
+    "bert_nopool": ("tanh", "bert.pooler.dense", "classifier"),
+    "roberta": ("tanh", "classifier.dense", "classifier.out_proj"),
+    "electra": ("gelu", "classifier.dense", "classifier.out_proj"),
+    "distilbert": ("relu", "pre_classifier", "classifier"),
+}
+
+
+def test_roberta_classifier_with_pooler_keys_loads(saved: dict, tmp_path: Path) -> None:
+    """A RoBERTa classifier whose file also stores `roberta.pooler.*` (common on the hub): transformers ignores
+    them, and so does the import, with the logits of transformers' model."""
+    path, hf = saved["roberta"]
+    state = safetensors_torch.load_file(str(path / "model.safetensors"))
+    state["roberta.pooler.dense.weight"] = torch.randn(32, 32)
+    state["roberta.pooler.dense.bias"] = torch.randn(32)
+    safetensors_torch.save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    theirs = transformers.RobertaForSequenceClassification.from_pretrained(tmp_path).eval()
+    ours = load_hf_encoder(tmp_path).eval()
+    pad = hf.config.pad_token_id
+    ids, _ = batch(pad, with_types=False)
+    torch.testing.assert_close(ours(ids), hf_logits(theirs, ids, None, pad), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours(ids), hf_logits(hf, ids, None, pad), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(CLASSIFICATION_LAYERS))
+def test_bare_body_gets_its_familys_classification_layers(family: str, tmp_path: Path) -> None:
+    """A body without classification layers gets what the family's *ForSequenceClassification builds on it: a
+    dense layer + the family's activation, then the head, the fresh ones initialised as transformers does
+    (N(0, initializer_range), bias 0). BERT keeps a pooler its file has; RoBERTa's stored pooler is not its
+    classifier's dense layer (transformers drops it), so that one is fresh too."""
+    body = bare_body(family, initializer_range=0.05)
+    body.save_pretrained(tmp_path)
+    torch.manual_seed(1)
+    ours = load_hf_encoder(tmp_path, num_labels=4)
+    act, _, _ = CLASSIFICATION_LAYERS[family]
+    assert ours.pooling == "cls" and ours.pooler is not None and ours.pooler_activation == act
+    fresh = [ours.head] if family == "bert" else [ours.head, ours.pooler]
+    for layer in fresh:
+        w = layer.weight.detach()
+        assert abs(w.mean().item()) < 0.01 and 0.04 < w.std().item() < 0.06, (family, w.std().item())
+        assert torch.all(layer.bias == 0)
+    if family == "bert":  # the file's pretrained pooler
+        assert torch.equal(ours.pooler.weight, body.pooler.dense.weight)
+    if family == "roberta":
+        assert not torch.allclose(ours.pooler.weight, body.pooler.dense.weight)
+
+
 def test_pytorch_model_bin_with_tf_layernorm_names(saved: dict, tmp_path: Path) -> None:
     """An old file: pytorch_model.bin, LayerNorm gamma/beta, the position_ids buffer, and an MLM head."""
     path, hf = saved["bert"]

@@ -20,7 +20,7 @@ from prunelab.models.addressing import set_gate
 from prunelab.models.surgery import make_uniform, prune_heads, remove_components
 from prunelab.models.transformer import TransformerConfig
 from prunelab.pruning.masks import prunable_weights
-from tests.unit.test_hf_encoder_import import SHAPE, batch, hf_classifier, hf_logits
+from tests.unit.test_hf_encoder_import import CLASSIFICATION_LAYERS, SHAPE, bare_body, batch, hf_classifier, hf_logits
 from tests.unit.test_hf_marian_import import PAD, V, hf_marian
 from tests.unit.test_hf_marian_import import batch as marian_batch
 
@@ -147,28 +147,29 @@ def test_pruned_classifier_round_trips(family: str, tmp_path: Path) -> None:
         assert back.config.num_labels == 3
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("family", list(CLASSIFICATION_LAYERS))
 def test_fresh_head_on_a_bare_encoder_round_trips(family: str, tmp_path: Path) -> None:
-    """A bare BertModel/RobertaModel file (no classification layers): its pooler and prunelab's fresh head become
-    the classification layers of *ForSequenceClassification; the file's bare pooler keys are not written."""
-    torch.manual_seed(0)
-    cfg_cls, model_cls = {
-        "bert": (transformers.BertConfig, transformers.BertModel),
-        "roberta": (transformers.RobertaConfig, transformers.RobertaModel),
-    }[family]
-    src = source_folder(model_cls(cfg_cls(**SHAPE)).eval(), tmp_path / "src")
+    """A bare body (no classification layers, BERT with or without its pooler): the classification layers the
+    import built for it (the family's dense + activation and the head) are exactly *ForSequenceClassification's,
+    so the fine-tuned, pruned model is written as one and transformers computes its logits."""
+    src = source_folder(bare_body(family), tmp_path / "src")
     ours = load_hf_encoder(src, num_labels=2).eval()
-    torch.nn.init.normal_(ours.head.weight)
+    torch.nn.init.normal_(ours.head.weight)  # a trained head: logits of O(1)
+    torch.nn.init.normal_(ours.pooler.weight, std=0.3)
     masks = random_masks(ours, seed=3)
     apply_masks(ours, masks)
     pad = ours.cfg.pad_id
-    ids, types = batch(pad, with_types=True)
+    ids, types = batch(pad, with_types=family != "distilbert")
     with torch.no_grad():
         want = ours(ids, types=types)
     out = export_hf(ours, src, tmp_path / "hf", masks=masks, labels=["no", "yes"])
     back = reload(transformers.AutoModelForSequenceClassification, out)
     torch.testing.assert_close(hf_logits(back, ids, types, pad), want, atol=1e-5, rtol=1e-5)
     assert back.config.id2label == {0: "no", 1: "yes"}
+    _, dense, head = CLASSIFICATION_LAYERS[family]
+    tensors = safetensors_torch.load_file(str(out / "model.safetensors"))
+    assert torch.equal(tensors[f"{dense}.weight"], ours.pooler.weight * masks["pooler.weight"])
+    assert torch.equal(tensors[f"{head}.weight"], ours.head.weight * masks["head.weight"])
 
 
 def test_pruned_marian_round_trips(tmp_path: Path) -> None:
@@ -252,20 +253,3 @@ def test_unexportable_structure_and_arguments_are_refused(bert_src: Path, tmp_pa
     remove_components(ours, ["enc.1.ff"])
     with pytest.raises(UserError, match=r"enc\.1\.ff was removed structurally.*--format bitmask"):
         export_hf(ours, bert_src, tmp_path / "hf")
-
-
-@pytest.mark.parametrize("family", ["electra", "distilbert"])
-def test_fresh_head_without_the_familys_pooler_is_refused(family: str, tmp_path: Path) -> None:
-    """A bare ELECTRA/DistilBERT body gets a head and no pooler: its classifier's dense + GELU/ReLU cannot be the
-    identity, so it has no exact *ForSequenceClassification form."""
-    torch.manual_seed(0)
-    if family == "electra":
-        body = transformers.ElectraModel(transformers.ElectraConfig(**SHAPE))
-    else:
-        body = transformers.DistilBertModel(
-            transformers.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37)
-        )
-    src = source_folder(body, tmp_path / "src")
-    ours = load_hf_encoder(src, num_labels=2)
-    with pytest.raises(UserError, match="no pooler"):
-        export_hf(ours, src, tmp_path / "hf")

@@ -17,10 +17,13 @@ its tests use it to build reference models). Classification layers, mapped onto 
     ELECTRA     classifier.dense (GELU)  -> pooler,   classifier.out_proj -> head
     DistilBERT  pre_classifier (ReLU)    -> pooler,   classifier          -> head
 
+A checkpoint without classification layers (a bare *Model body) gets what transformers' *ForSequenceClassification
+builds on it: the family's dense layer + activation and a head, initialised as transformers does (N(0,
+initializer_range), bias 0), except that a bare BertModel keeps its pretrained pooler; RoBERTa's `pooler.*` (which
+its classifier does not use) is dropped. So the fine-tuned model can always be exported (`export_folder`).
 Training-time differences that do not change eval outputs: RoBERTa's and ELECTRA's heads apply dropout before
 their dense layer too, and HF's `classifier_dropout` / DistilBERT's `seq_classif_dropout` are replaced by the
-model's `dropout` after the pooler. A checkpoint without classification layers gets a fresh head (and keeps its
-BERT/RoBERTa `pooler.dense` when the file has one)."""
+model's `dropout` after the pooler."""
 
 from __future__ import annotations
 
@@ -35,12 +38,14 @@ from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     BITMASK_HINT,
     HF_ACTIVATIONS,
-    OVERRIDABLE,
     account_for_keys,
+    apply_overrides,
     check_data_fits,
     copy_weights,
+    fresh_linear,
     num,
     read_checkpoint,
+    read_config,
     rename_keys,
     wb,
 )
@@ -58,8 +63,8 @@ ARCHITECTURES = {
     "distilbert": "DistilBertForSequenceClassification",
 }
 
-# Keys (after the family prefix is taken off) that are dropped on purpose: position/token-type id buffers
-# that older files saved, and the pre-training heads (MLM, NSP, replaced-token detection, generator).
+# Keys (after the family prefix is taken off) that are dropped on purpose, in every family: position/token-type
+# id buffers that older files saved, and the pre-training heads (MLM, NSP, replaced-token detection, generator).
 DROPPED = (
     r"embeddings\.position_ids",
     r"embeddings\.token_type_ids",
@@ -72,7 +77,6 @@ DROPPED = (
     r"vocab_layer_norm\..*",
     r"vocab_projector\..*",
 )
-_DROPPED = re.compile("|".join(f"(?:{d})" for d in DROPPED))
 
 
 def encoder_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -176,7 +180,9 @@ def key_map(family: str, layers: int, embed_proj: bool = False) -> dict[str, str
     return m
 
 
-# The classification layers of each family's *ForSequenceClassification: (pooler key, its activation, head key).
+# The classification layers of each family's *ForSequenceClassification: (its dense layer's key, the activation
+# after it, the head's key). transformers builds them on every body, and so does the import: from the file when it
+# has them (BERT's pooler also in a bare BertModel file), else fresh (`fresh_linear`).
 CLASSIFIERS = {
     "bert": ("pooler.dense", "tanh", "classifier"),
     "roberta": ("classifier.dense", "tanh", "classifier.out_proj"),
@@ -186,22 +192,52 @@ CLASSIFIERS = {
 # Keys of a *ForSequenceClassification file outside the family prefix (the classification layers, except BERT's
 # `bert.pooler.dense`): every other key is `bert.`/`roberta.`/... + the key_map / CLASSIFIERS name.
 UNPREFIXED = ("classifier", "pre_classifier")
+# Keys of one family that its *ForSequenceClassification does not load, dropped on purpose (on top of DROPPED):
+# RoBERTa's pooler, which RobertaModel saves and many hub classifiers still store, but whose classifier has its own
+# dense layer.
+FAMILY_DROPPED = {"roberta": (r"pooler\..*",)}
 
 
-def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides: Any) -> TransformerClassifier:
+def dropped_keys(family: str) -> re.Pattern[str]:
+    """The keys (family prefix taken off) of a `family` file that are dropped on purpose."""
+    return re.compile("|".join(f"(?:{d})" for d in (*DROPPED, *FAMILY_DROPPED.get(family, ()))))
+
+
+def new_classifier(cfg: TransformerConfig, hf: dict[str, Any], num_labels: int) -> TransformerClassifier:
+    """The classifier the family's *ForSequenceClassification is, for `num_labels` classes: [CLS] -> its dense
+    layer + activation (prunelab's pooler) -> the head, those two initialised as transformers initialises them
+    (N(0, initializer_range), bias 0); the encoder's weights are for the caller to fill."""
+    if num_labels < 2:
+        raise UserError(f"a classifier needs at least 2 labels, got {num_labels} (regression is not supported)")
+    model = TransformerClassifier(cfg, num_labels, pooling="cls", pooler=CLASSIFIERS[hf["model_type"]][1])
+    std = float(hf.get("initializer_range") or 0.02)
+    assert model.pooler is not None
+    fresh_linear(model.pooler, std)
+    fresh_linear(model.head, std)
+    return model
+
+
+def load_hf_encoder(
+    path: str | Path, num_labels: int | None = None, weights: bool = True, **overrides: Any
+) -> TransformerClassifier:
     """A local HF checkpoint folder -> TransformerClassifier computing the same logits (eval mode, fp32).
 
     With a classification head in the file it is used (its number of labels; `num_labels`, if given, must
-    agree); without one, a fresh head for `num_labels` classes. `overrides`: training settings among OVERRIDABLE
-    (e.g. dropout=0.0) that replace the checkpoint's."""
+    agree); without one, the family's classification layers (CLASSIFIERS), fresh unless the file has them, for
+    `num_labels` classes. `overrides`: training settings among OVERRIDABLE (e.g. dropout=0.0) that replace the
+    checkpoint's. `weights=False`: only config.json is read (a folder without weights, such as a run's copy of its
+    source): the same network with fresh weights, for a checkpoint to fill; it needs `num_labels`."""
+    if not weights:
+        _, hf = read_config(path)
+        cfg = encoder_config(hf)
+        apply_overrides(cfg, overrides)
+        if num_labels is None:
+            raise UserError(f"{path}: building the network without its weights needs num_labels")
+        return new_classifier(cfg, hf, num_labels)
     hf, state = read_checkpoint(path)
     family = hf.get("model_type")
     cfg = encoder_config(hf)
-    if bad := sorted(set(overrides) - set(OVERRIDABLE)):
-        raise UserError(f"cannot override {bad} of an imported checkpoint (its shape comes from config.json)")
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    cfg.__post_init__()
+    apply_overrides(cfg, overrides)
 
     # Normalise the names: take off the family prefix (a bare *Model file has none), and rename TF-era
     # LayerNorm parameters gamma/beta to weight/bias.
@@ -216,14 +252,10 @@ def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides
         names[n] = k
 
     mapping = key_map(family, cfg.enc_layers, embed_proj=cfg.embed_dim != cfg.d_model)
-    pooler_key, pooler_act, head_key = CLASSIFIERS[family]
+    dense_key, _, head_key = CLASSIFIERS[family]
     has_head = f"{head_key}.weight" in names
-    pooler = None
-    if has_head or (family in ("bert", "roberta") and "pooler.dense.weight" in names):
-        if not has_head:  # a bare BertModel/RobertaModel: keep its pre-trained pooler under a fresh head
-            pooler_key = "pooler.dense"
-        pooler = pooler_act
-        mapping.update(wb(pooler_key, "pooler"))
+    if has_head or f"{dense_key}.weight" in names:  # a bare BertModel keeps its pretrained pooler
+        mapping.update(wb(dense_key, "pooler"))
     if has_head:
         mapping.update(wb(head_key, "head"))
         n_head = state[names[f"{head_key}.weight"]].shape[0]
@@ -235,27 +267,30 @@ def load_hf_encoder(path: str | Path, num_labels: int | None = None, **overrides
         num_labels = n_head
     elif num_labels is None:
         raise UserError(f"{path} has no classification head: give num_labels for a fresh one")
-    if num_labels < 2:
-        raise UserError(f"{path}: a classifier needs at least 2 labels, got {num_labels} (regression is not supported)")
 
     # Account for every key of the file: mapped, or dropped on purpose, or an error naming it.
     # name a missing key as the file would: under the prefix if the file uses one (the head keys never are)
     shown = prefix if any(k.startswith(prefix) for k in state) else ""
-    account_for_keys(path, family, names, mapping, _DROPPED, lambda n: n if n.startswith(UNPREFIXED) else shown + n)
-
-    model = TransformerClassifier(cfg, num_labels, pooling="cls", pooler=pooler)
-    # a fresh head keeps its initialisation
-    return copy_weights(model, state, names, mapping, path, keep=() if has_head else ("head.weight", "head.bias"))
+    account_for_keys(
+        path, family, names, mapping, dropped_keys(family), lambda n: n if n.startswith(UNPREFIXED) else shown + n
+    )
+    try:
+        model = new_classifier(cfg, hf, num_labels)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    fresh = {f"{m}.{p}" for m in ("pooler", "head") for p in ("weight", "bias")} - set(mapping.values())
+    return copy_weights(model, state, names, mapping, path, keep=fresh)
 
 
 def build_hf_encoder(
-    vocab_size: int, pad_id: int, num_classes: int, path: str, **overrides: Any
+    vocab_size: int, pad_id: int, num_classes: int, path: str, weights: bool = True, **overrides: Any
 ) -> TransformerClassifier:
     """Hydra entry point (`model=hf_encoder model.path=DIR`): the checkpoint as a classifier for the data's classes.
 
-    The data are tokenized with the checkpoint's own tokenizer (see check_data_fits)."""
+    The data are tokenized with the checkpoint's own tokenizer (see check_data_fits). `weights=False`: config.json
+    alone (load_hf_encoder), as `load_run` rebuilds a run from its copy of the source."""
     check_data_fits(path, encoder_config, vocab_size, pad_id)  # before the weights are read
-    return load_hf_encoder(path, num_classes, **overrides)
+    return load_hf_encoder(path, num_classes, weights, **overrides)
 
 
 def export_folder(

@@ -28,12 +28,13 @@ from torch import Tensor
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     HF_ACTIVATIONS,
-    OVERRIDABLE,
     account_for_keys,
+    apply_overrides,
     check_data_fits,
     copy_weights,
     num,
     read_checkpoint,
+    read_config,
     rename_keys,
     wb,
 )
@@ -135,18 +136,20 @@ def key_map(enc_layers: int, dec_layers: int) -> dict[str, str]:
     return m
 
 
-def load_hf_marian(path: str | Path, **overrides: Any) -> Transformer:
+def load_hf_marian(path: str | Path, weights: bool = True, **overrides: Any) -> Transformer:
     """A local MarianMT folder (config.json + model.safetensors or pytorch_model.bin) -> a Transformer computing
     the same logits (eval mode, fp32) and, with prunelab's decoding, the same greedy translations as HF's generate.
 
-    `overrides`: training settings among OVERRIDABLE (e.g. dropout=0.0) that replace the checkpoint's."""
+    `overrides`: training settings among OVERRIDABLE (e.g. dropout=0.0) that replace the checkpoint's.
+    `weights=False`: only config.json is read (a folder without weights, such as a run's copy of its source): the
+    same network with fresh weights, for a checkpoint to fill."""
+    if not weights:
+        cfg = marian_config(read_config(path)[1])
+        apply_overrides(cfg, overrides)
+        return Transformer(cfg)
     hf, state = read_checkpoint(path)
     cfg = marian_config(hf)
-    if bad := sorted(set(overrides) - set(OVERRIDABLE)):
-        raise UserError(f"cannot override {bad} of an imported checkpoint (its shape comes from config.json)")
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    cfg.__post_init__()
+    apply_overrides(cfg, overrides)
 
     # Normalise the names: take off `model.` (a bare MarianModel file has none).
     names: dict[str, str] = {}  # normalised name -> name in the file, for messages
@@ -199,12 +202,13 @@ def load_hf_marian(path: str | Path, **overrides: Any) -> Transformer:
     return copy_weights(Transformer(cfg), state, names, mapping, path, keep=("logit_bias",))
 
 
-def build_hf_marian(vocab_size: int, pad_id: int, path: str, **overrides: Any) -> Transformer:
+def build_hf_marian(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> Transformer:
     """Hydra entry point (`model=hf_marian model.path=DIR`): the checkpoint as prunelab's translation model.
 
-    The data are tokenized with the checkpoint's own tokenizer (see prunelab.hf.checkpoint.check_data_fits)."""
+    The data are tokenized with the checkpoint's own tokenizer (see prunelab.hf.checkpoint.check_data_fits).
+    `weights=False`: config.json alone (load_hf_marian), as `load_run` rebuilds a run from its copy of the source."""
     check_data_fits(path, marian_config, vocab_size, pad_id)  # before the weights are read
-    return load_hf_marian(path, **overrides)
+    return load_hf_marian(path, weights, **overrides)
 
 
 def export_folder(
