@@ -192,11 +192,13 @@ class BleuStats:
     def upper_bound(self, done: list[int], rest_refs: list[int]) -> float:
         """The highest BLEU the corpus can still reach when the sentences behind `rest_refs` (their references'
         statistics as if translated perfectly) get any translation at all: each n-gram precision is at most
-        (correct + R_n) / (total + R_n), R_n the references' n-gram count, and the brevity penalty at most 1."""
+        (correct + R_n) / (total + R_n), R_n the references' n-gram count, and the brevity penalty at most 1. An
+        order of which the corpus has no n-gram yet counts one: a translation may still add one (with no match,
+        its smoothed precision is then at most the one-n-gram value; with none, sacrebleu scores the corpus 0)."""
         stats = [a + b for a, b in zip(done, rest_refs, strict=True)]
         ref_len = stats[1]
         res = sacrebleu.metrics.BLEU.compute_bleu(
-            stats[2:6], stats[6:10], ref_len, ref_len, smooth_method=self.metric.smooth_method
+            stats[2:6], [max(t, 1) for t in stats[6:10]], ref_len, ref_len, smooth_method=self.metric.smooth_method
         )
         return float(res.score)
 
