@@ -67,3 +67,6 @@ def test_interrupted_run_saves_its_step_and_resumes_exactly(tmp_path: Path, refe
     assert resumed.results["status"] == "completed"
     assert resumed.results["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
     assert resumed.results["sparsity"]["overall"] == pytest.approx(reference["sparsity"]["overall"], abs=1e-9)
+    # the round's optimizer steps, those before the restart included; the run's time, both processes' together
+    assert resumed.results["levels"][-1]["time"]["steps"] == 40
+    assert resumed.results["wall_time_s"] > res["wall_time_s"] > 0

@@ -98,6 +98,7 @@ class PrunableTask(L.LightningModule):
         self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
         self.step_budget: StepBudget | None = None  # the round's steps and clock, handed over by the round loop
         self.peak_lr_factor = 0.0  # the highest lr factor the round's schedule reached (1: the peak lr)
+        self.schedule_seen: dict[str, int] = {}  # warm-up and total steps at the latest scheduler step
         self.train_tokens = 0
         # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
         self._first_bad: torch.Tensor | None = None
@@ -204,7 +205,7 @@ class PrunableTask(L.LightningModule):
         """The round's step budget (max_steps and its clock), handed over by the round loop before the round trains;
         the lr schedule and gradual pruning follow it from the first step."""
         self.step_budget = budget
-        self.peak_lr_factor = 0.0
+        self.peak_lr_factor, self.schedule_seen = 0.0, {}
 
     @property
     def total_steps(self) -> int:
@@ -235,9 +236,10 @@ class PrunableTask(L.LightningModule):
     def configure_optimizers(self) -> Any:
         opt, shape = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
 
-        def factor(step: int) -> float:  # the schedule, noting the highest fraction of the peak lr reached
+        def factor(step: int) -> float:  # the schedule, noting what it followed and the highest lr it reached
             value = shape(step)
             self.peak_lr_factor = max(self.peak_lr_factor, value)
+            self.schedule_seen = {"warmup_steps": self.warmup, "total_steps": self.total_steps}
             return value
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -249,8 +251,7 @@ class PrunableTask(L.LightningModule):
         return {
             "schedule": self.schedule,
             "peak_lr": self.lr,
-            "warmup_steps": self.warmup,
-            "total_steps": self.total_steps,
+            **self.schedule_seen,  # as estimated at the round's last optimizer step
             "peak_lr_fraction_reached": round(self.peak_lr_factor, 6),
         }
 

@@ -29,16 +29,19 @@ next to `out`, then renamed).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from torch import Tensor
 
 from prunelab.errors import UserError
-from prunelab.training.io import read_state
+from prunelab.training.io import is_rank_zero, read_state, write_json
 from prunelab.training.load import MODEL_PREFIX, checkpoint_masks, mask_key
 
 log = logging.getLogger("prunelab")
@@ -150,4 +153,47 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
     return out
 
 
-__all__ = ["GATE_SUFFIXES", "average_checkpoints", "averaged_key"]
+class ValidationSnapshots(L.Callback):
+    """The checkpoints `checkpoints.average_last=N` may average, under the rules of best-checkpoint selection:
+    at each validation during fit whose monitored score is finite (the round's mask is final; NaN while a gradual
+    mask still changes), the weights are saved as `step{S}.ckpt` in `folder` and the score recorded in
+    `folder/scores.json` (which a resumed round reads back). Only what can still be averaged is kept: the N
+    checkpoints ending at the best so far, and the latest N-1 (a later best would end its window among them)."""
+
+    def __init__(self, folder: Path, monitor: str, n: int):
+        self.folder, self.monitor, self.n = Path(folder), monitor, n
+
+    def scores(self) -> dict[int, float]:
+        f = self.folder / "scores.json"
+        return {int(k): float(v) for k, v in json.loads(f.read_text()).items()} if f.is_file() else {}
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return  # the mask is not final yet: not a candidate for the best checkpoint, nor for the average
+        step = int(trainer.global_step)
+        trainer.save_checkpoint(self.folder / f"step{step}.ckpt", weights_only=True)
+        if not is_rank_zero():
+            return
+        scores = {**self.scores(), step: float(value)}
+        keep = set(averaging_window(scores, self.n)) | set(sorted(scores)[-(self.n - 1) :] if self.n > 1 else [])
+        for s in [s for s in scores if s not in keep]:
+            (self.folder / f"step{s}.ckpt").unlink(missing_ok=True)
+            del scores[s]
+        write_json(self.folder / "scores.json", {str(k): v for k, v in sorted(scores.items())})
+
+
+def averaging_window(scores: dict[int, float], n: int) -> list[int]:
+    """The steps to average: the best validation (the first of equal bests, as the best-checkpoint choice keeps
+    it) and the n-1 final-mask validations before it, in training order."""
+    if not scores:
+        return []
+    steps = sorted(scores)
+    best = max(steps, key=lambda s: (scores[s], -s))
+    i = steps.index(best)
+    return steps[max(0, i - n + 1) : i + 1]
+
+
+__all__ = ["GATE_SUFFIXES", "ValidationSnapshots", "average_checkpoints", "averaged_key", "averaging_window"]

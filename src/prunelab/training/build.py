@@ -218,19 +218,10 @@ def build_trainer(
     clock = StageClock(budget_s, eval_factor)
     callbacks: list[L.Callback] = [ckpt, clock]
     average = (cfg.get("checkpoints") or {}).get("average_last")
-    if average:  # the latest N validation checkpoints, for rounds.Rounds to average (fairseq's recipe)
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=round_dir / AVERAGED_DIR,
-                filename="step{step}",
-                auto_insert_metric_name=False,
-                monitor="step",
-                mode="max",
-                save_top_k=int(average),
-                enable_version_counter=False,
-                save_weights_only=True,
-            )
-        )
+    if average:  # final-mask validation checkpoints, for rounds.Rounds to average (fairseq's recipe)
+        from prunelab.training.averaging import ValidationSnapshots
+
+        callbacks.append(ValidationSnapshots(round_dir / AVERAGED_DIR, monitor, int(average)))
     patience = (cfg.get("early_stopping") or {}).get("patience")
     if patience is not None:
         callbacks.append(PatienceStop(monitor, int(patience), float(cfg.early_stopping.get("min_delta", 0.0))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,13 @@ def is_rank_zero() -> bool:
 
 
 class ResultsWriter:
-    def __init__(self, path: Path, config: dict[str, Any]):
+    """The run's results.json. `elapsed`: the run's wall time so far (across restarts), for `wall_time_s`;
+    default: since this writer was made."""
+
+    def __init__(self, path: Path, config: dict[str, Any], elapsed: Callable[[], float] | None = None):
         self.path = path
         self.start = time.perf_counter()
+        self.elapsed = elapsed or (lambda: time.perf_counter() - self.start)
         self.data: dict[str, Any] = {"status": "running", "metrics": {}, "config": config}
 
     def update(self, **fields: Any) -> None:
@@ -33,7 +38,7 @@ class ResultsWriter:
     def write(self) -> None:
         if not is_rank_zero():  # one results.json per run, from the first process of a DDP run
             return
-        self.data["wall_time_s"] = time.perf_counter() - self.start
+        self.data["wall_time_s"] = self.elapsed()
         write_json(self.path, self.data)
 
 

@@ -31,8 +31,8 @@ from omegaconf import DictConfig
 from prunelab.callbacks.curves import record_levels
 from prunelab.errors import NonFiniteError
 from prunelab.training import interrupt
-from prunelab.training.averaging import average_checkpoints
-from prunelab.training.budget import StageClock, seconds
+from prunelab.training.averaging import ValidationSnapshots, average_checkpoints, averaging_window
+from prunelab.training.budget import RunClock, StageClock, StepBudget, seconds
 from prunelab.training.build import AVERAGED_DIR, build_trainer
 from prunelab.training.io import read_state, write_json
 
@@ -99,11 +99,14 @@ class Rounds:
     levels: list[dict[str, Any]] = field(default_factory=list)
     fit_time: float = 0.0
     trainer_settings: dict[str, Any] = field(default_factory=dict)  # of the latest round's Trainer, as it runs
-    started: float = field(default_factory=time.monotonic)  # the run's start: trainer.max_time counts from here
+    run_clock: RunClock | None = None  # the run's time across restarts: trainer.max_time counts it (None: from now)
     clock: StageClock | None = None  # the latest round's
     evaluate_s: float = 0.0  # the latest round's final validation + test
+    averaging: dict[str, Any] | None = None  # the latest round's checkpoint averaging (checkpoints.average_last)
 
     def run(self) -> list[dict[str, Any]]:
+        if self.run_clock is None:
+            self.run_clock = RunClock(self.out / "run_time.json")
         pruner = self.task.pruner
         pruner.use_data(self.datamodule, self.task)
         if self.pretrained and pruner.round_steps(0, self.cfg.trainer.max_steps, True) > 0:
@@ -149,11 +152,14 @@ class Rounds:
     def prepare(self, r: int) -> tuple[L.Trainer, ModelCheckpoint, int]:
         """The round's Trainer; the pruner starts the round (rewind, mask) unless it resumes from last.ckpt."""
         pruner = self.task.pruner
+        self.averaging = None
         steps = pruner.round_steps(r, self.cfg.trainer.max_steps, self.pretrained)
         d = round_dir_of(self.out, r)
         trainer, ckpt, self.clock = build_trainer(
             self.cfg, d, self.logger, max(steps, 1), self.task.monitor, self.round_budget(r), self.eval_factor()
         )
+        self.clock.run_clock = self.run_clock
+        self.task.use_step_budget(StepBudget(max(steps, 1), self.clock))  # the lr schedule follows it from step 1
         self.trainer_settings = {
             "accelerator": type(trainer.accelerator).__name__,
             "strategy": type(trainer.strategy).__name__,
@@ -170,19 +176,43 @@ class Rounds:
         log.info("round %d of %d: sparsity %.4f", r + 1, pruner.rounds, pruner.round_sparsity(r))
         return trainer, ckpt, steps
 
-    def averaged(self, d: Path) -> str | None:
-        """With `checkpoints.average_last=N`: the average of the round's latest N validation checkpoints (its masks
-        those of the latest, training.averaging), which the round then tests instead of the best one; None
-        otherwise, or when fewer than 2 were saved."""
+    def averaged(self, d: Path, trainer: L.Trainer, best: str) -> str:
+        """With `checkpoints.average_last=N`: the average of the round's best validation checkpoint and the N-1
+        before it, all with the round's final mask (training.averaging), validated beside the best checkpoint;
+        the better of the two is the round's checkpoint (a tie keeps the best). `self.averaging` says what was
+        averaged, both validation scores and which was kept (results.json). Without averaging, or with fewer than
+        2 checkpoints to average: `best`."""
         n = (self.cfg.get("checkpoints") or {}).get("average_last")
+        self.averaging = None
         if not n:
-            return None
-        found = sorted((d / AVERAGED_DIR).glob("step*.ckpt"), key=lambda p: int(p.stem.removeprefix("step")))
-        if len(found) < 2:
-            return None
-        out = average_checkpoints(found[-n:], d / "averaged.ckpt")
-        log.info("averaged %d checkpoints: %s", len(found[-n:]), ", ".join(p.name for p in found[-n:]))
-        return str(out)
+            return best
+        folder = d / AVERAGED_DIR
+        scores = ValidationSnapshots(folder, self.task.monitor, int(n)).scores()
+        window = averaging_window(scores, int(n))
+        if len(window) < 2:
+            log.info("checkpoint averaging: %d final-mask validation checkpoint(s); testing the best", len(window))
+            self.averaging = {"checkpoints": [f"step{s}.ckpt" for s in window], "chosen": "best"}
+            return best
+        out = average_checkpoints([folder / f"step{s}.ckpt" for s in window], d / "averaged.ckpt")
+        key = f"val/{self.task.score_key}"
+        (result,) = trainer.validate(self.task, datamodule=self.datamodule, ckpt_path=str(out), weights_only=True)
+        average_score, best_score = float(result[key]), scores[window[-1]]
+        chosen = "average" if average_score > best_score else "best"
+        log.info(
+            "averaged %s: validation %s %.4f (best checkpoint %.4f): testing the %s",
+            ", ".join(f"step{s}" for s in window),
+            key,
+            average_score,
+            best_score,
+            chosen,
+        )
+        self.averaging = {
+            "checkpoints": [f"step{s}.ckpt" for s in window],
+            "val_score_average": average_score,
+            "val_score_best": best_score,
+            "chosen": chosen,
+        }
+        return str(out) if chosen == "average" else best
 
     def round_budget(self, r: int) -> float | None:
         """`trainer.max_time` shared out: what is left of the run's budget, split evenly over the rounds still to
@@ -192,7 +222,8 @@ class Rounds:
             return None
         pruner, max_steps = self.task.pruner, self.cfg.trainer.max_steps
         training = [q for q in range(r, pruner.rounds) if pruner.round_steps(q, max_steps, self.pretrained) > 0]
-        left = total - (time.monotonic() - self.started)
+        elapsed = self.run_clock.elapsed() if self.run_clock is not None else 0.0
+        left = total - elapsed  # the run's budget: time spent before a restart counts
         return max(left, 0.0) / max(1, len(training))
 
     def eval_factor(self) -> float:
@@ -223,7 +254,7 @@ class Rounds:
             except (interrupt.Interrupted, SIGTERMException) as e:
                 signum = e.signum if isinstance(e, interrupt.Interrupted) else interrupt.requested() or 15
                 raise interrupt.Interrupted(signum, guard.step, str(last)) from None
-            best = self.averaged(d) or ckpt.best_model_path
+            best = self.averaged(d, trainer, ckpt.best_model_path)
             t_eval = time.perf_counter()
             metrics = evaluate(trainer, self.task, self.datamodule, best)
             self.evaluate_s = time.perf_counter() - t_eval
@@ -242,8 +273,21 @@ class Rounds:
         self.fit_time += seconds
         # where the round's time went: training, validations during fit, validating + testing the best
         timing = {**(self.clock.report() if self.clock else {}), "evaluate_s": self.evaluate_s}
+        extra: dict[str, Any] = {}
+        if pruner.round_steps(r, self.cfg.trainer.max_steps, self.pretrained) > 0:
+            extra["lr"] = self.task.schedule_report()
+            if extra["lr"]["peak_lr_fraction_reached"] < 0.999:
+                log.warning(
+                    "round %d ended in its lr warm-up: the lr reached %.0f%% of its peak (%d steps, %s warm-up steps)",
+                    r,
+                    100 * extra["lr"]["peak_lr_fraction_reached"],
+                    timing.get("steps", 0),
+                    extra["lr"].get("warmup_steps", "?"),
+                )
+        if self.averaging is not None:
+            extra["averaging"] = self.averaging
         # same_as_targeting: usable as that target's result in tables
-        self.add_level(trainer, r, pruner.stage(r), pruner.same_as_targeting(r), metrics, best, seconds, timing)
+        self.add_level(trainer, r, pruner.stage(r), pruner.same_as_targeting(r), metrics, best, seconds, timing, extra)
         if trainer.is_global_zero and (pruner.rounds > 1 or len(self.levels) > 1):  # iterative, or pretrained first
             record_levels(self.out, self.levels, self.logger, self.name)
         pruner.on_round_end(self.task.model, r)  # the next mask, from the scored (best) weights
@@ -261,6 +305,7 @@ class Rounds:
         best: str | None,
         seconds: float,
         timing: dict[str, Any],
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """A level's figures, from the model as it was scored: kept, and written (results.json and test.hyp.txt of
         its folder, the run's results.json) by the first process; the other DDP processes hold the same figures."""
@@ -277,6 +322,7 @@ class Rounds:
             "best_checkpoint": best,
             "fit_time_s": seconds,
             "time": timing,
+            **(extra or {}),
         }
         self.levels.append(level)
         if trainer.is_global_zero:

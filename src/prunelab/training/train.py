@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from prunelab.errors import UserError
+from prunelab.training.budget import RunClock
 from prunelab.training.build import build_data, build_logger, build_model, build_task, model_args, validate
 from prunelab.training.interrupt import Interrupted
 from prunelab.training.io import ResultsWriter, is_rank_zero, read_state, write_state
@@ -39,12 +39,12 @@ def train(
     same config resumes it). Returns what results.json holds; it is written also when the run fails
     (`status: failed` and the error) or is interrupted (`status: interrupted`), and the error is re-raised.
     `choices`: the config group options, for messages and reports; `group`/`job`: a sweep's W&B group and job."""
-    started = time.monotonic()  # trainer.max_time counts from here
+    clock = RunClock(out / "run_time.json")  # the run's time, across restarts: trainer.max_time counts it
     choices = dict(choices or {})
-    results = ResultsWriter(out / "results.json", config=resolved(cfg))
+    results = ResultsWriter(out / "results.json", config=resolved(cfg), elapsed=clock.elapsed)
     results.update(choices=choices)
     try:
-        run(cfg, out, results, choices, group, job, started)
+        run(cfg, out, results, choices, group, job, clock)
     except Interrupted as e:
         results.fail(f"interrupted by {e}", status="interrupted")
         results.update(interrupted={"signal": str(e), "step": e.step, "checkpoint": e.checkpoint})
@@ -57,6 +57,7 @@ def train(
         raise
     finally:
         results.write()
+        clock.save(force=True)
     return results.data
 
 
@@ -67,7 +68,7 @@ def run(
     choices: dict[str, str],
     group: str | None,
     job: str | None,
-    started: float,
+    clock: RunClock,
 ) -> None:
     with user_errors():
         validate(cfg)
@@ -89,7 +90,7 @@ def run(
 
     pretrained = bool(cfg.get("ckpt")) or getattr(model, "pretrained_from", None) is not None
     rounds = Rounds(cfg, out, task, datamodule, logger, choices.get("pruner", "run"), on_level, pretrained)
-    rounds.started = started
+    rounds.run_clock = clock
     levels = rounds.run()
 
     final = levels[-1]
@@ -97,7 +98,7 @@ def run(
         hyp = round_dir_of(out, final["round"]) / "test.hyp.txt"
         (out / "test.hyp.txt").write_text(hyp.read_text(encoding="utf-8"), encoding="utf-8")
     tokens = task.train_tokens  # real source + target tokens trained on; fit time includes validation
-    results.update(time=time_shares(levels, time.monotonic() - started))
+    results.update(time=time_shares(levels, clock.elapsed()))
     results.update(
         status="completed",
         metrics=final["metrics"],
