@@ -138,3 +138,13 @@ def test_non_utf8_line_is_named(tmp_path: Path) -> None:
     d = dm(root, utf8_errors="replace")
     d.setup()
     assert d.examples["valid"][1][2] == "neg"
+
+
+def test_non_integer_number_labels_are_refused(tmp_path: Path) -> None:
+    """Similarity scores (STS-B as tsv) are not classes: regression is not supported; whole numbers stay classes."""
+    d = dm(write(tmp_path, files(labels=("0.5", "3.8", "2", "4.25")), header="sentence\tlabel"))
+    with pytest.raises(UserError, match=r"train\.tsv.*'0\.5'.*regression is not supported"):
+        d.setup()
+    d = dm(write(tmp_path / "whole", files(labels=("2.0", "10.0", "0"))))
+    d.setup()
+    assert d.labels == ["0", "2.0", "10.0"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import partial
@@ -113,10 +114,13 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
     def setup(self, stage: str | None = None) -> None:
         if self.examples:
             return
-        raw = {split: self.read_split(split) for split in SPLITS}
-        labels = self.checkpoint_order(sorted(set(raw["train"][1]), key=_label_order))
-        if len(labels) < 2:
-            raise UserError(f"the training split has {len(labels)} label(s); classification needs at least 2")
+        train = self.read_split("train")
+        self.refuse_regression(train[1])
+        raw = {"train": train, **{split: self.read_split(split) for split in SPLITS[1:]}}
+        if (seen := len(set(train[1]))) < 2:
+            raise UserError(f"the training split has {seen} label(s); classification needs at least 2")
+        declared = self.declared_labels()
+        labels = self.checkpoint_order(declared or sorted(set(train[1]), key=_label_order))
         index = {name: i for i, name in enumerate(labels)}
         splits: dict[str, list[ClsExample]] = {}
         for split in SPLITS:
@@ -144,21 +148,59 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         splits["valid"] = sample_validation(splits["valid"], self.valid_max_sentences, self.seed)
         self.examples = splits
 
+    def declared_labels(self) -> list[str] | None:
+        """The class names in id order when the data set declares them (a `datasets` ClassLabel): class k is then
+        the data set's id k, whether or not the training split has examples of it. None (the default): the classes
+        are the training split's labels, integers in numeric order (2 before 10), then the rest alphabetically."""
+        return None
+
+    def label_source(self) -> str:
+        """Where the labels come from, for error messages."""
+        return "the training split's labels"
+
+    def refuse_regression(self, names: list[str]) -> None:
+        """One clear error when every training label is a number and some are not whole: scores to regress (STS-B),
+        which a classifier would turn into one class per value."""
+        values = [_number(name) for name in names]
+        if not names or any(v is None for v in values):
+            return
+        if fraction := next((name for name, v in zip(names, values, strict=True) if not v.is_integer()), None):
+            raise UserError(
+                f"{self.label_source()}: the labels are numbers that are not whole (e.g. {fraction!r}), scores to "
+                "regress (as STS-B's): regression is not supported, only classification"
+            )
+
     def checkpoint_order(self, labels: list[str]) -> list[str]:
-        """The class order of a pretrained classifier whose config.json (`id2label`) names exactly the data's labels
-        (case aside): its head's row k is then the data's label id2label[k]. Otherwise `labels` as they are (numeric
-        labels in numeric order, which is also the order of HF's default LABEL_0, LABEL_1, ...)."""
+        """The class order that the head of the pretrained checkpoint (`tokenizer=`) predicts: row k of its head is
+        class k of the data. Its config.json's `id2label` decides:
+        - default names `LABEL_k` (most fine-tuned hub models): row k is `labels[k]`, the data's own id k;
+        - the data's label names (case aside), in any order: row k is the label the checkpoint names k;
+        - other names: `labels` as they are when they are numbers (row k is the k-th in numeric order) or the
+          checkpoint has no classification head (a fresh one is made); else one clear error.
+        Without a checkpoint, a config.json or an id2label of `len(labels)` rows: `labels` as they are."""
         if not self.pretrained:
             return labels
-        config = resolve_checkpoint(self.pretrained) / "config.json"
-        if not config.is_file():
-            return labels
-        id2label = json.loads(config.read_text()).get("id2label") or {}
-        names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        path = resolve_checkpoint(self.pretrained) / "config.json"
+        config = json.loads(path.read_text()) if path.is_file() else {}
+        id2label = config.get("id2label") or {}
+        if sorted(map(str, id2label)) != sorted(str(k) for k in range(len(labels))):
+            return labels  # the model side refuses a head of another size
+        rows = [str(id2label[str(k)]) for k in range(len(labels))]
         ours = {name.lower(): name for name in labels}
-        if len(ours) == len(labels) and sorted(n.lower() for n in names) == sorted(ours):
-            return [ours[n.lower()] for n in names]
-        return labels
+        if len(ours) == len(labels) and sorted(r.lower() for r in rows) == sorted(ours):
+            return [ours[r.lower()] for r in rows]
+        default = [re.fullmatch(r"LABEL_(\d+)", r) for r in rows]
+        if all(default) and sorted(int(m.group(1)) for m in default) == list(range(len(labels))):
+            return [labels[int(m.group(1))] for m in default]
+        architectures = config.get("architectures") or []
+        with_head = not architectures or any(str(a).endswith("ForSequenceClassification") for a in architectures)
+        if all(_number(name) is not None for name in labels) or not with_head:
+            return labels
+        raise UserError(
+            f"{self.pretrained}: its classification head predicts {', '.join(rows)} but the data's labels are "
+            f"{', '.join(labels)}: name the data's labels as the checkpoint does, or fine-tune a checkpoint without "
+            "its classification head"
+        )
 
     def training_parts(self) -> list[str]:
         """The training texts, a pair's two parts apart: what a subword model for this data is trained on."""
@@ -179,12 +221,18 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         return {"labels": self.labels}  # the label mapping travels with every checkpoint
 
 
-def _label_order(name: str) -> tuple[int, float | str]:
-    """Integer-looking labels in numeric order (2 before 10), then the rest alphabetically."""
-    try:
-        return (0, float(name))
-    except ValueError:
-        return (1, name)
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _number(name: str) -> float | None:
+    """The value of a label written as a decimal number ("2", "-1", "3.8", "1e3"), else None ("nan" and "inf" too)."""
+    return float(name) if NUMBER.fullmatch(name.strip()) else None
+
+
+def _label_order(name: str) -> tuple[int, float, str]:
+    """Number labels in numeric order (2 before 10), then the rest alphabetically."""
+    value = _number(name)
+    return (1, 0.0, name) if value is None else (0, value, name)
 
 
 # --- the embedded synthetic task --------------------------------------------------------------------
@@ -338,7 +386,8 @@ HEADER_LABELS = {"label", "labels", "gold_label", "class", "category", "target",
 class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
     """`data=tsv_classification`: `{train,dev,test}.tsv` in `data.dir` (plain or .gz), one example per line,
     `text<TAB>label` or, for sentence pairs (NLI), `text_a<TAB>text_b<TAB>label`. Labels may be strings or
-    integers; the mapping (sorted, integers numerically) is stored with the run. A header row is detected
+    integers (numbers that are not whole are scores, refused); the mapping (sorted, integers numerically, or the
+    order of a pretrained classifier's head) is stored with the run. A header row is detected
     by its last field (label, gold_label, class, ...) or forced with `data.header=true|false`. Texts are cut
     into SentencePiece subwords trained on the training texts, as for translation (or by a pretrained model's own
     tokenizer, `tokenizer=`); a pair is framed by the tokenizer, [CLS] text_a EOS text_b EOS with prunelab's own."""
@@ -434,6 +483,9 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
 
     def location(self, split: str, i: int) -> str:
         return f"{self.files[split]}:{self._line_numbers[split][i]}"
+
+    def label_source(self) -> str:
+        return f"{self.files['train']} (the last field of each line)"
 
     def _spm_sources(self) -> list[Path]:
         return [self.files["train"]]

@@ -10,7 +10,10 @@ and `data=hf_translation` (WMT, IWSLT, OPUS as `datasets` has them), alongside t
 Splits are named by `data.train_split`, `data.valid_split`, `data.test_split` (GLUE hides its test labels, so its
 preset tests on `validation`; a split without labels is one clear error). Texts come from `data.text_columns` (one
 column, or two for sentence pairs such as MNLI's premise/hypothesis; null: the usual names are tried), labels from
-`data.label_column` (a ClassLabel's names become the label names). Translation pairs come from a `translation`
+`data.label_column`: a ClassLabel's id k is class k (its names are the label names; a pretrained classifier whose
+config names its rows LABEL_k predicts id k on row k, one that names them as the data does is followed), plain
+integers are classes in numeric order, and numbers that are not whole (STS-B's scores) are refused: regression is
+not supported. Translation pairs come from a `translation`
 column of {lang: text} dicts (the `datasets` convention) or from `data.src_column`/`data.tgt_column`.
 
 Without a pretrained model's tokenizer (`data.tokenizer`), a SentencePiece model is trained on the training text as
@@ -78,6 +81,11 @@ def load_splits(name: str, config: str | None, data_files: Any, splits: dict[str
             splits["test"],
         )
     return out
+
+
+def _label_name(y: Any) -> str:
+    """A plain label value as a class name: whole floats as integers (1.0 -> "1"), the rest as written."""
+    return str(int(y)) if isinstance(y, float) and y.is_integer() else str(y)
 
 
 def _text_digest(texts: list[str]) -> bytes:
@@ -186,19 +194,30 @@ class HfClassificationDataModule(HfDatasetSource, ClassificationDataModule):
                 f"data set {self.name!r} has no label column {self.label_column!r} (it has "
                 f"{', '.join(ds.column_names)}); set data.label_column=..."
             )
-        feature = ds.features[self.label_column]
-        names = getattr(feature, "names", None)  # a ClassLabel: its names
+        names = self.class_names(split)
         raw = ds[self.label_column]
-        if unlabelled := sum(1 for y in raw if y is None or (isinstance(y, int) and y < 0)):
+        # GLUE writes -1 for a hidden label (-1.0 in STS-B's float column)
+        if unlabelled := sum(1 for y in raw if y is None or (isinstance(y, (int, float)) and y < 0)):
             raise UserError(
                 f"the {self.split_names[split]!r} split of {self.name!r} has {unlabelled} examples without a label "
                 f"(GLUE hides its test labels): set data.{SPLIT_KEYS[split]}=... to a labelled split, e.g. validation"
             )
-        labels = [names[y] if names else str(y) for y in raw]
+        labels = [names[y] if names else _label_name(y) for y in raw]
         parts = [[" ".join(str(t).split("\t")) for t in ds[c]] for c in columns]  # a tab joins a pair's parts
         texts = ["\t".join(p) for p in zip(*parts, strict=True)]
         self._read[split] = (texts, labels)
         return texts, labels
+
+    def class_names(self, split: str) -> list[str] | None:
+        """The names of the label column's ClassLabel in `split`, in id order; None for plain values."""
+        names = getattr(self.splits()[split].features.get(self.label_column), "names", None)
+        return list(names) if names else None
+
+    def declared_labels(self) -> list[str] | None:
+        return self.class_names("train")  # a ClassLabel's id k is class k (MRPC: not_equivalent, equivalent)
+
+    def label_source(self) -> str:
+        return f"data set {self.name!r}, column {self.label_column!r}"
 
     def _spm_sentences(self) -> list[str]:
         return self.training_parts()
