@@ -229,6 +229,19 @@ def test_early_stopping_ends_a_round_on_a_plateau(tmp_path: Path) -> None:
     assert res["levels"][-1]["time"]["steps"] == 12
 
 
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
+    """accumulate_grad_batches=2: 6 optimizer steps are 12 batches; the level reports 6 steps (not 12) and
+    validates every 3 steps (not every 3 batches)."""
+    res = train(
+        run_cfg([*SMOKE, "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.accumulate_grad_batches=2"]),
+        tmp_path,
+    )
+    assert res["status"] == "completed"
+    level = res["levels"][-1]
+    assert (level["time"]["steps"], level["time"]["validations"]) == (6, 2), level["time"]
+    assert level["lr"]["total_steps"] == 6
+
+
 def test_bad_patience_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"early_stopping\.patience must be"):
         train(run_cfg([*SMOKE, "early_stopping.patience=0"]), tmp_path)

@@ -214,7 +214,9 @@ def build_trainer(
     )
     kwargs = trainer_kwargs(cfg)
     kwargs["max_steps"] = max_steps
-    kwargs["val_check_interval"] = min(kwargs.get("val_check_interval") or max_steps, max_steps)
+    # validation every N optimizer steps: Lightning counts batches, k per step under gradient accumulation
+    every = min(kwargs.get("val_check_interval") or max_steps, max_steps)
+    kwargs["val_check_interval"] = every * int(kwargs.get("accumulate_grad_batches") or 1) if every >= 1 else every
     clock = StageClock(budget_s, eval_factor)
     callbacks: list[L.Callback] = [ckpt, clock]
     average = (cfg.get("checkpoints") or {}).get("average_last")
