@@ -29,9 +29,8 @@ def trained_run(steps: int) -> Path:
 def components(train_steps: int, reps: int, warmup: int = 1) -> list[Figure]:
     """The contribution analysis of every component (one ablation_bleu call) vs (N+1) full decodes of the
     validation set (the unit the component issue states its cost in), at the run's validation beam."""
-    from prunelab.cli.components import decode_settings
     from prunelab.importance.ablation import corpus_bleu
-    from prunelab.importance.components import ablation_bleu, components_off
+    from prunelab.importance.components import ablation_bleu, components_off, decode_settings
     from prunelab.models.addressing import component_names
     from prunelab.training import load_run
 

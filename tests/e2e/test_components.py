@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +79,43 @@ def test_components_analysis(dense: Run) -> None:
         assert (out / name).stat().st_size > 0, name
 
 
+def test_components_study_scores_at_most_max_examples(
+    dense: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--max-examples N`: the contribution, criticality and group ablation all score the same N test examples
+    (a seeded sample), stated in components.json; one progress bar ends at the total it announced."""
+    from prunelab.cli.main import main
+    from prunelab.importance.scoring import BleuScorer
+
+    seen: list[list[int]] = []  # the examples each scoring was given, counted here
+
+    def counting(name: str) -> Any:
+        method = getattr(BleuScorer, name)
+
+        def wrapped(self: BleuScorer, model: Any, batches: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(sorted(int(i) for b in batches for i in b["idx"]))
+            return method(self, model, batches, *args, **kwargs)
+
+        return wrapped
+
+    for name in ("score", "variants", "ablation"):
+        monkeypatch.setattr(BleuScorer, name, counting(name))
+    args = ["--split", "test", "--max-examples", "6", "--tolerance", "0.25", "--grid", "2", "--out", str(tmp_path)]
+    assert main(["components", str(dense.dir), *args]) == 0
+    rep = json.loads((tmp_path / "components.json").read_text())
+    test = rep["evaluation"]["splits"]["test"]
+    assert set(rep["evaluation"]["splits"]) == {"test"}
+    assert test["available"] == 20 and test["max_examples"] == 6 and test["used"] == 6
+    assert test["drawn"] == "seeded random sample" and test["seed"] == 0
+    assert len(set(test["indices"])) == 6 and set(test["indices"]) <= set(range(20))
+    # ablation + criticality's baseline and searches + group ablation: each on exactly the stated examples
+    searches = sum(rep["criticality"]["evaluations"].values())
+    assert seen == [test["indices"]] * (1 + 1 + searches + 1)
+    assert rep["cost"]["sentences_without_early_stop"] == 6 * (8 + 1)  # 8 components and the unablated model
+    n, total = re.findall(r"components study:[^\r\n]*?(\d+)/(\d+)", capsys.readouterr().err)[-1]
+    assert int(n) == int(total) == rep["evaluation"]["evaluations"] == 2 * (8 + 1) + 1 + searches
+
+
 def test_pruner_components_rewind_and_retrain(dense: Run) -> None:
     smoke = ["experiment=smoke", "logger=csv", *SHAPE, f"ckpt={dense.dir}", "pruner=components", "sparsity=0.25"]
     rewind = train(dense.dir.parent / "rewind", *smoke, "pruner.mode=rewind", "pruner.finetune_steps=4")
@@ -99,7 +139,7 @@ def test_pruner_components_rewind_and_retrain(dense: Run) -> None:
 
     # experiments/wangtu2020/report.py reads these three runs: its verdicts follow from their numbers
     if not (dense.dir / "components" / "components.json").exists():  # the analysis test ran elsewhere
-        from prunelab.cli.components import analyse_components
+        from prunelab.importance.component_study import analyse_components
 
         analyse_components(dense.dir, tolerance=0.25, grid=2)
     out = dense.dir.parent / "wangtu_report"

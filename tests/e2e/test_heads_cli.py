@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, train
+from tests.e2e.conftest import ROOT, Run, read_hypotheses, read_test_split, train
+
+pytestmark = pytest.mark.xdist_group("heads_cli")  # one trained run for the module's tests
 
 
-def test_head_analysis_of_a_run(tmp_path: Path, smoke: list[str]) -> None:
-    run = train(tmp_path / "run", *smoke)
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A smoke run (20 valid and 20 test sentences); each test writes its study to its own folder."""
+    run = train(tmp_path_factory.mktemp("heads_cli") / "run", "experiment=smoke", "logger=csv")
     assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_head_analysis_of_a_run(run: Run) -> None:
     # the run decodes the test set with the task's beam 4: the analysis at beam 4 must reproduce its test BLEU
     proc = subprocess.run(
         [
@@ -86,3 +96,46 @@ def test_head_analysis_of_a_run(tmp_path: Path, smoke: list[str]) -> None:
         "keep_one.csv",
     ):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_head_study_scores_at_most_max_examples(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--max-examples N`: every score of the study on the same N examples of valid and of test (a seeded
+    sample), stated in heads.json, and one progress bar whose total, counted in advance, is what it ran."""
+    import sacrebleu
+
+    from prunelab.cli.main import main
+    from prunelab.importance.scoring import BleuScorer
+
+    assert main(["heads", str(run.dir), "--max-examples", "-1"]) == 2  # one clear error, before any work
+
+    seen: list[list[int]] = []  # the examples each scoring was given, counted here
+    score = BleuScorer.score
+
+    def counting(self: BleuScorer, model: Any, batches: Any) -> float:
+        seen.append(sorted(int(i) for b in batches for i in b["idx"]))
+        return score(self, model, batches)
+
+    monkeypatch.setattr(BleuScorer, "score", counting)
+    args = ["--beam-size", "4", "--importance-batches", "1", "--random-orders", "1", "--step", "0.5"]
+    assert main(["heads", str(run.dir), "--max-examples", "7", "--seed", "3", "--out", str(tmp_path), *args]) == 0
+    report = json.loads((tmp_path / "heads.json").read_text())
+    ev = report["evaluation"]
+    valid, test = ev["splits"]["valid"], ev["splits"]["test"]
+    for split in (valid, test):
+        assert split["available"] == 20 and split["max_examples"] == 7 and split["used"] == 7
+        assert split["drawn"] == "seeded random sample" and split["seed"] == 3
+        assert len(set(split["indices"])) == 7 and set(split["indices"]) <= set(range(20))
+    assert ev["run_valid_max_sentences"] is None
+    # every scoring saw exactly the 7 examples of its split that the report names, and the report counts them all
+    assert seen and all(s in (valid["indices"], test["indices"]) for s in seen)
+    assert seen.count(test["indices"]) >= 1 + 6 and len(seen) == ev["evaluations"]  # baseline + one per head
+    # the baseline is the BLEU of those 7 test sentences: the run's own beam-4 translations of them, rescored
+    hyps, (_, refs) = read_hypotheses(run.dir), read_test_split(run.results)
+    idx = test["indices"]
+    expected = sacrebleu.corpus_bleu([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
+    assert report["baseline_bleu"] == pytest.approx(expected, abs=1e-6)
+    # the progress bar: one bar over the whole study, ending at the total it announced
+    n, total = re.findall(r"heads study:[^\r\n]*?(\d+)/(\d+)", capsys.readouterr().err)[-1]
+    assert int(n) == int(total) == ev["evaluations"]

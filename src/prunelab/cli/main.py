@@ -9,6 +9,18 @@ import sys
 from pathlib import Path
 
 from prunelab.errors import UserError
+from prunelab.importance.study import DEFAULT_MAX_EXAMPLES  # a light module: `prunelab --help` stays quick
+
+
+def add_max_examples(parser: argparse.ArgumentParser, splits: str) -> None:
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=DEFAULT_MAX_EXAMPLES,
+        help=f"score on at most N examples of {splits} (default {DEFAULT_MAX_EXAMPLES}): a random sample drawn from "
+        "--seed, stated in the JSON with the examples used; 0: every example. The run's data.valid_max_sentences "
+        "has already sampled its validation split",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-ablation-order", action="store_true", help="skip the comparison curve ordered by ablation score"
     )
     p_heads.add_argument("--random-orders", type=int, default=3, help="pruning curves along random head orders")
-    p_heads.add_argument("--seed", type=int, default=0, help="seed of the random orders")
+    p_heads.add_argument("--seed", type=int, default=0, help="seed of the random orders and of --max-examples")
+    add_max_examples(p_heads, "valid and of test")
+    p_heads.add_argument("--out", type=Path, default=None, help="folder for the study (default: RUN_DIR/heads)")
     p_heads.add_argument(
         "--speed-batch-sizes",
         type=lambda v: [int(x) for x in v.split(",") if x],
@@ -56,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p_comp.add_argument("--grid", type=int, default=4, help="criticality: coarse α grid before bisection")
     p_comp.add_argument("--rescore", action="store_true", help="group ablation also re-scored after each step")
     p_comp.add_argument("--exact-drops", action="store_true", help="no early stop: exact BLEU drop for every one")
+    add_max_examples(p_comp, "--split")
+    p_comp.add_argument("--seed", type=int, default=0, help="seed of the --max-examples sample")
+    p_comp.add_argument("--out", type=Path, default=None, help="folder for the study (default: RUN_DIR/components)")
     args = parser.parse_args(argv)
     log = logging.getLogger("prunelab")  # the analyses' progress lines, to stderr (other libraries stay quiet)
     if not log.handlers:
@@ -65,23 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         log.setLevel(logging.INFO)
     try:
         if args.command == "heads":
-            from prunelab.cli.heads import analyse_heads
+            from prunelab.importance.head_study import analyse_heads
 
             report = analyse_heads(
                 args.run_dir,
                 args.importance_batches,
                 args.beam_size,
                 args.step,
+                out_dir=args.out,
                 ablation_order=not args.no_ablation_order,
                 random_orders=args.random_orders,
                 seed=args.seed,
                 speed_batch_sizes=args.speed_batch_sizes,
                 speed_fraction=args.speed_fraction,
                 speed_sentences=args.speed_sentences,
+                max_examples=args.max_examples or None,
             )
-            print(f"baseline {report['score']} {report['baseline_bleu']:.2f}; written to {args.run_dir / 'heads'}")
+            out = args.out or args.run_dir / "heads"
+            print(f"baseline {report['score']} {report['baseline_bleu']:.2f}; written to {out}")
         elif args.command == "components":
-            from prunelab.cli.components import analyse_components
+            from prunelab.importance.component_study import analyse_components
 
             report = analyse_components(
                 args.run_dir,
@@ -92,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                 grid=args.grid,
                 tolerance=args.tolerance,
                 rescore=args.rescore,
+                out_dir=args.out,
                 exact_drops=args.exact_drops,
+                max_examples=args.max_examples or None,
+                seed=args.seed,
             )
             c = report["cost"]
             print(
@@ -105,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     if "criticality_seconds" in c
                     else ""
                 )
-                + f"; written to {args.run_dir / 'components'}"
+                + f"; written to {args.out or args.run_dir / 'components'}"
             )
         elif args.command == "export":
             from prunelab.cli.export import export_run

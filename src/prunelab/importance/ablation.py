@@ -126,17 +126,21 @@ def iterative_pruning(
     heads in `order`); -> [(fraction pruned, score)], starting at (0, unpruned score)."""
     n = len(order)
     points = [(0.0, evaluate())]
-    if n == 0:  # e.g. decoder attention types of a classifier: nothing to prune
-        return points
-    k, last = 1, 0
-    while True:
-        count = min(n, math.ceil(round(k * step * n, 9)))
-        if count == last:  # few heads: two steps can round to the same count; score it once
-            k += 1
-            continue
-        last = count
+    for count in pruning_counts(n, step):
         with heads_off(model, order[:count]):
             points.append((count / n, evaluate()))
-        if count >= n:
-            return points
+    return points
+
+
+def pruning_counts(n: int, step: float) -> list[int]:
+    """The head counts `iterative_pruning` masks, in order: ceil(k * step * n) for k = 1, 2, ... up to n, each
+    once (with few heads two steps can round to the same count). None for n = 0 (e.g. decoder attention types
+    of a classifier: nothing to prune). A curve scores 1 + len(pruning_counts(n, step)) times."""
+    counts: list[int] = []
+    k = 1
+    while n and (not counts or counts[-1] < n):
+        count = min(n, math.ceil(round(k * step * n, 9)))
+        if not counts or count != counts[-1]:
+            counts.append(count)
         k += 1
+    return counts

@@ -50,6 +50,18 @@ class DecodeSettings:
     max_len_b: int = 10
 
 
+def decode_settings(config: dict[str, Any], beam_size: int | None = None) -> DecodeSettings:
+    """A run's own validation decoding (beam, length penalty, length limits) from its config as results.json
+    holds it, the beam overridden by `beam_size` when given."""
+    task = config.get("task", {})
+    return DecodeSettings(
+        beam_size=beam_size or task.get("val_beam_size") or task.get("beam_size", 4),
+        alpha=task.get("length_penalty", 0.6),
+        max_len_a=task.get("max_len_a", 1.5),
+        max_len_b=task.get("max_len_b", 10),
+    )
+
+
 @dataclass
 class AblationResult:
     baseline: float  # BLEU of the unablated model (accuracy % for a classifier)
@@ -337,6 +349,16 @@ def smallest_alpha(
         else:
             lo = mid
     return Criticality(hi, len(trace), tolerance, trace)
+
+
+def smallest_alpha_evaluations(grid: int = 4, tolerance: float = 0.02) -> int:
+    """The most evaluations `smallest_alpha` makes: the grid points below α = 1, then the bisection of one
+    grid interval down to `tolerance`."""
+    width, halvings = 1 / grid, 0
+    while width > tolerance:
+        width /= 2
+        halvings += 1
+    return grid + halvings
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""`prunelab components RUN_DIR`: Wang & Tu (2020) component importance of a trained run.
+"""Wang & Tu (2020) component importance of a trained run (`prunelab components RUN_DIR`).
 
 Contribution: every ablation is decoded side by side with the others, and one whose BLEU provably ends
 more than C below the baseline stops early (its drop is then a lower bound, marked so; Eq. 1 clips it to C
@@ -9,6 +9,10 @@ drop table: baseline, BLEU with each component zeroed, drop, contribution, criti
 (contribution and criticality, component type x layer, darker = more important), group_ablation.csv/.png
 (components zeroed cumulatively from the least important, Figure 9). With a W&B logger in the run's
 config, the figures and tables also go to W&B.
+
+Every score is taken on at most `max_examples` examples of the split (a seeded sample, `study.evaluation_set`),
+stated in components.json under `evaluation`; one progress bar counts every evaluation (a scoring of the split
+under one variant of the model) of the study.
 """
 
 from __future__ import annotations
@@ -20,33 +24,30 @@ from typing import Any
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps, plot_fraction_curves
-from prunelab.cli.heads import log_analysis_to_wandb
 from prunelab.errors import UserError
 from prunelab.importance.components import (
-    DecodeSettings,
     contribution_scores,
     criticality_scores,
+    decode_settings,
     greedy_group_ablation,
     group_ablation,
     order_by_importance,
+    smallest_alpha_evaluations,
     spearman,
+)
+from prunelab.importance.study import (
+    DEFAULT_MAX_EXAMPLES,
+    check_max_examples,
+    evaluation_report,
+    evaluation_set,
+    log_analysis_to_wandb,
+    progress_bar,
 )
 from prunelab.models.addressing import component_names
 from prunelab.training import load_run
 from prunelab.training.io import read_state, write_json
 
 log = logging.getLogger("prunelab")
-
-
-def decode_settings(config: dict[str, Any], beam_size: int | None) -> DecodeSettings:
-    """The run's own validation decoding (beam, length penalty, length limits), unless overridden."""
-    task = config.get("task", {})
-    return DecodeSettings(
-        beam_size=beam_size or task.get("val_beam_size") or task.get("beam_size", 4),
-        alpha=task.get("length_penalty", 0.6),
-        max_len_a=task.get("max_len_a", 1.5),
-        max_len_b=task.get("max_len_b", 10),
-    )
 
 
 def analyse_components(
@@ -60,19 +61,43 @@ def analyse_components(
     rescore: bool = False,
     out_dir: Path | None = None,
     exact_drops: bool = False,
+    max_examples: int | None = DEFAULT_MAX_EXAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
+    """`max_examples`: every score on at most that many examples of `split`, a sample drawn from `seed` (None:
+    all of them)."""
+    check_max_examples(max_examples)
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
     settings = decode_settings(res["config"], beam_size)
     scorer = run.task_class.scorer(dm, settings)
     score_name = scorer.name
-    batches = list(dm.val_dataloader() if split == "valid" else dm.test_dataloader())
+    init = res.get("init_weights")
+    if criticality and (not init or not Path(init).is_file()):
+        raise UserError(f"{run_dir}: no θ_0 saved (init.pt) for criticality; pass --no-criticality")
+    evaluated = evaluation_set(dm, split, max_examples, seed)
+    batches = evaluated.batches
     out = out_dir or run_dir / "components"
     out.mkdir(parents=True, exist_ok=True)
     names = component_names(model)
 
+    # one progress bar over every evaluation: the contribution's N + 1 variants, criticality's search (at most
+    # `smallest_alpha_evaluations` per component; the total drops as each search ends), the group ablation's
+    # N + 1 prefixes and, with `rescore`, the N + 1 - k variants of each greedy step k
+    count = len(names)
+    alpha_max = smallest_alpha_evaluations(grid, tolerance)
+    greedy = sum(count + 1 - k for k in range(count))
+    total = 2 * (count + 1) + (1 + count * alpha_max if criticality else 0) + (greedy if rescore else 0)
+    bar = progress_bar(total, "components study")
+
+    def contribution_progress(done: int, of: int) -> None:  # batches of the split done: their share of N + 1
+        bar.update(round((count + 1) * done / of) - round((count + 1) * (done - 1) / of))
+
     log.info("contribution: %d components, ablations decoded side by side", len(names))
-    abl = scorer.ablation(model, batches, names, stop_below=None if exact_drops else 0.1)
+    abl = scorer.ablation(
+        model, batches, names, stop_below=None if exact_drops else 0.1, progress=contribution_progress
+    )
+    bar.update(count + 1 - bar.n)  # a scorer that reports no progress (accuracy), or ablations that all stopped early
     drops = abl.drops
     contribution = contribution_scores(drops, abl.baseline)
     full_decode_s = abl.baseline_seconds  # the unablated decode of the split: one ordinary full decode
@@ -89,20 +114,23 @@ def analyse_components(
 
     crit: dict[str, Any] = {}
     if criticality:
-        init = res.get("init_weights")
-        if not init or not Path(init).is_file():
-            raise UserError(f"{run_dir}: no θ_0 saved (init.pt) for criticality; pass --no-criticality")
         theta0 = {k.removeprefix("model."): v for k, v in read_state(init).items()}
         t0 = time.perf_counter()
+        searched = [-1]  # evaluations of the search under way (the first evaluation is the baseline's)
+
+        def evaluate() -> float:
+            score = scorer.score(model, batches)
+            bar.update()
+            searched[0] += 1
+            return score
+
+        def searched_one(name: str) -> None:  # the search ended: the bar loses the evaluations it did not need
+            bar.total -= alpha_max - searched[0]
+            bar.refresh()
+            searched[0] = 0
+
         crit_base, found = criticality_scores(
-            model,
-            theta0,
-            lambda: scorer.score(model, batches),
-            names,
-            epsilon,
-            grid,
-            tolerance,
-            progress=lambda n: log.info("criticality: %s done", n),
+            model, theta0, evaluate, names, epsilon, grid, tolerance, progress=searched_one
         )
         cost["criticality_seconds"] = time.perf_counter() - t0
         cost["criticality_evaluations"] = 1 + sum(c.evaluations for c in found.values())
@@ -119,10 +147,13 @@ def analyse_components(
     order = order_by_importance(contribution)
     t0 = time.perf_counter()
     group = group_ablation(model, batches, scorer, order)
+    bar.update(count + 1)
     curves = {"by contribution": group}
     if rescore:
         curves["re-scored after each step"] = greedy_group_ablation(model, batches, scorer)
+        bar.update(greedy)
     cost["group_ablation_seconds"] = time.perf_counter() - t0
+    bar.close()
 
     report = {
         "run": str(run_dir),
@@ -143,6 +174,7 @@ def analyse_components(
         else None,
         "group_ablation": {k: [{"zeroed": c, "component": n, "bleu": b} for c, n, b in v] for k, v in curves.items()},
         "cost": cost,
+        "evaluation": {**evaluation_report([evaluated], res.get("config", {})), "evaluations": bar.n},
     }
     write_json(out / "components.json", report)
     alpha = crit.get("alpha", {})

@@ -1,4 +1,4 @@
-"""`prunelab heads RUN_DIR`: the head studies of Michel, Levy & Neubig (2019) on a trained run.
+"""The head studies of Michel, Levy & Neubig (2019) on a trained run (`prunelab heads RUN_DIR`).
 
 Loads the run's tested checkpoint with the run's own data and model config, then writes to RUN_DIR/heads/:
 heads.json (everything), importance.csv / ablation.csv / keep_one.csv / curves.csv, and the figures
@@ -7,17 +7,17 @@ fraction of heads pruned: by I_h, globally and per attention type; globally by s
 score and in random orders). With speed batch sizes, speed.csv: examples/s of the model with half its heads
 (the least important by I_h) cut out against the unpruned one, by batch size (Table 4). With a W&B logger in
 the run's config the figures and tables also go to W&B, in the run's project.
+
+Every score is taken on at most `max_examples` examples of valid and test (a seeded sample, `study.evaluation_set`),
+stated in heads.json under `evaluation`; one progress bar counts every evaluation of the study.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
@@ -27,13 +27,21 @@ from prunelab.importance.ablation import (
     iterative_pruning,
     keep_one_head,
     order_by_score,
+    pruning_counts,
     scores_by_head,
     single_head_ablation,
 )
 from prunelab.importance.components import DecodeSettings
 from prunelab.importance.heads import head_importance
 from prunelab.importance.speed import speed_by_batch_size, without_heads
-from prunelab.loggers import is_wandb_config
+from prunelab.importance.study import (
+    DEFAULT_MAX_EXAMPLES,
+    check_max_examples,
+    evaluation_report,
+    evaluation_set,
+    log_analysis_to_wandb,
+    progress_bar,
+)
 from prunelab.models.addressing import attention_names, component_type, head_names
 from prunelab.training import load_run
 from prunelab.training.io import write_json
@@ -51,38 +59,46 @@ def analyse_heads(
     speed_batch_sizes: Sequence[int] = (),
     speed_fraction: float = 0.5,
     speed_sentences: int = 128,
+    max_examples: int | None = DEFAULT_MAX_EXAMPLES,
 ) -> dict[str, Any]:
     """`random_orders`: that many pruning curves along random head orders (Michel et al.'s baseline for I_h),
     drawn from `seed`. `speed_batch_sizes`: also time the model with the `speed_fraction` least important heads
-    (by I_h) cut out against the unpruned one, decoding `speed_sentences` test sentences at each batch size."""
+    (by I_h) cut out against the unpruned one, decoding `speed_sentences` test sentences at each batch size.
+    `max_examples`: every score on at most that many examples of valid and of test, a sample drawn from `seed`
+    (None: all of them)."""
     if speed_batch_sizes and not 0.0 < speed_fraction < 1.0:
         raise UserError(f"--speed-fraction must be between 0 and 1 (exclusive), got {speed_fraction}")
     if any(b < 1 for b in speed_batch_sizes) or speed_sentences < 1:
         raise UserError("--speed-batch-sizes and --speed-sentences must be positive")
+    check_max_examples(max_examples)
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
     scorer = run.task_class.scorer(dm, DecodeSettings(beam_size=beam_size))
     out = out_dir or run_dir / "heads"
     out.mkdir(parents=True, exist_ok=True)
-    valid, test = list(dm.val_dataloader()), list(dm.test_dataloader())
-
-    # one progress bar over every evaluation of the study (each a full decode of valid or test)
-    n_heads, n_layers = len(head_names(model)), len(attention_names(model))
-    types = len({component_type(h) for h in head_names(model)})  # attention types with heads (a classifier: 1)
-    per_curve = 1 + math.ceil(round(1 / step, 9))  # at most: few heads can round two steps to one count
-    curves_n = 1 + types + int(ablation_order) + random_orders
-    bar = tqdm(total=(1 + n_heads) + (1 + n_heads + n_layers) + curves_n * per_curve, desc="heads study", unit="eval")
-
-    def score_valid() -> float:
-        bar.update()
-        return scorer.score(model, valid)
-
-    def score_test() -> float:
-        bar.update()
-        return scorer.score(model, test)
+    sets = [evaluation_set(dm, split, max_examples, seed) for split in ("valid", "test")]
+    valid, test = sets[0].batches, sets[1].batches
 
     # I_h on training data, normalised per layer (Michel et al. section 4.1)
     importance = scores_by_head(model, head_importance(model, dm.train_dataloader(), max_batches=importance_batches))
+    # one progress bar over every evaluation of the study (each a full decode of valid or test), counted exactly
+    heads = head_names(model)
+    n_heads, n_layers = len(heads), len(attention_names(model))
+    per_type = [sum(component_type(h) == kind for h in heads) for kind in ATTENTION_TYPES]
+    curve_sizes = [n_heads] * (1 + int(ablation_order) + random_orders) + [n for n in per_type if n]
+    curves_n = sum(1 + len(pruning_counts(n, step)) for n in curve_sizes)
+    bar = progress_bar((1 + n_heads) + (1 + n_heads + n_layers) + curves_n, "heads study")
+
+    def score_valid() -> float:
+        score = scorer.score(model, valid)
+        bar.update()
+        return score
+
+    def score_test() -> float:
+        score = scorer.score(model, test)
+        bar.update()
+        return score
+
     base, deltas = single_head_ablation(model, score_test)
     keep_one = keep_one_head(model, score_valid, score_test)
     curves = {"all heads": iterative_pruning(model, order_by_score(importance), score_test, step)}
@@ -117,6 +133,7 @@ def analyse_heads(
         "keep_one_head": keep_one,
         "pruning_curves": {k: [{"fraction": f, "bleu": b} for f, b in v] for k, v in curves.items()},
         "random_orders": {"count": random_orders, "seed": seed},
+        "evaluation": {**evaluation_report(sets, res.get("config", {})), "evaluations": bar.n},
         "speed": {"fraction_pruned": speed_fraction, "by_batch_size": speed} if speed else None,
     }
     write_json(out / "heads.json", report)
@@ -155,26 +172,3 @@ def analyse_heads(
         },
     )
     return report
-
-
-def log_analysis_to_wandb(
-    res: dict[str, Any], out: Path, name: str, tables: dict[str, tuple[list[str], list[list[Any]]]]
-) -> None:
-    """Send an analysis folder's PNGs and the given tables to W&B, in the run's project, when the run used
-    W&B (offline runs stay offline). {key: (columns, rows)}."""
-    logger = res.get("config", {}).get("logger") or {}
-    if not is_wandb_config(logger):
-        return
-    import wandb
-
-    run = wandb.init(
-        project=logger.get("project", "prunelab"),
-        name=name,
-        job_type="analysis",
-        mode=logger.get("mode", "offline"),
-        dir=str(out),
-    )
-    logged: dict[str, Any] = {k: wandb.Table(columns=c, data=rows) for k, (c, rows) in tables.items()}
-    logged |= {f"{out.name}/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
-    run.log(logged)
-    run.finish()
