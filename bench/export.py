@@ -8,9 +8,8 @@ import io
 import torch
 from harness import Figure
 
-from prunelab.cli.export import to_csc32  # the CSC layout `prunelab export --format csc` writes
 from prunelab.models import build_transformer
-from prunelab.models.sparse_format import pack_state
+from prunelab.models.sparse_format import pack_state, to_csc32  # to_csc32: the layout of --format csc
 from prunelab.pruning import MagnitudePruner
 
 

@@ -40,7 +40,7 @@ from torch import Tensor
 from prunelab.errors import UserError
 from prunelab.hf.export import export_hf
 from prunelab.models import Transformer, TransformerConfig
-from prunelab.models.sparse_format import dtype_name, pack_state, state_bytes, unpack_state
+from prunelab.models.sparse_format import dense_bytes, dtype_name, pack_state, state_bytes, to_csc32, unpack_state
 from prunelab.models.surgery import load_state_dict_with_heads
 from prunelab.training import load_run
 from prunelab.training.build import build_model
@@ -54,20 +54,8 @@ HF_FORMAT = "hf"  # a Hugging Face folder, not a prunelab file (export_hf_run)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def to_csc32(w: Tensor) -> Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch: "sparse CSC support is in beta"
-        s = w.to_sparse_csc()
-        return torch.sparse_csc_tensor(s.ccol_indices().int(), s.row_indices().int(), s.values(), s.shape)
-
-
 def _nbytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def dense_bytes(state: dict[str, Tensor]) -> int:
-    """Bytes of the model's state stored dense with fp32 floats (integer buffers at their own size)."""
-    return sum(4 * t.numel() if t.is_floating_point() else _nbytes(t) for t in state.values())
 
 
 def _model_state(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:

@@ -24,6 +24,7 @@ tensor's original dtype, and `unpack_state` casts back to it.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -186,3 +187,17 @@ def state_bytes(packed: dict[str, Any]) -> int:
     """Payload bytes of a packed state: the packed tensors plus the dense ones (no file overhead)."""
     dense = sum(t.numel() * t.element_size() for t in packed["dense"].values())
     return dense + sum(packed_bytes(p) for p in packed["sparse"].values())
+
+
+def to_csc32(w: Tensor) -> Tensor:
+    """`w` as a torch.sparse_csc tensor with int32 indices: the layout of `prunelab export --format csc`, whose
+    size results.json reports (`prunelab.pruning.masks.csc_bytes`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: "sparse CSC support is in beta"
+        s = w.to_sparse_csc()
+        return torch.sparse_csc_tensor(s.ccol_indices().int(), s.row_indices().int(), s.values(), s.shape)
+
+
+def dense_bytes(state: dict[str, Tensor]) -> int:
+    """Bytes of a state dict stored dense with fp32 floats (integer buffers at their own size)."""
+    return sum(4 * t.numel() if t.is_floating_point() else t.numel() * t.element_size() for t in state.values())
