@@ -2,9 +2,11 @@
 
     python -m experiments.brix2020.report RUNS_DIR [OUT_DIR]
 
-RUNS_DIR holds the runs of run.sh, one folder each (the keys of RUNS below); missing or unfinished runs leave
-their cells empty and their verdicts "not run". Every number comes from the runs' results.json (their finished
-levels). Writes OUT_DIR (default RUNS_DIR/report): tables.md, verdicts.json, table1.csv, bleu_vs_sparsity.png,
+RUNS_DIR holds the runs of run.sh, one folder each (the keys of RUNS below); a run still going counts with its
+finished levels, missing levels leave their cells empty and the verdicts that need them "not run yet", and the
+per-run table says "not run yet" or "running: N levels finished". Every number comes from the runs' results.json
+(their finished levels). A verdict between arms that trained unequal steps says so (experiments.reporting).
+Writes OUT_DIR (default RUNS_DIR/report): tables.md, verdicts.json, table1.csv, bleu_vs_sparsity.png,
 and runs/ with a copy of each run's results.json.
 """
 
@@ -17,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.reporting import by_gap, table, write_results
+from experiments.reporting import NOT_RUN, by_gap, run_state, table, tie_rule, with_compute, write_results
 
-NOISE = 1.0  # BLEU: single runs on a 500-sentence test set; gaps below this are read as ties
+NOISE = 1.0  # BLEU: single runs on a 500-sentence test set; gaps within this are ties (reporting.tie_rule)
 DEFAULT_RUN_BLEU = 88.4  # `python train.py` (fp32, 1,200 steps), README "Quick start"
 # folder -> row label; the iterative runs have one level per round, the others one
 RUNS = {
@@ -46,7 +48,11 @@ def levels_of(runs_dir: Path) -> dict[str, list[dict[str, Any]]]:
     for name in RUNS:
         path = runs_dir / name / "results.json"
         if path.is_file():
-            levels = json.loads(path.read_text()).get("levels") or []
+            try:
+                levels = json.loads(path.read_text()).get("levels") or []
+            except json.JSONDecodeError:  # not written yet
+                continue
+            levels = [lv for lv in levels if "test/bleu" in (lv.get("metrics") or {})]
             if levels:
                 found[name] = levels
     return found
@@ -66,7 +72,7 @@ def steps_to(levels: list[dict[str, Any]], sparsity: float) -> int:
     """Training steps of all rounds up to and including the one at `sparsity`."""
     total = 0
     for lv in levels:
-        total += lv["time"]["steps"]
+        total += (lv.get("time") or {}).get("steps", 0)
         if abs(lv["sparsity"] - sparsity) < 1e-3:
             return total
     raise ValueError(f"no level at {sparsity}")
@@ -86,38 +92,44 @@ def table1(runs: dict[str, list[dict[str, Any]]]) -> list[list[Any]]:
     return sorted(rows.values(), key=lambda r: order.index(r[0]))
 
 
-def claim(gap: float | None, evidence: str, noise: float = NOISE) -> dict[str, str]:
-    """by_gap's verdict on a claimed advantage, or 'not run' when a run it needs is missing."""
+Versus = tuple[float | None, str, tuple[int, int]]
+
+
+def claim(compared: Versus, noise: float = NOISE) -> dict[str, str]:
+    """by_gap's verdict on a claimed advantage (noting unequal steps), or "not run yet" when a level it needs is
+    missing."""
+    gap, evidence, steps = compared
     if gap is None:
-        return {"verdict": "not run", "evidence": "a run it needs has not finished"}
-    return {"verdict": by_gap(gap, noise), "evidence": evidence}
+        return {"verdict": NOT_RUN, "evidence": "a run it needs has not finished"}
+    return {"verdict": with_compute(by_gap(gap, noise), [steps]), "evidence": evidence}
 
 
-def versus(runs: dict[str, list[dict[str, Any]]], a: str, b: str, sparsity: float) -> tuple[float | None, str]:
-    """(BLEU of a − BLEU of b at this sparsity, the evidence sentence with both numbers and step counts)."""
+def versus(runs: dict[str, list[dict[str, Any]]], a: str, b: str, sparsity: float) -> Versus:
+    """(BLEU of a − BLEU of b at this sparsity, the evidence sentence with both numbers and step counts, the
+    steps of a and of b up to that level)."""
     x, y = bleu(runs, a, sparsity), bleu(runs, b, sparsity)
     if x is None or y is None:
-        return None, ""
+        return None, "", (0, 0)
     sa, sb = steps_to(runs[a], sparsity), steps_to(runs[b], sparsity)
-    return x - y, f"{RUNS[a]} {x:.1f} ({sa:,} steps) vs {RUNS[b]} {y:.1f} ({sb:,} steps) at {sparsity:.0%}"
+    return x - y, f"{RUNS[a]} {x:.1f} ({sa:,} steps) vs {RUNS[b]} {y:.1f} ({sb:,} steps) at {sparsity:.0%}", (sa, sb)
 
 
 def like_mp(runs: dict[str, list[dict[str, Any]]], mp50: str, mp80: str) -> dict[str, str]:
     """A tie with MP at 50% and 80% is the claim; a gap beyond NOISE either way is not."""
     pairs = [versus(runs, "slt", mp, s) for mp, s in ((mp50, 0.5), (mp80, 0.8))]
-    if any(g is None for g, _ in pairs):
-        return claim(None, "")
-    worst = max(abs(g) for g, _ in pairs if g is not None)
+    if any(g is None for g, _, _ in pairs):
+        return claim((None, "", (0, 0)))
+    worst = max(abs(g) for g, _, _ in pairs if g is not None)
+    tied = all(tie_rule(g, NOISE) == 0 for g, _, _ in pairs if g is not None)
     return {
-        "verdict": "agree" if worst <= NOISE else "disagree",
-        "evidence": "; ".join(e for _, e in pairs) + f" (largest gap {worst:.1f}, ties within {NOISE})",
+        "verdict": with_compute("agree" if tied else "disagree", [st for _, _, st in pairs]),
+        "evidence": "; ".join(e for _, e, _ in pairs) + f" (largest gap {worst:.1f}, ties within {NOISE})",
     }
 
 
 def verdicts(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, str]]:
     out = {}
-    gap, ev = versus(runs, "slt", "lt", 0.9)
-    out["LT (rewinding to θ_0) falls behind SLT at high sparsity"] = claim(gap, ev)
+    out["LT (rewinding to θ_0) falls behind SLT at high sparsity"] = claim(versus(runs, "slt", "lt", 0.9))
 
     # "SLT performs similar to MP for sparsity levels of up to 85%": with the paper's MP (one round) and with MP
     # trained as many steps as SLT took to reach that sparsity
@@ -128,31 +140,26 @@ def verdicts(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, str]]
 
     others = [n for n in runs if n != "slt_mp" and bleu(runs, n, 0.9) is not None]
     best = max(others, key=lambda n: bleu(runs, n, 0.9), default=None)
-    gap, ev = versus(runs, "slt_mp", best, 0.9) if best else (None, "")
+    gap, ev, steps = versus(runs, "slt_mp", best, 0.9) if best else (None, "", (0, 0))
     out["SLT-MP beats every other technique at 90% (compute-matched MP included)"] = claim(
-        gap, ev + " (the best of the others)" if ev else ev
+        (gap, ev + " (the best of the others)" if ev else ev, steps)
     )
 
-    gap, ev = versus(runs, "clt", "slt", 0.9)
+    gap, ev, steps = versus(runs, "clt", "slt", 0.9)
     out["the sign matters, not the magnitude: CLT does as well as SLT"] = (
-        claim(None, "")
+        claim((None, "", steps))
         if gap is None
         else {
-            "verdict": "agree" if gap > -NOISE else "disagree",
+            "verdict": with_compute("disagree" if tie_rule(gap, NOISE) == -1 else "agree", [steps]),
             "evidence": f"{ev} (agree unless CLT < SLT − {NOISE})",
         }
     )
-    gap, ev = versus(runs, "clt", "clt_random_signs", 0.9)
-    out["with random signs CLT fails (control)"] = claim(gap, ev)
-
-    gap, ev = versus(runs, "slt", "mp_slt", 0.9)
-    out["MP does not find winning tickets: MP-SLT falls behind SLT"] = claim(gap, ev)
-
-    gap, ev = versus(runs, "slt", "random_matched", 0.9)
-    out["a lottery mask beats a random mask at equal training (control)"] = claim(gap, ev)
-
-    gap, ev = versus(runs, "slt", "mp_matched", 0.9)
-    out["(compute-matched) SLT beats MP trained as many steps, at 90%"] = claim(gap, ev)
+    out["with random signs CLT fails (control)"] = claim(versus(runs, "clt", "clt_random_signs", 0.9))
+    out["MP does not find winning tickets: MP-SLT falls behind SLT"] = claim(versus(runs, "slt", "mp_slt", 0.9))
+    out["a lottery mask beats a random mask at equal training (control)"] = claim(
+        versus(runs, "slt", "random_matched", 0.9)
+    )
+    out["(compute-matched) SLT beats MP trained as many steps, at 90%"] = claim(versus(runs, "slt", "mp_matched", 0.9))
     return out
 
 
@@ -192,11 +199,14 @@ def report(runs_dir: Path, out: Path) -> dict[str, dict[str, str]]:
             f"{dense['metrics']['test/bleu']:.2f}; the dense default run (fp32) reached {DEFAULT_RUN_BLEU}."
         )
     walls = []
-    for name in runs:
-        r = json.loads((runs_dir / name / "results.json").read_text())
-        if r.get("status") == "completed":
+    for name in RUNS:  # every run of run.sh: its training, or what it is waiting for
+        state = run_state(runs_dir / name)
+        if state is None:
+            r = json.loads((runs_dir / name / "results.json").read_text())
             walls.append([name, RUNS[name], len(runs[name]), f"{sum(lv['time']['steps'] for lv in runs[name]):,}",
                           f"{r['wall_time_s'] / 60:.1f}"])  # fmt: skip
+        else:
+            walls.append([name, RUNS[name], state, "–", "–"])
     lines += ["\n## Training per run\n", table(["run", "technique", "rounds", "steps", "wall (min)"], walls)]
     result = verdicts(runs)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@
 Reads DENSE_RUN_DIR/results.json and DENSE_RUN_DIR/heads/heads.json (written by `prunelab heads`) and writes to
 OUT_DIR (default experiments/michel2019/results): tables.md (every table and the verdicts), verdicts.json, and
 copies of the heads folder's figures and CSVs. Every number comes from those two files; the thresholds of the
-verdicts are stated next to them.
+verdicts are stated next to them, and a difference within a threshold is a tie (experiments.reporting.tie_rule).
+A dense run not finished, or without heads.json yet, gives "not run yet" tables and verdicts. Every arm compared
+is the same trained model with heads masked: no verdict compares unequal training.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from experiments.reporting import table, write_results
+from experiments.reporting import NOISE, NOT_RUN, by_gap, extreme_verdict, run_state, table, tie_rule, write_results
 from prunelab.models.addressing import component_type
 
 TYPES = {"E:SA": "enc self-attention", "D:SA": "dec self-attention", "D:EA": "enc-dec attention"}
 SMALL = 0.5  # BLEU: a single-head ablation whose |change| is below this counts as "small cost"
 FRACTIONS = (0.2, 0.4, 0.5, 0.6, 0.8)
+BLEU_NOISE = NOISE["bleu"]  # BLEU: differences within this between two scores are ties
+SPEED_NOISE = NOISE["speedup"]  # percentage points of throughput: one timing each
+CLAIMS = (
+    "most single heads can be removed at a small cost",
+    "enc-dec attention is the most sensitive to pruning",
+    "pruning by I_h beats pruning in random order",
+    "pruning half the heads speeds up inference, more at large batch sizes",
+)
 
 
 def at(curve: list[dict[str, float]], fraction: float) -> float:
@@ -30,6 +40,13 @@ def at(curve: list[dict[str, float]], fraction: float) -> float:
 
 
 def report(run_dir: Path, out: Path) -> dict[str, Any]:
+    state = run_state(run_dir)
+    if state is None and not (run_dir / "heads" / "heads.json").is_file():
+        state = f"{NOT_RUN} (no heads/heads.json: run `prunelab heads {run_dir}`)"
+    if state is not None:
+        verdicts = {c: {"verdict": NOT_RUN, "evidence": f"dense run: {state}"} for c in CLAIMS}
+        write_results(out, [f"Dense model: `{run_dir}`: {state}."], verdicts)
+        return verdicts
     res = json.loads((run_dir / "results.json").read_text())
     rep = json.loads((run_dir / "heads" / "heads.json").read_text())
     base, deltas, curves = rep["baseline_bleu"], rep["ablation_delta_bleu"], rep["pruning_curves"]
@@ -117,30 +134,35 @@ def report(run_dir: Path, out: Path) -> dict[str, Any]:
     most_sensitive = min(by_type_half, key=by_type_half.get)
     ih = [at(curves["all heads"], f) for f in FRACTIONS]
     rnd = [mean(at(r, f) for r in randoms) for f in FRACTIONS]
-    wins = sum(a > b for a, b in zip(ih, rnd, strict=True))
+    outcomes = [tie_rule(a - b, BLEU_NOISE) for a, b in zip(ih, rnd, strict=True)]
+    wins, losses = outcomes.count(1), outcomes.count(-1)
     verdicts = {
-        "most single heads can be removed at a small cost": {
+        CLAIMS[0]: {
             "verdict": "agree" if share_small > 0.5 else "disagree",
             "evidence": f"{sum(small.values())} of {len(deltas)} heads ({100 * share_small:.0f}%) change test BLEU by "
             f"less than {SMALL} when masked alone; the worst single head ({worst}) costs {deltas[worst]:.2f}",
         },
-        "enc-dec attention is the most sensitive to pruning": {
-            "verdict": "agree" if most_sensitive == "D:EA" else "disagree",
+        CLAIMS[1]: {
+            "verdict": extreme_verdict(by_type_half, "D:EA", BLEU_NOISE, lowest=True),
             "evidence": "test BLEU with 50% of one type's heads pruned by I_h: "
-            + ", ".join(f"{TYPES[k]} {v:.2f}" for k, v in by_type_half.items()),
+            + ", ".join(f"{TYPES[k]} {v:.2f}" for k, v in by_type_half.items())
+            + f" (lowest: {TYPES[most_sensitive]}; ties within {BLEU_NOISE})",
         },
-        "pruning by I_h beats pruning in random order": {
-            "verdict": "agree" if wins >= len(FRACTIONS) - 1 else ("disagree" if wins <= 1 else "inconclusive"),
-            "evidence": f"I_h is ahead at {wins} of {len(FRACTIONS)} fractions ("
+        CLAIMS[2]: {
+            "verdict": "agree"
+            if wins >= len(FRACTIONS) - 1
+            else ("disagree" if losses >= len(FRACTIONS) - 1 else "inconclusive"),
+            "evidence": f"I_h is ahead at {wins} of {len(FRACTIONS)} fractions, behind at {losses} ("
             + ", ".join(f"{int(100 * f)}%: {a:.1f} vs {b:.1f}" for f, a, b in zip(FRACTIONS, ih, rnd, strict=True))
-            + ")",
+            + f"; ties within {BLEU_NOISE})",
         },
     }
     if speed:
         top = max(speed, key=lambda r: r["batch_size"])
-        verdicts["pruning half the heads speeds up inference, more at large batch sizes"] = {
-            "verdict": "agree" if top["speedup"] > max(speed[0]["speedup"], 1.0) else "disagree",
-            "evidence": ", ".join(f"batch {r['batch_size']}: {100 * (r['speedup'] - 1):+.1f}%" for r in speed),
+        verdicts[CLAIMS[3]] = {
+            "verdict": by_gap(100 * (top["speedup"] - max(speed[0]["speedup"], 1.0)), SPEED_NOISE),
+            "evidence": ", ".join(f"batch {r['batch_size']}: {100 * (r['speedup'] - 1):+.1f}%" for r in speed)
+            + f" (ties within {SPEED_NOISE} points)",
         }
     write_results(out, lines, verdicts, figures_from=run_dir / "heads")
     return verdicts

@@ -5,7 +5,9 @@
 Reads DENSE_RUN_DIR/components/components.json (`prunelab components`), and the results.json of the
 `pruner=components pruner.mode=retrain` and `pruner.mode=rewind` runs started from the dense one. Writes to OUT_DIR
 (default experiments/wangtu2020/results): tables.md (every table and the verdicts), verdicts.json, and copies of
-the components folder's figures and CSVs. Every number comes from those files; thresholds are stated with them.
+the components folder's figures and CSVs. Every number comes from those files; thresholds are stated with them: a
+difference within one is a tie (experiments.reporting.tie_rule), and a verdict between arms that trained unequal
+steps says so. A run not finished (or not started) gives "not run yet" or "running: N of 3 levels" instead.
 """
 
 from __future__ import annotations
@@ -16,10 +18,26 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from experiments.reporting import by_gap, table, trained_steps, write_results
+from experiments.reporting import (
+    NOISE,
+    NOT_RUN,
+    by_gap,
+    extreme_verdict,
+    run_state,
+    table,
+    trained_steps,
+    with_compute,
+    write_results,
+)
 from prunelab.models.addressing import component_type
 
 TYPES = {"E:SA": "enc self-attn", "E:FF": "enc FF", "D:SA": "dec self-attn", "D:EA": "enc-dec attn", "D:FF": "dec FF"}
+BLEU_NOISE = NOISE["bleu"]  # BLEU: differences within this between single runs are ties
+LEAST = "decoder self-attention is the least important component type"
+MOST = "decoder feed-forward is the most important component type"
+RETRAIN = "the pruned architecture, retrained, beats a shallower model of the same size"
+REWIND = "unimportant components are not useless: rewinding them to θ_0 and fine-tuning beats continued training"
+STAGES = 3  # levels of each training study: the dense model scored, then its two arms
 
 
 def by_layer(scores: dict[str, float]) -> list[list[Any]]:
@@ -37,7 +55,7 @@ def versus(claimed: tuple[str, dict[str, Any]], other: tuple[str, dict[str, Any]
     (a_name, a), (b_name, b) = claimed, other
     gap = a["metrics"]["test/bleu"] - b["metrics"]["test/bleu"]
     return {
-        "verdict": by_gap(gap, noise),
+        "verdict": with_compute(by_gap(gap, noise), [(a["time"]["steps"], b["time"]["steps"])]),
         "evidence": f"{a_name} {a['metrics']['test/bleu']:.2f} vs {b_name} {b['metrics']['test/bleu']:.2f} test BLEU "
         f"({gap:+.2f}), after {a['time']['steps']} and {b['time']['steps']} steps",
     }
@@ -48,6 +66,13 @@ def stages(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any]:
+    state = run_state(dense)
+    if state is None and not (dense / "components" / "components.json").is_file():
+        state = f"{NOT_RUN} (no components/components.json: run `prunelab components {dense}`)"
+    if state is not None:
+        verdicts = {c: {"verdict": NOT_RUN, "evidence": f"dense run: {state}"} for c in (LEAST, MOST, REWIND, RETRAIN)}
+        write_results(out, [f"Dense model: `{dense}`: {state}."], verdicts)
+        return verdicts
     comp = json.loads((dense / "components" / "components.json").read_text())
     # the full model's training steps are the dense run's (the studies start from it with ckpt= and train it 0)
     dense_steps = trained_steps(dense)
@@ -86,23 +111,26 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
     )
 
     least, most = min(mean_contribution, key=mean_contribution.get), max(mean_contribution, key=mean_contribution.get)
-    noise = 0.3  # BLEU: differences smaller than this between single runs are read as ties
+    noise = BLEU_NOISE
+    # a contribution is a BLEU drop over the clip C (Eq. 1): the BLEU threshold in its units
+    clip = comp.get("contribution_clip") or 0.1 * comp["baseline_bleu"]
+    c_noise = noise / clip
+    ties = f"ties within {c_noise:.3f} = {noise} BLEU / C {clip:.2f}"
     verdicts = {
-        "decoder self-attention is the least important component type": {
-            "verdict": "agree" if least == "D:SA" else "disagree",
-            "evidence": f"lowest mean contribution: {TYPES[least]} ({mean_contribution[least]:.2f})",
+        LEAST: {
+            "verdict": extreme_verdict(mean_contribution, "D:SA", c_noise, lowest=True),
+            "evidence": f"lowest mean contribution: {TYPES[least]} ({mean_contribution[least]:.2f}), "
+            f"{TYPES['D:SA']} {mean_contribution['D:SA']:.2f} ({ties})",
         },
-        "decoder feed-forward is the most important component type": {
-            "verdict": "agree" if most == "D:FF" else "disagree",
-            "evidence": f"highest mean contribution: {TYPES[most]} ({mean_contribution[most]:.2f})",
+        MOST: {
+            "verdict": extreme_verdict(mean_contribution, "D:FF", c_noise, lowest=False),
+            "evidence": f"highest mean contribution: {TYPES[most]} ({mean_contribution[most]:.2f}), "
+            f"{TYPES['D:FF']} {mean_contribution['D:FF']:.2f} ({ties})",
         },
     }
     # the two training studies, each written as soon as its run exists (run.sh runs rewind first: it is cheaper)
-    retrain_claim = "the pruned architecture, retrained, beats a shallower model of the same size"
-    rewind_claim = (
-        "unimportant components are not useless: rewinding them to θ_0 and fine-tuning beats continued training"
-    )
-    if (rewind / "results.json").is_file():
+    rewind_state, retrain_state = run_state(rewind, STAGES), run_state(retrain, STAGES)
+    if rewind_state is None:
         rw = stages(json.loads((rewind / "results.json").read_text()))
         lines += [
             "\n## Rewind (Table 4): the least important components reset to θ_0, then the whole model fine-tuned\n",
@@ -118,10 +146,11 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
                 ],
             ),
         ]
-        verdicts[rewind_claim] = versus(("rewind", rw["rewind"]), ("continue", rw["continue"]), noise)
+        verdicts[REWIND] = versus(("rewind", rw["rewind"]), ("continue", rw["continue"]), noise)
     else:
-        verdicts[rewind_claim] = {"verdict": "not run yet", "evidence": f"no {rewind / 'results.json'}"}
-    if (retrain / "results.json").is_file():
+        lines.append(f"\n## Rewind (Table 4)\n\n`{rewind}`: {rewind_state}")
+        verdicts[REWIND] = {"verdict": NOT_RUN, "evidence": f"rewind run: {rewind_state}"}
+    if retrain_state is None:
         results = json.loads((retrain / "results.json").read_text())
         rt, chosen = stages(results), results["components"]["chosen"]
         lines += [
@@ -139,9 +168,10 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
                 ],
             ),
         ]
-        verdicts[retrain_claim] = versus(("retrained", rt["retrain"]), ("shallow", rt["shallow"]), noise)
+        verdicts[RETRAIN] = versus(("retrained", rt["retrain"]), ("shallow", rt["shallow"]), noise)
     else:
-        verdicts[retrain_claim] = {"verdict": "not run yet", "evidence": f"no {retrain / 'results.json'}"}
+        lines.append(f"\n## Prune and retrain (Table 3)\n\n`{retrain}`: {retrain_state}")
+        verdicts[RETRAIN] = {"verdict": NOT_RUN, "evidence": f"retrain run: {retrain_state}"}
     write_results(out, lines, verdicts, figures_from=dense / "components")
     return verdicts
 

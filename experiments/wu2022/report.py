@@ -7,7 +7,9 @@ the same steps (run.sh: both fine-tune the model of START, the run they begin fr
 Compares on the test set: the baseline; the AttendOut-trained model before and after its chosen layers get
 uniform attention; the same number of layers made uniform at random (N draws, default 10) in the AttendOut-trained
 model and in the baseline; and the inference speed of the pruned model against its unpruned self by batch size.
-Writes OUT_DIR (default experiments/wu2022/results): tables.md, verdicts.json, report.json.
+Writes OUT_DIR (default experiments/wu2022/results): tables.md, verdicts.json, report.json. Differences within
+a threshold are ties (experiments.reporting.tie_rule); a verdict between arms that trained unequal steps says so;
+a run not finished yet gives "not run yet" or "running: N levels finished", and no model is loaded.
 """
 
 from __future__ import annotations
@@ -20,18 +22,56 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from experiments.reporting import by_gap, table, trained_steps, write_results
+from experiments.reporting import (
+    NOISE,
+    NOT_RUN,
+    by_gap,
+    run_state,
+    table,
+    tie_rule,
+    trained_steps,
+    with_compute,
+    write_results,
+)
 from prunelab.importance.scoring import AccuracyScorer
 from prunelab.importance.speed import speed_by_batch_size
 from prunelab.models.surgery import make_uniform
 from prunelab.training import load_run
 
-NOISE = 0.5  # accuracy points: differences below this between single runs are read as ties
+ACC_NOISE = NOISE["accuracy"]  # accuracy points: differences within this between single runs are ties
+SPEED_NOISE = NOISE["speedup"]  # percentage points of throughput: one timing each
+CLAIMS = (
+    "AttendOut prunes a share of the attention layers",
+    "the pruned AttendOut model is as accurate as the unpruned baseline",
+    "G-Net's choice of layers beats a random choice of as many",
+    "the pruned model is faster at inference",
+)
+
+
+def not_run(runs: dict[str, Path], out: Path) -> dict[str, Any] | None:
+    """When a run is not finished: "not run yet" tables and verdicts, and their states (else None)."""
+    states = {name: run_state(d) for name, d in runs.items()}
+    waiting = {name: s for name, s in states.items() if s is not None}
+    if not waiting:
+        return None
+    evidence = "; ".join(f"{name} run: {s}" for name, s in waiting.items())
+    verdicts = {c: {"verdict": NOT_RUN, "evidence": evidence} for c in CLAIMS}
+    lines = [
+        "## Runs\n",
+        table(["run", "folder", "state"], [[n, f"`{d}`", states[n] or "completed"] for n, d in runs.items()]),
+    ]
+    write_results(out, lines, verdicts)
+    (out / "report.json").write_text(json.dumps({"runs": {n: states[n] or "completed" for n in runs}}, indent=2) + "\n")
+    return verdicts
 
 
 def report(
     attendout_dir: Path, baseline_dir: Path, out: Path, draws: int = 10, seed: int = 0, start_dir: Path | None = None
 ) -> dict[str, Any]:
+    runs = {"AttendOut": attendout_dir, "baseline": baseline_dir, **({"start": start_dir} if start_dir else {})}
+    waiting = not_run(runs, out)
+    if waiting is not None:
+        return waiting
     res = json.loads((attendout_dir / "results.json").read_text())
     chosen: list[str] = res["attendout"]["pruned_layers"]
     # D-Net after AttendOut, unpruned (a run started with ckpt= has a first level evaluating the start weights)
@@ -133,30 +173,34 @@ def report(
             )
         )
 
-    def compare(a: float, b: float) -> str:
-        return "agree" if a - b > -NOISE else "disagree"
+    def as_accurate(a: float, b: float) -> str:
+        """ "a is as accurate as b": a tie or better agrees; steps of the two arms compared."""
+        verdict = "disagree" if tie_rule(a - b, ACC_NOISE) == -1 else "agree"
+        return with_compute(verdict, [(steps.get("attendout") or 0, base_steps)])
 
     verdicts: dict[str, dict[str, str]] = {
-        "AttendOut prunes a share of the attention layers": {
+        CLAIMS[0]: {
             "verdict": "agree" if k > 0 else "disagree",
             "evidence": f"{k} of {len(layers)} layers pruned",
         },
-        "the pruned AttendOut model is as accurate as the unpruned baseline": {
-            "verdict": compare(acc["attendout_pruned"], acc["baseline"]) if k else "not tested: nothing pruned",
-            "evidence": f"{acc['attendout_pruned']:.2f} vs {acc['baseline']:.2f} (ties within {NOISE} points)",
+        CLAIMS[1]: {
+            "verdict": as_accurate(acc["attendout_pruned"], acc["baseline"]) if k else "not tested: nothing pruned",
+            "evidence": f"{acc['attendout_pruned']:.2f} vs {acc['baseline']:.2f} (ties within {ACC_NOISE} points), "
+            f"after {steps.get('attendout')} and {base_steps} steps",
         },
     }
-    if rand:
+    if rand:  # the same trained model with other layers made uniform: equal training
         gap = acc["attendout_pruned"] - mean(rand)
-        verdicts["G-Net's choice of layers beats a random choice of as many"] = {
-            "verdict": by_gap(gap, NOISE),
+        verdicts[CLAIMS[2]] = {
+            "verdict": by_gap(gap, ACC_NOISE),
             "evidence": f"{acc['attendout_pruned']:.2f} vs {mean(rand):.2f} mean of {len(rand)} random draws",
         }
     if speed:
         top = max(speed, key=lambda r: r["batch_size"])
-        verdicts["the pruned model is faster at inference"] = {
-            "verdict": "agree" if top["speedup"] > 1.0 else "disagree",
-            "evidence": ", ".join(f"batch {r['batch_size']}: {100 * (r['speedup'] - 1):+.1f}%" for r in speed),
+        verdicts[CLAIMS[3]] = {
+            "verdict": by_gap(100 * (top["speedup"] - 1.0), SPEED_NOISE),
+            "evidence": ", ".join(f"batch {r['batch_size']}: {100 * (r['speedup'] - 1):+.1f}%" for r in speed)
+            + f" (ties within {SPEED_NOISE} points)",
         }
     write_results(out, lines, verdicts)
     full = {
