@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from prunelab.pruning.attendout import GNet, RewardBaseline, example_rewards, log_prob, reinforce_loss
+from prunelab.pruning.attendout import GNet, RewardBaseline, example_rewards, log_prob, reinforce_loss, verdict
+from tests.unit.attendout_task import with_task
 
 
 def test_decisions_shapes_and_log_probability() -> None:
@@ -68,8 +69,8 @@ def test_the_a_d_g_cycle_follows_algorithm_1() -> None:
     from prunelab.pruning.attendout import AttendOutPruner
 
     d = _tiny_classifier()
-    pruner = AttendOutPruner(every=100, lr=1e-2, warmup_steps=1, seed=0)
-    pruner.attach(d)
+    pruner = AttendOutPruner(every=100, seed=0)
+    with_task(d, pruner, lr=1e-2)
     d0 = {k: v.clone() for k, v in d.state_dict().items()}
     g0 = [p.clone() for p in pruner.g_net.parameters()]
     batches = [_batch(s) for s in range(3)]
@@ -100,7 +101,7 @@ def test_cycle_runs_every_t_batches() -> None:
 
     d = _tiny_classifier()
     pruner = AttendOutPruner(every=2, seed=0)
-    pruner.attach(d)
+    with_task(d, pruner)
     for s in range(5):
         pruner.on_batch(d, _batch(s))
     assert len(pruner.rewards) == 2 and len(pruner._cache) == 1
@@ -114,8 +115,8 @@ def test_checkpoint_state_resumes_mid_cycle_exactly(tmp_path) -> None:
 
     def fresh() -> tuple[torch.nn.Module, AttendOutPruner]:
         d = _tiny_classifier(dropout=0.0)
-        p = AttendOutPruner(every=3, lr=1e-2, warmup_steps=1, seed=0)
-        p.attach(d)
+        p = AttendOutPruner(every=3, seed=0)
+        with_task(d, p, lr=1e-2)
         return d, p
 
     d, pruner = fresh()
@@ -158,7 +159,8 @@ def _learn_policy(mode: str, drop_bonus: float, cycles: int = 150, seed: int = 0
         keep = torch.cat(keeps)
         a_loss = ((1 - keep) * cost).sum(1) + 0.3 * torch.randn(len(keep))
         d_loss = 0.3 * torch.randn(len(keep))
-        reward = example_rewards(a_loss, d_loss, keep, mode, drop_bonus, bool(a_loss.sum() < d_loss.sum()))
+        sign = verdict(float(a_loss.sum()), float(d_loss.sum()))
+        reward = example_rewards(a_loss, d_loss, keep, mode, drop_bonus, sign)
         log_probs = torch.cat([log_prob(g.keep_logits(x, mask), k) for x, k in zip(xs, keeps, strict=True)])
         opt.zero_grad()
         reinforce_loss(log_probs, reward, baseline.value).backward()
@@ -173,10 +175,12 @@ def test_example_rewards_by_hand() -> None:
     a = torch.tensor([0.2, 1.0, 0.1])
     d = torch.tensor([0.5, 0.4, 0.1])
     keep = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
-    assert example_rewards(a, d, keep, "sign", 0.0, a_wins=False) == -1.0
-    assert torch.allclose(example_rewards(a, d, keep, "margin", 0.0, True), torch.tensor([0.3, -0.6, 0.0]))
-    assert torch.allclose(example_rewards(a, d, keep, "margin", 0.1, True), torch.tensor([0.4, -0.4, 0.0]))
-    assert torch.allclose(example_rewards(a, d, keep, "sign", 0.5, True), torch.tensor([1.5, 2.0, 1.0]))
+    assert example_rewards(a, d, keep, "sign", 0.0, sign=-1.0) == -1.0
+    assert example_rewards(a, d, keep, "sign", 0.0, sign=0.0) == 0.0  # a tie: neither arm won
+    assert torch.allclose(example_rewards(a, d, keep, "margin", 0.0, 1.0), torch.tensor([0.3, -0.6, 0.0]))
+    assert torch.allclose(example_rewards(a, d, keep, "margin", 0.1, 1.0), torch.tensor([0.4, -0.4, 0.0]))
+    assert torch.allclose(example_rewards(a, d, keep, "sign", 0.5, 1.0), torch.tensor([1.5, 2.0, 1.0]))
+    assert (verdict(1.0, 2.0), verdict(2.0, 1.0), verdict(1.5, 1.5)) == (1.0, -1.0, 0.0)
 
 
 def test_margin_reward_with_a_drop_bonus_keeps_the_costly_map_and_drops_the_free_ones() -> None:
@@ -198,8 +202,8 @@ def test_a_net_starts_from_the_weights_the_round_starts_with() -> None:
     from prunelab.pruning.attendout import AttendOutPruner
 
     d = _tiny_classifier()
-    pruner = AttendOutPruner(every=1, lr=1e-3, warmup_steps=1, seed=0)
-    pruner.attach(d)
+    pruner = AttendOutPruner(every=1, seed=0)
+    with_task(d, pruner, lr=1e-3)
     trained = _tiny_classifier()
     with torch.no_grad():
         for p in trained.parameters():
@@ -209,7 +213,7 @@ def test_a_net_starts_from_the_weights_the_round_starts_with() -> None:
     pruner.on_round_start(d, 0)
     for a, b in zip(pruner.a_net.state_dict().values(), d.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    pruner.on_batch(d, _batch(0))  # one step and a cycle: D <- A stays close to the trained weights
+    pruner.on_batch(d, _batch(0))  # a cycle, then A's step: D <- A stays close to the trained weights
     with torch.no_grad():
         drift = max(float((a - b).abs().max()) for a, b in zip(d.parameters(), trained.parameters(), strict=True))
     assert drift < 0.05

@@ -1,7 +1,8 @@
 """AttendOut (Wu et al.) pinned by spying on what each network is called with:
 
 - A-Net trains under G-Net's sampled keep/drop decisions (its forward in on_batch gets them as map_keep);
-- in the cycle D-Net is scored with full attention (no map_keep) and A-Net with the cached decisions;
+- in the cycle D-Net is scored with full attention (no map_keep) and A-Net with the cached decisions, before
+  A-Net's step on the cycle's last batch;
 - the REINFORCE step uses the baseline from BEFORE the current reward (b_k = beta b_{k-1} + (1 - beta) r_k);
 - G-Net starts at its configured keep probability;
 - at the round's end every layer whose mean keep probability over the validation EXAMPLES is below the
@@ -22,6 +23,7 @@ import prunelab.pruning.attendout as attendout
 from prunelab.models import TransformerClassifier, build_classifier
 from prunelab.models.addressing import component
 from prunelab.pruning.attendout import AttendOutPruner
+from tests.unit.attendout_task import with_task
 
 LAYERS = 3
 
@@ -66,8 +68,8 @@ def spy_sample(pruner: AttendOutPruner, drawn: list[torch.Tensor]) -> None:
 def test_a_net_trains_under_g_nets_decisions_and_d_net_is_scored_with_full_attention() -> None:
     d = classifier()
     # initial_keep=0.5: both decisions are common, so "all ones" (= no decisions) cannot pass for them
-    pruner = AttendOutPruner(every=3, lr=1e-2, warmup_steps=1, initial_keep=0.5, seed=0)
-    pruner.attach(d)
+    pruner = AttendOutPruner(every=3, initial_keep=0.5, seed=0)
+    with_task(d, pruner, lr=1e-2)
     a_calls: list[Any] = []
     d_calls: list[Any] = []
     drawn: list[torch.Tensor] = []
@@ -83,8 +85,8 @@ def test_a_net_trains_under_g_nets_decisions_and_d_net_is_scored_with_full_atten
     decisions = torch.cat(drawn)
     assert 0 < float(decisions.mean()) < 1  # guard: some maps dropped, some kept
     a_calls.clear()
-    pruner.on_batch(d, batch(2))  # the third batch completes a cycle
-    train_call, *cycle_calls = a_calls
+    pruner.on_batch(d, batch(2))  # the third batch completes a cycle, run before A-Net's step on it
+    *cycle_calls, train_call = a_calls
     assert torch.equal(train_call, drawn[2])
     assert len(cycle_calls) == 3 and all(torch.equal(c, k) for c, k in zip(cycle_calls, drawn, strict=True))
     assert len(d_calls) == 3 and all(c is None for c in d_calls)  # D: full attention, every cached batch
@@ -101,8 +103,8 @@ def test_reinforce_uses_the_baseline_from_before_the_reward(monkeypatch: pytest.
     monkeypatch.setattr(attendout, "reinforce_loss", spy)
     d = classifier()
     beta = 0.5
-    pruner = AttendOutPruner(every=1, lr=5e-2, warmup_steps=1, baseline_beta=beta, seed=0)
-    pruner.attach(d)
+    pruner = AttendOutPruner(every=1, baseline_beta=beta, seed=0)
+    with_task(d, pruner, lr=5e-2)
     for s in range(6):
         pruner.on_batch(d, batch(s))
     rewards = pruner.rewards
@@ -120,8 +122,8 @@ def test_reinforce_gradient_uses_the_old_baseline() -> None:
     """The G-Net step of a cycle: with logit_l = w . pooled_l + bias, the read-out bias gradient of
     -(r - b) mean_x sum_l log pi(keep_l | x) is -(r - b_old) * mean_x sum_l (keep_l - p_l)."""
     d = classifier()
-    pruner = AttendOutPruner(every=2, lr=1e-2, warmup_steps=1, initial_keep=0.5, baseline_beta=0.5, seed=0)
-    pruner.attach(d)
+    pruner = AttendOutPruner(every=2, initial_keep=0.5, baseline_beta=0.5, seed=0)
+    with_task(d, pruner, lr=1e-2)
     pruner.baseline.value = 0.3  # as if after earlier cycles
     seen: dict[str, torch.Tensor] = {}
     cycle = pruner.cycle
@@ -229,9 +231,8 @@ def test_a_net_trains_on_the_tasks_loss_and_is_compared_on_plain_cross_entropy(m
     d = build_classifier(num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=LAYERS, dropout=0.0)
     d.cfg.type_vocab_size = 2  # a pair model: token types change the embeddings
     d.type_embed = torch.nn.Embedding(2, 16)
-    pruner = AttendOutPruner(every=2, lr=1e-2, warmup_steps=1, initial_keep=0.5, seed=0)
-    pruner.attach(d)
-    pruner.use_data(SimpleNamespace(val_dataloader=val_batches), SimpleNamespace(label_smoothing=0.3))
+    pruner = AttendOutPruner(every=2, initial_keep=0.5, seed=0)
+    with_task(d, pruner, SimpleNamespace(val_dataloader=val_batches), label_smoothing=0.3)
     types_seen: list[Any] = []
     original_forward = pruner.a_net.forward
 

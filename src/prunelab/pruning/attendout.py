@@ -10,7 +10,8 @@ REINFORCE with a baseline (the paper's Eq. 4): the G-Net loss is -mean_x (r_x - 
 and the baseline b is a moving average of past mean rewards. The reward r_x of example x comes from the
 A-vs-D evaluation on the cached batches, in one of two forms (`reward`):
 
-- "sign": r_x = +1 for every example when A-Net's summed loss is below D-Net's, else -1 (one scalar a cycle);
+- "sign": r_x = +1 for every example when A-Net's summed loss is below D-Net's, -1 when it is above, 0 on a
+  tie (A = D: neither arm won, G-Net learns nothing from the cycle) (one scalar a cycle);
 - "margin": r_x = loss_D(x) - loss_A(x), each example's own A-vs-D loss difference (nats), so a decision is
   credited with what it cost on its own example.
 
@@ -22,7 +23,11 @@ loses, so "sign" with a bonus drops everything; "margin" with a bonus keeps the 
 
 The round logic around it (A and D trained side by side, evaluation every T steps, D <- A, the final
 structural pruning with `make_uniform`) is the AttendOut pruner's; this module holds the parts that are
-pure functions of tensors.
+pure functions of tensors. The two arms differ only by G-Net's decisions: A-Net trains with D-Net's loss,
+optimizer, lr schedule, gradient clipping and precision (the task's and its Trainer's), and the cycle
+compares them before A-Net's step on the cycle's last batch, when both have stepped on the same batches.
+G-Net's inputs are the input embeddings without dropout, so its keep probabilities (and the pruning
+decision) do not depend on the random state.
 
 Under DDP every rank trains A-Net and G-Net on its own shard: their gradients are averaged over the ranks
 before each step, the cached losses are summed over the ranks before A and D are compared, and the keep
@@ -34,6 +39,7 @@ checkpoint's `pruner_state`, so a resumed run continues exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -103,12 +109,16 @@ def reinforce_loss(log_probs: Tensor, reward: float | Tensor, baseline: float) -
 REWARDS = ("sign", "margin")
 
 
+def verdict(a_total: float, d_total: float) -> float:
+    """The cycle's verdict on the summed losses: +1 when A-Net's is lower, -1 when D-Net's is, 0 on a tie."""
+    return 1.0 if a_total < d_total else -1.0 if a_total > d_total else 0.0
+
+
 def example_rewards(
-    a_loss: Tensor, d_loss: Tensor, keep: Tensor, mode: str, drop_bonus: float, a_wins: bool
+    a_loss: Tensor, d_loss: Tensor, keep: Tensor, mode: str, drop_bonus: float, sign: float
 ) -> float | Tensor:
-    """Each example's reward from its A-Net and D-Net losses (N,) and decisions (N, L); `a_wins` is the
-    cycle's verdict on the summed losses of every rank. -> a float when every example gets the same."""
-    sign = 1.0 if a_wins else -1.0
+    """Each example's reward from its A-Net and D-Net losses (N,) and decisions (N, L); `sign` is the cycle's
+    `verdict` on the summed losses of every rank. -> a float when every example gets the same."""
     if mode == "sign" and drop_bonus == 0.0:
         return sign
     base = torch.full_like(a_loss, sign) if mode == "sign" else d_loss - a_loss
@@ -130,7 +140,9 @@ class RewardBaseline:
 class AttendOutPruner(Pruner):
     """`pruner=attendout` (Algorithm 1). Round 0 trains D-Net (the run's model, regular dropout) while this
     pruner trains A-Net, a copy that also receives G-Net's per-layer keep/drop decisions, on the same
-    batches. Every `every` steps A and D are scored (loss) on the cached batches with the cached decisions;
+    batches with the task's recipe (`use_data` hands the task over: its optimizer and lr schedule, the
+    Trainer's gradient clipping and precision). Every `every` steps, before A's step on the cycle's last
+    batch, A and D are scored (loss) on the cached batches with the cached decisions;
     G-Net is rewarded from that comparison and takes a REINFORCE step (lr `g_lr`, moving-average
     baseline); the cache is cleared and D takes A's weights. At the end of the round every layer whose
     mean keep probability on the validation data is below `threshold` is pruned structurally (constant 1/n
@@ -138,7 +150,8 @@ class AttendOutPruner(Pruner):
     attention layers pruned (the paper's "Prop. Atd.Outs").
 
     `reward` and `drop_bonus` choose the reward (module docstring): "sign" (+/-1 for the cycle, as the paper is
-    summarised in DESIGN.md) or "margin" (each example's A-vs-D loss difference), plus nats per dropped map."""
+    summarised in DESIGN.md, 0 on a tie) or "margin" (each example's A-vs-D loss difference), plus nats per
+    dropped map."""
 
     tasks = ("classification",)  # it prunes the self-attention maps of a classifier
 
@@ -148,8 +161,6 @@ class AttendOutPruner(Pruner):
         self,
         every: int = 15,
         g_lr: float = 5e-5,
-        lr: float = 1e-3,
-        warmup_steps: int = 200,
         threshold: float = 0.5,
         baseline_beta: float = 0.9,
         initial_keep: float = 0.9,
@@ -162,7 +173,7 @@ class AttendOutPruner(Pruner):
             raise UserError(f"pruner.every must be >= 1, got {every}")
         if not 0.0 < threshold <= 1.0:
             raise UserError(f"pruner.threshold must be in (0, 1], got {threshold}")
-        self.every, self.g_lr, self.lr, self.warmup_steps = every, g_lr, lr, warmup_steps
+        self.every, self.g_lr = every, g_lr
         self.threshold = threshold
         if not 0.0 < initial_keep < 1.0:
             raise UserError(f"pruner.initial_keep must be in (0, 1), got {initial_keep}")
@@ -175,12 +186,14 @@ class AttendOutPruner(Pruner):
         self.baseline = RewardBaseline(baseline_beta)
         self.seed = seed
         self._datamodule: Any = None
+        self._task: Any = None  # A-Net's recipe: the task's optimizer and schedule, its Trainer's clipping, precision
+        self._a_factor: Any = None  # A-Net's lr factor by step (the task's schedule)
         self._label_smoothing = 0.0
         # (batch, decisions, G-Net inputs): log-probabilities are recomputed at the cycle (G is unchanged
         # in between), so the cache holds tensors only and goes into checkpoints
         self._cache: list[tuple[dict[str, Tensor], Tensor, tuple[Tensor, Tensor]]] = []
         self._steps = 0
-        self.rewards: list[float] = []  # +1 when A-Net won the cycle, -1 when D-Net did
+        self.rewards: list[float] = []  # +1 when A-Net won the cycle, -1 when D-Net did, 0 on a tie
         self.mean_rewards: list[float] = []  # each cycle's mean reward (= the above for reward=sign, no bonus)
         self._nets: dict[str, nn.Module] = {}  # a plain dict: not submodules, so DDP leaves them alone
         self._opts: dict[str, torch.optim.Optimizer] = {}
@@ -203,7 +216,7 @@ class AttendOutPruner(Pruner):
             self.register_buffer("keep_probability", torch.full((len(model.enc),), float("nan")))  # type: ignore[arg-type]
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
-        self._datamodule = datamodule
+        self._datamodule, self._task = datamodule, task
         # A-Net trains on the task's own loss, as D-Net does (a classifier's label smoothing)
         self._label_smoothing = float(getattr(task, "label_smoothing", 0.0) or 0.0)
 
@@ -220,22 +233,60 @@ class AttendOutPruner(Pruner):
     def stage(self, round_idx: int) -> str:
         return ("attendout", "pruned")[round_idx]
 
+    @torch.no_grad()
     def _inputs(self, net: nn.Module, src: Tensor, types: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return net.embed_tokens(src, types=types).detach(), src != net.cfg.pad_id  # type: ignore[operator,union-attr]
+        """G-Net's inputs: `net`'s input embeddings without dropout (G-Net's keep probabilities, hence its
+        decisions, must not depend on the random state) and the real-token mask."""
+        was = net.training
+        net.eval()
+        try:
+            x = net.embed_tokens(src, types=types)  # type: ignore[operator]
+        finally:
+            net.train(was)
+        return x, src != net.cfg.pad_id  # type: ignore[union-attr]
+
+    def _trainer(self) -> Any:
+        """The Trainer running the task (D-Net's clipping and precision), or None outside one."""
+        return getattr(self._task, "_trainer", None)  # LightningModule.trainer raises when there is none
 
     def _optimizers(self, device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        """A's and G's Adam, created on first use, on the batches' device (with any state from a checkpoint)."""
+        """A's optimizer (the task's, with its lr factor) and G's Adam, created on first use, on the batches'
+        device (with any state from a checkpoint)."""
         if not self._opts:
+            if not callable(getattr(self._task, "make_optimizer", None)):
+                raise RuntimeError(
+                    "AttendOutPruner.use_data(datamodule, task) must be called before training: A-Net trains "
+                    "with the task's optimizer (task.make_optimizer)"
+                )
             for net in self._nets.values():
                 net.to(device)
-            self._opts = {
-                "a": torch.optim.Adam(self.a_net.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-9),
-                "g": torch.optim.Adam(self.g_net.parameters(), lr=self.g_lr),
-            }
+            a_opt, self._a_factor = self._task.make_optimizer([p for p in self.a_net.parameters() if p.requires_grad])
+            for group in a_opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])  # the peak lr the factor scales, as LambdaLR keeps it
+            self._opts = {"a": a_opt, "g": torch.optim.Adam(self.g_net.parameters(), lr=self.g_lr)}
             for k, state in self._pending_opt_state.items():
                 self._opts[k].load_state_dict(state)
             self._pending_opt_state = {}
         return self._opts["a"], self._opts["g"]
+
+    def _autocast(self) -> Any:
+        """D-Net's training forward context (the Trainer's precision, e.g. bf16-mixed autocast) for A-Net's;
+        none under fp16 loss scaling, which A-Net's step does not do (it then trains in fp32)."""
+        plugin = getattr(self._trainer(), "precision_plugin", None)
+        if plugin is None or getattr(plugin, "scaler", None) is not None or not hasattr(plugin, "train_step_context"):
+            return contextlib.nullcontext()
+        return plugin.train_step_context()
+
+    def _clip(self, params: list[Tensor]) -> None:
+        """D-Net's gradient clipping (trainer.gradient_clip_val and _algorithm) on A-Net's gradients."""
+        trainer = self._trainer()
+        value = getattr(trainer, "gradient_clip_val", None)
+        if not value:
+            return
+        if getattr(trainer, "gradient_clip_algorithm", None) == "value":
+            torch.nn.utils.clip_grad_value_(params, value)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, value, foreach=True)
 
     def on_batch(self, model: nn.Module, batch: dict) -> None:
         if not torch.is_grad_enabled():
@@ -252,19 +303,22 @@ class AttendOutPruner(Pruner):
         x, mask = self._inputs(a, src, types)
         with torch.no_grad():
             keep, _ = self.g_net.sample(x, mask, generator=gen)
-        for group in a_opt.param_groups:  # the same warm-up and decay as D-Net's
-            group["lr"] = self.lr * min(
-                (self._steps + 1) / self.warmup_steps, (self.warmup_steps / (self._steps + 1)) ** 0.5
-            )
-        a_opt.zero_grad(set_to_none=True)
-        logits = a(src, keep, types=types).float()
-        F.cross_entropy(logits, label, label_smoothing=self._label_smoothing).backward()
-        average_over_ranks([p.grad for p in a.parameters() if p.grad is not None])
-        a_opt.step()
         self._cache.append((kept, keep, (x, mask)))
-        self._steps += 1
-        if self._steps % self.every == 0:
+        if len(self._cache) >= self.every:
+            # before A's step on this batch: D has not stepped on it yet either (Lightning steps D after this
+            # hook), so both arms have trained on the same batches when they are compared
             self.cycle(model)
+        for group in a_opt.param_groups:  # the task's schedule, at A's step (D's LambdaLR, at D's)
+            group["lr"] = group["initial_lr"] * self._a_factor(self._steps)
+        a_opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = a(src, keep, types=types)
+        F.cross_entropy(logits.float(), label, label_smoothing=self._label_smoothing).backward()
+        grads = [p for p in a.parameters() if p.grad is not None]
+        average_over_ranks([p.grad for p in grads])
+        self._clip(grads)
+        a_opt.step()
+        self._steps += 1
 
     @torch.no_grad()
     def _cached_loss(self, net: nn.Module, with_decisions: bool) -> Tensor:
@@ -290,10 +344,10 @@ class AttendOutPruner(Pruner):
         a_loss, d_loss = self._cached_loss(self.a_net, True), self._cached_loss(model, False)
         totals = torch.stack([a_loss.sum(), d_loss.sum()])
         sum_over_ranks(totals)
-        a_wins = float(totals[0]) < float(totals[1])
+        sign = verdict(float(totals[0]), float(totals[1]))
         self._check_ranks_agree()
         keep = torch.cat([k for _, k, _ in self._cache])
-        reward = example_rewards(a_loss, d_loss, keep, self.reward, self.drop_bonus, a_wins)
+        reward = example_rewards(a_loss, d_loss, keep, self.reward, self.drop_bonus, sign)
         if isinstance(reward, Tensor):  # the mean over the examples of every rank
             total, count = reward.sum(), torch.tensor(float(len(reward)), dtype=reward.dtype, device=reward.device)
             sum_over_ranks(total, count)
@@ -308,7 +362,7 @@ class AttendOutPruner(Pruner):
         average_over_ranks([p.grad for p in self.g_net.parameters() if p.grad is not None])
         g_opt.step()
         self.baseline.update(mean_reward)
-        self.rewards.append(1.0 if a_wins else -1.0)
+        self.rewards.append(sign)
         self.mean_rewards.append(mean_reward)
         self._cache.clear()
         with torch.no_grad():
@@ -378,7 +432,11 @@ class AttendOutPruner(Pruner):
                 "pruned_layers": pruned,
                 "proportion_pruned": f"{len(pruned)}/{len(layers)}",
                 "keep_probability": [float(p) for p in self.keep_probability.tolist()],
-                "rewards": {"a_wins": self.rewards.count(1.0), "d_wins": self.rewards.count(-1.0)},
+                "rewards": {
+                    "a_wins": self.rewards.count(1.0),
+                    "d_wins": self.rewards.count(-1.0),
+                    "ties": self.rewards.count(0.0),
+                },
                 "reward": self.reward,
                 "drop_bonus": self.drop_bonus,
                 "mean_reward_last_10": (
