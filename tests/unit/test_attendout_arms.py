@@ -197,3 +197,13 @@ def test_a_net_needs_the_task() -> None:
     pruner.attach(d)
     with pytest.raises(RuntimeError, match="use_data"):
         pruner.on_batch(d, batch(0))
+
+
+def test_the_task_handed_over_is_not_part_of_the_pruners_module_tree() -> None:
+    """The task owns the pruner: were the task a submodule of the pruner, moving the task (Lightning's teardown
+    calls .cpu()) or reading its state_dict would loop."""
+    d = classifier()
+    pruner = AttendOutPruner(every=2)
+    task = with_task(d, pruner)
+    task.cpu()
+    assert not any(isinstance(m, ClassificationTask) for m in pruner.modules())

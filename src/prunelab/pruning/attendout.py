@@ -186,7 +186,9 @@ class AttendOutPruner(Pruner):
         self.baseline = RewardBaseline(baseline_beta)
         self.seed = seed
         self._datamodule: Any = None
-        self._task: Any = None  # A-Net's recipe: the task's optimizer and schedule, its Trainer's clipping, precision
+        # the task (A-Net's recipe: its optimizer and schedule, its Trainer's clipping and precision), in a plain
+        # dict: the task owns this pruner, so as a submodule it would loop
+        self._given: dict[str, Any] = {}
         self._a_factor: Any = None  # A-Net's lr factor by step (the task's schedule)
         self._label_smoothing = 0.0
         # (batch, decisions, G-Net inputs): log-probabilities are recomputed at the cycle (G is unchanged
@@ -216,7 +218,7 @@ class AttendOutPruner(Pruner):
             self.register_buffer("keep_probability", torch.full((len(model.enc),), float("nan")))  # type: ignore[arg-type]
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
-        self._datamodule, self._task = datamodule, task
+        self._datamodule, self._given["task"] = datamodule, task
         # A-Net trains on the task's own loss, as D-Net does (a classifier's label smoothing)
         self._label_smoothing = float(getattr(task, "label_smoothing", 0.0) or 0.0)
 
@@ -244,6 +246,10 @@ class AttendOutPruner(Pruner):
         finally:
             net.train(was)
         return x, src != net.cfg.pad_id  # type: ignore[union-attr]
+
+    @property
+    def _task(self) -> Any:
+        return self._given.get("task")
 
     def _trainer(self) -> Any:
         """The Trainer running the task (D-Net's clipping and precision), or None outside one."""
