@@ -8,33 +8,45 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from harness import ROOT, Figure, interleave, paired, seconds
 
 
-def trained_run(steps: int) -> Path:
-    """A default-config run to analyse: bench/.run (trained once for `steps` steps, then reused)."""
-    run = ROOT / "bench" / f".run{steps}"
+def trained_run(steps: int, overrides: Sequence[str] = (), folder: Path | None = None) -> Path:
+    """A default-config run (with `overrides`) to analyse: `folder`, by default bench/.run<steps> (trained once for
+    `steps` steps, then reused)."""
+    run = folder or ROOT / "bench" / f".run{steps}"
     res = run / "results.json"
     if not res.exists() or json.loads(res.read_text())["status"] != "completed":
-        cmd = [sys.executable, "train.py", f"trainer.max_steps={steps}", "logger=none", f"hydra.run.dir={run}"]
+        cmd = [
+            sys.executable,
+            "train.py",
+            *overrides,
+            f"trainer.max_steps={steps}",
+            "logger=none",
+            f"hydra.run.dir={run}",
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
     return run
 
 
-def components(train_steps: int, reps: int, warmup: int = 1) -> list[Figure]:
+def components(
+    train_steps: int, reps: int, warmup: int = 1, overrides: Sequence[str] = (), folder: Path | None = None
+) -> list[Figure]:
     """The contribution analysis of every component (one ablation_bleu call) vs (N+1) full decodes of the
-    validation set (the unit the component issue states its cost in), at the run's validation beam."""
+    validation set (the unit the component issue states its cost in), at the run's validation beam; the run as
+    `trained_run(train_steps, overrides, folder)` trains it."""
     from prunelab.importance.ablation import corpus_bleu
     from prunelab.importance.components import ablation_bleu, components_off, decode_settings
     from prunelab.models.addressing import component_names
     from prunelab.training import load_run
 
-    run = load_run(trained_run(train_steps), data=True)
+    run = load_run(trained_run(train_steps, overrides, folder), data=True)
     res, dm, model = run.results, run.datamodule, run.model
     tok, batches = dm.tokenizer, list(dm.val_dataloader())
     settings = decode_settings(res["config"], None)
@@ -77,18 +89,20 @@ def components(train_steps: int, reps: int, warmup: int = 1) -> list[Figure]:
 
 
 @torch.no_grad()
-def attendout(reps: int) -> list[Figure]:
-    """AttendOut's structural pruning: inference examples/s of a 12-layer classifier with 10 of its 12
-    attention maps made constant (no Q/K, no scores) vs the unpruned model, batch 32 x 64 tokens."""
+def attendout(reps: int, layers: int = 12, d_model: int = 256) -> list[Figure]:
+    """AttendOut's structural pruning: inference examples/s of a 12-layer classifier (`layers`, width `d_model`)
+    with all but 2 of its attention maps made constant (no Q/K, no scores) vs the unpruned model, batch 32 x 64
+    tokens."""
     from prunelab.models import build_classifier
     from prunelab.models.surgery import make_uniform
 
     torch.manual_seed(0)
     dense = build_classifier(
-        num_classes=3, vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, enc_layers=12, dropout=0.0
+        num_classes=3, vocab_size=8000, d_model=d_model, n_heads=4, d_ff=4 * d_model, enc_layers=layers, dropout=0.0
     ).eval()
     pruned = copy.deepcopy(dense)
-    make_uniform(pruned, [f"enc.{i}.sa" for i in range(10)])
+    made = max(layers - 2, 1)
+    make_uniform(pruned, [f"enc.{i}.sa" for i in range(made)])
     src = torch.randint(4, 8000, (32, 64), generator=torch.Generator().manual_seed(0))
     src[:, 0] = 1
 
@@ -102,9 +116,9 @@ def attendout(reps: int) -> list[Figure]:
     return [
         paired(
             "analysis",
-            "AttendOut 10/12 maps constant: inference speed-up",
+            f"AttendOut {made}/{layers} maps constant: inference speed-up",
             r["dense"],
             r["pruned"],
-            note="12-layer classifier, d=256, batch 32 x 64 tokens",
+            note=f"{layers}-layer classifier, d={d_model}, batch 32 x 64 tokens",
         )
     ]

@@ -19,16 +19,22 @@ def _saved_bytes(obj: object) -> int:
     return buf.tell()
 
 
-def sizes(sparsity: float = 0.9) -> list[Figure]:
+BASE_SHAPE = {"vocab_size": 32000, "d_model": 512, "n_heads": 8, "d_ff": 2048, "enc_layers": 6, "dec_layers": 6}
+
+
+def sizes(sparsity: float = 0.9, shape: dict[str, int] | None = None) -> list[Figure]:
+    """The file / dense ratios of each layout, transformer_base's shape unless `shape` is given."""
     torch.manual_seed(0)
-    model = build_transformer(vocab_size=32000, d_model=512, n_heads=8, d_ff=2048, enc_layers=6, dec_layers=6)
+    shape = shape or BASE_SHAPE
+    model = build_transformer(**shape)
     pruner = MagnitudePruner(sparsity=sparsity)
     pruner.attach(model)
     pruner.prune_to(model, sparsity)
     weights = {n: w.detach() for n, w in pruner._weights.items()}
     masks = pruner.masks
     dense = _saved_bytes({n: w.clone() for n, w in weights.items()})
-    note = f"{len(weights)} weight matrices of transformer_base at {sparsity:.0%}, saved; dense fp32 file {dense:,} B"
+    name = "transformer_base" if shape == BASE_SHAPE else "a reduced transformer"
+    note = f"{len(weights)} weight matrices of {name} at {sparsity:.0%}, saved; dense fp32 file {dense:,} B"
     rows = [
         ("bitmask + values, fp32", _saved_bytes(pack_state(weights, masks, torch.float32))),
         ("bitmask + values, fp16", _saved_bytes(pack_state(weights, masks, torch.float16))),

@@ -4,6 +4,7 @@ against Hugging Face MarianMT's `generate`, and Michel et al.'s head removal by 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from harness import Figure, build_run, compose, first_batches, interleave, paired, seconds, spread
@@ -47,12 +48,14 @@ def kv_cache(steps: int, reps: int) -> list[Figure]:
 
 
 @torch.no_grad()
-def hf_generation(model_name: str, steps: int, reps: int, batch: int = 64) -> list[Figure]:
+def hf_generation(
+    model_name: str, steps: int, reps: int, batch: int = 64, overrides: Sequence[str] = ()
+) -> list[Figure]:
     """Goal 3, generation: output tokens/s of prunelab's decoders vs MarianMT.generate on the same source
     sentences (the run's data), both made to emit exactly `steps` tokens, greedy and beam 4."""
     from training import marian_like
 
-    cfg = compose(f"model={model_name}")
+    cfg = compose(f"model={model_name}", *overrides)
     dm, task = build_run(cfg, NoPruner())
     tok = dm.tokenizer
     src = first_batches(dm.val_dataloader(), 1)[0]["src"][:batch]
@@ -86,14 +89,19 @@ def hf_generation(model_name: str, steps: int, reps: int, batch: int = 64) -> li
     return out
 
 
+BASE_SHAPE = {"vocab_size": 8000, "d_model": 512, "n_heads": 8, "d_ff": 2048, "enc_layers": 6, "dec_layers": 6}
+
+
 @torch.no_grad()
-def heads(rounds: int, steps: int = 20) -> list[Figure]:
+def heads(
+    rounds: int, steps: int = 20, shape: dict[str, int] | None = None, batch_sizes: Sequence[int] = (1, 4, 16, 64)
+) -> list[Figure]:
     """Michel et al. (2019) Table 4: inference examples/s with half of every layer's heads removed vs dense,
-    transformer_base dimensions, greedy decoding of `steps` tokens."""
+    transformer_base dimensions (or `shape`), greedy decoding of `steps` tokens, at each of `batch_sizes`."""
     torch.manual_seed(0)
-    dense = build_transformer(
-        vocab_size=8000, d_model=512, n_heads=8, d_ff=2048, enc_layers=6, dec_layers=6, dropout=0.0
-    ).eval()
+    shape = shape or BASE_SHAPE
+    vocab = shape["vocab_size"]
+    dense = build_transformer(**shape, dropout=0.0).eval()
     half = {n: list(range(0, dense.cfg.n_heads, 2)) for n in attention_names(dense)}
     pruned = copy.deepcopy(dense)
     prune_heads(pruned, half)
@@ -102,15 +110,15 @@ def heads(rounds: int, steps: int = 20) -> list[Figure]:
         for h in hs:
             set_gate(masked, f"{name}.h{h}", 0.0)
     g = torch.Generator().manual_seed(0)
-    src, tgt = torch.randint(4, 8000, (8, 20), generator=g), torch.randint(4, 8000, (8, 12), generator=g)
+    src, tgt = torch.randint(4, vocab, (8, 20), generator=g), torch.randint(4, vocab, (8, 12), generator=g)
     diff = float((pruned(src, tgt) - masked(src, tgt)).abs().max())
     out = [
         Figure(
             "heads", "removed vs masked heads: max |logit difference|", diff, unit="", goal=1e-4, lower_is_better=True
         )
     ]
-    for B in (1, 4, 16, 64):
-        src = torch.randint(4, 8000, (B, 20), generator=g)
+    for B in batch_sizes:
+        src = torch.randint(4, vocab, (B, 20), generator=g)
         r = interleave(
             {
                 "dense": seconds(lambda s=src: fixed_length(dense, s, steps)),
@@ -125,8 +133,8 @@ def heads(rounds: int, steps: int = 20) -> list[Figure]:
                 r["dense"],
                 r["pruned"],
                 goal=1.175 if B == 64 else None,
-                note=f"transformer_base shape, greedy {steps} tokens",
+                note=f"{'transformer_base' if shape == BASE_SHAPE else 'reduced'} shape, greedy {steps} tokens",
             )
         )
-    out.append(spread("heads", "dense examples/s at batch 64", [64 / t for t in r["dense"]], unit="ex/s"))
+    out.append(spread("heads", f"dense examples/s at batch {B}", [B / t for t in r["dense"]], unit="ex/s"))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from harness import Figure, build_run, compose, first_batches, interleave, paired, seconds, spread
@@ -19,9 +19,9 @@ BF16_GOAL = 2.0  # bf16-mixed training / fp32, asked where the bf16 peak is at l
 PEAK_RATIO_FOR_GOAL = 4.0
 
 
-def peaks() -> dict[str, float]:
-    """FLOP/s of the fastest 2048^3 matmul in each dtype."""
-    return {"fp32": matmul_peak(dtype=torch.float32), "bf16": matmul_peak(dtype=torch.bfloat16)}
+def peaks(n: int = 2048) -> dict[str, float]:
+    """FLOP/s of the fastest n^3 matmul in each dtype."""
+    return {"fp32": matmul_peak(n, dtype=torch.float32), "bf16": matmul_peak(n, dtype=torch.bfloat16)}
 
 
 def autocast(name: str) -> contextlib.AbstractContextManager:
@@ -29,12 +29,21 @@ def autocast(name: str) -> contextlib.AbstractContextManager:
 
 
 def training_and_decoding(
-    model_name: str, max_tokens: int, steps: int, reps: int, decode_batch: int, decode_tokens: int
+    model_name: str,
+    max_tokens: int,
+    steps: int,
+    reps: int,
+    decode_batch: int,
+    decode_tokens: int,
+    overrides: Sequence[str] = (),
+    matmul_n: int = 2048,
 ) -> list[Figure]:
+    """`model_name` (config `overrides` added) trained and decoded in fp32 and in bf16-mixed; peaks of
+    `matmul_n`^3 matmuls."""
     from generation import fixed_length
 
-    before = peaks()
-    overrides = [f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1"]
+    before = peaks(matmul_n)
+    overrides = [f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1", *overrides]
     cfgs = {k: compose(*overrides, f"hardware.precision={v}") for k, v in PRECISIONS.items()}
     dm, task = build_run(cfgs["fp32"], NoPruner())
     batches = first_batches(dm.train_dataloader(), steps)
@@ -64,12 +73,12 @@ def training_and_decoding(
 
         times = interleave({k: seconds(lambda k=k: decode(k)) for k in PRECISIONS}, reps)
         dec.update({f"{k}@{beam}": v for k, v in times.items()})
-    after = peaks()
+    after = peaks(matmul_n)
     peak = {k: max(before[k], after[k]) for k in PRECISIONS}
     goal = BF16_GOAL if peak["bf16"] >= PEAK_RATIO_FOR_GOAL * peak["fp32"] else None
     note_peaks = (
         f"peaks: fp32 {peak['fp32'] / 1e9:.0f}, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
-        f"(2048^3 matmul, {torch.get_num_threads()} threads; bf16/fp32 {peak['bf16'] / peak['fp32']:.1f}x)"
+        f"({matmul_n}^3 matmul, {torch.get_num_threads()} threads; bf16/fp32 {peak['bf16'] / peak['fp32']:.1f}x)"
     )
     shape = f"{model_name}, {max_tokens} tokens/batch, dropout 0.1, {steps - skip} timed steps"
     out = [

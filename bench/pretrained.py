@@ -211,16 +211,18 @@ def bert_base(
     train_batch: int = 8,
     infer_batch: int = 16,
     seq: int = 128,
+    config_changes: dict[str, int] | None = None,
 ) -> list[Figure]:
     """BertForSequenceClassification with BertConfig's defaults (12 x 768, 12 heads, 3072, vocab 30522, dropout
-    0.1 in the hidden states and attention) and 2 labels, against its import by `load_hf_encoder`."""
+    0.1 in the hidden states and attention; `config_changes` override them) and 2 labels, against its import by
+    `load_hf_encoder`."""
     from transformers import BertConfig, BertForSequenceClassification
 
     from prunelab.hf.encoders import load_hf_encoder
 
     done = Progress()
     torch.manual_seed(0)
-    config = BertConfig(num_labels=2)
+    config = BertConfig(num_labels=2, **(config_changes or {}))
     hf = BertForSequenceClassification(config)
     ours = save_and_import(hf, load_hf_encoder)
     done("BERT-base built, saved and imported")
@@ -321,9 +323,11 @@ def marian_base(
     gen_batch: int = 16,
     src_len: int = 32,
     new_tokens: int = 32,
+    config_changes: dict[str, int] | None = None,
 ) -> list[Figure]:
     """MarianMTModel shaped like opus-mt-en-de (512, 6 + 6 layers, 8 heads, 2048, vocab 58101, swish), against its
-    import by `load_hf_marian`: training, then greedy and beam-4 generation of `new_tokens` tokens per sentence."""
+    import by `load_hf_marian`: training, then greedy and beam-4 generation of `new_tokens` tokens per sentence.
+    `config_changes` override the MarianConfig's sizes (the vocabulary stays)."""
     from transformers import MarianConfig, MarianMTModel
 
     from prunelab.hf.marian import load_hf_marian
@@ -351,6 +355,8 @@ def marian_base(
         attention_dropout=0.0,
         activation_dropout=0.0,
     )
+    for key, value in (config_changes or {}).items():
+        setattr(config, key, value)
     hf = MarianMTModel(config).eval()
     # Random weights would end sentences at chance: </s> gets a logit bias of -1e4 in the saved file (and so on both
     # sides), so that every sentence is decoded to the length limit, where both force </s>: the same work each run.

@@ -8,6 +8,8 @@ bench/results.json and the table bench/RESULTS.md (machine, versions, date, goal
     python bench/run.py --quick         # fewer steps and repetitions (under 5 minutes)
     python bench/run.py --paper         # paper-size models for the Hugging Face and MFU comparisons
     python bench/run.py --sections training,decoding
+    python bench/run.py --smoke         # every section once at its smallest setting, about a minute: that each
+                                        # runs and gives its figures (`make test` runs it); numbers mean nothing
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +75,69 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
         "analysis": lambda: [
             *analysis.components(train_steps=100 if q else 1200, reps=1 if q else 3, warmup=0 if q else 1),
             *analysis.attendout(reps=3 if q else 5),
+        ],
+    }
+
+
+# a tiny model on 400 training pairs, 8 valid and 8 test sentences decoded greedily, 4 tokens each
+SMOKE = ["experiment=smoke", "data.valid_size=8", "data.test_size=8", "task.beam_size=1", "task.max_len_a=0"]
+SMOKE += ["task.max_len_b=4"]
+SMOKE_NMT = {"vocab_size": 500, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_layers": 1, "dec_layers": 1}
+SMOKE_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+SMOKE_MARIAN = {
+    "d_model": 32,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+}
+
+
+def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
+    """Every section of `plan` once, at its smallest setting (tiny models, 1 repetition, a few steps), so that
+    a change that breaks a section shows in `make test`; the figures' values mean nothing at this size."""
+    return {
+        "training": lambda: training.framework_and_masks(steps=3, reps=1, overrides=SMOKE),
+        "hf": lambda: [
+            *training.hf_training("transformer_tiny", steps=3, reps=1, overrides=SMOKE),
+            *generation.hf_generation("transformer_tiny", steps=3, reps=1, batch=4, overrides=SMOKE),
+        ],
+        "pretrained": lambda: [
+            *pretrained.bert_base(
+                train_steps=1,
+                train_reps=1,
+                infer_batches=1,
+                infer_reps=1,
+                train_batch=2,
+                infer_batch=2,
+                seq=16,
+                config_changes=SMOKE_BERT,
+            ),
+            *pretrained.marian_base(
+                train_steps=1,
+                train_reps=1,
+                gen_reps=1,
+                train_batch=2,
+                seq=8,
+                gen_batch=2,
+                src_len=8,
+                new_tokens=3,
+                config_changes=SMOKE_MARIAN,
+            ),
+        ],
+        "decoding": lambda: generation.kv_cache(steps=3, reps=1),
+        "precision": lambda: precision.training_and_decoding(
+            "transformer_tiny", 512, steps=3, reps=1, decode_batch=2, decode_tokens=3, overrides=SMOKE, matmul_n=64
+        ),
+        "mfu": lambda: training.mfu("transformer_tiny", 512, steps=1, overrides=SMOKE, matmul_n=64),
+        "memory": lambda: training.memory(1, base_steps=None, overrides=SMOKE),  # one process: the default run
+        "export": lambda: export.sizes(0.9, shape=SMOKE_NMT),
+        "heads": lambda: generation.heads(rounds=1, steps=3, shape=SMOKE_NMT, batch_sizes=(1, 4)),
+        "analysis": lambda: [
+            *analysis.components(train_steps=2, reps=1, warmup=0, overrides=SMOKE, folder=out / ".run-smoke"),
+            *analysis.attendout(reps=1, layers=3, d_model=32),
         ],
     }
 
@@ -144,10 +210,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repetitions (under 5 minutes)")
     parser.add_argument("--paper", action="store_true", help="transformer_base vs MarianMT, transformer_big MFU")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every section once at its smallest setting (checks, not figures)"
+    )
     parser.add_argument("--sections", default="", help="comma-separated subset of the sections (default: all)")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.json and RESULTS.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for results.json and RESULTS.md (default: bench/; with --smoke a temporary one)",
+    )
     args = parser.parse_args()
-    sections = plan(args.quick, args.paper)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else HERE
+    sections = smoke_plan(args.out) if args.smoke else plan(args.quick, args.paper)
     chosen = [s for s in args.sections.split(",") if s] or list(sections)
     unknown = sorted(set(chosen) - set(sections))
     if unknown:
@@ -155,19 +231,22 @@ def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     start = time.perf_counter()
     figures: list[Figure] = []
+    by_section: dict[str, int] = {}
     for name in chosen:
         t = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         new = sections[name]()
         figures += new
+        by_section[name] = len(new)
         for f in new:
             print(f"[bench]   {f.name}: {fmt(f.value)} {f.verdict}", file=sys.stderr, flush=True)
         print(f"[bench] {name} done in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     meta = {
         "command": " ".join(["python bench/run.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": "quick" if args.quick else "paper" if args.paper else "full",
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "paper" if args.paper else "full",
         "sections": chosen,
+        "figures_by_section": by_section,
         "wall_s": time.perf_counter() - start,
         "machine": machine(),
     }

@@ -3,11 +3,13 @@ Face MarianMT, model FLOPs utilisation against the measured matmul peak, and pea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from harness import ROOT, Figure, build_run, compose, first_batches, interleave, paired, replay, spread, target_tokens
 
 from prunelab.pruning import MagnitudePruner, NoPruner
+from prunelab.training.budget import StepBudget
 from prunelab.training.build import trainer_kwargs
 
 Batch = dict[str, Any]
@@ -64,24 +67,38 @@ def bare_tokens_per_s(
     forward_loss: Any, params: list[torch.nn.Parameter], batches: list[Batch], skip: int, pad: int, task: Any
 ) -> float:
     """The same steps in a plain PyTorch loop: the task's optimizer and schedule, gradient clipping at 1."""
-    opt_conf = task.configure_optimizers()
-    opt, sched = opt_conf["optimizer"], opt_conf["lr_scheduler"]["scheduler"]
-    start = 0.0
-    for i, batch in enumerate(replay(batches)):
-        if i == skip:
-            start = time.perf_counter()
-        loss = forward_loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-    return sum(target_tokens(b, pad) for b in batches[skip:]) / (time.perf_counter() - start)
+    with step_budget(task, len(batches)):
+        opt_conf = task.configure_optimizers()
+        opt, sched = opt_conf["optimizer"], opt_conf["lr_scheduler"]["scheduler"]
+        start = 0.0
+        for i, batch in enumerate(replay(batches)):
+            if i == skip:
+                start = time.perf_counter()
+            loss = forward_loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+        return sum(target_tokens(b, pad) for b in batches[skip:]) / (time.perf_counter() - start)
 
 
-def framework_and_masks(steps: int, reps: int) -> list[Figure]:
-    """Goal 1 (Trainer / bare loop) and goal 2 (MP masks at 90% / dense), default config, same batches."""
-    cfg = compose()
+@contextlib.contextmanager
+def step_budget(task: L.LightningModule, steps: int) -> Iterator[None]:
+    """The task outside trainer.fit, told that its round is `steps` optimizer steps (its lr schedule follows the
+    budget), as the round loop tells it (`use_step_budget`); its previous budget comes back after the block."""
+    before = task.step_budget
+    task.use_step_budget(StepBudget(max_steps=steps))
+    try:
+        yield
+    finally:
+        task.use_step_budget(before)
+
+
+def framework_and_masks(steps: int, reps: int, overrides: Sequence[str] = ()) -> list[Figure]:
+    """Goal 1 (Trainer / bare loop) and goal 2 (MP masks at 90% / dense), default config (with `overrides`),
+    same batches."""
+    cfg = compose(*overrides)
     dm, task = build_run(cfg, NoPruner())
     batches = first_batches(dm.train_dataloader(), steps)
     pad = dm.tokenizer.pad_id
@@ -144,9 +161,9 @@ def marian_like(model: Any, bos: int, eos: int) -> Any:
     return MarianMTModel(config)
 
 
-def hf_training(model_name: str, steps: int, reps: int) -> list[Figure]:
+def hf_training(model_name: str, steps: int, reps: int, overrides: Sequence[str] = ()) -> list[Figure]:
     """Goal 3, training: the same bare loop, batches, loss and optimizer for both models."""
-    cfg = compose(f"model={model_name}")
+    cfg = compose(f"model={model_name}", *overrides)
     dm, task = build_run(cfg, NoPruner())
     tok = dm.tokenizer
     batches = first_batches(dm.train_dataloader(), steps)
@@ -212,22 +229,25 @@ def train_flops(task: Any, batches: list[Batch]) -> tuple[float, float]:
     return flops, real / padded
 
 
-def mfu(model_name: str, max_tokens: int, steps: int) -> list[Figure]:
+def mfu(
+    model_name: str, max_tokens: int, steps: int, overrides: Sequence[str] = (), matmul_n: int = 2048
+) -> list[Figure]:
     """Goal 5: model FLOPs per second of `model_name` training under the Trainer over the measured fp32
-    matmul peak. FLOPs of one step are counted by torch's FlopCounterMode (forward + backward, every matmul
-    and attention) on the very batches trained on, scaled to real tokens (padding is not model work)."""
-    cfg = compose(f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1")
+    matmul peak (`matmul_n`^3 matmuls). FLOPs of one step are counted by torch's FlopCounterMode (forward +
+    backward, every matmul and attention) on the very batches trained on, scaled to real tokens (padding is not
+    model work)."""
+    cfg = compose(f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1", *overrides)
     dm, task = build_run(cfg, NoPruner())
     batches = first_batches(dm.train_dataloader(), steps + 1)
     flops, real_share = train_flops(task, batches[1:])
-    peak_before = matmul_peak()
+    peak_before = matmul_peak(matmul_n)
     clock = timed_fit(task, cfg, batches)
     elapsed = clock.end - clock.starts[1]
-    peak = max(peak_before, matmul_peak())
+    peak = max(peak_before, matmul_peak(matmul_n))
     achieved = flops * real_share / elapsed
     note = (
         f"{model_name}, {max_tokens} tokens/batch, {steps} steps; peak {peak / 1e9:.0f} GFLOP/s "
-        f"(fp32 2048^3 matmul, {torch.get_num_threads()} threads); padding {100 * (1 - real_share):.0f}% of "
+        f"(fp32 {matmul_n}^3 matmul, {torch.get_num_threads()} threads); padding {100 * (1 - real_share):.0f}% of "
         f"tokens, not counted"
     )
     return [
@@ -262,29 +282,41 @@ def peak_rss_mib(*overrides: str) -> float:
         return int(peak.read_text()) / 1024
 
 
-def memory(default_steps: int, base_steps: int = 3) -> list[Figure]:
+def memory(
+    default_steps: int, base_steps: int | None = 3, base_model: str = "transformer_base", overrides: Sequence[str] = ()
+) -> list[Figure]:
+    """Peak resident memory of a default run and of a `base_model` run (base_steps=None: not run), with
+    `overrides`, each in its own process."""
     small_eval = ["data.valid_size=16", "data.test_size=16", "task.beam_size=1"]
-    base = peak_rss_mib(
-        "model=transformer_base",
-        "data.max_tokens=4096",
-        f"trainer.max_steps={base_steps}",
-        f"trainer.val_check_interval={base_steps}",
-        *small_eval,
+    default = peak_rss_mib(
+        *overrides, f"trainer.max_steps={default_steps}", f"trainer.val_check_interval={default_steps}"
     )
-    default = peak_rss_mib(f"trainer.max_steps={default_steps}", f"trainer.val_check_interval={default_steps}")
-    return [
+    out = [
         Figure(
             "memory",
             "peak RSS, default run",
             default,
             unit="MiB",
             note=f"default config, {default_steps} steps, validation and test with beam 4 included",
-        ),
+        )
+    ]
+    if base_steps is None:
+        return out
+    base = peak_rss_mib(
+        *overrides,
+        f"model={base_model}",
+        "data.max_tokens=4096",
+        f"trainer.max_steps={base_steps}",
+        f"trainer.val_check_interval={base_steps}",
+        *small_eval,
+    )
+    out.append(
         Figure(
             "memory",
-            "peak RSS, transformer_base training",
+            f"peak RSS, {base_model} training",
             base,
             unit="MiB",
             note=f"4096 tokens/batch, {base_steps} steps, Adam; evaluation on 16 sentences",
-        ),
-    ]
+        )
+    )
+    return out
