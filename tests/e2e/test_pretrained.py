@@ -273,3 +273,70 @@ def test_head_and_component_analyses_of_an_imported_bert(made: dict[str, Path], 
     components = json.loads((run.dir / "components" / "components.json").read_text())
     assert sorted(components["bleu_zeroed"]) == ["enc.0.ff", "enc.0.sa", "enc.1.ff", "enc.1.sa"]
     assert components["baseline_bleu"] == pytest.approx(100 * metrics["val/acc"], abs=1e-6)  # scored on valid
+
+
+def test_a_run_stands_alone_without_its_source_folder(made: dict[str, Path], tmp_path: Path) -> None:
+    """A run of an imported checkpoint keeps what rebuilds its model (config.json, the tokenizer and generation
+    files: `<run>/hf_source`, no weights): with the source folder deleted it reloads (load_run, scoring what the run
+    reported), exports to Hugging Face (transformers computes its logits) and is analysed (`prunelab heads`); with
+    the data deleted too, an analysis that needs them says so in one line."""
+    from prunelab.training import load_run
+
+    sources = {name: tmp_path / "source" / name for name in ("bert", "marian", "tsv")}
+    for name, folder in sources.items():
+        shutil.copytree(made[name], folder)
+    bert = train(
+        tmp_path / "bert",
+        "model=hf_encoder",
+        f"model.path={sources['bert']}",
+        "data=tsv_classification",
+        f"data.dir={sources['tsv']}",
+        *TINY,
+        "trainer.max_steps=4",
+        "pruner=mp",
+        "sparsity=0.5",
+    )
+    assert bert.returncode == 0, bert.stderr[-3000:]
+    marian = marian_run({**made, "marian": sources["marian"]}, tmp_path / "marian", "trainer.max_steps=2")
+    assert marian.returncode == 0, marian.stderr[-3000:]
+    assert not (bert.dir / "hf_source" / "model.safetensors").exists()  # the checkpoint holds the weights
+    assert (marian.dir / "hf_source" / "generation_config.json").is_file()
+    shutil.rmtree(sources["bert"])
+    shutil.rmtree(sources["marian"])
+
+    ours = load_run(bert.dir, data=True)
+    correct = total = 0
+    with torch.no_grad():
+        for batch in ours.datamodule.test_dataloader():
+            correct += int((ours.model(batch["src"], types=batch["types"]).argmax(-1) == batch["label"]).sum())
+            total += len(batch["label"])
+    assert correct / total == pytest.approx(bert.results["metrics"]["test/acc"], abs=1e-9)
+    proc = prunelab_cli("export", str(bert.dir), "--format", "hf")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(bert.dir / "hf").eval()
+    texts, _ = H.sentiment(8, 5)
+    enc = transformers.AutoTokenizer.from_pretrained(bert.dir / "hf")(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = ours.model(enc["input_ids"], types=enc["token_type_ids"])
+        torch.testing.assert_close(hf(**enc).logits, want, atol=1e-5, rtol=1e-5)
+    assert hf.config.id2label == {0: "positive", 1: "negative"}
+    proc = prunelab_cli("heads", str(bert.dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    nmt = load_run(marian.dir)
+    proc = prunelab_cli("export", str(marian.dir), "--format", "hf")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hf = transformers.MarianMTModel.from_pretrained(marian.dir / "hf").eval()
+    enc = transformers.AutoTokenizer.from_pretrained(marian.dir / "hf")(
+        H.copy_pairs(4, 5)[0], return_tensors="pt", padding=True
+    )
+    start = torch.full((4, 1), hf.config.decoder_start_token_id)
+    with torch.no_grad():
+        got = hf(**enc, decoder_input_ids=start).logits
+        torch.testing.assert_close(got, nmt.model(enc["input_ids"], start), atol=1e-5, rtol=1e-5)
+
+    shutil.rmtree(sources["tsv"])  # the data are needed to score heads: one clear line
+    proc = prunelab_cli("heads", str(bert.dir))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and str(sources["tsv"]) in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr

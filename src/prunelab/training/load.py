@@ -4,30 +4,39 @@ The model is built by the same builders as in training (`model/` config + the da
 recorded in results.json as `model_args`), then given the structure its checkpoint has (removed heads,
 removed components, AttendOut's uniform attention maps) and its weights. `ckpt=`, `prunelab heads`,
 `prunelab components` and `prunelab export` all go through here.
+
+A run stands alone: a model imported from Hugging Face is rebuilt from the run's copy of its source folder
+(`<run>/hf_source`: config.json, generation_config.json and the tokenizer files, no weights, written at train time
+by `record_source`), never from the source itself, which may be gone or on another machine. Its weights are the
+checkpoint's; the data's tokenizer is read from that copy too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
+from prunelab.hf.checkpoint import copy_source_files
 from prunelab.models.surgery import load_state_dict_with_heads
 from prunelab.pruning.base import MASK_PREFIX, mask_buffer
 from prunelab.training.build import build_data, build_model, model_args
-from prunelab.training.io import read_completed_run, read_state
+from prunelab.training.io import is_rank_zero, read_completed_run, read_state
 
 log = logging.getLogger("prunelab")
 MODEL_PREFIX = "model."  # the task holds the network as `model`: its keys in a checkpoint's state_dict
 PRUNER_PREFIX = "pruner."  # and its pruner as `pruner` (masks, snapshots)
+HF_SOURCE = "hf_source"  # a run's copy of its imported model's source folder, without the weights
 
 
 def mask_key(param_name: str) -> str:
@@ -70,12 +79,52 @@ def load_run(path: Path, data: bool = False) -> LoadedRun:
     else:
         raise UserError(f"{path}: no such run folder or checkpoint")
     cfg = OmegaConf.create(results["config"])
-    datamodule = build_data(cfg) if data or "model_args" not in results else None
-    args = results.get("model_args") or model_args(datamodule)
-    model = build_model(cfg.model, args)
+    standalone = (run_dir / HF_SOURCE / "config.json").is_file()
+    if standalone:
+        cfg = from_recorded_source(cfg, run_dir / HF_SOURCE)
+    with _user_errors():
+        datamodule = build_data(cfg) if data or "model_args" not in results else None
+        args = results.get("model_args") or model_args(datamodule)
+        # an imported model is built from config.json alone: the checkpoint has its weights
+        model = build_model(cfg.model, {**args, "weights": False} if standalone else args)
     state = checkpoint_state(ckpt)
     load_model_state(model, state, ckpt)
     return LoadedRun(run_dir, results, cfg, ckpt, state, model.eval(), datamodule, task_class(cfg))
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A UserError raised in a constructor that Hydra instantiates (e.g. the data's folder is gone) stays one line."""
+    try:
+        yield
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
+
+
+def record_source(model: nn.Module, out: Path) -> Path | None:
+    """At train time: a model imported from Hugging Face (`pretrained_from`, its folder or hub id) gets its source's
+    config, generation config and tokenizer files copied to `out/hf_source`, so that `load_run`, the analyses and
+    `prunelab export --format hf` rebuild it without the source. Returns that folder (None for other models)."""
+    source = getattr(model, "pretrained_from", None)
+    if source is None:
+        return None
+    if is_rank_zero():
+        copy_source_files(source, out / HF_SOURCE)
+    return out / HF_SOURCE
+
+
+def from_recorded_source(cfg: DictConfig, folder: Path) -> DictConfig:
+    """The run's config (changed in place) with `model.path`, and `data.tokenizer` where it read the same
+    checkpoint, on the run's copy of its source folder, `folder`."""
+    source = OmegaConf.select(cfg, "model.path", default=None)
+    if source is None:  # hf_source without model.path: a config this code did not write
+        raise UserError(f"{folder.parent}: the run has {HF_SOURCE}/ but its config has no model.path")
+    cfg.model.path = str(folder)
+    if OmegaConf.select(cfg, "data.tokenizer", default=None) == source:
+        cfg.data.tokenizer = str(folder)
+    return cfg
 
 
 def _results_or_empty(folder: Path) -> dict[str, Any]:

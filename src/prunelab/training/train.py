@@ -22,7 +22,7 @@ from prunelab.training.budget import RunClock
 from prunelab.training.build import build_data, build_logger, build_model, build_task, model_args, validate
 from prunelab.training.interrupt import Interrupted
 from prunelab.training.io import ResultsWriter, is_rank_zero, read_state, write_state
-from prunelab.training.load import load_trained_weights
+from prunelab.training.load import load_trained_weights, record_source
 from prunelab.training.rounds import Rounds, round_dir_of
 
 log = logging.getLogger("prunelab")
@@ -76,6 +76,7 @@ def run(
         datamodule = build_data(cfg)
         args = model_args(datamodule)
         model = build_model(cfg.model, args, choices)
+        record_source(model, out)  # an imported model's config and tokenizer files: the run stands alone
         pruner = instantiate(cfg.pruner)
         task = build_task(cfg, datamodule, model, pruner, choices)
         init = start_weights(cfg, out, model, pruner)
