@@ -47,10 +47,13 @@ def hf_accuracy(folder: Path, texts: list[str], labels: list[str]) -> float:
 
 
 def hf_greedy(folder: Path, sources: list[str]) -> list[str]:
+    """transformers' translations with the checkpoint's own generation settings (greedy, at most 20 tokens here),
+    which an imported model decodes with by default (tests/e2e/test_marian_decoding.py: other settings)."""
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.MarianMTModel.from_pretrained(folder).eval()
+    assert model.generation_config.num_beams in (None, 1)
     with torch.no_grad():
-        out = model.generate(**tok(sources, padding=True, return_tensors="pt"), num_beams=1, max_new_tokens=40)
+        out = model.generate(**tok(sources, padding=True, return_tensors="pt"))
     return tok.batch_decode(out, skip_special_tokens=True)
 
 

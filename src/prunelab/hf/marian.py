@@ -12,7 +12,9 @@ LayerNorm eps 1e-5, sinusoidal positions from 0 with sin in the first d/2 column
 (`pos_layout="split"`), embeddings x sqrt(d) (`scale_embedding`), `activation_function` (OPUS-MT: swish = SiLU),
 one vocabulary shared by source, target and output projection, plus `final_logits_bias` (`logit_bias`). Its
 special ids: `</s>` = 0 (eos), `<pad>` = V-1; the decoder starts from pad (`decoder_start_id`) and never emits it
-(`ban_pad`, HF's bad_words_ids=[[pad]]); the encoder's key mask is the checkpoint's pad id (`pad_id`).
+(`ban_pad`, HF's bad_words_ids=[[pad]]); the encoder's key mask is the checkpoint's pad id (`pad_id`). The model keeps
+the checkpoint's generation settings (`model.generation`, prunelab.hf.generation: generation_config.json, or
+config.json's generation fields), which the translation task decodes with by default.
 Checkpoints with separate decoder embeddings (tc-big: `share_encoder_decoder_embeddings=false`, a
 `decoder_vocab_size`) are refused. fp16 storage is upcast to fp32."""
 
@@ -38,6 +40,7 @@ from prunelab.hf.checkpoint import (
     rename_keys,
     wb,
 )
+from prunelab.hf.generation import read_generation
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
 
 MODEL_TYPES = ("marian",)
@@ -146,7 +149,7 @@ def load_hf_marian(path: str | Path, weights: bool = True, **overrides: Any) -> 
     if not weights:
         cfg = marian_config(read_config(path)[1])
         apply_overrides(cfg, overrides)
-        return Transformer(cfg)
+        return with_generation(Transformer(cfg), path)
     hf, state = read_checkpoint(path)
     cfg = marian_config(hf)
     apply_overrides(cfg, overrides)
@@ -199,7 +202,14 @@ def load_hf_marian(path: str | Path, weights: bool = True, **overrides: Any) -> 
             raise UserError(f"{path}: final_logits_bias has shape {tuple(bias.shape)}, needs (1, {cfg.vocab_size})")
         state[names["final_logits_bias"]] = bias.reshape(-1)
     # without final_logits_bias in the file the bias stays at zero, as HF loads it
-    return copy_weights(Transformer(cfg), state, names, mapping, path, keep=("logit_bias",))
+    return with_generation(copy_weights(Transformer(cfg), state, names, mapping, path, keep=("logit_bias",)), path)
+
+
+def with_generation(model: Transformer, path: str | Path) -> Transformer:
+    """`model` with the checkpoint's generation settings as `model.generation` (prunelab.hf.generation): the
+    translation task's default decoding is the checkpoint's own, as transformers' `generate` decodes."""
+    model.generation = read_generation(path)
+    return model
 
 
 def build_hf_marian(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> Transformer:

@@ -3,6 +3,8 @@ search, for parity with imported checkpoints (prunelab.hf.marian)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -200,22 +202,38 @@ def hf_beam_search(
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
     max_new_tokens: int = 64,
+    *,
+    min_new_tokens: int = 0,
+    no_repeat_ngram_size: int = 0,
+    banned: Sequence[int] | None = None,
+    force_eos: bool = True,
+    renormalize: bool = False,
+    start: int | None = None,
 ) -> list[list[int]]:
     """Beam search as Hugging Face's `generate(num_beams=K, length_penalty=L, early_stopping=...,
-    max_new_tokens=N, forced_eos_token_id=eos)` (transformers 5), for parity with imported checkpoints; prunelab's
-    own `beam_search` differs on purpose (finished hypotheses keep their slot, GNMT length penalty).
+    max_new_tokens=N, forced_eos_token_id=eos)` (transformers 5), for parity with imported checkpoints
+    (prunelab.hf.generation decodes with a checkpoint's own settings through it); prunelab's own `beam_search`
+    differs on purpose (finished hypotheses keep their slot, GNMT length penalty).
 
     HF's algorithm: K open beams always continue; of the 2K best continuations, those ending in EOS among the
     first K enter a pool of K finished hypotheses scored sum log p / |Y|^L (|Y| counts EOS), the others refill the
     open beams. The last step may only emit EOS, at log-probability 0 (HF's ForcedEOSTokenLogitsProcessor). A
     sentence stops taking hypotheses when its best open beam cannot beat its worst finished one (HF's heuristic:
     the open score over the current length, or over the longest length with early_stopping="never" and L > 0),
-    or, with early_stopping=True, once K have finished. Returns the best pooled hypothesis, without EOS."""
+    or, with early_stopping=True, once K have finished. Returns the best pooled hypothesis, without EOS.
+
+    The rest of `generate`'s logits processors, applied to the log-probabilities in its order: no n-gram of
+    `no_repeat_ngram_size` tokens twice in a hypothesis (the decoder start counted, as HF counts it), the `banned`
+    ids never (None: the model's `ban_pad` rule), no EOS before `min_new_tokens` tokens, EOS forced at the last
+    step (`force_eos`; without it the limit ends hypotheses without EOS), and with `renormalize` a log-softmax
+    after them all (HF's renormalize_logits). `start`: the decoder's first input (default `start_id`)."""
     K, pad, neg = beam_size, model.cfg.pad_id, -1.0e9
     B, dev = src.size(0), src.device
     mem, mem_mask = model.encode(src)  # one row per sentence: its K beams share it
     cache = model.new_cache()
-    token = torch.full((B * K,), start_id(model, bos_id), dtype=torch.long, device=dev)
+    first = start_id(model, bos_id) if start is None else start
+    token = torch.full((B * K,), first, dtype=torch.long, device=dev)
+    bans = torch.tensor(list(banned or ()), dtype=torch.long, device=dev)
     run_scores = torch.full((B, K), neg, device=dev)
     run_scores[:, 0] = 0.0
     run_seq = torch.empty(B, K, 0, dtype=torch.long, device=dev)
@@ -227,11 +245,21 @@ def hf_beam_search(
     top_k[:K] = True
     for step in range(max_new_tokens):
         logp = model.decode_step(token, mem, mem_mask, cache, step).float().log_softmax(-1)  # (B*K, V)
-        ban_pad(logp, model)
+        if no_repeat_ngram_size:
+            prefix = torch.cat([run_seq.new_full((B, K, 1), first), run_seq], 2).view(B * K, step + 1)
+            ban_repeated_ngrams(logp, prefix, no_repeat_ngram_size)
+        if banned is None:
+            ban_pad(logp, model)
+        elif bans.numel():
+            logp[:, bans] = float("-inf")
+        if step < min_new_tokens:
+            logp[:, eos_id] = float("-inf")
         last = step == max_new_tokens - 1
-        if last:  # only EOS, at no cost
+        if last and force_eos:  # only EOS, at no cost
             logp.fill_(float("-inf"))
             logp[:, eos_id] = 0.0
+        if renormalize:
+            logp = logp.log_softmax(-1)
         V = logp.size(-1)
         acc = (logp.view(B, K, V) + run_scores[:, :, None]).view(B, K * V)
         cand_scores, flat = acc.topk(2 * K, dim=-1)  # (B, 2K)
@@ -266,6 +294,18 @@ def hf_beam_search(
         token = run_seq[:, :, -1].reshape(-1)
         model.reorder_cache(cache, rows)
     return _strip(pool_seq[:, 0].tolist(), eos_id, pad)
+
+
+def ban_repeated_ngrams(logp: Tensor, seqs: Tensor, n: int) -> None:
+    """No n-gram twice (in place, HF's no_repeat_ngram_size): for each row of `seqs` (R, L), the tokens that would
+    complete an n-gram the row already holds, after its last n-1 tokens, get log-probability -inf."""
+    L = seqs.size(1)
+    if n < 1 or L < n:
+        return
+    grams = seqs.unfold(1, n, 1)  # (R, L-n+1, n): every n-gram of every row
+    hit = (grams[:, :, :-1] == seqs[:, L - n + 1 :].unsqueeze(1)).all(-1)  # (R, L-n+1) its prefix is the row's end
+    rows, at = hit.nonzero(as_tuple=True)
+    logp[rows, grams[rows, at, -1]] = float("-inf")
 
 
 def _strip(rows: list[list[int]], eos_id: int, pad_id: int) -> list[list[int]]:

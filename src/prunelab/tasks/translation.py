@@ -1,14 +1,23 @@
 """The NMT LightningModule: label-smoothed cross-entropy and beam-search evaluation scored with sacrebleu
-(the optimizer, schedule and Pruner plumbing are PrunableTask's)."""
+(the optimizer, schedule and Pruner plumbing are PrunableTask's).
+
+Two decoders (`decoding`): `prunelab`, prunelab's GNMT beam search (`beam_size`, `length_penalty` alpha, at most
+`max_len_a` * |src| + `max_len_b` tokens), and `checkpoint`, an imported checkpoint's own decoding as transformers'
+`generate` gives it (prunelab.hf.generation: its generation_config.json, `generation` overriding settings), for
+validation and test alike. `auto` (the default) is `checkpoint` for a model that carries generation settings (an
+imported MarianMT model) and `prunelab` for any other. results.json records the decoding in force (`decoding`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
+from prunelab.errors import UserError
+from prunelab.hf.generation import Generation, checkpoint_generation, generate
 from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer
@@ -43,6 +52,8 @@ class TranslationTask(PrunableTask):
         length_penalty: float = 0.6,
         max_len_a: float = 1.5,
         max_len_b: int = 10,
+        decoding: str = "auto",
+        generation: dict[str, Any] | None = None,
     ):
         super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction)
         self.tokenizer = tokenizer
@@ -50,10 +61,27 @@ class TranslationTask(PrunableTask):
         self.beam_size = beam_size
         self.val_beam_size = val_beam_size or beam_size
         self.length_penalty, self.max_len_a, self.max_len_b = length_penalty, max_len_a, max_len_b
+        self.generation = checkpoint_decoding(model, decoding, generation)  # None: prunelab's beam search
         self._outputs: list[tuple[int, str, str]] = []  # (index, hypothesis, reference) of this eval epoch
 
     def eval_cost_ratio(self) -> float:
+        if self.generation is not None:
+            return 1.0  # validation and test decode alike
         return self.beam_size / self.val_beam_size  # beam search costs about its width
+
+    def decoding(self) -> dict[str, Any]:
+        """The decoding in force, as results.json records it: the checkpoint's settings, or prunelab's beam."""
+        if self.generation is not None:
+            return self.generation.report()
+        return {
+            "decoder": "prunelab",
+            "algorithm": "gnmt_beam_search",
+            "beam_size": self.beam_size,
+            "val_beam_size": self.val_beam_size,
+            "length_penalty": self.length_penalty,  # GNMT alpha: ((5 + |Y|) / 6) ** alpha
+            "max_len_a": self.max_len_a,
+            "max_len_b": self.max_len_b,
+        }
 
     # --- training --------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> Tensor:
@@ -73,7 +101,16 @@ class TranslationTask(PrunableTask):
     # --- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: Batch, split: str, beam: int) -> None:
         self.log(f"{split}/loss", self.loss(batch), sync_dist=True, batch_size=len(batch["ref"]))
-        hyps = beam_search(
+        if self.generation is not None:
+            hyps = generate(self.model, batch["src"], self.generation)
+        else:
+            hyps = self.gnmt_beam(batch, beam)
+        for i, h, r in zip(batch["idx"].tolist(), hyps, batch["ref"], strict=True):
+            self._outputs.append((i, self.tokenizer.decode(h), r))
+
+    def gnmt_beam(self, batch: Batch, beam: int) -> list[list[int]]:
+        """prunelab's beam search (task.decoding=prunelab) of a batch's sources."""
+        return beam_search(
             self.model,
             batch["src"],
             self.tokenizer.bos_id,
@@ -83,8 +120,6 @@ class TranslationTask(PrunableTask):
             max_len_a=self.max_len_a,
             max_len_b=self.max_len_b,
         )
-        for i, h, r in zip(batch["idx"].tolist(), hyps, batch["ref"], strict=True):
-            self._outputs.append((i, self.tokenizer.decode(h), r))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_beam_size)
@@ -119,12 +154,13 @@ class TranslationTask(PrunableTask):
         return BleuScorer(datamodule.tokenizer, settings or DecodeSettings())
 
     def run_report(self) -> dict[str, Any]:
-        """sacrebleu's signatures of the test scores (none when every round was loaded from a finished run):
-        BLEU, TER, chrF and the lowercased BLEU (`bleu_lc`)."""
+        """The decoding in force (`decoding`) and sacrebleu's signatures of the test scores (none when every round
+        was loaded from a finished run): BLEU, TER, chrF and the lowercased BLEU (`bleu_lc`)."""
         scores = self.last_eval.get("test", {}).get("scores")
         if scores is None:
-            return {}
+            return {"decoding": self.decoding()}
         return {
+            "decoding": self.decoding(),
             "bleu_signature": scores.bleu_signature,
             "ter_signature": scores.ter_signature,
             "chrf_signature": scores.chrf_signature,
@@ -136,3 +172,29 @@ class TranslationTask(PrunableTask):
 
     def on_test_epoch_end(self) -> None:
         self._score("test")
+
+
+DECODERS = ("auto", "checkpoint", "prunelab")
+
+
+def checkpoint_decoding(model: Any, decoding: str, overrides: dict[str, Any] | None) -> Generation | None:
+    """task.decoding -> the checkpoint's Generation (its settings, `model.generation`, with task.generation's
+    `overrides` on top), or None for prunelab's beam search; one UserError for a choice that does not apply."""
+    if isinstance(overrides, DictConfig):  # from Hydra: plain lists and dicts
+        overrides = OmegaConf.to_container(overrides, resolve=True)  # type: ignore[assignment]
+    if decoding not in DECODERS:
+        raise UserError(f"task.decoding={decoding!r}: one of {', '.join(DECODERS)}")
+    settings = getattr(model, "generation", None)
+    if decoding == "checkpoint" and settings is None:
+        raise UserError(
+            "task.decoding=checkpoint: the model has no generation settings of its own (only an imported checkpoint, "
+            "model=hf_marian, has them); use task.decoding=prunelab"
+        )
+    if decoding == "prunelab" or settings is None:
+        if overrides:
+            raise UserError(
+                "task.generation sets the checkpoint's decoding, but the run decodes with prunelab's beam "
+                f"(task.decoding={decoding}): set task.beam_size, task.length_penalty, task.max_len_a/b instead"
+            )
+        return None
+    return checkpoint_generation(settings, overrides)

@@ -1,0 +1,115 @@
+"""An imported MarianMT model decodes, by default, as an OPUS-MT user gets it from transformers: with the
+checkpoint's own generation_config.json (here 3 beams, at most 12 tokens with the decoder start, length penalty
+0.8: none of them transformers' or prunelab's defaults). The pretrained level's translations are transformers'
+`generate` outputs line for line, its BLEU their sacreBLEU, and results.json says which decoder produced it;
+`task.decoding=prunelab` decodes with prunelab's GNMT beam instead and says so."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+
+from tests import hf_checkpoints as H
+from tests.e2e.conftest import check_scores_from_files, read_hypotheses, train
+
+transformers = pytest.importorskip("transformers")
+
+GENERATION = {"num_beams": 3, "max_length": 12, "length_penalty": 0.8}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A MarianMT model trained a little by transformers (translations of varied quality and length), its generation
+    config set to GENERATION (pad never generated, EOS forced at the limit), and parallel text files."""
+    root = tmp_path_factory.mktemp("marian_decoding")
+    nmt = {"train": H.copy_pairs(64, 1), "valid": H.copy_pairs(8, 2), "test": H.copy_pairs(24, 3)}
+    folder = H.marian_checkpoint(root / "marian", *nmt["train"], steps=60)
+    path = folder / "generation_config.json"
+    gen = json.loads(path.read_text())
+    gen.update(GENERATION, bad_words_ids=[[gen["pad_token_id"]]])
+    path.write_text(json.dumps(gen))
+    return {"marian": folder, "parallel": H.write_parallel(root / "parallel", nmt)}
+
+
+def hf_translate(folder: Path, sources: list[str]) -> list[str]:
+    """transformers' translations with the checkpoint's own settings (no generation argument)."""
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.MarianMTModel.from_pretrained(folder).eval()
+    assert model.generation_config.num_beams == 3  # the saved settings are the ones in force
+    with torch.no_grad():
+        out = model.generate(**tok(sources, padding=True, return_tensors="pt"))
+    return tok.batch_decode(out, skip_special_tokens=True)
+
+
+def marian_run(made: dict[str, Path], out: Path, *overrides: str):
+    return train(
+        out,
+        "model=hf_marian",
+        f"model.path={made['marian']}",
+        "data=parallel_text",
+        f"data.dir={made['parallel']}",
+        "logger=none",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        *overrides,
+    )
+
+
+def test_the_checkpoints_own_decoding_is_the_default(made: dict[str, Path], tmp_path: Path) -> None:
+    sources, refs = H.copy_pairs(24, 3)
+    want = hf_translate(made["marian"], sources)
+    run = marian_run(made, tmp_path / "run")
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    pretrained = res["levels"][0]
+    assert (pretrained["stage"], pretrained["round"]) == ("pretrained", -1)
+    assert read_hypotheses(run.dir / "checkpoints" / "pretrained") == want
+    assert pretrained["metrics"]["test/bleu"] == pytest.approx(sacrebleu.corpus_bleu(want, [refs]).score, abs=1e-6)
+    assert pretrained["metrics"]["test/bleu"] > 0.0
+    dec = res["decoding"]
+    assert (dec["decoder"], dec["algorithm"], dec["source"]) == (
+        "checkpoint",
+        "hf_beam_search",
+        "generation_config.json",
+    )
+    assert (dec["num_beams"], dec["max_new_tokens"], dec["length_penalty"]) == (3, 11, 0.8)
+    assert dec["force_eos"] and dec["bad_words"] == [
+        len(transformers.AutoTokenizer.from_pretrained(made["marian"])) - 1
+    ]
+    check_scores_from_files(run)
+
+    # the run stands alone: reloaded without its source folder, the model keeps the checkpoint's decoding
+    from prunelab.hf.generation import checkpoint_generation
+    from prunelab.training import load_run
+
+    moved = made["marian"].with_name("moved")
+    shutil.move(made["marian"], moved)
+    try:
+        model = load_run(run.dir).model
+        assert checkpoint_generation(model.generation).report() == dec
+    finally:
+        shutil.move(moved, made["marian"])
+
+
+def test_prunelab_beam_by_option(made: dict[str, Path], tmp_path: Path) -> None:
+    sources, _ = H.copy_pairs(24, 3)
+    run = marian_run(made, tmp_path / "run", "task.decoding=prunelab")
+    assert run.returncode == 0, run.stderr[-3000:]
+    dec = run.results["decoding"]
+    assert dec == {
+        "decoder": "prunelab",
+        "algorithm": "gnmt_beam_search",
+        "beam_size": 4,
+        "val_beam_size": 4,
+        "length_penalty": 0.6,
+        "max_len_a": 1.5,
+        "max_len_b": 10,
+    }
+    # GNMT's length limit (1.5 |src| + 10) and penalty give other translations than the checkpoint's 11 tokens
+    assert read_hypotheses(run.dir / "checkpoints" / "pretrained") != hf_translate(made["marian"], sources)
+    check_scores_from_files(run)
