@@ -171,6 +171,9 @@ def test_lt_from_a_trained_run_rewinds_to_the_source_init(tmp_path: Path) -> Non
         tmp_path / "lt",
     )
     assert res["init_weights"] == source["init_weights"]
+    assert source["start_weights"] == {"kind": "scratch", "source": None, "init": source["init_weights"]}
+    assert res["start_weights"]["kind"] == "run" and res["start_weights"]["source"] == source["best_checkpoint"]
+    assert res["levels"][0]["stage"] == "pretrained"  # a trained start is scored as the first level
     state = read_state(tmp_path / "lt" / "checkpoints" / "round_0" / "round_end.ckpt")["state_dict"]
     params = [k for k in init if init[k].is_floating_point() and not k.endswith("gate")]
     checked = 0

@@ -9,7 +9,7 @@ The whole call order, and who calls what:
 
     task.__init__ (training.build.build_task)
         attach(model)                    register masks/buffers for this model (before any checkpoint loads)
-    training.train.start_weights
+    training.weights.start_weights
         use_initial_weights(state)       `ckpt=RUN`: that run's θ_0 (init.pt), for methods that rewind to it
     training.rounds.Rounds.run           (the round loop; `rounds` rounds, each a fresh trainer.fit)
         use_data(datamodule, task)       once, before the first round (scoring with data: I_h, Eq. 1)

@@ -21,9 +21,9 @@ from prunelab.errors import UserError
 from prunelab.training.budget import RunClock
 from prunelab.training.build import build_data, build_logger, build_model, build_task, model_args, validate
 from prunelab.training.interrupt import Interrupted
-from prunelab.training.io import ResultsWriter, is_rank_zero, read_state, write_state
-from prunelab.training.load import load_trained_weights, record_source
+from prunelab.training.io import ResultsWriter, is_rank_zero
 from prunelab.training.rounds import Rounds, round_dir_of
+from prunelab.training.weights import start_weights
 
 log = logging.getLogger("prunelab")
 
@@ -76,21 +76,19 @@ def run(
         datamodule = build_data(cfg)
         args = model_args(datamodule)
         model = build_model(cfg.model, args, choices)
-        record_source(model, out)  # an imported model's config and tokenizer files: the run stands alone
         pruner = instantiate(cfg.pruner)
         task = build_task(cfg, datamodule, model, pruner, choices)
-        init = start_weights(cfg, out, model, pruner)
+        start = start_weights(cfg, out, model, pruner)  # scratch, a run's checkpoint, or a pretrained checkpoint
         logger = build_logger(cfg, out, group, job)
         if logger:
             logger.log_hyperparams(results.data["config"])
-    results.update(score=task.score, model_args=args, init_weights=init)
+    results.update(score=task.score, model_args=args, init_weights=start.init, start_weights=start.report())
 
     def on_level(levels: list[dict[str, Any]]) -> None:  # progress survives a kill
         results.update(levels=levels)
         results.write()
 
-    pretrained = bool(cfg.get("ckpt")) or getattr(model, "pretrained_from", None) is not None
-    rounds = Rounds(cfg, out, task, datamodule, logger, choices.get("pruner", "run"), on_level, pretrained)
+    rounds = Rounds(cfg, out, task, datamodule, logger, choices.get("pruner", "run"), on_level, start.trained)
     rounds.run_clock = clock
     levels = rounds.run()
 
@@ -134,26 +132,6 @@ def time_shares(levels: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "stopped_by_budget": any(level.get("time", {}).get("stopped_by_budget") for level in levels),
         "first_round_budget_s": budget,
     }
-
-
-def start_weights(cfg: DictConfig, out: Path, model: Any, pruner: Any) -> str | None:
-    """`ckpt=RUN`: the trained weights of that run, and its θ_0 (init.pt) for every method that rewinds to θ_0.
-    Otherwise this run's initialisation is saved as `init.pt` (θ_0, for rewinding and Wang & Tu's criticality); for an
-    imported checkpoint that is its pretrained weights, the θ_0 lottery tickets for pretrained models rewind to."""
-    if cfg.get("ckpt"):
-        source = load_trained_weights(model, Path(cfg.ckpt))
-        init = next((d / "init.pt" for d in (source.parent, *source.parents) if (d / "init.pt").exists()), None)
-        if init is None:
-            log.warning(
-                "ckpt=%s: no init.pt next to it; methods that rewind to θ_0 use this run's initialisation", source
-            )
-            return None
-        pruner.use_initial_weights(read_state(init))
-        return str(init)
-    init = out / "init.pt"
-    if not init.exists():
-        write_state(init, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    return str(init)
 
 
 @contextmanager
