@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from prunelab.config import HARDWARE_KEYS, TRAINER_FIXED
+from prunelab.data.splits import split_check
 from prunelab.errors import UserError
 from prunelab.loggers import is_wandb_config
 from prunelab.training.budget import PatienceStop, StageClock, seconds
@@ -79,6 +80,10 @@ def build_data(cfg: DictConfig) -> Any:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    datamodule.split_report = split_check(datamodule.examples)  # results.json: data_splits
+    for warning in datamodule.split_report["warnings"]:
+        if is_rank_zero():
+            log.warning("data: %s", warning)
     return datamodule
 
 

@@ -83,6 +83,7 @@ def run(
         if logger:
             logger.log_hyperparams(results.data["config"])
     results.update(score=task.score, model_args=args, init_weights=start.init, start_weights=start.report())
+    results.update(data_splits=getattr(datamodule, "split_report", None))
 
     def on_level(levels: list[dict[str, Any]]) -> None:  # progress survives a kill
         results.update(levels=levels)
