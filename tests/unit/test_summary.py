@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from prunelab.cli import summary
-from prunelab.cli.summary import SweepSummaryCallback, collect, markdown_table, summarize
+from prunelab import summary
+from prunelab.summary import SweepSummaryCallback, collect, markdown_table, summarize
 
 MEM = {"prunable": {"dense_bytes": 400, "csc_bytes": 100}, "model": {"dense_bytes": 1000, "csc_bytes": 700}}
 

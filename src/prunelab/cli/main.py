@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             _, stats = export_run(args.run_dir, args.out, fmt=args.format, dtype=args.dtype)
             print(json.dumps(stats, indent=2))
         else:
-            from prunelab.cli.summary import summarize
+            from prunelab.summary import summarize
 
             for path in summarize(args.sweep_dir, from_levels=not args.no_levels):
                 print(path)
