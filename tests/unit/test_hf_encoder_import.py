@@ -304,3 +304,40 @@ def test_importing_prunelab_does_not_import_transformers() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# transformers' *ForSequenceClassification: the dropout between [CLS] and the dense layer (None: none), and the one
+# between the dense layer's activation and the head, as module paths
+HEAD_DROPOUTS = {
+    "bert": (None, "dropout"),
+    "roberta": ("classifier.dropout", "classifier.dropout"),
+    "electra": ("classifier.dropout", "classifier.dropout"),
+    "distilbert": (None, "dropout"),
+}
+
+
+@pytest.mark.parametrize("family", list(HEAD_DROPOUTS))
+@pytest.mark.parametrize("classifier_dropout", [None, 0.37])
+def test_classification_layers_drop_out_as_transformers_does(
+    family: str, classifier_dropout: float | None, tmp_path: Path
+) -> None:
+    """The fine-tuning recipe includes the classifier's dropout: where transformers applies it (RoBERTa and ELECTRA
+    also before the dense layer) and how much (`classifier_dropout`, DistilBERT's `seq_classif_dropout`, else the
+    hidden dropout), read off transformers' own model built from the same config."""
+    extra = {"seq_classif_dropout": classifier_dropout or 0.2} if family == "distilbert" else {}
+    if family != "distilbert":
+        extra["classifier_dropout"] = classifier_dropout
+    body = bare_body(family, **extra)
+    body.save_pretrained(tmp_path)
+    theirs = getattr(transformers, f"{type(body).__name__.removesuffix('Model')}ForSequenceClassification")(body.config)
+    ours = load_hf_encoder(tmp_path, num_labels=2)
+    before, after = HEAD_DROPOUTS[family]
+    assert ours.pooler_drop.p == pytest.approx(theirs.get_submodule(after).p)
+    if before is None:
+        assert ours.pre_pooler_drop is None
+    else:
+        assert ours.pre_pooler_drop is not None and ours.pre_pooler_drop.p == pytest.approx(
+            theirs.get_submodule(before).p
+        )
+    want = classifier_dropout if classifier_dropout is not None else (0.2 if family == "distilbert" else 0.1)
+    assert ours.pooler_drop.p == pytest.approx(want)

@@ -21,9 +21,9 @@ A checkpoint without classification layers (a bare *Model body) gets what transf
 builds on it: the family's dense layer + activation and a head, initialised as transformers does (N(0,
 initializer_range), bias 0), except that a bare BertModel keeps its pretrained pooler; RoBERTa's `pooler.*` (which
 its classifier does not use) is dropped. So the fine-tuned model can always be exported (`export_folder`).
-Training-time differences that do not change eval outputs: RoBERTa's and ELECTRA's heads apply dropout before
-their dense layer too, and HF's `classifier_dropout` / DistilBERT's `seq_classif_dropout` are replaced by the
-model's `dropout` after the pooler."""
+The classification layers drop out as transformers' do: RoBERTa's and ELECTRA's before their dense layer and after
+its activation, BERT's and DistilBERT's after it, at `classifier_dropout` (DistilBERT: `seq_classif_dropout`) when
+the config sets it, else the hidden dropout (`head_dropout`)."""
 
 from __future__ import annotations
 
@@ -203,13 +203,29 @@ def dropped_keys(family: str) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{d})" for d in (*DROPPED, *FAMILY_DROPPED.get(family, ()))))
 
 
+def head_dropout(hf: dict[str, Any], dropout: float) -> float:
+    """The dropout of the family's classification layers: `classifier_dropout` when the config sets it (BERT,
+    RoBERTa, ELECTRA), DistilBERT's `seq_classif_dropout`, else the model's own `dropout` (hidden_dropout_prob,
+    or the value a run set instead), as transformers' *ForSequenceClassification takes it."""
+    value = hf.get("seq_classif_dropout") if hf["model_type"] == "distilbert" else hf.get("classifier_dropout")
+    return float(value) if value is not None else dropout
+
+
 def new_classifier(cfg: TransformerConfig, hf: dict[str, Any], num_labels: int) -> TransformerClassifier:
     """The classifier the family's *ForSequenceClassification is, for `num_labels` classes: [CLS] -> its dense
     layer + activation (prunelab's pooler) -> the head, those two initialised as transformers initialises them
     (N(0, initializer_range), bias 0); the encoder's weights are for the caller to fill."""
     if num_labels < 2:
         raise UserError(f"a classifier needs at least 2 labels, got {num_labels} (regression is not supported)")
-    model = TransformerClassifier(cfg, num_labels, pooling="cls", pooler=CLASSIFIERS[hf["model_type"]][1])
+    family = hf["model_type"]
+    model = TransformerClassifier(
+        cfg,
+        num_labels,
+        pooling="cls",
+        pooler=CLASSIFIERS[family][1],
+        head_dropout=head_dropout(hf, cfg.dropout),
+        dropout_before_pooler=family in ("roberta", "electra"),
+    )
     std = float(hf.get("initializer_range") or 0.02)
     assert model.pooler is not None
     fresh_linear(model.pooler, std)

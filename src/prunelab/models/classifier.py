@@ -24,7 +24,15 @@ POOLER_ACTIVATIONS = {"tanh": torch.tanh, **ACTIVATIONS}
 class TransformerClassifier(Transformer):
     kind = "classification"
 
-    def __init__(self, cfg: TransformerConfig, num_classes: int, pooling: str = "cls", pooler: str | None = None):
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        num_classes: int,
+        pooling: str = "cls",
+        pooler: str | None = None,
+        head_dropout: float | None = None,
+        dropout_before_pooler: bool = False,
+    ):
         if cfg.dec_layers != 0:
             raise ValueError("a classifier has no decoder: dec_layers must be 0")
         if pooling not in POOLINGS:
@@ -43,7 +51,11 @@ class TransformerClassifier(Transformer):
         if self.pooler is not None:
             nn.init.xavier_uniform_(self.pooler.weight)
             nn.init.zeros_(self.pooler.bias)
-        self.pooler_drop = Dropout(cfg.dropout)
+        # dropout after the pooler (`head_dropout`, default the model's), and before it too where the family's
+        # classifier has one there (RoBERTa, ELECTRA: dropout -> dense -> act -> dropout -> out_proj)
+        p = cfg.dropout if head_dropout is None else head_dropout
+        self.pooler_drop = Dropout(p)
+        self.pre_pooler_drop = Dropout(p) if dropout_before_pooler else None
         self.head = nn.Linear(cfg.d_model, num_classes)
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -62,6 +74,8 @@ class TransformerClassifier(Transformer):
             pooled = (mem * keep).sum(1) / keep.sum(1).clamp(min=1.0)
         if self.pooler is not None:  # (B, C) -> (B, C)
             assert self.pooler_activation is not None
+            if self.pre_pooler_drop is not None:
+                pooled = self.pre_pooler_drop(pooled)
             pooled = self.pooler_drop(POOLER_ACTIVATIONS[self.pooler_activation](self.pooler(pooled)))
         return self.head(pooled)
 
