@@ -107,7 +107,7 @@ def assert_export_round_trip(run_dir: Path) -> None:
     independently through load_run: exactly, in fp32 (classifiers and head-pruned runs included)."""
     import torch
 
-    from prunelab.cli.export import export_run, load_sparse
+    from prunelab.export import export_run, load_sparse
     from prunelab.training import load_run
 
     reference = load_run(run_dir).model

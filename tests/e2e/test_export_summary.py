@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab.cli.export import load_sparse
+from prunelab.export import load_sparse
 from prunelab.models import Transformer, TransformerConfig
 from prunelab.training.load import checkpoint_masks
 from tests.e2e.conftest import ROOT, train

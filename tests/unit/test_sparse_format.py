@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from prunelab.cli.export import FORMAT, export_run, load_sparse, main
+from prunelab.cli.export import main
+from prunelab.export import FORMAT, export_run, load_sparse
 from prunelab.models import Transformer, TransformerClassifier, TransformerConfig
 from prunelab.models.sparse_format import bitmask_bytes, pack, pack_state, packed_bytes, unpack, unpack_state
 from prunelab.models.surgery import prune_heads

@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                 + f"; written to {args.out or args.run_dir / 'components'}"
             )
         elif args.command == "export":
-            from prunelab.cli.export import export_run
+            from prunelab.cli.export import export
 
-            _, stats = export_run(args.run_dir, args.out, fmt=args.format, dtype=args.dtype)
+            _, stats = export(args.run_dir, args.out, fmt=args.format, dtype=args.dtype)
             print(json.dumps(stats, indent=2))
         else:
             from prunelab.summary import summarize
