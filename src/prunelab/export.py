@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from prunelab.errors import UserError
+from prunelab.hf.export import export_hf
 from prunelab.models import Transformer, TransformerConfig
 from prunelab.models.sparse_format import dense_bytes, dtype_name, pack_state, state_bytes, to_csc32, unpack_state
 from prunelab.models.surgery import load_state_dict_with_heads
@@ -69,7 +70,7 @@ def export_run(
     """Write the export; returns its path and stats: file_bytes (the file on disk), dense_bytes (the model's
     state dense in fp32), ratio (file_bytes / dense_bytes), payload_bytes (the tensors' bytes without the
     file's own overhead), sparse_matrices and nonzeros (kept entries stored for them). A Hugging Face folder
-    instead: `prunelab export --format hf` (`prunelab.cli.export.export_hf_run`)."""
+    instead: `prunelab export --format hf` (`export_hf_run`)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)} (a Hugging Face folder: hf)")
     if dtype not in DTYPES:
@@ -155,3 +156,52 @@ def load_sparse(path: Path) -> Transformer:
     """Rebuild the model from an export (either format); masked matrices come back dense with their zeros."""
     config, state = read_export(path)
     return _build_model(config, state).eval()
+
+
+HF_FORMAT = "hf"  # a Hugging Face folder, not a prunelab file (export_hf_run)
+
+
+def export(
+    run_dir: Path, out: Path | None = None, fmt: str = "bitmask", dtype: str = "fp32"
+) -> tuple[Path, dict[str, Any]]:
+    """What `prunelab export` writes: `prunelab.export.export_run`, or export_hf_run for fmt="hf"."""
+    if fmt == HF_FORMAT:
+        return export_hf_run(run_dir, out, dtype)
+    return export_run(run_dir, out, fmt=fmt, dtype=dtype)
+
+
+def export_hf_run(run_dir: Path, out: Path | None = None, dtype: str = "fp32") -> tuple[Path, dict[str, Any]]:
+    """`--format hf`: a run whose model was imported from Hugging Face (`model.path`, model=hf_encoder or
+    hf_marian) -> that folder's format again, in `out` (default `RUN_DIR/hf`): the run's tested model with its masks
+    (`checkpoint_masks`) as weight * mask, gates at 0 and removed heads as zeros, fp32; a classifier's label names
+    from results.json (`labels`). Stats: file (the folder), format, dtype, source, file_bytes (its
+    model.safetensors), dense_bytes, ratio, sparse_matrices (masks folded in), nonzeros (their kept entries)."""
+    if dtype != "fp32":
+        raise UserError(f"--format hf writes fp32 weights (--dtype {dtype} is for the bitmask and csc formats)")
+    run = load_run(run_dir)
+    source = OmegaConf.select(run.config, "model.path", default=None)
+    if not source:
+        raise UserError(
+            f"{run_dir}: the run's model was not imported from Hugging Face (no model.path; --format hf is for "
+            "model=hf_encoder and model=hf_marian runs): use --format bitmask or csc"
+        )
+    if not (Path(source) / "config.json").is_file():
+        raise UserError(f"{run_dir}: the run's model.path={source} is no longer a Hugging Face model folder")
+    state = run.model.state_dict()
+    masks = {n: m for n, m in checkpoint_masks(run.state).items() if n in state}
+    labels = run.results.get("labels")  # a classification run's label names (translation runs have none)
+    out = export_hf(run.model, source, out or run.dir / "hf", masks=masks, labels=labels)
+    file_bytes = (out / "model.safetensors").stat().st_size
+    dense = dense_bytes(state)
+    stats = {
+        "file": str(out),
+        "format": HF_FORMAT,
+        "dtype": dtype,
+        "source": str(source),
+        "file_bytes": file_bytes,
+        "dense_bytes": dense,
+        "ratio": file_bytes / dense,
+        "sparse_matrices": len(masks),
+        "nonzeros": sum(int(m.count_nonzero()) for m in masks.values()),
+    }
+    return out, stats
