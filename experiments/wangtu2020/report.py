@@ -13,6 +13,7 @@ steps says so. A run not finished (or not started) gives "not run yet" or "runni
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from statistics import mean
@@ -114,7 +115,7 @@ def report(dense: Path, retrain: Path, rewind: Path, out: Path) -> dict[str, Any
     noise = BLEU_NOISE
     # a contribution is a BLEU drop over the clip C (Eq. 1): the BLEU threshold in its units
     clip = comp.get("contribution_clip") or 0.1 * comp["baseline_bleu"]
-    c_noise = noise / clip
+    c_noise = noise / clip if clip > 0 else math.inf  # a model at 0 BLEU: every contribution is 0, all ties
     ties = f"ties within {c_noise:.3f} = {noise} BLEU / C {clip:.2f}"
     verdicts = {
         LEAST: {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import subprocess
@@ -108,6 +109,8 @@ def test_head_study_scores_at_most_max_examples(
     from prunelab.cli.main import main
     from prunelab.importance.scoring import BleuScorer
 
+    # main() gives the prunelab logger a handler on this test's (captured, later closed) stderr: keep it to this test
+    monkeypatch.setattr(logging.getLogger("prunelab"), "handlers", [])
     assert main(["heads", str(run.dir), "--max-examples", "-1"]) == 2  # one clear error, before any work
 
     seen: list[list[int]] = []  # the examples each scoring was given, counted here

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import DictConfig
 
 from prunelab.cli.train import CONF_DIR
 from prunelab.errors import UserError
@@ -147,6 +148,8 @@ def test_defaults_live_in_one_place() -> None:
                     list(node[key]) if hasattr(node[key], "__iter__") and not isinstance(node[key], str) else node[key]
                 )
                 default = list(default) if isinstance(default, tuple) else default
+                if isinstance(node[key], DictConfig):  # a mapping of overrides: None in the code is {} in the YAML
+                    value, default = dict(node[key]), dict(default or {})
                 assert value == default, f"{group}/{path.name}: {key} = {value!r} but {cls.__name__} has {default!r}"
                 checked += 1
     assert checked > 30

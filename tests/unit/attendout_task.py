@@ -10,8 +10,26 @@ from typing import Any
 
 import torch
 
+from prunelab.models import TransformerClassifier, build_classifier
 from prunelab.pruning.attendout import AttendOutPruner
 from prunelab.tasks.classification import ClassificationTask
+
+LAYERS = 3  # the tiny classifier's encoder layers
+
+
+def classifier(dropout: float = 0.0) -> TransformerClassifier:
+    torch.manual_seed(0)
+    return build_classifier(
+        num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=LAYERS, dropout=dropout
+    )
+
+
+def batch(seed: int, size: int = 6, length: int = 7) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 30, (size, length), generator=g)
+    src[:, 0] = 1
+    src[seed % size, length - 2 :] = 0
+    return {"src": src, "label": torch.randint(0, 2, (size,), generator=g)}
 
 
 def trainer_stub(

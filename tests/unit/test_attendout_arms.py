@@ -19,30 +19,13 @@ from typing import Any
 import pytest
 import torch
 
-from prunelab.models import TransformerClassifier, build_classifier
 from prunelab.models.addressing import component
 from prunelab.pruning.attendout import AttendOutPruner
 from prunelab.tasks.classification import ClassificationTask
-from tests.unit.attendout_task import trainer_stub, with_task
+from tests.unit.attendout_task import LAYERS, batch, classifier, trainer_stub, with_task
 
-LAYERS = 3
 KEEP_ALL = 1 - 1e-9  # G-Net's keep probability rounds to 1.0 in float32: every map is kept
 NAMES = [f"enc.{i}.sa" for i in range(LAYERS)]
-
-
-def classifier(dropout: float = 0.0) -> TransformerClassifier:
-    torch.manual_seed(0)
-    return build_classifier(
-        num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=LAYERS, dropout=dropout
-    )
-
-
-def batch(seed: int, size: int = 6, length: int = 7) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, 30, (size, length), generator=g)
-    src[:, 0] = 1
-    src[seed % size, length - 2 :] = 0
-    return {"src": src, "label": torch.randint(0, 2, (size,), generator=g)}
 
 
 def train_d_as_lightning(task: ClassificationTask, trainer: SimpleNamespace, batches: list[dict[str, Any]]) -> None:

@@ -113,4 +113,4 @@ def test_a_translation_task_logs_chrf_and_bleu_lc(tmp_path: Path) -> None:
     report = task.run_report()
     assert report["chrf_signature"] == signature(sacrebleu.metrics.CHRF())
     assert report["bleu_lc_signature"] == signature(sacrebleu.metrics.BLEU(lowercase=True))
-    assert set(report) == {"bleu_signature", "ter_signature", "chrf_signature", "bleu_lc_signature"}
+    assert set(report) == {"bleu_signature", "ter_signature", "chrf_signature", "bleu_lc_signature", "decoding"}

@@ -20,27 +20,10 @@ import pytest
 import torch
 
 import prunelab.pruning.attendout as attendout
-from prunelab.models import TransformerClassifier, build_classifier
+from prunelab.models import build_classifier
 from prunelab.models.addressing import component
 from prunelab.pruning.attendout import AttendOutPruner
-from tests.unit.attendout_task import with_task
-
-LAYERS = 3
-
-
-def classifier(dropout: float = 0.0) -> TransformerClassifier:
-    torch.manual_seed(0)
-    return build_classifier(
-        num_classes=2, vocab_size=30, d_model=16, n_heads=2, d_ff=32, enc_layers=LAYERS, dropout=dropout
-    )
-
-
-def batch(seed: int, size: int = 6, length: int = 7) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, 30, (size, length), generator=g)
-    src[:, 0] = 1
-    src[seed % size, length - 2 :] = 0
-    return {"src": src, "label": torch.randint(0, 2, (size,), generator=g)}
+from tests.unit.attendout_task import LAYERS, batch, classifier, with_task
 
 
 def spy_forward(net: torch.nn.Module, calls: list[Any]) -> None:
