@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 import subprocess
@@ -88,6 +89,8 @@ def test_components_study_scores_at_most_max_examples(
     from prunelab.cli.main import main
     from prunelab.importance.scoring import BleuScorer
 
+    # main() gives the prunelab logger a handler on this test's (captured, later closed) stderr: keep it to this test
+    monkeypatch.setattr(logging.getLogger("prunelab"), "handlers", [])
     seen: list[list[int]] = []  # the examples each scoring was given, counted here
 
     def counting(name: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,10 @@ def sweep_config(sweep: Path, logger: str = "lightning.pytorch.loggers.CSVLogger
     return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "logger": {"_target_": logger}})
 
 
-def test_the_sweep_ends_with_1_naming_the_failed_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_the_sweep_ends_with_1_naming_the_failed_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("prunelab"), "handlers", [])  # stderr holds only the error line
     cls_job(tmp_path, "0", "mp", 0.5, 0.625, None)
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "results.json").write_text(json.dumps({"status": "failed", "error": "boom", "metrics": {}}))
