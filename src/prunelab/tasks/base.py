@@ -27,36 +27,26 @@ def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
     return [by_idx[i] for i in sorted(by_idx)]
 
 
-def _now(value: int | Callable[[], int]) -> int:
-    return value() if callable(value) else value
+def inverse_sqrt_factor(step: int, warmup: int) -> float:
+    """Vaswani et al. (2017) at optimizer step `step` (0-based): linear warm-up to the peak lr, then 1/sqrt(step)."""
+    step = step + 1
+    return min(step / warmup, math.sqrt(warmup / step))
 
 
-def inverse_sqrt_schedule(warmup_steps: int | Callable[[], int]) -> Callable[[int], float]:
-    """Vaswani et al. (2017): linear warm-up to the peak lr, then decay with 1/sqrt(step). `warmup_steps` may be a
-    function, read at every step (a warm-up that is a fraction of a time budget's re-estimated steps)."""
-
-    def factor(step: int) -> float:
-        warmup = max(1, _now(warmup_steps))
-        step = step + 1
-        return min(step / warmup, math.sqrt(warmup / step))
-
-    return factor
-
-
-def linear_schedule(
-    warmup_steps: int | Callable[[], int], total_steps: int | Callable[[], int]
-) -> Callable[[int], float]:
+def linear_factor(step: int, warmup: int, total: int) -> float:
     """BERT's fine-tuning schedule (Devlin et al. 2019): linear warm-up to the peak lr, then linear decay to 0 at
-    the last step. Both may be functions, read at every step (a time budget revises them)."""
+    step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
 
-    def factor(step: int) -> float:
-        warmup = max(1, _now(warmup_steps))
-        if step < warmup:
-            return (step + 1) / warmup
-        total = _now(total_steps)
-        return max(0.0, (total - step) / max(1, total - warmup))
 
-    return factor
+def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
+    return lambda step: inverse_sqrt_factor(step, warmup_steps)
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    return lambda step: linear_factor(step, warmup_steps, total_steps)
 
 
 OPTIMIZERS = ("adam", "adamw", "adafactor")
@@ -225,9 +215,22 @@ class PrunableTask(L.LightningModule):
     def warmup(self) -> int:
         """Warm-up steps: `warmup_fraction` of the round's steps as now estimated (a time budget's estimate is
         revised every step, so the warm-up follows the budget from the first step), else `warmup_steps`."""
+        return self.warmup_of(self.total_steps)
+
+    def warmup_of(self, total: int) -> int:
         if self.warmup_fraction is None:
             return max(1, self.warmup_steps)
-        return max(1, round(self.warmup_fraction * self.total_steps))
+        return max(1, round(self.warmup_fraction * total))
+
+    def lr_factor(self, step: int) -> float:
+        """The lr schedule's factor at optimizer step `step`, from the round's steps as now estimated (read once a
+        step), which it records (`schedule_seen`)."""
+        total = self.total_steps
+        warmup = self.warmup_of(total)
+        self.schedule_seen = {"warmup_steps": warmup, "total_steps": total}
+        if self.schedule == "inverse_sqrt":
+            return inverse_sqrt_factor(step, warmup)
+        return linear_factor(step, warmup, total)
 
     def eval_cost_ratio(self) -> float:
         """The test's cost per example relative to a validation's (a larger test beam costs more)."""
@@ -236,10 +239,9 @@ class PrunableTask(L.LightningModule):
     def configure_optimizers(self) -> Any:
         opt, shape = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
 
-        def factor(step: int) -> float:  # the schedule, noting what it followed and the highest lr it reached
+        def factor(step: int) -> float:  # the schedule, noting the highest lr it reached
             value = shape(step)
             self.peak_lr_factor = max(self.peak_lr_factor, value)
-            self.schedule_seen = {"warmup_steps": self.warmup, "total_steps": self.total_steps}
             return value
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -276,12 +278,7 @@ class PrunableTask(L.LightningModule):
             opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=1e-8, fused=fused)
         else:
             opt = torch.optim.Adafactor(params, lr=self.lr, weight_decay=self.weight_decay)
-        # warm-up and decay follow the round's steps, read at every step as a time budget revises them
-        if self.schedule == "inverse_sqrt":
-            factor = inverse_sqrt_schedule(lambda: self.warmup)
-        else:
-            factor = linear_schedule(lambda: self.warmup, lambda: self.total_steps)
-        return opt, factor
+        return opt, self.lr_factor  # warm-up and decay follow the round's steps as a time budget revises them
 
     def _loss_scaler(self) -> Any:
         """The fp16 GradScaler of the precision plugin, or None (fp32, bf16: gradients are never scaled)."""
