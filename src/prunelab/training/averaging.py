@@ -163,10 +163,6 @@ class ValidationSnapshots(L.Callback):
     def __init__(self, folder: Path, monitor: str, n: int):
         self.folder, self.monitor, self.n = Path(folder), monitor, n
 
-    def scores(self) -> dict[int, float]:
-        f = self.folder / "scores.json"
-        return {int(k): float(v) for k, v in json.loads(f.read_text()).items()} if f.is_file() else {}
-
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
@@ -177,12 +173,18 @@ class ValidationSnapshots(L.Callback):
         trainer.save_checkpoint(self.folder / f"step{step}.ckpt", weights_only=True)
         if not is_rank_zero():
             return
-        scores = {**self.scores(), step: float(value)}
-        keep = set(averaging_window(scores, self.n)) | set(sorted(scores)[-(self.n - 1) :] if self.n > 1 else [])
+        scores = {**validation_scores(self.folder), step: float(value)}
+        keep = set(averaging_window(scores, self.n)) | set(sorted(scores)[-(self.n - 1) :])  # n >= 2 (validate)
         for s in [s for s in scores if s not in keep]:
             (self.folder / f"step{s}.ckpt").unlink(missing_ok=True)
             del scores[s]
         write_json(self.folder / "scores.json", {str(k): v for k, v in sorted(scores.items())})
+
+
+def validation_scores(folder: Path) -> dict[int, float]:
+    """{step: monitored score} of the checkpoints ValidationSnapshots keeps in `folder`."""
+    f = Path(folder) / "scores.json"
+    return {int(k): float(v) for k, v in json.loads(f.read_text()).items()} if f.is_file() else {}
 
 
 def averaging_window(scores: dict[int, float], n: int) -> list[int]:
@@ -196,4 +198,11 @@ def averaging_window(scores: dict[int, float], n: int) -> list[int]:
     return steps[max(0, i - n + 1) : i + 1]
 
 
-__all__ = ["GATE_SUFFIXES", "ValidationSnapshots", "average_checkpoints", "averaged_key", "averaging_window"]
+__all__ = [
+    "GATE_SUFFIXES",
+    "ValidationSnapshots",
+    "average_checkpoints",
+    "averaged_key",
+    "averaging_window",
+    "validation_scores",
+]

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from prunelab.callbacks.curves import record_levels
 from prunelab.errors import NonFiniteError
 from prunelab.training import interrupt
-from prunelab.training.averaging import ValidationSnapshots, average_checkpoints, averaging_window
+from prunelab.training.averaging import average_checkpoints, averaging_window, validation_scores
 from prunelab.training.budget import RunClock, StageClock, StepBudget, seconds
 from prunelab.training.build import AVERAGED_DIR, build_trainer
 from prunelab.training.io import read_state, write_json
@@ -187,7 +187,7 @@ class Rounds:
         if not n:
             return best
         folder = d / AVERAGED_DIR
-        scores = ValidationSnapshots(folder, self.task.monitor, int(n)).scores()
+        scores = validation_scores(folder)
         window = averaging_window(scores, int(n))
         if len(window) < 2:
             log.info("checkpoint averaging: %d final-mask validation checkpoint(s); testing the best", len(window))
