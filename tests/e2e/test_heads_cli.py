@@ -21,13 +21,13 @@ pytestmark = pytest.mark.xdist_group("heads_cli")  # one trained run for the mod
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """A smoke run (20 valid and 20 test sentences); each test writes its study to its own folder."""
-    run = train(tmp_path_factory.mktemp("heads_cli") / "run", "experiment=smoke", "logger=csv")
+    run = train(tmp_path_factory.mktemp("heads_cli") / "run", "experiment=smoke", "logger=csv", "task.beam_size=1")
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
 
 def test_head_analysis_of_a_run(run: Run) -> None:
-    # the run decodes the test set with the task's beam 4: the analysis at beam 4 must reproduce its test BLEU
+    # the run decodes the test set greedily (task.beam_size=1): the analysis at beam 1 must reproduce its test BLEU
     proc = subprocess.run(
         [
             sys.executable,
@@ -36,7 +36,7 @@ def test_head_analysis_of_a_run(run: Run) -> None:
             "heads",
             str(run.dir),
             "--beam-size",
-            "4",
+            "1",
             "--importance-batches",
             "2",
             "--random-orders",
@@ -121,7 +121,7 @@ def test_head_study_scores_at_most_max_examples(
         return score(self, model, batches)
 
     monkeypatch.setattr(BleuScorer, "score", counting)
-    args = ["--beam-size", "4", "--importance-batches", "1", "--random-orders", "1", "--step", "0.5"]
+    args = ["--beam-size", "1", "--importance-batches", "1", "--random-orders", "1", "--step", "0.5"]
     assert main(["heads", str(run.dir), "--max-examples", "7", "--seed", "3", "--out", str(tmp_path), *args]) == 0
     report = json.loads((tmp_path / "heads.json").read_text())
     ev = report["evaluation"]
@@ -134,7 +134,7 @@ def test_head_study_scores_at_most_max_examples(
     # every scoring saw exactly the 7 examples of its split that the report names, and the report counts them all
     assert seen and all(s in (valid["indices"], test["indices"]) for s in seen)
     assert seen.count(test["indices"]) >= 1 + 6 and len(seen) == ev["evaluations"]  # baseline + one per head
-    # the baseline is the BLEU of those 7 test sentences: the run's own beam-4 translations of them, rescored
+    # the baseline is the BLEU of those 7 test sentences: the run's own greedy translations of them, rescored
     hyps, (_, refs) = read_hypotheses(run.dir), read_test_split(run.results)
     idx = test["indices"]
     expected = sacrebleu.corpus_bleu([hyps[i] for i in idx], [[refs[i] for i in idx]]).score

@@ -114,3 +114,33 @@ def test_prunelab_beam_by_option(made: dict[str, Path], tmp_path: Path) -> None:
     # GNMT's length limit (1.5 |src| + 10) and penalty give other translations than the checkpoint's 11 tokens
     assert read_hypotheses(run.dir / "checkpoints" / "pretrained") != hf_translate(made["marian"], sources)
     check_scores_from_files(run)
+
+
+def test_studies_of_a_marian_run_decode_as_the_run_did(made: dict[str, Path], tmp_path: Path) -> None:
+    """`prunelab heads|components` of an imported Marian run score with the checkpoint's own decoding, as the run
+    did: the head study's baseline at the checkpoint's 3 beams is the run's test BLEU (prunelab's GNMT beam gives
+    other translations, test above), and the component study's baseline on valid is the BLEU of transformers'
+    `generate` on the run exported back to Hugging Face. Both studies record the decoding they used."""
+    from prunelab.export import export_hf_run
+    from prunelab.importance.component_study import analyse_components
+    from prunelab.importance.head_study import analyse_heads
+    from prunelab.models.addressing import component_names
+    from prunelab.training import load_run
+
+    run = marian_run(made, tmp_path / "run")
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    heads = analyse_heads(run.dir, importance_batches=1, beam_size=3, step=0.5, random_orders=0, ablation_order=False)
+    assert heads["baseline_bleu"] == pytest.approx(res["metrics"]["test/bleu"], rel=1e-6)
+    assert heads["decoding"] == {**res["decoding"], "split": "test", "choice_split": "valid"}
+
+    comps = analyse_components(run.dir, criticality=False)
+    assert comps["decoding"] == res["decoding"]  # no --beam-size: the checkpoint's settings as they are
+    folder, _ = export_hf_run(run.dir)
+    sources, refs = H.copy_pairs(8, 2)
+    want = sacrebleu.corpus_bleu(hf_translate(folder, sources), [refs]).score
+    assert comps["baseline_bleu"] == pytest.approx(want, abs=1e-6)
+    # every component ablated, each scored in full (no early stop with the checkpoint's decoding)
+    names = component_names(load_run(run.dir).model)
+    assert sorted(comps["bleu_zeroed"]) == sorted(names) and len(names) >= 5
+    assert all(v is not None for v in comps["bleu_zeroed"].values())

@@ -43,9 +43,10 @@ def test_verdicts(value: float, goal: float, lower: bool, verdict: str) -> None:
     assert Figure("s", "n", value, goal=goal, lower_is_better=lower).verdict == verdict
 
 
-def test_bench_writes_json_and_markdown(tmp_path: Path) -> None:
+def test_bench_writes_json_and_markdown_for_the_chosen_sections(tmp_path: Path) -> None:
+    # --smoke: the smallest setting (tests/integration/test_bench_sections.py runs every section of it)
     proc = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--sections", "decoding", "--out", str(tmp_path)],
+        [sys.executable, "bench/run.py", "--smoke", "--sections", "decoding", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,7 +54,7 @@ def test_bench_writes_json_and_markdown(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
-    assert res["mode"] == "quick" and res["sections"] == ["decoding"]
+    assert res["mode"] == "smoke" and res["sections"] == ["decoding"]
     (fig,) = res["figures"]
     assert fig["name"].startswith("KV cache speed-up") and fig["lo"] <= fig["value"] <= fig["hi"]
     md = (tmp_path / "RESULTS.md").read_text()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from prunelab.errors import UserError
-from prunelab.hf.generation import checkpoint_generation, generate, read_generation
+from prunelab.hf.generation import checkpoint_generation, generate, read_generation, with_beams
 from prunelab.hf.marian import load_hf_marian
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer, TransformerConfig
@@ -156,3 +157,61 @@ def test_task_decoding_choice(tmp_path: Path) -> None:
         checkpoint_decoding(imported, "prunelab", {"num_beams": 2})
     with pytest.raises(UserError, match=r"task\.decoding='hf'"):
         checkpoint_decoding(imported, "hf", None)
+
+
+class IdTokenizer:
+    """Token ids as words, so that BLEU compares translations token for token."""
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(f"w{t}" for t in ids)
+
+
+def test_studies_and_the_component_pruner_score_with_the_runs_decoding(tmp_path: Path) -> None:
+    """A run that decodes with its checkpoint's settings is studied and pruned with them (the study's or pruner's
+    beam width over the checkpoint's other settings): its scorer decodes as `generate` does, and an ablation's BLEU
+    is the one of transformers' `generate` on the checkpoint with that component's output zeroed (dec.0.ff: fc2's
+    weight and bias at zero, which Marian's post-norm layer then adds as nothing)."""
+    import sacrebleu
+
+    from prunelab.hf.generation import Generation
+    from prunelab.importance.components import DecodeSettings, decode_settings
+    from prunelab.importance.scoring import BleuScorer, GenerateBleuScorer
+    from prunelab.pruning.base import NoPruner
+    from prunelab.tasks.translation import TranslationTask
+
+    folder = save(tmp_path / "m", SETTINGS["beams3_len12_lp0.8"])
+    model = load_hf_marian(folder).eval()
+    g = decode_settings({"task": {"decoding": "auto"}}, None, model)
+    assert isinstance(g, Generation) and g.num_beams == 3
+    narrow = decode_settings({"task": {"decoding": "auto"}}, 2, model)
+    assert isinstance(narrow, Generation) and narrow.num_beams == 2 and "num_beams" in narrow.overrides
+    assert (narrow.max_new_tokens, narrow.length_penalty) == (g.max_new_tokens, g.length_penalty)
+    gnmt = {"decoding": "prunelab", "beam_size": 5, "length_penalty": 1.0}
+    assert decode_settings({"task": gnmt}, None, model) == DecodeSettings(beam_size=5, alpha=1.0)
+    assert decode_settings({"task": {"beam_size": 2}}, None, model) == DecodeSettings(beam_size=2)  # no decoding key
+
+    tok = IdTokenizer()
+    src = sources()
+    batches = [{"src": src, "ref": [tok.decode(r) for r in hf_generate(folder, src)]}]
+    scorer = TranslationTask.scorer(SimpleNamespace(tokenizer=tok), g)
+    assert isinstance(scorer, GenerateBleuScorer)
+    hf = transformers.MarianMTModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        hf.model.decoder.layers[0].fc2.weight.zero_()
+        hf.model.decoder.layers[0].fc2.bias.zero_()
+    hf.save_pretrained(tmp_path / "zeroed")
+    ablated = [tok.decode(h) for h in hf_generate(tmp_path / "zeroed", src)]
+    want = sacrebleu.corpus_bleu(ablated, [batches[0]["ref"]]).score
+    res = scorer.ablation(model, batches, names=["dec.0.ff", "enc.1.sa"])
+    assert res.baseline == pytest.approx(100.0) and want < 90.0
+    assert res.bleu["dec.0.ff"] == pytest.approx(want, abs=1e-9)
+    assert res.bleu["enc.1.sa"] is not None and not res.bleu_upper_bound  # every ablation decoded in full
+    scores, passes = scorer.variants(model, batches, [frozenset(), frozenset({"dec.0.ff"})])
+    assert scores == [res.baseline, res.bleu["dec.0.ff"]] and passes == 2
+
+    # the component pruner and importance tracker ask the task: the checkpoint's decoding at their beam width
+    task = TranslationTask(model, NoPruner(), tok)  # type: ignore[arg-type]
+    own = task.own_scorer(SimpleNamespace(tokenizer=tok), DecodeSettings(beam_size=1))
+    assert isinstance(own, GenerateBleuScorer) and own.generation == with_beams(g, 1)
+    plain = TranslationTask(model, NoPruner(), tok, decoding="prunelab")  # type: ignore[arg-type]
+    assert isinstance(plain.own_scorer(SimpleNamespace(tokenizer=tok), DecodeSettings(beam_size=1)), BleuScorer)

@@ -34,7 +34,7 @@ class ComponentImportanceTracker(L.Callback):
             return
         dm = trainer.datamodule  # type: ignore[attr-defined]
         batches = list(dm.val_dataloader())[: self.max_batches]
-        res = pl_module.scorer(dm, self.settings).ablation(pl_module.model, batches)  # type: ignore[attr-defined]
+        res = pl_module.own_scorer(dm, self.settings).ablation(pl_module.model, batches)  # type: ignore[attr-defined]
         scores = contribution_scores(res.drops, res.baseline)
         step = trainer.global_step
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,16 @@ class Generation:
         d = asdict(self)
         d["bad_words"], d["overrides"] = list(self.bad_words), list(self.overrides)
         return {"decoder": "checkpoint", "algorithm": "greedy" if self.num_beams == 1 else "hf_beam_search", **d}
+
+
+def with_beams(g: Generation, num_beams: int) -> Generation:
+    """`g` with another beam width (a study's or a pruner's choice), recorded among its overrides."""
+    if num_beams < 1:
+        raise UserError(f"beam width must be >= 1, got {num_beams}")
+    if num_beams == g.num_beams:
+        return g
+    overrides = g.overrides if "num_beams" in g.overrides else (*g.overrides, "num_beams")
+    return replace(g, num_beams=num_beams, overrides=overrides)
 
 
 def _one_id(name: str, value: Any) -> int | None:

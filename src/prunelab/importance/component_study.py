@@ -29,6 +29,7 @@ from prunelab.importance.components import (
     contribution_scores,
     criticality_scores,
     decode_settings,
+    decoding_report,
     greedy_group_ablation,
     group_ablation,
     order_by_importance,
@@ -69,7 +70,7 @@ def analyse_components(
     check_max_examples(max_examples)
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
-    settings = decode_settings(res["config"], beam_size)
+    settings = decode_settings(res["config"], beam_size, model)
     scorer = run.task_class.scorer(dm, settings)
     score_name = scorer.name
     init = res.get("init_weights")
@@ -160,7 +161,7 @@ def analyse_components(
         "checkpoint": res["best_checkpoint"],
         "split": split,
         "score": score_name,  # what the *_bleu fields hold: BLEU, or accuracy (%) for a classifier
-        "decoding": settings.__dict__,
+        "decoding": decoding_report(settings),
         "baseline_bleu": abl.baseline,
         "bleu_zeroed": abl.bleu,
         "drop": drops,

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
+from prunelab.hf.generation import Generation, with_beams
 from prunelab.importance.ablation import accuracy, gates_off
 from prunelab.metrics import bleu
 from prunelab.models.addressing import component, component_names
@@ -50,16 +51,32 @@ class DecodeSettings:
     max_len_b: int = 10
 
 
-def decode_settings(config: dict[str, Any], beam_size: int | None = None) -> DecodeSettings:
-    """A run's own validation decoding (beam, length penalty, length limits) from its config as results.json
-    holds it, the beam overridden by `beam_size` when given."""
+def decode_settings(
+    config: dict[str, Any], beam_size: int | None = None, model: Transformer | None = None
+) -> DecodeSettings | Generation:
+    """A run's own validation decoding from its config as results.json holds it, the beam width overridden by
+    `beam_size` when given: prunelab's beam (width, length penalty, length limits), or, for a run of `model`
+    that decoded with its checkpoint's own settings (an imported Marian model, `task.decoding`), that Generation."""
     task = config.get("task", {})
+    if model is not None and "decoding" in task:
+        from prunelab.tasks.translation import checkpoint_decoding
+
+        generation = checkpoint_decoding(model, task["decoding"], task.get("generation"))
+        if generation is not None:
+            return generation if beam_size is None else with_beams(generation, beam_size)
     return DecodeSettings(
         beam_size=beam_size or task.get("val_beam_size") or task.get("beam_size", 4),
         alpha=task.get("length_penalty", 0.6),
         max_len_a=task.get("max_len_a", 1.5),
         max_len_b=task.get("max_len_b", 10),
     )
+
+
+def decoding_report(settings: DecodeSettings | Generation) -> dict[str, Any]:
+    """How a study decoded, as its JSON records it (the same fields as a run's results.json `decoding`)."""
+    if isinstance(settings, Generation):
+        return settings.report()
+    return {"decoder": "prunelab", "algorithm": "gnmt_beam_search", **settings.__dict__}
 
 
 @dataclass

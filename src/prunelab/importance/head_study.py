@@ -31,7 +31,7 @@ from prunelab.importance.ablation import (
     scores_by_head,
     single_head_ablation,
 )
-from prunelab.importance.components import DecodeSettings
+from prunelab.importance.components import decode_settings, decoding_report
 from prunelab.importance.heads import head_importance
 from prunelab.importance.speed import speed_by_batch_size, without_heads
 from prunelab.importance.study import (
@@ -73,7 +73,8 @@ def analyse_heads(
     check_max_examples(max_examples)
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
-    scorer = run.task_class.scorer(dm, DecodeSettings(beam_size=beam_size))
+    settings = decode_settings(res["config"], beam_size, model)  # the run's own decoding, at this beam width
+    scorer = run.task_class.scorer(dm, settings)
     out = out_dir or run_dir / "heads"
     out.mkdir(parents=True, exist_ok=True)
     sets = [evaluation_set(dm, split, max_examples, seed) for split in ("valid", "test")]
@@ -126,7 +127,7 @@ def analyse_heads(
         "run": str(run_dir),
         "checkpoint": res["best_checkpoint"],
         "score": scorer.name,
-        "decoding": {"beam_size": beam_size, "split": "test", "choice_split": "valid"},
+        "decoding": {**decoding_report(settings), "split": "test", "choice_split": "valid"},
         "baseline_bleu": base,
         "importance": importance,
         "ablation_delta_bleu": deltas,

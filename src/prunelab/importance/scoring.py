@@ -1,16 +1,21 @@
 """What the importance studies score a model by, chosen by the task (never by asking the model's kind):
-`TranslationTask.scorer` gives corpus BLEU over beam-search decodes, `ClassificationTask.scorer` accuracy in
-percent (on the same 0-100 scale). The head and component studies, the component pruner and the importance
-tracker all take a Scorer."""
+`TranslationTask.scorer` gives corpus BLEU over beam-search decodes (prunelab's GNMT beam, `BleuScorer`, or an
+imported checkpoint's own decoding, `GenerateBleuScorer`), `ClassificationTask.scorer` accuracy in percent (on
+the same 0-100 scale). The head and component studies, the component pruner and the importance tracker all take
+a Scorer."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.importance.ablation import accuracy, corpus_bleu
+from prunelab.hf.generation import Generation, generate
+from prunelab.importance.ablation import accuracy, corpus_bleu, gates_off
 from prunelab.importance.components import (
     AblationResult,
     DecodeSettings,
@@ -19,6 +24,8 @@ from prunelab.importance.components import (
     variant_accuracy,
     variants_bleu,
 )
+from prunelab.metrics import bleu
+from prunelab.models.addressing import component_names
 from prunelab.models.transformer import Transformer
 
 Batch = dict[str, Any]
@@ -71,6 +78,71 @@ class BleuScorer:
     ) -> AblationResult:
         return ablation_bleu(
             model, batches, self.tokenizer, self.settings, names=names, stop_below=stop_below, progress=progress
+        )
+
+
+@dataclass
+class GenerateBleuScorer:
+    """Corpus BLEU of the translations an imported checkpoint's own decoding gives (`generate` with its
+    Generation: Hugging Face's beam search and length rules), so that a study of such a run starts from the BLEU
+    the run reported. Every variant and ablation is decoded in full, one after another: exact drops, no early
+    stopping (`stop_below` is ignored), and slower than BleuScorer's side-by-side decoding."""
+
+    tokenizer: Tokenizer
+    generation: Generation
+    name: str = "BLEU"
+
+    @torch.no_grad()
+    def score(self, model: Transformer, batches: Sequence[Batch]) -> float:
+        was_training = model.training
+        model.eval()
+        hyps: list[str] = []
+        refs: list[str] = []
+        try:
+            for b in batches:
+                hyps += [self.tokenizer.decode(h) for h in generate(model, b["src"], self.generation)]
+                refs += list(b["ref"])
+        finally:
+            model.train(was_training)
+        return bleu(hyps, refs)
+
+    def variants(
+        self, model: Transformer, batches: Sequence[Batch], variants: Sequence[frozenset[str]]
+    ) -> tuple[list[float], int]:
+        scores = []
+        for zeroed in variants:
+            with gates_off(model, zeroed):
+                scores.append(self.score(model, batches))
+        return scores, len(variants) * len(batches)
+
+    def ablation(
+        self,
+        model: Transformer,
+        batches: Sequence[Batch],
+        names: Sequence[str] | None = None,
+        stop_below: float | None = 0.1,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> AblationResult:
+        names = list(names if names is not None else component_names(model))
+        t0 = time.perf_counter()
+        baseline = self.score(model, batches)
+        baseline_seconds = time.perf_counter() - t0
+        scores: dict[str, float | None] = {}
+        for done, name in enumerate(names, 1):
+            with gates_off(model, [name]):
+                scores[name] = self.score(model, batches)
+            if progress:
+                progress(done, len(names))
+        sentences = sum(len(b["ref"]) for b in batches) * (len(names) + 1)
+        return AblationResult(
+            baseline=baseline,
+            bleu=scores,
+            bleu_upper_bound={},
+            passes=len(batches) * (len(names) + 1),
+            seconds=time.perf_counter() - t0,
+            baseline_seconds=baseline_seconds,
+            sentences_decoded=sentences,
+            sentences_total=sentences,
         )
 
 

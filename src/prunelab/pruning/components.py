@@ -99,7 +99,7 @@ class ComponentPruner(Pruner):
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
-        self._scorer = task.scorer(datamodule, self.settings) if task is not None else None
+        self._scorer = task.own_scorer(datamodule, self.settings) if task is not None else None
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
         if round_idx == 0:

@@ -105,6 +105,10 @@ class PrunableTask(L.LightningModule):
         `settings`: decoding settings where the score decodes (DecodeSettings). Each task defines its own."""
         raise NotImplementedError(f"{cls.__name__} does not say how the importance studies score it (scorer)")
 
+    def own_scorer(self, datamodule: Any, settings: Any = None) -> Any:
+        """scorer() as this task instance evaluates (a task whose decoding depends on its model overrides it)."""
+        return self.scorer(datamodule, settings)
+
     def run_report(self) -> dict[str, Any]:
         """What results.json holds about this task besides its metrics (e.g. how the score was computed)."""
         return {}

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
 from prunelab.errors import UserError
-from prunelab.hf.generation import Generation, checkpoint_generation, generate
+from prunelab.hf.generation import Generation, checkpoint_generation, generate, with_beams
 from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer
@@ -147,11 +147,22 @@ class TranslationTask(PrunableTask):
 
     @staticmethod
     def scorer(datamodule: Any, settings: Any = None) -> Any:
-        """Corpus BLEU of beam-search decodes (`settings`: beam, length penalty, length limits)."""
+        """Corpus BLEU of beam-search decodes. `settings`: a DecodeSettings (prunelab's beam: width, length penalty,
+        length limits) or a Generation (a checkpoint's own decoding, as `generate` does it)."""
         from prunelab.importance.components import DecodeSettings
-        from prunelab.importance.scoring import BleuScorer
+        from prunelab.importance.scoring import BleuScorer, GenerateBleuScorer
 
+        if isinstance(settings, Generation):
+            return GenerateBleuScorer(datamodule.tokenizer, settings)
         return BleuScorer(datamodule.tokenizer, settings or DecodeSettings())
+
+    def own_scorer(self, datamodule: Any, settings: Any = None) -> Any:
+        """The scorer of a run that decodes with its checkpoint's settings decodes with them too (the beam width
+        of `settings` when given); otherwise prunelab's beam with `settings`."""
+        if self.generation is None:
+            return self.scorer(datamodule, settings)
+        beams = settings.beam_size if settings is not None else self.generation.num_beams
+        return self.scorer(datamodule, with_beams(self.generation, beams))
 
     def run_report(self) -> dict[str, Any]:
         """The decoding in force (`decoding`) and sacrebleu's signatures of the test scores (none when every round
