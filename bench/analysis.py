@@ -42,7 +42,8 @@ def components(
     validation set (the unit the component issue states its cost in), at the run's validation beam; the run as
     `trained_run(train_steps, overrides, folder)` trains it."""
     from prunelab.importance.ablation import corpus_bleu
-    from prunelab.importance.components import ablation_bleu, components_off, decode_settings
+    from prunelab.importance.components import components_off
+    from prunelab.importance.variants import ablation_bleu, decode_settings
     from prunelab.models.addressing import component_names
     from prunelab.training import load_run
 

@@ -8,12 +8,9 @@ import torch
 from prunelab.data.tokenizer import WordTokenizer
 from prunelab.importance.ablation import corpus_bleu
 from prunelab.importance.components import (
-    DecodeSettings,
-    ablation_bleu,
     components_off,
     contribution_scores,
     criticality_scores,
-    decode_variants,
     greedy_group_ablation,
     group_ablation,
     interpolated,
@@ -21,6 +18,7 @@ from prunelab.importance.components import (
     smallest_alpha,
 )
 from prunelab.importance.scoring import BleuScorer
+from prunelab.importance.variants import DecodeSettings, ablation_bleu, decode_variants
 from prunelab.models import Transformer, build_transformer
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search
@@ -172,7 +170,7 @@ def test_group_ablation_is_cumulative_and_greedy_rescoring_picks_least_harmful()
 
 
 def test_bleu_statistics_reproduce_sacrebleu_and_bound_any_completion() -> None:
-    from prunelab.importance.components import BleuStats
+    from prunelab.importance.variants import BleuStats
     from prunelab.metrics import translation_scores
 
     g = torch.Generator().manual_seed(0)
@@ -196,7 +194,7 @@ def test_bleu_statistics_reproduce_sacrebleu_and_bound_any_completion() -> None:
 def test_early_stopping_keeps_eq1_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ablations that provably lose more than C stop early; the contribution scores equal the exhaustive
     ones. Decoding is replaced by known outputs: the unablated model translates perfectly."""
-    import prunelab.importance.components as comp
+    import prunelab.importance.variants as comp
 
     refs = [" ".join(f"w{(i * 3 + j) % 26}" for j in range(4 + i % 4)) for i in range(40)]
     data = [{"src": torch.arange(i, i + 10)[:, None], "ref": refs[i : i + 10]} for i in range(0, 40, 10)]

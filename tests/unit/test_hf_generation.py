@@ -174,8 +174,8 @@ def test_studies_and_the_component_pruner_score_with_the_runs_decoding(tmp_path:
     import sacrebleu
 
     from prunelab.hf.generation import Generation
-    from prunelab.importance.components import DecodeSettings, decode_settings
     from prunelab.importance.scoring import BleuScorer, GenerateBleuScorer
+    from prunelab.importance.variants import DecodeSettings, decode_settings
     from prunelab.pruning.base import NoPruner
     from prunelab.tasks.translation import TranslationTask
 

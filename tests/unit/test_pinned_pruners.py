@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prunelab.importance.components import AblationResult
+from prunelab.importance.variants import AblationResult
 from prunelab.models import Transformer, build_transformer
 from prunelab.models.addressing import component_names
 from prunelab.pruning import MagnitudePruner, MPSLTPruner, Pruner, SLTMPPruner
@@ -76,7 +76,8 @@ def component_pruner(model: Transformer, sparsity: float, monkeypatch: pytest.Mo
     p = ComponentPruner(sparsity=sparsity, mode="retrain", baseline="none")
     p.attach(model)
     data = SimpleNamespace(val_dataloader=lambda: [{"src": torch.ones(1, 2, dtype=torch.long)}], tokenizer=None)
-    p.use_data(data, TranslationTask)  # the task says how to score: BLEU
+    task = SimpleNamespace(own_scorer=TranslationTask.scorer)  # the task says how to score: BLEU (GNMT beam)
+    p.use_data(data, task)
     return p
 
 

@@ -12,7 +12,8 @@ import lightning as L
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps
-from prunelab.importance.components import DecodeSettings, contribution_scores
+from prunelab.importance.components import contribution_scores
+from prunelab.importance.variants import DecodeSettings
 from prunelab.loggers import wandb_run
 
 log = logging.getLogger("prunelab")

@@ -28,8 +28,6 @@ from prunelab.errors import UserError
 from prunelab.importance.components import (
     contribution_scores,
     criticality_scores,
-    decode_settings,
-    decoding_report,
     greedy_group_ablation,
     group_ablation,
     order_by_importance,
@@ -44,6 +42,7 @@ from prunelab.importance.study import (
     log_analysis_to_wandb,
     progress_bar,
 )
+from prunelab.importance.variants import decode_settings, decoding_report
 from prunelab.models.addressing import component_names
 from prunelab.training import load_run
 from prunelab.training.io import read_state, write_json

@@ -31,7 +31,6 @@ from prunelab.importance.ablation import (
     scores_by_head,
     single_head_ablation,
 )
-from prunelab.importance.components import decode_settings, decoding_report
 from prunelab.importance.heads import head_importance
 from prunelab.importance.speed import speed_by_batch_size, without_heads
 from prunelab.importance.study import (
@@ -42,6 +41,7 @@ from prunelab.importance.study import (
     log_analysis_to_wandb,
     progress_bar,
 )
+from prunelab.importance.variants import decode_settings, decoding_report
 from prunelab.models.addressing import attention_names, component_type, head_names
 from prunelab.training import load_run
 from prunelab.training.io import write_json

@@ -16,7 +16,7 @@ import torch
 from prunelab.data.tokenizer import Tokenizer
 from prunelab.hf.generation import Generation, generate
 from prunelab.importance.ablation import accuracy, corpus_bleu, gates_off
-from prunelab.importance.components import (
+from prunelab.importance.variants import (
     AblationResult,
     DecodeSettings,
     ablation_accuracy,

@@ -29,11 +29,8 @@ from torch import Tensor, nn
 
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.components import (
-    DecodeSettings,
-    contribution_scores,
-    order_by_importance,
-)
+from prunelab.importance.components import contribution_scores, order_by_importance
+from prunelab.importance.variants import DecodeSettings
 from prunelab.models.addressing import component_names
 from prunelab.models.surgery import remove_components, restore_components
 from prunelab.pruning.base import Pruner

@@ -149,8 +149,8 @@ class TranslationTask(PrunableTask):
     def scorer(datamodule: Any, settings: Any = None) -> Any:
         """Corpus BLEU of beam-search decodes. `settings`: a DecodeSettings (prunelab's beam: width, length penalty,
         length limits) or a Generation (a checkpoint's own decoding, as `generate` does it)."""
-        from prunelab.importance.components import DecodeSettings
         from prunelab.importance.scoring import BleuScorer, GenerateBleuScorer
+        from prunelab.importance.variants import DecodeSettings
 
         if isinstance(settings, Generation):
             return GenerateBleuScorer(datamodule.tokenizer, settings)
