@@ -10,6 +10,7 @@ from prunelab.pruning.lottery import (
     StabilizedLotteryTicketPruner,
 )
 from prunelab.pruning.magnitude import MagnitudePruner
+from prunelab.pruning.oneshot import OneShotPruner
 from prunelab.pruning.rounds import Round, RoundPruner, iterative_levels
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "MagnitudePruner",
     "MaskPruner",
     "NoPruner",
+    "OneShotPruner",
     "Pruner",
     "Round",
     "RoundPruner",

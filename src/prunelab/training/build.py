@@ -42,8 +42,10 @@ def validate(cfg: DictConfig) -> None:
     s = cfg.sparsity
     if not isinstance(s, int | float) or not 0.0 <= float(s) < 1.0:
         raise UserError(f"sparsity must be in [0, 1), got {s}")
-    if cfg.trainer.max_steps is None or cfg.trainer.max_steps < 1:
-        raise UserError(f"trainer.max_steps must be a positive number of steps, got {cfg.trainer.max_steps}")
+    if cfg.trainer.max_steps is None or cfg.trainer.max_steps < 0:
+        raise UserError(
+            f"trainer.max_steps must be a number of steps >= 0 (0: score without training), got {cfg.trainer.max_steps}"
+        )
     seconds(cfg.trainer.get("max_time"))  # a budget prunelab cannot read is an error now, not after training
     patience = (cfg.get("early_stopping") or {}).get("patience")
     if patience is not None and (not isinstance(patience, int) or patience < 1):

@@ -1,0 +1,273 @@
+"""Sequential, memory-bounded calibration for one-shot pruning (pruning.oneshot): every prunable Linear of a prunelab
+model is pruned from the inputs it sees on a calibration set, layer after layer, each layer seeing the outputs of
+the layers already pruned before it, as the reference implementations of Wanda and SparseGPT do.
+
+The calibration set goes through the model one stack layer at a time: the hidden states of every calibration batch
+at the current layer are kept (one layer's activations for the whole set, not the network's), the layer is run once
+with hooks that gather its Linears' input statistics (only on real tokens: padding is left out), its Linears are
+pruned, and it is run again, pruned, to give the next layer its inputs. The decoder starts from the pruned encoder's
+memory, so cross-attention sees what the pruned encoder gives. Linears outside the stacks (ELECTRA's embedding
+projection, a classifier's pooler and head) are pruned in the order the forward pass calls them, each from a full
+forward pass of the calibration set through the model pruned so far. Within a layer every Linear is calibrated on
+the unpruned layer's inputs (as the references do).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from prunelab.errors import UserError
+from prunelab.pruning.solvers import InputStats
+
+log = logging.getLogger("prunelab")
+Batch = dict[str, Any]
+# (Linear's name, the Linear, its input statistics) -> the bool mask of removed weights; may change the weight
+Solve = Callable[[str, nn.Linear, InputStats], Tensor]
+
+
+# --- the calibration set --------------------------------------------------------------------------------------------
+@dataclass
+class CalibrationSet:
+    batches: list[Batch]
+    report: dict[str, Any]  # what results.json records: split, examples, tokens, seed, how they were drawn
+
+
+def calibration_set(datamodule: Any, n: int, max_tokens: int | None, seed: int, split: str = "train") -> CalibrationSet:
+    """`n` examples of the run's own `split` (a seeded random sample, the same seed the same sample), stopping early
+    once `max_tokens` tokens (source + target) are in, batched as the data module batches its evaluation sets. Every
+    process draws the same set (no DDP sharding: all ranks must choose the same masks)."""
+    if n < 1:
+        raise UserError(f"pruner.calibration.n must be >= 1, got {n}")
+    if max_tokens is not None and max_tokens < 1:
+        raise UserError(f"pruner.calibration.max_tokens must be >= 1 or null, got {max_tokens}")
+    examples = datamodule.examples.get(split)
+    if not examples:
+        raise UserError(f"pruner.calibration.split={split!r}: the data has no such split with examples")
+    order = random.Random(f"calibration-{seed}").sample(range(len(examples)), min(n, len(examples)))
+    chosen, tokens = [], 0
+    for i in order:
+        length = datamodule.example_length(examples[i])
+        if max_tokens is not None and chosen and tokens + length > max_tokens:
+            break
+        chosen.append(i)
+        tokens += length
+    view = copy.copy(datamodule)  # the same batching and collation, on the chosen examples, unsharded
+    view.examples = {**datamodule.examples, "valid": [examples[i] for i in sorted(chosen)]}
+    view.trainer = None
+    batches = list(view.val_dataloader())
+    report = {
+        "split": split,
+        "examples": len(chosen),
+        "examples_asked": n,
+        "examples_available": len(examples),
+        "tokens": tokens,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "drawn": "seeded random sample",
+    }
+    return CalibrationSet(batches, report)
+
+
+# --- statistics from hooks ------------------------------------------------------------------------------------------
+class Recorder:
+    """Forward hooks on some Linears that add each call's inputs, at the positions of `real` tokens, to the Linear's
+    InputStats. `real[name]` is set per batch: a (B, T) bool of real tokens for 3-D inputs, or None (all rows)."""
+
+    def __init__(self, linears: dict[str, nn.Linear], full: bool):
+        self.stats = {n: InputStats(m.in_features, full, m.weight.device) for n, m in linears.items()}
+        self.real: dict[str, Tensor | None] = {}
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in linears.items()]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            x = inputs[0]
+            real = self.real.get(name)
+            if x.dim() == 3 and real is not None and real.shape == x.shape[:2]:
+                x = x[real]  # (N, in) real tokens
+            self.stats[name].add(x.reshape(-1, x.shape[-1]))
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def linears_under(module: nn.Module, prefix: str, names: set[str]) -> dict[str, nn.Linear]:
+    """The Linears of `module` whose weights are in `names` (full addresses, `enc.0.ff.fc1`)."""
+    out = {}
+    for n, m in module.named_modules():
+        full = f"{prefix}.{n}" if prefix and n else n or prefix
+        if isinstance(m, nn.Linear) and f"{full}.weight" in names:
+            out[full] = m
+    return out
+
+
+# --- the sequential pass ---------------------------------------------------------------------------------------------
+def types_of(batch: Batch) -> Tensor | None:
+    return batch.get("types")
+
+
+@torch.no_grad()
+def prune_sequentially(
+    model: nn.Module, batches: Sequence[Batch], names: set[str], solve: Solve, full: bool
+) -> dict[str, Tensor]:
+    """Prune every Linear whose weight is in `names` with `solve`, in forward order (see the module docstring).
+    `full`: gather H = Σ x xᵀ (SparseGPT), else its diagonal. -> {weight name: removed mask}."""
+    was_training = model.training
+    model.eval()
+    pad = model.cfg.pad_id
+    linears = linears_under(model, "", names)
+    outside = [n for n in linears if not n.startswith(("enc.", "dec."))]
+    before, after = split_outside(model, batches[0], linears, outside)
+    removed: dict[str, Tensor] = {}
+    bar = tqdm(total=len(linears), desc="one-shot pruning", unit="matrix", dynamic_ncols=True)
+
+    def prune(group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> None:
+        for n, m in group.items():
+            removed[f"{n}.weight"] = solve(n, m, stats[n])
+            bar.update()
+
+    try:
+        for n in before:
+            prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
+        srcs = [b["src"] for b in batches]
+        src_real = [s != pad for s in srcs]
+        xs = [model.embed_tokens(s, types=types_of(b)) for s, b in zip(srcs, batches, strict=True)]
+        masks = [model.key_mask(s) for s in srcs]
+        for i, layer in enumerate(model.enc):
+            group = linears_under(layer, f"enc.{i}", names)
+            real = [dict.fromkeys(group, r) for r in src_real]
+            stats = layer_stats(group, full, real, lambda k, f=layer, xs=xs: f(xs[k], masks[k]))
+            prune(group, stats)
+            xs = [layer(x, m) for x, m in zip(xs, masks, strict=True)]
+        if len(model.dec):
+            mems = [model.enc_norm(x) for x in xs]
+            del xs
+            tgts = [b["tgt_in"] for b in batches]
+            ys = [model.embed_tokens(t) for t in tgts]
+            for i, layer in enumerate(model.dec):
+                group = linears_under(layer, f"dec.{i}", names)
+                real = [
+                    {n: (sr if n.endswith(("ea.k_proj", "ea.v_proj")) else t != pad) for n in group}
+                    for sr, t in zip(src_real, tgts, strict=True)
+                ]
+                stats = layer_stats(group, full, real, lambda k, f=layer, ys=ys: f(ys[k], mems[k], masks[k]))
+                prune(group, stats)
+                ys = [layer(y, mem, m) for y, mem, m in zip(ys, mems, masks, strict=True)]
+        for n in after:
+            prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return removed
+
+
+def layer_stats(
+    group: dict[str, nn.Linear], full: bool, real: list[dict[str, Tensor | None]], run: Callable[[int], Any]
+) -> dict[str, InputStats]:
+    """Run `run(k)` for every calibration batch k with hooks on `group`: the Linears' input statistics."""
+    rec = Recorder(group, full)
+    try:
+        for k, r in enumerate(real):
+            rec.real = r
+            run(k)
+    finally:
+        rec.close()
+    return rec.stats
+
+
+def whole_model_stats(
+    model: nn.Module, batches: Sequence[Batch], group: dict[str, nn.Linear], full: bool
+) -> dict[str, InputStats]:
+    """A Linear outside the stacks: its inputs over a full forward pass of every batch (the model's own loss)."""
+    pad = model.cfg.pad_id
+    real = []
+    for b in batches:
+        r = b["src"] != pad
+        real.append(dict.fromkeys(group, r))
+    return layer_stats(group, full, real, lambda k: model.example_losses(batches[k]))
+
+
+def split_outside(
+    model: nn.Module, batch: Batch, linears: dict[str, nn.Linear], outside: list[str]
+) -> tuple[list[str], list[str]]:
+    """The Linears outside the stacks that the forward pass calls before the first stack layer, and after it,
+    each in call order (found by one forward pass of `batch` with hooks)."""
+    if not outside:
+        return [], []
+    calls: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append(n)) for n, m in linears.items()]
+    try:
+        model.example_losses(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    first_block = next((k for k, n in enumerate(calls) if n.startswith(("enc.", "dec."))), len(calls))
+    seen = list(dict.fromkeys(calls))
+    before = [n for n in seen if n in outside and calls.index(n) < first_block]
+    after = [n for n in seen if n in outside and n not in before]
+    missing = [n for n in outside if n not in seen]
+    if missing:
+        raise UserError(f"one-shot pruning: {', '.join(missing)} is not called by the model's forward pass")
+    return before, after
+
+
+# --- peak memory ------------------------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where it cannot be read)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
+    """The peak memory while the block runs, above what was in use when it started: on a GPU the allocator's peak
+    (torch.cuda.max_memory_allocated), on a CPU the process's resident memory sampled every 5 ms."""
+    out: dict[str, Any] = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        torch.cuda.synchronize(device)
+        out.update(how="torch.cuda.max_memory_allocated", start_bytes=start)
+        out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    else:
+        start = rss_bytes()
+        peak = [start]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_bytes())
+                time.sleep(0.005)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        try:
+            yield out
+        finally:
+            stop.set()
+            t.join()
+            peak[0] = max(peak[0], rss_bytes())
+            out.update(how="resident memory (RSS), sampled every 5 ms", start_bytes=start, peak_bytes=peak[0])
+    out["extra_bytes"] = out["peak_bytes"] - out["start_bytes"]

@@ -1,0 +1,182 @@
+"""One-shot post-training pruning (`pruner=oneshot`): a trained model pruned once, matrix by matrix, from a small
+calibration set, without retraining: magnitude, Wanda (Sun et al. 2023) or SparseGPT (Frantar & Alistarh 2023),
+unstructured or N:M (pruning.solvers), the layers in order (pruning.calibration).
+
+Round 0 scores the weights the run starts from (`ckpt=RUN` or an imported checkpoint; stage "dense"). Round 1 prunes
+them at its start and trains `trainer.max_steps` steps with the mask fixed: `trainer.max_steps=0` scores the pruned
+model as it is, N > 0 is one-shot pruning plus N steps of recovery in one run. results.json's `oneshot` says how:
+method, pattern, calibration (examples, tokens, seed), time and peak memory of the pruning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import UserError
+from prunelab.pruning.base import MaskPruner, check_ranks_agree, mask_buffer
+from prunelab.pruning.calibration import calibration_set, peak_memory, prune_sequentially
+from prunelab.pruning.solvers import (
+    InputStats,
+    check_groups,
+    check_sparsity,
+    parse_pattern,
+    removal_mask,
+    sparsegpt,
+    wanda_scores,
+)
+
+log = logging.getLogger("prunelab")
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+class OneShotPruner(MaskPruner):
+    rounds = 2
+
+    def __init__(
+        self,
+        sparsity: float,
+        method: str = "sparsegpt",
+        pattern: str = "unstructured",
+        update: bool = True,
+        calibration: dict[str, Any] | None = None,
+        block: int = 128,
+        damp: float = 0.01,
+        prune_embeddings: bool = False,
+        device: str = "auto",
+    ):
+        super().__init__(sparsity=sparsity, prune_embeddings=prune_embeddings)
+        if method not in METHODS:
+            raise UserError(f"pruner.method={method!r}: one of {', '.join(METHODS)}")
+        self.method = method
+        self.pattern = parse_pattern(pattern)
+        check_sparsity(self.pattern, sparsity)
+        if not update and method != "sparsegpt":
+            raise UserError(f"pruner.update=false is SparseGPT's (its mask without the weight update), not {method}'s")
+        if block < 1 or not 0.0 <= damp:
+            raise UserError(f"pruner.block must be >= 1 and pruner.damp >= 0, got {block} and {damp}")
+        self.update, self.block, self.damp, self.device = update, block, damp, device
+        self.calibration = {"n": 128, "max_tokens": None, "seed": 0, "split": "train", **(calibration or {})}
+        unknown = sorted(set(self.calibration) - {"n", "max_tokens", "seed", "split"})
+        if unknown:
+            raise UserError(f"pruner.calibration.{unknown[0]} is not a setting (n, max_tokens, seed, split)")
+        self._datamodule: Any = None
+        self.details: dict[str, Any] = {}
+
+    # --- the rounds --------------------------------------------------------------------------------------------------
+    def use_data(self, datamodule: object, task: Any = None) -> None:
+        self._datamodule = datamodule
+
+    def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
+        if not pretrained:
+            raise UserError(
+                "pruner=oneshot prunes a trained model: start from a run (ckpt=RUN_DIR) or an imported checkpoint "
+                "(model=hf_encoder|hf_marian model.path=...)"
+            )
+        return 0 if round_idx == 0 else max_steps
+
+    def stage(self, round_idx: int) -> str:
+        return "dense" if round_idx == 0 else "oneshot"
+
+    def round_sparsity(self, round_idx: int) -> float:
+        return 0.0 if round_idx == 0 else self.sparsity
+
+    def same_as_targeting(self, round_idx: int) -> bool:
+        return round_idx == 1
+
+    def on_round_start(self, model: nn.Module, round_idx: int) -> None:
+        if round_idx == 1:
+            self.prune(model)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {**super().checkpoint_state(), "oneshot": self.details}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        super().load_checkpoint_state(state)
+        self.details = state.get("oneshot") or self.details
+
+    def report(self, model: nn.Module) -> dict[str, Any]:
+        return {**super().report(model), **({"oneshot": self.details} if self.details else {})}
+
+    # --- pruning -----------------------------------------------------------------------------------------------------
+    def solve(self, name: str, linear: nn.Linear, stats: InputStats) -> Tensor:
+        """One matrix: its removed weights (bool), the weight updated in place by SparseGPT."""
+        w = linear.weight
+        if self.method == "sparsegpt":
+            new, removed = sparsegpt(
+                w.detach(), stats.h, self.sparsity, self.pattern, self.block, self.damp, update=self.update
+            )
+            w.data.copy_(new)
+        elif self.method == "wanda":
+            removed = removal_mask(wanda_scores(w.detach(), stats.col_sq_norms), self.sparsity, self.pattern, True)
+        else:
+            removed = removal_mask(w.detach().abs(), self.sparsity, self.pattern, per_row=False)
+        w.data[removed] = 0.0
+        return removed
+
+    def calibration_device(self, model: nn.Module) -> torch.device:
+        current = next(model.parameters()).device
+        if self.device == "auto":
+            return torch.device("cuda") if current.type == "cpu" and torch.cuda.is_available() else current
+        return torch.device(self.device)
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module) -> None:
+        if self._datamodule is None:
+            raise RuntimeError("OneShotPruner.use_data(datamodule) must be called before pruning")
+        embeddings = {n for n, w in self._weights.items() if not isinstance(_owner(model, n), nn.Linear)}
+        linears = set(self._weights) - embeddings
+        for n, w in self._weights.items():
+            check_groups(n, w.shape[1], self.pattern)
+        c = self.calibration
+        cal = calibration_set(self._datamodule, int(c["n"]), c["max_tokens"], int(c["seed"]), str(c["split"]))
+        home = next(model.parameters()).device
+        device = self.calibration_device(model)
+        model.to(device)
+        batches = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in b.items()} for b in cal.batches]
+        log.info(
+            "one-shot %s (%s, sparsity %.2f) of %d matrices from %d calibration examples (%d tokens)",
+            self.method,
+            self.pattern,
+            self.sparsity,
+            len(linears),
+            cal.report["examples"],
+            cal.report["tokens"],
+        )
+        t0 = time.perf_counter()
+        with peak_memory(device) as memory:
+            removed = prune_sequentially(model, batches, linears, self.solve, full=self.method == "sparsegpt")
+        seconds = time.perf_counter() - t0
+        for n in embeddings:  # no calibration inputs of their own (and tied to the output): magnitude, per matrix
+            removed[n] = removal_mask(self._weights[n].detach().abs(), self.sparsity, self.pattern, per_row=False)
+        model.to(home)
+        for n, r in removed.items():
+            getattr(self, mask_buffer(n)).copy_(~r)
+        self.rank_checks += check_ranks_agree(self.masks, self.sparsity)
+        self.apply_masks()
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.details = {
+            "method": self.method,
+            "pattern": str(self.pattern),
+            "update": self.update if self.method == "sparsegpt" else None,
+            "sparsity_of": "prunable matrices (Linear weights" + (", embeddings)" if embeddings else ")"),
+            "embeddings": "magnitude" if embeddings else "not pruned",
+            "calibration": cal.report,
+            **({"block": self.block, "damp": self.damp} if self.method == "sparsegpt" else {}),
+            "seconds": seconds,
+            "device": str(device),
+            # the model once, plus what pruning added at its peak (calibration activations, H, the solver's copies)
+            "memory": {
+                **memory,
+                "model_bytes": model_bytes,
+                "peak_over_model": (model_bytes + memory["extra_bytes"]) / model_bytes,
+            },
+        }
+
+
+def _owner(model: nn.Module, param_name: str) -> nn.Module:
+    return model.get_submodule(param_name.rsplit(".", 1)[0]) if "." in param_name else model
