@@ -1,0 +1,103 @@
+"""Sequential calibration against the definition, on a tiny encoder-decoder: every Linear's statistics are those of
+its inputs on real tokens, recorded independently by running the model whose earlier layers hold their pruned
+weights and whose later layers hold the original ones (the state in which that layer is calibrated); cross-attention
+keys and values see the pruned encoder's memory. A calibration that ran every layer on the unpruned model's
+activations fails: the second layer's inputs differ once the first is pruned."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab.models import build_transformer
+from prunelab.pruning.calibration import prune_sequentially
+from prunelab.pruning.masks import prunable_weights
+from prunelab.pruning.solvers import InputStats, Pattern, removal_mask, wanda_scores
+
+PAD = 0
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    model = build_transformer(
+        vocab_size=40, d_model=16, n_heads=2, d_ff=32, enc_layers=2, dec_layers=2, dropout=0.0, max_len=64
+    )
+    return model.eval()
+
+
+def batches() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for b, s, t in ((3, 7, 5), (2, 9, 9)):
+        src = torch.randint(4, 40, (b, s), generator=g)
+        tgt = torch.randint(4, 40, (b, t), generator=g)
+        src[0, -2:] = PAD  # padded positions: left out of every statistic
+        tgt[-1, -3:] = PAD
+        out.append({"src": src, "tgt_in": tgt, "tgt_out": tgt.roll(-1, 1)})
+    return out
+
+
+def layer_of(name: str) -> tuple[str, int]:
+    side, i = name.split(".")[:2]
+    return side, int(i)
+
+
+def calibrated_before(a: str, b: str) -> bool:
+    """Layer of `a` is pruned before the layer of `b` is calibrated (encoder layers first, then decoder layers);
+    tensors outside the stacks (embeddings, final norms) are never pruned here."""
+    if not a.startswith(("enc.", "dec.")):
+        return False
+    (sa, ia), (sb, ib) = layer_of(a), layer_of(b)
+    rank = {"enc": 0, "dec": 1}
+    return (rank[sa], ia) < (rank[sb], ib)
+
+
+@pytest.mark.parametrize(
+    "name", ["enc.0.ff.fc1", "enc.1.sa.q_proj", "dec.0.ea.k_proj", "dec.0.sa.v_proj", "dec.1.ff.fc2"]
+)
+def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> None:
+    original = tiny()
+    model = copy.deepcopy(original)
+    names = set(prunable_weights(model))
+    seen: dict[str, InputStats] = {}
+
+    def solve(n: str, linear: nn.Linear, stats: InputStats) -> torch.Tensor:
+        seen[n] = stats
+        removed = removal_mask(wanda_scores(linear.weight, stats.col_sq_norms), 0.5, Pattern(), per_row=True)
+        linear.weight.data[removed] = 0.0
+        return removed
+
+    data = batches()
+    removed = prune_sequentially(model, data, names, solve, full=True)
+    assert set(removed) == names and all(float(r.float().mean()) == 0.5 for r in removed.values())
+
+    # independently: the model as it was when `name` was calibrated, its inputs recorded on real tokens
+    state = {k: (model if calibrated_before(k, name) else original).state_dict()[k] for k in original.state_dict()}
+    hybrid = tiny()
+    hybrid.load_state_dict(state)
+    unpruned = tiny()
+    recorded, recorded_unpruned = [], []
+    for net, rows in ((hybrid, recorded), (unpruned, recorded_unpruned)):
+        target = net.get_submodule(name)
+        current = {}
+        target.register_forward_hook(lambda m, i, o, rows=rows, current=current: rows.append(i[0][current["real"]]))
+        for b in data:
+            on_source = name.startswith("enc.") or name.endswith(("ea.k_proj", "ea.v_proj"))
+            current["real"] = (b["src"] if on_source else b["tgt_in"]) != PAD
+            with torch.no_grad():
+                net(b["src"], b["tgt_in"])
+    x = torch.cat(recorded).double()  # (real tokens, in)
+    stats = seen[name]
+    assert stats.tokens == x.shape[0]
+    torch.testing.assert_close(stats.h.double(), x.T @ x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.col_sq_norms.double(), (x * x).sum(0), rtol=1e-5, atol=1e-5)
+    if not name.startswith(("enc.0.", "dec.0.sa.")):  # inputs downstream of pruned layers: pruning changed them
+        x0 = torch.cat(recorded_unpruned).double()
+        assert not torch.allclose(x0.T @ x0, x.T @ x, rtol=1e-3, atol=1e-3)
+    # Wanda's removed weights are the lowest |W|·‖X_j‖₂ of each row, from these recorded inputs
+    w = original.get_submodule(name).weight.double()
+    want = removal_mask(w.abs() * x.norm(dim=0)[None, :], 0.5, Pattern(), per_row=True)
+    assert torch.equal(removed[f"{name}.weight"], want)
