@@ -58,5 +58,5 @@ def test_gradual_nm_pruning_ends_at_an_exact_nm_mask(tiny_model: Transformer, te
     for k, mask in pruner.masks.items():
         assert bool((mask.view(mask.shape[0], -1, m).sum(-1) == n).all()), k  # exactly N of every M kept
     assert pruner.report(tiny_model)["sparsity"]["overall"] == pytest.approx(1 - n / m)
-    with pytest.raises(UserError, match="sparsity=0.5"):
+    with pytest.raises(UserError, match=r"sparsity=0\.5"):
         MagnitudePruner(sparsity=0.6, pattern=text)
