@@ -39,6 +39,10 @@ def test_pruner_runs_end_to_end(tmp_path: Path, name: str, precision: str) -> No
     cfg = run_cfg(base)
     kind = get_class(cfg.pruner._target_).tasks[0]
     extra = [f"pruner.{k}={v}" for k, v in FAST.items() if k in cfg.pruner]
+    if get_class(cfg.pruner._target_).needs_trained_model:  # it prunes a trained model: train one first
+        dense = [o for o in base if not o.startswith(("pruner=", "sparsity="))]
+        train(run_cfg([*dense, *DATA[kind]]), tmp_path / "dense")
+        extra += [f"ckpt={tmp_path / 'dense'}", "pruner.calibration.n=16"]
     res = train(run_cfg([*base, *DATA[kind], *extra]), tmp_path, choices={"pruner": name})
     assert res["status"] == "completed" and res["trainer"]["precision"] == precision
     key = res["score"]["key"]

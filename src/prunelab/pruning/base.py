@@ -94,6 +94,7 @@ class Pruner(nn.Module):
 
     rounds: int = 1  # how many `trainer.fit` rounds the method needs
     tasks: tuple[str, ...] = ("translation", "classification")  # the task kinds it can prune
+    needs_trained_model: bool = False  # True: it prunes trained weights (`ckpt=` or an imported checkpoint) only
 
     def __init__(self) -> None:
         super().__init__()

@@ -36,6 +36,7 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 
 class OneShotPruner(MaskPruner):
     rounds = 2
+    needs_trained_model = True
 
     def __init__(
         self,
@@ -72,11 +73,6 @@ class OneShotPruner(MaskPruner):
         self._datamodule = datamodule
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
-        if not pretrained:
-            raise UserError(
-                "pruner=oneshot prunes a trained model: start from a run (ckpt=RUN_DIR) or an imported checkpoint "
-                "(model=hf_encoder|hf_marian model.path=...)"
-            )
         return 0 if round_idx == 0 else max_steps
 
     def stage(self, round_idx: int) -> str:

@@ -79,6 +79,11 @@ def run(
         pruner = instantiate(cfg.pruner)
         task = build_task(cfg, datamodule, model, pruner, choices)
         start = start_weights(cfg, out, model, pruner)  # scratch, a run's checkpoint, or a pretrained checkpoint
+        if pruner.needs_trained_model and not start.trained:
+            raise UserError(
+                f"pruner={choices.get('pruner', '?')} prunes a trained model: start from a run (ckpt=RUN_DIR) or "
+                "an imported checkpoint (model=hf_encoder|hf_marian model.path=...)"
+            )
         logger = build_logger(cfg, out, group, job)
         if logger:
             logger.log_hyperparams(results.data["config"])
