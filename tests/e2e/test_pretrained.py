@@ -75,6 +75,7 @@ def marian_run(made: dict[str, Path], out: Path, *overrides: str):
         ["pruner=heads", "sparsity=0.25", "pruner.finetune_steps=4"],
         ["pruner=components", "sparsity=0.25", "pruner.finetune_steps=4"],
         ["pruner=attendout"],
+        ["pruner=oneshot", "sparsity=0.5", "trainer.max_steps=0", "pruner.calibration.n=16"],
     ],
     ids=lambda p: p[0],
 )
@@ -91,8 +92,11 @@ def test_every_method_on_an_imported_bert(made: dict[str, Path], tmp_path: Path,
     assert dense["metrics"]["test/acc"] == pytest.approx(hf_accuracy(made["bert"], texts, labels), abs=1e-9)
     assert len(res["levels"]) >= 2 and res["levels"][-1]["round"] > dense["round"]
     check_scores_from_files(run)
-    if pruner[0] in ("pruner=mp", "pruner=slt"):
+    if pruner[0] in ("pruner=mp", "pruner=slt", "pruner=oneshot"):
         assert res["levels"][-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    if pruner[0] == "pruner=oneshot":  # SparseGPT from 16 training examples, scored without training
+        assert res["oneshot"]["calibration"]["examples"] == 16 and res["oneshot"]["method"] == "sparsegpt"
+        assert res["levels"][-1]["time"]["steps"] == 0
     if pruner[0] == "pruner=slt":  # θ_0, which lottery tickets rewind to, is the pretrained model itself
         from safetensors.torch import load_file
 
@@ -109,6 +113,7 @@ def test_every_method_on_an_imported_bert(made: dict[str, Path], tmp_path: Path,
         ["pruner=slt", "sparsity=0.5", "pruner.levels=[0.3,0.5]"],
         ["pruner=heads", "sparsity=0.25", "pruner.finetune_steps=4"],
         ["pruner=components", "sparsity=0.25", "pruner.finetune_steps=4"],
+        ["pruner=oneshot", "pruner.method=wanda", "pruner.pattern=2:4", "sparsity=0.5", "trainer.max_steps=0"],
     ],
     ids=lambda p: p[0],
 )
@@ -126,6 +131,14 @@ def test_every_method_on_an_imported_marian(made: dict[str, Path], tmp_path: Pat
     assert dense["metrics"]["test/bleu"] == pytest.approx(bleu, rel=1e-6)  # logged metrics are float32
     assert len(res["levels"]) >= 2
     check_scores_from_files(run)
+    if pruner[0] == "pruner=oneshot":  # Wanda 2:4: every matrix keeps 2 of every 4 consecutive inputs
+        from prunelab.training import load_run
+        from prunelab.training.load import checkpoint_masks
+
+        masks = checkpoint_masks(torch.load(res["best_checkpoint"], weights_only=True)["state_dict"])
+        assert masks and all(bool((m.view(m.shape[0], -1, 4).sum(-1) == 2).all()) for m in masks.values())
+        model = load_run(run.dir).model
+        assert all(float((model.get_parameter(k) == 0).float().mean()) >= 0.5 for k in masks)
 
 
 def prunelab_cli(*args: str) -> subprocess.CompletedProcess:
