@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="one row per job only (by default equivalent levels of iterative runs fill the table)",
     )
+    p_cmp = sub.add_parser("compare", help="runs side by side: method, sparsity, dense and pruned score, cost")
+    p_cmp.add_argument("run_dirs", type=Path, nargs="+")
+    p_cmp.add_argument("--out", type=Path, default=None, help="also write compare.md and compare.csv here")
     p_heads = sub.add_parser("heads", help="head importance, ablation and pruning curves of a trained run")
     p_heads.add_argument("run_dir", type=Path)
     p_heads.add_argument("--importance-batches", type=int, default=20, help="training batches for I_h")
@@ -130,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 + f"; written to {args.out or args.run_dir / 'components'}"
             )
+        elif args.command == "compare":
+            from prunelab.compare import compare
+
+            print(compare(args.run_dirs, args.out), end="")
         elif args.command == "export":
             from prunelab.cli.export import export
 
