@@ -63,16 +63,18 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> N
     model = copy.deepcopy(original)
     names = set(prunable_weights(model))
     seen: dict[str, InputStats] = {}
+    removed: dict[str, torch.Tensor] = {}
 
-    def solve(n: str, linear: nn.Linear, stats: InputStats) -> torch.Tensor:
+    def solve(n: str, linear: nn.Linear, stats: InputStats) -> None:
         seen[n] = stats
-        removed = removal_mask(wanda_scores(linear.weight, stats.col_sq_norms), 0.5, Pattern(), per_row=True)
-        linear.weight.data[removed] = 0.0
-        return removed
+        removed[f"{n}.weight"] = removal_mask(wanda_scores(linear.weight, stats.col_sq_norms), 0.5, Pattern(), True)
+        linear.weight.data[removed[f"{n}.weight"]] = 0.0
 
     data = batches()
-    removed = prune_sequentially(model, data, names, solve, full=True)
+    order = prune_sequentially(model, data, names, solve, full=True)
     assert set(removed) == names and all(float(r.float().mean()) == 0.5 for r in removed.values())
+    layers = [".".join(n.split(".")[:2]) for n in order]  # encoder layers in order, then decoder layers
+    assert list(dict.fromkeys(layers)) == ["enc.0", "enc.1", "dec.0", "dec.1"]
 
     # independently: the model as it was when `name` was calibrated, its inputs recorded on real tokens
     state = {k: (model if calibrated_before(k, name) else original).state_dict()[k] for k in original.state_dict()}

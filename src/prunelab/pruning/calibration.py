@@ -34,8 +34,8 @@ from prunelab.pruning.solvers import InputStats
 
 log = logging.getLogger("prunelab")
 Batch = dict[str, Any]
-# (Linear's name, the Linear, its input statistics) -> the bool mask of removed weights; may change the weight
-Solve = Callable[[str, nn.Linear, InputStats], Tensor]
+# (Linear's name, the Linear, its input statistics): prunes that Linear (its weight, and whatever bookkeeping)
+Solve = Callable[[str, nn.Linear, InputStats], None]
 
 
 # --- the calibration set --------------------------------------------------------------------------------------------
@@ -124,21 +124,22 @@ def types_of(batch: Batch) -> Tensor | None:
 @torch.no_grad()
 def prune_sequentially(
     model: nn.Module, batches: Sequence[Batch], names: set[str], solve: Solve, full: bool
-) -> dict[str, Tensor]:
+) -> list[str]:
     """Prune every Linear whose weight is in `names` with `solve`, in forward order (see the module docstring).
-    `full`: gather H = Σ x xᵀ (SparseGPT), else its diagonal. -> {weight name: removed mask}."""
+    `full`: gather H = Σ x xᵀ (SparseGPT), else its diagonal. -> the Linears' names in the order they were pruned."""
     was_training = model.training
     model.eval()
     pad = model.cfg.pad_id
     linears = linears_under(model, "", names)
     outside = [n for n in linears if not n.startswith(("enc.", "dec."))]
     before, after = split_outside(model, batches[0], linears, outside)
-    removed: dict[str, Tensor] = {}
+    done: list[str] = []
     bar = tqdm(total=len(linears), desc="one-shot pruning", unit="matrix", dynamic_ncols=True)
 
     def prune(group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> None:
         for n, m in group.items():
-            removed[f"{n}.weight"] = solve(n, m, stats[n])
+            solve(n, m, stats.pop(n))  # each H freed once its matrix is pruned
+            done.append(n)
             bar.update()
 
     try:
@@ -153,7 +154,9 @@ def prune_sequentially(
             real = [dict.fromkeys(group, r) for r in src_real]
             stats = layer_stats(group, full, real, lambda k, f=layer, xs=xs: f(xs[k], masks[k]))
             prune(group, stats)
-            xs = [layer(x, m) for x, m in zip(xs, masks, strict=True)]
+            del stats
+            for k in range(len(xs)):  # in place: one batch's activations more at a time, not the whole set's
+                xs[k] = layer(xs[k], masks[k])
         if len(model.dec):
             mems = [model.enc_norm(x) for x in xs]
             del xs
@@ -167,13 +170,15 @@ def prune_sequentially(
                 ]
                 stats = layer_stats(group, full, real, lambda k, f=layer, ys=ys: f(ys[k], mems[k], masks[k]))
                 prune(group, stats)
-                ys = [layer(y, mem, m) for y, mem, m in zip(ys, mems, masks, strict=True)]
+                del stats
+                for k in range(len(ys)):
+                    ys[k] = layer(ys[k], mems[k], masks[k])
         for n in after:
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
     finally:
         bar.close()
         model.train(was_training)
-    return removed
+    return done
 
 
 def layer_stats(

@@ -99,8 +99,8 @@ class OneShotPruner(MaskPruner):
         return {**super().report(model), **({"oneshot": self.details} if self.details else {})}
 
     # --- pruning -----------------------------------------------------------------------------------------------------
-    def solve(self, name: str, linear: nn.Linear, stats: InputStats) -> Tensor:
-        """One matrix: its removed weights (bool), the weight updated in place by SparseGPT."""
+    def solve(self, name: str, linear: nn.Linear, stats: InputStats) -> None:
+        """One matrix pruned: its mask set, the weight updated in place by SparseGPT and its removed entries zeroed."""
         w = linear.weight
         if self.method == "sparsegpt":
             new, removed = sparsegpt(
@@ -112,7 +112,7 @@ class OneShotPruner(MaskPruner):
         else:
             removed = removal_mask(w.detach().abs(), self.sparsity, self.pattern, per_row=False)
         w.data[removed] = 0.0
-        return removed
+        getattr(self, mask_buffer(f"{name}.weight")).copy_(~removed)
 
     def calibration_device(self, model: nn.Module) -> torch.device:
         current = next(model.parameters()).device
@@ -145,13 +145,12 @@ class OneShotPruner(MaskPruner):
         )
         t0 = time.perf_counter()
         with peak_memory(device) as memory:
-            removed = prune_sequentially(model, batches, linears, self.solve, full=self.method == "sparsegpt")
+            prune_sequentially(model, batches, linears, self.solve, full=self.method == "sparsegpt")
         seconds = time.perf_counter() - t0
         for n in embeddings:  # no calibration inputs of their own (and tied to the output): magnitude, per matrix
-            removed[n] = removal_mask(self._weights[n].detach().abs(), self.sparsity, self.pattern, per_row=False)
+            removed = removal_mask(self._weights[n].detach().abs(), self.sparsity, self.pattern, per_row=False)
+            getattr(self, mask_buffer(n)).copy_(~removed)
         model.to(home)
-        for n, r in removed.items():
-            getattr(self, mask_buffer(n)).copy_(~r)
         self.rank_checks += check_ranks_agree(self.masks, self.sparsity)
         self.apply_masks()
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

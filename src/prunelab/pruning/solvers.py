@@ -132,10 +132,10 @@ class InputStats:
 
 
 # --- SparseGPT --------------------------------------------------------------------------------------------------
-def damped(h: Tensor, damp: float) -> Tensor:
-    """H + λI with λ = damp × mean(diag H) (float64); inputs that were always 0 (H_jj = 0) get 1 on the diagonal
+def damped(h: Tensor, damp: float, dtype: torch.dtype = torch.float64) -> Tensor:
+    """H + λI with λ = damp × mean(diag H), in `dtype`; inputs that were always 0 (H_jj = 0) get 1 on the diagonal
     so that H is invertible (their weights cannot change any output seen in calibration)."""
-    h = h.double().clone()
+    h = h.to(dtype, copy=True)
     dead = h.diagonal() == 0
     h.diagonal()[dead] = 1.0
     h.diagonal().add_(damp * h.diagonal().mean())
@@ -147,11 +147,13 @@ def inverse_cholesky(h: Tensor) -> Tensor:
     columns ≥ j when weight j is removed with the columns < j held."""
     try:
         lower = torch.linalg.cholesky(h)
+        h_inv = torch.cholesky_inverse(lower)
+        del lower  # one (cols, cols) matrix at a time besides H: the solve's memory stays a few copies of H
+        return torch.linalg.cholesky(h_inv, upper=True)
     except RuntimeError as e:  # torch.linalg.LinAlgError: not positive definite even after damping
         raise UserError(
             "SparseGPT: the calibration Hessian is not positive definite; raise pruner.damp or the calibration size"
         ) from e
-    return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
 
 
 @torch.no_grad()
@@ -167,12 +169,14 @@ def sparsegpt(
 ) -> tuple[Tensor, Tensor]:
     """SparseGPT on one matrix: weight (rows, cols), h = Σ x xᵀ (cols, cols). -> (new weight in the input dtype,
     removed: bool (rows, cols)). `update=False`: the same mask choice, the kept weights unchanged. `mask` (bool,
-    True = removed): use this mask instead of choosing one (the updates alone)."""
+    True = removed): use this mask instead of choosing one (the updates alone). Computed in fp32 (as the reference
+    does), or in fp64 for fp64 inputs."""
     rows, cols = weight.shape
     if pattern.structured and block % pattern.m:
         raise UserError(f"SparseGPT: pruner.block={block} must be a multiple of the pattern's M={pattern.m}")
-    w = weight.double().clone()
-    u = inverse_cholesky(damped(h, damp))
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    w = weight.to(dtype, copy=True)
+    u = inverse_cholesky(damped(h, damp, dtype))
     removed = torch.zeros(rows, cols, dtype=torch.bool, device=weight.device)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
