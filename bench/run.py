@@ -29,6 +29,7 @@ from pathlib import Path
 import analysis
 import export
 import generation
+import oneshot
 import precision
 import pretrained
 import torch
@@ -76,6 +77,10 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             *analysis.components(train_steps=100 if q else 1200, reps=1 if q else 3, warmup=0 if q else 1),
             *analysis.attendout(reps=3 if q else 5),
         ],
+        "oneshot": lambda: [
+            *oneshot.prune_encoder(n=128, seq=128, reps=1),
+            *oneshot.layer_solve(reps=2 if q else 3),
+        ],
     }
 
 
@@ -84,6 +89,7 @@ SMOKE = ["experiment=smoke", "data.valid_size=8", "data.test_size=8", "task.beam
 SMOKE += ["task.max_len_b=4"]
 SMOKE_NMT = {"vocab_size": 500, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_layers": 1, "dec_layers": 1}
 SMOKE_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+SMOKE_ONESHOT = {"vocab_size": 3000, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_layers": 2}
 SMOKE_MARIAN = {
     "d_model": 32,
     "encoder_layers": 1,
@@ -138,6 +144,10 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
         "analysis": lambda: [
             *analysis.components(train_steps=2, reps=1, warmup=0, overrides=SMOKE, folder=out / ".run-smoke"),
             *analysis.attendout(reps=1, layers=3, d_model=32),
+        ],
+        "oneshot": lambda: [
+            *oneshot.prune_encoder(n=8, seq=16, batch=4, changes=SMOKE_ONESHOT),
+            *oneshot.layer_solve(rows=16, cols=64, tokens=128, reps=1),
         ],
     }
 
