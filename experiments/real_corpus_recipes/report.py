@@ -86,14 +86,14 @@ def main(folder: Path) -> str:
             if refs is not None and hyp.is_file():
                 stats[a["name"]] = sentence_stats(hyp.read_text(encoding="utf-8")[:-1].split("\n"), refs, bleu)
         budget = done[0]["config"]["trainer"]["max_time"] if done else "?"
-        out.append(f"### {corpus} ({budget} s each)\n")
+        out.append(f"### {corpus}: {budget:,} s each, one core each\n")
         score = "BLEU" if bleu else "accuracy (%)"
         out.append(
             f"| run | optimizer steps | ended by | validations | val {score} (tested checkpoint) | test {score} | "
             + ("test chrF | " if bleu else "")
             + "P(beats defaults), paired bootstrap |"
         )
-        out.append("|---" * (7 if bleu else 6) + "|")
+        out.append("|---" * (8 if bleu else 7) + "|")
         base = next(a["name"] for a in rows if a.get("baseline"))
         for a in rows:
             r = results[a["name"]]
