@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -32,6 +34,8 @@ from prunelab.pruning.solvers import (
 
 log = logging.getLogger("prunelab")
 METHODS = ("magnitude", "wanda", "sparsegpt")
+# examples of the run's `split` (a seeded sample), stopping at `max_tokens` tokens in all when set
+CALIBRATION = MappingProxyType({"n": 128, "max_tokens": None, "seed": 0, "split": "train"})
 
 
 class OneShotPruner(MaskPruner):
@@ -44,7 +48,7 @@ class OneShotPruner(MaskPruner):
         method: str = "sparsegpt",
         pattern: str = "unstructured",
         update: bool = True,
-        calibration: dict[str, Any] | None = None,
+        calibration: Mapping[str, Any] = CALIBRATION,
         block: int = 128,
         damp: float = 0.01,
         prune_embeddings: bool = False,
@@ -61,8 +65,8 @@ class OneShotPruner(MaskPruner):
         if block < 1 or not 0.0 <= damp:
             raise UserError(f"pruner.block must be >= 1 and pruner.damp >= 0, got {block} and {damp}")
         self.update, self.block, self.damp, self.device = update, block, damp, device
-        self.calibration = {"n": 128, "max_tokens": None, "seed": 0, "split": "train", **(calibration or {})}
-        unknown = sorted(set(self.calibration) - {"n", "max_tokens", "seed", "split"})
+        self.calibration = {**CALIBRATION, **calibration}
+        unknown = sorted(set(self.calibration) - set(CALIBRATION))
         if unknown:
             raise UserError(f"pruner.calibration.{unknown[0]} is not a setting (n, max_tokens, seed, split)")
         self._datamodule: Any = None
