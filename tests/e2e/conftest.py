@@ -53,6 +53,29 @@ def train(
     return Run(proc.returncode, proc.stdout, proc.stderr, run_dir)
 
 
+def train_here(run_dir: Path, *overrides: str) -> Run:
+    """`python train.py OVERRIDES` in this process, for tests that check what a run computes rather than how the
+    command behaves (exit codes on signals, train.log, W&B files, sweeps): the same composition of conf/train.yaml
+    with the run folder as Hydra's output dir, and the same `train(cfg, out, choices)` that train.py calls. A
+    UserError gives returncode 2 and train.py's `error: ...` line in stderr. It saves the interpreter's start-up
+    (importing torch and Lightning: about 8 s a run on this machine)."""
+    from omegaconf import open_dict
+
+    from prunelab.errors import UserError
+    from prunelab.training import train as run
+    from tests.integration.conftest import compose_cfg
+
+    cfg = compose_cfg(run_dir, list(overrides))
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        run(cfg, run_dir, choices=choices)
+    except UserError as e:
+        return Run(2, "", f"error: {e}\n", run_dir)
+    return Run(0, "", "", run_dir)
+
+
 def read_hypotheses(run_dir: Path) -> list[str]:
     """The run's test.hyp.txt, one line per test sentence (an empty translation is an empty line)."""
     text = (run_dir / "test.hyp.txt").read_text(encoding="utf-8")

@@ -1,4 +1,6 @@
-"""Classification from the command line: the synthetic task, pruners on the classifier, config errors."""
+"""Classification end to end: the synthetic task, pruners on the classifier, config errors. Runs go through
+train.py's own composition and train() in this process (train_here); the command line's one-line errors and DDP's
+process launch run `python train.py` itself."""
 
 from __future__ import annotations
 
@@ -8,13 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import assert_export_round_trip, check_scores_from_files, load_experiment_report, train
+from tests.e2e.conftest import (
+    assert_export_round_trip,
+    check_scores_from_files,
+    load_experiment_report,
+    train,
+    train_here,
+)
 
 CLS = ["model=classifier_tiny", "data=synthetic_classification", "experiment=smoke", "logger=csv"]
 
 
 def test_classification_run_writes_accuracy(tmp_path: Path) -> None:
-    run = train(tmp_path / "run", *CLS)
+    run = train_here(tmp_path / "run", *CLS)
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     assert res["status"] == "completed"
@@ -27,10 +35,10 @@ def test_classification_run_writes_accuracy(tmp_path: Path) -> None:
 
 
 def test_mp_and_heads_on_the_classifier(tmp_path: Path) -> None:
-    mp = train(tmp_path / "mp", *CLS, "pruner=mp", "sparsity=0.5")
+    mp = train_here(tmp_path / "mp", *CLS, "pruner=mp", "sparsity=0.5")
     assert mp.returncode == 0, mp.stderr[-3000:]
     assert mp.results["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
-    heads = train(tmp_path / "heads", *CLS, "pruner=heads", "sparsity=0.5", f"ckpt={mp.dir}")
+    heads = train_here(tmp_path / "heads", *CLS, "pruner=heads", "sparsity=0.5", f"ckpt={mp.dir}")
     assert heads.returncode == 0, heads.stderr[-3000:]
     lv = heads.results["levels"]
     assert [x["stage"] for x in lv] == ["dense", "pruned"]
@@ -43,7 +51,7 @@ def test_mp_and_heads_on_the_classifier(tmp_path: Path) -> None:
 
 def test_lottery_family_on_the_classifier(tmp_path: Path) -> None:
     """SLT-MP (Brix et al.): a dense round, then a rewound round at the target sparsity, on the classifier."""
-    run = train(tmp_path / "slt", *CLS, "pruner=slt_mp", "sparsity=0.5")
+    run = train_here(tmp_path / "slt", *CLS, "pruner=slt_mp", "sparsity=0.5")
     assert run.returncode == 0, run.stderr[-3000:]
     lv = run.results["levels"]
     assert [round(x["sparsity"], 2) for x in lv] == [0.0, 0.5]
@@ -91,7 +99,7 @@ def test_tsv_files_train_end_to_end(tmp_path: Path) -> None:
         "task.warmup_steps=10",
         "trainer.enable_progress_bar=false",
     ]
-    run = train(tmp_path / "run", *args)
+    run = train_here(tmp_path / "run", *args)
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     assert res["labels"] == ["bad", "good"]
@@ -107,7 +115,7 @@ def test_head_analysis_of_a_classifier(tmp_path: Path) -> None:
 
     from tests.e2e.conftest import ROOT
 
-    run = train(tmp_path / "run", *CLS, "model.n_heads=4", "model.d_model=32")
+    run = train_here(tmp_path / "run", *CLS, "model.n_heads=4", "model.d_model=32")
     assert run.returncode == 0, run.stderr[-3000:]
     cmd = [sys.executable, "-m", "prunelab.cli.main", "heads", str(run.dir), "--importance-batches", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -130,7 +138,7 @@ def test_components_on_a_classifier(tmp_path: Path) -> None:
 
     from tests.e2e.conftest import ROOT
 
-    run = train(
+    run = train_here(
         tmp_path / "run", *CLS, "model.enc_layers=2", "pruner=components", "pruner.mode=retrain", "sparsity=0.5"
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -169,7 +177,7 @@ def test_components_on_a_classifier(tmp_path: Path) -> None:
 def test_attendout_end_to_end(tmp_path: Path) -> None:
     """Round 0 trains D and A side by side with G-Net cycles; threshold 1.0 makes G-Net drop every map, so
     the structural pruning path runs: the pruned model has no Q/K and is evaluated as level "pruned"."""
-    run = train(tmp_path / "run", *CLS, "pruner=attendout", "pruner.every=3", "pruner.threshold=1.0")
+    run = train_here(tmp_path / "run", *CLS, "pruner=attendout", "pruner.every=3", "pruner.threshold=1.0")
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     lv = res["levels"]
@@ -181,7 +189,7 @@ def test_attendout_end_to_end(tmp_path: Path) -> None:
     check_scores_from_files(run)
 
     # experiments/wu2022/report.py on this run and a plain one: it loads each model as its run tested it
-    baseline = train(tmp_path / "baseline", *CLS)
+    baseline = train_here(tmp_path / "baseline", *CLS)
     assert baseline.returncode == 0, baseline.stderr[-3000:]
     out = tmp_path / "wu_report"
     verdicts = load_experiment_report("wu2022").report(run.dir, baseline.dir, out, draws=3)

@@ -17,7 +17,7 @@ import sacrebleu
 import torch
 
 from tests import hf_checkpoints as H
-from tests.e2e.conftest import ROOT, check_scores_from_files, read_hypotheses, run_env, train
+from tests.e2e.conftest import ROOT, check_scores_from_files, read_hypotheses, run_env, train, train_here
 
 transformers = pytest.importorskip("transformers")
 
@@ -58,13 +58,14 @@ def hf_greedy(folder: Path, sources: list[str]) -> list[str]:
 
 
 def encoder_run(made: dict[str, Path], out: Path, *overrides: str):
+    """A run of the tiny BERT, in this process (train_here: the command line itself is tested elsewhere)."""
     args = ["model=hf_encoder", f"model.path={made['bert']}", "data=tsv_classification", f"data.dir={made['tsv']}"]
-    return train(out, *args, *TINY, *overrides)
+    return train_here(out, *args, *TINY, *overrides)
 
 
 def marian_run(made: dict[str, Path], out: Path, *overrides: str):
     args = ["model=hf_marian", f"model.path={made['marian']}", "data=parallel_text", f"data.dir={made['parallel']}"]
-    return train(out, *args, *TINY, "task.beam_size=1", *overrides)
+    return train_here(out, *args, *TINY, "task.beam_size=1", *overrides)
 
 
 @pytest.mark.parametrize(
