@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from prunelab.importance.components import spearman
-from tests.e2e.conftest import ROOT, Run, load_experiment_report, train
+from tests.e2e.conftest import ROOT, Run, load_experiment_report, train_here
 
 pytestmark = pytest.mark.xdist_group("components")
 SHAPE = ["model.dec_layers=2"]  # 1 encoder + 2 decoder layers: 8 components, and a shallow baseline exists
@@ -25,7 +25,9 @@ SHAPE = ["model.dec_layers=2"]  # 1 encoder + 2 decoder layers: 8 components, an
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory: pytest.TempPathFactory) -> Run:
     smoke = ["experiment=smoke", "logger=csv"]
-    run = train(tmp_path_factory.mktemp("components") / "dense", *smoke, *SHAPE, "track_importance.every_n_epochs=1")
+    run = train_here(
+        tmp_path_factory.mktemp("components") / "dense", *smoke, *SHAPE, "track_importance.every_n_epochs=1"
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -122,7 +124,7 @@ def test_components_study_scores_at_most_max_examples(
 
 def test_pruner_components_rewind_and_retrain(dense: Run) -> None:
     smoke = ["experiment=smoke", "logger=csv", *SHAPE, f"ckpt={dense.dir}", "pruner=components", "sparsity=0.25"]
-    rewind = train(dense.dir.parent / "rewind", *smoke, "pruner.mode=rewind", "pruner.finetune_steps=4")
+    rewind = train_here(dense.dir.parent / "rewind", *smoke, "pruner.mode=rewind", "pruner.finetune_steps=4")
     assert rewind.returncode == 0, rewind.stderr[-3000:]
     lv = rewind.results["levels"]
     assert [x["stage"] for x in lv] == ["dense", "continue", "rewind"]
@@ -130,7 +132,7 @@ def test_pruner_components_rewind_and_retrain(dense: Run) -> None:
     assert len(rewind.results["components"]["chosen"]) == 2  # 25% of 8
     assert lv[0]["params"]["total"] == lv[1]["params"]["total"] == lv[2]["params"]["total"]
 
-    retrain = train(dense.dir.parent / "retrain", *smoke, "pruner.mode=retrain")
+    retrain = train_here(dense.dir.parent / "retrain", *smoke, "pruner.mode=retrain")
     assert retrain.returncode == 0, retrain.stderr[-3000:]
     lv = retrain.results["levels"]
     assert [x["stage"] for x in lv] == ["dense", "retrain", "shallow"]

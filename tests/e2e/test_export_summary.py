@@ -14,11 +14,11 @@ import torch
 from prunelab.export import load_sparse
 from prunelab.models import Transformer, TransformerConfig
 from prunelab.training.load import checkpoint_masks
-from tests.e2e.conftest import ROOT, train
+from tests.e2e.conftest import ROOT, train, train_here
 
 
 def test_sparse_export_reloads_to_identical_outputs(tmp_path: Path, smoke: list[str]) -> None:
-    run = train(tmp_path / "run", *smoke, "pruner=mp", "sparsity=0.8", "pruner.frequency=2")
+    run = train_here(tmp_path / "run", *smoke, "pruner=mp", "sparsity=0.8", "pruner.frequency=2")
     assert run.returncode == 0, run.stderr[-3000:]
     proc = subprocess.run(
         [sys.executable, "-m", "prunelab.cli.main", "export", str(run.dir)], cwd=ROOT, capture_output=True, text=True

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Run, read_hypotheses, read_test_split, train
+from tests.e2e.conftest import ROOT, Run, read_hypotheses, read_test_split, train_here
 
 pytestmark = pytest.mark.xdist_group("heads_cli")  # one trained run for the module's tests
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.xdist_group("heads_cli")  # one trained run for the mod
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """A smoke run (20 valid and 20 test sentences); each test writes its study to its own folder."""
-    run = train(tmp_path_factory.mktemp("heads_cli") / "run", "experiment=smoke", "logger=csv", "task.beam_size=1")
+    run = train_here(tmp_path_factory.mktemp("heads_cli") / "run", "experiment=smoke", "logger=csv", "task.beam_size=1")
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 

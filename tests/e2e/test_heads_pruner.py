@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import assert_export_round_trip, train
+from tests.e2e.conftest import assert_export_round_trip, train, train_here
 
 
 def test_heads_pruner_on_a_trained_run(tmp_path: Path, smoke: list[str]) -> None:
-    dense = train(tmp_path / "dense", *smoke)
+    dense = train_here(tmp_path / "dense", *smoke)
     assert dense.returncode == 0, dense.stderr[-3000:]
     args = [*smoke, "pruner=heads", "sparsity=0.5", "pruner.finetune_steps=6", f"ckpt={dense.dir}"]
-    run = train(tmp_path / "heads", *args)
+    run = train_here(tmp_path / "heads", *args)
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     levels = res["levels"]
@@ -30,7 +30,7 @@ def test_heads_pruner_on_a_trained_run(tmp_path: Path, smoke: list[str]) -> None
     assert_export_round_trip(run.dir)  # a head-pruned run's export reloads (it failed on the smaller shapes)
 
     # the pruned run is itself a starting point: its smaller shapes load, and nothing more is removed
-    again = train(tmp_path / "again", *smoke, "pruner=heads", "sparsity=0.5", f"ckpt={run.dir}")
+    again = train_here(tmp_path / "again", *smoke, "pruner=heads", "sparsity=0.5", f"ckpt={run.dir}")
     assert again.returncode == 0, again.stderr[-3000:]
     lv0 = again.results["levels"][0]
     assert lv0["metrics"]["test/bleu"] == pytest.approx(res["metrics"]["test/bleu"], abs=1e-6)

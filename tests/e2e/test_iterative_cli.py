@@ -1,4 +1,5 @@
-"""Each lottery-ticket technique runs from the command line and reports every level it passed."""
+"""Each lottery-ticket technique runs and reports every level it passed (train.py's composition and train(), in this
+process), and an iterative run from the command line sends its curve to W&B."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import train
+from tests.e2e.conftest import train, train_here
 
 EXPECTED_LEVELS = {  # sparsity of each round for target 0.7 with levels [0.4, 0.7]
     "lt": [0.0, 0.4, 0.7],
@@ -23,7 +24,7 @@ def test_technique_runs_and_draws_its_curve(tmp_path: Path, smoke: list[str], pr
     levels = [] if pruner.endswith("mp") else ["pruner.levels=[0.4,0.7]"]
     if pruner == "mp_slt":
         levels = ["pruner.levels=[0.7]"]
-    run = train(
+    run = train_here(
         tmp_path / "run",
         *smoke,
         f"pruner={pruner}",

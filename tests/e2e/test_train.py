@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prunelab.training.load import checkpoint_masks, mask_key
-from tests.e2e.conftest import check_scores_from_files, read_hypotheses, train, write_corpus
+from tests.e2e.conftest import check_scores_from_files, read_hypotheses, train, train_here, write_corpus
 
 REQUIRED_METRICS = {"val/bleu", "val/ter", "test/bleu", "test/ter"}
 
@@ -30,7 +30,7 @@ def test_default_pipeline_writes_results(tmp_path: Path, smoke: list[str]) -> No
 
 
 def test_mp_reaches_exact_sparsity_and_leaves_biases(tmp_path: Path, smoke: list[str]) -> None:
-    run = train(tmp_path / "run", *smoke, "pruner=mp", "sparsity=0.9", "pruner.frequency=2")
+    run = train_here(tmp_path / "run", *smoke, "pruner=mp", "sparsity=0.9", "pruner.frequency=2")
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
     assert abs(res["sparsity"]["overall"] - 0.9) < 0.005
@@ -72,7 +72,7 @@ def test_multirun_writes_one_results_per_job(tmp_path: Path, smoke: list[str]) -
 
 def test_parallel_text_corpus(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus")
-    run = train(
+    run = train_here(
         tmp_path / "run",
         "data=parallel_text",
         f"data.dir={corpus}",
