@@ -30,7 +30,7 @@ def test_default_run_reaches_bleu_80(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_mp_run_hits_90_percent(tmp_path: Path) -> None:
-    # the default model, data and pruner settings; a third of the default steps and greedy validation (the check
+    # the default model, data and pruner settings; a third of the default steps and greedy decoding (the check
     # is the schedule reaching its target and sparing biases and norms, not BLEU: that is the test above)
     run = train(
         tmp_path / "run",
@@ -39,7 +39,7 @@ def test_mp_run_hits_90_percent(tmp_path: Path) -> None:
         "logger=csv",
         "trainer.max_steps=400",
         "trainer.val_check_interval=100",
-        "task.val_beam_size=1",
+        "task.beam_size=1",
         timeout=1200,
     )
     assert run.returncode == 0, run.stderr[-3000:]
