@@ -67,7 +67,7 @@ def pruning(method: str, sparsity: float = 0.5) -> Any:
     def solve(name: str, linear: torch.nn.Linear, stats: InputStats) -> None:
         w = linear.weight
         if method == "sparsegpt":
-            new, removed = sparsegpt(w.detach(), stats.h, sparsity)
+            new, removed = sparsegpt(w.detach(), stats.h, sparsity, overwrite_h=True)
             w.data.copy_(new)
         else:
             removed = removal_mask(wanda_scores(w.detach(), stats.col_sq_norms), sparsity, Pattern(), per_row=True)
@@ -77,7 +77,7 @@ def pruning(method: str, sparsity: float = 0.5) -> Any:
 
 
 def prune_encoder(
-    n: int = 128, seq: int = 128, batch: int = 16, reps: int = 1, changes: dict[str, Any] | None = None
+    n: int = 128, seq: int = 128, batch: int = 4, reps: int = 1, changes: dict[str, Any] | None = None
 ) -> list[Figure]:
     done = Progress()
     out: list[Figure] = []
@@ -118,7 +118,7 @@ def dense_sparsegpt(weight: Tensor, h: Tensor, removed: Tensor, damp: float = 0.
     """The straightforward implementation: for every column j, each removed weight's OBS update is applied to the
     whole rest of its row at once (rows x (cols - j) per column), no blocks."""
     w = weight.float().clone()
-    u = inverse_cholesky(damped(h, damp, torch.float32))
+    u = inverse_cholesky(damped(h, damp, torch.float32), inplace=True)
     for j in range(w.shape[1]):
         e = torch.where(removed[:, j], w[:, j], 0.0) / u[j, j]
         w[:, j:] -= e[:, None] * u[j, j:][None, :]

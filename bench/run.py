@@ -78,7 +78,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             *analysis.attendout(reps=3 if q else 5),
         ],
         "oneshot": lambda: [
-            *oneshot.prune_encoder(n=128, seq=128, reps=1),
+            *oneshot.prune_encoder(n=128, seq=128, batch=4, reps=1),  # 512-token batches, as pruner=oneshot makes
             *oneshot.layer_solve(reps=2 if q else 3),
         ],
     }

@@ -45,10 +45,16 @@ class CalibrationSet:
     report: dict[str, Any]  # what results.json records: split, examples, tokens, seed, how they were drawn
 
 
-def calibration_set(datamodule: Any, n: int, max_tokens: int | None, seed: int, split: str = "train") -> CalibrationSet:
+def calibration_set(
+    datamodule: Any, n: int, max_tokens: int | None, seed: int, split: str = "train", batch_tokens: int = 512
+) -> CalibrationSet:
     """`n` examples of the run's own `split` (a seeded random sample, the same seed the same sample), stopping early
-    once `max_tokens` tokens (source + target) are in, batched as the data module batches its evaluation sets. Every
-    process draws the same set (no DDP sharding: all ranks must choose the same masks)."""
+    once `max_tokens` tokens (source + target) are in, batched as the data module batches its evaluation sets with
+    at most `batch_tokens` tokens a batch (a longer example alone): small batches keep the passes' temporary
+    activations small next to the calibration set's. Every process draws the same set (no DDP sharding: all ranks
+    must choose the same masks)."""
+    if batch_tokens < 1:
+        raise UserError(f"pruner.calibration.batch_tokens must be >= 1, got {batch_tokens}")
     if n < 1:
         raise UserError(f"pruner.calibration.n must be >= 1, got {n}")
     if max_tokens is not None and max_tokens < 1:
@@ -67,6 +73,7 @@ def calibration_set(datamodule: Any, n: int, max_tokens: int | None, seed: int, 
     view = copy.copy(datamodule)  # the same batching and collation, on the chosen examples, unsharded
     view.examples = {**datamodule.examples, "valid": [examples[i] for i in sorted(chosen)]}
     view.trainer = None
+    view.eval_max_tokens = batch_tokens
     batches = list(view.val_dataloader())
     report = {
         "split": split,
@@ -76,6 +83,7 @@ def calibration_set(datamodule: Any, n: int, max_tokens: int | None, seed: int, 
         "tokens": tokens,
         "max_tokens": max_tokens,
         "seed": seed,
+        "batch_tokens": batch_tokens,
         "drawn": "seeded random sample",
     }
     return CalibrationSet(batches, report)
@@ -157,6 +165,7 @@ def prune_sequentially(
             del stats
             for k in range(len(xs)):  # in place: one batch's activations more at a time, not the whole set's
                 xs[k] = layer(xs[k], masks[k])
+                release_memory()
         if len(model.dec):
             mems = [model.enc_norm(x) for x in xs]
             del xs
@@ -173,6 +182,7 @@ def prune_sequentially(
                 del stats
                 for k in range(len(ys)):
                     ys[k] = layer(ys[k], mems[k], masks[k])
+                    release_memory()
         for n in after:
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
     finally:
@@ -190,6 +200,7 @@ def layer_stats(
         for k, r in enumerate(real):
             rec.real = r
             run(k)
+            release_memory()
     finally:
         rec.close()
     return rec.stats
@@ -229,6 +240,24 @@ def split_outside(
     if missing:
         raise UserError(f"one-shot pruning: {', '.join(missing)} is not called by the model's forward pass")
     return before, after
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system (glibc's malloc_trim): the allocator otherwise keeps the freed
+    activations of each layer's passes, and the process's memory creeps up layer by layer. No-op elsewhere."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 # --- peak memory ------------------------------------------------------------------------------------------------------

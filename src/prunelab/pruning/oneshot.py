@@ -35,7 +35,7 @@ from prunelab.pruning.solvers import (
 log = logging.getLogger("prunelab")
 METHODS = ("magnitude", "wanda", "sparsegpt")
 # examples of the run's `split` (a seeded sample), stopping at `max_tokens` tokens in all when set
-CALIBRATION = MappingProxyType({"n": 128, "max_tokens": None, "seed": 0, "split": "train"})
+CALIBRATION = MappingProxyType({"n": 128, "max_tokens": None, "seed": 0, "split": "train", "batch_tokens": 512})
 
 
 class OneShotPruner(MaskPruner):
@@ -68,7 +68,7 @@ class OneShotPruner(MaskPruner):
         self.calibration = {**CALIBRATION, **calibration}
         unknown = sorted(set(self.calibration) - set(CALIBRATION))
         if unknown:
-            raise UserError(f"pruner.calibration.{unknown[0]} is not a setting (n, max_tokens, seed, split)")
+            raise UserError(f"pruner.calibration.{unknown[0]} is not a setting ({', '.join(CALIBRATION)})")
         self._datamodule: Any = None
         self.details: dict[str, Any] = {}
 
@@ -108,7 +108,7 @@ class OneShotPruner(MaskPruner):
         w = linear.weight
         if self.method == "sparsegpt":
             new, removed = sparsegpt(
-                w.detach(), stats.h, self.sparsity, self.pattern, self.block, self.damp, update=self.update
+                w.detach(), stats.h, self.sparsity, self.pattern, self.block, self.damp, self.update, overwrite_h=True
             )
             w.data.copy_(new)
         elif self.method == "wanda":
@@ -133,7 +133,9 @@ class OneShotPruner(MaskPruner):
         for n, w in self._weights.items():
             check_groups(n, w.shape[1], self.pattern)
         c = self.calibration
-        cal = calibration_set(self._datamodule, int(c["n"]), c["max_tokens"], int(c["seed"]), str(c["split"]))
+        cal = calibration_set(
+            self._datamodule, int(c["n"]), c["max_tokens"], int(c["seed"]), str(c["split"]), int(c["batch_tokens"])
+        )
         home = next(model.parameters()).device
         device = self.calibration_device(model)
         model.to(device)

@@ -132,24 +132,26 @@ class InputStats:
 
 
 # --- SparseGPT --------------------------------------------------------------------------------------------------
-def damped(h: Tensor, damp: float, dtype: torch.dtype = torch.float64) -> Tensor:
+def damped(h: Tensor, damp: float, dtype: torch.dtype = torch.float64, inplace: bool = False) -> Tensor:
     """H + λI with λ = damp × mean(diag H), in `dtype`; inputs that were always 0 (H_jj = 0) get 1 on the diagonal
-    so that H is invertible (their weights cannot change any output seen in calibration)."""
-    h = h.to(dtype, copy=True)
+    so that H is invertible (their weights cannot change any output seen in calibration). `inplace`: in `h` itself
+    when it already has `dtype`."""
+    h = h if inplace and h.dtype == dtype else h.to(dtype, copy=True)
     dead = h.diagonal() == 0
     h.diagonal()[dead] = 1.0
     h.diagonal().add_(damp * h.diagonal().mean())
     return h
 
 
-def inverse_cholesky(h: Tensor) -> Tensor:
+def inverse_cholesky(h: Tensor, inplace: bool = False) -> Tensor:
     """The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U). Row j of U, divided by U_jj, is the OBS update of the
-    columns ≥ j when weight j is removed with the columns < j held."""
+    columns ≥ j when weight j is removed with the columns < j held. `inplace`: computed in `h`'s own memory (the
+    three factorisations overwrite it in turn), so the solve needs no (cols, cols) matrix besides H."""
+    a = h if inplace else h.clone()
     try:
-        lower = torch.linalg.cholesky(h)
-        h_inv = torch.cholesky_inverse(lower)
-        del lower  # one (cols, cols) matrix at a time besides H: the solve's memory stays a few copies of H
-        return torch.linalg.cholesky(h_inv, upper=True)
+        torch.linalg.cholesky(a, out=a)  # L (H = L Lᵀ), upper triangle zeroed
+        torch.cholesky_inverse(a, out=a)  # H⁻¹
+        return torch.linalg.cholesky(a, upper=True, out=a)  # U
     except RuntimeError as e:  # torch.linalg.LinAlgError: not positive definite even after damping
         raise UserError(
             "SparseGPT: the calibration Hessian is not positive definite; raise pruner.damp or the calibration size"
@@ -166,17 +168,19 @@ def sparsegpt(
     damp: float = 0.01,
     update: bool = True,
     mask: Tensor | None = None,
+    overwrite_h: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """SparseGPT on one matrix: weight (rows, cols), h = Σ x xᵀ (cols, cols). -> (new weight in the input dtype,
     removed: bool (rows, cols)). `update=False`: the same mask choice, the kept weights unchanged. `mask` (bool,
     True = removed): use this mask instead of choosing one (the updates alone). Computed in fp32 (as the reference
-    does), or in fp64 for fp64 inputs."""
+    does), or in fp64 for fp64 inputs. `overwrite_h`: `h` is used as the solve's workspace (it holds U after), so
+    that pruning a matrix needs one (cols, cols) matrix in all."""
     rows, cols = weight.shape
     if pattern.structured and block % pattern.m:
         raise UserError(f"SparseGPT: pruner.block={block} must be a multiple of the pattern's M={pattern.m}")
     dtype = torch.promote_types(weight.dtype, torch.float32)
     w = weight.to(dtype, copy=True)
-    u = inverse_cholesky(damped(h, damp, dtype))
+    u = inverse_cholesky(damped(h, damp, dtype, inplace=overwrite_h), inplace=True)
     removed = torch.zeros(rows, cols, dtype=torch.bool, device=weight.device)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
