@@ -11,21 +11,18 @@ import time
 from typing import Any
 
 import torch
-from harness import Figure, interleave, paired, spread
+from harness import Figure, interleave, paired, seconds, spread
 from pretrained import Progress
 from torch import Tensor
 
 from prunelab.models import build_classifier
 from prunelab.pruning.calibration import peak_memory, prune_sequentially
 from prunelab.pruning.masks import prunable_weights
+from prunelab.pruning.oneshot import OneShotPruner
 from prunelab.pruning.solvers import (
-    InputStats,
-    Pattern,
     damped,
     inverse_cholesky,
-    removal_mask,
     sparsegpt,
-    wanda_scores,
 )
 
 SECTION = "oneshot"
@@ -63,19 +60,6 @@ def calibration(n: int, seq: int, batch: int, vocab: int) -> list[dict[str, Tens
     return out
 
 
-def pruning(method: str, sparsity: float = 0.5) -> Any:
-    def solve(name: str, linear: torch.nn.Linear, stats: InputStats) -> None:
-        w = linear.weight
-        if method == "sparsegpt":
-            new, removed = sparsegpt(w.detach(), stats.h, sparsity, overwrite_h=True)
-            w.data.copy_(new)
-        else:
-            removed = removal_mask(wanda_scores(w.detach(), stats.col_sq_norms), sparsity, Pattern(), per_row=True)
-        w.data[removed] = 0.0
-
-    return solve
-
-
 def prune_encoder(
     n: int = 128, seq: int = 128, batch: int = 4, reps: int = 1, changes: dict[str, Any] | None = None
 ) -> list[Figure]:
@@ -89,14 +73,16 @@ def prune_encoder(
             names = set(prunable_weights(model))
             model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             t = time.perf_counter()
+            pruner = OneShotPruner(0.5, method=method)  # its solve: the code pruner=oneshot runs, masks included
+            pruner.attach(model)
             with peak_memory(torch.device("cpu")) as mem:
-                prune_sequentially(model, batches, names, pruning(method), full=method == "sparsegpt")
+                prune_sequentially(model, batches, names, pruner.solve, full=method == "sparsegpt")
             times.append(time.perf_counter() - t)
             ratios.append((model_bytes + mem["extra_bytes"]) / model_bytes)
             sparsity = sum(int((model.get_parameter(k) == 0).sum()) for k in names) / sum(
                 model.get_parameter(k).numel() for k in names
             )
-            del model, batches
+            del model, batches, pruner
             done(f"{method}: {times[-1]:.0f} s, peak {ratios[-1]:.2f}x the model, sparsity {sparsity:.3f}")
         shape = f"{n} x {seq} calibration tokens"
         name = f"{method} one-shot 50% of a BERT-base-shaped encoder ({shape}): seconds"
@@ -137,8 +123,8 @@ def layer_solve(rows: int = 768, cols: int = 3072, tokens: int = 4096, reps: int
     diff = float((ours - plain).abs().max() / w.abs().max())
     r = interleave(
         {
-            "dense": lambda: timed(lambda: dense_sparsegpt(w, h, removed)),
-            "prunelab": lambda: timed(lambda: sparsegpt(w, h, 0.5, mask=removed)),
+            "dense": seconds(lambda: dense_sparsegpt(w, h, removed)),
+            "prunelab": seconds(lambda: sparsegpt(w, h, 0.5, mask=removed)),
         },
         reps=reps,
     )
@@ -152,9 +138,3 @@ def layer_solve(rows: int = 768, cols: int = 3072, tokens: int = 4096, reps: int
         ),
         Figure(SECTION, "SparseGPT solve: max |weight difference| / max |weight|, dense vs prunelab", diff, unit=""),
     ]
-
-
-def timed(fn: Any) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t

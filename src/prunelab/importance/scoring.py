@@ -6,7 +6,6 @@ a Scorer."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,6 +20,7 @@ from prunelab.importance.variants import (
     DecodeSettings,
     ablation_accuracy,
     ablation_bleu,
+    exact_ablation,
     variant_accuracy,
     variants_bleu,
 )
@@ -124,26 +124,8 @@ class GenerateBleuScorer:
         progress: Callable[[int, int], None] | None = None,
     ) -> AblationResult:
         names = list(names if names is not None else component_names(model))
-        t0 = time.perf_counter()
-        baseline = self.score(model, batches)
-        baseline_seconds = time.perf_counter() - t0
-        scores: dict[str, float | None] = {}
-        for done, name in enumerate(names, 1):
-            with gates_off(model, [name]):
-                scores[name] = self.score(model, batches)
-            if progress:
-                progress(done, len(names))
-        sentences = sum(len(b["ref"]) for b in batches) * (len(names) + 1)
-        return AblationResult(
-            baseline=baseline,
-            bleu=scores,
-            bleu_upper_bound={},
-            passes=len(batches) * (len(names) + 1),
-            seconds=time.perf_counter() - t0,
-            baseline_seconds=baseline_seconds,
-            sentences_decoded=sentences,
-            sentences_total=sentences,
-        )
+        examples = sum(len(b["ref"]) for b in batches)
+        return exact_ablation(model, names, lambda: self.score(model, batches), examples, len(batches), progress)
 
 
 @dataclass
@@ -166,6 +148,4 @@ class AccuracyScorer:
         stop_below: float | None = 0.1,
         progress: Callable[[int, int], None] | None = None,
     ) -> AblationResult:
-        from prunelab.models.addressing import component_names
-
         return ablation_accuracy(model, batches, list(names if names is not None else component_names(model)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 import threading
 import time
@@ -125,10 +126,6 @@ def linears_under(module: nn.Module, prefix: str, names: set[str]) -> dict[str, 
 
 
 # --- the sequential pass ---------------------------------------------------------------------------------------------
-def types_of(batch: Batch) -> Tensor | None:
-    return batch.get("types")
-
-
 @torch.no_grad()
 def prune_sequentially(
     model: nn.Module, batches: Sequence[Batch], names: set[str], solve: Solve, full: bool
@@ -155,7 +152,7 @@ def prune_sequentially(
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
         srcs = [b["src"] for b in batches]
         src_real = [s != pad for s in srcs]
-        xs = [model.embed_tokens(s, types=types_of(b)) for s, b in zip(srcs, batches, strict=True)]
+        xs = [model.embed_tokens(s, types=b.get("types")) for s, b in zip(srcs, batches, strict=True)]
         masks = [model.key_mask(s) for s in srcs]
         for i, layer in enumerate(model.enc):
             group = linears_under(layer, f"enc.{i}", names)
@@ -242,22 +239,23 @@ def split_outside(
     return before, after
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
 def release_memory() -> None:
     """Hand freed memory back to the system (glibc's malloc_trim): the allocator otherwise keeps the freed
     activations of each layer's passes, and the process's memory creeps up layer by layer. No-op elsewhere."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
+    if _TRIM is not None:
         _TRIM(0)
-
-
-_TRIM: Any = None
 
 
 # --- peak memory ------------------------------------------------------------------------------------------------------
@@ -267,8 +265,6 @@ def rss_bytes() -> int:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         return 0
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 

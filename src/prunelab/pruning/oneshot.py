@@ -112,7 +112,9 @@ class OneShotPruner(MaskPruner):
             )
             w.data.copy_(new)
         elif self.method == "wanda":
-            removed = removal_mask(wanda_scores(w.detach(), stats.col_sq_norms), self.sparsity, self.pattern, True)
+            removed = removal_mask(
+                wanda_scores(w.detach(), stats.col_sq_norms), self.sparsity, self.pattern, per_row=True
+            )
         else:
             removed = removal_mask(w.detach().abs(), self.sparsity, self.pattern, per_row=False)
         w.data[removed] = 0.0
