@@ -82,7 +82,17 @@ def test_recovery_keeps_the_one_shot_mask(dense: dict, tmp_path: Path) -> None:
 
 def test_wanda_two_four_on_a_classifier(dense: dict, tmp_path: Path) -> None:
     start_dir, start = dense["classification"]
-    res = oneshot(start_dir, tmp_path / "w24", "pruner.method=wanda", "pruner.pattern=2:4", kind="classification")
+    texts = tmp_path / "calibration.txt"  # calibrated on a text file instead of the run's training split
+    texts.write_text("".join(f"{w} is not {v}\n" for w in ("a", "the", "some") for v in ("x", "y", "z")))
+    res = oneshot(
+        start_dir,
+        tmp_path / "w24",
+        "pruner.method=wanda",
+        "pruner.pattern=2:4",
+        f"pruner.calibration.file={texts}",
+        kind="classification",
+    )
+    assert res["oneshot"]["calibration"]["source"] == str(texts) and res["oneshot"]["calibration"]["examples"] == 9
     assert res["levels"][0]["metrics"]["test/acc"] == pytest.approx(start["metrics"]["test/acc"], abs=1e-6)
     w = weights(tmp_path / "w24")
     names = list(res["sparsity"]["per_matrix"])

@@ -148,6 +148,22 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         splits["valid"] = sample_validation(splits["valid"], self.valid_max_sentences, self.seed)
         self.examples = splits
 
+    def encode_texts(self, lines: Sequence[str], where: str) -> list[ClsExample]:
+        """Unlabelled examples from raw `text` or `text_a<TAB>text_b` lines (calibration text from outside the run's
+        splits), framed as the splits' texts are; their label is class 0 (calibration reads no labels)."""
+        max_len = min(self.max_len, self.tokenizer.max_positions or self.max_len)
+        examples = []
+        for i, line in enumerate(lines):
+            parts = [p.strip() for p in line.split("\t")]
+            if len(parts) > 2 or not all(parts):
+                raise UserError(
+                    f"{where}, example {i + 1}: a classification calibration example is text or text_a<TAB>text_b, "
+                    f"found {len(parts)} tab-separated field(s)" + ("" if all(parts) else " with an empty one")
+                )
+            ids, types, _ = self.tokenizer.classification_input(parts, max_len)
+            examples.append((ids, 0, "", i, types))
+        return examples
+
     def declared_labels(self) -> list[str] | None:
         """The class names in id order when the data set declares them (a `datasets` ClassLabel): class k is then
         the data set's id k, whether or not the training split has examples of it. None (the default): the classes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -114,6 +115,23 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
             splits[split] = examples
         splits["valid"] = sample_validation(splits["valid"], self.valid_max_sentences, self.seed)
         self.examples = splits
+
+    def encode_texts(self, lines: Sequence[str], where: str) -> list[Example]:
+        """Examples from raw `source<TAB>target` lines (calibration text from outside the run's splits), encoded as
+        evaluation pairs are; `where` names their origin in errors."""
+        tok = self.tokenizer
+        limit = min(self.eval_max_len, tok.max_positions or 1 << 30)
+        examples: list[Example] = []
+        for i, line in enumerate(lines):
+            parts = line.split("\t")
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise UserError(
+                    f"{where}, example {i + 1}: a translation calibration example is source<TAB>target "
+                    f"(the decoder needs its target), found {len(parts)} tab-separated field(s)"
+                )
+            s_ids, t_ids = tok.encode(parts[0].strip())[: limit - 1], tok.encode_target(parts[1].strip())[: limit - 1]
+            examples.append(([*s_ids, tok.eos_id], t_ids, parts[1].strip(), i))
+        return examples
 
     def example_length(self, example: Example) -> int:
         return max(len(example[0]), len(example[1]) + 1)

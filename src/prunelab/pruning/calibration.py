@@ -47,22 +47,42 @@ class CalibrationSet:
 
 
 def calibration_set(
-    datamodule: Any, n: int, max_tokens: int | None, seed: int, split: str = "train", batch_tokens: int = 512
+    datamodule: Any,
+    n: int,
+    max_tokens: int | None,
+    seed: int,
+    split: str = "train",
+    batch_tokens: int = 512,
+    file: str | None = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    dataset_split: str = "train",
+    columns: Sequence[str] | None = None,
 ) -> CalibrationSet:
-    """`n` examples of the run's own `split` (a seeded random sample, the same seed the same sample), stopping early
-    once `max_tokens` tokens (source + target) are in, batched as the data module batches its evaluation sets with
-    at most `batch_tokens` tokens a batch (a longer example alone): small batches keep the passes' temporary
-    activations small next to the calibration set's. Every process draws the same set (no DDP sharding: all ranks
-    must choose the same masks)."""
+    """`n` examples (a seeded random sample, the same seed the same sample) of the run's own `split`, or of a text
+    `file` or a `datasets` data set (`dataset`, `dataset_config`, `dataset_split`, text `columns`) encoded by the
+    run's tokenizer, stopping early once `max_tokens` tokens (source + target) are in, batched as the data module
+    batches its evaluation sets with at most `batch_tokens` tokens a batch (a longer example alone): small batches keep
+    the passes' temporary activations small next to the calibration set's. Every process draws the same set (no DDP
+    sharding: all ranks must choose the same masks)."""
     if batch_tokens < 1:
         raise UserError(f"pruner.calibration.batch_tokens must be >= 1, got {batch_tokens}")
     if n < 1:
         raise UserError(f"pruner.calibration.n must be >= 1, got {n}")
     if max_tokens is not None and max_tokens < 1:
         raise UserError(f"pruner.calibration.max_tokens must be >= 1 or null, got {max_tokens}")
-    examples = datamodule.examples.get(split)
-    if not examples:
-        raise UserError(f"pruner.calibration.split={split!r}: the data has no such split with examples")
+    if file and dataset:
+        raise UserError("pruner.calibration.file and pruner.calibration.dataset are two sources: set one")
+    if file or dataset:
+        lines, source = (
+            file_texts(file) if file else dataset_texts(datamodule, dataset, dataset_config, dataset_split, columns)
+        )
+        examples = datamodule.encode_texts(lines, source)
+    else:
+        source = f"the run's {split} split"
+        examples = datamodule.examples.get(split)
+        if not examples:
+            raise UserError(f"pruner.calibration.split={split!r}: the data has no such split with examples")
     order = random.Random(f"calibration-{seed}").sample(range(len(examples)), min(n, len(examples)))
     chosen, tokens = [], 0
     for i in order:
@@ -77,7 +97,8 @@ def calibration_set(
     view.eval_max_tokens = batch_tokens
     batches = list(view.val_dataloader())
     report = {
-        "split": split,
+        "source": source,
+        "split": None if file or dataset else split,
         "examples": len(chosen),
         "examples_asked": n,
         "examples_available": len(examples),
@@ -88,6 +109,61 @@ def calibration_set(
         "drawn": "seeded random sample",
     }
     return CalibrationSet(batches, report)
+
+
+def file_texts(path: str) -> tuple[list[str], str]:
+    """The non-empty lines of a text file (plain or .gz) -> (lines, where they came from)."""
+    from prunelab.data.parallel_text import read_lines
+
+    where = Path(path).expanduser()
+    if not where.is_file():
+        raise UserError(f"pruner.calibration.file={path}: no such file")
+    lines = [line for line in read_lines(where) if line.strip()]
+    if not lines:
+        raise UserError(f"pruner.calibration.file={path}: the file has no text")
+    return lines, str(where)
+
+
+def dataset_texts(
+    datamodule: Any, name: str, config: str | None, split: str, columns: Sequence[str] | None
+) -> tuple[list[str], str]:
+    """One split of a `datasets` data set (a folder written by save_to_disk, or a name load_dataset finds offline)
+    as text lines: the `columns` joined by tabs; null columns: a `translation` column in the run's languages, else
+    the usual text columns of data=hf_classification. -> (lines, where they came from)."""
+    from prunelab.data.hf_datasets import TEXT_COLUMNS
+
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("pruner.calibration.dataset needs the datasets package: pip install -e '.[hf]'") from None
+    folder = Path(name).expanduser()
+    where = f"data set {name!r}" + (f" ({config})" if config else "") + f", split {split!r}"
+    try:
+        if (folder / "dataset_dict.json").is_file() or (folder / "dataset_info.json").is_file():
+            found = datasets.load_from_disk(str(folder))
+        else:
+            found = datasets.load_dataset(name, config)
+    except Exception as e:  # datasets raises many kinds (FileNotFoundError, ConnectionError, ValueError, ...)
+        raise UserError(f"pruner.calibration.dataset: cannot load {where}: {' '.join(str(e).split())[:300]}") from e
+    if isinstance(found, datasets.DatasetDict):
+        if split not in found:
+            raise UserError(f"pruner.calibration.dataset_split={split!r}: {name!r} has {', '.join(found)}")
+        found = found[split]
+    have = list(found.column_names)
+    langs = (getattr(datamodule, "src_lang", None), getattr(datamodule, "tgt_lang", None))
+    if columns:
+        if missing := [c for c in columns if c not in have]:
+            raise UserError(f"pruner.calibration.columns: {where} has no column {missing[0]!r} ({', '.join(have)})")
+        parts = [[str(x) for x in found[c]] for c in columns]
+    elif "translation" in have and all(langs):
+        parts = [[str(p[lang]) for p in found["translation"]] for lang in langs]
+    else:
+        guess = next((c for c in TEXT_COLUMNS if set(c) <= set(have)), None)
+        if guess is None:
+            raise UserError(f"pruner.calibration.columns: which columns of {where} hold the text? ({', '.join(have)})")
+        parts = [[str(x) for x in found[c]] for c in guess]
+    lines = ["\t".join(" ".join(t.split("\t")) for t in row) for row in zip(*parts, strict=True)]
+    return [line for line in lines if line.strip()], where
 
 
 # --- statistics from hooks ------------------------------------------------------------------------------------------

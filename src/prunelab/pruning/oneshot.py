@@ -35,7 +35,21 @@ from prunelab.pruning.solvers import (
 log = logging.getLogger("prunelab")
 METHODS = ("magnitude", "wanda", "sparsegpt")
 # examples of the run's `split` (a seeded sample), stopping at `max_tokens` tokens in all when set
-CALIBRATION = MappingProxyType({"n": 128, "max_tokens": None, "seed": 0, "split": "train", "batch_tokens": 512})
+# (or of a text `file`, or a `datasets` data set's split); see conf/pruner/oneshot.yaml
+CALIBRATION = MappingProxyType(
+    {
+        "n": 128,
+        "max_tokens": None,
+        "seed": 0,
+        "split": "train",
+        "batch_tokens": 512,
+        "file": None,
+        "dataset": None,
+        "dataset_config": None,
+        "dataset_split": "train",
+        "columns": None,
+    }
+)
 
 
 class OneShotPruner(MaskPruner):
@@ -136,7 +150,17 @@ class OneShotPruner(MaskPruner):
             check_groups(n, w.shape[1], self.pattern)
         c = self.calibration
         cal = calibration_set(
-            self._datamodule, int(c["n"]), c["max_tokens"], int(c["seed"]), str(c["split"]), int(c["batch_tokens"])
+            self._datamodule,
+            int(c["n"]),
+            c["max_tokens"],
+            int(c["seed"]),
+            str(c["split"]),
+            int(c["batch_tokens"]),
+            file=c["file"],
+            dataset=c["dataset"],
+            dataset_config=c["dataset_config"],
+            dataset_split=str(c["dataset_split"]),
+            columns=list(c["columns"]) if c["columns"] else None,
         )
         home = next(model.parameters()).device
         device = self.calibration_device(model)
