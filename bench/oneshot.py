@@ -75,6 +75,8 @@ def prune_encoder(
             t = time.perf_counter()
             pruner = OneShotPruner(0.5, method=method)  # its solve: the code pruner=oneshot runs, masks included
             pruner.attach(model)
+            with torch.no_grad():  # a run scores the dense model before pruning it: the runtime's one-time
+                model.example_losses(batches[0])  # buffers exist before its pruning starts, as here
             with peak_memory(torch.device("cpu")) as mem:
                 prune_sequentially(model, batches, names, pruner.solve, full=method == "sparsegpt")
             times.append(time.perf_counter() - t)

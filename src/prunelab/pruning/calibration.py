@@ -180,8 +180,8 @@ class Recorder:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             x = inputs[0]
             real = self.real.get(name)
-            if x.dim() == 3 and real is not None and real.shape == x.shape[:2]:
-                x = x[real]  # (N, in) real tokens
+            if x.dim() == 3 and real is not None and real.shape == x.shape[:2] and not bool(real.all()):
+                x = x[real]  # (N, in) real tokens (a copy: only when some are padding)
             self.stats[name].add(x.reshape(-1, x.shape[-1]))
 
         return hook
@@ -220,6 +220,7 @@ def prune_sequentially(
     def prune(group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> None:
         for n, m in group.items():
             solve(n, m, stats.pop(n))  # each H freed once its matrix is pruned
+            release_memory()  # and the solver's copies handed back
             done.append(n)
             bar.update()
 
@@ -228,7 +229,10 @@ def prune_sequentially(
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
         srcs = [b["src"] for b in batches]
         src_real = [s != pad for s in srcs]
-        xs = [model.embed_tokens(s, types=b.get("types")) for s, b in zip(srcs, batches, strict=True)]
+        xs = []
+        for s, b in zip(srcs, batches, strict=True):
+            xs.append(model.embed_tokens(s, types=b.get("types")))
+            release_memory()  # the embedding's temporaries, between the kept outputs
         masks = [model.key_mask(s) for s in srcs]
         for i, layer in enumerate(model.enc):
             group = linears_under(layer, f"enc.{i}", names)
@@ -243,7 +247,10 @@ def prune_sequentially(
             mems = [model.enc_norm(x) for x in xs]
             del xs
             tgts = [b["tgt_in"] for b in batches]
-            ys = [model.embed_tokens(t) for t in tgts]
+            ys = []
+            for t in tgts:
+                ys.append(model.embed_tokens(t))
+                release_memory()
             for i, layer in enumerate(model.dec):
                 group = linears_under(layer, f"dec.{i}", names)
                 real = [
