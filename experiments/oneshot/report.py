@@ -22,7 +22,7 @@ KINDS = {
     "nmt": ("test/bleu", "bleu", "Multi30k en-de test BLEU (greedy decoding)", 1.0),
     "cls": ("test/acc", "accuracy", "SST-2 test accuracy (%)", 100.0),
 }
-BASES = {"nmt": "base_nmt", "cls": "base_minilm"}
+BASES = {"nmt": "base_nmt_cooled", "cls": "base_minilm"}
 METHODS = ("magnitude", "wanda", "sparsegpt")
 LEVELS = {"0.5": "50%", "0.6": "60%", "0.7": "70%", "2of4": "2:4"}
 CLEAR = {"bleu": 1.0, "accuracy": 2.0}  # a "clear margin" (≫): more than this many points

