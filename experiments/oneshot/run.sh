@@ -59,6 +59,18 @@ sweep() {  # sweep KIND CORE START_RUN ORDER RECOVERY_OVERRIDES...  (ORDER: forw
     done
 }
 
+calibration_size() {  # calibration_size KIND CORE START_RUN: n=1024 instead of 128, no recovery
+    local kind=$1 core=$2 start=$3 method level args data
+    if [ "$kind" = nmt ]; then data=("${NMT[@]}"); else data=("${CLS[@]}"); fi
+    for method in sparsegpt wanda; do
+        for level in 0.5 0.6 2:4; do
+            if [ "$level" = 2:4 ]; then args=(sparsity=0.5 pruner.pattern=2:4); else args=(sparsity="$level"); fi
+            run "${kind}_${method}_${level/:/of}_r0_n1024" "$core" pruner=oneshot ckpt="$RUNS/$start" "${data[@]}" \
+                pruner.method="$method" "${args[@]}" pruner.calibration.n=1024 trainer.max_steps=0
+        done
+    done
+}
+
 # NMT recovery: 60 steps (about 0.6 epoch of Multi30k) at a fine-tuning lr (5e-4, 10% warm-up, linear decay)
 RECOVER_NMT=(trainer.max_steps=60 trainer.val_check_interval=60 task.lr=5e-4 task.schedule=linear task.warmup_fraction=0.1)
 mkdir -p "$RUNS"
@@ -68,12 +80,14 @@ mkdir -p "$RUNS"
     run base_nmt_cooled 0 "${NMT[@]}" ckpt="$RUNS/base_nmt" trainer.max_steps=1000000 trainer.max_time=1500 \
         model.dropout=0.1 task.val_beam_size=1 task.lr=1.2e-3 task.schedule=linear task.warmup_steps=1
     sweep nmt 0 base_nmt_cooled forward "${RECOVER_NMT[@]}"
+    calibration_size nmt 0 base_nmt_cooled
 ) &
 (
     run base_minilm 1 "${CLS[@]}" trainer.max_steps=100000 trainer.max_time=1500
     # recovery: 100 steps of the fine-tuning recipe
     sweep cls 1 base_minilm forward trainer.max_steps=100 trainer.val_check_interval=100
     sweep nmt 1 base_nmt_cooled backward "${RECOVER_NMT[@]}"
+    calibration_size cls 1 base_minilm
 ) &
 wait
 .venv/bin/python -m experiments.oneshot.report "$HERE/results"
