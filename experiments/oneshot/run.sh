@@ -13,7 +13,7 @@
 #           its other end.
 # A lane takes a run by creating RUNS/NAME.lock and skips runs another lane holds; a run whose results.json says
 # completed is not run again (the script resumes; remove stale .lock folders of killed runs first). Each run's
-# results.json (and test.hyp.txt) is copied to results/, then report.py writes results/tables.md and verdicts.json.
+# results.json is copied to results/, then report.py writes results/tables.md and verdicts.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 M=$1
@@ -37,7 +37,6 @@ run() {  # run NAME CORE OVERRIDES...: train.py once (unless done or taken by th
             >"$RUNS/$name.log" 2>&1 || { echo "$name failed: see $RUNS/$name.log" >&2; return 1; }
     fi
     cp "$RUNS/$name/results.json" "$HERE/results/$name.results.json"
-    if [ -f "$RUNS/$name/test.hyp.txt" ]; then cp "$RUNS/$name/test.hyp.txt" "$HERE/results/$name.test.hyp.txt"; fi
 }
 
 sweep() {  # sweep KIND CORE START_RUN ORDER RECOVERY_OVERRIDES...  (ORDER: forward | backward)
