@@ -7,6 +7,7 @@ activations fails: the second layer's inputs differ once the first is pruned."""
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -103,3 +104,21 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> N
     w = original.get_submodule(name).weight.double()
     want = removal_mask(w.abs() * x.norm(dim=0)[None, :], 0.5, Pattern(), per_row=True)
     assert torch.equal(removed[f"{name}.weight"], want)
+
+
+def test_peak_memory_sees_allocations_that_reuse_freed_memory() -> None:
+    """Memory freed before the block (a dense evaluation's) and reused inside it still counts as the block's: 100 MB
+    of small tensors allocated inside must show, even right after 100 MB of the same were freed."""
+    from prunelab.pruning.calibration import peak_memory, rss_bytes
+
+    if rss_bytes() == 0:
+        pytest.skip("no /proc here: resident memory cannot be read")
+    small = 25_000  # floats: 100 kB, below glibc's mmap threshold, so they live in the heap
+    freed = [torch.ones(small) for _ in range(1000)]
+    pin = torch.ones(small)  # above them in the heap: glibc cannot hand them back on its own when they are freed
+    del freed
+    with peak_memory(torch.device("cpu")) as mem:
+        kept = [torch.ones(small) for _ in range(1000)]
+        time.sleep(0.05)  # at least one 5 ms sample while they are held
+    assert mem["extra_bytes"] >= 0.8 * 1000 * small * 4
+    del kept, pin

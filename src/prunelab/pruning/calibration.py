@@ -354,7 +354,8 @@ def rss_bytes() -> int:
 @contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
     """The peak memory while the block runs, above what was in use when it started: on a GPU the allocator's peak
-    (torch.cuda.max_memory_allocated), on a CPU the process's resident memory sampled every 5 ms."""
+    (torch.cuda.max_memory_allocated), on a CPU the process's resident memory sampled every 5 ms, from a start with
+    the allocator's freed memory handed back (else reused freed memory would hide what the block needs)."""
     out: dict[str, Any] = {}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -365,6 +366,9 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
         out.update(how="torch.cuda.max_memory_allocated", start_bytes=start)
         out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
     else:
+        # freed memory the allocator still holds (a dense evaluation's, earlier work's) would be reused unseen: hand
+        # it back first, so that the resident memory rises by what the block allocates
+        release_memory()
         start = rss_bytes()
         peak = [start]
         stop = threading.Event()
