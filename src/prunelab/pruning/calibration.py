@@ -180,8 +180,8 @@ class Recorder:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             x = inputs[0]
             real = self.real.get(name)
-            if x.dim() == 3 and real is not None and real.shape == x.shape[:2] and not bool(real.all()):
-                x = x[real]  # (N, in) real tokens (a copy: only when some are padding)
+            if x.dim() == 3 and real is not None and real.shape == x.shape[:2]:
+                x = x[real]  # (N, in) real tokens
             self.stats[name].add(x.reshape(-1, x.shape[-1]))
 
         return hook
@@ -189,6 +189,13 @@ class Recorder:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def real_tokens(ids: Tensor, pad: int) -> Tensor | None:
+    """(B, T) bool of the real tokens of a batch, or None when there is no padding (the hooks then take every row
+    without copying them out)."""
+    real = ids != pad
+    return None if bool(real.all()) else real
 
 
 def linears_under(module: nn.Module, prefix: str, names: set[str]) -> dict[str, nn.Linear]:
@@ -228,7 +235,7 @@ def prune_sequentially(
         for n in before:
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
         srcs = [b["src"] for b in batches]
-        src_real = [s != pad for s in srcs]
+        src_real = [real_tokens(s, pad) for s in srcs]
         xs = []
         for s, b in zip(srcs, batches, strict=True):
             xs.append(model.embed_tokens(s, types=b.get("types")))
@@ -254,7 +261,7 @@ def prune_sequentially(
             for i, layer in enumerate(model.dec):
                 group = linears_under(layer, f"dec.{i}", names)
                 real = [
-                    {n: (sr if n.endswith(("ea.k_proj", "ea.v_proj")) else t != pad) for n in group}
+                    {n: (sr if n.endswith(("ea.k_proj", "ea.v_proj")) else real_tokens(t, pad)) for n in group}
                     for sr, t in zip(src_real, tgts, strict=True)
                 ]
                 stats = layer_stats(group, full, real, lambda k, f=layer, ys=ys: f(ys[k], mems[k], masks[k]))
@@ -293,8 +300,7 @@ def whole_model_stats(
     pad = model.cfg.pad_id
     real = []
     for b in batches:
-        r = b["src"] != pad
-        real.append(dict.fromkeys(group, r))
+        real.append(dict.fromkeys(group, real_tokens(b["src"], pad)))
     return layer_stats(group, full, real, lambda k: model.example_losses(batches[k]))
 
 

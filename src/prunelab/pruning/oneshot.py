@@ -148,20 +148,7 @@ class OneShotPruner(MaskPruner):
         linears = set(self._weights) - embeddings
         for n, w in self._weights.items():
             check_groups(n, w.shape[1], self.pattern)
-        c = self.calibration
-        cal = calibration_set(
-            self._datamodule,
-            int(c["n"]),
-            c["max_tokens"],
-            int(c["seed"]),
-            str(c["split"]),
-            int(c["batch_tokens"]),
-            file=c["file"],
-            dataset=c["dataset"],
-            dataset_config=c["dataset_config"],
-            dataset_split=str(c["dataset_split"]),
-            columns=list(c["columns"]) if c["columns"] else None,
-        )
+        cal = calibration_set(self._datamodule, **self.calibration)  # its settings are calibration_set's arguments
         home = next(model.parameters()).device
         device = self.calibration_device(model)
         model.to(device)
