@@ -45,6 +45,9 @@ HF_ACTIVATIONS = {
 # TransformerConfig fields a caller may set on top of the checkpoint's (training choices, not the architecture).
 OVERRIDABLE = ("dropout", "attn_dropout", "activation_dropout", "layerdrop", "gated")
 
+# prunelab's own buffers, at their defaults after an import: gates, and which heads and K/V groups are left
+STRUCTURE_BUFFERS = (".gate", ".head_gate", ".head_ids", ".kv_ids", ".head_groups")
+
 # The files of a folder that describe the model without being its weights: config.json, generation_config.json,
 # the tokenizer's files (tokenizer.json, tokenizer_config.json, vocab.txt, vocab.json, merges.txt, *.spm, ...).
 SOURCE_FILES = ("*.json", "*.txt", "*.model", "*.spm", "*.codes", "*.tiktoken")
@@ -169,7 +172,7 @@ def copy_weights(
     if not). The model remembers the folder its weights came from (`pretrained_from`)."""
     ours = model.state_dict()
     keep = set(keep)
-    left = {k for k in ours if not k.endswith((".gate", ".head_gate", ".head_ids")) and k not in keep}
+    left = {k for k in ours if not k.endswith(STRUCTURE_BUFFERS) and k not in keep}
     with torch.no_grad():
         for theirs, mine in mapping.items():
             src = state[names[theirs]]

@@ -20,7 +20,9 @@ gives dL/d(gate), which is what head importance needs.
 The config's defaults are the 2017 model; its other options (LayerNorm eps, GELU, learned positions, token
 types, an embedding LayerNorm, no embedding scale) are what pretrained encoders such as BERT need, see
 prunelab.hf.encoders; `pos_layout="split"`, `logit_bias`, `decoder_start_id` and `ban_pad` are what MarianMT
-needs, see prunelab.hf.marian.
+needs, see prunelab.hf.marian; rotary positions, RMSNorm, gated (SwiGLU) feed-forwards, grouped-query attention and
+the bias switches are what decoder-only language models need (Llama, Mistral, Qwen), see prunelab.models.causal_lm
+and prunelab.hf.causal_lm.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +53,10 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
 }
-POSITIONS = ("sinusoidal", "learned")
+POSITIONS = ("sinusoidal", "learned", "rope")
+NORMS = ("layer", "rms")
+FFNS = ("mlp", "glu")
+ROPE_TYPES = ("default", "linear", "llama3")
 POS_LAYOUTS = ("interleaved", "split")
 
 
@@ -85,10 +91,34 @@ class TransformerConfig:
     logit_bias: bool = False  # a `logit_bias` buffer (V,) added to the output logits (Marian's final_logits_bias)
     decoder_start_id: int | None = None  # the decoder's first input; None: the caller's BOS (Marian: its pad id)
     ban_pad: bool = False  # decoding never emits pad (its score is -inf), as HF's bad_words_ids=[[pad]] for Marian
+    # Options for decoder-only language models (prunelab.hf.causal_lm); the defaults are again the 2017 model.
+    n_kv_heads: int | None = None  # grouped-query attention: n_kv_heads key/value heads, each shared by a group of
+    #                                n_heads / n_kv_heads consecutive query heads (Ainslie et al. 2023); None: n_heads
+    head_dim: int | None = None  # per-head width; None: d_model // n_heads (Qwen3 sets its own)
+    norm: str = "layer"  # layer (LayerNorm) | rms (RMSNorm, Zhang & Sennrich 2019: no mean, no bias; Llama)
+    ffn: str = "mlp"  # mlp: fc2(act(fc1 x)) | glu: fc2(act(fc1 x) * fc3 x) (SwiGLU with silu, Shazeer 2020; Llama)
+    qkv_bias: bool = True  # biases of the Q/K/V projections (Llama: none; Qwen2: these only)
+    out_bias: bool = True  # bias of the attention output projection
+    ff_bias: bool = True  # biases of the feed-forward Linears
+    qk_norm: bool = False  # an RMSNorm over each head's queries and keys before the rotation (Qwen3)
+    rope_theta: float = 10000.0  # positions="rope": the rotary base (Su et al. 2021), the checkpoint's rope_theta
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": linear | llama3, "factor": ..., ...} as config.json
+    tie_embeddings: bool = True  # the output projection is the token embedding (False: a separate `lm_head`)
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads != 0:
+        if self.head_dim is None and self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.ffn not in FFNS:
+            raise ValueError(f"ffn must be one of {FFNS}, got {self.ffn!r}")
+        rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_scaling type must be one of {ROPE_TYPES}, got {rope_type!r}")
+        if self.positions == "rope" and self.hs % 2:
+            raise ValueError(f"rotary positions need an even head width, got {self.hs}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.positions not in POSITIONS:
@@ -104,6 +134,15 @@ class TransformerConfig:
         if not 0.0 <= self.layerdrop < 1.0:
             raise ValueError(f"layerdrop must be in [0, 1), got {self.layerdrop}")
         self.removed = tuple(self.removed)
+
+    @property
+    def hs(self) -> int:
+        """The width of one head."""
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
 
 
 def uniform_attention(v: Tensor, mask: Tensor | None, is_causal: bool, T: int) -> Tensor:
@@ -135,34 +174,113 @@ def gated(y: Tensor, g: Tensor) -> Tensor:
     return y * g if g.dim() == 0 else y * g.view(-1, *([1] * (y.dim() - 1)))
 
 
-def _uninitialised_linear(n_in: int, n_out: int, like: Tensor) -> nn.Linear:
+def _uninitialised_linear(n_in: int, n_out: int, like: Tensor, bias: bool = True) -> nn.Linear:
     """A Linear whose weights are about to be copied in (n_in or n_out may be 0 once all heads are gone)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
-        return skip_init(nn.Linear, n_in, n_out, device=like.device, dtype=like.dtype)
+        return skip_init(nn.Linear, n_in, n_out, bias=bias, device=like.device, dtype=like.dtype)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) * weight (Zhang & Sennrich 2019), computed in fp32 and cast back before the
+    weight, as Llama's reference code and transformers' LlamaRMSNorm do (bf16 inputs round the same way)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+def make_norm(cfg: TransformerConfig, dim: int) -> nn.Module:
+    """The config's normalisation layer over `dim` features: LayerNorm or RMSNorm, with its epsilon."""
+    return RMSNorm(dim, cfg.norm_eps) if cfg.norm == "rms" else nn.LayerNorm(dim, eps=cfg.norm_eps)
+
+
+def rope_frequencies(cfg: TransformerConfig) -> Tensor:
+    """The rotary frequencies (hs/2,): theta^(-2j/hs), j < hs/2 (Su et al. 2021), then the checkpoint's
+    `rope_scaling`: linear (all divided by `factor`, i.e. positions divided by it) or llama3 (Llama 3.1's: long
+    wavelengths divided by `factor`, short ones kept, a smooth blend between)."""
+    hs = cfg.hs
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.int64).float() / hs))
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "linear":
+        return inv / scaling["factor"]
+    if kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old / low, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        return torch.where(medium, blended, scaled)
+    return inv
+
+
+def rope_tables(inv_freq: Tensor, offset: int, T: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin (T, hs) for positions offset .. offset+T-1, each frequency twice (the two halves of a head),
+    computed in fp32 and cast to the activations' dtype."""
+    pos = torch.arange(offset, offset + T, device=inv_freq.device, dtype=torch.float32)
+    angles = pos[:, None] * inv_freq.float()[None, :]  # (T, hs/2)
+    emb = torch.cat([angles, angles], dim=-1)  # (T, hs)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotary positions on x (B, h, T, hs): the feature pairs (i, i + hs/2) rotated by their position's angles
+    (the half-split layout of GPT-NeoX and of Hugging Face's Llama checkpoints, not adjacent pairs)."""
+    cos, sin = rope
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class MultiHeadAttention(nn.Module):
-    """Separate Q/K/V/O projections so that heads can later be removed by slicing rows/columns."""
+    """Separate Q/K/V/O projections so that heads can later be removed by slicing rows/columns.
+
+    Under grouped-query attention (n_kv_heads < n_heads) the K/V projections have one head per group: query head
+    j reads group `head_groups[j]` (originally j // (n_heads / n_kv_heads)), and `kv_ids` lists the groups left.
+    Removing a query head leaves its group unless it was the group's last; removing a group removes its heads."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.head_dim = cfg.d_model // cfg.n_heads
+        self.head_dim = hs = cfg.hs
         self.gated = cfg.gated
         self.attn_dropout = cfg.attn_dropout
-        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        H, KV = cfg.n_heads, cfg.kv_heads
+        self.q_proj = nn.Linear(cfg.d_model, H * hs, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, KV * hs, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, KV * hs, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(H * hs, cfg.d_model, bias=cfg.out_bias)
+        # Qwen3: an RMSNorm over each head's queries and keys (weights shared by the heads), before the rotation
+        self.q_norm = RMSNorm(hs, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hs, cfg.norm_eps) if cfg.qk_norm else None
         self.register_buffer("gate", torch.ones(()))
         self.register_buffer("head_gate", torch.ones(cfg.n_heads))
         self.register_buffer("head_ids", torch.arange(cfg.n_heads))  # original numbers of the heads left
+        self.grouped = KV != H
+        if self.grouped:  # only then: the keys of every other model stay what they were
+            self.register_buffer("kv_ids", torch.arange(KV))  # original numbers of the K/V groups left
+            self.register_buffer("head_groups", torch.arange(H) // (H // KV))  # each query head's group
         self.uniform = False  # structurally pruned attention (AttendOut): a constant 1/n map, no Q or K
 
     def split_heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hs)
+        return x.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, hs), or (B, KV, T, hs) for K and V
+
+    def group_index(self) -> Tensor:
+        """For each query head, the position of its group among the K/V heads left, (H,)."""
+        return torch.searchsorted(self.kv_ids, self.head_groups)
+
+    def expand_kv(self, x: Tensor) -> Tensor:
+        """K or V with one head per group (B, KV, S, hs) -> one per query head (B, H, S, hs)."""
+        return x.index_select(1, self.group_index()) if self.grouped else x
 
     def forward(
         self,
@@ -172,16 +290,19 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         map_keep: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x: queries (B, T, C); k, v: already projected and split (B, H, S, hs), or (B/G, H, S, hs) when
         G consecutive query rows share their keys (the beams of one sentence attending to its encoder output).
         mask: bool (B or B/G, 1, 1|T, S), True where a key may be attended to. map_keep: AttendOut's
         decision for this attention map, a scalar or one value per example (B,): it scales the attention
-        logits, so 0 drops the map (every logit equal: the constant map 1/n) and 1 keeps it."""
+        logits, so 0 drops the map (every logit equal: the constant map 1/n) and 1 keeps it. rope: the rotary
+        cos/sin tables (T, hs) of the queries' positions (the keys were rotated by project_kv)."""
         B, T, _ = x.shape
         if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
             y = self.out_proj(x.new_zeros(B, T, 0))
             return gated(y, self.gate) if self.gated else y
+        v = self.expand_kv(v)
         if self.uniform:
             y = uniform_attention(v, mask, is_causal, T)  # (B, H, T, hs), or (B, H, 1, hs): one for every query
             if y.size(0) != B:  # groups of rows share their keys
@@ -189,7 +310,12 @@ class MultiHeadAttention(nn.Module):
             out = self._merge(y, B, y.size(2))  # the output projection once per sentence when all queries agree
             return out.expand(B, T, out.size(-1)) if out.size(1) != T else out
         assert k is not None
+        k = self.expand_kv(k)
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if rope is not None:
+            q = rotate(q, rope)
         if map_keep is not None:  # logits q.k scale with q
             q = q * (map_keep if map_keep.dim() == 0 else map_keep.view(-1, 1, 1, 1)).to(q.dtype)
         drop = self.attn_dropout if self.training else 0.0
@@ -212,9 +338,16 @@ class MultiHeadAttention(nn.Module):
         y = self.out_proj(y)
         return gated(y, self.gate) if self.gated else y
 
-    def project_kv(self, mem: Tensor) -> tuple[Tensor | None, Tensor]:
-        k = None if self.uniform else self.split_heads(self.k_proj(mem))  # a uniform map needs no keys
-        return k, self.split_heads(self.v_proj(mem))
+    def project_kv(self, mem: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
+        """Keys and values of `mem` (B, S, C): (B, KV, S, hs) each, the keys normalised (qk_norm) and rotated
+        (rope: cos/sin (S, hs) of their positions); no keys for a uniform map."""
+        v = self.split_heads(self.v_proj(mem))
+        if self.uniform:
+            return None, v
+        k = self.split_heads(self.k_proj(mem))
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        return (rotate(k, rope) if rope is not None else k), v
 
     @torch.no_grad()
     def make_uniform(self) -> None:
@@ -227,44 +360,76 @@ class MultiHeadAttention(nn.Module):
     @torch.no_grad()
     def prune_heads(self, heads: Iterable[int]) -> None:
         """Cut heads out of the projections: their rows of Q/K/V and columns of O. `heads` are original head
-        numbers (as in `enc.0.sa.h3`), so pruning twice composes; heads already gone are ignored."""
+        numbers (as in `enc.0.sa.h3`), so pruning twice composes; heads already gone are ignored. Under grouped-query
+        attention a K/V group goes with the last of its query heads."""
         drop = {int(h) for h in heads}
         keep = [i for i, orig in enumerate(self.head_ids.tolist()) if orig not in drop]
         if len(keep) == self.n_heads:
             return
         hs = self.head_dim
-        rows = torch.tensor([i * hs + j for i in keep for j in range(hs)], dtype=torch.long)
-        for name in ("q_proj", "k_proj", "v_proj"):
+
+        def rows(slots: list[int]) -> Tensor:
+            return torch.tensor([i * hs + j for i in slots for j in range(hs)], dtype=torch.long)
+
+        kv_keep = keep
+        if self.grouped:
+            left = {int(self.head_groups[i]) for i in keep}
+            kv_keep = [i for i, g in enumerate(self.kv_ids.tolist()) if g in left]
+        for name, r in (("q_proj", rows(keep)), ("k_proj", rows(kv_keep)), ("v_proj", rows(kv_keep))):
             old = getattr(self, name)
             if old is None:  # a uniform map has no Q or K
                 continue
-            new = _uninitialised_linear(old.in_features, len(rows), old.weight)
-            new.weight.copy_(old.weight[rows])
-            new.bias.copy_(old.bias[rows])
+            new = _uninitialised_linear(old.in_features, len(r), old.weight, old.bias is not None)
+            new.weight.copy_(old.weight[r])
+            if old.bias is not None:
+                new.bias.copy_(old.bias[r])
             setattr(self, name, new)
-        old = self.out_proj
-        new = _uninitialised_linear(len(rows), old.out_features, old.weight)
-        new.weight.copy_(old.weight[:, rows])
-        new.bias.copy_(old.bias)
+        old, r = self.out_proj, rows(keep)
+        new = _uninitialised_linear(len(r), old.out_features, old.weight, old.bias is not None)
+        new.weight.copy_(old.weight[:, r])
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
         self.out_proj = new
-        idx = torch.tensor(keep, dtype=torch.long)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.head_ids.device)
         self.head_gate = self.head_gate[idx.to(self.head_gate.device)].clone()
-        self.head_ids = self.head_ids[idx.to(self.head_ids.device)].clone()
+        self.head_ids = self.head_ids[idx].clone()
+        if self.grouped:
+            self.head_groups = self.head_groups[idx].clone()
+            self.kv_ids = self.kv_ids[torch.tensor(kv_keep, dtype=torch.long, device=idx.device)].clone()
         self.n_heads = len(keep)
+
+    def heads_of_groups(self, groups: Iterable[int]) -> list[int]:
+        """The original numbers of the query heads left in K/V groups `groups` (original group numbers); without
+        grouped-query attention every head is its own group."""
+        wanted = {int(g) for g in groups}
+        if not self.grouped:
+            return [h for h in self.head_ids.tolist() if h in wanted]
+        return [h for h, g in zip(self.head_ids.tolist(), self.head_groups.tolist(), strict=True) if g in wanted]
+
+    def prune_groups(self, groups: Iterable[int]) -> None:
+        """Remove K/V groups for real, and with them every query head that reads them."""
+        self.prune_heads(self.heads_of_groups(groups))
 
 
 class FeedForward(nn.Module):
+    """fc2(act(fc1 x)), or with ffn="glu" fc2(act(fc1 x) * fc3 x): SwiGLU with fc1 the gate projection and fc3 the
+    linear one (w1, w3 in Meta's Llama code; gate_proj, up_proj in transformers)."""
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.gated = cfg.gated
-        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ff_bias)
+        self.fc3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ff_bias) if cfg.ffn == "glu" else None
+        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.ff_bias)
         self.activation = cfg.activation  # a name, not a function: the module stays picklable and printable
         self.dropout = Dropout(cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout)
         self.register_buffer("gate", torch.ones(()))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.fc2(self.dropout(ACTIVATIONS[self.activation](self.fc1(x))))  # (B, T, C)
+        h = ACTIVATIONS[self.activation](self.fc1(x))  # (B, T, d_ff)
+        if self.fc3 is not None:
+            h = h * self.fc3(x)
+        y = self.fc2(self.dropout(h))  # (B, T, C)
         return gated(y, self.gate) if self.gated else y
 
 
@@ -274,7 +439,7 @@ class Residual(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.pre_norm = cfg.pre_norm
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = make_norm(cfg, cfg.d_model)
         self.dropout = Dropout(cfg.dropout)
 
     def inp(self, x: Tensor) -> Tensor:
@@ -321,6 +486,8 @@ class Layer(nn.Module):
                     nn.init.xavier_uniform_(p)
                 elif name.endswith("bias"):
                     nn.init.zeros_(p)
+                else:  # a norm's weight
+                    nn.init.ones_(p)
             if like is not None:
                 m.to(device=like.device, dtype=like.dtype)
         setattr(self, kind, module)
@@ -410,12 +577,14 @@ class Transformer(nn.Module):
 
     kind = "translation"
     pretrained_from: str | None = None  # the checkpoint folder an imported model's weights come from
+    decoder_layer: type[Layer] = DecoderLayer  # a decoder-only language model's has no encoder attention
+    pads: bool = True  # the pad id's embedding is held at zero (a language model pads with a real token, or none)
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
         E = cfg.embed_dim or cfg.d_model  # the embeddings' width
-        self.embed = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_id)
+        self.embed = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_id if self.pads else None)
         # optional parts exist only when asked for, so the default model's parameters, state-dict keys and
         # random initialisation stay exactly what they were before these options
         self.pos_embed = nn.Embedding(cfg.max_len, E) if cfg.positions == "learned" else None
@@ -428,13 +597,11 @@ class Transformer(nn.Module):
         self.drop = Dropout(cfg.dropout)
         self.embed_proj = nn.Linear(E, cfg.d_model) if E != cfg.d_model else None  # ELECTRA's embeddings_project
         self.enc = nn.ModuleList(EncoderLayer(cfg, f"enc.{i}") for i in range(cfg.enc_layers))
-        self.dec = nn.ModuleList(DecoderLayer(cfg, f"dec.{i}") for i in range(cfg.dec_layers))
+        self.dec = nn.ModuleList(self.decoder_layer(cfg, f"dec.{i}") for i in range(cfg.dec_layers))
         # pre-norm leaves the residual stream un-normalised, so each stack ends with a LayerNorm
         # (post-norm ends every sub-layer with one already, as BERT does: no final LayerNorm there)
-        self.enc_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
-        self.dec_norm = (
-            nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.pre_norm and cfg.dec_layers else nn.Identity()
-        )
+        self.enc_norm = make_norm(cfg, cfg.d_model) if cfg.pre_norm and cfg.enc_layers else nn.Identity()
+        self.dec_norm = make_norm(cfg, cfg.d_model) if cfg.pre_norm and cfg.dec_layers else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -447,8 +614,9 @@ class Transformer(nn.Module):
         for table in (self.pos_embed, self.type_embed):  # BERT's initializer_range
             if table is not None:
                 nn.init.normal_(table.weight, mean=0.0, std=0.02)
-        with torch.no_grad():
-            self.embed.weight[self.cfg.pad_id].zero_()
+        if self.pads:
+            with torch.no_grad():
+                self.embed.weight[self.cfg.pad_id].zero_()
 
     def position_ids(self, tokens: Tensor, offset: int = 0) -> Tensor:
         """The position of each token of tokens (B, T): (T,), or (B, T) with position_offset k > 0, RoBERTa's
@@ -476,6 +644,8 @@ class Transformer(nn.Module):
             x = x + self.type_embed(types if types is not None else torch.zeros_like(tokens))
         if self.pos_embed is not None:
             x = x + self.pos_embed(self.position_ids(tokens, offset))
+        elif self.cfg.positions == "rope":  # rotary: the positions enter in every attention, not here
+            pass
         elif self.cfg.position_offset:
             x = x + self.pos[self.position_ids(tokens)]
         else:

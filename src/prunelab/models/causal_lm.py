@@ -1,0 +1,123 @@
+"""A decoder-only Transformer language model (GPT-2; Llama, Mistral, Qwen, SmolLM) on the same gated, addressable
+blocks as the encoder-decoder:
+
+    dec.{i}.sa     causal self-attention            (D:SA)
+    dec.{i}.ff     feed-forward                     (D:FF)
+    dec.{i}.sa.h{j}  query head j                   (Michel et al. 2019)
+    dec.{i}.sa.g{k}  key/value group k under grouped-query attention (its query heads go with it)
+
+Everything the families differ in is a TransformerConfig option: learned positions (GPT-2) or rotary ones
+(`positions="rope"`, `rope_theta`, `rope_scaling`), LayerNorm or RMSNorm (`norm`), a plain or gated feed-forward
+(`ffn`), grouped-query attention (`n_kv_heads`), the bias switches, and a tied or separate output projection
+(`tie_embeddings`). Batches are left-aligned (right padding): a causal model's real tokens never see the padding
+after them, so no key mask is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunelab.models.transformer import Cache, Layer, Transformer, TransformerConfig, rope_frequencies, rope_tables
+
+IGNORE = -100  # a target that is not scored (strided context, padding), as torch's cross_entropy default
+
+
+class CausalLayer(Layer):
+    """Causal self-attention and a feed-forward, each in its residual wrapper (pre-norm for every family here)."""
+
+    kinds = ("sa", "ff")
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        if (y := self.skip("sa", x)) is None:
+            h = self.sa_res.inp(x)
+            k, v = self.sa.project_kv(h, rope)  # (B, KV, T, hs): one head per K/V group
+            if cache is None:
+                y = self.sa(h, k, v, is_causal=True, rope=rope)
+            else:  # generation: the prompt at once into an empty cache, then one position a step
+                if "sa_k" in cache:
+                    if h.size(1) != 1:
+                        raise ValueError("after the prompt, a cached forward takes one position at a time")
+                    k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
+                cache["sa_k"], cache["sa_v"] = k, v
+                y = self.sa(h, k, v, is_causal=h.size(1) > 1, rope=rope)
+            x = self.sa_res.out(x, y)
+        else:
+            x = y
+        return self.ff_block(x)
+
+
+class CausalLM(Transformer):
+    """tokens (B, T) -> next-token logits (B, T, V)."""
+
+    kind = "language_modeling"
+    decoder_layer = CausalLayer
+    pads = False  # every id is a token here (GPT-2 pads with its end-of-text token)
+
+    def __init__(self, cfg: TransformerConfig):
+        if cfg.enc_layers != 0:
+            raise ValueError("a decoder-only language model has no encoder: enc_layers must be 0")
+        if cfg.dec_layers < 1:
+            raise ValueError("a language model needs at least one layer (dec_layers)")
+        super().__init__(cfg)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=cfg.d_model**-0.5)
+        if cfg.positions == "rope":
+            self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
+
+    def rope(self, offset: int, T: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+        if self.cfg.positions != "rope":
+            return None
+        return rope_tables(self.inv_freq, offset, T, dtype)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, T, C) -> (B, T, V): the tied embedding or the separate `lm_head`."""
+        return self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed.weight)
+
+    def hidden(self, src: Tensor, cache: Cache | None = None, offset: int = 0) -> Tensor:
+        """tokens (B, T) at positions offset.. -> final hidden states (B, T, C), after the final norm."""
+        x = self.embed_tokens(src, offset=offset)  # (B, T, C)
+        rope = self.rope(offset, src.size(1), x.dtype)
+        for i, layer in enumerate(self.dec):
+            x = layer(x, rope, None if cache is None else cache[i])
+        return self.dec_norm(x)
+
+    def forward(self, src: Tensor, cache: Cache | None = None, offset: int = 0) -> Tensor:  # type: ignore[override]
+        """tokens (B, T) -> logits (B, T, V); with a cache (new_cache), the positions offset.. are appended to it."""
+        return self.logits(self.hidden(src, cache, offset))
+
+    def token_nll(self, batch: dict[str, Any]) -> Tensor:
+        """Negative log-likelihood of every target (B, T), 0 where the target is IGNORE; fp32 at least."""
+        logits = self(batch["src"])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        tgt = batch["target"]
+        return F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=IGNORE, reduction="none").view_as(tgt)
+
+    def example_losses(self, batch: dict[str, Any]) -> Tensor:
+        """Per-window loss L(x): the mean NLL of its scored targets, (B,)."""
+        nll = self.token_nll(batch)
+        n = (batch["target"] != IGNORE).sum(1)
+        return nll.sum(1) / n.clamp(min=1)
+
+    def decode_step(self, token: Tensor, cache: Cache, step: int) -> Tensor:  # type: ignore[override]
+        """Incremental decoding: token (B,) at position `step` -> next-token logits (B, V); the cache grows."""
+        return self(token[:, None], cache, step)[:, 0]
+
+    @staticmethod
+    def reorder_cache(cache: Cache, rows: Tensor, sentences: Tensor | None = None) -> None:
+        for c in cache:
+            for key in c:
+                c[key] = c[key].index_select(0, rows)
+
+
+def build_causal_lm(vocab_size: int, pad_id: int = 0, **kwargs: Any) -> CausalLM:
+    """Hydra entry point: `model/decoder_*.yaml` (a language model trained from scratch); vocab_size comes from the
+    data. Settings written for the encoder-decoder (enc_layers) do not apply."""
+    kwargs.pop("enc_layers", None)
+    return CausalLM(TransformerConfig(vocab_size=vocab_size, pad_id=pad_id, enc_layers=0, **kwargs))
