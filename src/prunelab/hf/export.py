@@ -35,14 +35,15 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
-from prunelab.hf import encoders, marian
+from prunelab.hf import causal_lm, encoders, marian
 from prunelab.hf.checkpoint import BITMASK_HINT, OVERRIDABLE, WEIGHT_SUFFIXES
 from prunelab.models.transformer import MultiHeadAttention, Transformer, TransformerConfig
 
 # config.json's model_type -> its family's module. A family module has MODEL_TYPES, MODEL_CLASS (the prunelab class
 # it imports into), ARCHITECTURES (the class each model type is written as), network_config(config.json) and
 # export_folder(model, config.json, effective state, labels) -> (config.json to write, tensors under its keys).
-FAMILIES: dict[str, ModuleType] = {t: module for module in (encoders, marian) for t in module.MODEL_TYPES}
+MODULES = (encoders, marian, causal_lm)
+FAMILIES: dict[str, ModuleType] = {t: module for module in MODULES for t in module.MODEL_TYPES}
 # TransformerConfig fields that are training settings, not the network (they may differ from config.json's).
 TRAINING_FIELDS = (*OVERRIDABLE, "removed")
 
@@ -70,13 +71,14 @@ def export_hf(
     if module is None or type(model) is not module.MODEL_CLASS:
         raise UserError(
             f"cannot export a {type(model).__name__} as the {family!r} checkpoint of {source}: only "
-            + " or ".join(
-                f"a {m.MODEL_CLASS.__name__} imported from {', '.join(m.MODEL_TYPES)}" for m in (encoders, marian)
-            )
+            + " or ".join(f"a {m.MODEL_CLASS.__name__} imported from {', '.join(m.MODEL_TYPES)}" for m in MODULES)
             + " can be"
         )
     assert isinstance(model, Transformer)
-    _check_same_network(model.cfg, module.network_config(hf), source)
+    want = module.network_config(hf)
+    if not model.pads:  # a language model's pad id only fills batches: the data's may differ from config.json's
+        want.pad_id = model.cfg.pad_id
+    _check_same_network(model.cfg, want, source)
 
     config, tensors = module.export_folder(model, hf, effective_state(model, masks), labels)
     config["architectures"] = [module.ARCHITECTURES[family]]
@@ -148,36 +150,50 @@ def effective_state(model: Transformer, masks: Mapping[str, Tensor] | None = Non
                         f"LayerNorm (post-norm LN(x + f(x)) is not x without it); {BITMASK_HINT}"
                     )
                 gate = _gate_value(module.gate, name)[0] if cfg.gated else 1.0
-                for buf in ("gate", "head_gate", "head_ids"):
+                for buf in ("gate", "head_gate", "head_ids", "kv_ids", "head_groups"):
                     state.pop(f"{name}.{buf}", None)
                 if isinstance(module, MultiHeadAttention):
                     _expand_attention(state, name, module, cfg)
                 out = f"{name}.{'fc2' if kind == 'ff' else 'out_proj'}"
                 if gate == 0.0:  # the sub-layer adds exactly 0
                     state[f"{out}.weight"].zero_()
-                    state[f"{out}.bias"].zero_()
+                    if f"{out}.bias" in state:
+                        state[f"{out}.bias"].zero_()
     return state
 
 
 def _expand_attention(state: dict[str, Tensor], name: str, attn: MultiHeadAttention, cfg: TransformerConfig) -> None:
-    """Q/K/V/O of an attention at full width (cfg.n_heads heads), head gates at 0 folded into out_proj."""
-    H, hs, d = cfg.n_heads, cfg.d_model // cfg.n_heads, cfg.d_model
+    """Q/K/V/O of an attention at full width (cfg.n_heads query heads, cfg.kv_heads K/V heads), head gates at 0
+    folded into out_proj; a removed head's rows (and a removed K/V group's) come back as zeros."""
+    hs, d = cfg.hs, cfg.d_model
     ids = attn.head_ids.tolist()  # the original number of each head left, in slot order
+    kv_ids = attn.kv_ids.tolist() if attn.grouped else ids  # and of each K/V head left
     gates = _gate_value(attn.head_gate, f"{name} (head gates)") if cfg.gated else [1.0] * len(ids)
     if len(gates) != len(ids):
         raise UserError(f"{name}: {len(gates)} head gates for {len(ids)} heads (per-example gates cannot be exported)")
+
+    def rows(heads: list[int]) -> list[int]:
+        return [h * hs + j for h in heads for j in range(hs)]
+
     # slot s of the compact weights holds original head ids[s]; a head gated at 0 keeps its Q/K/V, loses its O
-    full = [h * hs + j for h in ids for j in range(hs)]
-    slot = list(range(len(ids) * hs))
-    kept = [h * hs + j for h, g in zip(ids, gates, strict=True) if g == 1.0 for j in range(hs)]
-    kept_slot = [s * hs + j for s, g in enumerate(gates) if g == 1.0 for j in range(hs)]
-    for p in ("q_proj", "k_proj", "v_proj"):
-        w, b = torch.zeros(H * hs, d), torch.zeros(H * hs)
+    kept = rows([h for h, g in zip(ids, gates, strict=True) if g == 1.0])
+    kept_slot = rows([s for s, g in enumerate(gates) if g == 1.0])
+    for p, heads, width in (
+        ("q_proj", ids, cfg.n_heads),
+        ("k_proj", kv_ids, cfg.kv_heads),
+        ("v_proj", kv_ids, cfg.kv_heads),
+    ):
+        w = torch.zeros(width * hs, d)
+        bias = f"{name}.{p}.bias" in state or (attn.uniform and p != "v_proj" and cfg.qkv_bias)
+        b = torch.zeros(width * hs) if bias else None
         if not (attn.uniform and p != "v_proj"):  # uniform attention: Q = K = 0, so every score is 0
-            w[full] = state[f"{name}.{p}.weight"][slot]
-            b[full] = state[f"{name}.{p}.bias"][slot]
-        state[f"{name}.{p}.weight"], state[f"{name}.{p}.bias"] = w, b
-    o = torch.zeros(d, H * hs)
+            w[rows(heads)] = state[f"{name}.{p}.weight"]
+            if b is not None:
+                b[rows(heads)] = state[f"{name}.{p}.bias"]
+        state[f"{name}.{p}.weight"] = w
+        if b is not None:
+            state[f"{name}.{p}.bias"] = b
+    o = torch.zeros(d, cfg.n_heads * hs)
     o[:, kept] = state[f"{name}.out_proj.weight"][:, kept_slot]
     state[f"{name}.out_proj.weight"] = o
 
