@@ -36,7 +36,7 @@ Batch = dict[str, Any]
 def contribution_scores(drops: dict[str, float], baseline: float, clip_fraction: float = 0.1) -> dict[str, float]:
     """Eq. 1: clip each BLEU drop to [0, C], C = clip_fraction x baseline BLEU, then divide by the largest
     clipped drop (all zeros when no component costs anything)."""
-    cap = clip_fraction * baseline
+    cap = clip_fraction * abs(baseline)  # a negated perplexity: 10% of the perplexity
     clipped = {c: min(max(d, 0.0), cap) for c, d in drops.items()}
     top = max(clipped.values(), default=0.0)
     return {c: (v / top if top > 0 else 0.0) for c, v in clipped.items()}

@@ -149,3 +149,47 @@ class AccuracyScorer:
         progress: Callable[[int, int], None] | None = None,
     ) -> AblationResult:
         return ablation_accuracy(model, batches, list(names if names is not None else component_names(model)))
+
+
+@dataclass
+class PerplexityScorer:
+    """A language model's negated perplexity over the batches' scored targets (higher is better, as the studies
+    rank; a component's drop is then the perplexity it adds). Every variant is a full pass: exact drops."""
+
+    name: str = "-perplexity"
+
+    @torch.no_grad()
+    def score(self, model: Transformer, batches: Sequence[Batch]) -> float:
+        from prunelab.tasks.language_modeling import perplexity
+
+        was_training = model.training
+        model.eval()
+        nll, tokens = 0.0, 0
+        try:
+            for b in batches:
+                nll += float(model.token_nll(b).double().sum())  # type: ignore[operator]
+                tokens += int((b["target"] != -100).sum())
+        finally:
+            model.train(was_training)
+        return -perplexity(nll, tokens)
+
+    def variants(
+        self, model: Transformer, batches: Sequence[Batch], variants: Sequence[frozenset[str]]
+    ) -> tuple[list[float], int]:
+        scores = []
+        for zeroed in variants:
+            with gates_off(model, zeroed):
+                scores.append(self.score(model, batches))
+        return scores, len(variants) * len(batches)
+
+    def ablation(
+        self,
+        model: Transformer,
+        batches: Sequence[Batch],
+        names: Sequence[str] | None = None,
+        stop_below: float | None = 0.1,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> AblationResult:
+        names = list(names if names is not None else component_names(model))
+        examples = sum(len(b["src"]) for b in batches)
+        return exact_ablation(model, names, lambda: self.score(model, batches), examples, len(batches), progress)

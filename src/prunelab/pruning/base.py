@@ -93,7 +93,7 @@ class Pruner(nn.Module):
     """Every hook of the call order above, doing nothing: a structural method overrides what it needs."""
 
     rounds: int = 1  # how many `trainer.fit` rounds the method needs
-    tasks: tuple[str, ...] = ("translation", "classification")  # the task kinds it can prune
+    tasks: tuple[str, ...] = ("translation", "classification", "language_modeling")  # the task kinds it can prune
     needs_trained_model: bool = False  # True: it prunes trained weights (`ckpt=` or an imported checkpoint) only
 
     def __init__(self) -> None:

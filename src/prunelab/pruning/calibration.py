@@ -191,6 +191,15 @@ class Recorder:
             h.remove()
 
 
+def batch_real_tokens(batch: Batch, pad: int) -> Tensor | None:
+    """The real tokens of a batch's inputs: its `real` mask where the data gives one (a language model pads with a
+    token that also occurs in the text), else the positions that are not `pad`; None when nothing is padding."""
+    if "real" in batch:
+        real = batch["real"]
+        return None if bool(real.all()) else real
+    return real_tokens(batch["src"], pad)
+
+
 def real_tokens(ids: Tensor, pad: int) -> Tensor | None:
     """(B, T) bool of the real tokens of a batch, or None when there is no padding (the hooks then take every row
     without copying them out)."""
@@ -235,11 +244,23 @@ def prune_sequentially(
         for n in before:
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
         srcs = [b["src"] for b in batches]
-        src_real = [real_tokens(s, pad) for s in srcs]
+        src_real = [batch_real_tokens(b, pad) for b in batches]
         xs = []
         for s, b in zip(srcs, batches, strict=True):
             xs.append(model.embed_tokens(s, types=b.get("types")))
             release_memory()  # the embedding's temporaries, between the kept outputs
+        if not len(model.enc):  # decoder-only: every layer reads the stream before it, no memory, no key mask
+            ropes = [model.rope(0, s.size(1), x.dtype) for s, x in zip(srcs, xs, strict=True)]
+            for i, layer in enumerate(model.dec):
+                group = linears_under(layer, f"dec.{i}", names)
+                real = [dict.fromkeys(group, r) for r in src_real]
+                stats = layer_stats(group, full, real, lambda k, f=layer, xs=xs: f(xs[k], ropes[k]))
+                prune(group, stats)
+                del stats
+                for k in range(len(xs)):
+                    xs[k] = layer(xs[k], ropes[k])
+                    release_memory()
+            xs = []
         masks = [model.key_mask(s) for s in srcs]
         for i, layer in enumerate(model.enc):
             group = linears_under(layer, f"enc.{i}", names)
@@ -250,7 +271,7 @@ def prune_sequentially(
             for k in range(len(xs)):  # in place: one batch's activations more at a time, not the whole set's
                 xs[k] = layer(xs[k], masks[k])
                 release_memory()
-        if len(model.dec):
+        if len(model.dec) and len(model.enc):
             mems = [model.enc_norm(x) for x in xs]
             del xs
             tgts = [b["tgt_in"] for b in batches]
@@ -300,7 +321,7 @@ def whole_model_stats(
     pad = model.cfg.pad_id
     real = []
     for b in batches:
-        real.append(dict.fromkeys(group, real_tokens(b["src"], pad)))
+        real.append(dict.fromkeys(group, batch_real_tokens(b, pad)))
     return layer_stats(group, full, real, lambda k: model.example_losses(batches[k]))
 
 

@@ -8,10 +8,12 @@ from torch import Tensor, nn
 
 def prunable_weights(model: nn.Module, include_embeddings: bool = False) -> dict[str, nn.Parameter]:
     """Weight matrices of the network: Linear weights (and the embedding if asked). Never biases or
-    LayerNorm parameters, which are 1-D."""
+    LayerNorm parameters, which are 1-D. A language model's separate output projection (`lm_head`) is its output
+    embedding: pruned only with the embeddings, as the tied one is (and as Wanda and SparseGPT leave it)."""
     out = {}
     for mod_name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) or (include_embeddings and isinstance(mod, nn.Embedding)):
+        embedding = isinstance(mod, nn.Embedding) or mod_name == "lm_head"
+        if (isinstance(mod, nn.Linear) and not embedding) or (include_embeddings and embedding):
             out[f"{mod_name}.weight" if mod_name else "weight"] = mod.weight
     return out
 

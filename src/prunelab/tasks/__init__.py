@@ -1,4 +1,5 @@
 from prunelab.tasks.classification import ClassificationTask
+from prunelab.tasks.language_modeling import LanguageModelingTask
 from prunelab.tasks.translation import TranslationTask
 
-__all__ = ["ClassificationTask", "TranslationTask"]
+__all__ = ["ClassificationTask", "LanguageModelingTask", "TranslationTask"]

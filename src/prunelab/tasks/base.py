@@ -57,6 +57,7 @@ class PrunableTask(L.LightningModule):
     kind: str = ""  # the data it takes: translation | classification (data modules name theirs)
     score_key: str = ""  # its score, logged as val/<key> and test/<key> (bleu, acc, ...)
     score_name: str = ""  # the score for people: "BLEU", "accuracy"
+    higher_is_better = True  # val/<score_key> ranks this way (perplexity: False; the monitored value is then negated)
     monitor = "val/score_at_target"  # the ModelCheckpoint metric: val/<score_key>_at_target
     finite_check_every: int | None = None  # steps between host reads of the loss check; None: 1 on CPU, 50 on GPU
 

@@ -197,7 +197,10 @@ class Rounds:
         key = f"val/{self.task.score_key}"
         (result,) = trainer.validate(self.task, datamodule=self.datamodule, ckpt_path=str(out), weights_only=True)
         average_score, best_score = float(result[key]), scores[window[-1]]
-        chosen = "average" if average_score > best_score else "best"
+        if not self.task.higher_is_better:  # the monitored value is the negated score (perplexity)
+            best_score = -best_score
+        better = average_score > best_score if self.task.higher_is_better else average_score < best_score
+        chosen = "average" if better else "best"
         log.info(
             "averaged %s: validation %s %.4f (best checkpoint %.4f): testing the %s",
             ", ".join(f"step{s}" for s in window),
@@ -328,7 +331,8 @@ class Rounds:
         if trainer.is_global_zero:
             d = round_dir_of(self.out, r)
             write_json(d / "results.json", level)
-            (d / "test.hyp.txt").write_text("\n".join(self.task.last_eval["test"]["hypotheses"]) + "\n")
+            if hypotheses := self.task.last_eval["test"]["hypotheses"]:  # a language model has none
+                (d / "test.hyp.txt").write_text("\n".join(hypotheses) + "\n")
             self.on_level(self.levels)
 
     def drop_old_checkpoints(self) -> bool:

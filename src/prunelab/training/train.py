@@ -99,8 +99,8 @@ def run(
     levels = rounds.run()
 
     final = levels[-1]
-    if is_rank_zero():
-        hyp = round_dir_of(out, final["round"]) / "test.hyp.txt"
+    hyp = round_dir_of(out, final["round"]) / "test.hyp.txt"
+    if is_rank_zero() and hyp.is_file():  # a task that decodes (a language model's test decodes nothing)
         (out / "test.hyp.txt").write_text(hyp.read_text(encoding="utf-8"), encoding="utf-8")
     tokens = task.train_tokens  # real source + target tokens trained on; fit time includes validation
     results.update(time=time_shares(levels, clock.elapsed()))

@@ -1,0 +1,622 @@
+"""Causal language-modeling data (`task=language_modeling`): text as documents, one token stream per split, cut into
+windows as the pruning literature measures perplexity (SparseGPT, Frantar & Alistarh 2023; Wanda, Sun et al. 2024).
+
+Stream. A split's text is a list of documents; its token stream is, per document in order, the tokenizer's ids of the
+document (no special tokens) followed by the EOS id, the document separator. A document with no tokens adds nothing.
+With `data.bos=true` the stream starts with the BOS id (what `tokenizer(text)` adds for OPT/Llama in the references'
+evaluation; GPT-2's adds nothing).
+
+Windows (`windows`):
+    non-overlapping (`data.stride=null`, and always for training): the stream cut into windows of `seq_len` tokens,
+        the trailing partial window dropped (its tokens are counted: `dropped_tokens`); in each window every token
+        after the first is predicted from those before it (seq_len-1 targets a window).
+    strided (`data.stride=s`, 1 <= s < seq_len): Hugging Face's "perplexity of fixed-length models": windows of up to
+        seq_len tokens starting every s tokens, the last one ending where the stream ends; each scores only the tokens
+        the previous window did not score (its earlier tokens are context), so every token after the stream's first is
+        scored exactly once, from the tokens before it in its window: at least seq_len-s of them (or all there are),
+        at most seq_len-1.
+    Perplexity = exp(mean NLL over all predicted tokens of a split).
+
+Batches (`collate_lm`), a flat dict:
+    src       (B, T) long: window[:-1], right-padded with the pad id (the tokenizer's, else its EOS id)
+    target    (B, T) long: window[1:], -100 where a token is not scored (a strided window's context, padding)
+    real      (B, T) bool: the input positions that are not padding (the pad id may be EOS, which also occurs in text)
+    n_tokens  int: the scored targets of the batch
+    idx       (B,) long: the window's index in its split
+    ref       list of "" (B of them): for code that counts examples by len(batch["ref"])
+
+Sources: `data=lm_text` (train/valid/test .txt files, documents separated by blank lines), `data=hf_lm` (a `datasets`
+split, e.g. wikitext-2-raw-v1: rows joined with "\\n\\n" into one document, as SparseGPT/Wanda's wikitext evaluation),
+`data=synthetic_lm` (the embedded synthetic language's sentences; no files, no network).
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import random
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from functools import cached_property, partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning as L
+import numpy as np
+import torch
+
+from prunelab.data.batching import TokenBatchedLoaders
+from prunelab.data.hf_datasets import HfDatasetSource
+from prunelab.data.parallel_text import SentencePieceData, read_lines
+from prunelab.data.synthetic import SyntheticLanguagePair
+from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
+from prunelab.errors import UserError
+from prunelab.hf.checkpoint import VOCABULARY_FILES, PretrainedTokenizer, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+IGNORE = -100  # a target that is not scored (torch's cross_entropy ignore_index)
+PERPLEXITY = "exp(mean NLL over all predicted tokens)"
+DOCUMENT_MODES = ("blank_lines", "lines", "file")
+
+
+# --- windows ---------------------------------------------------------------------------------------------------------
+class Window(NamedTuple):
+    """One example: `ids`, seq_len tokens of a split's stream (fewer only for a strided split's last window), starting
+    at stream position `start`; its tokens at positions >= `score_from` (>= 1) are predicted, the earlier ones are
+    context only. `idx`: its index among its split's windows."""
+
+    ids: Sequence[int]
+    score_from: int
+    idx: int
+    start: int
+
+
+def window_spans(n: int, seq_len: int, stride: int | None = None) -> list[tuple[int, int, int]]:
+    """(begin, end, score_from) of the windows over a stream of `n` tokens (see the module doc): stride None, the
+    non-overlapping windows [k*seq_len, (k+1)*seq_len) each scored from its position 1; else Hugging Face's strided
+    windows, each scoring the tokens at and after the previous window's end."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2 (a window predicts its tokens after the first), got {seq_len}")
+    if stride is None:
+        return [(k * seq_len, (k + 1) * seq_len, 1) for k in range(n // seq_len)]
+    if not 1 <= stride < seq_len:
+        raise ValueError(f"stride must be in [1, seq_len) = [1, {seq_len}), got {stride}")
+    spans: list[tuple[int, int, int]] = []
+    if n < 2:
+        return spans
+    prev_end = 0
+    for begin in range(0, n, stride):
+        end = min(begin + seq_len, n)
+        spans.append((begin, end, max(prev_end - begin, 1)))  # the first window: position 0 has no context
+        prev_end = end
+        if end == n:
+            break
+    return spans
+
+
+def windows(ids: Sequence[int], seq_len: int, stride: int | None = None) -> list[Window]:
+    """The windows of the token stream `ids` (a list, or a numpy array whose windows are then views of it)."""
+    return [Window(ids[b:e], s, i, b) for i, (b, e, s) in enumerate(window_spans(len(ids), seq_len, stride))]
+
+
+def scored_targets(w: Window) -> int:
+    """How many of the window's tokens are predicted."""
+    return len(w.ids) - w.score_from
+
+
+def collate_lm(examples: Sequence[Window], pad_id: int) -> dict[str, Any]:
+    """Windows -> the batch of the module doc: src = window[:-1] padded, target = window[1:], IGNORE where unscored."""
+    B = len(examples)
+    T = max(len(w.ids) for w in examples) - 1
+    src = torch.full((B, T), pad_id, dtype=torch.long)
+    target = torch.full((B, T), IGNORE, dtype=torch.long)
+    real = torch.zeros((B, T), dtype=torch.bool)
+    n_tokens = 0
+    for i, w in enumerate(examples):
+        ids = torch.as_tensor(np.asarray(w.ids, dtype=np.int64))
+        n = len(ids) - 1
+        src[i, :n] = ids[:-1]
+        real[i, :n] = True
+        # target j is token j+1 of the window: scored when j + 1 >= score_from
+        target[i, w.score_from - 1 : n] = ids[w.score_from :]
+        n_tokens += n - (w.score_from - 1)
+    return {
+        "src": src,
+        "target": target,
+        "real": real,
+        "n_tokens": n_tokens,
+        "idx": torch.tensor([w.idx for w in examples], dtype=torch.long),
+        "ref": [""] * B,
+    }
+
+
+# --- tokenizers ------------------------------------------------------------------------------------------------------
+class PretrainedLmTokenizer(PretrainedTokenizer):
+    """A causal language model's own tokenizer (GPT-2, OPT, Llama, ...), read from its folder with AutoTokenizer: its
+    EOS separates documents; its pad id is its pad token's, else its EOS id (GPT-2 and Llama have no pad token); its
+    BOS id its BOS token's, else its EOS id. Encoding, decoding and `.hf` are PretrainedTokenizer's."""
+
+    def __init__(self, path: str | Path):  # not PretrainedTokenizer's: that one asks for a pad token and uses [SEP]
+        folder = resolve_checkpoint(path)
+        if not any((folder / name).is_file() for name in VOCABULARY_FILES) and not list(folder.glob("*.model")):
+            raise UserError(
+                f"cannot load the tokenizer in {folder}: it has none of {', '.join(VOCABULARY_FILES)} (copy the "
+                "checkpoint's tokenizer files next to its weights, or set data.tokenizer=<a folder with them>)"
+            )
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UserError("reading a checkpoint's tokenizer needs transformers: pip install -e '.[hf]'") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*sacremoses")
+                self.hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a folder it cannot read
+            raise UserError(f"cannot load the tokenizer in {folder}: {' '.join(str(e).split())[:300]}") from e
+        hf = self.hf
+        if hf.eos_token_id is None:
+            raise UserError(
+                f"the tokenizer in {folder} has no end-of-sequence token: language-modeling documents are separated "
+                "by it"
+            )
+        self.eos_id = int(hf.eos_token_id)
+        self.pad_id = int(hf.pad_token_id) if hf.pad_token_id is not None else self.eos_id
+        self.bos_id = int(hf.bos_token_id) if hf.bos_token_id is not None else self.eos_id
+        self.unk_id = hf.unk_token_id if hf.unk_token_id is not None else -1
+        self.types = False
+        self.max_positions = hf.model_max_length if hf.model_max_length < 1_000_000 else None
+        hf.model_max_length = 1 << 30  # the stream is cut into windows here; no warning per long document
+        self.folder = folder
+
+
+def encode_documents(tok: Tokenizer, documents: Sequence[str], chunk: int = 1000) -> Iterator[list[int]]:
+    """Each document's ids, no special tokens (a fast Hugging Face tokenizer encodes `chunk` documents a call)."""
+    hf = getattr(tok, "hf", None)
+    if hf is not None and getattr(hf, "is_fast", False):
+        for i in range(0, len(documents), chunk):
+            yield from hf(list(documents[i : i + chunk]), add_special_tokens=False)["input_ids"]
+    else:
+        for d in documents:
+            yield tok.encode(d)
+
+
+def token_stream(tok: Tokenizer, documents: Sequence[str], bos: bool = False) -> tuple[np.ndarray, int]:
+    """([BOS] if bos, then encode(document) + [EOS] for every document with tokens) as an int32 array, and how many
+    documents it holds."""
+    out = array.array("i", [tok.bos_id] if bos else [])
+    kept = 0
+    for ids in encode_documents(tok, documents):
+        if ids:
+            out.extend(ids)
+            out.append(tok.eos_id)
+            kept += 1
+    return np.frombuffer(out, dtype=np.intc) if len(out) else np.zeros(0, dtype=np.int32), kept
+
+
+# --- the shared data module ------------------------------------------------------------------------------------------
+class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
+    """Documents -> per-split token streams -> windows (see the module doc). A subclass says where the documents come
+    from (`read_documents`, `describe_documents`) and how text is cut into tokens without a pretrained checkpoint
+    (`build_tokenizer`, `describe_tokenizer`)."""
+
+    kind = "language_modeling"  # the task kind it feeds (conf/task/language_modeling.yaml)
+
+    def __init__(
+        self,
+        seq_len: int = 512,
+        stride: int | None = None,
+        max_tokens: int = 8192,
+        eval_max_tokens: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_seed: int | None = None,
+        tokenizer: str | None = None,
+        bos: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(seq_len, int) or seq_len < 2:
+            raise UserError(
+                f"data.seq_len must be an integer >= 2 (a window predicts its tokens after the first), got {seq_len}"
+            )
+        if stride is not None and (not isinstance(stride, int) or not 1 <= stride < seq_len):
+            hint = " (stride = seq_len is the non-overlapping protocol: data.stride=null)" if stride == seq_len else ""
+            raise UserError(f"data.stride must be null or in [1, data.seq_len={seq_len}), got {stride}{hint}")
+        if max_tokens < 1 or (eval_max_tokens is not None and eval_max_tokens < 1):
+            raise UserError(
+                f"data.max_tokens and data.eval_max_tokens must be >= 1, got {max_tokens}, {eval_max_tokens}"
+            )
+        self.seq_len, self.stride, self.bos = seq_len, stride, bool(bos)
+        self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
+        self.max_tokens = max_tokens  # a batch holds max_tokens // seq_len windows (at least one)
+        self.eval_max_tokens = eval_max_tokens or max_tokens
+        self.num_workers = num_workers
+        self.seed = seed  # the data's own (what a synthetic task generates)
+        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # training order: the run's seed
+        self._tokenizer: Tokenizer | None = None
+        self.examples: dict[str, list[Window]] = {}
+        self.split_stats: dict[str, dict[str, Any]] = {}
+
+    # --- what a data source provides -------------------------------------------------------------
+    @abstractmethod
+    def build_tokenizer(self) -> Tokenizer: ...
+
+    @abstractmethod
+    def read_documents(self, split: str) -> list[str]:
+        """The documents of one split, in order."""
+
+    @abstractmethod
+    def describe_documents(self) -> str:
+        """Where the documents come from and how they are cut (for the protocol)."""
+
+    def describe_tokenizer(self) -> dict[str, Any]:
+        """The data's own tokenizer, for the protocol."""
+        return {"kind": type(self.tokenizer).__name__}
+
+    def split_source(self, split: str) -> str:
+        """Where a split comes from, for errors."""
+        return f"the {split} split"
+
+    def release_text(self) -> None:
+        """Drop raw text kept between prepare_data and setup."""
+
+    # --- shared machinery ------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = PretrainedLmTokenizer(self.pretrained) if self.pretrained else self.build_tokenizer()
+        return self._tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.examples:
+            return
+        tok = self.tokenizer
+        if tok.max_positions is not None and self.seq_len - 1 > tok.max_positions:
+            raise UserError(
+                f"data.seq_len={self.seq_len} feeds {self.seq_len - 1} tokens a window, more than the "
+                f"{tok.max_positions} positions of the tokenizer's model: set data.seq_len<={tok.max_positions + 1}"
+            )
+        splits: dict[str, list[Window]] = {}
+        stats: dict[str, dict[str, Any]] = {}
+        for split in SPLITS:
+            stream, documents = token_stream(tok, self.read_documents(split), self.bos)
+            where = self.split_source(split)
+            if documents == 0:
+                raise UserError(f"{where} has no text")
+            if len(stream) < self.seq_len:
+                raise UserError(
+                    f"{where} has {len(stream)} tokens, fewer than one window of data.seq_len={self.seq_len}: "
+                    "lower data.seq_len or give it more text"
+                )
+            stride = None if split == "train" else self.stride  # training: non-overlapping windows
+            ws = windows(stream, self.seq_len, stride)
+            covered = ws[-1].start + len(ws[-1].ids)
+            stats[split] = {
+                "documents": documents,
+                "tokens": len(stream),
+                "windows": len(ws),
+                "stride": stride,
+                "predicted_tokens": sum(scored_targets(w) for w in ws),
+                "dropped_tokens": len(stream) - covered,
+            }
+            if stats[split]["dropped_tokens"]:
+                log.info(
+                    "%s: the last %d of %d tokens do not fill a window of %d and are not used",
+                    split,
+                    stats[split]["dropped_tokens"],
+                    len(stream),
+                    self.seq_len,
+                )
+            splits[split] = ws
+        self.examples, self.split_stats = splits, stats
+        self.release_text()
+
+    def protocol(self) -> dict[str, Any]:
+        """How the splits' streams and windows were made, and how perplexity is computed (JSON-able)."""
+        tok = self.tokenizer
+        info = (
+            {"kind": "pretrained", "name": str(tok.folder), "class": type(tok.hf).__name__}  # type: ignore[attr-defined]
+            if isinstance(tok, PretrainedLmTokenizer)
+            else self.describe_tokenizer()
+        )
+        return {
+            "metric": "perplexity",
+            "perplexity": PERPLEXITY,
+            "seq_len": self.seq_len,
+            "stride": self.stride,
+            "eval_windows": "non-overlapping" if self.stride is None else "strided",
+            "train_windows": "non-overlapping",
+            "targets_per_window": "seq_len - 1" if self.stride is None else "tokens after the previous window's end",
+            "documents": self.describe_documents(),
+            "document_separator": {"token": "eos", "id": int(tok.eos_id), "where": "after every document"},
+            "bos_first": {"id": int(tok.bos_id)} if self.bos else None,
+            "pad_id": int(tok.pad_id),
+            "tokenizer": {**info, "vocab_size": int(tok.vocab_size)},
+            "splits": {s: dict(v) for s, v in self.split_stats.items()},
+        }
+
+    def task_kwargs(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer, "protocol": self.protocol()}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        # vocab_size and pad_id come from the tokenizer (training.build.model_args); a window feeds seq_len-1 tokens
+        return {}
+
+    def encode_texts(self, lines: Sequence[str], where: str) -> list[Window]:
+        """Calibration text from outside the run's splits: each line a document, their stream cut into non-overlapping
+        windows of seq_len tokens; `where` names their origin in errors."""
+        stream, _ = token_stream(self.tokenizer, [line for line in lines if line.strip()], self.bos)
+        if len(stream) < self.seq_len:
+            raise UserError(
+                f"{where}: {len(stream)} tokens, fewer than one window of data.seq_len={self.seq_len}: give more text"
+            )
+        return windows(stream, self.seq_len)
+
+    def example_length(self, example: Window) -> int:
+        return len(example.ids)  # a batch of max_tokens holds max_tokens // seq_len windows
+
+    def collate_fn(self) -> partial:
+        return partial(collate_lm, pad_id=self.tokenizer.pad_id)
+
+
+# --- data=lm_text ----------------------------------------------------------------------------------------------------
+def split_documents(lines: Sequence[str], mode: str) -> list[str]:
+    """Stripped lines -> documents: blank_lines (runs of non-empty lines, each joined with "\\n"), lines (each
+    non-empty line), file (the whole text, lines joined with "\\n", blank ones kept)."""
+    if mode == "lines":
+        return [line for line in lines if line]
+    if mode == "file":
+        text = "\n".join(lines).strip("\n")
+        return [text] if text.strip() else []
+    docs: list[str] = []
+    cur: list[str] = []
+    for line in (*lines, ""):
+        if line:
+            cur.append(line)
+        elif cur:
+            docs.append("\n".join(cur))
+            cur = []
+    return docs
+
+
+class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
+    """`data=lm_text`: `{dir}/train.txt`, `valid.txt`, `test.txt` (or `.gz`), documents separated by blank lines;
+    the checkpoint's tokenizer (`data.tokenizer`), else SentencePiece trained on train.txt, cached next to the data."""
+
+    def __init__(
+        self,
+        dir: str,
+        train_file: str = "train.txt",
+        valid_file: str = "valid.txt",
+        test_file: str = "test.txt",
+        documents: str = "blank_lines",
+        vocab_size: int = 8000,
+        spm_model_type: str = "unigram",
+        spm_character_coverage: float = 1.0,
+        spm_max_sentences: int = 2_000_000,
+        cache_dir: str | None = None,
+        utf8_errors: str = "strict",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if documents not in DOCUMENT_MODES:
+            raise UserError(f"data.documents must be one of {', '.join(DOCUMENT_MODES)}, got {documents!r}")
+        self.documents = documents
+        self.data_dir = Path(dir).expanduser().absolute()
+        self.utf8_errors = utf8_errors
+        self.vocab_size = vocab_size
+        self.spm_model_type = spm_model_type
+        self.spm_character_coverage = spm_character_coverage
+        self.spm_max_sentences = spm_max_sentences
+        self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None
+        self._spm_file: Path | None = None
+        self._lines: dict[str, list[str]] = {}  # the training text read to train SentencePiece, kept for setup()
+        self.check_spm_settings()  # also: the data dir exists
+        names = {"train": train_file, "valid": valid_file, "test": test_file}
+        self.files = {split: self._find(split, name) for split, name in names.items()}
+
+    def _find(self, split: str, name: str) -> Path:
+        plain = self.data_dir / name
+        gz = plain.with_name(plain.name + ".gz")
+        if plain.is_file():
+            return plain
+        if gz.is_file():
+            return gz
+        raise UserError(f"{split} file not found: {plain} (nor {gz.name}); set data.{split}_file=...")
+
+    def _read(self, split: str) -> list[str]:
+        if split in self._lines:
+            return self._lines[split]
+        return read_lines(self.files[split], self.utf8_errors)
+
+    def read_documents(self, split: str) -> list[str]:
+        return split_documents(self._read(split), self.documents)
+
+    def split_source(self, split: str) -> str:
+        return f"the {split} split ({self.files[split]})"
+
+    def describe_documents(self) -> str:
+        how = {
+            "blank_lines": "documents separated by blank lines, a document's lines joined with '\\n'",
+            "lines": "every non-empty line a document",
+            "file": "each file one document, its lines joined with '\\n'",
+        }[self.documents]
+        return f"{self.data_dir}: {', '.join(p.name for p in self.files.values())}; {how}"
+
+    def describe_tokenizer(self) -> dict[str, Any]:
+        return {"kind": "sentencepiece", "name": str(self._spm_model()), "model_type": self.spm_model_type}
+
+    def release_text(self) -> None:
+        self._lines.clear()
+
+    # --- SentencePieceData ---------------------------------------------------------------------------------------
+    def _spm_sources(self) -> list[Path]:
+        return [self.files["train"]]
+
+    def _spm_sentences(self) -> list[str]:
+        lines = self._read("train")
+        self._lines["train"] = lines
+        return [line for line in lines if line]
+
+
+# --- data=hf_lm ------------------------------------------------------------------------------------------------------
+class HfLmDataModule(HfDatasetSource, LanguageModelingDataModule):
+    """`data=hf_lm`: a text column of a `datasets` data set (a save_to_disk folder, or a name found offline, as
+    data=hf_classification reads them). `join`: a string, every row of a split joined with it into one document (the
+    default "\\n\\n": SparseGPT/Wanda's wikitext-2 evaluation, `"\\n\\n".join(test["text"])`); null, every row with
+    text its own document."""
+
+    def __init__(
+        self,
+        name: str,
+        config: str | None = None,
+        data_files: Any = None,
+        train_split: str = "train",
+        valid_split: str = "validation",
+        test_split: str = "test",
+        column: str | None = None,
+        join: str | None = "\n\n",
+        vocab_size: int = 8000,
+        spm_model_type: str = "unigram",
+        spm_character_coverage: float = 1.0,
+        spm_max_sentences: int = 2_000_000,
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        splits = {"train": train_split, "valid": valid_split, "test": test_split}
+        spm = (vocab_size, spm_model_type, spm_character_coverage, spm_max_sentences, cache_dir)
+        self._init_source(name, config, data_files, splits, *spm)
+        self.column, self.join = column, join
+        self._rows: dict[str, list[str]] = {}
+
+    def text_column(self, ds: Any) -> str:
+        have = list(ds.column_names)
+        if self.column is not None:
+            if self.column not in have:
+                raise UserError(f"data set {self.name!r} has no column {self.column!r} (it has {', '.join(have)})")
+            return self.column
+        if "text" in have:
+            return "text"
+        strings = [c for c in have if getattr(ds.features.get(c), "dtype", None) in ("string", "large_string")]
+        if len(strings) == 1:
+            return strings[0]
+        raise UserError(f"data set {self.name!r}: which column holds the text? set data.column=... ({', '.join(have)})")
+
+    def rows(self, split: str) -> list[str]:
+        if split not in self._rows:
+            ds = self.splits()[split]
+            self._rows[split] = ["" if x is None else str(x) for x in ds[self.text_column(ds)]]
+        return self._rows[split]
+
+    def read_documents(self, split: str) -> list[str]:
+        rows = self.rows(split)
+        if self.join is None:
+            return [r for r in rows if r.strip()]
+        text = self.join.join(rows)
+        return [text] if text.strip() else []
+
+    def split_source(self, split: str) -> str:
+        return f"split {self.split_names[split]!r} of data set {self.name!r}"
+
+    def describe_documents(self) -> str:
+        where = f"data set {self.name!r}" + (f" ({self.config})" if self.config else "")
+        column = self.column or "text (guessed)"
+        if self.join is None:
+            return f"{where}, column {column}: every row with text a document"
+        return f"{where}, column {column}: all rows of a split joined with {self.join!r} into one document"
+
+    def describe_tokenizer(self) -> dict[str, Any]:
+        return {"kind": "sentencepiece", "name": str(self._spm_model()), "model_type": self.spm_model_type}
+
+    def release_text(self) -> None:
+        self._rows.clear()
+
+    def _spm_sentences(self) -> list[str]:
+        # lines, not rows: SentencePiece skips sentences longer than its max_sentence_length (4192 bytes)
+        return [line.strip() for row in self.rows("train") for line in row.split("\n") if line.strip()]
+
+
+# --- data=synthetic_lm -----------------------------------------------------------------------------------------------
+SENTENCE_END = "."
+
+
+class SyntheticLmDataModule(LanguageModelingDataModule):
+    """`data=synthetic_lm`: the embedded synthetic language (the source side of data/synthetic.py's pair: SVO,
+    agreement of the verb with its subject, prepositional phrases), generated from `seed`. A sentence ends in "."; a
+    document is `sentences_per_document` consecutive sentences. Valid and test sentences never occur in training.
+    `tokenization`: syllable (words cut into their syllables, BPE-style) or word (one token per word form)."""
+
+    def __init__(
+        self,
+        train_sentences: int = 4000,
+        valid_sentences: int = 400,
+        test_sentences: int = 400,
+        sentences_per_document: int = 8,
+        tokenization: str = "syllable",
+        n_nouns: int = 160,
+        n_adjectives: int = 60,
+        n_verbs: int = 60,
+        n_preps: int = 8,
+        max_adjectives: int = 2,
+        p_pp: float = 0.3,
+        p_conj: float = 0.15,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("seq_len", 64)
+        super().__init__(**kwargs)
+        if tokenization not in ("syllable", "word"):
+            raise UserError(f"data.tokenization must be syllable or word, got {tokenization!r}")
+        sizes = {"train": train_sentences, "valid": valid_sentences, "test": test_sentences}
+        if bad := [f"data.{k}_sentences={v}" for k, v in sizes.items() if v < 1]:
+            raise UserError(f"{', '.join(bad)}: every split needs at least one sentence")
+        if sentences_per_document < 1:
+            raise UserError(f"data.sentences_per_document must be >= 1, got {sentences_per_document}")
+        self.sizes, self.sentences_per_document, self.tokenization = sizes, sentences_per_document, tokenization
+        self.lang = SyntheticLanguagePair(
+            self.seed, n_nouns, n_adjectives, n_verbs, n_preps, max_adjectives, p_pp, p_conj
+        )
+
+    @cached_property
+    def sentences(self) -> dict[str, list[str]]:
+        """Each split's sentences (ending in " ."), drawn from one stream: test, valid, then train without theirs."""
+        rng = random.Random(f"{self.seed}-lm-sentences")
+        seen: set[str] = set()
+        out: dict[str, list[str]] = {}
+        for split in ("test", "valid", "train"):
+            sents: list[str] = []
+            while len(sents) < self.sizes[split]:
+                s, _ = self.lang.sentence(rng)
+                if s in seen:
+                    continue
+                if split != "train":
+                    seen.add(s)
+                sents.append(f"{s} {SENTENCE_END}")
+            out[split] = sents
+        return out
+
+    def segmentation(self) -> dict[str, list[str]]:
+        """Every source-side word form -> its syllable pieces, and the sentence end."""
+        lex, seg = self.lang.lex, self.lang.segmentation()
+        words = {"and", *(d for d, _ in lex.dets), *(p for p, _ in lex.preps), *(a for a, _ in lex.adjectives)}
+        for s, _, _ in lex.nouns:
+            words |= {s, s + "s"}
+        for v, _, _ in lex.verbs:
+            words |= {v, v + "s", v + "ed"}
+        return {**{w: seg[w] for w in words}, SENTENCE_END: [SENTENCE_END]}
+
+    def build_tokenizer(self) -> Tokenizer:
+        seg = self.segmentation()
+        return WordTokenizer(seg) if self.tokenization == "word" else PieceTokenizer(seg)
+
+    def read_documents(self, split: str) -> list[str]:
+        sents, k = self.sentences[split], self.sentences_per_document
+        return [" ".join(sents[i : i + k]) for i in range(0, len(sents), k)]
+
+    def describe_documents(self) -> str:
+        sizes = ", ".join(f"{split} {n}" for split, n in self.sizes.items())
+        return f"synthetic (seed {self.seed}), sentences: {sizes}; {self.sentences_per_document} consecutive a document"
+
+    def describe_tokenizer(self) -> dict[str, Any]:
+        return {"kind": f"synthetic {self.tokenization}", "name": type(self.tokenizer).__name__}

@@ -1,0 +1,106 @@
+"""The causal language-modeling LightningModule: next-token cross-entropy, scored by perplexity with the protocol of
+the pruning literature (the data module's windows: a split's text as one token stream cut into windows of
+`data.seq_len` tokens, non-overlapping or strided; perplexity = exp of the mean negative log-likelihood over every
+predicted token of the split). results.json records the protocol (`perplexity_protocol`).
+
+Perplexity is lower-is-better, and prunelab's checkpoint selection, early stopping and importance studies rank
+scores higher-is-better: the monitored value (`val/score_at_target`) and the studies' score are the negated
+perplexity, while `val/ppl` and `test/ppl` are the perplexity itself."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor
+
+from prunelab.data.tokenizer import Tokenizer
+from prunelab.models.causal_lm import IGNORE, CausalLM
+from prunelab.pruning.base import Pruner
+from prunelab.tasks.base import PrunableTask, gathered_by_index
+
+Batch = dict[str, Any]
+
+
+def perplexity(nll_sum: float, tokens: int) -> float:
+    """exp(mean NLL) over `tokens` predicted tokens (inf when the mean overflows; nan for no tokens)."""
+    if tokens == 0:
+        return math.nan
+    mean = nll_sum / tokens
+    return math.exp(mean) if mean < 700 else math.inf
+
+
+class LanguageModelingTask(PrunableTask):
+    kind = "language_modeling"
+    score_key, score_name = "ppl", "perplexity"
+    higher_is_better = False
+
+    def __init__(
+        self,
+        model: CausalLM,
+        pruner: Pruner,
+        tokenizer: Tokenizer,
+        protocol: dict[str, Any] | None = None,
+        lr: float = 3e-3,
+        warmup_steps: int = 200,
+        optimizer: str = "adam",
+        betas: tuple[float, float] = (0.9, 0.98),
+        weight_decay: float = 0.0,
+        schedule: str = "inverse_sqrt",
+        warmup_fraction: float | None = None,
+    ):
+        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction)
+        self.tokenizer = tokenizer
+        self.protocol = dict(protocol or {})
+        self._outputs: list[tuple[int, float, int]] = []  # (window index, NLL sum, predicted tokens) of this eval
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        nll = self.model.token_nll(batch)  # (B, T), 0 where not scored
+        loss = nll.sum() / (batch["target"] != IGNORE).sum().clamp(min=1)
+        self.log_training_step(loss, batch)
+        return loss
+
+    def _eval_step(self, batch: Batch) -> None:
+        nll = self.model.token_nll(batch).double().sum(1)  # (B,) summed in float64: long splits add up exactly
+        count = (batch["target"] != IGNORE).sum(1)
+        for i, s, n in zip(batch["idx"].tolist(), nll.tolist(), count.tolist(), strict=True):
+            self._outputs.append((i, s, n))
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _score(self, split: str) -> None:
+        records = gathered_by_index(self._outputs)
+        nll = sum(s for _, s, _ in records)
+        tokens = sum(n for _, _, n in records)
+        ppl = perplexity(nll, tokens)
+        scores = {"ppl": ppl, "nll": nll / tokens if tokens else math.nan, "tokens": tokens, "windows": len(records)}
+        self.log(f"{split}/ppl", ppl, prog_bar=True, rank_zero_only=True)
+        self.log(f"{split}/nll", scores["nll"], rank_zero_only=True)
+        if split == "val":
+            self.log_target(-ppl)  # higher is better for checkpoint selection
+        self.last_eval[split] = {"hypotheses": [], "scores": scores}
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test")
+
+    @staticmethod
+    def scorer(datamodule: Any, settings: Any = None) -> Any:
+        """Negated perplexity (higher is better, as the studies rank); nothing is decoded."""
+        from prunelab.importance.scoring import PerplexityScorer
+
+        return PerplexityScorer()
+
+    def run_report(self) -> dict[str, Any]:
+        return {"perplexity_protocol": self.protocol}
