@@ -28,14 +28,14 @@ sweep: $(STAMP)
 # them with safetensors. `make train` stays without it (a lighter set-up); the torch pin is on every pip line,
 # so that resolving the extras can never replace the CPU wheel with a CUDA one.
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,hf]' $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,hf,lm]' $(TORCH)
 	touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,hf,bench]' $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,hf,lm,bench]' $(TORCH)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

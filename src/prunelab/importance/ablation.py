@@ -112,6 +112,17 @@ def scores_by_head(model: Transformer, scores: dict[str, Tensor]) -> dict[str, f
     }
 
 
+def scores_by_group(model: Transformer, scores: dict[str, Tensor]) -> dict[str, float]:
+    """Per-sub-layer K/V-group score vectors (head_importance(groups=True)) -> {group name `dec.0.sa.g1`: score};
+    without grouped-query attention a group is its head, numbered as the head."""
+    out = {}
+    for c, s in scores.items():
+        m = component(model, c)
+        ids = m.kv_ids.tolist() if m.grouped else m.head_ids.tolist()  # type: ignore[union-attr]
+        out.update({f"{c}.g{k}": float(v) for k, v in zip(ids, s.tolist(), strict=True)})
+    return out
+
+
 def order_by_score(scores: dict[str, float], types: Iterable[str] | None = None) -> list[str]:
     """Head names from least to most important (ties by name), optionally only some attention types."""
     wanted = set(types) if types is not None else set(ATTENTION_TYPES)

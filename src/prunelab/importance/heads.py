@@ -23,9 +23,16 @@ def sentence_losses(model: Transformer, batch: dict[str, Any]) -> Tensor:
 
 
 def head_importance(
-    model: Transformer, batches: Iterable[dict[str, Any]], normalize: bool = True, max_batches: int | None = None
+    model: Transformer,
+    batches: Iterable[dict[str, Any]],
+    normalize: bool = True,
+    max_batches: int | None = None,
+    groups: bool = False,
 ) -> dict[str, Tensor]:
-    """I_h averaged over every example of `batches` (or the first `max_batches`).
+    """I_h averaged over every example of `batches` (or the first `max_batches`). With `groups`, the importance of
+    each K/V group of a grouped-query attention instead, (KV,) per sub-layer in the order of its `kv_ids`: the gate
+    of a group scales all of its query heads, so ∂L/∂ξ_g = Σ_{h in g} ∂L/∂ξ_h, taken per example before the
+    absolute value (without grouped-query attention every head is its own group: I_h itself).
 
     Each example gets its own copy of the gates, so |∂L(x)/∂ξ_h| is taken per example before averaging
     (the absolute value of a batch gradient would let examples cancel). Heads that are already gated off
@@ -34,7 +41,16 @@ def head_importance(
     names = attention_names(model)
     modules = {n: component(model, n) for n in names}
     saved = {n: m.head_gate for n, m in modules.items()}
-    totals = {n: torch.zeros(m.n_heads, dtype=torch.float64) for n, m in modules.items()}
+    # each head's column in its group's total: (H, G) one-hot, G the groups left (the heads themselves without GQA)
+    member = {
+        n: (
+            torch.nn.functional.one_hot(m.group_index(), len(m.kv_ids)).double()
+            if groups and m.grouped
+            else torch.eye(m.n_heads, dtype=torch.float64)
+        )
+        for n, m in modules.items()
+    }
+    totals = {n: torch.zeros(member[n].size(1), dtype=torch.float64) for n in names}
     count = 0
     was_training = model.training
     model.eval()  # no dropout: the gradient of the model as it is used
@@ -47,7 +63,7 @@ def head_importance(
             losses = sentence_losses(model, batch)  # (B,)
             grads = torch.autograd.grad(losses.sum(), [gates[n] for n in names])  # row b = ∂L(x_b)/∂ξ
             for n, g in zip(names, grads, strict=True):
-                totals[n] += g.detach().abs().sum(0).double().cpu()
+                totals[n] += (g.detach().double().cpu() @ member[n]).abs().sum(0)  # per example, then |.|
             count += B
     finally:
         for n, m in modules.items():

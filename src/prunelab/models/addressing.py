@@ -16,6 +16,7 @@ from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transfo
 # Wang & Tu (2020) vocabulary for the five component types.
 COMPONENT_TYPES = {"enc.sa": "E:SA", "enc.ff": "E:FF", "dec.sa": "D:SA", "dec.ea": "D:EA", "dec.ff": "D:FF"}
 _HEAD = re.compile(r"^(?P<comp>(enc|dec)\.\d+\.(sa|ea))\.h(?P<head>\d+)$")
+_GROUP = re.compile(r"^(?P<comp>(enc|dec)\.\d+\.(sa|ea))\.g(?P<group>\d+)$")
 
 
 def component_names(model: Transformer, include_removed: bool = False) -> list[str]:
@@ -42,6 +43,16 @@ def head_names(model: Transformer) -> list[str]:
     return [f"{a}.h{j}" for a in attention_names(model) for j in component(model, a).head_ids.tolist()]
 
 
+def group_names(model: Transformer) -> list[str]:
+    """K/V groups still present (`dec.0.sa.g1`), for attentions with grouped-query attention only."""
+    out = []
+    for a in attention_names(model):
+        m = component(model, a)
+        if m.grouped:  # type: ignore[union-attr]
+            out += [f"{a}.g{k}" for k in m.kv_ids.tolist()]  # type: ignore[union-attr]
+    return out
+
+
 def component(model: Transformer, name: str) -> MultiHeadAttention | FeedForward:
     try:
         module = model.get_submodule(name)
@@ -53,7 +64,16 @@ def component(model: Transformer, name: str) -> MultiHeadAttention | FeedForward
 
 
 def gate(model: Transformer, name: str) -> Tensor:
-    """The gate buffer behind `name`: a 0-dim tensor for a component, a 1-element view for a head."""
+    """The gate buffer behind `name`: a 0-dim tensor for a component, a 1-element view for a head, the view of its
+    query heads' gates for a K/V group (`dec.0.sa.g1`: its heads sit side by side)."""
+    g = _GROUP.match(name)
+    if g:
+        attn = component(model, g["comp"])
+        heads = attn.heads_of_groups([int(g["group"])])  # type: ignore[union-attr]
+        if not heads:
+            raise KeyError(f"{name!r}: no such K/V group in {g['comp']}")
+        pos = [int((attn.head_ids == h).nonzero()[0, 0]) for h in heads]
+        return attn.head_gate[pos[0] : pos[-1] + 1]
     m = _HEAD.match(name)
     if m:
         attn = component(model, m["comp"])

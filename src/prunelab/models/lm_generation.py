@@ -140,7 +140,7 @@ def generate_lm(
         while True:
             chosen = next_tokens(logits, do_sample, temperature, top_k, top_p, generator)  # (A,)
             in_prompt = prompt_len[active] > pos
-            tokens = torch.where(in_prompt, prompt[active, min(pos - 1, longest - 1)], chosen)
+            tokens = torch.where(in_prompt, prompt[active, min(pos, longest - 1)], chosen)
             keep: list[int] = []
             for j, (i, token, forced) in enumerate(
                 zip(active.tolist(), tokens.tolist(), in_prompt.tolist(), strict=True)

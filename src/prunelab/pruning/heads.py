@@ -8,6 +8,11 @@
     2  fine-tuned  only with `finetune_steps > 0`: the pruned model trains that many more steps
 
 so `results.json` lists BLEU before pruning, right after it, and after fine-tuning, one level each.
+
+`unit`: `head` removes query heads (a K/V group of a grouped-query attention goes once its last query head is gone);
+`group` removes whole K/V groups with all of their query heads, ranked by the group's importance (the gradient of
+one gate over the group, prunelab.importance.heads). Without grouped-query attention the two are the same.
+`sparsity` is the fraction of the unit removed; results.json says which unit it was.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import nn
 
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.ablation import ATTENTION_TYPES, order_by_score, scores_by_head
+from prunelab.importance.ablation import ATTENTION_TYPES, order_by_score, scores_by_group, scores_by_head
 from prunelab.importance.heads import head_importance
 from prunelab.models.addressing import attention_names, component, component_type
 from prunelab.models.surgery import prune_heads
@@ -29,6 +34,7 @@ from prunelab.pruning.base import Pruner
 
 log = logging.getLogger("prunelab")
 STAGES = ("dense", "pruned", "fine-tuned")
+UNITS = ("head", "group")
 
 
 class HeadPruner(Pruner):
@@ -39,8 +45,12 @@ class HeadPruner(Pruner):
         importance_batches: int = 20,
         importance_split: str = "train",
         types: list[str] | None = None,
+        unit: str = "head",
     ):
         super().__init__()
+        if unit not in UNITS:
+            raise UserError(f"pruner.unit must be one of {', '.join(UNITS)}, got {unit!r}")
+        self.unit = unit
         if not 0.0 <= sparsity < 1.0:
             raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
         self.sparsity = sparsity
@@ -98,7 +108,9 @@ class HeadPruner(Pruner):
             if self.importance_split == "train"
             else self._datamodule.val_dataloader()
         )
-        raw = head_importance(model, loader, max_batches=self.importance_batches)  # type: ignore[arg-type]
+        raw = head_importance(model, loader, max_batches=self.importance_batches, groups=self.unit == "group")  # type: ignore[arg-type]
+        if self.unit == "group":
+            return scores_by_group(model, raw)  # type: ignore[arg-type]
         return scores_by_head(model, raw)  # type: ignore[arg-type]
 
     def choose(self, model: nn.Module) -> list[str]:
@@ -106,16 +118,30 @@ class HeadPruner(Pruner):
         `sparsity` of those types' original heads are gone (heads removed earlier count)."""
         self._sync_removed(model)
         scores = self.scores(model)
-        for name, value in scores.items():
-            comp, head = name.rsplit(".h", 1)
-            self.importance[self._names.index(comp), int(head)] = value
         eligible = [i for i, n in enumerate(self._names) if component_type(n) in self.types]
-        total = len(eligible) * self.importance.size(1)
-        already = int(self.removed[eligible].sum())
+        if self.unit == "group":  # a group's score stands for each of its heads in the importance table
+            per_group = self.group_sizes(model)
+            for name, value in scores.items():
+                comp, g = name.rsplit(".g", 1)
+                for h in component(model, comp).heads_of_groups([int(g)]):  # type: ignore[union-attr]
+                    self.importance[self._names.index(comp), h] = value
+            total = len(eligible) * self.importance.size(1) // per_group
+            already = int(self.removed[eligible].sum()) // per_group
+        else:
+            for name, value in scores.items():
+                comp, head = name.rsplit(".h", 1)
+                self.importance[self._names.index(comp), int(head)] = value
+            total = len(eligible) * self.importance.size(1)
+            already = int(self.removed[eligible].sum())
         count = max(0, round(self.sparsity * total) - already)
         order = order_by_score(scores, self.types)
-        log.info("heads: removing %d of %d heads by I_h (%s)", count, total, ", ".join(self.types))
+        log.info("heads: removing %d of %d %ss by I_h (%s)", count, total, self.unit, ", ".join(self.types))
         return order[:count]
+
+    def group_sizes(self, model: nn.Module) -> int:
+        """Query heads per K/V group (1 without grouped-query attention)."""
+        cfg = model.cfg  # type: ignore[union-attr]
+        return cfg.n_heads // cfg.kv_heads
 
     @torch.no_grad()
     def _sync_removed(self, model: nn.Module) -> None:
@@ -128,6 +154,14 @@ class HeadPruner(Pruner):
 
     @torch.no_grad()
     def remove(self, model: nn.Module, heads: list[str]) -> None:
+        """Remove heads (`dec.0.sa.h3`) or, for unit=group, K/V groups (`dec.0.sa.g1`) with their query heads."""
+        if self.unit == "group":
+            heads = [
+                f"{comp}.h{h}"
+                for name in heads
+                for comp, g in [name.rsplit(".g", 1)]
+                for h in component(model, comp).heads_of_groups([int(g)])  # type: ignore[union-attr]
+            ]
         by_component: dict[str, list[int]] = {}
         for h in heads:
             comp, j = h.rsplit(".h", 1)
@@ -145,10 +179,17 @@ class HeadPruner(Pruner):
         self._sync_removed(model)
         total = sum(p.numel() for p in model.parameters())
         n_heads = self.removed.size(1)
-        d, hs = model.cfg.d_model, model.cfg.d_model // n_heads  # type: ignore[union-attr]
-        per_head = 3 * hs * (d + 1) + hs * d  # rows of Q/K/V (with bias) and columns of O
+        cfg = model.cfg  # type: ignore[union-attr]
+        d, hs = cfg.d_model, cfg.hs
+        per_query = hs * (d + cfg.qkv_bias) + hs * d  # a query head: its rows of Q (and bias), its columns of O
+        per_group = 2 * hs * (d + cfg.qkv_bias)  # a K/V group: its rows of K and V
         left = {n: component(model, n).head_ids.tolist() for n in self._names}  # type: ignore[union-attr]
         removed = [f"{n}.h{j}" for i, n in enumerate(self._names) for j in range(n_heads) if self.removed[i, j]]
+        size = self.group_sizes(model)
+        groups_gone = sum(
+            sum(1 for g in range(cfg.kv_heads) if all(j not in left[n] for j in range(g * size, (g + 1) * size)))
+            for n in self._names
+        )
         importance = {
             f"{n}.h{j}": float(self.importance[i, j])
             for i, n in enumerate(self._names)
@@ -163,8 +204,8 @@ class HeadPruner(Pruner):
             "params": {  # removed heads are gone from the model: `total` counts what is left
                 "total": total,
                 "remaining": total,
-                "removed": len(removed) * per_head,
-                "before_pruning": total + len(removed) * per_head,
+                "removed": len(removed) * per_query + groups_gone * per_group,
+                "before_pruning": total + len(removed) * per_query + groups_gone * per_group,
             },
             "memory": {"model": {"dense_bytes": 4 * total}},
             "heads": {
@@ -173,5 +214,7 @@ class HeadPruner(Pruner):
                 "remaining": left,
                 "importance": importance,  # normalised I_h at pruning time
                 "types": list(self.types),
+                "unit": self.unit,  # what `sparsity` counted: query heads, or K/V groups with their heads
+                "groups_removed": groups_gone,
             },
         }
