@@ -146,5 +146,5 @@ def test_unit_head_keeps_a_group_until_its_last_head() -> None:
 def test_unknown_unit_is_refused() -> None:
     from prunelab.errors import UserError
 
-    with pytest.raises(UserError, match="pruner.unit"):
+    with pytest.raises(UserError, match=r"pruner\.unit"):
         HeadPruner(sparsity=0.5, unit="layer")
