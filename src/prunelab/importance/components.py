@@ -7,6 +7,10 @@ Components are the sub-layers `enc.{i}.sa`, `enc.{i}.ff`, `dec.{i}.sa`, `dec.{i}
 - Criticality (Eq. 2): the smallest α in [0, 1] such that BLEU(θ_f) - BLEU(θ_f with component n at
   (1-α)θ_0 + αθ_f) < ε.
 
+- Block influence (Men et al. 2024, ShortGPT): BI = 1 - E_t cos(x_t before, x_t after) of the residual stream
+  around a component, or around a whole layer: how much the block changes the hidden states it passes on. It is
+  what decoder-only depth pruning ranks layers by (no score is decoded: one forward pass over the batches).
+
 For a classifier (encoder components only) the score is accuracy in percent where NMT uses BLEU, as in
 Michel et al.'s BERT experiments; the scorer (importance.scoring) decides. The ablations themselves are decoded
 side by side (importance.variants).
@@ -133,6 +137,59 @@ def criticality_scores(
         if progress:
             progress(n)
     return base, out
+
+
+# --- block influence (Men et al. 2024) -------------------------------------------------------------------------
+@torch.no_grad()
+def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool = False) -> dict[str, float]:
+    """1 - mean cosine similarity between the residual stream before and after each component (`dec.3.ff`), or each
+    layer (`dec.3`) with `layers`, over the real tokens of `batches` (padding left out). Pre-norm models only: there
+    the stream before a sub-layer is the input of its norm and the stream after is that plus the sub-layer's output."""
+    from prunelab.errors import UserError
+    from prunelab.pruning.calibration import batch_real_tokens
+
+    if not model.cfg.pre_norm:
+        raise UserError("block influence needs a pre-norm model (post-norm normalises the stream inside each block)")
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    real: list[Tensor | None] = [None]
+    inputs: dict[str, Tensor] = {}
+    handles = []
+
+    def add(name: str, before: Tensor, after: Tensor) -> None:
+        cos = torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=-1)  # (B, T)
+        r = real[0]
+        if r is not None and r.shape == cos.shape:
+            cos = cos[r]
+        sums[name] = sums.get(name, 0.0) + float(cos.double().sum())
+        counts[name] = counts.get(name, 0) + cos.numel()
+
+    if layers:
+        for side in ("enc", "dec"):
+            for i, layer in enumerate(getattr(model, side)):
+                n = f"{side}.{i}"
+                handles.append(layer.register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0])))
+                handles.append(layer.register_forward_hook(lambda m, a, out, n=n: add(n, inputs.pop(n), out)))
+    else:
+        for n in component_names(model):
+            side, i, kind = n.split(".")
+            layer = getattr(model, side)[int(i)]
+            norm = getattr(layer, f"{kind}_res").norm
+            handles.append(norm.register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0])))
+            handles.append(
+                component(model, n).register_forward_hook(lambda m, a, y, n=n: add(n, inputs[n], inputs.pop(n) + y))
+            )
+    try:
+        for b in batches:
+            real[0] = batch_real_tokens(b, model.cfg.pad_id)
+            model.example_losses(b)  # type: ignore[operator]
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: 1.0 - sums[n] / counts[n] for n in sums if counts[n]}
 
 
 # --- group ablation (Figure 9) --------------------------------------------------------------------------

@@ -14,6 +14,13 @@ mode=rewind (Table 4):
     0  dense      as above; θ_f is the result
     1  continue   θ_f fine-tuned for finetune_steps (the baseline)
     2  rewind     θ_f with the chosen components reset to θ_0, fine-tuned for finetune_steps
+mode=remove (depth pruning as ShortGPT, Men et al. 2024):
+    0  dense      as above; θ_f is the result
+    1  removed    θ_f without the chosen components (removed for real), fine-tuned for finetune_steps (0: scored as is)
+
+`criterion`: contribution (Eq. 1, the score's drop when a component is zeroed) or block_influence (1 - cos of the
+residual stream before and after, prunelab.importance.components.block_influence; one forward pass). `granularity`:
+component (sub-layers) or layer (whole layers, every sub-layer of each; `sparsity` is then the fraction of layers).
 
 Every level in results.json carries its parameter count and BLEU (accuracy for a classifier, whose components
 are E:SA and E:FF, scored by accuracy drop), so the rows of Tables 3 and 4 read off it.
@@ -29,14 +36,20 @@ from torch import Tensor, nn
 
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.components import contribution_scores, order_by_importance
+from prunelab.importance.components import block_influence, contribution_scores, order_by_importance
 from prunelab.importance.variants import DecodeSettings
 from prunelab.models.addressing import component_names
 from prunelab.models.surgery import remove_components, restore_components
 from prunelab.pruning.base import Pruner
 
 log = logging.getLogger("prunelab")
-STAGES = {"retrain": ("dense", "retrain", "shallow"), "rewind": ("dense", "continue", "rewind")}
+STAGES = {
+    "retrain": ("dense", "retrain", "shallow"),
+    "rewind": ("dense", "continue", "rewind"),
+    "remove": ("dense", "removed"),
+}
+CRITERIA = ("contribution", "block_influence")
+GRANULARITIES = ("component", "layer")
 
 
 def _key(name: str) -> str:
@@ -53,13 +66,20 @@ class ComponentPruner(Pruner):
         beam_size: int = 4,
         length_penalty: float = 0.6,
         score_batches: int | None = None,
+        criterion: str = "contribution",
+        granularity: str = "component",
     ):
         super().__init__()
+        if criterion not in CRITERIA:
+            raise UserError(f"pruner.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        if granularity not in GRANULARITIES:
+            raise UserError(f"pruner.granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+        self.criterion, self.granularity = criterion, granularity
         if not 0.0 <= sparsity < 1.0:
             raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
         self.sparsity = sparsity
         if mode not in STAGES:
-            raise UserError(f"pruner.mode must be retrain or rewind, got {mode!r}")
+            raise UserError(f"pruner.mode must be one of {', '.join(STAGES)}, got {mode!r}")
         if baseline not in (None, "none", "shallow"):
             raise UserError(f"pruner.baseline must be shallow or none, got {baseline!r}")
         if finetune_steps < 1 and mode == "rewind":
@@ -69,6 +89,8 @@ class ComponentPruner(Pruner):
         self.shallow = mode == "retrain" and baseline == "shallow"
         self.settings = DecodeSettings(beam_size=beam_size, alpha=length_penalty)
         self.score_batches = score_batches
+        if finetune_steps < 0:
+            raise UserError(f"pruner.finetune_steps must be >= 0, got {finetune_steps}")
         self.rounds = 3 if (mode == "rewind" or self.shallow) else 2
         self._datamodule: Any = None
         self._scorer: Any = None
@@ -84,7 +106,7 @@ class ComponentPruner(Pruner):
             for k, v in model.state_dict().items():  # θ_0: the weights the model starts from
                 if v.is_floating_point() and not k.endswith(("gate", "head_gate")):
                     self.register_buffer(f"init__{_key(k)}", v.detach().clone())
-                    if self.mode == "rewind":  # θ_f, filled at the end of the dense round
+                    if self.mode in ("rewind", "remove"):  # θ_f, filled at the end of the dense round
                         self.register_buffer(f"final__{_key(k)}", torch.zeros_like(v))
         self._names = names
 
@@ -101,7 +123,7 @@ class ComponentPruner(Pruner):
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
         if round_idx == 0:
             return 0 if pretrained else max_steps
-        return self.finetune_steps if self.mode == "rewind" else max_steps
+        return self.finetune_steps if self.mode in ("rewind", "remove") else max_steps
 
     def stage(self, round_idx: int) -> str:
         return STAGES[self.mode][round_idx]
@@ -110,7 +132,7 @@ class ComponentPruner(Pruner):
         return 0.0 if round_idx == 0 or self.stage(round_idx) == "continue" else self.sparsity
 
     def same_as_targeting(self, round_idx: int) -> bool:
-        return self.stage(round_idx) in ("retrain", "rewind")
+        return self.stage(round_idx) in ("retrain", "rewind", "removed")
 
     def on_round_end(self, model: nn.Module, round_idx: int) -> None:
         if round_idx != 0:
@@ -118,8 +140,8 @@ class ComponentPruner(Pruner):
         chosen = from_rank_zero(self.choose(model))  # every rank acts on rank 0's choice
         for n in chosen:
             self.chosen_mask[self._names.index(n)] = True
-        if self.mode == "rewind":
-            self._save(model, "final")  # θ_f, which the rewind round starts from
+        if self.mode in ("rewind", "remove"):
+            self._save(model, "final")  # θ_f, which the rewind (or removed) round starts from
 
     def enter_round(self, round_idx: int) -> None:
         self._restore_lists()
@@ -137,22 +159,43 @@ class ComponentPruner(Pruner):
         elif stage == "rewind":
             self._load(model, "final")
             self._load(model, "init", only=self.chosen)
+        elif stage == "removed":
+            self._load(model, "final")
+            remove_components(model, [n for n in self.chosen if n in component_names(model)])  # type: ignore[arg-type]
 
     # --- the method ---------------------------------------------------------------------------------
     def choose(self, model: nn.Module) -> list[str]:
-        """The `sparsity` fraction of components with the lowest contribution on the validation data."""
+        """The `sparsity` fraction of components (or of layers) with the lowest score on the validation data."""
         if self._datamodule is None or self._scorer is None:
             raise RuntimeError("ComponentPruner.use_data(datamodule, task) must be called before pruning")
 
         batches = list(self._datamodule.val_dataloader())[: self.score_batches]
         names = component_names(model)  # type: ignore[arg-type]
-        res = self._scorer.ablation(model, batches, names)  # BLEU, or accuracy for a classifier (the task's)
-        scores = contribution_scores(res.drops, res.baseline)
+        if self.criterion == "block_influence":
+            units = block_influence(model, batches, layers=self.granularity == "layer")  # type: ignore[arg-type]
+        else:
+            res = self._scorer.ablation(model, batches, names)  # BLEU, accuracy, -perplexity (the task's)
+            units = contribution_scores(res.drops, res.baseline)
+            if self.granularity == "layer":  # a layer's contribution: the sum of its components'
+                layers: dict[str, float] = {}
+                for n, v in units.items():
+                    layers[n.rsplit(".", 1)[0]] = layers.get(n.rsplit(".", 1)[0], 0.0) + v
+                units = layers
+        count = round(self.sparsity * len(units))
+        chosen_units = order_by_importance(units)[:count]
+        # every component gets its unit's score (a layer's for each of its sub-layers), for the report and ordering
+        scores = {n: units[n if n in units else n.rsplit(".", 1)[0]] for n in names}
         for n, v in scores.items():
             self.contribution[self._names.index(n)] = v
-        count = round(self.sparsity * len(names))
-        chosen = order_by_importance(scores)[:count]
-        log.info("components: %d of %d least important by contribution: %s", count, len(names), ", ".join(chosen))
+        chosen = [n for u in chosen_units for n in names if n == u or n.startswith(u + ".")]
+        log.info(
+            "components: %d of %d %ss least important by %s: %s",
+            count,
+            len(units),
+            self.granularity,
+            self.criterion,
+            ", ".join(chosen_units),
+        )
         return chosen
 
     def shallow_removal(self, model: nn.Module) -> list[str]:
@@ -220,6 +263,8 @@ class ComponentPruner(Pruner):
             "memory": {"model": {"dense_bytes": 4 * total}},
             "components": {
                 "mode": self.mode,
+                "criterion": self.criterion,  # what `contribution` below holds: Eq. 1 scores, or block influence
+                "granularity": self.granularity,
                 "chosen": self.chosen,  # by contribution, least important first
                 "contribution": self.scores,
                 "present": present,

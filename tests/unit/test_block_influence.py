@@ -1,0 +1,110 @@
+"""Block influence (Men et al. 2024): 1 - cos(x_in, x_out) of the residual stream around a layer or a sub-layer,
+against the hidden states computed layer by layer here; and the component pruner ranking layers by it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunelab.errors import UserError
+from prunelab.importance.ablation import gates_off
+from prunelab.importance.components import block_influence
+from prunelab.models.causal_lm import CausalLM
+from prunelab.models.transformer import Transformer, TransformerConfig
+from prunelab.pruning.components import ComponentPruner
+
+V = 41
+
+
+def lm() -> CausalLM:
+    torch.manual_seed(3)
+    cfg = TransformerConfig(
+        vocab_size=V,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=48,
+        enc_layers=0,
+        dec_layers=3,
+        dropout=0.0,
+        norm="rms",
+        ffn="glu",
+        activation="silu",
+        positions="rope",
+        embed_scale=False,
+    )
+    return CausalLM(cfg).eval()
+
+
+def data(pad_last: bool = False) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(2):
+        w = torch.randint(0, V, (3, 13), generator=g)
+        b = {"src": w[:, :-1], "target": w[:, 1:], "real": torch.ones(3, 12, dtype=torch.bool)}
+        if pad_last:
+            b["real"][0, 8:] = False
+        out.append(b)
+    return out
+
+
+def manual_layers(model: CausalLM, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    sums, counts = {}, {}
+    with torch.no_grad():
+        for b in batches:
+            x = model.embed_tokens(b["src"])
+            rope = model.rope(0, x.size(1), x.dtype)
+            for i, layer in enumerate(model.dec):
+                y = layer(x, rope)
+                cos = F.cosine_similarity(x, y, dim=-1)[b["real"]]
+                sums[f"dec.{i}"] = sums.get(f"dec.{i}", 0.0) + float(cos.sum())
+                counts[f"dec.{i}"] = counts.get(f"dec.{i}", 0) + cos.numel()
+                x = y
+    return {n: 1 - sums[n] / counts[n] for n in sums}
+
+
+@pytest.mark.parametrize("pad_last", [False, True])
+def test_layer_influence_equals_the_hidden_states_layer_by_layer(pad_last: bool) -> None:
+    model = lm()
+    got = block_influence(model, data(pad_last), layers=True)
+    want = manual_layers(model, data(pad_last))
+    assert got.keys() == want.keys()
+    for n in want:
+        assert got[n] == pytest.approx(want[n], abs=1e-6)
+    assert all(v > 1e-3 for v in got.values())
+
+
+def test_a_component_that_adds_nothing_has_no_influence() -> None:
+    model = lm()
+    with gates_off(model, ["dec.1.ff"]):
+        got = block_influence(model, data())
+    assert got["dec.1.ff"] == pytest.approx(0.0, abs=1e-6)
+    assert got["dec.1.sa"] > 1e-3 and set(got) == {f"dec.{i}.{k}" for i in range(3) for k in ("sa", "ff")}
+
+
+def test_post_norm_is_refused() -> None:
+    model = Transformer(TransformerConfig(vocab_size=V, d_model=16, n_heads=2, d_ff=16, pre_norm=False))
+    with pytest.raises(UserError, match="pre-norm"):
+        block_influence(model, [{"src": torch.ones(1, 3, dtype=torch.long)}])
+
+
+class _Data:
+    def __init__(self, batches: list[dict[str, torch.Tensor]]):
+        self.batches = batches
+
+    def val_dataloader(self) -> list[dict[str, torch.Tensor]]:
+        return self.batches
+
+
+def test_layer_granularity_chooses_whole_layers_with_the_least_influence() -> None:
+    model = lm()
+    pruner = ComponentPruner(
+        sparsity=0.34, mode="remove", finetune_steps=0, criterion="block_influence", granularity="layer"
+    )
+    pruner.attach(model)
+    pruner._datamodule, pruner._scorer = _Data(data()), object()  # block influence scores nothing: no scorer use
+    chosen = pruner.choose(model)
+    bi = manual_layers(model, data())
+    weakest = min(bi, key=bi.get)
+    assert chosen == [f"{weakest}.sa", f"{weakest}.ff"]
