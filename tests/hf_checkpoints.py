@@ -264,3 +264,63 @@ def marian_checkpoint(folder: Path, src: list[str], tgt: list[str], steps: int =
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+# --- decoder-only language models ---------------------------------------------------------------------------
+def documents(n: int, seed: int) -> list[str]:
+    """`n` documents of 3 sentences of the two corpora above: text a small language model learns."""
+    texts, _ = sentiment(3 * n, seed)
+    sources, targets = copy_pairs(3 * n, seed)
+    sents = [f"{a} . {b} . {c} ." for a, b, c in zip(texts, sources, targets, strict=True)]
+    return [" ".join(sents[3 * i : 3 * i + 3]) for i in range(n)]
+
+
+def write_lm_text(folder: Path, splits: dict[str, list[str]]) -> Path:
+    """{train,valid,test}.txt with documents separated by blank lines (data=lm_text)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, docs in splits.items():
+        (folder / f"{name}.txt").write_text("\n\n".join(docs) + "\n")
+    return folder
+
+
+def causal_lm_checkpoint(folder: Path, docs: list[str], family: str = "gpt2", steps: int = 60, seed: int = 0) -> Path:
+    """A tiny GPT-2, or Llama with grouped-query attention and an untied head, with a byte-level BPE tokenizer
+    (<|endoftext|> = id 0, its BOS, EOS and the documents' separator) trained on `docs`, trained by HF for `steps`
+    steps on windows of the documents' token stream, saved with `save_pretrained`."""
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(docs, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(folder))
+    # the slow class reads vocab.json + merges.txt (GPT-2's layout); AutoTokenizer loads the saved folder as fast
+    tok = transformers.GPT2Tokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
+    ids = [t for d in docs for t in [*tok.encode(d), tok.eos_token_id]]
+    windows = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)
+    if family == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+        )
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        config = transformers.LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            rope_theta=500.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        model = transformers.LlamaForCausalLM(config)
+    batches = [{"input_ids": windows[i : i + 8], "labels": windows[i : i + 8]} for i in range(0, len(windows), 8)]
+    hf_train(model, batches, steps, lr=3e-3)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -1,0 +1,101 @@
+"""Decoder-only language models from the command line: a tiny GPT-2 and a tiny Llama (grouped-query attention,
+untied head), each trained a little by Hugging Face itself and saved with `save_pretrained`, imported with
+`model=hf_causal_lm model.path=...` on `data=lm_text` files read with the checkpoint's own tokenizer, and pruned by
+every method. The pretrained model's perplexity is each run's first level, and it is checked against transformers'
+own loss on the same windows (the test text as one token stream, non-overlapping windows of seq_len tokens)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import hf_checkpoints as H
+from tests.e2e.conftest import train_here
+
+transformers = pytest.importorskip("transformers")
+
+SEQ = 32
+TINY = ["logger=none", "trainer.max_steps=6", "trainer.val_check_interval=3", f"data.seq_len={SEQ}"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lm")
+    splits = {"train": H.documents(60, 1), "valid": H.documents(8, 2), "test": H.documents(10, 3)}
+    return {
+        "gpt2": H.causal_lm_checkpoint(root / "gpt2", splits["train"], "gpt2"),
+        "llama": H.causal_lm_checkpoint(root / "llama", splits["train"], "llama"),
+        "text": H.write_lm_text(root / "text", splits),
+    }
+
+
+def hf_perplexity(folder: Path, docs: list[str]) -> float:
+    """transformers' perplexity of the documents: each encoded and followed by EOS, concatenated, cut into windows
+    of SEQ tokens (the partial last one dropped), the model's own loss (labels = the window) averaged."""
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = [t for d in docs for t in [*tok(d, add_special_tokens=False)["input_ids"], tok.eos_token_id]]
+    windows = torch.tensor(ids[: len(ids) // SEQ * SEQ]).view(-1, SEQ)
+    with torch.no_grad():
+        losses = [float(model(w[None], labels=w[None]).loss) for w in windows]
+    return math.exp(sum(losses) / len(losses))
+
+
+def lm_run(made: dict[str, Path], family: str, out: Path, *overrides: str):
+    args = ["model=hf_causal_lm", f"model.path={made[family]}", "data=lm_text", f"data.dir={made['text']}"]
+    return train_here(out, *args, *TINY, *overrides)
+
+
+METHODS = {
+    "mp": ["pruner=mp", "sparsity=0.5"],
+    "slt": ["pruner=slt", "sparsity=0.5", "pruner.levels=[0.3,0.5]"],
+    "heads": ["pruner=heads", "sparsity=0.5", "pruner.finetune_steps=2"],
+    "components": ["pruner=components", "sparsity=0.25", "pruner.finetune_steps=2"],
+    "sparsegpt": ["pruner=oneshot", "sparsity=0.5", "trainer.max_steps=0", "pruner.calibration.n=16"],
+    "wanda_2_4": ["pruner=oneshot", "pruner.method=wanda", "pruner.pattern=2:4", "sparsity=0.5", "trainer.max_steps=0"],
+}
+LLAMA_ONLY = {  # what a decoder-only model adds: K/V groups, depth pruning by block influence
+    "heads": ["pruner.unit=group"],
+    "components": [
+        "pruner.mode=remove",
+        "pruner.criterion=block_influence",
+        "pruner.granularity=layer",
+        "sparsity=0.5",
+    ],
+}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_on_an_imported_language_model(
+    made: dict[str, Path], tmp_path: Path, family: str, method: str
+) -> None:
+    extra = LLAMA_ONLY.get(method, []) if family == "llama" else []
+    run = lm_run(made, family, tmp_path / "run", *METHODS[method], *extra)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["status"] == "completed" and res["score"] == {"key": "ppl", "name": "perplexity"}
+    first = res["levels"][0]
+    assert first["sparsity"] == 0.0 and first["stage"] in ("pretrained", "dense")
+    want = hf_perplexity(made[family], H.documents(10, 3))
+    assert first["metrics"]["test/ppl"] == pytest.approx(want, rel=1e-5)
+    protocol = res["perplexity_protocol"]
+    assert protocol["seq_len"] == SEQ and protocol["stride"] is None
+    assert len(res["levels"]) >= 2
+    last = res["levels"][-1]
+    assert math.isfinite(last["metrics"]["test/ppl"])
+    if method in ("mp", "slt", "sparsegpt", "wanda_2_4"):
+        assert last["sparsity"] == pytest.approx(0.5, abs=0.01)
+    if method in ("sparsegpt", "wanda_2_4"):
+        assert last["time"]["steps"] == 0 and last["metrics"]["test/ppl"] > first["metrics"]["test/ppl"]
+    if method == "heads":  # half the heads of GPT-2; half the K/V groups of the Llama, with their query heads
+        heads = res["heads"]
+        assert heads["unit"] == ("group" if family == "llama" else "head") and len(heads["removed"]) == 4
+        if family == "llama":
+            assert heads["groups_removed"] == 2 and sum(len(left) for left in heads["remaining"].values()) == 4
+        assert last["params"]["before_pruning"] == first["params"]["total"]
+    if method == "components" and family == "llama":  # one of the two layers removed for real
+        assert last["stage"] == "removed" and last["params"]["total"] < first["params"]["total"]
