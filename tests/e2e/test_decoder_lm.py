@@ -99,3 +99,45 @@ def test_every_method_on_an_imported_language_model(
         assert last["params"]["before_pruning"] == first["params"]["total"]
     if method == "components" and family == "llama":  # one of the two layers removed for real
         assert last["stage"] == "removed" and last["params"]["total"] < first["params"]["total"]
+
+
+def test_pruned_language_models_export_and_reload(made: dict[str, Path], tmp_path: Path) -> None:
+    """`prunelab export RUN --format hf` of a mask-pruned Llama and of a depth-pruned one (a layer removed for real):
+    transformers loads each folder and computes the run's logits; the depth-pruned run also reloads through load_run
+    (checkpoints read with weights_only=True) and scores the perplexity it reported."""
+    import subprocess
+    import sys
+
+    from prunelab.tasks.language_modeling import perplexity
+    from prunelab.training import load_run
+    from tests.e2e.conftest import ROOT, run_env
+
+    runs = {
+        "masked": lm_run(made, "llama", tmp_path / "masked", *METHODS["sparsegpt"]),
+        "depth": lm_run(made, "llama", tmp_path / "depth", *METHODS["components"], *LLAMA_ONLY["components"]),
+    }
+    for name, run in runs.items():
+        assert run.returncode == 0, run.stderr[-3000:]
+        proc = subprocess.run(
+            [sys.executable, "-m", "prunelab.cli.main", "export", str(run.dir), "--format", "hf"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=run_env(),
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ours = load_run(run.dir, data=True)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(run.dir / "hf").eval()
+        assert hf.config.num_hidden_layers == (1 if name == "depth" else 2)
+        nll, tokens = 0.0, 0
+        with torch.no_grad():
+            for batch in ours.datamodule.test_dataloader():
+                torch.testing.assert_close(hf(batch["src"]).logits, ours.model(batch["src"]), atol=1e-5, rtol=1e-5)
+                nll += float(ours.model.token_nll(batch).double().sum())
+                tokens += int((batch["target"] != -100).sum())
+        assert perplexity(nll, tokens) == pytest.approx(run.results["metrics"]["test/ppl"], rel=1e-5)
+        if name == "masked":
+            zeros = [
+                float((w == 0).float().mean()) for k, w in hf.state_dict().items() if k.endswith("mlp.up_proj.weight")
+            ]
+            assert zeros and min(zeros) >= 0.5

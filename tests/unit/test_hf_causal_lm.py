@@ -250,3 +250,21 @@ def test_unexpected_and_missing_keys_are_named(tmp_path: Path) -> None:
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(UserError, match=r"missing.*layers\.1\.mlp\.up_proj\.weight"):
         load_hf_causal_lm(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_depth_pruned_model_exports_with_fewer_layers(family: str, tmp_path: Path) -> None:
+    """A whole layer removed for real leaves the exported network (config.json has one layer fewer); a lone removed
+    sub-layer is written with zero weights, which a pre-norm layer adds as exactly nothing."""
+    from prunelab.models.surgery import remove_components
+
+    make_checkpoint(family, tmp_path / "src")
+    ours = load_hf_causal_lm(tmp_path / "src").eval()
+    remove_components(ours, ["dec.0.sa", "dec.0.ff", "dec.1.ff"])
+    out = export_hf(ours, tmp_path / "src", tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_layer" if family == "gpt2" else "num_hidden_layers"] == 1
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, ours(x), atol=1e-5, rtol=1e-5)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,33 @@ def build_hf_causal_lm(vocab_size: int, pad_id: int, path: str, weights: bool = 
     return model
 
 
+def _without_removed_layers(
+    model: CausalLM, hf: dict[str, Any], state: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Any], TransformerConfig]:
+    """Whole layers removed for real (both sub-layers gone: depth pruning) leave the exported network, the layers
+    after them renumbered and config.json's layer count lowered: (state, config.json, the config of what is
+    written). A layer with one sub-layer left is written whole (effective_state gives the removed one zero weights,
+    exact in a pre-norm model)."""
+    gone = [i for i, layer in enumerate(model.dec) if layer.sa is None and layer.ff is None]
+    if not gone:
+        return state, hf, model.cfg
+    kept = [i for i in range(model.cfg.dec_layers) if i not in gone]
+    renumber = {f"dec.{old}.": f"dec.{new}." for new, old in enumerate(kept)}
+    out = {}
+    for k, v in state.items():
+        if not k.startswith("dec."):
+            out[k] = v
+            continue
+        prefix = ".".join(k.split(".")[:2]) + "."
+        if prefix in renumber:
+            out[renumber[prefix] + k[len(prefix) :]] = v
+    hf = dict(hf)
+    hf["n_layer" if hf["model_type"] == "gpt2" else "num_hidden_layers"] = len(kept)
+    if hf.get("layer_types"):
+        hf["layer_types"] = [hf["layer_types"][i] for i in kept]
+    return out, hf, replace(model.cfg, dec_layers=len(kept), removed=())
+
+
 def export_folder(
     model: CausalLM, hf: dict[str, Any], state: dict[str, Tensor], labels: Sequence[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -325,16 +353,17 @@ def export_folder(
     if labels is not None:
         raise UserError("labels are for a classifier: a language model has none")
     kind = hf["model_type"]
-    mapping = key_map(kind, model.cfg)
+    state, hf, cfg = _without_removed_layers(model, hf, state)
+    mapping = key_map(kind, cfg)
     if kind != "gpt2":
         renamed = {("lm_head.weight" if k == "lm_head.weight" else "model." + k): v for k, v in mapping.items()}
         tensors = rename_keys(state, renamed)
-        if model.cfg.tie_embeddings:
+        if cfg.tie_embeddings:
             tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
         return dict(hf), tensors
     tensors = rename_keys(state, mapping)
     out: dict[str, Tensor] = {}
-    for i in range(model.cfg.dec_layers):
+    for i in range(cfg.dec_layers):
         h = f"h.{i}.attn"
         for p in ("weight", "bias"):
             parts = [tensors.pop(f"{h}.{x}.{p}") for x in "qkv"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from prunelab.errors import UserError
 from prunelab.hf import causal_lm, encoders, marian
-from prunelab.hf.checkpoint import BITMASK_HINT, OVERRIDABLE, WEIGHT_SUFFIXES
+from prunelab.hf.checkpoint import BITMASK_HINT, OVERRIDABLE, STRUCTURE_BUFFERS, WEIGHT_SUFFIXES
 from prunelab.models.transformer import MultiHeadAttention, Transformer, TransformerConfig
 
 # config.json's model_type -> its family's module. A family module has MODEL_TYPES, MODEL_CLASS (the prunelab class
@@ -139,16 +139,26 @@ def effective_state(model: Transformer, masks: Mapping[str, Tensor] | None = Non
         state[name] = state[name] * m.detach().to("cpu", torch.float32)
 
     cfg = model.cfg
+    full: dict[str, Tensor] | None = None  # the shapes of the unpruned network, for sub-layers removed for real
     for side, stack in (("enc", model.enc), ("dec", model.dec)):
         for i, layer in enumerate(stack):
             for kind in layer.kinds:
                 name = f"{side}.{i}.{kind}"
                 module = getattr(layer, kind)
                 if module is None:
-                    raise UserError(
-                        f"{name} was removed structurally: a Hugging Face layer cannot skip a sub-layer with its "
-                        f"LayerNorm (post-norm LN(x + f(x)) is not x without it); {BITMASK_HINT}"
-                    )
+                    if not cfg.pre_norm:
+                        raise UserError(
+                            f"{name} was removed structurally: a Hugging Face layer cannot skip a sub-layer with its "
+                            f"LayerNorm (post-norm LN(x + f(x)) is not x without it); {BITMASK_HINT}"
+                        )
+                    # pre-norm: x + f(LN(x)) with f's output projection at zero is x, exactly as without the sub-layer
+                    if full is None:
+                        with torch.device("meta"):
+                            full = type(model)(replace(cfg, removed=())).state_dict()  # type: ignore[call-arg]
+                    for k, v in full.items():
+                        if k.startswith((f"{name}.", f"{name}_res.")) and not k.endswith(STRUCTURE_BUFFERS):
+                            state[k] = torch.ones(v.shape) if k.endswith("norm.weight") else torch.zeros(v.shape)
+                    continue
                 gate = _gate_value(module.gate, name)[0] if cfg.gated else 1.0
                 for buf in ("gate", "head_gate", "head_ids", "kv_ids", "head_groups"):
                     state.pop(f"{name}.{buf}", None)
