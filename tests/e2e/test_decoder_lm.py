@@ -141,3 +141,38 @@ def test_pruned_language_models_export_and_reload(made: dict[str, Path], tmp_pat
                 float((w == 0).float().mean()) for k, w in hf.state_dict().items() if k.endswith("mlp.up_proj.weight")
             ]
             assert zeros and min(zeros) >= 0.5
+
+
+def test_head_and_component_studies_of_an_imported_llama(made: dict[str, Path], tmp_path: Path) -> None:
+    """`prunelab heads RUN` and `prunelab components RUN` score a language model by its perplexity (negated, so
+    that the studies' drops are the perplexity a head or component adds): their baseline is the run's."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT, run_env
+
+    run = lm_run(made, "llama", tmp_path / "run", "pruner=none", "trainer.max_steps=0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    val = run.results["metrics"]["val/ppl"]
+    for study in ("components", "heads"):
+        extra = ["--max-examples", "0", "--random-orders", "0"] if study == "heads" else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "prunelab.cli.main", study, str(run.dir), *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=run_env(),
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads((run.dir / study / f"{study}.json").read_text())
+        assert out["score"] == "-perplexity"
+        if study == "components":  # on the validation split, every window
+            assert out["baseline_bleu"] == pytest.approx(-val, rel=1e-5)
+            assert set(out["contribution"]) == {f"dec.{i}.{k}" for i in range(2) for k in ("sa", "ff")}
+            assert out["contribution_clip"] == pytest.approx(0.1 * val, rel=1e-5)
+            for n, d in out["drop"].items():  # the drop is the perplexity the zeroed sub-layer adds
+                assert d == pytest.approx(-out["bleu_zeroed"][n] - val, rel=1e-5)
+            assert max(out["drop"].values()) > 0
+        else:
+            assert len(out["importance"]) == 8  # 2 layers x 4 query heads

@@ -166,7 +166,7 @@ def analyse_components(
         "drop": drops,
         "drop_is_lower_bound": abl.stopped,
         "contribution": contribution,
-        "contribution_clip": 0.1 * abl.baseline,
+        "contribution_clip": 0.1 * abs(abl.baseline),  # a negated perplexity: 10% of the perplexity
         "criticality": crit,
         # do the two measures rank the components alike? (Wang & Tu compare their heatmaps)
         "rank_agreement": {"spearman_contribution_criticality": spearman(contribution, crit["alpha"])}
