@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import analysis
+import causal_lm
 import export
 import generation
 import oneshot
@@ -81,6 +82,13 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             *oneshot.prune_encoder(n=128, seq=128, batch=4, reps=1),  # 512-token batches, as pruner=oneshot makes
             *oneshot.layer_solve(reps=2 if q else 3),
         ],
+        "causal_lm": lambda: causal_lm.llama_100m(
+            train_steps=1 if q else 2,
+            train_reps=2 if q else 4,
+            eval_batches=1 if q else 2,
+            eval_reps=2 if q else 4,
+            gen_reps=2 if q else 4,
+        ),
     }
 
 
@@ -89,6 +97,8 @@ SMOKE = ["experiment=smoke", "data.valid_size=8", "data.test_size=8", "task.beam
 SMOKE += ["task.max_len_b=4"]
 SMOKE_NMT = {"vocab_size": 500, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_layers": 1, "dec_layers": 1}
 SMOKE_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+SMOKE_LLAMA = {"vocab_size": 500, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+SMOKE_LLAMA |= {"num_attention_heads": 4, "num_key_value_heads": 2}
 SMOKE_ONESHOT = {"vocab_size": 3000, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_layers": 2}
 SMOKE_MARIAN = {
     "d_model": 32,
@@ -149,6 +159,18 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
             *oneshot.prune_encoder(n=8, seq=16, batch=4, changes=SMOKE_ONESHOT),
             *oneshot.layer_solve(rows=16, cols=64, tokens=128, reps=1),
         ],
+        "causal_lm": lambda: causal_lm.llama_100m(
+            train_steps=1,
+            train_reps=1,
+            eval_batches=1,
+            eval_reps=1,
+            gen_reps=1,
+            batch=2,
+            seq=16,
+            prompt=4,
+            new_tokens=3,
+            config_changes=SMOKE_LLAMA,
+        ),
     }
 
 

@@ -136,7 +136,7 @@ def generate_lm(
     try:
         cache = model.new_cache()
         pos = min(lens)  # the position the current logits predict
-        logits = model(prompt[:, :pos], cache, 0)[:, -1]  # (B, V)
+        logits = model.logits(model.hidden(prompt[:, :pos], cache, 0)[:, -1])  # (B, V): the last position only
         while True:
             chosen = next_tokens(logits, do_sample, temperature, top_k, top_p, generator)  # (A,)
             in_prompt = prompt_len[active] > pos
