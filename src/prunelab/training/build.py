@@ -102,7 +102,9 @@ def build_model(model_cfg: DictConfig, args: dict[str, Any], choices: dict[str, 
         return instantiate(model_cfg)(**args)
     except TypeError as e:
         kind = "classification" if "num_classes" in args else "translation"
-        hint = "model=classifier_tiny" if kind == "classification" else "model=transformer_tiny"
+        hint = {"classification": "model=classifier_tiny", "language_modeling": "model=decoder_tiny"}.get(
+            kind, "model=transformer_tiny"
+        )
         raise UserError(
             f"model={choices.get('model', _target(model_cfg))} cannot be built for {kind} data "
             f"(data={choices.get('data', '?')}; e.g. {hint}): {e}"
@@ -120,7 +122,9 @@ def build_task(cfg: DictConfig, datamodule: Any, model: Any, pruner: Any, choice
             f"is {datamodule.kind} data (e.g. task={datamodule.kind})"
         )
     if getattr(model, "kind", kind) != kind:
-        hint = "model=classifier_tiny" if kind == "classification" else "model=transformer_tiny"
+        hint = {"classification": "model=classifier_tiny", "language_modeling": "model=decoder_tiny"}.get(
+            kind, "model=transformer_tiny"
+        )
         raise UserError(
             f"model={choices.get('model', '?')} is a {model.kind} model but data={choices.get('data', '?')} "
             f"is {kind} data (e.g. {hint})"
