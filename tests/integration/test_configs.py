@@ -57,18 +57,26 @@ def test_model_options(tmp_path: Path, option: str) -> None:
         if option == "hf_encoder":
             folder = H.encoder_checkpoint(tmp_path / "ckpt", *H.sentiment(20, 0), steps=0)
             data = ["data=synthetic_classification"]
+        elif option == "hf_causal_lm":
+            folder = H.causal_lm_checkpoint(tmp_path / "ckpt", H.documents(20, 0), "llama", steps=0)
+            data = ["data=synthetic_lm"]
         else:
             folder = H.marian_checkpoint(tmp_path / "ckpt", *H.copy_pairs(20, 0), steps=0)
             data = []
         cfg = compose_cfg(tmp_path, [f"model={option}", f"model.path={folder}", *data])
         assert cfg.data.tokenizer == str(folder)  # the data read the checkpoint's own tokenizer
-        tok = PretrainedTokenizer(folder)
+        from prunelab.data.language_modeling import PretrainedLmTokenizer
+
+        tok = (PretrainedLmTokenizer if option == "hf_causal_lm" else PretrainedTokenizer)(folder)
         args = {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id}
         extra = {"num_classes": 2} if option == "hf_encoder" else {}
     else:
         assert cfg.data.tokenizer is None
     model = instantiate(cfg.model)(**args, **extra)
     assert isinstance(model, Transformer)
+    if option in ("decoder_tiny", "hf_causal_lm"):  # decoder-only: a causal language model, the data's kind
+        assert model.kind == "language_modeling" and model.cfg.enc_layers == 0
+        assert model.cfg.n_kv_heads == 2 and model.cfg.positions == "rope"
     expected = {
         "transformer_base": (6, 512, 2048, 8, 6),
         "transformer_big": (6, 1024, 4096, 16, 6),
