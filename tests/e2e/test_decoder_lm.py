@@ -175,4 +175,5 @@ def test_head_and_component_studies_of_an_imported_llama(made: dict[str, Path], 
                 assert d == pytest.approx(-out["bleu_zeroed"][n] - val, rel=1e-5)
             assert max(out["drop"].values()) > 0
         else:
-            assert len(out["importance"]) == 8  # 2 layers x 4 query heads
+            assert len(out["importance"]) == 8 and out["unit"] == "query head"  # 2 layers x 4 query heads
+            assert sorted(out["group_importance"]) == [f"dec.{i}.sa.g{k}" for i in range(2) for k in range(2)]

@@ -28,6 +28,7 @@ from prunelab.importance.ablation import (
     keep_one_head,
     order_by_score,
     pruning_counts,
+    scores_by_group,
     scores_by_head,
     single_head_ablation,
 )
@@ -42,7 +43,7 @@ from prunelab.importance.study import (
     progress_bar,
 )
 from prunelab.importance.variants import decode_settings, decoding_report
-from prunelab.models.addressing import attention_names, component_type, head_names
+from prunelab.models.addressing import attention_names, component_type, group_names, head_names
 from prunelab.training import load_run
 from prunelab.training.io import write_json
 
@@ -82,6 +83,10 @@ def analyse_heads(
 
     # I_h on training data, normalised per layer (Michel et al. section 4.1)
     importance = scores_by_head(model, head_importance(model, dm.train_dataloader(), max_batches=importance_batches))
+    groups = None  # under grouped-query attention, the K/V groups' importance too (the gradient of one gate each)
+    if group_names(model):
+        raw = head_importance(model, dm.train_dataloader(), max_batches=importance_batches, groups=True)
+        groups = scores_by_group(model, raw)
     # one progress bar over every evaluation of the study (each a full decode of valid or test), counted exactly
     heads = head_names(model)
     n_heads, n_layers = len(heads), len(attention_names(model))
@@ -129,7 +134,9 @@ def analyse_heads(
         "score": scorer.name,
         "decoding": {**decoding_report(settings), "split": "test", "choice_split": "valid"},
         "baseline_bleu": base,
+        "unit": "query head",  # what the curves, ablations and `importance` remove: query heads (dec.{i}.sa.h{j})
         "importance": importance,
+        "group_importance": groups,  # K/V groups (dec.{i}.sa.g{k}) under grouped-query attention, else null
         "ablation_delta_bleu": deltas,
         "keep_one_head": keep_one,
         "pruning_curves": {k: [{"fraction": f, "bleu": b} for f, b in v] for k, v in curves.items()},
