@@ -148,3 +148,23 @@ def test_unknown_unit_is_refused() -> None:
 
     with pytest.raises(UserError, match=r"pruner\.unit"):
         HeadPruner(sparsity=0.5, unit="layer")
+
+
+def test_one_shot_magnitude_needs_no_calibration_data() -> None:
+    """Magnitude ranks |W| alone: each Linear keeps its largest half, and the data module is never asked for a
+    calibration set (it has no splits at all here)."""
+    from prunelab.pruning.oneshot import OneShotPruner
+
+    model = tiny_lm()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pruner = OneShotPruner(sparsity=0.5, method="magnitude")
+    pruner.attach(model)
+    pruner.use_data(object())  # any use of it would fail
+    pruner.prune(model)
+    assert pruner.details["calibration"]["examples"] == 0
+    for n, w in model.named_parameters():
+        if n.endswith("proj.weight") or ".ff.fc" in n:
+            kept = w != 0
+            assert float(kept.float().mean()) == 0.5
+            threshold = before[n].abs().flatten().kthvalue(w.numel() // 2).values
+            assert bool((before[n].abs()[kept] >= threshold).all())

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from prunelab.errors import UserError
 from prunelab.pruning.base import MaskPruner, check_ranks_agree, mask_buffer
-from prunelab.pruning.calibration import calibration_set, peak_memory, prune_sequentially
+from prunelab.pruning.calibration import CalibrationSet, calibration_set, peak_memory, prune_sequentially
 from prunelab.pruning.solvers import (
     InputStats,
     check_groups,
@@ -117,7 +117,7 @@ class OneShotPruner(MaskPruner):
         return {**super().report(model), **({"oneshot": self.details} if self.details else {})}
 
     # --- pruning -----------------------------------------------------------------------------------------------------
-    def solve(self, name: str, linear: nn.Linear, stats: InputStats) -> None:
+    def solve(self, name: str, linear: nn.Linear, stats: InputStats | None) -> None:
         """One matrix pruned: its mask set, the weight updated in place by SparseGPT and its removed entries zeroed."""
         w = linear.weight
         if self.method == "sparsegpt":
@@ -148,9 +148,14 @@ class OneShotPruner(MaskPruner):
         linears = set(self._weights) - embeddings
         for n, w in self._weights.items():
             check_groups(n, w.shape[1], self.pattern)
-        cal = calibration_set(self._datamodule, **self.calibration)  # its settings are calibration_set's arguments
         home = next(model.parameters()).device
         device = self.calibration_device(model)
+        if self.method == "magnitude":  # |W| alone: no calibration data, no passes through the model
+            cal = CalibrationSet(
+                [], {"source": None, "examples": 0, "tokens": 0, "drawn": "none (magnitude needs none)"}
+            )
+        else:
+            cal = calibration_set(self._datamodule, **self.calibration)  # its settings are calibration_set's arguments
         model.to(device)
         batches = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in b.items()} for b in cal.batches]
         log.info(
@@ -164,7 +169,11 @@ class OneShotPruner(MaskPruner):
         )
         t0 = time.perf_counter()
         with peak_memory(device) as memory:
-            prune_sequentially(model, batches, linears, self.solve, full=self.method == "sparsegpt")
+            if self.method == "magnitude":
+                for n in sorted(linears):
+                    self.solve(n.removesuffix(".weight"), _owner(model, n), None)  # type: ignore[arg-type]
+            else:
+                prune_sequentially(model, batches, linears, self.solve, full=self.method == "sparsegpt")
         seconds = time.perf_counter() - t0
         for n in embeddings:  # no calibration inputs of their own (and tied to the output): magnitude, per matrix
             removed = removal_mask(self._weights[n].detach().abs(), self.sparsity, self.pattern, per_row=False)
