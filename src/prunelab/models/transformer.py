@@ -268,6 +268,7 @@ class MultiHeadAttention(nn.Module):
         if self.grouped:  # only then: the keys of every other model stay what they were
             self.register_buffer("kv_ids", torch.arange(KV))  # original numbers of the K/V groups left
             self.register_buffer("head_groups", torch.arange(H) // (H // KV))  # each query head's group
+        self.even_groups = True  # every K/V group still has the same number of query heads, side by side
         self.uniform = False  # structurally pruned attention (AttendOut): a constant 1/n map, no Q or K
 
     def split_heads(self, x: Tensor) -> Tensor:
@@ -279,8 +280,15 @@ class MultiHeadAttention(nn.Module):
         return torch.searchsorted(self.kv_ids, self.head_groups)
 
     def expand_kv(self, x: Tensor) -> Tensor:
-        """K or V with one head per group (B, KV, S, hs) -> one per query head (B, H, S, hs)."""
-        return x.index_select(1, self.group_index()) if self.grouped else x
+        """K or V with one head per group (B, KV, S, hs) -> one per query head (B, H, S, hs). Groups of equal size
+        are broadcast and reshaped (its gradient is a sum, not index_select's scatter); uneven ones, after head
+        removal, are gathered."""
+        if not self.grouped:
+            return x
+        B, KV, S, hs = x.shape
+        if self.even_groups and KV and self.n_heads % KV == 0:
+            return x[:, :, None].expand(B, KV, self.n_heads // KV, S, hs).reshape(B, self.n_heads, S, hs)
+        return x.index_select(1, self.group_index())
 
     def forward(
         self,
@@ -396,6 +404,8 @@ class MultiHeadAttention(nn.Module):
         if self.grouped:
             self.head_groups = self.head_groups[idx].clone()
             self.kv_ids = self.kv_ids[torch.tensor(kv_keep, dtype=torch.long, device=idx.device)].clone()
+            sizes = torch.bincount(self.group_index(), minlength=len(self.kv_ids)).tolist()
+            self.even_groups = len(set(sizes)) <= 1
         self.n_heads = len(keep)
 
     def heads_of_groups(self, groups: Iterable[int]) -> list[int]:
