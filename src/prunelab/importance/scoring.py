@@ -6,6 +6,7 @@ a Scorer."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -81,8 +82,36 @@ class BleuScorer:
         )
 
 
+class FullPassScorer(ABC):
+    """A scorer whose every variant and ablation is a full pass of `score` (exact drops, nothing stopped early)."""
+
+    @abstractmethod
+    def score(self, model: Transformer, batches: Sequence[Batch]) -> float: ...
+
+    def variants(
+        self, model: Transformer, batches: Sequence[Batch], variants: Sequence[frozenset[str]]
+    ) -> tuple[list[float], int]:
+        scores = []
+        for zeroed in variants:
+            with gates_off(model, zeroed):
+                scores.append(self.score(model, batches))
+        return scores, len(variants) * len(batches)
+
+    def ablation(
+        self,
+        model: Transformer,
+        batches: Sequence[Batch],
+        names: Sequence[str] | None = None,
+        stop_below: float | None = 0.1,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> AblationResult:
+        names = list(names if names is not None else component_names(model))
+        examples = sum(len(b["src"]) for b in batches)
+        return exact_ablation(model, names, lambda: self.score(model, batches), examples, len(batches), progress)
+
+
 @dataclass
-class GenerateBleuScorer:
+class GenerateBleuScorer(FullPassScorer):
     """Corpus BLEU of the translations an imported checkpoint's own decoding gives (`generate` with its
     Generation: Hugging Face's beam search and length rules), so that a study of such a run starts from the BLEU
     the run reported. Every variant and ablation is decoded in full, one after another: exact drops, no early
@@ -105,27 +134,6 @@ class GenerateBleuScorer:
         finally:
             model.train(was_training)
         return bleu(hyps, refs)
-
-    def variants(
-        self, model: Transformer, batches: Sequence[Batch], variants: Sequence[frozenset[str]]
-    ) -> tuple[list[float], int]:
-        scores = []
-        for zeroed in variants:
-            with gates_off(model, zeroed):
-                scores.append(self.score(model, batches))
-        return scores, len(variants) * len(batches)
-
-    def ablation(
-        self,
-        model: Transformer,
-        batches: Sequence[Batch],
-        names: Sequence[str] | None = None,
-        stop_below: float | None = 0.1,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> AblationResult:
-        names = list(names if names is not None else component_names(model))
-        examples = sum(len(b["ref"]) for b in batches)
-        return exact_ablation(model, names, lambda: self.score(model, batches), examples, len(batches), progress)
 
 
 @dataclass
@@ -152,7 +160,7 @@ class AccuracyScorer:
 
 
 @dataclass
-class PerplexityScorer:
+class PerplexityScorer(FullPassScorer):
     """A language model's negated perplexity over the batches' scored targets (higher is better, as the studies
     rank; a component's drop is then the perplexity it adds). Every variant is a full pass: exact drops."""
 
@@ -172,24 +180,3 @@ class PerplexityScorer:
         finally:
             model.train(was_training)
         return -perplexity(nll, tokens)
-
-    def variants(
-        self, model: Transformer, batches: Sequence[Batch], variants: Sequence[frozenset[str]]
-    ) -> tuple[list[float], int]:
-        scores = []
-        for zeroed in variants:
-            with gates_off(model, zeroed):
-                scores.append(self.score(model, batches))
-        return scores, len(variants) * len(batches)
-
-    def ablation(
-        self,
-        model: Transformer,
-        batches: Sequence[Batch],
-        names: Sequence[str] | None = None,
-        stop_below: float | None = 0.1,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> AblationResult:
-        names = list(names if names is not None else component_names(model))
-        examples = sum(len(b["src"]) for b in batches)
-        return exact_ablation(model, names, lambda: self.score(model, batches), examples, len(batches), progress)
