@@ -168,6 +168,7 @@ class PerplexityScorer(FullPassScorer):
 
     @torch.no_grad()
     def score(self, model: Transformer, batches: Sequence[Batch]) -> float:
+        from prunelab.models.causal_lm import IGNORE
         from prunelab.tasks.language_modeling import perplexity
 
         was_training = model.training
@@ -176,7 +177,7 @@ class PerplexityScorer(FullPassScorer):
         try:
             for b in batches:
                 nll += float(model.token_nll(b).double().sum())  # type: ignore[operator]
-                tokens += int((b["target"] != -100).sum())
+                tokens += int((b["target"] != IGNORE).sum())
         finally:
             model.train(was_training)
         return -perplexity(nll, tokens)
