@@ -268,3 +268,29 @@ def test_depth_pruned_model_exports_with_fewer_layers(family: str, tmp_path: Pat
     x = torch.randint(0, V, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x).logits, ours(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_neuron_pruned_model_exports_narrower_or_padded(family: str, uniform: bool, tmp_path: Path) -> None:
+    """Feed-forward neurons removed for real: with the same number left in every layer the folder's config has
+    that width (a smaller model); otherwise the full width, the removed neurons as zeros. Logits equal either way."""
+    from prunelab.models.surgery import prune_neurons, remaining_neurons, remove_components
+
+    make_checkpoint(family, tmp_path / "src")
+    ours = load_hf_causal_lm(tmp_path / "src").eval()
+    d_ff = ours.cfg.d_ff
+    prune_neurons(ours, {"dec.0.ff": list(range(0, d_ff, 2)), "dec.1.ff": list(range(d_ff // 2 if uniform else 3))})
+    remove_components(ours, ["dec.1.sa"])  # a lone removed sub-layer is written as zeros at the exported width
+    widths = {len(v) for v in remaining_neurons(ours).values()}
+    assert (len(widths) == 1) == uniform
+    out = export_hf(ours, tmp_path / "src", tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    key = "n_inner" if family == "gpt2" else "intermediate_size"
+    assert config.get(key) == (
+        d_ff // 2 if uniform else json.loads((tmp_path / "src/config.json").read_text()).get(key)
+    )
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, ours(x), atol=1e-5, rtol=1e-5)

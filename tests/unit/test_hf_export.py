@@ -253,3 +253,34 @@ def test_unexportable_structure_and_arguments_are_refused(bert_src: Path, tmp_pa
     remove_components(ours, ["enc.1.ff"])
     with pytest.raises(UserError, match=r"enc\.1\.ff was removed structurally.*--format bitmask"):
         export_hf(ours, bert_src, tmp_path / "hf")
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_width_pruned_classifier_exports_narrower(family: str, tmp_path: Path) -> None:
+    """Heads and feed-forward neurons removed for real from an imported encoder equal the masked model, and export:
+    the same number of neurons left in every layer gives a config with that feed-forward width, and the logits of
+    the prunelab model."""
+    from prunelab.models.surgery import prune_neurons
+
+    hf = hf_classifier(family)
+    src = source_folder(hf, tmp_path / "src")
+    ours = load_hf_encoder(src).eval()
+    masked = load_hf_encoder(src).eval()
+    d_ff = ours.cfg.d_ff
+    gone = {"enc.0.ff": list(range(0, d_ff, 3)), "enc.1.ff": list(range(len(range(0, d_ff, 3))))}
+    with torch.no_grad():
+        for name, ns in gone.items():
+            masked.get_submodule(name).fc2.weight[:, ns] = 0.0
+    set_gate(masked, "enc.1.sa.h2", 0.0)
+    prune_neurons(ours, gone)
+    prune_heads(ours, {"enc.1.sa": [2]})
+    pad = hf.config.pad_token_id
+    ids, types = batch(pad, with_types=family != "distilbert")
+    with torch.no_grad():
+        want = ours(ids, types=types)
+        torch.testing.assert_close(want, masked(ids, types=types), atol=1e-5, rtol=1e-5)
+    out = export_hf(ours, src, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_dim" if family == "distilbert" else "intermediate_size"] == d_ff - len(gone["enc.0.ff"])
+    back = reload(transformers.AutoModelForSequenceClassification, out)
+    torch.testing.assert_close(hf_logits(back, ids, types, pad), want, atol=1e-5, rtol=1e-5)

@@ -56,6 +56,8 @@ ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
+# config.json's feed-forward width, set on export when every feed-forward kept the same number of neurons
+FF_WIDTH_KEYS = {"gpt2": ("n_inner",), **{t: ("intermediate_size",) for t in LLAMA_FAMILY}}
 # model types that are these architectures with a mixture of experts in place of the feed-forward
 MIXTURE_OF_EXPERTS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "phimoe", "dbrx")
 # GPT-2's causal-mask buffers (attn.bias, attn.masked_bias), saved by older versions of transformers

@@ -46,7 +46,7 @@ HF_ACTIVATIONS = {
 OVERRIDABLE = ("dropout", "attn_dropout", "activation_dropout", "layerdrop", "gated")
 
 # prunelab's own buffers, at their defaults after an import: gates, and which heads and K/V groups are left
-STRUCTURE_BUFFERS = (".gate", ".head_gate", ".head_ids", ".kv_ids", ".head_groups")
+STRUCTURE_BUFFERS = (".gate", ".head_gate", ".head_ids", ".kv_ids", ".head_groups", ".neuron_ids")
 
 # The files of a folder that describe the model without being its weights: config.json, generation_config.json,
 # the tokenizer's files (tokenizer.json, tokenizer_config.json, vocab.txt, vocab.json, merges.txt, *.spm, ...).

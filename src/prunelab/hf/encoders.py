@@ -62,6 +62,13 @@ ARCHITECTURES = {
     "electra": "ElectraForSequenceClassification",
     "distilbert": "DistilBertForSequenceClassification",
 }
+# config.json's feed-forward width, set on export when every feed-forward kept the same number of neurons
+FF_WIDTH_KEYS = {
+    "bert": ("intermediate_size",),
+    "roberta": ("intermediate_size",),
+    "electra": ("intermediate_size",),
+    "distilbert": ("hidden_dim",),
+}
 
 # Keys (after the family prefix is taken off) that are dropped on purpose, in every family: position/token-type
 # id buffers that older files saved, and the pre-training heads (MLM, NSP, replaced-token detection, generator).

@@ -11,7 +11,11 @@ the weights is folded into them, exactly:
   LN(x + 0) = LN(x + 0 * f(x)));
 - a head gate at 0: the head's columns of out_proj are zeroed (head j: columns j*hs ... j*hs+hs-1);
 - heads removed structurally (`head_ids` shorter than n_heads) come back as zero rows of Q/K/V and zero columns
-  of out_proj (a zero head attends uniformly to zero values and adds nothing); AttendOut's uniform attention
+  of out_proj (a zero head attends uniformly to zero values and adds nothing);
+- feed-forward neurons removed structurally: when every feed-forward has the same number left, the folder's
+  config gets that width (a smaller model, as Minitron's width pruning); otherwise each comes back at the full
+  width with zero rows of fc1 (and fc3) and zero columns of fc2 where its removed neurons were (adding nothing);
+  AttendOut's uniform attention
   (no Q or K projection) is Q = K = 0: every score is 0, so softmax is the uniform map over the keys allowed.
 
 Not exportable, a UserError saying so (the model stays in prunelab's format, `prunelab export --format bitmask`):
@@ -37,7 +41,7 @@ from torch import Tensor, nn
 from prunelab.errors import UserError
 from prunelab.hf import causal_lm, encoders, marian
 from prunelab.hf.checkpoint import BITMASK_HINT, OVERRIDABLE, STRUCTURE_BUFFERS, WEIGHT_SUFFIXES
-from prunelab.models.transformer import MultiHeadAttention, Transformer, TransformerConfig
+from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transformer, TransformerConfig
 
 # config.json's model_type -> its family's module. A family module has MODEL_TYPES, MODEL_CLASS (the prunelab class
 # it imports into), ARCHITECTURES (the class each model type is written as), network_config(config.json) and
@@ -80,7 +84,12 @@ def export_hf(
         want.pad_id = model.cfg.pad_id
     _check_same_network(model.cfg, want, source)
 
-    config, tensors = module.export_folder(model, hf, effective_state(model, masks), labels)
+    state = effective_state(model, masks)
+    config, tensors = module.export_folder(model, hf, state, labels)
+    width = feed_forward_width(model)
+    if width != model.cfg.d_ff:  # every feed-forward lost the same number of neurons: a narrower network
+        for key in module.FF_WIDTH_KEYS[family]:
+            config[key] = width
     config["architectures"] = [module.ARCHITECTURES[family]]
     config["dtype"] = "float32"  # the weights are written in fp32 (an fp16 source would otherwise load as fp16)
     if "torch_dtype" in config:  # the key before transformers 5
@@ -139,6 +148,7 @@ def effective_state(model: Transformer, masks: Mapping[str, Tensor] | None = Non
         state[name] = state[name] * m.detach().to("cpu", torch.float32)
 
     cfg = model.cfg
+    width = feed_forward_width(model)
     full: dict[str, Tensor] | None = None  # the shapes of the unpruned network, for sub-layers removed for real
     for side, stack in (("enc", model.enc), ("dec", model.dec)):
         for i, layer in enumerate(stack):
@@ -154,16 +164,18 @@ def effective_state(model: Transformer, masks: Mapping[str, Tensor] | None = Non
                     # pre-norm: x + f(LN(x)) with f's output projection at zero is x, exactly as without the sub-layer
                     if full is None:
                         with torch.device("meta"):
-                            full = type(model)(replace(cfg, removed=())).state_dict()  # type: ignore[call-arg]
+                            full = type(model)(replace(cfg, removed=(), d_ff=width)).state_dict()  # type: ignore[call-arg]
                     for k, v in full.items():
                         if k.startswith((f"{name}.", f"{name}_res.")) and not k.endswith(STRUCTURE_BUFFERS):
                             state[k] = torch.ones(v.shape) if k.endswith("norm.weight") else torch.zeros(v.shape)
                     continue
                 gate = _gate_value(module.gate, name)[0] if cfg.gated else 1.0
-                for buf in ("gate", "head_gate", "head_ids", "kv_ids", "head_groups"):
+                for buf in ("gate", "head_gate", "head_ids", "kv_ids", "head_groups", "neuron_ids"):
                     state.pop(f"{name}.{buf}", None)
                 if isinstance(module, MultiHeadAttention):
                     _expand_attention(state, name, module, cfg)
+                elif module.width != width:
+                    _expand_feed_forward(state, name, module, width)
                 out = f"{name}.{'fc2' if kind == 'ff' else 'out_proj'}"
                 if gate == 0.0:  # the sub-layer adds exactly 0
                     state[f"{out}.weight"].zero_()
@@ -206,6 +218,34 @@ def _expand_attention(state: dict[str, Tensor], name: str, attn: MultiHeadAttent
     o = torch.zeros(d, cfg.n_heads * hs)
     o[:, kept] = state[f"{name}.out_proj.weight"][:, kept_slot]
     state[f"{name}.out_proj.weight"] = o
+
+
+def feed_forward_width(model: Transformer) -> int:
+    """The feed-forward width of the exported network: the common width when every feed-forward has the same
+    number of neurons left (d_ff when none were removed), else d_ff (the narrower ones padded with zero neurons)."""
+    widths = {ff.width for ff in model.modules() if isinstance(ff, FeedForward)}
+    return widths.pop() if len(widths) == 1 else model.cfg.d_ff
+
+
+def _expand_feed_forward(state: dict[str, Tensor], name: str, ff: FeedForward, width: int) -> None:
+    """fc1/fc3 rows and fc2 columns of a feed-forward at `width` neurons (its original numbering): the removed
+    neurons' places hold zeros, which add exactly nothing to fc2's output."""
+    slots = torch.tensor(ff.neuron_numbers(), dtype=torch.long)
+    for p in ("fc1", "fc3"):
+        if f"{name}.{p}.weight" not in state:
+            continue
+        w = state[f"{name}.{p}.weight"]
+        full = torch.zeros(width, w.shape[1])
+        full[slots] = w
+        state[f"{name}.{p}.weight"] = full
+        if f"{name}.{p}.bias" in state:
+            b = torch.zeros(width)
+            b[slots] = state[f"{name}.{p}.bias"]
+            state[f"{name}.{p}.bias"] = b
+    w = state[f"{name}.fc2.weight"]
+    full = torch.zeros(w.shape[0], width)
+    full[:, slots] = w
+    state[f"{name}.fc2.weight"] = full
 
 
 def _copy_tokenizer_files(source: Path, out: Path) -> list[Path]:

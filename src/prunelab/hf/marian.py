@@ -46,6 +46,8 @@ from prunelab.models.transformer import Transformer, TransformerConfig, sinusoid
 MODEL_TYPES = ("marian",)
 MODEL_CLASS = Transformer  # what a MarianMT checkpoint is imported into
 ARCHITECTURES = {"marian": "MarianMTModel"}  # the class an export is written as (config.json's `architectures`)
+# config.json's feed-forward widths, set on export when every feed-forward kept the same number of neurons
+FF_WIDTH_KEYS = {"marian": ("encoder_ffn_dim", "decoder_ffn_dim")}
 
 # Keys (without the `model.` prefix) that hold the shared embedding again: HF ties them to `shared.weight`, older
 # files store every copy. They are checked equal to the shared table and dropped.

@@ -1,4 +1,5 @@
-"""Structural removal of heads and whole components, and loading a model that had either removed."""
+"""Structural removal of heads, feed-forward neurons and whole components, and loading a model that had any of
+them removed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from prunelab.models.addressing import attention_names, component, component_names
-from prunelab.models.transformer import Transformer
+from prunelab.models.transformer import FeedForward, Transformer
 
 
 def prune_heads(model: Transformer, heads: Mapping[str, list[int]]) -> None:
@@ -30,6 +31,35 @@ def match_heads(model: Transformer, state: Mapping[str, Tensor], prefix: str = "
             left = set(state[key].tolist())
             gone[name] = [h for h in component(model, name).head_ids.tolist() if h not in left]  # type: ignore[union-attr]
     prune_heads(model, gone)
+
+
+def prune_neurons(model: Transformer, neurons: Mapping[str, list[int]]) -> None:
+    """Remove feed-forward neurons for real: {"enc.0.ff": [5, 17]} (original neuron numbers)."""
+    for name, ns in neurons.items():
+        ff = component(model, name)
+        if not isinstance(ff, FeedForward):
+            raise KeyError(f"{name!r} is not a feed-forward component")
+        ff.prune_neurons(ns)
+
+
+def feed_forward_names(model: Transformer) -> list[str]:
+    return [n for n in component_names(model) if n.endswith(".ff")]
+
+
+def remaining_neurons(model: Transformer) -> dict[str, list[int]]:
+    return {n: component(model, n).neuron_numbers() for n in feed_forward_names(model)}  # type: ignore[union-attr]
+
+
+def match_neurons(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
+    """Remove from `model` the feed-forward neurons that a state dict saved after neuron removal no longer has (its
+    `<component>.neuron_ids` buffers say which are left)."""
+    gone = {}
+    for name in feed_forward_names(model):
+        key = f"{prefix}{name}.neuron_ids"
+        if key in state:
+            left = set(state[key].tolist())
+            gone[name] = [n for n in component(model, name).neuron_numbers() if n not in left]  # type: ignore[union-attr]
+    prune_neurons(model, gone)
 
 
 def remove_components(model: Transformer, names: list[str]) -> None:
@@ -72,9 +102,11 @@ def make_uniform(model: Transformer, names: list[str]) -> None:
 
 
 def match_structure(model: Transformer, state: Mapping[str, Tensor], prefix: str = "") -> None:
-    """Make `model` have the components, heads and uniform attention maps that `state` has, so that it loads."""
+    """Make `model` have the components, heads, feed-forward neurons and uniform attention maps that `state` has, so
+    that it loads."""
     match_components(model, state, prefix)
     match_heads(model, state, prefix)
+    match_neurons(model, state, prefix)
     uniform = [
         n
         for n in attention_names(model)

@@ -435,8 +435,51 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout)
         self.register_buffer("gate", torch.ones(()))
 
+    @property
+    def width(self) -> int:
+        """Hidden neurons left (d_ff until neurons are removed)."""
+        return self.fc1.out_features
+
+    def neuron_numbers(self) -> list[int]:
+        """The original number of each hidden neuron left, in slot order."""
+        ids = getattr(self, "neuron_ids", None)
+        return ids.tolist() if ids is not None else list(range(self.fc1.out_features))
+
+    @torch.no_grad()
+    def prune_neurons(self, neurons: Iterable[int]) -> None:
+        """Cut hidden neurons out: their rows of fc1 (and fc3) and columns of fc2, so the sub-layer computes what it
+        did with those neurons' fc2 columns at zero. `neurons` are original numbers, so pruning twice composes;
+        neurons already gone are ignored. A `neuron_ids` buffer (the original numbers left) appears with the first
+        removal, so the state dicts of unpruned models keep their keys."""
+        drop = {int(n) for n in neurons}
+        numbers = self.neuron_numbers()
+        keep = [i for i, orig in enumerate(numbers) if orig not in drop]
+        if len(keep) == len(numbers):
+            return
+        idx = torch.tensor(keep, dtype=torch.long, device=self.fc1.weight.device)
+        for name in ("fc1", "fc3"):
+            old = getattr(self, name)
+            if old is None:
+                continue
+            new = _uninitialised_linear(old.in_features, len(keep), old.weight, old.bias is not None)
+            new.weight.copy_(old.weight[idx])
+            if old.bias is not None:
+                new.bias.copy_(old.bias[idx])
+            setattr(self, name, new)
+        old = self.fc2
+        new = _uninitialised_linear(len(keep), old.out_features, old.weight, old.bias is not None)
+        new.weight.copy_(old.weight[:, idx])
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+        self.fc2 = new
+        ids = torch.tensor([numbers[i] for i in keep], dtype=torch.long, device=self.gate.device)
+        if hasattr(self, "neuron_ids"):
+            self.neuron_ids = ids
+        else:
+            self.register_buffer("neuron_ids", ids)
+
     def forward(self, x: Tensor) -> Tensor:
-        h = ACTIVATIONS[self.activation](self.fc1(x))  # (B, T, d_ff)
+        h = ACTIVATIONS[self.activation](self.fc1(x))  # (B, T, width)
         if self.fc3 is not None:
             h = h * self.fc3(x)
         y = self.fc2(self.dropout(h))  # (B, T, C)

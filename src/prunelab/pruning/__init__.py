@@ -12,6 +12,7 @@ from prunelab.pruning.lottery import (
 from prunelab.pruning.magnitude import MagnitudePruner
 from prunelab.pruning.oneshot import OneShotPruner
 from prunelab.pruning.rounds import Round, RoundPruner, iterative_levels
+from prunelab.pruning.structured import StructuredPruner
 
 __all__ = [
     "AttendOutPruner",
@@ -29,5 +30,6 @@ __all__ = [
     "RoundPruner",
     "SLTMPPruner",
     "StabilizedLotteryTicketPruner",
+    "StructuredPruner",
     "iterative_levels",
 ]

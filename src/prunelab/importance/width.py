@@ -1,0 +1,140 @@
+"""Width importance for structured pruning: one score per feed-forward neuron and per attention head.
+
+Two criteria, both over the real tokens of calibration batches (padding left out):
+
+- `activation` (Minitron, Muralidharan et al. 2024): a neuron's score is the mean |h_i| of its activation (the
+  feed-forward hidden state that fc2 reads, after the non-linearity and SwiGLU's product; Minitron's F_neuron is
+  the pre-activation X W1_i, which for ReLU/GELU counts negative inputs the next matrix never sees); a head's is the
+  mean L2 norm of its output (its hs-wide slice of what the output projection reads). Forward passes only.
+- `taylor` (first order, Molchanov et al. 2019; Michel et al. 2019 for heads): E_x |∂L(x)/∂ξ_u|, ξ_u a gate on unit u
+  (a neuron's activation, a head's output) at 1, taken per example before the absolute value. For heads this is
+  Michel's I_h without the per-layer normalisation (prunelab.importance.heads.head_importance).
+
+`width_importance` returns {component: (units left,) float tensor}, by slot (the i-th neuron or head still present),
+for every feed-forward (`enc.0.ff`) and attention (`dec.1.sa`) component; the model is left as it was found.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.models.addressing import component, component_names
+from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transformer
+
+Batch = dict[str, Any]
+CRITERIA = ("activation", "taylor")
+
+
+def real_positions(model: Transformer, batch: Batch, side: str) -> Tensor | None:
+    """(B, T) bool of the real tokens a stack sees (`enc` the source, `dec` the decoder's inputs), None: all."""
+    from prunelab.pruning.calibration import batch_real_tokens, real_tokens
+
+    if side == "dec" and "tgt_in" in batch:
+        return real_tokens(batch["tgt_in"], model.cfg.pad_id)
+    return batch_real_tokens(batch, model.cfg.pad_id)
+
+
+def _units(module: nn.Module) -> tuple[nn.Linear, int, int]:
+    """(the Linear that reads the units, units, width of one unit): fc2 reads neurons, out_proj reads heads."""
+    if isinstance(module, FeedForward):
+        return module.fc2, module.width, 1
+    assert isinstance(module, MultiHeadAttention)
+    return module.out_proj, module.n_heads, module.head_dim
+
+
+@torch.no_grad()
+def _activation_scores(model: Transformer, batches: Iterable[Batch], names: list[str]) -> dict[str, Tensor]:
+    sums = {n: torch.zeros(_units(component(model, n))[1], dtype=torch.float64) for n in names}
+    counts = dict.fromkeys(names, 0)
+    real: dict[str, Tensor | None] = {}
+    handles = []
+
+    def hook(name: str, units: int, width: int) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0]  # (B, T, units * width)
+            r = real.get(name.split(".")[0])
+            x = x[r] if r is not None and r.shape == x.shape[:2] else x.reshape(-1, x.shape[-1])  # (N, units * width)
+            per_unit = x.float().view(x.shape[0], units, width)
+            value = per_unit.abs()[..., 0] if width == 1 else per_unit.norm(dim=-1)  # (N, units)
+            sums[name] += value.double().sum(0).cpu()
+            counts[name] += x.shape[0]
+
+        return record
+
+    for n in names:
+        reader, units, width = _units(component(model, n))
+        handles.append(reader.register_forward_pre_hook(hook(n, units, width)))
+    try:
+        for batch in batches:
+            for side in ("enc", "dec"):
+                real[side] = real_positions(model, batch, side)
+            model.example_losses(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (sums[n] / max(1, counts[n])).float() for n in names}
+
+
+def _taylor_scores(model: Transformer, batches: Iterable[Batch], names: list[str]) -> dict[str, Tensor]:
+    totals = {n: torch.zeros(_units(component(model, n))[1], dtype=torch.float64) for n in names}
+    gates: dict[str, Tensor] = {}
+    count = 0
+    handles = []
+
+    def hook(name: str, units: int, width: int) -> Callable[..., tuple[Tensor]]:
+        def gated(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor]:
+            x = args[0]  # (B, T, units * width)
+            xi = torch.ones(x.shape[0], 1, units, dtype=x.dtype, device=x.device, requires_grad=True)  # (B, 1, units)
+            gates[name] = xi
+            return (x * xi.repeat_interleave(width, dim=-1),)
+
+        return gated
+
+    for n in names:
+        reader, units, width = _units(component(model, n))
+        handles.append(reader.register_forward_pre_hook(hook(n, units, width)))
+    try:
+        for batch in batches:
+            gates.clear()
+            losses = model.example_losses(batch)  # (B,)
+            used = [n for n in names if n in gates]
+            grads = torch.autograd.grad(losses.sum(), [gates[n] for n in used], allow_unused=True)
+            for n, g in zip(used, grads, strict=True):
+                if g is not None:  # row b = ∂L(x_b)/∂ξ: per example, then |.|
+                    totals[n] += g.detach().double().abs().sum((0, 1)).cpu()
+            count += losses.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+    if count == 0:
+        raise ValueError("width_importance needs at least one batch")
+    return {n: (t / count).float() for n, t in totals.items()}
+
+
+def width_importance(
+    model: Transformer,
+    batches: Iterable[Batch],
+    criterion: str = "activation",
+    max_batches: int | None = None,
+    names: list[str] | None = None,
+) -> dict[str, Tensor]:
+    """Scores of every neuron and head still present, {component: (units,)} by slot (see the module doc).
+    `names`: only these components (default: every feed-forward and attention component)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if names is None:
+        names = [n for n in component_names(model) if not getattr(component(model, n), "uniform", False)]
+    batches = itertools.islice(batches, max_batches)
+    was_training = model.training
+    model.eval()  # no dropout: the model as it is used
+    try:
+        if criterion == "activation":
+            return _activation_scores(model, batches, names)
+        return _taylor_scores(model, batches, names)
+    finally:
+        model.train(was_training)
