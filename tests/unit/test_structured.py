@@ -193,7 +193,8 @@ def test_taylor_head_scores_are_michels_unnormalised_importance(tiny_model: Tran
 
 def test_taylor_neuron_scores_match_per_example_weight_gradients() -> None:
     """E_x |∂L(x)/∂ξ_n|, recomputed without gates: scaling neuron n's fc2 column by ξ gives
-    ∂L/∂ξ = <∂L/∂W[:, n], W[:, n]>, from ordinary weight gradients, one example at a time; and a central difference agrees to its precision."""
+    ∂L/∂ξ = <∂L/∂W[:, n], W[:, n]>, from ordinary weight gradients, one example at a time; and a central difference
+    agrees to its precision."""
     model = llama()
     b = lm_batch()
     scores = width_importance(model, [b], "taylor", names=["dec.1.ff"])
