@@ -269,7 +269,7 @@ class Data:
 
 
 @pytest.mark.parametrize("scope", ["per_layer", "global"])
-@pytest.mark.parametrize("budget", ["params", "flops"])
+@pytest.mark.parametrize("budget", ["params", "stack_params", "flops"])
 def test_width_pruner_meets_its_budget(scope: str, budget: str) -> None:
     model = llama()
     pruner = StructuredPruner(sparsity=0.3, structure="width", budget=budget, scope=scope, flops_context=16)
@@ -277,10 +277,12 @@ def test_width_pruner_meets_its_budget(scope: str, budget: str) -> None:
     pruner.use_data(Data([lm_batch(0), lm_batch(1)]))
     pruner.on_round_end(model, 0)
     report = pruner.report(model)["structured"]
-    achieved = report["params_removed_fraction" if budget == "params" else "flops_removed_fraction"]
+    key = {"params": "params", "stack_params": "stack_params", "flops": "flops_per_token"}[budget]
+    achieved = report[f"{key.removesuffix('_per_token')}_removed_fraction"]
+    assert pruner.report(model)["sparsity"]["overall"] == achieved
     # whole heads (and K/V groups emptied) are made up for by neurons: off by at most one neuron per feed-forward
-    per_neuron = unit_cost(component(llama(), "dec.0.ff"), budget, 16)
-    dense = cost(llama(), 16)["params" if budget == "params" else "flops_per_token"]
+    per_neuron = unit_cost(component(llama(), "dec.0.ff"), "flops" if budget == "flops" else "params", 16)
+    dense = cost(llama(), 16)[key]
     assert abs(achieved - 0.3) <= 3 * per_neuron / dense
     widths = report["widths"]
     assert all(w >= 1 for w in widths.values())
@@ -333,3 +335,28 @@ def test_bad_settings_are_one_clear_error() -> None:
     pruner.use_data(Data([lm_batch()]))
     with pytest.raises(UserError, match="can remove at most"):
         pruner.choose(model)
+
+
+def test_scratch_recovery_reinitialises_the_smaller_model() -> None:
+    """recovery=scratch: the cut architecture, freshly initialised (norms at 1, biases at 0, matrices Xavier-uniform),
+    the same draw for the same seed; the pruned weights are gone."""
+    model = classifier()
+    prune_neurons(model, {"enc.0.ff": list(range(20))})
+    prune_heads(model, {"enc.1.sa": [0]})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruner = StructuredPruner(0.2, finetune_steps=5, recovery="scratch")
+    assert pruner.stage(2) == "from scratch" and StructuredPruner(0.2, finetune_steps=5).stage(2) == "fine-tuned"
+    torch.manual_seed(3)
+    pruner.on_round_start(model, 2)
+    again = copy.deepcopy(model)
+    torch.manual_seed(3)
+    pruner.on_round_start(again, 2)
+    for (name, p), q in zip(model.named_parameters(), again.parameters(), strict=True):
+        assert p.shape == before[name].shape and torch.equal(p, q)
+        if p.dim() == 1:
+            assert torch.all(p == (0.0 if name.endswith("bias") else 1.0)), name
+        elif "embed" not in name:
+            bound = (6 / sum(p.shape)) ** 0.5
+            assert p.abs().max() <= bound and not torch.equal(p, before[name]), name
+    with pytest.raises(UserError, match="finetune_steps"):
+        StructuredPruner(0.2, recovery="scratch")

@@ -49,5 +49,11 @@ def flops_per_token(model: Transformer, context: int) -> int:
 
 
 def cost(model: Transformer, context: int) -> dict[str, int]:
-    """{"params": all parameters, "flops_per_token": at `context`, "context": context}."""
-    return {"params": parameters(model), "flops_per_token": flops_per_token(model, context), "context": context}
+    """{"params": all parameters, "stack_params": those of the layer stacks (Kaplan et al.'s non-embedding N: no
+    embeddings, output projection, pooler or classifier head), "flops_per_token": at `context`, "context": context}."""
+    return {
+        "params": parameters(model),
+        "stack_params": parameters(model.enc) + parameters(model.dec),
+        "flops_per_token": flops_per_token(model, context),
+        "context": context,
+    }

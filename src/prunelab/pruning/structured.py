@@ -4,7 +4,9 @@ depth (whole layers), as Minitron (Muralidharan et al. 2024), Sheared-LLaMA, Kwo
 has `task.distill.teacher` set.
 
 `sparsity` is the fraction of the model's cost removed, by `budget`: `params` (all of the model's parameters,
-embeddings included) or `flops` (forward FLOPs per token at `flops_context` tokens, prunelab.models.cost).
+embeddings included), `stack_params` (the parameters of the layer stacks: Kaplan et al.'s non-embedding count, what a
+small model with a large vocabulary can actually lose) or `flops` (forward FLOPs per token at `flops_context` tokens,
+prunelab.models.cost).
 
 structure=width   every feed-forward neuron and attention head is scored by `criterion` on `importance_batches`
                   batches of `importance_split`: `activation` (Minitron: mean |activation| of a neuron, mean L2 norm
@@ -19,8 +21,10 @@ structure=depth   whole layers are scored by block influence (Men et al. 2024: 1
                   removed cost closest to `sparsity` (at least one layer is kept).
 
 Rounds (each a `trainer.fit`): 0 dense (trained, or evaluated only when the run starts from `ckpt=` or an imported
-checkpoint), 1 pruned (evaluated as cut), 2 fine-tuned (`finetune_steps` > 0). results.json's `structured` says what
-was removed and what the model costs before and after, measured on the model itself.
+checkpoint), 1 pruned (evaluated as cut), 2 `finetune_steps` > 0 steps of recovery: `recovery=finetune` trains the
+pruned weights (stage "fine-tuned"); `recovery=scratch` trains the same smaller architecture from a fresh
+initialisation (stage "from scratch": the baseline that prune-and-recover must beat at equal compute). results.json's
+`structured` says what was removed and what the model costs before and after, measured on the model itself.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ from prunelab.pruning.base import Pruner
 
 log = logging.getLogger("prunelab")
 STAGES = ("dense", "pruned", "fine-tuned")
+RECOVERIES = ("finetune", "scratch")
 STRUCTURES = ("width", "depth")
-BUDGETS = ("params", "flops")
+BUDGETS = ("params", "stack_params", "flops")
+KEYS = {"params": "params", "stack_params": "stack_params", "flops": "flops_per_token"}
 SCOPES = ("per_layer", "global")
 UNITS = ("heads", "neurons")
 
@@ -71,6 +77,18 @@ def unit_cost(module: nn.Module, budget: str, context: int) -> int:
     return (reads + 1) * hs * d + bias
 
 
+@torch.no_grad()
+def fresh_weights(model: nn.Module) -> None:
+    """A fresh initialisation of the model as it now is (smaller matrices included): its own reset_parameters for
+    the matrices and embeddings, then every norm's weight at 1 and every bias at 0."""
+    model.reset_parameters()  # type: ignore[operator]
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            p.fill_(0.0 if name.endswith("bias") else 1.0)
+    if getattr(model, "pads", False):
+        model.embed.weight[model.cfg.pad_id].zero_()  # type: ignore[index,union-attr]
+
+
 def removed_layers(model: nn.Module) -> list[str]:
     """Stack layers (`dec.3`) whose every sub-layer is gone."""
     return [
@@ -91,6 +109,7 @@ class StructuredPruner(Pruner):
         scope: str = "per_layer",
         units: list[str] | None = None,
         finetune_steps: int = 0,
+        recovery: str = "finetune",
         importance_batches: int = 16,
         importance_split: str = "train",
         flops_context: int = 128,
@@ -101,6 +120,7 @@ class StructuredPruner(Pruner):
             (budget, BUDGETS, "pruner.budget"),
             (scope, SCOPES, "pruner.scope"),
             (importance_split, ("train", "valid"), "pruner.importance_split"),
+            (recovery, RECOVERIES, "pruner.recovery"),
         )
         for value, allowed, key in checks:
             if value not in allowed:
@@ -129,16 +149,23 @@ class StructuredPruner(Pruner):
             importance_split,
             flops_context,
         )
+        self.recovery = recovery
+        if recovery == "scratch" and finetune_steps < 1:
+            raise UserError("pruner.recovery=scratch trains the smaller model from scratch: set pruner.finetune_steps")
         self.rounds = 3 if finetune_steps > 0 else 2
         self._datamodule: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
         if not hasattr(self, "cost_before"):  # buffers: a resumed or reloaded run still reports the dense cost
-            self.register_buffer("cost_before", torch.zeros(2, dtype=torch.long))  # params, FLOPs per token
+            self.register_buffer("cost_before", torch.zeros(len(KEYS), dtype=torch.long))  # by KEYS' order
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
+
+    @property
+    def _unit_budget(self) -> str:
+        return "flops" if self.budget == "flops" else "params"
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
         if round_idx == 0:
@@ -146,7 +173,11 @@ class StructuredPruner(Pruner):
         return self.finetune_steps if round_idx == 2 else 0
 
     def stage(self, round_idx: int) -> str:
-        return STAGES[round_idx]
+        return "from scratch" if round_idx == 2 and self.recovery == "scratch" else STAGES[round_idx]
+
+    def on_round_start(self, model: nn.Module, round_idx: int) -> None:
+        if round_idx == 2 and self.recovery == "scratch":
+            fresh_weights(model)
 
     def round_sparsity(self, round_idx: int) -> float:
         return 0.0 if round_idx == 0 else self.sparsity
@@ -155,7 +186,7 @@ class StructuredPruner(Pruner):
         if round_idx != 0:
             return
         dense = cost(model, self.flops_context)  # type: ignore[arg-type]
-        self.cost_before.copy_(torch.tensor([dense["params"], dense["flops_per_token"]]))
+        self.cost_before.copy_(torch.tensor([dense[k] for k in KEYS.values()]))
         plan = from_rank_zero(self.choose(model))  # every rank removes rank 0's choice
         self.apply(model, plan)
 
@@ -178,7 +209,7 @@ class StructuredPruner(Pruner):
     def target(self, model: nn.Module) -> float:
         """The cost to remove: `sparsity` of the model's parameters or FLOPs per token."""
         c = cost(model, self.flops_context)  # type: ignore[arg-type]
-        return self.sparsity * c["params" if self.budget == "params" else "flops_per_token"]
+        return self.sparsity * c[KEYS[self.budget]]
 
     def choose(self, model: nn.Module) -> dict[str, Any]:
         """{"heads": {attention: [original head numbers]}, "neurons": {feed-forward: [...]}, "layers": [...]}."""
@@ -197,7 +228,7 @@ class StructuredPruner(Pruner):
         for k, name in enumerate(order[:-1], start=1):  # keep at least one layer
             side, i = name.split(".")
             layer = getattr(model, side)[int(i)]
-            if self.budget == "params":
+            if self.budget != "flops":
                 removed += sum(p.numel() for p in layer.parameters())
             else:
                 removed += stack_flops([layer], self.flops_context)
@@ -216,10 +247,10 @@ class StructuredPruner(Pruner):
         scores = width_importance(model, batches, self.criterion, names=names)  # type: ignore[arg-type]
         modules = {n: component(model, n) for n in names}  # type: ignore[arg-type]
         units = {n: len(s) for n, s in scores.items()}
-        removable = sum(units[n] * unit_cost(modules[n], self.budget, self.flops_context) for n in names)
+        removable = sum(units[n] * unit_cost(modules[n], self._unit_budget, self.flops_context) for n in names)
         target = self.target(model)
         fraction = target / removable if removable else math.inf
-        most = sum((units[n] - 1) * unit_cost(modules[n], self.budget, self.flops_context) for n in names)
+        most = sum((units[n] - 1) * unit_cost(modules[n], self._unit_budget, self.flops_context) for n in names)
         if target > most:
             total = target / self.sparsity
             raise UserError(
@@ -235,7 +266,7 @@ class StructuredPruner(Pruner):
         plan["heads"] = self._lowest(heads, scores, modules, fraction)
         done = sum(self._removal_cost(modules[n], plan["heads"].get(n, [])) for n in heads)
         if ffs:
-            neuron_cost = sum(units[n] * unit_cost(modules[n], self.budget, self.flops_context) for n in ffs)
+            neuron_cost = sum(units[n] * unit_cost(modules[n], self._unit_budget, self.flops_context) for n in ffs)
             plan["neurons"] = self._lowest(ffs, scores, modules, max(0.0, target - done) / neuron_cost)
         log.info(
             "structured: removing %.3f of the %s (%s scope) by %s",
@@ -282,7 +313,7 @@ class StructuredPruner(Pruner):
             return 0
         pruned = copy.deepcopy(module)
         pruned.prune_heads(heads)  # type: ignore[operator]
-        if self.budget == "params":
+        if self.budget != "flops":
             return sum(p.numel() for p in module.parameters()) - sum(p.numel() for p in pruned.parameters())
         return stack_flops([module], self.flops_context) - stack_flops([pruned], self.flops_context)
 
@@ -310,32 +341,34 @@ class StructuredPruner(Pruner):
     @torch.no_grad()
     def report(self, model: nn.Module) -> dict[str, Any]:
         now = cost(model, self.flops_context)  # type: ignore[arg-type]
-        params_before, flops_before = (int(v) for v in self.cost_before.tolist())
-        if params_before == 0:  # the dense round, before anything was measured
-            params_before, flops_before = now["params"], now["flops_per_token"]
-        params_gone = 1.0 - now["params"] / params_before
-        flops_gone = 1.0 - now["flops_per_token"] / flops_before
+        before = dict(zip(KEYS.values(), (int(v) for v in self.cost_before.tolist()), strict=True))
+        if before["params"] == 0:  # the dense round, before anything was measured
+            before = {k: now[k] for k in KEYS.values()}
+        gone = {k: 1.0 - now[k] / before[k] if before[k] else 0.0 for k in KEYS.values()}
         widths = {
             n: (m.width if isinstance(m, FeedForward) else m.n_heads)  # type: ignore[union-attr]
             for n in component_names(model)  # type: ignore[arg-type]
             for m in [component(model, n)]  # type: ignore[arg-type]
         }
         return {
-            "sparsity": {"overall": params_gone if self.budget == "params" else flops_gone},
-            "params": {"total": now["params"], "remaining": now["params"], "before_pruning": params_before},
+            "sparsity": {"overall": gone[KEYS[self.budget]]},
+            "params": {"total": now["params"], "remaining": now["params"], "before_pruning": before["params"]},
             "memory": {"model": {"dense_bytes": 4 * now["params"]}},
             "structured": {
                 "structure": self.structure,
                 "criterion": self.criterion,
                 "budget": self.budget,  # what `sparsity` is a fraction of
                 "scope": self.scope,
+                "recovery": self.recovery,
                 "units": list(self.units) if self.structure == "width" else ["layers"],
                 "target": self.sparsity,
-                "params_removed_fraction": params_gone,  # of all parameters, embeddings included
-                "flops_removed_fraction": flops_gone,
+                "params_removed_fraction": gone["params"],  # of all parameters, embeddings included
+                "stack_params_removed_fraction": gone["stack_params"],  # of the layer stacks' parameters
+                "flops_removed_fraction": gone["flops_per_token"],
                 "flops_context": self.flops_context,
-                "params": {"before": params_before, "after": now["params"]},
-                "flops_per_token": {"before": flops_before, "after": now["flops_per_token"]},
+                "params": {"before": before["params"], "after": now["params"]},
+                "stack_params": {"before": before["stack_params"], "after": now["stack_params"]},
+                "flops_per_token": {"before": before["flops_per_token"], "after": now["flops_per_token"]},
                 "widths": widths,  # feed-forward neurons and attention heads left per component
                 "layers_removed": removed_layers(model),
             },
