@@ -1,0 +1,133 @@
+"""Tables and verdicts of experiments/structured from the runs' results.json files and speed.json.
+
+    python -m experiments.structured.report experiments/structured/results
+
+Runs are named KIND_base (the dense start) and KIND_STRUCTURE_FRACTION_RECOVERY (KIND nmt | cls, STRUCTURE width |
+depth, RECOVERY distil | finetune | scratch). Compute is what the recovery trained: 3 x the student's forward FLOPs
+per token (forward + backward), plus the teacher's forward FLOPs when distilling, times the tokens trained (an NMT
+token being a source and a target token, as prunelab.models.cost counts them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RECOVERIES = ("distil", "finetune", "scratch")
+
+
+def load(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    runs = {p.name.removesuffix(".results.json"): json.loads(p.read_text()) for p in folder.glob("*.results.json")}
+    speed_file = folder / "speed.json"
+    return runs, json.loads(speed_file.read_text()) if speed_file.is_file() else {}
+
+
+def compute(res: dict[str, Any]) -> float | None:
+    """Training FLOPs of the run's recovery round (see the module doc)."""
+    s = res.get("structured")
+    if not s or not res.get("train", {}).get("tokens"):
+        return None
+    pairs = res["train"]["tokens"] / (2 if res["score"]["key"] == "bleu" else 1)
+    student = s["flops_per_token"]["after"]
+    teacher = s["flops_per_token"]["before"] if res.get("distillation") else 0
+    return pairs * (3 * student + teacher)
+
+
+def row(name: str, res: dict[str, Any], speed: dict[str, Any]) -> dict[str, Any]:
+    s = res.get("structured", {})
+    parts = name.split("_")
+    out = {
+        "run": name,
+        "structure": parts[1] if len(parts) == 4 else "dense",
+        "fraction": float(parts[2]) if len(parts) == 4 else 0.0,
+        "recovery": parts[3] if len(parts) == 4 else "",
+        "score": res["metrics"][f"test/{res['score']['key']}"],
+        "score_name": res["score"]["name"],
+        "params": s.get("params", {}).get("after", res["params"]["total"]),
+        "stack_params_removed": s.get("stack_params_removed_fraction", 0.0),
+        "params_removed": s.get("params_removed_fraction", 0.0),
+        "flops_per_token": s.get("flops_per_token", {}).get("after"),
+        "pruned_score": res["levels"][1]["metrics"][f"test/{res['score']['key']}"] if len(res["levels"]) > 1 else None,
+        "train_tokens": res.get("train", {}).get("tokens"),
+        "compute_flops": compute(res),
+    }
+    for r in speed.get(name, {}).get("rows", []):
+        out[f"speedup_b{r['batch_size']}"] = r["speedup"]
+    return out
+
+
+def verdicts(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    by = {(r["structure"], r["fraction"], r["recovery"]): r for r in rows}
+    out: dict[str, Any] = {"distil_vs_scratch": [], "depth_vs_width_speed": [], "distillation_gain": []}
+    for (structure, fraction, recovery), r in sorted(by.items()):
+        if recovery != "distil":
+            continue
+        scratch, plain = by.get((structure, fraction, "scratch")), by.get((structure, fraction, "finetune"))
+        if scratch:
+            out["distil_vs_scratch"].append(
+                {
+                    "structure": structure,
+                    "fraction": fraction,
+                    "distil": r["score"],
+                    "scratch": scratch["score"],
+                    "compute_ratio_scratch_over_distil": (scratch["compute_flops"] or 0) / (r["compute_flops"] or 1),
+                    "prune_distil_wins": r["score"] > scratch["score"],
+                }
+            )
+        if plain:
+            out["distillation_gain"].append(
+                {"structure": structure, "fraction": fraction, "gain": r["score"] - plain["score"]}
+            )
+        if structure == "depth" and ("width", fraction, "distil") in by:
+            w = by[("width", fraction, "distil")]
+            out["depth_vs_width_speed"].append(
+                {
+                    "fraction": fraction,
+                    **{f"depth_b{b}": r.get(f"speedup_b{b}") for b in (1, 16, 64)},
+                    **{f"width_b{b}": w.get(f"speedup_b{b}") for b in (1, 16, 64)},
+                    "params_depth": r["params"],
+                    "params_width": w["params"],
+                }
+            )
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| run | removed (stack / all params) | params | FLOPs/token | recovery | pruned | test | compute (PFLOP)"
+        " | speed-up b1 / b16 / b64 |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        speed = " / ".join(f"{r[k]:.2f}x" if r.get(k) else "-" for k in ("speedup_b1", "speedup_b16", "speedup_b64"))
+        pruned = f"{r['pruned_score']:.2f}" if r["pruned_score"] is not None else "-"
+        comp = f"{r['compute_flops'] / 1e15:.3f}" if r["compute_flops"] else "-"
+        flops = f"{r['flops_per_token'] / 1e6:.2f} M" if r["flops_per_token"] else "-"
+        lines.append(
+            f"| {r['run']} | {100 * r['stack_params_removed']:.1f}% / {100 * r['params_removed']:.1f}% "
+            f"| {r['params'] / 1e6:.2f} M | {flops} | {r['recovery'] or '-'} | {pruned} | {r['score']:.2f} | {comp} "
+            f"| {speed} |"
+        )
+    return "\n".join(lines)
+
+
+def main(folder: Path) -> None:
+    runs, speed = load(folder)
+    sections, all_verdicts = [], {}
+    for kind in ("nmt", "cls"):
+        rows = [row(n, r, speed) for n, r in sorted(runs.items()) if n.startswith(kind + "_")]
+        if not rows:
+            continue
+        rows.sort(key=lambda r: (r["structure"] != "dense", r["structure"], r["fraction"], r["recovery"]))
+        sections.append(f"## {kind}\n\n{table(rows)}\n")
+        all_verdicts[kind] = verdicts(rows, kind)
+    (folder / "tables.md").write_text("\n".join(sections))
+    (folder / "verdicts.json").write_text(json.dumps(all_verdicts, indent=2) + "\n")
+    print("\n".join(sections))
+    print(json.dumps(all_verdicts, indent=2))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

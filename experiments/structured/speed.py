@@ -1,0 +1,52 @@
+"""Inference speed of structurally pruned runs against their dense start, at several batch sizes, on this machine.
+
+    python -m experiments.structured.speed DENSE_RUN RUN [RUN ...] --out results/speed.json
+
+Each pruned run's tested model and the dense run's score (decode, for translation: the run's beam) the first
+`--sentences` test examples at each batch size, interleaved `--repeats` times (the median kept), by
+prunelab.importance.speed.speed_by_batch_size; one thread, so that two lanes of the machine do not meet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from prunelab.importance.speed import speed_by_batch_size
+from prunelab.importance.variants import DecodeSettings
+from prunelab.training import load_run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dense", type=Path)
+    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--sentences", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    dense = load_run(args.dense, data=True)
+    scorer = dense.task_class.scorer(dense.datamodule, DecodeSettings(beam_size=args.beam_size))
+    table = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for run in args.runs:
+        if run.name in table:
+            continue  # measured already: the script resumes
+        pruned = load_run(run).model
+        with torch.inference_mode():
+            rows = speed_by_batch_size(
+                dense.model, pruned, dense.datamodule, scorer, args.batch_sizes, args.sentences, args.repeats
+            )
+        table[run.name] = {"dense": str(args.dense), "threads": 1, "beam_size": args.beam_size, "rows": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(table, indent=2) + "\n")
+        print(run.name, " ".join(f"b{r['batch_size']}: {r['speedup']:.2f}x" for r in rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
