@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Issue 27: prune + distil against training from scratch, by width and by depth, on (a) a translation model prunelab
 # trains on a real corpus (Multi30k en-de) and (b) MiniLM-L6 fine-tuned on SST-2.
-#   experiments/structured/run.sh MULTI30K_DIR SST2_DIR MINILM_DIR [RUNS_DIR]
+#   experiments/structured/run.sh MULTI30K_DIR SST2_DIR MINILM_DIR [RUNS_DIR]   (BASES_ONLY=1: the start models only)
 # (the data folders as experiments/oneshot/run.sh takes them). Two lanes, one core and one thread each (taskset):
-#   core 0: the NMT start model (experiments/oneshot's recipe: 30 min, then a 25-min linear cool-down), its grid;
-#   core 1: MiniLM fine-tuned on SST-2 (25 min), its grid; then the speed measurements of both.
+#   core 0: the NMT start model (experiments/oneshot's recipe by steps: 1,221, then a 1,000-step linear cool-down),
+#           its grid;
+#   core 1: MiniLM fine-tuned on SST-2 (3,000 steps of experiment=finetune), its grid; then both speed measurements.
 # The grid, per model: width (heads + neurons, Minitron's activation scores, the same fraction of every layer) and
 # depth (whole layers by block influence), removing 1/3 and 1/2 of the layer stacks' parameters
 # (pruner.budget=stack_params; results.json gives the fraction of all parameters too), each recovered
@@ -71,16 +72,20 @@ grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES...
 }
 
 (
-    run nmt_base_raw 0 "${NMT[@]}" trainer.max_steps=1000000 trainer.max_time=1800 model.dropout=0.1 task.val_beam_size=1
-    run nmt_base 0 "${NMT[@]}" ckpt="$RUNS/nmt_base_raw" trainer.max_steps=1000000 trainer.max_time=1500 \
-        model.dropout=0.1 task.val_beam_size=1 task.lr=1.2e-3 task.schedule=linear task.warmup_steps=1
-    grid nmt 0 nmt_base "$STEPS_NMT" "${NMT[@]}" model.dropout=0.1 task.val_beam_size=1 -- "${RECOVER_NMT[@]}"
+    # experiments/oneshot's start model by steps, not minutes (1,221 steps in its 30 min, then the cool-down from the
+    # lr where that schedule ended, 3e-3 * sqrt(200 / 1221) = 1.2e-3, decayed to 0): the same model on a busy machine
+    run nmt_base_raw 0 "${NMT[@]}" trainer.max_steps=1221 model.dropout=0.1 task.val_beam_size=1
+    run nmt_base 0 "${NMT[@]}" ckpt="$RUNS/nmt_base_raw" trainer.max_steps=1000 model.dropout=0.1 \
+        task.val_beam_size=1 task.lr=1.2e-3 task.schedule=linear task.warmup_steps=1
+    [ "${BASES_ONLY:-0}" = 1 ] || grid nmt 0 nmt_base "$STEPS_NMT" "${NMT[@]}" model.dropout=0.1 task.val_beam_size=1 \
+        -- "${RECOVER_NMT[@]}"
 ) &
 (
-    run cls_base 1 "${CLS[@]}" trainer.max_steps=100000 trainer.max_time=1500
-    grid cls 1 cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}"
+    run cls_base 1 "${CLS[@]}" trainer.max_steps=3000 trainer.val_check_interval=300
+    [ "${BASES_ONLY:-0}" = 1 ] || grid cls 1 cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}"
 ) &
 wait
+[ "${BASES_ONLY:-0}" = 1 ] && exit 0
 taskset -c 0 .venv/bin/python -m experiments.structured.speed "$RUNS/nmt_base" "$RUNS"/nmt_*_* \
     --out "$HERE/results/speed.json" &
 taskset -c 1 .venv/bin/python -m experiments.structured.speed "$RUNS/cls_base" "$RUNS"/cls_*_* \

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -107,7 +108,7 @@ class StructuredPruner(Pruner):
         criterion: str = "activation",
         budget: str = "params",
         scope: str = "per_layer",
-        units: list[str] | None = None,
+        units: Sequence[str] = UNITS,
         finetune_steps: int = 0,
         recovery: str = "finetune",
         importance_batches: int = 16,
@@ -131,7 +132,7 @@ class StructuredPruner(Pruner):
             raise UserError(
                 f"pruner.criterion for structure={structure} must be one of {', '.join(allowed)}, got {criterion!r}"
             )
-        self.units = tuple(units) if units is not None else UNITS
+        self.units = tuple(units)
         if not self.units or set(self.units) - set(UNITS):
             raise UserError(f"pruner.units must be a non-empty subset of {list(UNITS)}, got {units}")
         if not 0.0 <= sparsity < 1.0:

@@ -1,23 +1,28 @@
 """What every prunelab LightningModule shares: the model, a pluggable Pruner called at fixed points of every
 step, Adam (or Adafactor) with inverse-sqrt warm-up, and checkpoints that carry removed heads/components.
 
-Subclasses (translation, classification) define the loss, evaluation, and which validation metric picks
-the best checkpoint (`monitor`, logged as NaN until the round's mask is final)."""
+Subclasses (translation, classification, language modeling) define the loss, evaluation, and which validation metric
+picks the best checkpoint (`monitor`, logged as NaN until the round's mask is final). With `task.distill.teacher`, every
+training step also distils from a teacher (prunelab.training.distill): a subclass's training_step computes its logits
+once (`student_logits`) and hands its task loss and keep mask to `distilled`."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from prunelab.distributed import gather_objects
 from prunelab.errors import NonFiniteError, UserError
 from prunelab.models.surgery import match_structure
 from prunelab.pruning.base import Pruner
 from prunelab.training.budget import StepBudget
+from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
+from prunelab.training.distill import Distiller
 
 
 def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
@@ -72,8 +77,11 @@ class PrunableTask(L.LightningModule):
         weight_decay: float = 0.0,
         schedule: str = "inverse_sqrt",
         warmup_fraction: float | None = None,
+        distill: Mapping[str, Any] | None = DISTILL_DEFAULTS,
     ):
         super().__init__()
+        if isinstance(distill, DictConfig):  # from Hydra: a plain dict
+            distill = OmegaConf.to_container(distill, resolve=True)  # type: ignore[assignment]
         if optimizer not in OPTIMIZERS:
             raise UserError(f"task.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         if schedule not in SCHEDULES:
@@ -94,6 +102,11 @@ class PrunableTask(L.LightningModule):
         # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
         self._first_bad: torch.Tensor | None = None
         self._bad_loss: torch.Tensor | None = None
+        # task.distill: the teacher and its settings, or None; a plain object, so the teacher is no submodule (not
+        # in the state_dict, the checkpoints or the optimizer)
+        self.distiller: Distiller | None = Distiller.from_settings(distill)
+        if self.distiller is not None:
+            self.distiller.check_student(model)
 
     @property
     def score(self) -> dict[str, str]:
@@ -111,8 +124,44 @@ class PrunableTask(L.LightningModule):
         return self.scorer(datamodule, settings)
 
     def run_report(self) -> dict[str, Any]:
-        """What results.json holds about this task besides its metrics (e.g. how the score was computed)."""
-        return {}
+        """What results.json holds about this task besides its metrics (e.g. how the score was computed): here the
+        distillation settings (`distillation`), when the task distils; subclasses add theirs."""
+        return {"distillation": self.distiller.report()} if self.distiller is not None else {}
+
+    # --- distillation (prunelab.training.distill) --------------------------------------------------------------------
+    def forward_logits(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """`model`'s logits on a training batch, as this task runs its model: the student (self.model) and the
+        teacher go through here alike. Each task defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how its model computes logits (forward_logits)")
+
+    def student_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """forward_logits(self.model, batch); when distilling hidden states, the student's layer outputs are
+        recorded on the way for `distilled`."""
+        if self.distiller is None:
+            return self.forward_logits(self.model, batch)
+        with self.distiller.watch(self.model):
+            return self.forward_logits(self.model, batch)
+
+    def distilled(
+        self,
+        task_loss: torch.Tensor,
+        logits: torch.Tensor,
+        batch: dict[str, Any],
+        keep: torch.Tensor | None = None,
+        masks: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training step's loss from its task loss and the student's `logits` (student_logits): the task loss
+        itself without a teacher; with one, (1 - alpha) * task_loss + alpha * T^2 * KL(teacher || student) averaged
+        over the positions `keep` (the units the task loss averages over) (+ hidden_weight * the hidden-state MSE,
+        over the positions `masks` gives per stack). Also the parts to log (log_training_step)."""
+        if self.distiller is None:
+            return task_loss, {}
+        self.distiller.place(self.model)
+        return self.distiller.loss(task_loss, logits, lambda m: self.forward_logits(m, batch), keep, masks)
+
+    def on_fit_start(self) -> None:
+        if self.distiller is not None:
+            self.distiller.place(self.model)  # the teacher goes where the student is, in its dtype
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_finite(None, self.global_step)  # a loss that went bad since the host last looked
@@ -145,15 +194,20 @@ class PrunableTask(L.LightningModule):
             return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def log_training_step(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
-        """Count the step's real tokens; log loss and lr only at the steps the Trainer sends to the loggers
-        (every trainer.log_every_n_steps, and the last): self.log costs about a millisecond a call."""
+    def log_training_step(
+        self, loss: torch.Tensor, batch: dict[str, Any], parts: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Count the step's real tokens; log loss and lr, and the loss's `parts` (distilled: `train/kd_loss`,
+        `train/hidden_loss`), only at the steps the Trainer sends to the loggers (every trainer.log_every_n_steps,
+        and the last): self.log costs about a millisecond a call."""
         self.train_tokens += batch["n_tokens"]  # real tokens (padding not counted)
         connector = getattr(self.trainer, "_logger_connector", None)
         due = connector is None or connector.should_update_logs or self.global_step + 1 >= self.total_steps
         if due:
             self.log("train/loss", loss, prog_bar=True)
             self.log("lr", self.optimizers().param_groups[0]["lr"])
+            for name, value in (parts or {}).items():
+                self.log(f"train/{name}", value)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.pruner.on_batch(self.model, batch)

@@ -4,6 +4,7 @@ Pruners plug in exactly as for translation (PrunableTask)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from prunelab.errors import UserError
 from prunelab.models.classifier import TransformerClassifier
 from prunelab.pruning.base import Pruner
 from prunelab.tasks.base import PrunableTask, gathered_by_index
+from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
 
 METRICS = ("acc", "f1", "mcc")
 
@@ -41,8 +43,11 @@ class ClassificationTask(PrunableTask):
         warmup_fraction: float | None = None,
         label_smoothing: float = 0.1,
         metric: str = "acc",
+        distill: Mapping[str, Any] | None = DISTILL_DEFAULTS,
     ):
-        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction)
+        super().__init__(
+            model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction, distill=distill
+        )
         if metric not in METRICS:
             raise UserError(f"task.metric must be one of {', '.join(METRICS)}, got {metric!r}")
         self.labels = list(labels)
@@ -53,13 +58,21 @@ class ClassificationTask(PrunableTask):
         self.monitor = f"val/{metric}_at_target"
         self._outputs: list[tuple[int, int, int]] = []  # (index, predicted, gold) of this eval epoch
 
-    def loss(self, batch: dict[str, Any]) -> Tensor:
-        logits = self.model(batch["src"], types=batch.get("types"))  # token types, where the data has them
+    def forward_logits(self, model: Any, batch: dict[str, Any]) -> Tensor:
+        return model(batch["src"], types=batch.get("types"))  # (B, classes); token types, where the data has them
+
+    def example_loss(self, logits: Tensor, batch: dict[str, Any]) -> Tensor:
+        """Label-smoothed cross-entropy of `logits` (B, classes), averaged over the examples."""
         return F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)
 
+    def loss(self, batch: dict[str, Any]) -> Tensor:
+        return self.example_loss(self.forward_logits(self.model, batch), batch)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
-        self.log_training_step(loss, batch)
+        logits = self.student_logits(batch)
+        masks = {"enc": batch["src"] != self.model.cfg.pad_id}  # the layer outputs that count: real tokens
+        loss, parts = self.distilled(self.example_loss(logits, batch), logits, batch, None, masks)  # KL per example
+        self.log_training_step(loss, batch, parts)
         return loss
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
@@ -105,7 +118,7 @@ class ClassificationTask(PrunableTask):
         return AccuracyScorer()
 
     def run_report(self) -> dict[str, Any]:
-        return {"labels": self.labels}  # class index -> label name, as the model predicts them
+        return {**super().run_report(), "labels": self.labels}  # class index -> label name, as the model predicts them
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

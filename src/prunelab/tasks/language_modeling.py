@@ -10,14 +10,18 @@ perplexity, while `val/ppl` and `test/ppl` are the perplexity itself."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
 from prunelab.models.causal_lm import IGNORE, CausalLM
 from prunelab.pruning.base import Pruner
 from prunelab.tasks.base import PrunableTask, gathered_by_index
+from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
 
 Batch = dict[str, Any]
 
@@ -48,16 +52,26 @@ class LanguageModelingTask(PrunableTask):
         weight_decay: float = 0.0,
         schedule: str = "inverse_sqrt",
         warmup_fraction: float | None = None,
+        distill: Mapping[str, Any] | None = DISTILL_DEFAULTS,
     ):
-        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction)
+        super().__init__(
+            model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction, distill=distill
+        )
         self.tokenizer = tokenizer
         self.protocol = dict(protocol or {})
         self._outputs: list[tuple[int, float, int]] = []  # (window index, NLL sum, predicted tokens) of this eval
 
+    def forward_logits(self, model: Any, batch: Batch) -> Tensor:
+        return model(batch["src"])  # (B, T, V): next-token logits
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        nll = self.model.token_nll(batch)  # (B, T), 0 where not scored
-        loss = nll.sum() / (batch["target"] != IGNORE).sum().clamp(min=1)
-        self.log_training_step(loss, batch)
+        logits = self.student_logits(batch)
+        target = batch["target"]
+        wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        nll = F.cross_entropy(wide.flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="none")  # token_nll
+        keep = target != IGNORE  # the predicted tokens the loss averages over; the KL too
+        loss, parts = self.distilled(nll.sum() / keep.sum().clamp(min=1), logits, batch, keep, {"dec": keep})
+        self.log_training_step(loss, batch, parts)
         return loss
 
     def _eval_step(self, batch: Batch) -> None:
@@ -103,4 +117,4 @@ class LanguageModelingTask(PrunableTask):
         return PerplexityScorer()
 
     def run_report(self) -> dict[str, Any]:
-        return {"perplexity_protocol": self.protocol}
+        return {**super().run_report(), "perplexity_protocol": self.protocol}

@@ -9,6 +9,7 @@ imported MarianMT model) and `prunelab` for any other. results.json records the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import Pruner
 from prunelab.tasks.base import PrunableTask, gathered_by_index, inverse_sqrt_schedule
+from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
 
 __all__ = ["TranslationTask", "inverse_sqrt_schedule"]
 
@@ -54,8 +56,11 @@ class TranslationTask(PrunableTask):
         max_len_b: int = 10,
         decoding: str = "auto",
         generation: dict[str, Any] | None = None,
+        distill: Mapping[str, Any] | None = DISTILL_DEFAULTS,
     ):
-        super().__init__(model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction)
+        super().__init__(
+            model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction, distill=distill
+        )
         self.tokenizer = tokenizer
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size
@@ -84,8 +89,11 @@ class TranslationTask(PrunableTask):
         }
 
     # --- training --------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> Tensor:
-        logits = self.model(batch["src"], batch["tgt_in"])  # (B, T, V)
+    def forward_logits(self, model: Any, batch: Batch) -> Tensor:
+        return model(batch["src"], batch["tgt_in"])  # (B, T, V)
+
+    def token_loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        """Label-smoothed cross-entropy of `logits` (B, T, V) against tgt_out, averaged over its non-pad tokens."""
         return F.cross_entropy(
             logits.flatten(0, 1).float(),
             batch["tgt_out"].flatten(),
@@ -93,9 +101,16 @@ class TranslationTask(PrunableTask):
             label_smoothing=self.label_smoothing,
         )
 
+    def loss(self, batch: Batch) -> Tensor:
+        return self.token_loss(self.forward_logits(self.model, batch), batch)
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
-        self.log_training_step(loss, batch)
+        logits = self.student_logits(batch)
+        pad = self.tokenizer.pad_id
+        keep = batch["tgt_out"] != pad  # the tokens the task loss averages over; the KL too
+        masks = {"enc": batch["src"] != pad, "dec": keep}  # the layer outputs that count, per stack
+        loss, parts = self.distilled(self.token_loss(logits, batch), logits, batch, keep, masks)
+        self.log_training_step(loss, batch, parts)
         return loss
 
     # --- evaluation ------------------------------------------------------------------------------
@@ -169,8 +184,9 @@ class TranslationTask(PrunableTask):
         was loaded from a finished run): BLEU, TER, chrF and the lowercased BLEU (`bleu_lc`)."""
         scores = self.last_eval.get("test", {}).get("scores")
         if scores is None:
-            return {"decoding": self.decoding()}
+            return {**super().run_report(), "decoding": self.decoding()}
         return {
+            **super().run_report(),
             "decoding": self.decoding(),
             "bleu_signature": scores.bleu_signature,
             "ter_signature": scores.ter_signature,
