@@ -358,3 +358,30 @@ def test_a_run_stands_alone_without_its_source_folder(made: dict[str, Path], tmp
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode != 0 and len(errors) == 1 and str(sources["tsv"]) in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_width_pruned_bert_reloads_and_exports_narrower(made: dict[str, Path], tmp_path: Path) -> None:
+    """pruner=structured on an imported BERT: heads and neurons cut out, the run reloads through load_run (weights_only
+    checkpoints) to the accuracy it reported, and its Hugging Face export is the narrower network, with our logits."""
+    transformers = pytest.importorskip("transformers")
+    from prunelab.export import export_hf_run
+    from prunelab.training import load_run
+
+    run = encoder_run(made, tmp_path / "run", "pruner=structured", "sparsity=0.3", "pruner.importance_batches=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    ours = load_run(run.dir, data=True)
+    widths = {layer.ff.width for layer in ours.model.enc}
+    assert len(widths) == 1 and widths.pop() < ours.model.cfg.d_ff  # per layer: every feed-forward as narrow
+    correct = total = 0
+    with torch.no_grad():
+        for batch in ours.datamodule.test_dataloader():
+            correct += int((ours.model(batch["src"], types=batch["types"]).argmax(-1) == batch["label"]).sum())
+            total += len(batch["label"])
+    assert correct / total == pytest.approx(run.results["metrics"]["test/acc"], abs=1e-9)
+    folder, _ = export_hf_run(run.dir, tmp_path / "hf")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert hf.config.intermediate_size == ours.model.enc[0].ff.width
+    batch = next(iter(ours.datamodule.test_dataloader()))
+    with torch.no_grad():
+        theirs = hf(input_ids=batch["src"], token_type_ids=batch["types"], attention_mask=batch["src"] != 0).logits
+        torch.testing.assert_close(theirs, ours.model(batch["src"], types=batch["types"]), atol=1e-5, rtol=1e-5)
