@@ -5,7 +5,7 @@
 # (the data folders as experiments/oneshot/run.sh takes them). Two lanes, one core and one thread each (taskset):
 #   core 0: the NMT start model (experiments/oneshot's recipe by steps: 1,221, then a 1,000-step linear cool-down),
 #           its grid;
-#   core 1: MiniLM fine-tuned on SST-2 (3,000 steps of experiment=finetune), its grid; then both speed measurements.
+#   core 1: MiniLM fine-tuned on SST-2 (1,200 steps of experiment=finetune), its grid; then both speed measurements.
 # The grid, per model: width (heads + neurons, Minitron's activation scores, the same fraction of every layer) and
 # depth (whole layers by block influence), removing 1/3 and 1/2 of the layer stacks' parameters
 # (pruner.budget=stack_params; results.json gives the fraction of all parameters too), each recovered
@@ -81,7 +81,7 @@ grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES...
         -- "${RECOVER_NMT[@]}"
 ) &
 (
-    run cls_base 1 "${CLS[@]}" trainer.max_steps=3000 trainer.val_check_interval=300
+    run cls_base 1 "${CLS[@]}" trainer.max_steps=1200 trainer.val_check_interval=200
     [ "${BASES_ONLY:-0}" = 1 ] || grid cls 1 cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}"
 ) &
 wait
