@@ -108,3 +108,30 @@ def test_layer_granularity_chooses_whole_layers_with_the_least_influence() -> No
     bi = manual_layers(model, data())
     weakest = min(bi, key=bi.get)
     assert chosen == [f"{weakest}.sa", f"{weakest}.ff"]
+
+
+def test_decoder_layers_of_a_translation_model_count_only_real_target_positions(tiny_model: Transformer) -> None:
+    """An encoder-decoder: encoder layers over the real source tokens, decoder layers over the real decoder inputs
+    (its own padding, not the source's), recomputed layer by layer."""
+    g = torch.Generator().manual_seed(4)
+    src = torch.randint(4, 50, (3, 7), generator=g)
+    src[0, 4:] = 0
+    tgt_in = torch.randint(4, 50, (3, 9), generator=g)
+    tgt_in[1, 5:] = 0
+    tgt_out = torch.randint(4, 50, (3, 9), generator=g)
+    batch = {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
+    got = block_influence(tiny_model, [batch], layers=True)
+    with torch.no_grad():
+        mask = tiny_model.key_mask(src)
+        x, want = tiny_model.embed_tokens(src), {}
+        for i, layer in enumerate(tiny_model.enc):
+            y = layer(x, mask)
+            want[f"enc.{i}"] = 1 - float(F.cosine_similarity(x, y, dim=-1)[src != 0].double().mean())
+            x = y
+        mem, mem_mask = tiny_model.encode(src)
+        x = tiny_model.embed_tokens(tgt_in)
+        for i, layer in enumerate(tiny_model.dec):
+            y = layer(x, mem, mem_mask)
+            want[f"dec.{i}"] = 1 - float(F.cosine_similarity(x, y, dim=-1)[tgt_in != 0].double().mean())
+            x = y
+    assert got == pytest.approx(want, rel=1e-5)

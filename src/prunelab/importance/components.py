@@ -146,7 +146,7 @@ def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool =
     layer (`dec.3`) with `layers`, over the real tokens of `batches` (padding left out). Pre-norm models only: there
     the stream before a sub-layer is the input of its norm and the stream after is that plus the sub-layer's output."""
     from prunelab.errors import UserError
-    from prunelab.pruning.calibration import batch_real_tokens
+    from prunelab.importance.width import real_positions
 
     if not model.cfg.pre_norm:
         raise UserError("block influence needs a pre-norm model (post-norm normalises the stream inside each block)")
@@ -154,13 +154,13 @@ def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool =
     model.eval()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    real: list[Tensor | None] = [None]
+    real: dict[str, Tensor | None] = {}  # per stack: the real tokens it reads (the decoder its own inputs)
     inputs: dict[str, Tensor] = {}
     handles = []
 
     def add(name: str, before: Tensor, after: Tensor) -> None:
         cos = torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=-1)  # (B, T)
-        r = real[0]
+        r = real.get(name.split(".")[0])
         if r is not None and r.shape == cos.shape:
             cos = cos[r]
         sums[name] = sums.get(name, 0.0) + float(cos.double().sum())
@@ -183,7 +183,8 @@ def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool =
             )
     try:
         for b in batches:
-            real[0] = batch_real_tokens(b, model.cfg.pad_id)
+            for side in ("enc", "dec"):
+                real[side] = real_positions(model, b, side)
             model.example_losses(b)  # type: ignore[operator]
     finally:
         for h in handles:
