@@ -360,3 +360,31 @@ def test_scratch_recovery_reinitialises_the_smaller_model() -> None:
             assert p.abs().max() <= bound and not torch.equal(p, before[name]), name
     with pytest.raises(UserError, match="finetune_steps"):
         StructuredPruner(0.2, recovery="scratch")
+
+
+def test_depth_by_contribution_removes_the_layer_whose_loss_costs_least() -> None:
+    """criterion=contribution: a layer's score is the sum of its sub-layers' Eq. 1 contributions from the task's
+    scorer (perplexity here: a continuous score); the chosen layer is the one with the smallest sum, computed here
+    from the scorer's own ablation."""
+    from prunelab.importance.components import contribution_scores
+    from prunelab.tasks.language_modeling import LanguageModelingTask
+
+    model = llama()
+    b = [lm_batch(0), lm_batch(1)]
+
+    class Task:
+        def own_scorer(self, datamodule, settings=None):
+            return LanguageModelingTask.scorer(datamodule, settings)
+
+    pruner = StructuredPruner(sparsity=0.3, structure="depth", criterion="contribution")
+    pruner.attach(model)
+    pruner.use_data(Data(b), Task())
+    names = [f"dec.{i}.{k}" for i in range(3) for k in ("sa", "ff")]
+    res = Task().own_scorer(None).ablation(model, b, names)
+    per_layer = {f"dec.{i}": 0.0 for i in range(3)}
+    for n, v in contribution_scores(res.drops, res.baseline).items():
+        per_layer[n.rsplit(".", 1)[0]] += v
+    low = sorted(per_layer.values())
+    assert low[0] < low[1]  # one least important layer: choosing another shows
+    pruner.on_round_end(model, 0)
+    assert removed_layers(model) == [min(per_layer, key=per_layer.get)]

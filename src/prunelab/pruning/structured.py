@@ -16,9 +16,11 @@ structure=width   every feed-forward neuron and attention head is scored by `cri
                   widths: a Hugging Face export gets a smaller `intermediate_size`), `scope=global` ranks each kind of
                   unit across layers (scores normalised by their layer's L2 norm, as Michel et al. do for heads). At
                   least one unit of each component is kept.
-structure=depth   whole layers are scored by block influence (Men et al. 2024: 1 - cos of the residual stream before
-                  and after the layer; pre-norm models) and removed, least influential first, as many as bring the
-                  removed cost closest to `sparsity` (at least one layer is kept).
+structure=depth   whole layers are scored by `criterion`: block_influence (Men et al. 2024: 1 - cos of the residual
+                  stream before and after the layer; pre-norm models; one forward pass) or contribution (Wang & Tu
+                  2020, Eq. 1: the task score's drop when each sub-layer is zeroed, summed per layer; an evaluation
+                  per sub-layer), and removed, least important first, as many as bring the removed cost closest to
+                  `sparsity` (at least one layer is kept).
 
 Rounds (each a `trainer.fit`): 0 dense (trained, or evaluated only when the run starts from `ckpt=` or an imported
 checkpoint), 1 pruned (evaluated as cut), 2 `finetune_steps` > 0 steps of recovery: `recovery=finetune` trains the
@@ -40,7 +42,7 @@ from torch import nn
 
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.components import block_influence
+from prunelab.importance.components import block_influence, contribution_scores
 from prunelab.importance.width import CRITERIA, width_importance
 from prunelab.models.addressing import component, component_names
 from prunelab.models.cost import cost, stack_flops
@@ -126,7 +128,7 @@ class StructuredPruner(Pruner):
         for value, allowed, key in checks:
             if value not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-        depth_criteria = ("block_influence",)
+        depth_criteria = ("block_influence", "contribution")
         if criterion not in (depth_criteria if structure == "depth" else CRITERIA):
             allowed = depth_criteria if structure == "depth" else CRITERIA
             raise UserError(
@@ -163,6 +165,7 @@ class StructuredPruner(Pruner):
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
+        self._task = task  # its scorer gives Wang & Tu's contribution (criterion=contribution)
 
     @property
     def _unit_budget(self) -> str:
@@ -220,7 +223,11 @@ class StructuredPruner(Pruner):
         return {**self.choose_width(model, batches), "layers": []}
 
     def choose_layers(self, model: nn.Module, batches: list[dict]) -> list[str]:
-        influence = block_influence(model, batches, layers=True)  # type: ignore[arg-type]
+        influence = (
+            self.layer_contributions(model)
+            if self.criterion == "contribution"
+            else block_influence(model, batches, layers=True)  # type: ignore[arg-type]
+        )
         present = {n.rsplit(".", 1)[0] for n in component_names(model)}  # type: ignore[arg-type]
         influence = {n: v for n, v in influence.items() if n in present}
         order = sorted(influence, key=lambda n: influence[n])
@@ -237,6 +244,21 @@ class StructuredPruner(Pruner):
                 best, best_gap = k, abs(removed - target)
         log.info("structured: removing %d of %d layers by block influence: %s", best, len(order), order[:best])
         return order[:best]
+
+    def layer_contributions(self, model: nn.Module) -> dict[str, float]:
+        """Wang & Tu's contribution (Eq. 1: the task score's drop when a component is zeroed, on the validation data)
+        summed over each layer's sub-layers, as ComponentPruner's granularity=layer."""
+        if getattr(self, "_task", None) is None:
+            raise RuntimeError(
+                "StructuredPruner.use_data(datamodule, task) must be called before criterion=contribution"
+            )
+        scorer = self._task.own_scorer(self._datamodule)
+        batches = list(self._datamodule.val_dataloader())
+        res = scorer.ablation(model, batches, component_names(model))  # type: ignore[arg-type]
+        layers: dict[str, float] = {}
+        for n, v in contribution_scores(res.drops, res.baseline).items():
+            layers[n.rsplit(".", 1)[0]] = layers.get(n.rsplit(".", 1)[0], 0.0) + v
+        return layers
 
     def choose_width(self, model: nn.Module, batches: list[dict]) -> dict[str, dict[str, list[int]]]:
         kinds = {"heads": MultiHeadAttention, "neurons": FeedForward}
