@@ -165,7 +165,9 @@ class StructuredPruner(Pruner):
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
-        self._task = task  # its scorer gives Wang & Tu's contribution (criterion=contribution)
+        # the task's scorer gives Wang & Tu's contribution (criterion=contribution); its bound method, not the task
+        # itself, which owns this pruner (an nn.Module attribute would register the task as a submodule: a cycle)
+        self._own_scorer = task.own_scorer if task is not None else None
 
     @property
     def _unit_budget(self) -> str:
@@ -248,11 +250,11 @@ class StructuredPruner(Pruner):
     def layer_contributions(self, model: nn.Module) -> dict[str, float]:
         """Wang & Tu's contribution (Eq. 1: the task score's drop when a component is zeroed, on the validation data)
         summed over each layer's sub-layers, as ComponentPruner's granularity=layer."""
-        if getattr(self, "_task", None) is None:
+        if getattr(self, "_own_scorer", None) is None:
             raise RuntimeError(
                 "StructuredPruner.use_data(datamodule, task) must be called before criterion=contribution"
             )
-        scorer = self._task.own_scorer(self._datamodule)
+        scorer = self._own_scorer(self._datamodule)
         batches = list(self._datamodule.val_dataloader())
         res = scorer.ablation(model, batches, component_names(model))  # type: ignore[arg-type]
         layers: dict[str, float] = {}
