@@ -33,6 +33,7 @@ import generation
 import oneshot
 import precision
 import pretrained
+import semi_structured
 import torch
 import training
 from harness import Figure
@@ -82,6 +83,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             *oneshot.prune_encoder(n=128, seq=128, batch=4, reps=1),  # 512-token batches, as pruner=oneshot makes
             *oneshot.layer_solve(reps=2 if q else 3),
         ],
+        "sparse24": lambda: semi_structured.linear_and_encoder(reps=3 if q else 5),
         "causal_lm": lambda: causal_lm.llama_100m(
             train_steps=1 if q else 2,
             train_reps=2 if q else 4,
@@ -100,6 +102,7 @@ SMOKE_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 
 SMOKE_LLAMA = {"vocab_size": 500, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
 SMOKE_LLAMA |= {"num_attention_heads": 4, "num_key_value_heads": 2}
 SMOKE_ONESHOT = {"vocab_size": 3000, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_layers": 2}
+SMOKE_24 = {"vocab_size": 3000, "d_model": 64, "n_heads": 2, "d_ff": 128, "enc_layers": 1}
 SMOKE_MARIAN = {
     "d_model": 32,
     "encoder_layers": 1,
@@ -159,6 +162,7 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
             *oneshot.prune_encoder(n=8, seq=16, batch=4, changes=SMOKE_ONESHOT),
             *oneshot.layer_solve(rows=16, cols=64, tokens=128, reps=1),
         ],
+        "sparse24": lambda: semi_structured.linear_and_encoder(batches=(1, 4), seq=16, reps=1, changes=SMOKE_24),
         "causal_lm": lambda: causal_lm.llama_100m(
             train_steps=1,
             train_reps=1,

@@ -159,6 +159,7 @@ def load_sparse(path: Path) -> Transformer:
 
 
 HF_FORMAT = "hf"  # a Hugging Face folder, not a prunelab file (export_hf_run)
+SEMI_FORMAT = "2:4"  # dense fp16/bf16 weights to be turned into semi-structured tensors on a GPU (export_2of4_run)
 
 
 def export(
@@ -167,7 +168,45 @@ def export(
     """What `prunelab export` writes: `prunelab.export.export_run`, or export_hf_run for fmt="hf"."""
     if fmt == HF_FORMAT:
         return export_hf_run(run_dir, out, dtype)
+    if fmt == SEMI_FORMAT:
+        return export_2of4_run(run_dir, out, dtype)
     return export_run(run_dir, out, fmt=fmt, dtype=dtype)
+
+
+def export_2of4_run(run_dir: Path, out: Path | None = None, dtype: str = "fp32") -> tuple[Path, dict[str, Any]]:
+    """`--format 2:4`: a run with 2:4 masks -> a file for `prunelab.models.semi_structured.load_2of4`, which runs its
+    2:4 Linear weights with PyTorch's semi-structured sparse kernels on a GPU (default `RUN_DIR/model.2of4.pt`). The
+    kernels take fp16 or bf16: `dtype` bf16 is kept, anything else is stored as fp16. Stats: file, format, dtype,
+    file_bytes, semi_structured (the matrices the kernels take), dense_2of4 (2:4 matrices whose shape they cannot
+    take, left dense)."""
+    from prunelab.models.semi_structured import DTYPES as SEMI_DTYPES
+    from prunelab.models.semi_structured import FORMAT_2OF4, pack_2of4
+
+    kept = dtype if dtype in SEMI_DTYPES else "fp16"
+    config, model_config, state, masks = _model_state(run_dir)
+    try:
+        packed, sparse, dense = pack_2of4(state, masks, SEMI_DTYPES[kept])
+    except ValueError as e:
+        raise UserError(f"{run_dir}: cannot export as 2:4: {e}") from None
+    blob = {
+        "format": FORMAT_2OF4,
+        "config": config,
+        "model_config": model_config,
+        "dtype": kept,
+        "state": packed,
+        "semi_structured": sparse,
+    }
+    out = out or run_dir / "model.2of4.pt"
+    torch.save(blob, out)
+    stats = {
+        "file": str(out),
+        "format": SEMI_FORMAT,
+        "dtype": kept,
+        "file_bytes": out.stat().st_size,
+        "semi_structured": sparse,
+        "dense_2of4": dense,
+    }
+    return out, stats
 
 
 def export_hf_run(run_dir: Path, out: Path | None = None, dtype: str = "fp32") -> tuple[Path, dict[str, Any]]:

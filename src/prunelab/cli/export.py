@@ -1,6 +1,7 @@
-"""`prunelab export RUN_DIR [--format bitmask|csc|hf] [--dtype fp32|fp16|bf16] [--out PATH]`: the pruned model of a
-run in a compact sparse file (default `RUN_DIR/model.sparse.pt`; the formats: `prunelab.export`), or
-(`--format hf`) as a Hugging Face folder.
+"""`prunelab export RUN_DIR [--format bitmask|csc|hf|2:4] [--dtype fp32|fp16|bf16] [--out PATH]`: the pruned model of
+a run in a compact sparse file (default `RUN_DIR/model.sparse.pt`; the formats: `prunelab.export`), or
+(`--format hf`) as a Hugging Face folder, or (`--format 2:4`, runs with 2:4 masks) as fp16/bf16 weights that
+`prunelab.models.semi_structured.load_2of4` runs with PyTorch's semi-structured sparse kernels on a GPU.
 
 `--format hf` (runs of model=hf_encoder / model=hf_marian only, fp32 only; default `RUN_DIR/hf`): the run's model
 written back as the Hugging Face folder it was imported from (`model.path`), masks, zero gates and removed heads
@@ -16,16 +17,17 @@ import sys
 from pathlib import Path
 
 from prunelab.errors import UserError
-from prunelab.export import DTYPES, FORMATS, HF_FORMAT, export
+from prunelab.export import DTYPES, FORMATS, HF_FORMAT, SEMI_FORMAT, export
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument(
         "--format",
-        choices=[*FORMATS, HF_FORMAT],
+        choices=[*FORMATS, HF_FORMAT, SEMI_FORMAT],
         default="bitmask",
-        help="bitmask (default), csc, or hf (a Hugging Face folder, for runs of an imported model)",
+        help="bitmask (default), csc, hf (a Hugging Face folder, for runs of an imported model), or 2:4 (for GPU "
+        "semi-structured kernels; fp16 unless --dtype bf16)",
     )
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="storage dtype of every float tensor")
     parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/model.sparse.pt (hf: RUN_DIR/hf)")
