@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 27: prune + distil against training from scratch, by width and by depth, on (a) a translation model prunelab
 # trains on a real corpus (Multi30k en-de) and (b) MiniLM-L6 fine-tuned on SST-2.
-#   experiments/structured/run.sh MULTI30K_DIR SST2_DIR MINILM_DIR [RUNS_DIR]   (BASES_ONLY=1: the start models only)
+#   experiments/structured/run.sh MULTI30K_DIR SST2_DIR MINILM_DIR [RUNS_DIR]
+#   (BASES_ONLY=1: the start models only; LANES=nmt or LANES=cls: one lane only)
 # (the data folders as experiments/oneshot/run.sh takes them). Two lanes, one core and one thread each (taskset):
 #   core 0: the NMT start model (experiments/oneshot's recipe by steps: 1,221, then a 1,000-step linear cool-down),
 #           its grid;
@@ -30,6 +31,7 @@ RECOVER_NMT=(task.lr=5e-4 task.schedule=linear task.warmup_fraction=0.1 trainer.
 RECOVER_CLS=(trainer.val_check_interval=100)
 STEPS_NMT=${STEPS_NMT:-300}
 STEPS_CLS=${STEPS_CLS:-300}
+LANES=" ${LANES:-nmt cls} "
 
 done_run() { grep -qs '"status": "completed"' "$RUNS/$1/results.json"; }
 
@@ -71,7 +73,7 @@ grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES...
     done
 }
 
-(
+[[ $LANES == *" nmt "* ]] && (
     # experiments/oneshot's start model by steps, not minutes (1,221 steps in its 30 min, then the cool-down from the
     # lr where that schedule ended, 3e-3 * sqrt(200 / 1221) = 1.2e-3, decayed to 0): the same model on a busy machine
     run nmt_base_raw 0 "${NMT[@]}" trainer.max_steps=1221 model.dropout=0.1 task.val_beam_size=1
@@ -80,12 +82,13 @@ grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES...
     [ "${BASES_ONLY:-0}" = 1 ] || grid nmt 0 nmt_base "$STEPS_NMT" "${NMT[@]}" model.dropout=0.1 task.val_beam_size=1 \
         -- "${RECOVER_NMT[@]}"
 ) &
-(
+[[ $LANES == *" cls "* ]] && (
     run cls_base 1 "${CLS[@]}" trainer.max_steps=1200 trainer.val_check_interval=200
     [ "${BASES_ONLY:-0}" = 1 ] || grid cls 1 cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}"
 ) &
 wait
 [ "${BASES_ONLY:-0}" = 1 ] && exit 0
+[[ $LANES == " nmt cls " ]] || exit 0  # one lane: the speed and the report wait for both
 taskset -c 0 .venv/bin/python -m experiments.structured.speed "$RUNS/nmt_base" "$RUNS"/nmt_*_* \
     --out "$HERE/results/speed.json" &
 taskset -c 1 .venv/bin/python -m experiments.structured.speed "$RUNS/cls_base" "$RUNS"/cls_*_* \
