@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import skip_init  # the weights are copied in: no init needed
+from torch.nn.utils import skip_init
 
 from prunelab.models.kernels import Dropout, attention  # CPU fast paths: exact to their definitions
 
@@ -174,11 +174,21 @@ def gated(y: Tensor, g: Tensor) -> Tensor:
     return y * g if g.dim() == 0 else y * g.view(-1, *([1] * (y.dim() - 1)))
 
 
-def _uninitialised_linear(n_in: int, n_out: int, like: Tensor, bias: bool = True) -> nn.Linear:
-    """A Linear whose weights are about to be copied in (n_in or n_out may be 0 once all heads are gone)."""
+@torch.no_grad()
+def _sliced_linear(old: nn.Linear, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Linear:
+    """A copy of `old` keeping only the output `rows` (with their biases) or only the input `cols` (all biases);
+    either may end up empty once all heads or neurons are gone."""
+    w = old.weight if rows is None else old.weight[rows]
+    w = w if cols is None else w[:, cols]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
-        return skip_init(nn.Linear, n_in, n_out, bias=bias, device=like.device, dtype=like.dtype)
+        new = skip_init(
+            nn.Linear, w.shape[1], w.shape[0], bias=old.bias is not None, device=w.device, dtype=w.dtype
+        )  # the weights are copied in: no init needed
+    new.weight.copy_(w)
+    if old.bias is not None:
+        new.bias.copy_(old.bias if rows is None else old.bias[rows])
+    return new
 
 
 class RMSNorm(nn.Module):
@@ -385,19 +395,9 @@ class MultiHeadAttention(nn.Module):
             kv_keep = [i for i, g in enumerate(self.kv_ids.tolist()) if g in left]
         for name, r in (("q_proj", rows(keep)), ("k_proj", rows(kv_keep)), ("v_proj", rows(kv_keep))):
             old = getattr(self, name)
-            if old is None:  # a uniform map has no Q or K
-                continue
-            new = _uninitialised_linear(old.in_features, len(r), old.weight, old.bias is not None)
-            new.weight.copy_(old.weight[r])
-            if old.bias is not None:
-                new.bias.copy_(old.bias[r])
-            setattr(self, name, new)
-        old, r = self.out_proj, rows(keep)
-        new = _uninitialised_linear(len(r), old.out_features, old.weight, old.bias is not None)
-        new.weight.copy_(old.weight[:, r])
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
-        self.out_proj = new
+            if old is not None:  # a uniform map has no Q or K
+                setattr(self, name, _sliced_linear(old, rows=r.to(old.weight.device)))
+        self.out_proj = _sliced_linear(self.out_proj, cols=rows(keep).to(self.out_proj.weight.device))
         idx = torch.tensor(keep, dtype=torch.long, device=self.head_ids.device)
         self.head_gate = self.head_gate[idx.to(self.head_gate.device)].clone()
         self.head_ids = self.head_ids[idx].clone()
@@ -457,21 +457,10 @@ class FeedForward(nn.Module):
         if len(keep) == len(numbers):
             return
         idx = torch.tensor(keep, dtype=torch.long, device=self.fc1.weight.device)
-        for name in ("fc1", "fc3"):
-            old = getattr(self, name)
-            if old is None:
-                continue
-            new = _uninitialised_linear(old.in_features, len(keep), old.weight, old.bias is not None)
-            new.weight.copy_(old.weight[idx])
-            if old.bias is not None:
-                new.bias.copy_(old.bias[idx])
-            setattr(self, name, new)
-        old = self.fc2
-        new = _uninitialised_linear(len(keep), old.out_features, old.weight, old.bias is not None)
-        new.weight.copy_(old.weight[:, idx])
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
-        self.fc2 = new
+        self.fc1 = _sliced_linear(self.fc1, rows=idx)
+        if self.fc3 is not None:
+            self.fc3 = _sliced_linear(self.fc3, rows=idx)
+        self.fc2 = _sliced_linear(self.fc2, cols=idx)
         ids = torch.tensor([numbers[i] for i in keep], dtype=torch.long, device=self.gate.device)
         if hasattr(self, "neuron_ids"):
             self.neuron_ids = ids
