@@ -52,6 +52,15 @@ class CausalLayer(Layer):
         return self.ff_block(x)
 
 
+def nll_of(logits: Tensor, target: Tensor) -> Tensor:
+    """Logits (B, T, V) and targets (B, T) -> the negative log-likelihood of every target (B, T), 0 where the target is
+    IGNORE; computed in fp32 at least."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="none").view_as(
+        target
+    )
+
+
 class CausalLM(Transformer):
     """tokens (B, T) -> next-token logits (B, T, V)."""
 
@@ -94,10 +103,7 @@ class CausalLM(Transformer):
 
     def token_nll(self, batch: dict[str, Any]) -> Tensor:
         """Negative log-likelihood of every target (B, T), 0 where the target is IGNORE; fp32 at least."""
-        logits = self(batch["src"])
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        tgt = batch["target"]
-        return F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=IGNORE, reduction="none").view_as(tgt)
+        return nll_of(self(batch["src"]), batch["target"])
 
     def example_losses(self, batch: dict[str, Any]) -> Tensor:
         """Per-window loss L(x): the mean NLL of its scored targets, (B,)."""

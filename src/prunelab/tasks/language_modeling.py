@@ -13,12 +13,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.models.causal_lm import IGNORE, CausalLM
+from prunelab.models.causal_lm import IGNORE, CausalLM, nll_of
 from prunelab.pruning.base import Pruner
 from prunelab.tasks.base import PrunableTask, gathered_by_index
 from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
@@ -66,10 +64,8 @@ class LanguageModelingTask(PrunableTask):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         logits = self.student_logits(batch)
-        target = batch["target"]
-        wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        nll = F.cross_entropy(wide.flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="none")  # token_nll
-        keep = target != IGNORE  # the predicted tokens the loss averages over; the KL too
+        nll = nll_of(logits, batch["target"])  # (B, T), 0 where not scored
+        keep = batch["target"] != IGNORE  # the predicted tokens the loss averages over; the KL too
         loss, parts = self.distilled(nll.sum() / keep.sum().clamp(min=1), logits, batch, keep, {"dec": keep})
         self.log_training_step(loss, batch, parts)
         return loss
