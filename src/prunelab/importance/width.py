@@ -17,7 +17,8 @@ for every feed-forward (`enc.0.ff`) and attention (`dec.1.sa`) component; the mo
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -47,12 +48,30 @@ def _units(module: nn.Module) -> tuple[nn.Linear, int, int]:
     return module.out_proj, module.n_heads, module.head_dim
 
 
+@contextmanager
+def _reading_units(model: Transformer, names: list[str], make: Callable[[str, int, int], Callable]) -> Iterator[None]:
+    """Within the block, a forward pre-hook `make(name, units, unit width)` on the Linear that reads each component's
+    units (fc2: neurons, out_proj: heads)."""
+    handles = []
+    for n in names:
+        reader, units, width = _units(component(model, n))
+        handles.append(reader.register_forward_pre_hook(make(n, units, width)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _zeros(model: Transformer, names: list[str]) -> dict[str, Tensor]:
+    return {n: torch.zeros(_units(component(model, n))[1], dtype=torch.float64) for n in names}
+
+
 @torch.no_grad()
 def _activation_scores(model: Transformer, batches: Iterable[Batch], names: list[str]) -> dict[str, Tensor]:
-    sums = {n: torch.zeros(_units(component(model, n))[1], dtype=torch.float64) for n in names}
+    sums = _zeros(model, names)
     counts = dict.fromkeys(names, 0)
     real: dict[str, Tensor | None] = {}
-    handles = []
 
     def hook(name: str, units: int, width: int) -> Callable[..., None]:
         def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
@@ -66,25 +85,18 @@ def _activation_scores(model: Transformer, batches: Iterable[Batch], names: list
 
         return record
 
-    for n in names:
-        reader, units, width = _units(component(model, n))
-        handles.append(reader.register_forward_pre_hook(hook(n, units, width)))
-    try:
+    with _reading_units(model, names, hook):
         for batch in batches:
             for side in ("enc", "dec"):
                 real[side] = real_positions(model, batch, side)
             model.example_losses(batch)
-    finally:
-        for h in handles:
-            h.remove()
     return {n: (sums[n] / max(1, counts[n])).float() for n in names}
 
 
 def _taylor_scores(model: Transformer, batches: Iterable[Batch], names: list[str]) -> dict[str, Tensor]:
-    totals = {n: torch.zeros(_units(component(model, n))[1], dtype=torch.float64) for n in names}
+    totals = _zeros(model, names)
     gates: dict[str, Tensor] = {}
     count = 0
-    handles = []
 
     def hook(name: str, units: int, width: int) -> Callable[..., tuple[Tensor]]:
         def gated(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor]:
@@ -95,10 +107,7 @@ def _taylor_scores(model: Transformer, batches: Iterable[Batch], names: list[str
 
         return gated
 
-    for n in names:
-        reader, units, width = _units(component(model, n))
-        handles.append(reader.register_forward_pre_hook(hook(n, units, width)))
-    try:
+    with _reading_units(model, names, hook):
         for batch in batches:
             gates.clear()
             losses = model.example_losses(batch)  # (B,)
@@ -108,9 +117,6 @@ def _taylor_scores(model: Transformer, batches: Iterable[Batch], names: list[str
                 if g is not None:  # row b = ∂L(x_b)/∂ξ: per example, then |.|
                     totals[n] += g.detach().double().abs().sum((0, 1)).cpu()
             count += losses.shape[0]
-    finally:
-        for h in handles:
-            h.remove()
     if count == 0:
         raise ValueError("width_importance needs at least one batch")
     return {n: (t / count).float() for n, t in totals.items()}
