@@ -185,6 +185,16 @@ def test_mask_pruned_bert_and_marian_export_to_hugging_face(made: dict[str, Path
         assert (folder / "tokenizer_config.json").is_file()  # self-contained: its tokenizer came along
 
 
+def reloaded_accuracy(run) -> float:
+    """The test accuracy of a reloaded run's model (load_run with data), computed here batch by batch."""
+    correct = total = 0
+    with torch.no_grad():
+        for batch in run.datamodule.test_dataloader():
+            correct += int((run.model(batch["src"], types=batch["types"]).argmax(-1) == batch["label"]).sum())
+            total += len(batch["label"])
+    return correct / total
+
+
 def test_head_pruned_run_reloads_in_prunelab(made: dict[str, Path], tmp_path: Path) -> None:
     """Heads removed from an imported BERT (which transformers v5 cannot represent) reload through load_run, from
     checkpoints read with weights_only=True, and score what the run reported."""
@@ -197,12 +207,7 @@ def test_head_pruned_run_reloads_in_prunelab(made: dict[str, Path], tmp_path: Pa
     assert sum(heads) == 4  # 8 heads, half removed
     proc = prunelab_cli("export", str(run.dir), "--format", "hf")  # a removed head comes back as zeros
     assert proc.returncode == 0, proc.stderr[-3000:]
-    correct = total = 0
-    with torch.no_grad():
-        for batch in ours.datamodule.test_dataloader():
-            correct += int((ours.model(batch["src"], types=batch["types"]).argmax(-1) == batch["label"]).sum())
-            total += len(batch["label"])
-    assert correct / total == pytest.approx(run.results["metrics"]["test/acc"], abs=1e-9)
+    assert reloaded_accuracy(ours) == pytest.approx(run.results["metrics"]["test/acc"], abs=1e-9)
 
 
 def test_datasets_readers_from_the_command_line(made: dict[str, Path], tmp_path: Path) -> None:
@@ -372,12 +377,7 @@ def test_width_pruned_bert_reloads_and_exports_narrower(made: dict[str, Path], t
     ours = load_run(run.dir, data=True)
     widths = {layer.ff.width for layer in ours.model.enc}
     assert len(widths) == 1 and widths.pop() < ours.model.cfg.d_ff  # per layer: every feed-forward as narrow
-    correct = total = 0
-    with torch.no_grad():
-        for batch in ours.datamodule.test_dataloader():
-            correct += int((ours.model(batch["src"], types=batch["types"]).argmax(-1) == batch["label"]).sum())
-            total += len(batch["label"])
-    assert correct / total == pytest.approx(run.results["metrics"]["test/acc"], abs=1e-9)
+    assert reloaded_accuracy(ours) == pytest.approx(run.results["metrics"]["test/acc"], abs=1e-9)
     folder, _ = export_hf_run(run.dir, tmp_path / "hf")
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
     assert hf.config.intermediate_size == ours.model.enc[0].ff.width
