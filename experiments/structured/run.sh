@@ -4,17 +4,18 @@
 #   experiments/structured/run.sh MULTI30K_DIR SST2_DIR MINILM_DIR [RUNS_DIR]
 #   (BASES_ONLY=1: the start models only; LANES=nmt or LANES=cls: one lane only)
 # (the data folders as experiments/oneshot/run.sh takes them). Two lanes, one core and one thread each (taskset):
-#   core 0: the NMT start model (experiments/oneshot's recipe by steps: 1,221, then a 1,000-step linear cool-down),
-#           its grid;
-#   core 1: MiniLM fine-tuned on SST-2 (1,200 steps of experiment=finetune), its grid; then both speed measurements.
+#   core 0: the NMT start model (transformer_tiny, BASE_NMT steps of 1,024-token batches, lr 3e-3 with a 10% warm-up
+#           and a linear decay to 0), its grid;
+#   core 1: MiniLM fine-tuned on SST-2 (BASE_CLS steps of experiment=finetune), its grid; then both speeds.
+# The whole script is sized to run in under 2 hours on this 2-core machine; every figure in results/ comes from it.
 # The grid, per model: width (heads + neurons, Minitron's activation scores, the same fraction of every layer) and
-# depth (whole layers by block influence), removing 1/3 and 1/2 of the layer stacks' parameters
+# depth (whole layers by block influence), removing 1/3 and then 1/2 of the layer stacks' parameters
 # (pruner.budget=stack_params; results.json gives the fraction of all parameters too), each recovered
 #   distil    RECOVERY steps with task.distill.teacher = the start model (KL at T=2, alpha 0.5);
 #   finetune  the same steps without the teacher;
-#   scratch   the cut architecture freshly initialised, trained with the task's own from-scratch recipe for as many
-#             steps as make its compute equal to the distil run's (steps x 3 x student FLOPs/token + the teacher's
-#             forward: scratch steps = RECOVERY x (3 S + T) / (3 S), S and T from the distil run's results.json).
+#   scratch   the cut architecture freshly initialised, trained with its start model's own recipe (lr and schedule)
+#             for as many steps as make its compute equal to the distil run's (steps x 3 x student FLOPs/token +
+#             the teacher's forward: scratch steps = RECOVERY x (3 S + T) / (3 S), S and T from the distil run).
 # Runs resume: a run whose results.json says completed is not run again. report.py writes results/tables.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,10 +26,16 @@ RUNS=${4:-outputs/structured}
 HERE=experiments/structured
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$HERE/results" "$RUNS"
-NMT=(data=parallel_text data.dir="$M")
+NMT=(data=parallel_text data.dir="$M" data.max_tokens=1024 model.dropout=0.1 task.val_beam_size=1)
 CLS=(experiment=finetune model=hf_encoder model.path="$MINILM" data=tsv_classification data.dir="$S")
 RECOVER_NMT=(task.lr=5e-4 task.schedule=linear task.warmup_fraction=0.1 trainer.val_check_interval=100)
 RECOVER_CLS=(trainer.val_check_interval=100)
+BASE_RECIPE_NMT=(task.schedule=linear task.warmup_fraction=0.1)  # the task's lr (3e-3), warm-up, decay to 0
+SCRATCH_NMT=("${BASE_RECIPE_NMT[@]}" trainer.val_check_interval=100)  # the start model's own recipe
+# fine-tuning's 2e-5 is no from-scratch lr: BERT-small pre-training's 3e-4, with the same 10% warm-up and decay
+SCRATCH_CLS=(task.lr=3e-4 trainer.val_check_interval=100)
+BASE_NMT=${BASE_NMT:-4000}
+BASE_CLS=${BASE_CLS:-1200}
 STEPS_NMT=${STEPS_NMT:-300}
 STEPS_CLS=${STEPS_CLS:-300}
 LANES=" ${LANES:-nmt cls} "
@@ -52,46 +59,44 @@ s = json.load(open('$RUNS/$1/results.json'))['structured']['flops_per_token']
 print(round($2 * (3 * s['after'] + s['before']) / (3 * s['after'])))"
 }
 
-grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES...
-    local kind=$1 core=$2 base=$3 steps=$4 structure fraction name args
+grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES... -- SCRATCH_OVERRIDES...
+    local kind=$1 core=$2 base=$3 steps=$4 structure fraction name
     shift 4
-    local data=() recover=()
+    local data=() recover=() scratch=() args=()
     while [ "$1" != "--" ]; do data+=("$1"); shift; done
     shift
-    recover=("$@")
-    for structure in width depth; do
-        for fraction in 0.33 0.5; do
+    while [ "$1" != "--" ]; do recover+=("$1"); shift; done
+    shift
+    scratch=("$@")
+    for fraction in 0.33 0.5; do
+        for structure in width depth; do
             name="${kind}_${structure}_${fraction}"
             args=(pruner=structured ckpt="$RUNS/$base" "${data[@]}" sparsity="$fraction" pruner.budget=stack_params
-                pruner.structure="$structure" pruner.finetune_steps="$steps")
+                pruner.structure="$structure")
             if [ "$structure" = depth ]; then args+=(pruner.criterion=block_influence); fi
-            run "${name}_distil" "$core" "${args[@]}" "${recover[@]}" task.distill.teacher="$RUNS/$base"
-            run "${name}_finetune" "$core" "${args[@]}" "${recover[@]}"
-            args=("${args[@]/pruner.finetune_steps=$steps/pruner.finetune_steps=$(scratch_steps "${name}_distil" "$steps")}")
-            run "${name}_scratch" "$core" "${args[@]}" pruner.recovery=scratch
+            run "${name}_distil" "$core" "${args[@]}" pruner.finetune_steps="$steps" "${recover[@]}" \
+                task.distill.teacher="$RUNS/$base"
+            run "${name}_finetune" "$core" "${args[@]}" pruner.finetune_steps="$steps" "${recover[@]}"
+            run "${name}_scratch" "$core" "${args[@]}" pruner.finetune_steps="$(scratch_steps "${name}_distil" "$steps")" \
+                pruner.recovery=scratch "${scratch[@]}"
         done
     done
 }
 
 [[ $LANES == *" nmt "* ]] && (
-    # experiments/oneshot's start model by steps, not minutes (1,221 steps in its 30 min, then the cool-down from the
-    # lr where that schedule ended, 3e-3 * sqrt(200 / 1221) = 1.2e-3, decayed to 0): the same model on a busy machine
-    run nmt_base_raw 0 "${NMT[@]}" trainer.max_steps=1221 model.dropout=0.1 task.val_beam_size=1
-    run nmt_base 0 "${NMT[@]}" ckpt="$RUNS/nmt_base_raw" trainer.max_steps=1000 model.dropout=0.1 \
-        task.val_beam_size=1 task.lr=1.2e-3 task.schedule=linear task.warmup_steps=1
-    [ "${BASES_ONLY:-0}" = 1 ] || grid nmt 0 nmt_base "$STEPS_NMT" "${NMT[@]}" model.dropout=0.1 task.val_beam_size=1 \
-        -- "${RECOVER_NMT[@]}"
+    run nmt_base 0 "${NMT[@]}" trainer.max_steps="$BASE_NMT" "${BASE_RECIPE_NMT[@]}"
+    [ "${BASES_ONLY:-0}" = 1 ] || grid nmt 0 nmt_base "$STEPS_NMT" "${NMT[@]}" -- "${RECOVER_NMT[@]}" -- "${SCRATCH_NMT[@]}"
 ) &
 [[ $LANES == *" cls "* ]] && (
-    run cls_base 1 "${CLS[@]}" trainer.max_steps=1200 trainer.val_check_interval=200
-    [ "${BASES_ONLY:-0}" = 1 ] || grid cls 1 cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}"
+    run cls_base 1 "${CLS[@]}" trainer.max_steps="$BASE_CLS" trainer.val_check_interval=200
+    [ "${BASES_ONLY:-0}" = 1 ] || grid cls 1 cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}" -- "${SCRATCH_CLS[@]}"
 ) &
 wait
 [ "${BASES_ONLY:-0}" = 1 ] && exit 0
 [[ $LANES == " nmt cls " ]] || exit 0  # one lane: the speed and the report wait for both
-taskset -c 0 .venv/bin/python -m experiments.structured.speed "$RUNS/nmt_base" "$RUNS"/nmt_*_* \
-    --out "$HERE/results/speed.json" &
-taskset -c 1 .venv/bin/python -m experiments.structured.speed "$RUNS/cls_base" "$RUNS"/cls_*_* \
+taskset -c 0 .venv/bin/python -m experiments.structured.speed "$RUNS/nmt_base" "$RUNS"/nmt_*_*/ \
+    --out "$HERE/results/speed_nmt.json" &
+taskset -c 1 .venv/bin/python -m experiments.structured.speed "$RUNS/cls_base" "$RUNS"/cls_*_*/ \
     --out "$HERE/results/speed_cls.json" &
 wait
 .venv/bin/python -m experiments.structured.report "$HERE/results"

@@ -44,10 +44,10 @@ def test_grid_speed_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     args = ["speed", str(runs / "nmt_base"), str(runs / "nmt_width_0.3_distil"), "--batch-sizes", "1", "4"]
     monkeypatch.setattr(
-        sys, "argv", [*args, "--sentences", "8", "--repeats", "1", "--out", str(results / "speed.json")]
+        sys, "argv", [*args, "--sentences", "8", "--repeats", "1", "--out", str(results / "speed_nmt.json")]
     )
     speed.main()
-    rows = json.loads((results / "speed.json").read_text())["nmt_width_0.3_distil"]["rows"]
+    rows = json.loads((results / "speed_nmt.json").read_text())["nmt_width_0.3_distil"]["rows"]
     assert [r["batch_size"] for r in rows] == [1, 4] and all(r["speedup"] > 0 for r in rows)
 
     report = load_experiment_report("structured")
@@ -57,6 +57,9 @@ def test_grid_speed_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert v["structure"] == "width" and v["fraction"] == 0.3
     # equal compute by construction, up to the tokens of each step (batches are cut by tokens, not exactly equal)
     assert v["compute_ratio_scratch_over_distil"] == pytest.approx(1.0, abs=0.15)
+    (close,) = verdicts["distil_vs_dense"]  # the dense score and the speed-up come from their own files
+    assert close["gap"] == pytest.approx(base.results["metrics"]["test/bleu"] - v["distil"])
+    assert close["speedup_b64"] is None  # measured at batch 1 and 4 only
     (gain,) = verdicts["distillation_gain"]
     by_name = {p.name.removesuffix(".results.json"): json.loads(p.read_text()) for p in results.glob("*.results.json")}
     assert gain["gain"] == pytest.approx(
@@ -65,3 +68,5 @@ def test_grid_speed_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     )
     table = (results / "tables.md").read_text()
     assert "nmt_width_0.3_scratch" in table and "nmt_base" in table
+    distil_row = next(line for line in table.splitlines() if line.startswith("| nmt_width_0.3_distil "))
+    assert f"{rows[0]['speedup']:.2f}x / -" in distil_row  # speed_nmt.json's batch-1 figure reaches the table
