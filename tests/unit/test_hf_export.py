@@ -284,3 +284,59 @@ def test_width_pruned_classifier_exports_narrower(family: str, tmp_path: Path) -
     assert config["hidden_dim" if family == "distilbert" else "intermediate_size"] == d_ff - len(gone["enc.0.ff"])
     back = reload(transformers.AutoModelForSequenceClassification, out)
     torch.testing.assert_close(hf_logits(back, ids, types, pad), want, atol=1e-5, rtol=1e-5)
+
+
+def hf_without_layers(stack: torch.nn.ModuleList, gone: list[int]) -> torch.nn.ModuleList:
+    """transformers' own layer list with the layers `gone` taken out: what depth pruning should compute."""
+    return torch.nn.ModuleList([layer for i, layer in enumerate(stack) if i not in gone])
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_depth_pruned_classifier_exports_with_fewer_layers(family: str, tmp_path: Path) -> None:
+    """A whole layer removed for real from a post-norm encoder passes x on unchanged: the same as transformers' own
+    model with that layer deleted from its list, and it exports as a network with one layer fewer."""
+    hf = hf_classifier(family)
+    src = source_folder(hf, tmp_path / "src")
+    ours = load_hf_encoder(src).eval()
+    remove_components(ours, ["enc.0.sa", "enc.0.ff"])
+    body = hf.distilbert.transformer if family == "distilbert" else hf.bert.encoder
+    body.layer = hf_without_layers(body.layer, [0])
+    pad = hf.config.pad_token_id
+    ids, types = batch(pad, with_types=family != "distilbert")
+    with torch.no_grad():
+        want = ours(ids, types=types)
+    torch.testing.assert_close(want, hf_logits(hf, ids, types, pad), atol=1e-5, rtol=1e-5)
+    out = export_hf(ours, src, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_layers" if family == "distilbert" else "num_hidden_layers"] == 1
+    back = reload(transformers.AutoModelForSequenceClassification, out)
+    assert len(back.distilbert.transformer.layer if family == "distilbert" else back.bert.encoder.layer) == 1
+    torch.testing.assert_close(hf_logits(back, ids, types, pad), want, atol=1e-5, rtol=1e-5)
+
+
+def test_depth_pruned_marian_exports_with_fewer_layers(tmp_path: Path) -> None:
+    """Encoder layer 1 and decoder layer 0 removed for real: transformers' MarianMTModel with those layers deleted
+    computes the same logits, and so does the exported folder, whose config counts one layer fewer on each side."""
+    hf = hf_marian(tame=False)
+    src = source_folder(hf, tmp_path / "src")
+    ours = load_hf_marian(src).eval()
+    remove_components(ours, ["enc.1.sa", "enc.1.ff", "dec.0.sa", "dec.0.ea", "dec.0.ff"])
+    hf.model.encoder.layers = hf_without_layers(hf.model.encoder.layers, [1])
+    hf.model.decoder.layers = hf_without_layers(hf.model.decoder.layers, [0])
+    src_ids = marian_batch()
+    tgt_in = torch.randint(1, PAD, (src_ids.size(0), 7), generator=torch.Generator().manual_seed(5))
+    tgt_in[:, 0] = PAD
+    mask = (src_ids != PAD).long()
+    with torch.no_grad():
+        want = ours(src_ids, tgt_in)
+        torch.testing.assert_close(
+            hf(input_ids=src_ids, attention_mask=mask, decoder_input_ids=tgt_in).logits, want, atol=1e-5, rtol=1e-5
+        )
+    out = export_hf(ours, src, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert (config["encoder_layers"], config["decoder_layers"]) == (1, 1)
+    back = reload(transformers.MarianMTModel, out)
+    assert (len(back.model.encoder.layers), len(back.model.decoder.layers)) == (1, 1)
+    with torch.no_grad():
+        got = back(input_ids=src_ids, attention_mask=mask, decoder_input_ids=tgt_in).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

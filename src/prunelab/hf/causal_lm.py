@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,10 @@ ARCHITECTURES = {
 }
 # config.json's feed-forward width, set on export when every feed-forward kept the same number of neurons
 FF_WIDTH_KEYS = {"gpt2": ("n_inner",), **{t: ("intermediate_size",) for t in LLAMA_FAMILY}}
+LAYER_COUNT_KEYS = {
+    "gpt2": {"dec": ("n_layer", "num_hidden_layers")},
+    **{t: {"dec": ("num_hidden_layers",)} for t in LLAMA_FAMILY},
+}
 # model types that are these architectures with a mixture of experts in place of the feed-forward
 MIXTURE_OF_EXPERTS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "phimoe", "dbrx")
 # GPT-2's causal-mask buffers (attn.bias, attn.masked_bias), saved by older versions of transformers
@@ -320,42 +323,18 @@ def build_hf_causal_lm(vocab_size: int, pad_id: int, path: str, weights: bool = 
     return model
 
 
-def _without_removed_layers(
-    model: CausalLM, hf: dict[str, Any], state: dict[str, Tensor]
-) -> tuple[dict[str, Tensor], dict[str, Any], TransformerConfig]:
-    """Whole layers removed for real (both sub-layers gone: depth pruning) leave the exported network, the layers
-    after them renumbered and config.json's layer count lowered: (state, config.json, the config of what is
-    written). A layer with one sub-layer left is written whole (effective_state gives the removed one zero weights,
-    exact in a pre-norm model)."""
-    gone = [i for i, layer in enumerate(model.dec) if layer.sa is None and layer.ff is None]
-    if not gone:
-        return state, hf, model.cfg
-    kept = [i for i in range(model.cfg.dec_layers) if i not in gone]
-    renumber = {f"dec.{old}.": f"dec.{new}." for new, old in enumerate(kept)}
-    out = {}
-    for k, v in state.items():
-        if not k.startswith("dec."):
-            out[k] = v
-            continue
-        prefix = ".".join(k.split(".")[:2]) + "."
-        if prefix in renumber:
-            out[renumber[prefix] + k[len(prefix) :]] = v
-    hf = dict(hf)
-    hf["n_layer" if hf["model_type"] == "gpt2" else "num_hidden_layers"] = len(kept)
-    if hf.get("layer_types"):
-        hf["layer_types"] = [hf["layer_types"][i] for i in kept]
-    return out, hf, replace(model.cfg, dec_layers=len(kept), removed=())
-
-
 def export_folder(
-    model: CausalLM, hf: dict[str, Any], state: dict[str, Tensor], labels: Sequence[str] | None = None
+    model: CausalLM,
+    hf: dict[str, Any],
+    state: dict[str, Tensor],
+    labels: Sequence[str] | None,
+    cfg: TransformerConfig,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Export (prunelab.hf.export): (config.json, tensors under the family's *ForCausalLM keys) of the effective
     state, the inverse of the import: GPT-2's Q, K, V fused into c_attn and its Conv1D weights transposed back."""
     if labels is not None:
         raise UserError("labels are for a classifier: a language model has none")
     kind = hf["model_type"]
-    state, hf, cfg = _without_removed_layers(model, hf, state)
     mapping = key_map(kind, cfg)
     if kind != "gpt2":
         renamed = {("lm_head.weight" if k == "lm_head.weight" else "model." + k): v for k, v in mapping.items()}

@@ -69,6 +69,14 @@ FF_WIDTH_KEYS = {
     "electra": ("intermediate_size",),
     "distilbert": ("hidden_dim",),
 }
+# config.json's layer count, lowered on export when whole layers were removed (DistilBERT's n_layers is also read
+# as num_hidden_layers)
+LAYER_COUNT_KEYS = {
+    "bert": {"enc": ("num_hidden_layers",)},
+    "roberta": {"enc": ("num_hidden_layers",)},
+    "electra": {"enc": ("num_hidden_layers",)},
+    "distilbert": {"enc": ("n_layers", "num_hidden_layers")},
+}
 
 # Keys (after the family prefix is taken off) that are dropped on purpose, in every family: position/token-type
 # id buffers that older files saved, and the pre-training heads (MLM, NSP, replaced-token detection, generator).
@@ -317,7 +325,11 @@ def build_hf_encoder(
 
 
 def export_folder(
-    model: TransformerClassifier, hf: dict[str, Any], state: dict[str, Tensor], labels: Sequence[str] | None = None
+    model: TransformerClassifier,
+    hf: dict[str, Any],
+    state: dict[str, Tensor],
+    labels: Sequence[str] | None,
+    cfg: TransformerConfig,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Export (prunelab.hf.export): (config.json with the model's labels, tensors under the keys of the family's
     *ForSequenceClassification file) of the effective state."""
@@ -331,7 +343,7 @@ def export_folder(
             f"a {ARCHITECTURES[family]} has a Linear + {pooler_act} before its head: it cannot be written as one; "
             f"{BITMASK_HINT}"
         )
-    mapping = key_map(family, model.cfg.enc_layers, embed_proj=model.embed_proj is not None)
+    mapping = key_map(family, cfg.enc_layers, embed_proj=model.embed_proj is not None)
     mapping.update(wb(pooler_key, "pooler"))
     mapping.update(wb(head_key, "head"))
     prefix = f"{family}."

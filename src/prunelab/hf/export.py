@@ -15,11 +15,15 @@ the weights is folded into them, exactly:
 - feed-forward neurons removed structurally: when every feed-forward has the same number left, the folder's
   config gets that width (a smaller model, as Minitron's width pruning); otherwise each comes back at the full
   width with zero rows of fc1 (and fc3) and zero columns of fc2 where its removed neurons were (adding nothing);
+- whole layers removed structurally (depth pruning: every sub-layer of a stack layer gone, which passes x on
+  unchanged, post-norm or not): the layer leaves the network, the layers after it are renumbered and config.json's
+  layer count goes down (a per-layer list such as `layer_types` keeps the kept layers' entries);
   AttendOut's uniform attention
   (no Q or K projection) is Q = K = 0: every score is 0, so softmax is the uniform map over the keys allowed.
 
 Not exportable, a UserError saying so (the model stays in prunelab's format, `prunelab export --format bitmask`):
-gates other than 0 or 1, structurally removed sub-layers (post-norm LN(x) cannot be skipped in HF's layers),
+gates other than 0 or 1, a post-norm layer with only some of its sub-layers removed (LN(x) cannot be skipped in
+HF's layers; a pre-norm one is written with the removed sub-layer's weights at zero),
 mean pooling or a classifier without the family's pooler (a fresh head on an ELECTRA/DistilBERT body).
 
 The folder: config.json (the source's, with the labels and `architectures` of the class written, dtype float32),
@@ -45,7 +49,10 @@ from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transfo
 
 # config.json's model_type -> its family's module. A family module has MODEL_TYPES, MODEL_CLASS (the prunelab class
 # it imports into), ARCHITECTURES (the class each model type is written as), network_config(config.json) and
-# export_folder(model, config.json, effective state, labels) -> (config.json to write, tensors under its keys).
+# export_folder(model, config.json, effective state, labels, cfg) -> (config.json to write, tensors under its keys),
+# where cfg is the network written (the model's, less the layers removed whole), FF_WIDTH_KEYS and LAYER_COUNT_KEYS
+# (config.json's keys for the feed-forward width and for each stack's layer count, the first always written, the
+# others only where the source has them: they may be aliases that transformers would read after the first).
 MODULES = (encoders, marian, causal_lm)
 FAMILIES: dict[str, ModuleType] = {t: module for module in MODULES for t in module.MODEL_TYPES}
 # TransformerConfig fields that are training settings, not the network (they may differ from config.json's).
@@ -84,12 +91,17 @@ def export_hf(
         want.pad_id = model.cfg.pad_id
     _check_same_network(model.cfg, want, source)
 
-    state = effective_state(model, masks)
-    config, tensors = module.export_folder(model, hf, state, labels)
+    state, kept = without_removed_layers(model, effective_state(model, masks))
+    cfg = replace(model.cfg, enc_layers=len(kept["enc"]), dec_layers=len(kept["dec"]), removed=())
+    config, tensors = module.export_folder(model, hf, state, labels, cfg)
     width = feed_forward_width(model)
     if width != model.cfg.d_ff:  # every feed-forward lost the same number of neurons: a narrower network
-        for key in module.FF_WIDTH_KEYS[family]:
-            config[key] = width
+        _set_keys(config, module.FF_WIDTH_KEYS[family], width)
+    for side, keys in module.LAYER_COUNT_KEYS[family].items():
+        if len(kept[side]) != len(getattr(model, side)):
+            _set_keys(config, keys, len(kept[side]))
+            if len(config.get("layer_types") or ()) == len(getattr(model, side)):  # one stack: its per-layer list
+                config["layer_types"] = [config["layer_types"][i] for i in kept[side]]
     config["architectures"] = [module.ARCHITECTURES[family]]
     config["dtype"] = "float32"  # the weights are written in fp32 (an fp16 source would otherwise load as fp16)
     if "torch_dtype" in config:  # the key before transformers 5
@@ -106,6 +118,31 @@ def export_hf(
         {k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
     )
     return out
+
+
+def _set_keys(config: dict, keys: Sequence[str], value: int) -> None:
+    """config[keys[0]] = value, and every other key of `keys` that config.json has (an alias of the first)."""
+    for i, key in enumerate(keys):
+        if i == 0 or key in config:
+            config[key] = value
+
+
+def without_removed_layers(model: Transformer, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
+    """Whole layers removed for real leave the network: (the state with the layers after them renumbered, the
+    original number of each layer kept per stack: {"enc": [...], "dec": [...]})."""
+    kept = {
+        side: [i for i, layer in enumerate(stack) if any(getattr(layer, k) is not None for k in layer.kinds)]
+        for side, stack in (("enc", model.enc), ("dec", model.dec))
+    }
+    renumber = {f"{side}.{old}.": f"{side}.{new}." for side, ids in kept.items() for new, old in enumerate(ids)}
+    out = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        if parts[0] not in kept or not parts[1].isdigit():
+            out[k] = v
+        elif (prefix := f"{parts[0]}.{parts[1]}.") in renumber:  # a removed layer has no parameters to drop
+            out[renumber[prefix] + k[len(prefix) :]] = v
+    return out, kept
 
 
 def _check_same_network(ours: TransformerConfig, want: TransformerConfig, source: Path) -> None:
@@ -152,6 +189,8 @@ def effective_state(model: Transformer, masks: Mapping[str, Tensor] | None = Non
     full: dict[str, Tensor] | None = None  # the shapes of the unpruned network, for sub-layers removed for real
     for side, stack in (("enc", model.enc), ("dec", model.dec)):
         for i, layer in enumerate(stack):
+            if all(getattr(layer, kind) is None for kind in layer.kinds):
+                continue  # a whole layer removed: it leaves the network (without_removed_layers)
             for kind in layer.kinds:
                 name = f"{side}.{i}.{kind}"
                 module = getattr(layer, kind)
@@ -159,7 +198,8 @@ def effective_state(model: Transformer, masks: Mapping[str, Tensor] | None = Non
                     if not cfg.pre_norm:
                         raise UserError(
                             f"{name} was removed structurally: a Hugging Face layer cannot skip a sub-layer with its "
-                            f"LayerNorm (post-norm LN(x + f(x)) is not x without it); {BITMASK_HINT}"
+                            f"LayerNorm (post-norm LN(x + f(x)) is not x without it; only whole layers can leave); "
+                            f"{BITMASK_HINT}"
                         )
                     # pre-norm: x + f(LN(x)) with f's output projection at zero is x, exactly as without the sub-layer
                     if full is None:

@@ -48,6 +48,7 @@ MODEL_CLASS = Transformer  # what a MarianMT checkpoint is imported into
 ARCHITECTURES = {"marian": "MarianMTModel"}  # the class an export is written as (config.json's `architectures`)
 # config.json's feed-forward widths, set on export when every feed-forward kept the same number of neurons
 FF_WIDTH_KEYS = {"marian": ("encoder_ffn_dim", "decoder_ffn_dim")}
+LAYER_COUNT_KEYS = {"marian": {"enc": ("encoder_layers", "num_hidden_layers"), "dec": ("decoder_layers",)}}
 
 # Keys (without the `model.` prefix) that hold the shared embedding again: HF ties them to `shared.weight`, older
 # files store every copy. They are checked equal to the shared table and dropped.
@@ -224,14 +225,18 @@ def build_hf_marian(vocab_size: int, pad_id: int, path: str, weights: bool = Tru
 
 
 def export_folder(
-    model: Transformer, hf: dict[str, Any], state: dict[str, Tensor], labels: Sequence[str] | None = None
+    model: Transformer,
+    hf: dict[str, Any],
+    state: dict[str, Tensor],
+    labels: Sequence[str] | None,
+    cfg: TransformerConfig,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Export (prunelab.hf.export): (config.json, tensors under MarianMTModel's keys) of the effective state: `model.`
     + the import's keys, final_logits_bias (1, V) outside it, and lm_head.weight, the tied output projection (a
     copy of the shared embedding)."""
     if labels is not None:
         raise UserError("labels are for a classifier: a translation model has none")
-    mapping = key_map(model.cfg.enc_layers, model.cfg.dec_layers)
+    mapping = key_map(cfg.enc_layers, cfg.dec_layers)
     tensors = rename_keys(state, {k if k == "final_logits_bias" else "model." + k: v for k, v in mapping.items()})
     tensors["final_logits_bias"] = tensors["final_logits_bias"].reshape(1, -1)
     tensors["lm_head.weight"] = tensors["model.shared.weight"].clone()
