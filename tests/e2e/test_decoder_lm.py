@@ -56,6 +56,7 @@ METHODS = {
     "components": ["pruner=components", "sparsity=0.25", "pruner.finetune_steps=2"],
     "sparsegpt": ["pruner=oneshot", "sparsity=0.5", "trainer.max_steps=0", "pruner.calibration.n=16"],
     "wanda_2_4": ["pruner=oneshot", "pruner.method=wanda", "pruner.pattern=2:4", "sparsity=0.5", "trainer.max_steps=0"],
+    "structured": ["pruner=structured", "sparsity=0.3", "pruner.budget=stack_params", "pruner.finetune_steps=2"],
 }
 LLAMA_ONLY = {  # what a decoder-only model adds: K/V groups, depth pruning by block influence
     "heads": ["pruner.unit=group"],
@@ -70,7 +71,8 @@ LLAMA_ONLY = {  # what a decoder-only model adds: K/V groups, depth pruning by b
 
 @pytest.mark.parametrize(
     ("family", "method"),
-    [("llama", m) for m in METHODS] + [("gpt2", m) for m in ("mp", "slt", "heads", "components", "sparsegpt")],
+    [("llama", m) for m in METHODS]
+    + [("gpt2", m) for m in ("mp", "slt", "heads", "components", "sparsegpt", "structured")],
 )
 def test_every_method_on_an_imported_language_model(
     made: dict[str, Path], tmp_path: Path, family: str, method: str
@@ -99,6 +101,13 @@ def test_every_method_on_an_imported_language_model(
         if family == "llama":
             assert heads["groups_removed"] == 2 and sum(len(left) for left in heads["remaining"].values()) == 4
         assert last["params"]["before_pruning"] == first["params"]["total"]
+    if method == "structured":  # heads (K/V groups of the Llama) and neurons removed for real, 30% of the stacks
+        cut = res["structured"]
+        assert cut["stack_params_removed_fraction"] == pytest.approx(0.3, abs=0.02)
+        assert cut["params"]["after"] == last["params"]["total"] < first["params"]["total"]
+        assert cut["params"]["before"] - cut["params"]["after"] == pytest.approx(
+            cut["stack_params_removed_fraction"] * cut["stack_params"]["before"], abs=1
+        )
     if method == "components" and family == "llama":  # one of the two layers removed for real
         assert last["stage"] == "removed" and last["params"]["total"] < first["params"]["total"]
 

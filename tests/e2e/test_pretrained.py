@@ -57,6 +57,20 @@ def hf_greedy(folder: Path, sources: list[str]) -> list[str]:
     return tok.batch_decode(out, skip_special_tokens=True)
 
 
+# whole layers by Wang & Tu's contribution (block influence reads a pre-norm residual stream; these are post-norm)
+DEPTH = ["pruner=structured", "pruner.structure=depth", "pruner.criterion=contribution", "pruner.budget=stack_params"]
+
+
+def check_structured(res: dict) -> None:
+    """What pruner=structured reports is what the tested model has: fewer parameters, by the stack fraction."""
+    cut, last = res["structured"], res["levels"][-1]
+    assert cut["params"]["after"] == last["params"]["total"] < res["levels"][0]["params"]["total"]
+    removed = cut["params"]["before"] - cut["params"]["after"]
+    assert removed == pytest.approx(cut["stack_params_removed_fraction"] * cut["stack_params"]["before"], abs=1)
+    gone = set(cut["layers_removed"])  # depth removes whole layers only; width keeps every component, narrower
+    assert {n.rsplit(".", 1)[0] for n in cut["widths"]}.isdisjoint(gone) and bool(gone) == (cut["structure"] == "depth")
+
+
 def encoder_run(made: dict[str, Path], out: Path, *overrides: str):
     """A run of the tiny BERT, in this process (train_here: the command line itself is tested elsewhere)."""
     args = ["model=hf_encoder", f"model.path={made['bert']}", "data=tsv_classification", f"data.dir={made['tsv']}"]
@@ -77,6 +91,7 @@ def marian_run(made: dict[str, Path], out: Path, *overrides: str):
         ["pruner=components", "sparsity=0.25", "pruner.finetune_steps=4"],
         ["pruner=attendout"],
         ["pruner=oneshot", "sparsity=0.5", "trainer.max_steps=0", "pruner.calibration.n=16"],
+        [*DEPTH, "sparsity=0.5", "pruner.finetune_steps=2"],
     ],
     ids=lambda p: p[0],
 )
@@ -98,6 +113,9 @@ def test_every_method_on_an_imported_bert(made: dict[str, Path], tmp_path: Path,
     if pruner[0] == "pruner=oneshot":  # SparseGPT from 16 training examples, scored without training
         assert res["oneshot"]["calibration"]["examples"] == 16 and res["oneshot"]["method"] == "sparsegpt"
         assert res["levels"][-1]["time"]["steps"] == 0
+    if pruner[0] == "pruner=structured":  # the tiny BERT's 2 layers: 1 goes
+        check_structured(res)
+        assert len(res["structured"]["layers_removed"]) == 1
     if pruner[0] == "pruner=slt":  # θ_0, which lottery tickets rewind to, is the pretrained model itself
         from safetensors.torch import load_file
 
@@ -115,8 +133,10 @@ def test_every_method_on_an_imported_bert(made: dict[str, Path], tmp_path: Path,
         ["pruner=heads", "sparsity=0.25", "pruner.finetune_steps=4"],
         ["pruner=components", "sparsity=0.25", "pruner.finetune_steps=4"],
         ["pruner=oneshot", "pruner.method=wanda", "pruner.pattern=2:4", "sparsity=0.5", "trainer.max_steps=0"],
+        ["pruner=structured", "sparsity=0.3", "pruner.budget=stack_params", "pruner.finetune_steps=2"],
+        [*DEPTH, "sparsity=0.25", "pruner.finetune_steps=2"],
     ],
-    ids=lambda p: p[0],
+    ids=lambda p: " ".join(p[:2]),
 )
 def test_every_method_on_an_imported_marian(made: dict[str, Path], tmp_path: Path, pruner: list[str]) -> None:
     run = marian_run(made, tmp_path / "run", *pruner)
@@ -132,6 +152,8 @@ def test_every_method_on_an_imported_marian(made: dict[str, Path], tmp_path: Pat
     assert dense["metrics"]["test/bleu"] == pytest.approx(bleu, rel=1e-6)  # logged metrics are float32
     assert len(res["levels"]) >= 2
     check_scores_from_files(run)
+    if pruner[0] == "pruner=structured":
+        check_structured(res)
     if pruner[0] == "pruner=oneshot":  # Wanda 2:4: every matrix keeps 2 of every 4 consecutive inputs
         from prunelab.training import load_run
         from prunelab.training.load import checkpoint_masks
