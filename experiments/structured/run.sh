@@ -5,8 +5,10 @@
 #   (BASES_ONLY=1: the start models only; LANES=nmt or LANES=cls: one lane only)
 # (the data folders as experiments/oneshot/run.sh takes them). Two lanes, one core and one thread each (taskset):
 #   core 0: the NMT start model (transformer_tiny, BASE_NMT steps of 1,024-token batches, lr 3e-3 with a 10% warm-up
-#           and a linear decay to 0), its grid;
-#   core 1: MiniLM fine-tuned on SST-2 (BASE_CLS steps of experiment=finetune), its grid; then both speeds.
+#           and a linear decay to 0), its grid, then whatever of the other grid is not taken;
+#   core 1: MiniLM fine-tuned on SST-2 (BASE_CLS steps of experiment=finetune), its grid, then the same;
+#   then both speeds, one on each core. A lane takes one cut (its distil, finetune and scratch runs) at a time, with a
+#   lock folder, so that the lane that finishes first helps the other.
 # The whole script is sized to run in under 2 hours on this 2-core machine; every figure in results/ comes from it.
 # The grid, per model: width (heads + neurons, Minitron's activation scores, the same fraction of every layer) and
 # depth (whole layers by block influence), removing 1/3 and then 1/2 of the layer stacks' parameters
@@ -26,6 +28,7 @@ RUNS=${4:-outputs/structured}
 HERE=experiments/structured
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$HERE/results" "$RUNS"
+rm -rf "$RUNS"/*.lock  # an earlier invocation's (one run.sh at a time)
 NMT=(data=parallel_text data.dir="$M" data.max_tokens=1024 model.dropout=0.1 task.val_beam_size=1)
 CLS=(experiment=finetune model=hf_encoder model.path="$MINILM" data=tsv_classification data.dir="$S")
 RECOVER_NMT=(task.lr=5e-4 task.schedule=linear task.warmup_fraction=0.1 trainer.val_check_interval=100)
@@ -71,6 +74,7 @@ grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES... -- SCRATC
     for fraction in 0.33 0.5; do
         for structure in width depth; do
             name="${kind}_${structure}_${fraction}"
+            mkdir "$RUNS/$name.lock" 2>/dev/null || continue  # the other lane has it
             args=(pruner=structured ckpt="$RUNS/$base" "${data[@]}" sparsity="$fraction" pruner.budget=stack_params
                 pruner.structure="$structure")
             if [ "$structure" = depth ]; then args+=(pruner.criterion=block_influence); fi
@@ -83,13 +87,23 @@ grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES... -- SCRATC
     done
 }
 
+nmt_grid() {  # nmt_grid CORE
+    grid nmt "$1" nmt_base "$STEPS_NMT" "${NMT[@]}" -- "${RECOVER_NMT[@]}" -- "${SCRATCH_NMT[@]}"
+}
+cls_grid() {  # cls_grid CORE
+    grid cls "$1" cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}" -- "${SCRATCH_CLS[@]}"
+}
 [[ $LANES == *" nmt "* ]] && (
     run nmt_base 0 "${NMT[@]}" trainer.max_steps="$BASE_NMT" "${BASE_RECIPE_NMT[@]}"
-    [ "${BASES_ONLY:-0}" = 1 ] || grid nmt 0 nmt_base "$STEPS_NMT" "${NMT[@]}" -- "${RECOVER_NMT[@]}" -- "${SCRATCH_NMT[@]}"
+    [ "${BASES_ONLY:-0}" = 1 ] && exit 0
+    nmt_grid 0
+    if [[ $LANES == *" cls "* ]] && done_run cls_base; then cls_grid 0; fi
 ) &
 [[ $LANES == *" cls "* ]] && (
     run cls_base 1 "${CLS[@]}" trainer.max_steps="$BASE_CLS" trainer.val_check_interval=200
-    [ "${BASES_ONLY:-0}" = 1 ] || grid cls 1 cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}" -- "${SCRATCH_CLS[@]}"
+    [ "${BASES_ONLY:-0}" = 1 ] && exit 0
+    cls_grid 1
+    if [[ $LANES == *" nmt "* ]] && done_run nmt_base; then nmt_grid 1; fi
 ) &
 wait
 [ "${BASES_ONLY:-0}" = 1 ] && exit 0
