@@ -145,3 +145,22 @@ def test_one_shot_pruned_classifier_recovers_by_distillation(dense: Run, tmp_pat
         f"error: task.distill.teacher={dense.dir}: a translation model cannot teach a classification model "
         "(the teacher must be trained on the same data)\n"
     )
+
+
+def test_lottery_ticket_rounds_distil_from_the_dense_run(dense: Run, tmp_path: Path) -> None:
+    """Distillation after a lottery-ticket pruner: every round (dense, then the ticket at 50%) trains against the
+    teacher; the ticket keeps its sparsity."""
+    args = ["pruner=slt", "sparsity=0.5", "pruner.levels=[0.5]", "trainer.max_steps=6", "trainer.val_check_interval=3"]
+    run = train_here(tmp_path / "slt", *SMOKE, *args, f"task.distill.teacher={dense.dir}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = run.results
+    assert res["distillation"]["teacher"] == str(dense.dir)
+    assert [lv["sparsity"] for lv in res["levels"]] == [0.0, pytest.approx(0.5, abs=0.01)]
+    (path,) = (run.dir / "csv").glob("version_*/metrics.csv")
+    level, levels_with_kd = None, set()
+    with path.open() as f:  # KD logged in both rounds' training steps (each round logs its sparsity first)
+        for row in csv.DictReader(f):
+            level = float(row["prune/sparsity"]) if row.get("prune/sparsity") else level
+            if row.get("train/kd_loss"):
+                levels_with_kd.add(level)
+    assert levels_with_kd == {0.0, 0.5}
