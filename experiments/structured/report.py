@@ -2,6 +2,8 @@
 
     python -m experiments.structured.report experiments/structured/results
 
+writes tables.md, verdicts.json and structured.png (score against the parameters removed) into that folder.
+
 Runs are named KIND_base (the dense start) and KIND_STRUCTURE_FRACTION_RECOVERY (KIND nmt | cls, STRUCTURE width |
 depth, RECOVERY distil | finetune | scratch). Compute is what the recovery trained: 3 x the student's forward FLOPs
 per token (forward + backward), plus the teacher's forward FLOPs when distilling, times the tokens trained (an NMT
@@ -133,9 +135,53 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+MARKERS = {"distil": "o", "finetune": "s", "scratch": "x"}
+COLORS = {"width": "C0", "depth": "C1"}
+
+
+def plot(by_kind: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """One panel per model: test score against the fraction of the stacks' parameters removed, a line per structure
+    and recovery, the dense model as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(by_kind), figsize=(5.5 * len(by_kind), 4.2), squeeze=False)
+    for ax, (kind, rows) in zip(axes[0], by_kind.items(), strict=True):
+        for r in rows:
+            if r["structure"] == "dense":
+                ax.axhline(r["score"], color="k", ls="--", lw=1, label="dense")
+        for structure, color in COLORS.items():
+            for recovery, marker in MARKERS.items():
+                pts = sorted(
+                    (100 * r["stack_params_removed"], r["score"])
+                    for r in rows
+                    if r["structure"] == structure and r["recovery"] == recovery
+                )
+                if pts:
+                    xs, ys = zip(*pts, strict=True)
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker=marker,
+                        color=color,
+                        ls="-" if recovery == "distil" else ":",
+                        label=f"{structure}, {recovery}",
+                    )
+        ax.set_title(kind)
+        ax.set_xlabel("layer stacks' parameters removed (%)")
+        ax.set_ylabel(rows[0]["score_name"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(folder: Path) -> None:
     runs, speed = load(folder)
-    sections, all_verdicts = [], {}
+    sections, all_verdicts, by_kind = [], {}, {}
     for kind in ("nmt", "cls"):
         rows = [row(n, r, speed) for n, r in sorted(runs.items()) if n.startswith(kind + "_")]
         if not rows:
@@ -143,7 +189,10 @@ def main(folder: Path) -> None:
         rows.sort(key=lambda r: (r["structure"] != "dense", r["structure"], r["fraction"], r["recovery"]))
         sections.append(f"## {kind}\n\n{table(rows)}\n")
         all_verdicts[kind] = verdicts(rows, kind)
+        by_kind[kind] = rows
     (folder / "tables.md").write_text("\n".join(sections))
+    if by_kind:
+        plot(by_kind, folder / "structured.png")
     (folder / "verdicts.json").write_text(json.dumps(all_verdicts, indent=2) + "\n")
     print("\n".join(sections))
     print(json.dumps(all_verdicts, indent=2))

@@ -66,6 +66,7 @@ def test_grid_speed_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         by_name["nmt_width_0.3_distil"]["metrics"]["test/bleu"]
         - by_name["nmt_width_0.3_finetune"]["metrics"]["test/bleu"]
     )
+    assert (results / "structured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (results / "tables.md").read_text()
     assert "nmt_width_0.3_scratch" in table and "nmt_base" in table
     distil_row = next(line for line in table.splitlines() if line.startswith("| nmt_width_0.3_distil "))
