@@ -180,6 +180,27 @@ def test_warmup_follows_the_handed_budget_from_the_first_step(tiny_model: torch.
     assert (task.total_steps, task.warmup, task.peak_lr_factor) == (300, 30, 0.0)
 
 
+def test_a_resumed_round_reports_the_peak_its_earlier_steps_reached(tiny_model: torch.nn.Module) -> None:
+    """A round resumed at step 600 of 1,000 (warm-up 100, linear decay) trained through its peak before the restart:
+    the schedule report says 1.0, not the 0.44 of the steps this process ran (which would warn 'ended in warm-up')."""
+    from prunelab.pruning import NoPruner
+    from prunelab.tasks import TranslationTask
+
+    task = TranslationTask(
+        tiny_model, NoPruner(), None, lr=1e-3, schedule="linear", warmup_fraction=0.1, optimizer="adamw"
+    )  # type: ignore[arg-type]
+    task.use_step_budget(StepBudget(1000, BudgetStub(1000.0)))  # type: ignore[arg-type]
+    sched = task.configure_optimizers()["lr_scheduler"]["scheduler"]
+    sched.load_state_dict({**sched.state_dict(), "last_epoch": 599})  # what Lightning restores on resume
+    for _ in range(10):
+        sched.optimizer.step()
+        sched.step()
+    assert sched.get_last_lr()[0] < 0.45e-3  # this process only ever ran at under half the peak lr
+    assert task.peak_lr_factor == pytest.approx(1.0)
+    task.use_step_budget(StepBudget(1000, BudgetStub(1000.0)))  # a fresh round from step 0: reset
+    assert (task.peak_lr_factor, task.last_lr_step) == (0.0, -1)
+
+
 def test_patience_skips_nan_scores() -> None:
     stop = PatienceStop("val/bleu_at_target", patience=2)
     trainer = SimpleNamespace(callback_metrics={}, should_stop=False, global_step=0)

@@ -97,6 +97,7 @@ class PrunableTask(L.LightningModule):
         self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
         self.step_budget: StepBudget | None = None  # the round's steps and clock, handed over by the round loop
         self.peak_lr_factor = 0.0  # the highest lr factor the round's schedule reached (1: the peak lr)
+        self.last_lr_step = -1  # the latest step the schedule was read at in this process
         self.schedule_seen: dict[str, int] = {}  # warm-up and total steps at the latest scheduler step
         self.train_tokens = 0
         # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
@@ -254,7 +255,7 @@ class PrunableTask(L.LightningModule):
         """The round's step budget (max_steps and its clock), handed over by the round loop before the round trains;
         the lr schedule and gradual pruning follow it from the first step."""
         self.step_budget = budget
-        self.peak_lr_factor, self.schedule_seen = 0.0, {}
+        self.peak_lr_factor, self.schedule_seen, self.last_lr_step = 0.0, {}, -1
 
     @property
     def total_steps(self) -> int:
@@ -299,8 +300,11 @@ class PrunableTask(L.LightningModule):
         opt, shape = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
 
         def factor(step: int) -> float:  # the schedule, noting the highest lr it reached
+            # a resumed round jumps to its restored step: the steps before it were trained in an earlier process
+            before = max((shape(s) for s in range(self.last_lr_step + 1, step)), default=0.0)
             value = shape(step)
-            self.peak_lr_factor = max(self.peak_lr_factor, value)
+            self.peak_lr_factor = max(self.peak_lr_factor, value, before)
+            self.last_lr_step = max(self.last_lr_step, step)
             return value
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
