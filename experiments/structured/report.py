@@ -4,8 +4,9 @@
 
 writes tables.md, verdicts.json and structured.png (score against the parameters removed) into that folder.
 
-Runs are named KIND_base (the dense start) and KIND_STRUCTURE_FRACTION_RECOVERY (KIND nmt | cls, STRUCTURE width |
-depth, RECOVERY distil | finetune | scratch). Compute is what the recovery trained: 3 x the student's forward FLOPs
+Runs are named KIND_base (the dense start) and KIND_STRUCTURE_FRACTION_RECOVERY[_BUDGET] (KIND nmt | cls, STRUCTURE
+width | depth, RECOVERY distil | finetune | scratch; BUDGET names a second recovery budget, e.g. _1000: runs are
+compared within one budget). Compute is what the recovery trained: 3 x the student's forward FLOPs
 per token (forward + backward), plus the teacher's forward FLOPs when distilling, times the tokens trained (an NMT
 token being a source and a target token, as prunelab.models.cost counts them).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 RECOVERIES = ("distil", "finetune", "scratch")
+PERCENT = ("acc", "f1")  # scores results.json keeps as fractions, reported in %
 
 
 def load(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -43,18 +45,25 @@ def compute(res: dict[str, Any]) -> float | None:
 def row(name: str, res: dict[str, Any], speed: dict[str, Any]) -> dict[str, Any]:
     s = res.get("structured", {})
     parts = name.split("_")
+    cut = len(parts) >= 4
+    key = res["score"]["key"]
+    scale = 100.0 if key in PERCENT else 1.0
     out = {
         "run": name,
-        "structure": parts[1] if len(parts) == 4 else "dense",
-        "fraction": float(parts[2]) if len(parts) == 4 else 0.0,
-        "recovery": parts[3] if len(parts) == 4 else "",
-        "score": res["metrics"][f"test/{res['score']['key']}"],
-        "score_name": res["score"]["name"],
+        "structure": parts[1] if cut else "dense",
+        "fraction": float(parts[2]) if cut else 0.0,
+        "recovery": parts[3] if cut else "",
+        "budget": parts[4] if len(parts) == 5 else "",
+        "steps": res["levels"][-1]["time"]["steps"],
+        "score": scale * res["metrics"][f"test/{key}"],
+        "score_name": res["score"]["name"] + (" (%)" if key in PERCENT else ""),
         "params": s.get("params", {}).get("after", res["params"]["total"]),
         "stack_params_removed": s.get("stack_params_removed_fraction", 0.0),
         "params_removed": s.get("params_removed_fraction", 0.0),
         "flops_per_token": s.get("flops_per_token", {}).get("after"),
-        "pruned_score": res["levels"][1]["metrics"][f"test/{res['score']['key']}"] if len(res["levels"]) > 1 else None,
+        "pruned_score": next(
+            (scale * lv["metrics"][f"test/{key}"] for lv in res["levels"] if lv.get("stage") == "pruned"), None
+        ),
         "train_tokens": res.get("train", {}).get("tokens"),
         "compute_flops": compute(res),
     }
@@ -64,34 +73,35 @@ def row(name: str, res: dict[str, Any], speed: dict[str, Any]) -> dict[str, Any]
 
 
 def verdicts(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    by = {(r["structure"], r["fraction"], r["recovery"]): r for r in rows}
-    dense = by.get(("dense", 0.0, ""))
+    by = {(r["structure"], r["fraction"], r["recovery"], r["budget"]): r for r in rows}
+    dense = by.get(("dense", 0.0, "", ""))
     out: dict[str, Any] = {
         "distil_vs_dense": [],
         "distil_vs_scratch": [],
         "depth_vs_width_speed": [],
         "distillation_gain": [],
     }
-    for (structure, fraction, recovery), r in sorted(by.items()):
+    for (structure, fraction, recovery, budget), r in sorted(by.items()):
         if recovery != "distil":
             continue
+        at = {"structure": structure, "fraction": fraction, "steps": r["steps"]}
         if dense:  # the issue's bar for NMT width at 1/3: within 1 BLEU of the dense model, >= 1.3x at batch 64
             out["distil_vs_dense"].append(
                 {
-                    "structure": structure,
-                    "fraction": fraction,
+                    **at,
                     "dense": dense["score"],
                     "distil": r["score"],
                     "gap": dense["score"] - r["score"],
                     "speedup_b64": r.get("speedup_b64"),
                 }
             )
-        scratch, plain = by.get((structure, fraction, "scratch")), by.get((structure, fraction, "finetune"))
+        scratch = by.get((structure, fraction, "scratch", budget))
+        plain = by.get((structure, fraction, "finetune", budget))
         if scratch:
             out["distil_vs_scratch"].append(
                 {
-                    "structure": structure,
-                    "fraction": fraction,
+                    **at,
+                    "scratch_steps": scratch["steps"],
                     "distil": r["score"],
                     "scratch": scratch["score"],
                     "compute_ratio_scratch_over_distil": (scratch["compute_flops"] or 0) / (r["compute_flops"] or 1),
@@ -99,14 +109,13 @@ def verdicts(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
                 }
             )
         if plain:
-            out["distillation_gain"].append(
-                {"structure": structure, "fraction": fraction, "gain": r["score"] - plain["score"]}
-            )
-        if structure == "depth" and ("width", fraction, "distil") in by:
-            w = by[("width", fraction, "distil")]
+            out["distillation_gain"].append({**at, "gain": r["score"] - plain["score"]})
+        if structure == "depth" and ("width", fraction, "distil", budget) in by:
+            w = by[("width", fraction, "distil", budget)]
             out["depth_vs_width_speed"].append(
                 {
                     "fraction": fraction,
+                    "steps": r["steps"],
                     **{f"depth_b{b}": r.get(f"speedup_b{b}") for b in (1, 16, 64)},
                     **{f"width_b{b}": w.get(f"speedup_b{b}") for b in (1, 16, 64)},
                     "params_depth": r["params"],
@@ -118,8 +127,8 @@ def verdicts(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| run | removed (stack / all params) | params | FLOPs/token | recovery | pruned | test | compute (PFLOP)"
-        " | speed-up b1 / b16 / b64 |\n|---|---|---|---|---|---|---|---|---|"
+        "| run | removed (stack / all params) | params | FLOPs/token | recovery | steps | pruned | test"
+        " | compute (PFLOP) | speed-up b1 / b16 / b64 |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
@@ -129,7 +138,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         flops = f"{r['flops_per_token'] / 1e6:.2f} M" if r["flops_per_token"] else "-"
         lines.append(
             f"| {r['run']} | {100 * r['stack_params_removed']:.1f}% / {100 * r['params_removed']:.1f}% "
-            f"| {r['params'] / 1e6:.2f} M | {flops} | {r['recovery'] or '-'} | {pruned} | {r['score']:.2f} | {comp} "
+            f"| {r['params'] / 1e6:.2f} M | {flops} | {r['recovery'] or '-'} | {r['steps']:,} | {pruned} "
+            f"| {r['score']:.2f} | {comp} "
             f"| {speed} |"
         )
     return "\n".join(lines)
@@ -141,7 +151,7 @@ COLORS = {"width": "C0", "depth": "C1"}
 
 def plot(by_kind: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """One panel per model: test score against the fraction of the stacks' parameters removed, a line per structure
-    and recovery, the dense model as a dashed line."""
+    and recovery (the main recovery budget; a second budget's runs are in the table), the dense model dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +167,7 @@ def plot(by_kind: dict[str, list[dict[str, Any]]], path: Path) -> None:
                 pts = sorted(
                     (100 * r["stack_params_removed"], r["score"])
                     for r in rows
-                    if r["structure"] == structure and r["recovery"] == recovery
+                    if r["structure"] == structure and r["recovery"] == recovery and not r["budget"]
                 )
                 if pts:
                     xs, ys = zip(*pts, strict=True)
@@ -186,7 +196,15 @@ def main(folder: Path) -> None:
         rows = [row(n, r, speed) for n, r in sorted(runs.items()) if n.startswith(kind + "_")]
         if not rows:
             continue
-        rows.sort(key=lambda r: (r["structure"] != "dense", r["structure"], r["fraction"], r["recovery"]))
+        dense_flops = [
+            r["structured"]["flops_per_token"]["before"]
+            for n, r in runs.items()
+            if n.startswith(kind + "_") and "structured" in r
+        ]
+        for r in rows:  # the dense model's FLOPs per token, as its cuts measured them
+            if r["structure"] == "dense" and dense_flops:
+                r["flops_per_token"] = dense_flops[0]
+        rows.sort(key=lambda r: (r["structure"] != "dense", r["budget"], r["structure"], r["fraction"], r["recovery"]))
         sections.append(f"## {kind}\n\n{table(rows)}\n")
         all_verdicts[kind] = verdicts(rows, kind)
         by_kind[kind] = rows

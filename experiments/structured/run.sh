@@ -8,7 +8,8 @@
 #           and a linear decay to 0), its grid, then whatever of the other grid is not taken;
 #   core 1: MiniLM fine-tuned on SST-2 (BASE_CLS steps of experiment=finetune), its grid, then the same;
 #   then both speeds, one on each core. A lane takes one cut (its distil, finetune and scratch runs) at a time, with a
-#   lock folder, so that the lane that finishes first helps the other.
+#   lock folder, so that the lane that finishes first helps the other. The NMT grid ends with its 1/3 cuts
+#   recovered again for LONG_NMT steps (runs named ..._distil_1000).
 # The whole script is sized to run in under 2 hours on this 2-core machine; every figure in results/ comes from it.
 # The grid, per model: width (heads + neurons, Minitron's activation scores, the same fraction of every layer) and
 # depth (whole layers by block influence), removing 1/3 and then 1/2 of the layer stacks' parameters
@@ -41,6 +42,7 @@ BASE_NMT=${BASE_NMT:-4000}
 BASE_CLS=${BASE_CLS:-1200}
 STEPS_NMT=${STEPS_NMT:-300}
 STEPS_CLS=${STEPS_CLS:-300}
+LONG_NMT=${LONG_NMT:-1000}  # the NMT 1/3 cuts recovered again for longer: how the gap to dense closes with steps
 LANES=" ${LANES:-nmt cls} "
 
 done_run() { grep -qs '"status": "completed"' "$RUNS/$1/results.json"; }
@@ -62,8 +64,9 @@ s = json.load(open('$RUNS/$1/results.json'))['structured']['flops_per_token']
 print(round($2 * (3 * s['after'] + s['before']) / (3 * s['after'])))"
 }
 
-grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES... -- SCRATCH_OVERRIDES...
-    local kind=$1 core=$2 base=$3 steps=$4 structure fraction name
+grid() {  # grid KIND CORE BASE "CUT ..." DATA... -- RECOVERY_OVERRIDES... -- SCRATCH_OVERRIDES...
+    # CUT: STRUCTURE:FRACTION:STEPS[:SUFFIX]; its runs are KIND_STRUCTURE_FRACTION_{distil,finetune,scratch}SUFFIX
+    local kind=$1 core=$2 base=$3 cuts=$4 structure fraction steps suffix name cut
     shift 4
     local data=() recover=() scratch=() args=()
     while [ "$1" != "--" ]; do data+=("$1"); shift; done
@@ -71,27 +74,30 @@ grid() {  # grid KIND CORE BASE STEPS DATA... -- RECOVERY_OVERRIDES... -- SCRATC
     while [ "$1" != "--" ]; do recover+=("$1"); shift; done
     shift
     scratch=("$@")
-    for fraction in 0.33 0.5; do
-        for structure in width depth; do
-            name="${kind}_${structure}_${fraction}"
-            mkdir "$RUNS/$name.lock" 2>/dev/null || continue  # the other lane has it
-            args=(pruner=structured ckpt="$RUNS/$base" "${data[@]}" sparsity="$fraction" pruner.budget=stack_params
-                pruner.structure="$structure")
-            if [ "$structure" = depth ]; then args+=(pruner.criterion=block_influence); fi
-            run "${name}_distil" "$core" "${args[@]}" pruner.finetune_steps="$steps" "${recover[@]}" \
-                task.distill.teacher="$RUNS/$base"
-            run "${name}_finetune" "$core" "${args[@]}" pruner.finetune_steps="$steps" "${recover[@]}"
-            run "${name}_scratch" "$core" "${args[@]}" pruner.finetune_steps="$(scratch_steps "${name}_distil" "$steps")" \
-                pruner.recovery=scratch "${scratch[@]}"
-        done
+    for cut in $cuts; do
+        IFS=: read -r structure fraction steps suffix <<<"$cut"
+        name="${kind}_${structure}_${fraction}"
+        mkdir "$RUNS/$name$suffix.lock" 2>/dev/null || continue  # the other lane has it
+        args=(pruner=structured ckpt="$RUNS/$base" "${data[@]}" sparsity="$fraction" pruner.budget=stack_params
+            pruner.structure="$structure")
+        if [ "$structure" = depth ]; then args+=(pruner.criterion=block_influence); fi
+        run "${name}_distil$suffix" "$core" "${args[@]}" pruner.finetune_steps="$steps" "${recover[@]}" \
+            task.distill.teacher="$RUNS/$base"
+        run "${name}_finetune$suffix" "$core" "${args[@]}" pruner.finetune_steps="$steps" "${recover[@]}"
+        run "${name}_scratch$suffix" "$core" "${args[@]}" pruner.recovery=scratch "${scratch[@]}" \
+            pruner.finetune_steps="$(scratch_steps "${name}_distil$suffix" "$steps")"
     done
 }
 
-nmt_grid() {  # nmt_grid CORE
-    grid nmt "$1" nmt_base "$STEPS_NMT" "${NMT[@]}" -- "${RECOVER_NMT[@]}" -- "${SCRATCH_NMT[@]}"
+cuts() {  # cuts STEPS: 1/3 and then 1/2 of the stacks' parameters, by width and by depth
+    echo "width:0.33:$1 depth:0.33:$1 width:0.5:$1 depth:0.5:$1"
+}
+nmt_grid() {  # nmt_grid CORE; then the 1/3 cuts again with LONG_NMT recovery steps (runs named ..._distil_1000)
+    grid nmt "$1" nmt_base "$(cuts "$STEPS_NMT") width:0.33:$LONG_NMT:_$LONG_NMT depth:0.33:$LONG_NMT:_$LONG_NMT" \
+        "${NMT[@]}" -- "${RECOVER_NMT[@]}" -- "${SCRATCH_NMT[@]}"
 }
 cls_grid() {  # cls_grid CORE
-    grid cls "$1" cls_base "$STEPS_CLS" "${CLS[@]}" -- "${RECOVER_CLS[@]}" -- "${SCRATCH_CLS[@]}"
+    grid cls "$1" cls_base "$(cuts "$STEPS_CLS")" "${CLS[@]}" -- "${RECOVER_CLS[@]}" -- "${SCRATCH_CLS[@]}"
 }
 [[ $LANES == *" nmt "* ]] && (
     run nmt_base 0 "${NMT[@]}" trainer.max_steps="$BASE_NMT" "${BASE_RECIPE_NMT[@]}"

@@ -39,6 +39,7 @@ def test_grid_speed_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     for d in runs.iterdir():
         if (d / "results.json").is_file():
             shutil.copy(d / "results.json", results / f"{d.name}.results.json")
+    by_run = {d.name: json.loads((d / "results.json").read_text()) for d in runs.iterdir() if d.is_dir()}
 
     import experiments.structured.speed as speed
 
@@ -50,14 +51,20 @@ def test_grid_speed_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     rows = json.loads((results / "speed_nmt.json").read_text())["nmt_width_0.3_distil"]["rows"]
     assert [r["batch_size"] for r in rows] == [1, 4] and all(r["speedup"] > 0 for r in rows)
 
+    # a second recovery budget (run.sh's _1000 runs), here the finetune run relabelled as that budget's distil run:
+    # runs are compared within their budget only, so it has no scratch or finetune partner
+    shutil.copy(results / "nmt_width_0.3_finetune.results.json", results / "nmt_width_0.3_distil_12.results.json")
     report = load_experiment_report("structured")
     report.main(results)
     verdicts = json.loads((results / "verdicts.json").read_text())["nmt"]
+    assert [c["distil"] for c in verdicts["distil_vs_dense"]] == pytest.approx(
+        [by_run[n]["metrics"]["test/bleu"] for n in ("nmt_width_0.3_distil", "nmt_width_0.3_finetune")]
+    )
     (v,) = verdicts["distil_vs_scratch"]
     assert v["structure"] == "width" and v["fraction"] == 0.3
     # equal compute by construction, up to the tokens of each step (batches are cut by tokens, not exactly equal)
     assert v["compute_ratio_scratch_over_distil"] == pytest.approx(1.0, abs=0.15)
-    (close,) = verdicts["distil_vs_dense"]  # the dense score and the speed-up come from their own files
+    close = verdicts["distil_vs_dense"][0]  # the dense score and the speed-up come from their own files
     assert close["gap"] == pytest.approx(base.results["metrics"]["test/bleu"] - v["distil"])
     assert close["speedup_b64"] is None  # measured at batch 1 and 4 only
     (gain,) = verdicts["distillation_gain"]
