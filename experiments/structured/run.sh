@@ -8,7 +8,7 @@
 #           and a linear decay to 0), its grid, then whatever of the other grid is not taken;
 #   core 1: MiniLM fine-tuned on SST-2 (BASE_CLS steps of experiment=finetune), its grid, then the same;
 #   then both speeds, one on each core. A lane takes one cut (its distil, finetune and scratch runs) at a time, with a
-#   lock folder, so that the lane that finishes first helps the other. The NMT grid ends with its 1/3 cuts
+#   lock folder, so that the lane that finishes first helps the other. The NMT grid ends with its 1/3 width cut
 #   recovered again for LONG_NMT steps (runs named ..._distil_1000).
 # The whole script is sized to run in under 2 hours on this 2-core machine; every figure in results/ comes from it.
 # The grid, per model: width (heads + neurons, Minitron's activation scores, the same fraction of every layer) and
@@ -42,7 +42,7 @@ BASE_NMT=${BASE_NMT:-4000}
 BASE_CLS=${BASE_CLS:-1200}
 STEPS_NMT=${STEPS_NMT:-300}
 STEPS_CLS=${STEPS_CLS:-300}
-LONG_NMT=${LONG_NMT:-1000}  # the NMT 1/3 cuts recovered again for longer: how the gap to dense closes with steps
+LONG_NMT=${LONG_NMT:-1000}  # the NMT 1/3 width cut recovered again for longer: how its gap to dense closes
 LANES=" ${LANES:-nmt cls} "
 
 done_run() { grep -qs '"status": "completed"' "$RUNS/$1/results.json"; }
@@ -92,8 +92,8 @@ grid() {  # grid KIND CORE BASE "CUT ..." DATA... -- RECOVERY_OVERRIDES... -- SC
 cuts() {  # cuts STEPS: 1/3 and then 1/2 of the stacks' parameters, by width and by depth
     echo "width:0.33:$1 depth:0.33:$1 width:0.5:$1 depth:0.5:$1"
 }
-nmt_grid() {  # nmt_grid CORE; then the 1/3 cuts again with LONG_NMT recovery steps (runs named ..._distil_1000)
-    grid nmt "$1" nmt_base "$(cuts "$STEPS_NMT") width:0.33:$LONG_NMT:_$LONG_NMT depth:0.33:$LONG_NMT:_$LONG_NMT" \
+nmt_grid() {  # nmt_grid CORE; then the 1/3 width cut again with LONG_NMT recovery steps (..._distil_1000)
+    grid nmt "$1" nmt_base "$(cuts "$STEPS_NMT") width:0.33:$LONG_NMT:_$LONG_NMT" \
         "${NMT[@]}" -- "${RECOVER_NMT[@]}" -- "${SCRATCH_NMT[@]}"
 }
 cls_grid() {  # cls_grid CORE
