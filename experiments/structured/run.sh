@@ -12,8 +12,9 @@
 #   recovered again for LONG_NMT steps (runs named ..._distil_1000).
 # The whole script is sized to run in under 2 hours on this 2-core machine; every figure in results/ comes from it.
 # The grid, per model: width (heads + neurons, Minitron's activation scores, the same fraction of every layer) and
-# depth (whole layers by block influence), removing 1/3 and then 1/2 of the layer stacks' parameters
-# (pruner.budget=stack_params; results.json gives the fraction of all parameters too), each recovered
+# depth (whole layers: block influence for the pre-norm NMT model, Wang & Tu's contribution for post-norm BERT),
+# removing 1/3 and then 1/2 of the layer stacks' parameters (pruner.budget=stack_params; results.json gives the
+# fraction of all parameters too), each recovered
 #   distil    RECOVERY steps with task.distill.teacher = the start model (KL at T=2, alpha 0.5);
 #   finetune  the same steps without the teacher;
 #   scratch   the cut architecture freshly initialised, trained with its start model's own recipe (lr and schedule)
@@ -64,6 +65,11 @@ s = json.load(open('$RUNS/$1/results.json'))['structured']['flops_per_token']
 print(round($2 * (3 * s['after'] + s['before']) / (3 * s['after'])))"
 }
 
+depth_criterion() {  # depth_criterion KIND: block influence reads a pre-norm residual stream (the NMT model);
+    # BERT-family models are post-norm, so their layers go by Wang & Tu's contribution (the score's drop per layer)
+    if [ "$1" = nmt ]; then echo block_influence; else echo contribution; fi
+}
+
 grid() {  # grid KIND CORE BASE "CUT ..." DATA... -- RECOVERY_OVERRIDES... -- SCRATCH_OVERRIDES...
     # CUT: STRUCTURE:FRACTION:STEPS[:SUFFIX]; its runs are KIND_STRUCTURE_FRACTION_{distil,finetune,scratch}SUFFIX
     local kind=$1 core=$2 base=$3 cuts=$4 structure fraction steps suffix name cut
@@ -80,7 +86,7 @@ grid() {  # grid KIND CORE BASE "CUT ..." DATA... -- RECOVERY_OVERRIDES... -- SC
         mkdir "$RUNS/$name$suffix.lock" 2>/dev/null || continue  # the other lane has it
         args=(pruner=structured ckpt="$RUNS/$base" "${data[@]}" sparsity="$fraction" pruner.budget=stack_params
             pruner.structure="$structure")
-        if [ "$structure" = depth ]; then args+=(pruner.criterion=block_influence); fi
+        if [ "$structure" = depth ]; then args+=(pruner.criterion="$(depth_criterion "$kind")"); fi
         run "${name}_distil$suffix" "$core" "${args[@]}" pruner.finetune_steps="$steps" "${recover[@]}" \
             task.distill.teacher="$RUNS/$base"
         run "${name}_finetune$suffix" "$core" "${args[@]}" pruner.finetune_steps="$steps" "${recover[@]}"
@@ -114,9 +120,15 @@ cls_grid() {  # cls_grid CORE
 wait
 [ "${BASES_ONLY:-0}" = 1 ] && exit 0
 [[ $LANES == " nmt cls " ]] || exit 0  # one lane: the speed and the report wait for both
-taskset -c 0 .venv/bin/python -m experiments.structured.speed "$RUNS/nmt_base" "$RUNS"/nmt_*_*/ \
+pruned_runs() {  # pruned_runs KIND: the grid's completed run folders (not the lock folders)
+    local d
+    for d in "$RUNS/$1"_*_*; do [ -f "$d/results.json" ] && echo "$d"; done
+}
+# shellcheck disable=SC2046  # one folder per word
+taskset -c 0 .venv/bin/python -m experiments.structured.speed "$RUNS/nmt_base" $(pruned_runs nmt) \
     --out "$HERE/results/speed_nmt.json" &
-taskset -c 1 .venv/bin/python -m experiments.structured.speed "$RUNS/cls_base" "$RUNS"/cls_*_*/ \
+# shellcheck disable=SC2046
+taskset -c 1 .venv/bin/python -m experiments.structured.speed "$RUNS/cls_base" $(pruned_runs cls) \
     --out "$HERE/results/speed_cls.json" &
 wait
 .venv/bin/python -m experiments.structured.report "$HERE/results"

@@ -135,3 +135,14 @@ def test_decoder_layers_of_a_translation_model_count_only_real_target_positions(
             want[f"dec.{i}"] = 1 - float(F.cosine_similarity(x, y, dim=-1)[tgt_in != 0].double().mean())
             x = y
     assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_structured_depth_refuses_post_norm_when_attached_before_any_work() -> None:
+    from prunelab.pruning.structured import StructuredPruner
+
+    post = Transformer(TransformerConfig(vocab_size=V, d_model=16, n_heads=2, d_ff=16, pre_norm=False))
+    pre = Transformer(TransformerConfig(vocab_size=V, d_model=16, n_heads=2, d_ff=16, pre_norm=True))
+    with pytest.raises(UserError, match="criterion=contribution"):
+        StructuredPruner(0.3, structure="depth", criterion="block_influence").attach(post)
+    StructuredPruner(0.3, structure="depth", criterion="block_influence").attach(pre)  # pre-norm: accepted
+    StructuredPruner(0.3, structure="depth", criterion="contribution").attach(post)  # another criterion: accepted

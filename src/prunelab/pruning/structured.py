@@ -160,6 +160,13 @@ class StructuredPruner(Pruner):
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
+        cfg = getattr(model, "cfg", None)
+        if self.criterion == "block_influence" and cfg is not None and not getattr(cfg, "pre_norm", True):
+            # before any evaluation or training: the layers are only scored after the dense round
+            raise UserError(
+                "pruner.criterion=block_influence needs a pre-norm model (post-norm normalises the stream inside "
+                "each block): use pruner.criterion=contribution"
+            )
         if not hasattr(self, "cost_before"):  # buffers: a resumed or reloaded run still reports the dense cost
             self.register_buffer("cost_before", torch.zeros(len(KEYS), dtype=torch.long))  # by KEYS' order
 
