@@ -5,19 +5,34 @@
 Each pruned run's tested model and the dense run's score (decode, for translation: the run's beam) the first
 `--sentences` test examples at each batch size, interleaved `--repeats` times (the median kept), by
 prunelab.importance.speed.speed_by_batch_size; one thread, so that two lanes of the machine do not meet.
+With --teacher-forced (translation), one forward pass over source and reference instead of decoding: the model's
+own compute, without the beam search's per-step work (its "score" columns are then 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from prunelab.importance.speed import speed_by_batch_size
 from prunelab.importance.variants import DecodeSettings
 from prunelab.training import load_run
+
+
+class TeacherForced:
+    """A scorer that only times: the model's logits for every reference position, in one pass per batch."""
+
+    name = "teacher-forced"
+
+    def score(self, model: Any, batches: Sequence[dict[str, Any]]) -> float:
+        for b in batches:
+            model(b["src"], b["tgt_in"])  # (B, T, V)
+        return 0.0
 
 
 def main() -> None:
@@ -28,11 +43,16 @@ def main() -> None:
     p.add_argument("--sentences", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--teacher-forced", action="store_true", help="time a forward pass, not decoding (translation)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
     dense = load_run(args.dense, data=True)
-    scorer = dense.task_class.scorer(dense.datamodule, DecodeSettings(beam_size=args.beam_size))
+    scorer: Any = (
+        TeacherForced()
+        if args.teacher_forced
+        else dense.task_class.scorer(dense.datamodule, DecodeSettings(beam_size=args.beam_size))
+    )
     table = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for run in args.runs:
         if run.name in table:
@@ -42,7 +62,13 @@ def main() -> None:
             rows = speed_by_batch_size(
                 dense.model, pruned, dense.datamodule, scorer, args.batch_sizes, args.sentences, args.repeats
             )
-        table[run.name] = {"dense": str(args.dense), "threads": 1, "beam_size": args.beam_size, "rows": rows}
+        table[run.name] = {
+            "dense": str(args.dense),
+            "threads": 1,
+            "measures": scorer.name if args.teacher_forced else "decoding",
+            "beam_size": None if args.teacher_forced else args.beam_size,
+            "rows": rows,
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(table, indent=2) + "\n")
         print(run.name, " ".join(f"b{r['batch_size']}: {r['speedup']:.2f}x" for r in rows), flush=True)

@@ -50,6 +50,25 @@ def test_grid_speed_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     speed.main()
     rows = json.loads((results / "speed_nmt.json").read_text())["nmt_width_0.3_distil"]["rows"]
     assert [r["batch_size"] for r in rows] == [1, 4] and all(r["speedup"] > 0 for r in rows)
+    # --teacher-forced: the model's forward pass over the references, every test batch through it once per timing
+    model_class = type(speed.load_run(runs / "nmt_width_0.3_distil").model)
+    real_forward = model_class.forward
+    calls: list[tuple[int, int]] = []  # (sentences, reference length) per forward
+
+    def counted(self: object, src: object, tgt: object = None, *a: object, **k: object) -> object:
+        calls.append((len(src), 0 if tgt is None else tgt.shape[1]))  # type: ignore[arg-type, union-attr]
+        return real_forward(self, src, tgt, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model_class, "forward", counted)
+    forward_out = results / "forward_nmt.json"
+    forward_args = [*args, "--sentences", "8", "--repeats", "1", "--teacher-forced", "--out", str(forward_out)]
+    monkeypatch.setattr(sys, "argv", forward_args)
+    speed.main()
+    forward = json.loads(forward_out.read_text())["nmt_width_0.3_distil"]
+    assert forward["measures"] == "teacher-forced" and forward["beam_size"] is None
+    # batch 1: 8 passes each for dense and pruned, then batch 4: 2 each; every one reads the references (length > 0)
+    assert [n for n, _ in calls] == [1] * 16 + [4] * 4 and all(t > 0 for _, t in calls)
+    assert all(r["speedup"] > 0 and r["dense_score"] == 0.0 for r in forward["rows"])
 
     # a second recovery budget (run.sh's _1000 runs), here the finetune run relabelled as that budget's distil run:
     # runs are compared within their budget only, so it has no scratch or finetune partner
