@@ -46,9 +46,11 @@ def reached(target: Path, text: str | None, last_size: int) -> bool:
     return target.stat().st_size == last_size > 0
 
 
-def kill_when(run_dir: Path, marker: str, text: str | None = None, timeout: float = 300) -> None:
+def kill_when(
+    run_dir: Path, marker: str, text: str | None = None, timeout: float = 300, args: list[str] = ARGS
+) -> None:
     """Start the run and SIGKILL it as soon as `marker` (a path under run_dir) is complete, or holds `text`."""
-    cmd = [sys.executable, str(ROOT / "train.py"), *ARGS, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target, deadline, last_size = run_dir / marker, time.monotonic() + timeout, -1
     try:
@@ -98,6 +100,40 @@ def test_killed_run_resumes_to_the_same_masks(tmp_path: Path, reference: Path, m
     ref = json.loads((reference / "results.json").read_text())
     assert resumed.results["metrics"]["test/bleu"] == pytest.approx(ref["metrics"]["test/bleu"], abs=1e-6)
     assert [lv["round"] for lv in resumed.results["levels"]] == [0, 1, 2]
+
+
+# --- with dropout: a resumed run draws the same dropout masks ----------------------------------------------
+DROPOUT = [*ARGS, "model.dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def reference_with_dropout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = train(tmp_path_factory.mktemp("ref_dropout") / "run", *DROPOUT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.dir
+
+
+@pytest.mark.parametrize(
+    "marker",
+    ["checkpoints/round_1/last.ckpt", "checkpoints/round_1/round_end.ckpt"],
+    ids=["inside_a_round", "between_rounds"],
+)
+def test_with_dropout_a_resumed_run_trains_as_the_uninterrupted_one(
+    tmp_path: Path, reference_with_dropout: Path, marker: str
+) -> None:
+    """Inside a round the generators' state comes back with last.ckpt; a fresh round starts from its own seed.
+    Without either, the resumed run draws other dropout masks from where it is resumed: other weights, other
+    losses, other masks."""
+    run_dir = tmp_path / "run"
+    kill_when(run_dir, marker, args=DROPOUT)
+    assert not (run_dir / "checkpoints" / "round_2" / "round_end.ckpt").exists()
+    resumed = train(run_dir, *DROPOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref = json.loads((reference_with_dropout / "results.json").read_text())
+    for got, want in zip(resumed.results["levels"], ref["levels"], strict=True):
+        assert got["metrics"] == pytest.approx(want["metrics"], abs=1e-6), got["round"]
+    ref_masks, got_masks = final_masks(reference_with_dropout), final_masks(run_dir)
+    assert all(torch.equal(ref_masks[k], got_masks[k]) for k in ref_masks)
 
 
 # --- the same run again: deterministic, pruned checkpoints, W&B without a key -----------------------------

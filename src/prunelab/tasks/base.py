@@ -58,6 +58,22 @@ OPTIMIZERS = ("adam", "adamw", "adafactor")
 SCHEDULES = ("inverse_sqrt", "linear")
 
 
+def rng_state() -> dict[str, Any]:
+    """torch's generators now (the CPU one and every initialised GPU's): what dropout draws next."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Back to `rng_state()`'s generators (a GPU's only on a machine with as many GPUs)."""
+    torch.set_rng_state(state["cpu"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
 class PrunableTask(L.LightningModule):
     kind: str = ""  # the data it takes: translation | classification (data modules name theirs)
     score_key: str = ""  # its score, logged as val/<key> and test/<key> (bleu, acc, ...)
@@ -100,6 +116,7 @@ class PrunableTask(L.LightningModule):
         self.last_lr_step = -1  # the latest step the schedule was read at in this process
         self.schedule_seen: dict[str, int] = {}  # warm-up and total steps at the latest scheduler step
         self.train_tokens = 0
+        self._resumed_rng: dict[str, Any] | None = None  # last.ckpt's generators, set at the resumed first step
         # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
         self._first_bad: torch.Tensor | None = None
         self._bad_loss: torch.Tensor | None = None
@@ -179,6 +196,7 @@ class PrunableTask(L.LightningModule):
         extra = self.pruner.checkpoint_state()
         if extra:
             checkpoint["pruner_state"] = extra
+        checkpoint["rng_state"] = rng_state()  # dropout's next draws: a resumed round continues them exactly
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint saved after head or component removal has other shapes: remove the same parts first
@@ -187,6 +205,10 @@ class PrunableTask(L.LightningModule):
         # a round's best checkpoint is evaluated: that must not rewind what the pruner has done since
         if self._trainer is None or self._trainer.state.fn == "fit":
             self.pruner.load_checkpoint_state(checkpoint.get("pruner_state", {}))
+        if self._trainer is not None and self._trainer.state.fn == "fit":  # a round resumed from its last.ckpt
+            # set at its first step, not now: the new train DataLoader iterator draws a seed from torch's
+            # generator first, which the uninterrupted run drew at the start of its epoch
+            self._resumed_rng = checkpoint.get("rng_state")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Batches are flat dicts: move their tensors and leave the rest (reference strings) alone, instead
@@ -211,6 +233,9 @@ class PrunableTask(L.LightningModule):
                 self.log(f"train/{name}", value)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
         self.pruner.on_batch(self.model, batch)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -82,6 +82,11 @@ def evaluate(trainer: L.Trainer, task: Any, datamodule: Any, best: str | None) -
     return metrics
 
 
+def round_seed(seed: int, r: int) -> int:
+    """The seed round `r` of a run seeded with `seed` starts from (a different one for every round and seed)."""
+    return (seed * 1_000_003 + 7_919 * (r + 1)) % 2**32
+
+
 @dataclass
 class Rounds:
     """The rounds of one run (see the module docstring). `pretrained`: the model holds trained weights (`ckpt=`, or
@@ -172,6 +177,10 @@ class Rounds:
         if (d / "last.ckpt").exists():
             pruner.enter_round(r)  # the checkpoint holds the round's weights and masks
         else:
+            # a fresh round draws from its own seed (dropout, a fresh initialisation): what it draws does not
+            # depend on the rounds before it, so a run resumed between rounds draws the same (mid-round, the
+            # generators' state comes back with last.ckpt: tasks.base)
+            L.seed_everything(round_seed(self.cfg.seed, r), workers=True, verbose=False)
             pruner.on_round_start(self.task.model, r)
         log.info("round %d of %d: sparsity %.4f", r + 1, pruner.rounds, pruner.round_sparsity(r))
         return trainer, ckpt, steps
