@@ -100,6 +100,8 @@ def test_killed_run_resumes_to_the_same_masks(tmp_path: Path, reference: Path, m
     ref = json.loads((reference / "results.json").read_text())
     assert resumed.results["metrics"]["test/bleu"] == pytest.approx(ref["metrics"]["test/bleu"], abs=1e-6)
     assert [lv["round"] for lv in resumed.results["levels"]] == [0, 1, 2]
+    # the tokens trained count the steps before the kill too (this process's alone are fewer)
+    assert resumed.results["train"]["tokens"] == ref["train"]["tokens"] > 0
 
 
 # --- with dropout: a resumed run draws the same dropout masks ----------------------------------------------
@@ -132,6 +134,7 @@ def test_with_dropout_a_resumed_run_trains_as_the_uninterrupted_one(
     ref = json.loads((reference_with_dropout / "results.json").read_text())
     for got, want in zip(resumed.results["levels"], ref["levels"], strict=True):
         assert got["metrics"] == pytest.approx(want["metrics"], abs=1e-6), got["round"]
+    assert resumed.results["train"]["tokens"] == ref["train"]["tokens"]
     ref_masks, got_masks = final_masks(reference_with_dropout), final_masks(run_dir)
     assert all(torch.equal(ref_masks[k], got_masks[k]) for k in ref_masks)
 

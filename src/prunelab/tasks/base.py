@@ -115,7 +115,8 @@ class PrunableTask(L.LightningModule):
         self.peak_lr_factor = 0.0  # the highest lr factor the round's schedule reached (1: the peak lr)
         self.last_lr_step = -1  # the latest step the schedule was read at in this process
         self.schedule_seen: dict[str, int] = {}  # warm-up and total steps at the latest scheduler step
-        self.train_tokens = 0
+        self.train_tokens = 0  # real tokens the run has trained on, the rounds before a resume included
+        self.process_tokens = 0  # those trained in this process (its throughput)
         self._resumed_rng: dict[str, Any] | None = None  # last.ckpt's generators, set at the resumed first step
         # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
         self._first_bad: torch.Tensor | None = None
@@ -197,6 +198,7 @@ class PrunableTask(L.LightningModule):
         if extra:
             checkpoint["pruner_state"] = extra
         checkpoint["rng_state"] = rng_state()  # dropout's next draws: a resumed round continues them exactly
+        checkpoint["train_tokens"] = int(self.train_tokens)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint saved after head or component removal has other shapes: remove the same parts first
@@ -205,6 +207,7 @@ class PrunableTask(L.LightningModule):
         # a round's best checkpoint is evaluated: that must not rewind what the pruner has done since
         if self._trainer is None or self._trainer.state.fn == "fit":
             self.pruner.load_checkpoint_state(checkpoint.get("pruner_state", {}))
+            self.train_tokens = int(checkpoint.get("train_tokens", self.train_tokens))
         if self._trainer is not None and self._trainer.state.fn == "fit":  # a round resumed from its last.ckpt
             # set at its first step, not now: the new train DataLoader iterator draws a seed from torch's
             # generator first, which the uninterrupted run drew at the start of its epoch
@@ -224,6 +227,7 @@ class PrunableTask(L.LightningModule):
         `train/hidden_loss`), only at the steps the Trainer sends to the loggers (every trainer.log_every_n_steps,
         and the last): self.log costs about a millisecond a call."""
         self.train_tokens += batch["n_tokens"]  # real tokens (padding not counted)
+        self.process_tokens += batch["n_tokens"]
         connector = getattr(self.trainer, "_logger_connector", None)
         due = connector is None or connector.should_update_logs or self.global_step + 1 >= self.total_steps
         if due:

@@ -102,7 +102,8 @@ def run(
     hyp = round_dir_of(out, final["round"]) / "test.hyp.txt"
     if is_rank_zero() and hyp.is_file():  # a task that decodes (a language model's test decodes nothing)
         (out / "test.hyp.txt").write_text(hyp.read_text(encoding="utf-8"), encoding="utf-8")
-    tokens = task.train_tokens  # real source + target tokens trained on; fit time includes validation
+    tokens = task.train_tokens  # real source + target tokens trained on, before a resume too
+    # throughput: this process's tokens over its fit time (which includes validation)
     results.update(time=time_shares(levels, clock.elapsed()))
     results.update(
         status="completed",
@@ -112,7 +113,7 @@ def run(
         train={
             "fit_time_s": rounds.fit_time,
             "tokens": tokens,
-            "tokens_per_s": tokens / rounds.fit_time if rounds.fit_time else None,
+            "tokens_per_s": task.process_tokens / rounds.fit_time if rounds.fit_time else None,
         },
         trainer=rounds.trainer_settings,  # what the Trainer ran with (none when every round was loaded)
         **task.pruner.report(model),
