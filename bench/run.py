@@ -72,6 +72,8 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             decode_tokens=20 if q else 32,
         ),
         "mfu": lambda: training.mfu("transformer_big" if paper else "transformer_base", 4096, steps=1 if q else 4),
+        # issue 27 item 6, on a CUDA GPU (elsewhere only the FLOPs per token): 32k-token batches fill an H100
+        "gpu": lambda: training.gpu_mfu("transformer_base", 32768, steps=12 if q else 40, skip=4 if q else 10),
         "memory": lambda: training.memory(default_steps=20 if q else 200, base_steps=2 if q else 3),
         "export": lambda: export.sizes(0.9),
         "heads": lambda: generation.heads(rounds=2 if q else 3),
@@ -151,6 +153,7 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
             "transformer_tiny", 512, steps=3, reps=1, decode_batch=2, decode_tokens=3, overrides=SMOKE, matmul_n=64
         ),
         "mfu": lambda: training.mfu("transformer_tiny", 512, steps=1, overrides=SMOKE, matmul_n=64),
+        "gpu": lambda: training.gpu_mfu("transformer_tiny", 512, steps=2, skip=1, overrides=SMOKE),
         "memory": lambda: training.memory(1, base_steps=None, overrides=SMOKE),  # one process: the default run
         "export": lambda: export.sizes(0.9, shape=SMOKE_NMT),
         "heads": lambda: generation.heads(rounds=1, steps=3, shape=SMOKE_NMT, batch_sizes=(1, 4)),
@@ -235,7 +238,7 @@ def markdown(meta: dict, figures: list[Figure]) -> str:
             "the figures above were taken with a GPU present; see the machine table."
             if torch.cuda.is_available()
             else "no GPU figures exist yet: no GPU has been lent to this benchmark (the GPU path is "
-            "`python train.py hardware=gpu`, bf16-mixed)."
+            "`python train.py hardware=gpu`, bf16-mixed; `--sections gpu` measures its training MFU)."
         ),
         "",
     ]

@@ -33,10 +33,18 @@ class StepClock(L.Callback):
         self.end = 0.0
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int) -> None:
+        synchronize()
         self.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        synchronize()
         self.end = time.perf_counter()
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (a clock read on the host would time only the launches); no-op on a CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def timed_fit(task: L.LightningModule, cfg: Any, batches: list[Batch]) -> StepClock:
@@ -214,12 +222,15 @@ def _time(fn: Any) -> float:
     return time.perf_counter() - t
 
 
-def train_flops(task: Any, batches: list[Batch]) -> tuple[float, float]:
-    """(FLOPs of forward + backward over `batches` by torch's FlopCounterMode, real / padded tokens)."""
+def train_flops(task: Any, batches: list[Batch], device: str = "cpu") -> tuple[float, float]:
+    """(FLOPs of forward + backward over `batches` by torch's FlopCounterMode, real / padded tokens), counted with
+    the task's model on `device` (the count is the same anywhere; a GPU only makes it quicker)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     flops, real, padded = 0, 0, 0
+    task.to(device)
     for b in batches:
+        b = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
         with FlopCounterMode(display=False) as counter:
             task.loss(b).backward()
         flops += counter.get_total_flops()
@@ -254,6 +265,77 @@ def mfu(
         Figure("machine", f"model GFLOP/s ({model_name} training)", achieved / 1e9, unit="GFLOP/s"),
         Figure("machine", f"MFU ({model_name}, CPU fp32)", achieved / peak, goal=0.35, note=note),
     ]
+
+
+# dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, matched in this order against
+# torch.cuda.get_device_name() (so "H100 PCIe" before "H100", the SXM part)
+BF16_PEAKS = (
+    ("H200", 989.4e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989.4e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+)
+GPU_MFU_GOAL = 0.40  # issue 27: transformer_base training in bf16-mixed, over the device's bf16 peak
+
+
+def bf16_peak(device_name: str) -> float | None:
+    """The datasheet's dense bf16 peak (FLOP/s) of a GPU by its name, or None for one not in BF16_PEAKS."""
+    return next((peak for key, peak in BF16_PEAKS if key in device_name), None)
+
+
+def gpu_mfu(model_name: str, max_tokens: int, steps: int, skip: int, overrides: Sequence[str] = ()) -> list[Figure]:
+    """Model FLOPs utilisation of `model_name` training under the Trainer with hardware=gpu (bf16-mixed), over the
+    device's datasheet bf16 peak (goal GPU_MFU_GOAL) and over a measured 8192^3 bf16 matmul. FLOPs are counted by
+    FlopCounterMode on the very batches timed (the first `skip` steps untimed), real tokens only. Without a CUDA
+    GPU: only the FLOPs per trained target token, and a note."""
+    hardware = ["hardware=gpu"] if torch.cuda.is_available() else []
+    if not hardware:  # the FLOPs per token only: one batch of at most 4,096 tokens, not a GPU's workload on a CPU
+        max_tokens, steps, skip = min(max_tokens, 4096), 1, 0
+    cfg = compose(f"model={model_name}", f"data.max_tokens={max_tokens}", "model.dropout=0.1", *hardware, *overrides)
+    dm, task = build_run(cfg, NoPruner())
+    batches = first_batches(dm.train_dataloader(), steps)
+    device = "cuda" if hardware else "cpu"
+    flops, real_share = train_flops(task, batches[skip:], device)
+    pad = task.model.cfg.pad_id
+    tokens = sum(target_tokens(b, pad) for b in batches[skip:])
+    per_token = Figure(
+        "gpu", f"training FLOPs per target token ({model_name})", flops * real_share / tokens, unit="FLOP"
+    )
+    if not hardware:
+        per_token.note = "no CUDA GPU: no MFU measured"
+        return [per_token]
+    name = torch.cuda.get_device_name()
+    clock = timed_fit(task, cfg, batches)
+    achieved = flops * real_share / (clock.end - clock.starts[skip])
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    torch.mm(a, a)
+    synchronize()
+    matmul = 2 * n**3 / min(_time(lambda: (torch.mm(a, a), synchronize())) for _ in range(10))
+    peak = bf16_peak(name)
+    note = f"{name}, {model_name}, {max_tokens} tokens/batch, bf16-mixed, {steps - skip} timed steps"
+    out = [
+        per_token,
+        Figure("gpu", f"training model TFLOP/s ({model_name}, bf16-mixed)", achieved / 1e12, unit="TFLOP/s", note=note),
+        Figure("gpu", "bf16 8192^3 matmul TFLOP/s", matmul / 1e12, unit="TFLOP/s", note=name),
+        Figure("gpu", f"training MFU ({model_name}) vs measured bf16 matmul", achieved / matmul, unit="", note=note),
+    ]
+    if peak is not None:
+        out.append(
+            Figure(
+                "gpu",
+                f"training MFU ({model_name}) vs datasheet bf16 peak",
+                achieved / peak,
+                unit="",
+                goal=GPU_MFU_GOAL,
+                note=f"{note}; peak {peak / 1e12:.0f} TFLOP/s dense",
+            )
+        )
+    return out
 
 
 # --- memory --------------------------------------------------------------------------------------------
