@@ -4,7 +4,8 @@
 
 Each pruned run's tested model and the dense run's score (decode, for translation: the run's beam) the first
 `--sentences` test examples at each batch size, interleaved `--repeats` times (the median kept), by
-prunelab.importance.speed.speed_by_batch_size; one thread, so that two lanes of the machine do not meet.
+prunelab.importance.speed.speed_by_batch_size; on a CPU one thread, so that two lanes of the machine do not meet;
+with --device cuda on the GPU, under bf16 autocast (the issue's GPU speed-ups).
 With --teacher-forced (translation), one forward pass over source and reference instead of decoding: the model's
 own compute, without the beam search's per-step work (its "score" columns are then 0).
 """
@@ -12,6 +13,7 @@ own compute, without the beam search's per-step work (its "score" columns are th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,10 +46,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--beam-size", type=int, default=4)
     p.add_argument("--teacher-forced", action="store_true", help="time a forward pass, not decoding (translation)")
+    p.add_argument("--device", default="cpu", help="cpu (one thread) or cuda (bf16 autocast)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    elif not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise SystemExit(f"error: --device {args.device}: this machine has no such device (cpu or cuda)")
     dense = load_run(args.dense, data=True)
+    dense.model.to(args.device)
+    precision = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else contextlib.nullcontext()
+    )
     scorer: Any = (
         TeacherForced()
         if args.teacher_forced
@@ -57,14 +67,22 @@ def main() -> None:
     for run in args.runs:
         if run.name in table:
             continue  # measured already: the script resumes
-        pruned = load_run(run).model
-        with torch.inference_mode():
+        pruned = load_run(run).model.to(args.device)
+        with torch.inference_mode(), precision:
             rows = speed_by_batch_size(
-                dense.model, pruned, dense.datamodule, scorer, args.batch_sizes, args.sentences, args.repeats
+                dense.model,
+                pruned,
+                dense.datamodule,
+                scorer,
+                args.batch_sizes,
+                args.sentences,
+                args.repeats,
+                device=args.device,
             )
         table[run.name] = {
             "dense": str(args.dense),
-            "threads": 1,
+            "device": args.device,
+            "threads": torch.get_num_threads() if args.device == "cpu" else None,
             "measures": scorer.name if args.teacher_forced else "decoding",
             "beam_size": None if args.teacher_forced else args.beam_size,
             "rows": rows,

@@ -97,3 +97,12 @@ def test_grid_speed_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "nmt_width_0.3_scratch" in table and "nmt_base" in table
     distil_row = next(line for line in table.splitlines() if line.startswith("| nmt_width_0.3_distil "))
     assert f"{rows[0]['speedup']:.2f}x / -" in distil_row  # speed_nmt.json's batch-1 figure reaches the table
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU machine has the device")
+def test_speed_on_a_device_the_machine_lacks_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import experiments.structured.speed as speed
+
+    monkeypatch.setattr(sys, "argv", ["speed", "dense", "run", "--device", "cuda", "--out", "speed.json"])
+    with pytest.raises(SystemExit, match="--device cuda: this machine has no such device"):
+        speed.main()

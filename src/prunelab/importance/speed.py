@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from prunelab.importance.scoring import Batch, Scorer
 from prunelab.models.surgery import prune_heads
 from prunelab.models.transformer import Transformer
@@ -49,13 +51,18 @@ def speed_by_batch_size(
     sentences: int = 128,
     repeats: int = 3,
     split: str = "test",
+    device: str | torch.device = "cpu",
 ) -> list[dict[str, float]]:
     """Examples per second of `model` and `pruned`, each scoring (decoding, for translation) the first `sentences`
-    examples of `split` at each batch size; the median of `repeats` interleaved timings. -> one row per batch size:
+    examples of `split` at each batch size; the median of `repeats` interleaved timings. The batches' tensors go
+    to `device` (where the models are) before any timing. -> one row per batch size:
     {batch_size, sentences, dense_per_s, pruned_per_s, speedup, dense_score, pruned_score}."""
     rows = []
     for size in batch_sizes:
-        batches = batches_of(datamodule, split, size, sentences)
+        batches = [
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+            for b in batches_of(datamodule, split, size, sentences)
+        ]
         n = sum(len(b["src"]) for b in batches)
         times: dict[str, list[float]] = {"dense": [], "pruned": []}
         scores: dict[str, float] = {}
