@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from harness import ROOT, Figure, build_run, compose, first_batches, interleave, paired, replay, spread, target_tokens
 
+from prunelab.data.batching import to_device
 from prunelab.pruning import MagnitudePruner, NoPruner
 from prunelab.training.budget import StepBudget
 from prunelab.training.build import trainer_kwargs
@@ -208,11 +209,12 @@ def hf_training(model_name: str, steps: int, reps: int, overrides: Sequence[str]
 
 
 # --- model FLOPs utilisation ---------------------------------------------------------------------------
-def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of the fastest of `reps` n x n matmuls in `dtype` (after a warm-up), on all threads."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """FLOP/s of the fastest of `reps` n x n matmuls in `dtype` on `device` (after a warm-up; a CPU's threads all)."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     torch.mm(a, b)
-    best = min(_time(lambda: torch.mm(a, b)) for _ in range(reps))
+    synchronize()
+    best = min(_time(lambda: (torch.mm(a, b), synchronize())) for _ in range(reps))
     return 2 * n**3 / best
 
 
@@ -230,7 +232,7 @@ def train_flops(task: Any, batches: list[Batch], device: str = "cpu") -> tuple[f
     flops, real, padded = 0, 0, 0
     task.to(device)
     for b in batches:
-        b = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+        b = to_device(b, device)
         with FlopCounterMode(display=False) as counter:
             task.loss(b).backward()
         flops += counter.get_total_flops()
@@ -311,11 +313,7 @@ def gpu_mfu(model_name: str, max_tokens: int, steps: int, skip: int, overrides: 
     name = torch.cuda.get_device_name()
     clock = timed_fit(task, cfg, batches)
     achieved = flops * real_share / (clock.end - clock.starts[skip])
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    torch.mm(a, a)
-    synchronize()
-    matmul = 2 * n**3 / min(_time(lambda: (torch.mm(a, a), synchronize())) for _ in range(10))
+    matmul = matmul_peak(8192, reps=10, dtype=torch.bfloat16, device="cuda")
     peak = bf16_peak(name)
     note = f"{name}, {model_name}, {max_tokens} tokens/batch, bf16-mixed, {steps - skip} timed steps"
     out = [

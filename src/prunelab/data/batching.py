@@ -43,6 +43,11 @@ def collate(
     }
 
 
+def to_device(batch: dict[str, Any], device: str | torch.device, non_blocking: bool = False) -> dict[str, Any]:
+    """A flat batch dict with its tensors on `device`; the rest (reference strings) as it is."""
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
 def sample_validation(examples: list[Any], n: int | None, seed: int) -> list[Any]:
     """A fixed random sample of `n` validation examples, in their original order (None, or n >= len: all of them):
     cheaper validation during training; the test split is never sampled. The same seed gives the same sample."""

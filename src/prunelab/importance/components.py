@@ -140,16 +140,27 @@ def criticality_scores(
 
 
 # --- block influence (Men et al. 2024) -------------------------------------------------------------------------
+def require_pre_norm(model: Any) -> None:
+    """Block influence reads a pre-norm residual stream: one clear error for any other model, as soon as a pruner
+    that will score by it is attached (before any evaluation or training), and again when it scores."""
+    from prunelab.errors import UserError
+
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and not getattr(cfg, "pre_norm", True):
+        raise UserError(
+            "block influence needs a pre-norm model (post-norm normalises the stream inside each block): "
+            "use pruner.criterion=contribution"
+        )
+
+
 @torch.no_grad()
 def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool = False) -> dict[str, float]:
     """1 - mean cosine similarity between the residual stream before and after each component (`dec.3.ff`), or each
     layer (`dec.3`) with `layers`, over the real tokens of `batches` (padding left out). Pre-norm models only: there
     the stream before a sub-layer is the input of its norm and the stream after is that plus the sub-layer's output."""
-    from prunelab.errors import UserError
     from prunelab.importance.width import real_positions
 
-    if not model.cfg.pre_norm:
-        raise UserError("block influence needs a pre-norm model (post-norm normalises the stream inside each block)")
+    require_pre_norm(model)
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from prunelab.data.batching import to_device
 from prunelab.importance.scoring import Batch, Scorer
 from prunelab.models.surgery import prune_heads
 from prunelab.models.transformer import Transformer
@@ -59,10 +60,7 @@ def speed_by_batch_size(
     {batch_size, sentences, dense_per_s, pruned_per_s, speedup, dense_score, pruned_score}."""
     rows = []
     for size in batch_sizes:
-        batches = [
-            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-            for b in batches_of(datamodule, split, size, sentences)
-        ]
+        batches = [to_device(b, device) for b in batches_of(datamodule, split, size, sentences)]
         n = sum(len(b["src"]) for b in batches)
         times: dict[str, list[float]] = {"dense": [], "pruned": []}
         scores: dict[str, float] = {}

@@ -17,8 +17,9 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from prunelab.data.batching import to_device
 from prunelab.errors import UserError
 from prunelab.pruning.base import MaskPruner, check_ranks_agree, mask_buffer
 from prunelab.pruning.calibration import CalibrationSet, calibration_set, peak_memory, prune_sequentially
@@ -157,7 +158,7 @@ class OneShotPruner(MaskPruner):
         else:
             cal = calibration_set(self._datamodule, **self.calibration)  # its settings are calibration_set's arguments
         model.to(device)
-        batches = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in b.items()} for b in cal.batches]
+        batches = [to_device(b, device) for b in cal.batches]
         log.info(
             "one-shot %s (%s, sparsity %.2f) of %d matrices from %d calibration examples (%d tokens)",
             self.method,

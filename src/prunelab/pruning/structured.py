@@ -42,7 +42,7 @@ from torch import nn
 
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.components import block_influence, contribution_scores
+from prunelab.importance.components import block_influence, contribution_scores, require_pre_norm
 from prunelab.importance.width import CRITERIA, width_importance
 from prunelab.models.addressing import component, component_names
 from prunelab.models.cost import cost, stack_flops
@@ -160,13 +160,8 @@ class StructuredPruner(Pruner):
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
-        cfg = getattr(model, "cfg", None)
-        if self.criterion == "block_influence" and cfg is not None and not getattr(cfg, "pre_norm", True):
-            # before any evaluation or training: the layers are only scored after the dense round
-            raise UserError(
-                "pruner.criterion=block_influence needs a pre-norm model (post-norm normalises the stream inside "
-                "each block): use pruner.criterion=contribution"
-            )
+        if self.criterion == "block_influence":
+            require_pre_norm(model)  # before any evaluation or training: layers are scored after the dense round
         if not hasattr(self, "cost_before"):  # buffers: a resumed or reloaded run still reports the dense cost
             self.register_buffer("cost_before", torch.zeros(len(KEYS), dtype=torch.long))  # by KEYS' order
 

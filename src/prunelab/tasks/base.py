@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prunelab.data.batching import to_device
 from prunelab.distributed import gather_objects
 from prunelab.errors import NonFiniteError, UserError
 from prunelab.models.surgery import match_structure
@@ -217,7 +218,7 @@ class PrunableTask(L.LightningModule):
         """Batches are flat dicts: move their tensors and leave the rest (reference strings) alone, instead
         of Lightning's walk over every string of every list (milliseconds per step on small models)."""
         if isinstance(batch, dict):
-            return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            return to_device(batch, device, non_blocking=True)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def log_training_step(
