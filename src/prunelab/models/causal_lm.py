@@ -15,6 +15,7 @@ after them, so no key mask is needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -79,6 +80,16 @@ class CausalLM(Transformer):
             nn.init.normal_(self.lm_head.weight, std=cfg.d_model**-0.5)
         if cfg.positions == "rope":
             self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CausalLM:
+        """`.to()`, `.half()`, `.bfloat16()`, `.cuda()`, `to_empty` and the precision plugins (Lightning's
+        `bf16-true` is `.to(bfloat16)`) all come here: the parameters are converted, but the rotary frequencies stay
+        fp32 on the new device. They are multiplied by positions in the thousands, so the 8 bits of a bf16 copy would
+        turn into angle errors of radians at late positions; recomputed from cfg, they are exactly the fp32 model's."""
+        super()._apply(fn, recurse)
+        if self.cfg.positions == "rope":
+            self.inv_freq = rope_frequencies(self.cfg).to(self.inv_freq.device)
+        return self
 
     def rope(self, offset: int, T: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
         if self.cfg.positions != "rope":
