@@ -306,6 +306,97 @@ def gpt2_like_tokenizer(folder: Path, texts: list[str], model_max_length: int = 
     return folder
 
 
+def llama_like_tokenizer(folder: Path, texts: list[str]) -> Path:
+    """A byte-level BPE trained on `texts` whose call puts BOS first, as Llama's and OPT's tokenizers do (so that
+    `tokenizer(text)` and the ids without special tokens differ): <s> BOS, </s> EOS, no pad token."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import ByteLevelBPETokenizer, processors
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, special_tokens=["<s>", "</s>", "<unk>"])
+    bpe._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
+    )
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+FILES = {"train": "train.txt", "valid": "valid.txt.gz", "test": "test.txt"}  # text_dir's
+
+
+def file_text(path: Path) -> str:
+    """The file's text as stored (the bytes decoded, nothing stripped or translated)."""
+    raw = path.read_bytes()
+    return (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8")
+
+
+def test_lm_text_joined_is_the_tokenizer_called_on_each_files_text(tmp_path: Path) -> None:
+    """data.documents=joined is the literature's protocol (SparseGPT/Wanda: tokenizer("\\n\\n".join(rows))): each
+    split's stream is exactly the checkpoint's tokenizer called on the file's text, its BOS included, no EOS inserted
+    (the files have CRLF lines, surrounding spaces and runs of blank lines, and one is gzipped); the default
+    (blank_lines) is the eos stream, and results.json's protocol says which a run used."""
+    transformers = pytest.importorskip("transformers")
+    folder, docs = text_dir(tmp_path)
+    ckpt = llama_like_tokenizer(tmp_path / "llama", [d for s in docs.values() for d in s])
+    ref = transformers.AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
+    bos, eos = ref.bos_token_id, ref.eos_token_id
+    dm = LmTextDataModule(dir=str(folder), tokenizer=str(ckpt), seq_len=12, stride=5, documents="joined")
+    dm.prepare_data()
+    dm.setup()
+    for split, name in FILES.items():
+        text = file_text(folder / name)
+        assert "\r\n" in text or name != "train.txt"  # line ends kept as stored
+        stream = ref(text)["input_ids"]  # the tokenizer called directly on the file's text
+        assert stream[0] == bos and eos not in stream
+        if split == "train":
+            assert [list(w.ids) for w in dm.examples[split]] == [
+                stream[k * 12 : (k + 1) * 12] for k in range(len(stream) // 12)
+            ]
+        else:  # strided evaluation over the same stream
+            assert [(w.start, list(w.ids)) for w in dm.examples[split]] == [
+                (b, stream[b:e]) for b, e, _ in window_spans(len(stream), 12, 5)
+            ]
+        assert dm.split_stats[split]["tokens"] == len(stream) and dm.split_stats[split]["documents"] == 1
+    proto = dm.protocol()
+    assert proto["stream"] == "joined" and proto["stream_definition"].startswith("the split's whole text")
+    assert proto["document_separator"] is None and proto["bos_first"] == {"id": bos}
+    assert json.loads(json.dumps(proto)) == proto
+
+    eos_dm = LmTextDataModule(dir=str(folder), tokenizer=str(ckpt), seq_len=12)  # the default: documents + EOS
+    eos_dm.prepare_data()
+    eos_dm.setup()
+    stream = expected_stream(lambda d: ref(d, add_special_tokens=False)["input_ids"], docs["test"], eos)
+    assert [list(w.ids) for w in eos_dm.examples["test"]] == [
+        stream[k * 12 : (k + 1) * 12] for k in range(len(stream) // 12)
+    ]
+    proto = eos_dm.protocol()
+    assert proto["stream"] == "eos" and proto["document_separator"]["id"] == eos and proto["bos_first"] is None
+
+    # data.bos=true would put a second BOS before tokenizer(text)'s own
+    with pytest.raises(UserError, match=r"data\.bos=true.*joined"):
+        LmTextDataModule(dir=str(folder), tokenizer=str(ckpt), seq_len=12, documents="joined", bos=True).setup()
+
+
+def test_lm_text_joined_with_sentencepiece(tmp_path: Path) -> None:
+    """Without a checkpoint there is no tokenizer(text) call: the joined stream is [BOS if data.bos] + encode(text) of
+    the file's whole text, no EOS."""
+    folder, _ = text_dir(tmp_path)
+    for bos in (False, True):
+        dm = LmTextDataModule(dir=str(folder), vocab_size=40, seq_len=8, documents="joined", bos=bos)
+        dm.prepare_data()
+        dm.setup()
+        tok = dm.tokenizer
+        stream = [tok.bos_id] * bos + tok.encode(file_text(folder / "test.txt"))
+        assert tok.eos_id not in stream[1:]
+        assert [list(w.ids) for w in dm.examples["test"]] == [
+            stream[k * 8 : (k + 1) * 8] for k in range(len(stream) // 8)
+        ]
+        assert dm.protocol()["bos_first"] == ({"id": tok.bos_id} if bos else None)
+
+
 def test_lm_text_with_a_pretrained_tokenizer(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     folder, docs = text_dir(tmp_path)
@@ -357,7 +448,7 @@ def save_text_dataset(folder: Path, column: str = "text") -> dict[str, list[str]
 def test_hf_lm_rows(tmp_path: Path, join: str | None) -> None:
     transformers = pytest.importorskip("transformers")
     rows = save_text_dataset(tmp_path / "wiki")
-    ckpt = gpt2_like_tokenizer(tmp_path / "gpt2", [r for s in rows.values() for r in s if r])
+    ckpt = llama_like_tokenizer(tmp_path / "llama", [r for s in rows.values() for r in s if r])  # its call adds BOS
     ref = transformers.AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
     dm = HfLmDataModule(name=str(tmp_path / "wiki"), tokenizer=str(ckpt), join=join, seq_len=10)
     dm.prepare_data()
@@ -368,12 +459,14 @@ def test_hf_lm_rows(tmp_path: Path, join: str | None) -> None:
             stream = expected_stream(
                 lambda d: ref(d, add_special_tokens=False)["input_ids"], [r for r in rows[name] if r.strip()], eos
             )
-        else:  # SparseGPT/Wanda: tokenizer("\n\n".join(rows)), here without special tokens, then EOS
-            stream = [*ref(join.join(rows[name]), add_special_tokens=False)["input_ids"], eos]
+        else:  # SparseGPT/Wanda: tokenizer("\n\n".join(rows)), exactly: its BOS first, no EOS
+            stream = ref(join.join(rows[name]))["input_ids"]
+            assert stream[0] == ref.bos_token_id and eos not in stream
         assert [list(w.ids) for w in dm.examples[split]] == [
             stream[k * 10 : (k + 1) * 10] for k in range(len(stream) // 10)
         ]
     assert ("joined with '\\n\\n'" in dm.protocol()["documents"]) == (join is not None)
+    assert dm.protocol()["stream"] == ("eos" if join is None else "joined")
 
 
 def test_hf_lm_column(tmp_path: Path) -> None:

@@ -1,10 +1,17 @@
 """Causal language-modeling data (`task=language_modeling`): text as documents, one token stream per split, cut into
 windows as the pruning literature measures perplexity (SparseGPT, Frantar & Alistarh 2023; Wanda, Sun et al. 2024).
 
-Stream. A split's text is a list of documents; its token stream is, per document in order, the tokenizer's ids of the
-document (no special tokens) followed by the EOS id, the document separator. A document with no tokens adds nothing.
-With `data.bos=true` the stream starts with the BOS id (what `tokenizer(text)` adds for OPT/Llama in the references'
-evaluation; GPT-2's adds nothing).
+Stream, one of two protocols (`STREAMS`; results.json's `perplexity_protocol.stream` says which a run used):
+    joined: the pruning literature's. A split's whole text is tokenized in one call, exactly as SparseGPT and Wanda
+        tokenize wikitext (`tokenizer("\\n\\n".join(rows))["input_ids"]`): a checkpoint's tokenizer is called on the
+        text as it is, its own special tokens included (BOS first for Llama and OPT, nothing for GPT-2), no separator
+        inserted; without a checkpoint, [BOS if data.bos] + encode(text). `data=hf_lm` with `data.join` set (the
+        default), `data=lm_text data.documents=joined` (each file's text as stored).
+    eos: a split's text is a list of documents; its token stream is, per document in order, the tokenizer's ids of
+        the document (no special tokens) followed by the EOS id, the document separator. A document with no tokens
+        adds nothing. With `data.bos=true` the stream starts with the BOS id. `data=lm_text`'s other document modes
+        (blank_lines, the default, lines, file), `data=hf_lm data.join=null`, `data=synthetic_lm`. A model never
+        trained with EOS between documents is charged for every inserted EOS: perplexities differ from the papers'.
 
 Windows (`windows`):
     non-overlapping (`data.stride=null`, and always for training): the stream cut into windows of `seq_len` tokens,
@@ -25,17 +32,21 @@ Batches (`collate_lm`), a flat dict:
     idx       (B,) long: the window's index in its split
     ref       list of "" (B of them): for code that counts examples by len(batch["ref"])
 
-Sources: `data=lm_text` (train/valid/test .txt files, documents separated by blank lines), `data=hf_lm` (a `datasets`
-split, e.g. wikitext-2-raw-v1: rows joined with "\\n\\n" into one document, as SparseGPT/Wanda's wikitext evaluation),
-`data=synthetic_lm` (the embedded synthetic language's sentences; no files, no network).
+Sources: `data=lm_text` (train/valid/test .txt files: documents separated by blank lines, or `documents=joined`, each
+file's text tokenized whole), `data=hf_lm` (a `datasets` split, e.g. wikitext-2-raw-v1: rows joined with "\\n\\n" and
+tokenized whole, as SparseGPT/Wanda's wikitext evaluation), `data=synthetic_lm` (the embedded synthetic language's
+sentences; no files, no network).
 """
 
 from __future__ import annotations
 
 import array
+import codecs
+import gzip
 import logging
 import random
 import warnings
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from functools import cached_property, partial
@@ -58,7 +69,14 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 IGNORE = -100  # a target that is not scored (torch's cross_entropy ignore_index)
 PERPLEXITY = "exp(mean NLL over all predicted tokens)"
-DOCUMENT_MODES = ("blank_lines", "lines", "file")
+JOINED = "joined"  # data.documents: the split's text tokenized whole (the literature's protocol)
+DOCUMENT_MODES = ("blank_lines", "lines", "file", JOINED)
+STREAMS = {  # the two ways a split's text becomes its token stream (see the module doc), as results.json names them
+    "joined": "the split's whole text tokenized in one call: tokenizer(text)['input_ids'] with the checkpoint's own "
+    "special tokens, no separator inserted (SparseGPT/Wanda: tokenizer('\\n\\n'.join(rows))); without a checkpoint "
+    "[BOS if data.bos] + encode(text)",
+    "eos": "every document's ids (no special tokens) followed by EOS, concatenated ([BOS] first if data.bos)",
+}
 
 
 # --- windows ---------------------------------------------------------------------------------------------------------
@@ -195,6 +213,40 @@ def token_stream(tok: Tokenizer, documents: Sequence[str], bos: bool = False) ->
     return np.frombuffer(out, dtype=np.intc) if len(out) else np.zeros(0, dtype=np.int32), kept
 
 
+def text_stream(tok: Tokenizer, text: str, bos: bool = False) -> np.ndarray:
+    """The `joined` stream of one text as an int32 array: a checkpoint's tokenizer called on it as the references do,
+    `tokenizer(text)["input_ids"]` (its own special tokens, no others); prunelab's own tokenizers have no such call:
+    [BOS if bos] + encode(text)."""
+    hf = getattr(tok, "hf", None)
+    ids = list(hf(text)["input_ids"]) if hf is not None else [*([tok.bos_id] if bos else []), *tok.encode(text)]
+    return np.asarray(ids, dtype=np.int32)
+
+
+def read_text(path: Path, utf8_errors: str = "strict") -> str:
+    """A UTF-8 text file's (optionally gzipped) text as stored: nothing stripped, line ends kept, only a leading UTF-8
+    byte-order mark dropped (it is not text). Bytes that are not UTF-8: an error naming the file and line, or, with
+    `utf8_errors="replace"`, U+FFFD."""
+    try:
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a corrupt / truncated .gz
+        raise UserError(f"cannot read {path}: {e}") from e
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"{path} is UTF-16 (it starts with a UTF-16 byte order mark); convert it to UTF-8")
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if utf8_errors == "strict":
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise UserError(
+                f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); convert the file (e.g. iconv -f latin1 -t "
+                "utf-8) or set data.utf8_errors=replace"
+            ) from None
+        log.warning("%s: invalid UTF-8 replaced with U+FFFD", path)
+        return raw.decode("utf-8", errors="replace")
+
+
 # --- the shared data module ------------------------------------------------------------------------------------------
 class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
     """Documents -> per-split token streams -> windows (see the module doc). A subclass says where the documents come
@@ -254,6 +306,15 @@ class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC
         """The data's own tokenizer, for the protocol."""
         return {"kind": type(self.tokenizer).__name__}
 
+    def joined_text(self, split: str) -> str | None:
+        """The split's whole text when its stream is `joined` (tokenized in one call), else None (`eos`: documents)."""
+        return None
+
+    @property
+    def stream_mode(self) -> str:
+        """Which protocol of `STREAMS` makes the splits' streams."""
+        return "eos"
+
     def split_source(self, split: str) -> str:
         """Where a split comes from, for errors."""
         return f"the {split} split"
@@ -277,10 +338,19 @@ class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC
                 f"data.seq_len={self.seq_len} feeds {self.seq_len - 1} tokens a window, more than the "
                 f"{tok.max_positions} positions of the tokenizer's model: set data.seq_len<={tok.max_positions + 1}"
             )
+        if self.stream_mode == JOINED and self.bos and getattr(tok, "hf", None) is not None:
+            raise UserError(
+                "data.bos=true: a joined stream is tokenizer(text), which already puts the checkpoint's BOS first "
+                "where its tokenizer does (Llama, OPT); set data.bos=false"
+            )
         splits: dict[str, list[Window]] = {}
         stats: dict[str, dict[str, Any]] = {}
         for split in SPLITS:
-            stream, documents = token_stream(tok, self.read_documents(split), self.bos)
+            text = self.joined_text(split)
+            if text is None:
+                stream, documents = token_stream(tok, self.read_documents(split), self.bos)
+            else:
+                stream, documents = text_stream(tok, text, self.bos), int(bool(text.strip()))
             where = self.split_source(split)
             if documents == 0:
                 raise UserError(f"{where} has no text")
@@ -320,17 +390,25 @@ class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC
             if isinstance(tok, PretrainedLmTokenizer)
             else self.describe_tokenizer()
         )
+        joined = self.stream_mode == JOINED
+        hf = getattr(tok, "hf", None)
+        # what starts the stream: in a joined stream from a checkpoint, what its tokenizer adds to a text (Llama: BOS)
+        first = [int(i) for i in hf("")["input_ids"]] if joined and hf is not None else [tok.bos_id] * self.bos
         return {
             "metric": "perplexity",
             "perplexity": PERPLEXITY,
+            "stream": self.stream_mode,
+            "stream_definition": STREAMS[self.stream_mode],
             "seq_len": self.seq_len,
             "stride": self.stride,
             "eval_windows": "non-overlapping" if self.stride is None else "strided",
             "train_windows": "non-overlapping",
             "targets_per_window": "seq_len - 1" if self.stride is None else "tokens after the previous window's end",
             "documents": self.describe_documents(),
-            "document_separator": {"token": "eos", "id": int(tok.eos_id), "where": "after every document"},
-            "bos_first": {"id": int(tok.bos_id)} if self.bos else None,
+            "document_separator": None
+            if joined
+            else {"token": "eos", "id": int(tok.eos_id), "where": "after every document"},
+            "bos_first": {"id": int(first[0])} if first[:1] == [tok.bos_id] else None,
             "pad_id": int(tok.pad_id),
             "tokenizer": {**info, "vocab_size": int(tok.vocab_size)},
             "splits": {s: dict(v) for s, v in self.split_stats.items()},
@@ -363,7 +441,8 @@ class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC
 # --- data=lm_text ----------------------------------------------------------------------------------------------------
 def split_documents(lines: Sequence[str], mode: str) -> list[str]:
     """Stripped lines -> documents: blank_lines (runs of non-empty lines, each joined with "\\n"), lines (each
-    non-empty line), file (the whole text, lines joined with "\\n", blank ones kept)."""
+    non-empty line), file (the whole text, lines joined with "\\n", blank ones kept). (`joined` has no documents: the
+    file's text is read as stored, `read_text`.)"""
     if mode == "lines":
         return [line for line in lines if line]
     if mode == "file":
@@ -381,8 +460,10 @@ def split_documents(lines: Sequence[str], mode: str) -> list[str]:
 
 
 class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
-    """`data=lm_text`: `{dir}/train.txt`, `valid.txt`, `test.txt` (or `.gz`), documents separated by blank lines;
-    the checkpoint's tokenizer (`data.tokenizer`), else SentencePiece trained on train.txt, cached next to the data."""
+    """`data=lm_text`: `{dir}/train.txt`, `valid.txt`, `test.txt` (or `.gz`); `documents`: blank_lines, lines or file
+    (the `eos` stream: documents, EOS after each), or joined (the literature's: each file's text as stored tokenized
+    in one call, `tokenizer(text)`); the checkpoint's tokenizer (`data.tokenizer`), else SentencePiece trained on
+    train.txt, cached next to the data."""
 
     def __init__(
         self,
@@ -433,6 +514,13 @@ class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
     def read_documents(self, split: str) -> list[str]:
         return split_documents(self._read(split), self.documents)
 
+    @property
+    def stream_mode(self) -> str:
+        return JOINED if self.documents == JOINED else "eos"
+
+    def joined_text(self, split: str) -> str | None:
+        return read_text(self.files[split], self.utf8_errors) if self.documents == JOINED else None
+
     def split_source(self, split: str) -> str:
         return f"the {split} split ({self.files[split]})"
 
@@ -441,6 +529,7 @@ class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
             "blank_lines": "documents separated by blank lines, a document's lines joined with '\\n'",
             "lines": "every non-empty line a document",
             "file": "each file one document, its lines joined with '\\n'",
+            JOINED: "each file's text as stored, tokenized whole",
         }[self.documents]
         return f"{self.data_dir}: {', '.join(p.name for p in self.files.values())}; {how}"
 
@@ -463,9 +552,9 @@ class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
 # --- data=hf_lm ------------------------------------------------------------------------------------------------------
 class HfLmDataModule(HfDatasetSource, LanguageModelingDataModule):
     """`data=hf_lm`: a text column of a `datasets` data set (a save_to_disk folder, or a name found offline, as
-    data=hf_classification reads them). `join`: a string, every row of a split joined with it into one document (the
-    default "\\n\\n": SparseGPT/Wanda's wikitext-2 evaluation, `"\\n\\n".join(test["text"])`); null, every row with
-    text its own document."""
+    data=hf_classification reads them). `join`: a string, every row of a split joined with it and the text tokenized
+    whole (the `joined` stream; the default "\\n\\n": SparseGPT/Wanda's wikitext-2 evaluation,
+    `tokenizer("\\n\\n".join(test["text"]))`); null, every row with text its own document (the `eos` stream)."""
 
     def __init__(
         self,
@@ -517,6 +606,13 @@ class HfLmDataModule(HfDatasetSource, LanguageModelingDataModule):
         text = self.join.join(rows)
         return [text] if text.strip() else []
 
+    @property
+    def stream_mode(self) -> str:
+        return "eos" if self.join is None else JOINED
+
+    def joined_text(self, split: str) -> str | None:
+        return None if self.join is None else self.join.join(self.rows(split))
+
     def split_source(self, split: str) -> str:
         return f"split {self.split_names[split]!r} of data set {self.name!r}"
 
@@ -525,7 +621,7 @@ class HfLmDataModule(HfDatasetSource, LanguageModelingDataModule):
         column = self.column or "text (guessed)"
         if self.join is None:
             return f"{where}, column {column}: every row with text a document"
-        return f"{where}, column {column}: all rows of a split joined with {self.join!r} into one document"
+        return f"{where}, column {column}: all rows of a split joined with {self.join!r}, tokenized whole"
 
     def describe_tokenizer(self) -> dict[str, Any]:
         return {"kind": "sentencepiece", "name": str(self._spm_model()), "model_type": self.spm_model_type}

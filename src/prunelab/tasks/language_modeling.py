@@ -1,7 +1,8 @@
 """The causal language-modeling LightningModule: next-token cross-entropy, scored by perplexity with the protocol of
 the pruning literature (the data module's windows: a split's text as one token stream cut into windows of
 `data.seq_len` tokens, non-overlapping or strided; perplexity = exp of the mean negative log-likelihood over every
-predicted token of the split). results.json records the protocol (`perplexity_protocol`).
+predicted token of the split). results.json records the protocol (`perplexity_protocol`; its `stream` says whether
+the text was tokenized whole as the literature does, `joined`, or as documents each followed by EOS, `eos`).
 
 Perplexity is lower-is-better, and prunelab's checkpoint selection, early stopping and importance studies rank
 scores higher-is-better: the monitored value (`val/score_at_target`) and the studies' score are the negated
