@@ -110,15 +110,21 @@ def test_layer_granularity_chooses_whole_layers_with_the_least_influence() -> No
     assert chosen == [f"{weakest}.sa", f"{weakest}.ff"]
 
 
-def test_decoder_layers_of_a_translation_model_count_only_real_target_positions(tiny_model: Transformer) -> None:
-    """An encoder-decoder: encoder layers over the real source tokens, decoder layers over the real decoder inputs
-    (its own padding, not the source's), recomputed layer by layer."""
+@pytest.mark.parametrize("start", [1, 0], ids=["bos", "marian_pad_start"])
+def test_decoder_layers_of_a_translation_model_count_only_real_target_positions(
+    tiny_model: Transformer, start: int
+) -> None:
+    """An encoder-decoder: encoder layers over the real source tokens, decoder layers over the positions whose
+    target the loss counts (tgt_out != pad: the decoder's own padding, not the source's), recomputed layer by layer;
+    also when the decoder starts from the pad id (`start` 0), as Marian's does: that first position counts."""
     g = torch.Generator().manual_seed(4)
     src = torch.randint(4, 50, (3, 7), generator=g)
     src[0, 4:] = 0
-    tgt_in = torch.randint(4, 50, (3, 9), generator=g)
-    tgt_in[1, 5:] = 0
-    tgt_out = torch.randint(4, 50, (3, 9), generator=g)
+    t = torch.randint(4, 50, (3, 8), generator=g)
+    t[1, 4:] = 0  # a shorter target
+    tgt_in = torch.cat([torch.full((3, 1), start), t], dim=1)  # start + t, padded
+    tgt_out = torch.cat([t, torch.zeros(3, 1, dtype=torch.long)], dim=1)  # t + EOS (2), padded
+    tgt_out[torch.arange(3), (t != 0).sum(1)] = 2
     batch = {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
     got = block_influence(tiny_model, [batch], layers=True)
     with torch.no_grad():
@@ -132,7 +138,7 @@ def test_decoder_layers_of_a_translation_model_count_only_real_target_positions(
         x = tiny_model.embed_tokens(tgt_in)
         for i, layer in enumerate(tiny_model.dec):
             y = layer(x, mem, mem_mask)
-            want[f"dec.{i}"] = 1 - float(F.cosine_similarity(x, y, dim=-1)[tgt_in != 0].double().mean())
+            want[f"dec.{i}"] = 1 - float(F.cosine_similarity(x, y, dim=-1)[tgt_out != 0].double().mean())
             x = y
     assert got == pytest.approx(want, rel=1e-5)
 

@@ -2,7 +2,8 @@
 its inputs on real tokens, recorded independently by running the model whose earlier layers hold their pruned
 weights and whose later layers hold the original ones (the state in which that layer is calibrated); cross-attention
 keys and values see the pruned encoder's memory. A calibration that ran every layer on the unpruned model's
-activations fails: the second layer's inputs differ once the first is pruned."""
+activations fails: the second layer's inputs differ once the first is pruned. The decoder's real positions are those
+the loss counts (`tgt_out != pad`), also when the decoder starts from the pad id, as Marian's does."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+from prunelab.data.batching import collate
 from prunelab.models import build_transformer
 from prunelab.pruning.calibration import prune_sequentially
 from prunelab.pruning.masks import prunable_weights
 from prunelab.pruning.solvers import InputStats, Pattern, removal_mask, wanda_scores
 
-PAD = 0
+PAD, BOS, EOS = 0, 1, 2
 
 
 def tiny() -> nn.Module:
@@ -29,15 +31,18 @@ def tiny() -> nn.Module:
     return model.eval()
 
 
-def batches() -> list[dict[str, torch.Tensor]]:
+def batches(bos: int = BOS) -> list[dict[str, torch.Tensor]]:
+    """Two batches as the data collates them, with padded sources and targets (left out of every statistic);
+    `bos=PAD`: the decoder starts from the pad id, as Marian's does (its first position is real all the same)."""
     g = torch.Generator().manual_seed(1)
     out = []
-    for b, s, t in ((3, 7, 5), (2, 9, 9)):
-        src = torch.randint(4, 40, (b, s), generator=g)
-        tgt = torch.randint(4, 40, (b, t), generator=g)
-        src[0, -2:] = PAD  # padded positions: left out of every statistic
-        tgt[-1, -3:] = PAD
-        out.append({"src": src, "tgt_in": tgt, "tgt_out": tgt.roll(-1, 1)})
+    for src_lens, tgt_lens in (((7, 5, 6), (4, 4, 1)), ((9, 9), (8, 5))):
+        examples = []
+        for k, (s, t) in enumerate(zip(src_lens, tgt_lens, strict=True)):
+            src = [*torch.randint(4, 40, (s - 1,), generator=g).tolist(), EOS]
+            examples.append((src, torch.randint(4, 40, (t,), generator=g).tolist(), "", k))
+        b = collate(examples, pad_id=PAD, bos_id=bos, eos_id=EOS)
+        out.append({k: b[k] for k in ("src", "tgt_in", "tgt_out")})
     return out
 
 
@@ -56,10 +61,11 @@ def calibrated_before(a: str, b: str) -> bool:
     return (rank[sa], ia) < (rank[sb], ib)
 
 
+@pytest.mark.parametrize("bos", [BOS, PAD], ids=["bos", "marian_pad_start"])
 @pytest.mark.parametrize(
     "name", ["enc.0.ff.fc1", "enc.1.sa.q_proj", "dec.0.ea.k_proj", "dec.0.sa.v_proj", "dec.1.ff.fc2"]
 )
-def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> None:
+def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos: int) -> None:
     original = tiny()
     model = copy.deepcopy(original)
     names = set(prunable_weights(model))
@@ -71,13 +77,14 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> N
         removed[f"{n}.weight"] = removal_mask(wanda_scores(linear.weight, stats.col_sq_norms), 0.5, Pattern(), True)
         linear.weight.data[removed[f"{n}.weight"]] = 0.0
 
-    data = batches()
+    data = batches(bos)
     order = prune_sequentially(model, data, names, solve, full=True)
     assert set(removed) == names and all(float(r.float().mean()) == 0.5 for r in removed.values())
     layers = [".".join(n.split(".")[:2]) for n in order]  # encoder layers in order, then decoder layers
     assert list(dict.fromkeys(layers)) == ["enc.0", "enc.1", "dec.0", "dec.1"]
 
-    # independently: the model as it was when `name` was calibrated, its inputs recorded on real tokens
+    # independently: the model as it was when `name` was calibrated, its inputs recorded on real tokens (the
+    # decoder's: the positions whose target the loss counts)
     state = {k: (model if calibrated_before(k, name) else original).state_dict()[k] for k in original.state_dict()}
     hybrid = tiny()
     hybrid.load_state_dict(state)
@@ -89,7 +96,7 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> N
         target.register_forward_hook(lambda m, i, o, rows=rows, current=current: rows.append(i[0][current["real"]]))
         for b in data:
             on_source = name.startswith("enc.") or name.endswith(("ea.k_proj", "ea.v_proj"))
-            current["real"] = (b["src"] if on_source else b["tgt_in"]) != PAD
+            current["real"] = (b["src"] if on_source else b["tgt_out"]) != PAD
             with torch.no_grad():
                 net(b["src"], b["tgt_in"])
     x = torch.cat(recorded).double()  # (real tokens, in)
@@ -104,6 +111,26 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> N
     w = original.get_submodule(name).weight.double()
     want = removal_mask(w.abs() * x.norm(dim=0)[None, :], 0.5, Pattern(), per_row=True)
     assert torch.equal(removed[f"{name}.weight"], want)
+
+
+def test_decoder_statistics_count_the_tokens_the_loss_counts() -> None:
+    """A decoder that starts from the pad id (Marian): every decoder Linear is calibrated on exactly the positions
+    whose target the loss counts, the first included (cross-attention keys and values on the real source tokens)."""
+    model = tiny()
+    data = batches(bos=PAD)
+    loss_tokens = sum(int((b["tgt_out"] != PAD).sum()) for b in data)  # what example_losses averages over
+    source_tokens = sum(int((b["src"] != PAD).sum()) for b in data)
+    assert loss_tokens > sum(int((b["tgt_in"] != PAD).sum()) for b in data)  # the pad-id start is a real position
+    counts: dict[str, int] = {}
+
+    def solve(n: str, linear: nn.Linear, stats: InputStats) -> None:
+        counts[n] = stats.tokens
+
+    prune_sequentially(model, data, set(prunable_weights(model)), solve, full=False)
+    decoder = {n: c for n, c in counts.items() if n.startswith("dec.")}
+    assert len(decoder) == 2 * 10  # sa: q k v out, ea: q k v out, ff: fc1 fc2
+    for n, c in decoder.items():
+        assert c == (source_tokens if n.endswith(("ea.k_proj", "ea.v_proj")) else loss_tokens), n
 
 
 def test_peak_memory_sees_allocations_that_reuse_freed_memory() -> None:

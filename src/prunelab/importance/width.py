@@ -32,11 +32,12 @@ CRITERIA = ("activation", "taylor")
 
 
 def real_positions(model: Transformer, batch: Batch, side: str) -> Tensor | None:
-    """(B, T) bool of the real tokens a stack sees (`enc` the source, `dec` the decoder's inputs), None: all."""
-    from prunelab.pruning.calibration import batch_real_tokens, real_tokens
+    """(B, T) bool of the real tokens a stack sees (`enc` the source, `dec` of an encoder-decoder the positions with a
+    target, as the loss counts them: a Marian decoder's first input is its pad id), None: all."""
+    from prunelab.pruning.calibration import batch_real_tokens, decoder_positions
 
-    if side == "dec" and "tgt_in" in batch:
-        return real_tokens(batch["tgt_in"], model.cfg.pad_id)
+    if side == "dec" and "tgt_out" in batch:
+        return decoder_positions(batch, model.cfg.pad_id)
     return batch_real_tokens(batch, model.cfg.pad_id)
 
 

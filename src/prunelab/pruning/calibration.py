@@ -4,12 +4,12 @@ the layers already pruned before it, as the reference implementations of Wanda a
 
 The calibration set goes through the model one stack layer at a time: the hidden states of every calibration batch
 at the current layer are kept (one layer's activations for the whole set, not the network's), the layer is run once
-with hooks that gather its Linears' input statistics (only on real tokens: padding is left out), its Linears are
-pruned, and it is run again, pruned, to give the next layer its inputs. The decoder starts from the pruned encoder's
-memory, so cross-attention sees what the pruned encoder gives. Linears outside the stacks (ELECTRA's embedding
-projection, a classifier's pooler and head) are pruned in the order the forward pass calls them, each from a full
-forward pass of the calibration set through the model pruned so far. Within a layer every Linear is calibrated on
-the unpruned layer's inputs (as the references do).
+with hooks that gather its Linears' input statistics (only on real tokens: padding is left out; the decoder's are
+the positions whose target the loss counts), its Linears are pruned, and it is run again, pruned, to give the next
+layer its inputs. The decoder starts from the pruned encoder's memory, so cross-attention sees what the pruned
+encoder gives. Linears outside the stacks (ELECTRA's embedding projection, a classifier's pooler and head) are pruned
+in the order the forward pass calls them, each from a full forward pass of the calibration set through the model
+pruned so far. Within a layer every Linear is calibrated on the unpruned layer's inputs (as the references do).
 """
 
 from __future__ import annotations
@@ -207,6 +207,13 @@ def real_tokens(ids: Tensor, pad: int) -> Tensor | None:
     return None if bool(real.all()) else real
 
 
+def decoder_positions(batch: Batch, pad: int) -> Tensor | None:
+    """(B, T) bool of an encoder-decoder batch's real decoder positions, or None when none is padding: those with a
+    target (`tgt_out != pad`), the positions the loss counts. Not `tgt_in != pad`: a Marian decoder starts from its
+    pad id, so its first input is the pad id at a real position."""
+    return real_tokens(batch["tgt_out"], pad)
+
+
 def linears_under(module: nn.Module, prefix: str, names: set[str]) -> dict[str, nn.Linear]:
     """The Linears of `module` whose weights are in `names` (full addresses, `enc.0.ff.fc1`)."""
     out = {}
@@ -274,16 +281,16 @@ def prune_sequentially(
         if len(model.dec) and len(model.enc):
             mems = [model.enc_norm(x) for x in xs]
             del xs
-            tgts = [b["tgt_in"] for b in batches]
+            tgt_real = [decoder_positions(b, pad) for b in batches]
             ys = []
-            for t in tgts:
-                ys.append(model.embed_tokens(t))
+            for b in batches:
+                ys.append(model.embed_tokens(b["tgt_in"]))
                 release_memory()
             for i, layer in enumerate(model.dec):
                 group = linears_under(layer, f"dec.{i}", names)
                 real = [
-                    {n: (sr if n.endswith(("ea.k_proj", "ea.v_proj")) else real_tokens(t, pad)) for n in group}
-                    for sr, t in zip(src_real, tgts, strict=True)
+                    {n: (sr if n.endswith(("ea.k_proj", "ea.v_proj")) else tr) for n in group}
+                    for sr, tr in zip(src_real, tgt_real, strict=True)
                 ]
                 stats = layer_stats(group, full, real, lambda k, f=layer, ys=ys: f(ys[k], mems[k], masks[k]))
                 prune(group, stats)
