@@ -170,15 +170,18 @@ class OneShotPruner(MaskPruner):
         )
         t0 = time.perf_counter()
         with peak_memory(device) as memory:
+            # the embeddings first (no calibration inputs of their own, and tied to the output: magnitude, per
+            # matrix), so that every Linear is calibrated on what the pruned embeddings give it
+            for n in embeddings:
+                removed = removal_mask(self._weights[n].detach().abs(), self.sparsity, self.pattern, per_row=False)
+                self._weights[n].data[removed] = 0.0
+                getattr(self, mask_buffer(n)).copy_(~removed)
             if self.method == "magnitude":
                 for n in sorted(linears):
                     self.solve(n.removesuffix(".weight"), _owner(model, n), None)  # type: ignore[arg-type]
             else:
                 prune_sequentially(model, batches, linears, self.solve, full=self.method == "sparsegpt")
         seconds = time.perf_counter() - t0
-        for n in embeddings:  # no calibration inputs of their own (and tied to the output): magnitude, per matrix
-            removed = removal_mask(self._weights[n].detach().abs(), self.sparsity, self.pattern, per_row=False)
-            getattr(self, mask_buffer(n)).copy_(~removed)
         model.to(home)
         self.rank_checks += check_ranks_agree(self.masks, self.sparsity)
         self.apply_masks()
