@@ -171,3 +171,33 @@ def test_sparsegpt_mask_is_the_lowest_obs_errors_of_the_block() -> None:
     _, removed = sparsegpt(w, x.T @ x, 0.4, block=128, damp=0.01)
     assert int(removed.sum()) == round(0.4 * w.numel())
     assert obs[removed].max() <= obs[~removed].min()
+
+
+@pytest.mark.parametrize("block", [8, 12, 128])  # several groups to a block: their masks see in-block updates
+def test_sparsegpt_nm_mask_is_chosen_group_by_group_from_the_updated_weights(block: int) -> None:
+    """N:M (SparseGPT's Section 3.4, the reference's `prunen`): each group of M columns is chosen when the sweep
+    reaches it, from the weights as the OBS updates of the weights removed left of it have left them: in every
+    row the M - N lowest OBS errors w_rj² / [H_{≥j,≥j}⁻¹]_jj of the group, w here from the brute-force surgeon. A
+    mask taken from the block's weights before its in-block updates differs."""
+    pattern = Pattern(2, 4)
+    w, x = layer(rows=16, cols=24, tokens=300)
+    h = dampened(x.T @ x)
+    cols = w.shape[1]
+    inv_diag = torch.stack([torch.linalg.inv(h[j:, j:])[0, 0] for j in range(cols)])  # (cols,)
+    want = torch.zeros_like(w, dtype=torch.bool)
+    for g in range(0, cols, pattern.m):
+        now = brute_force_sequential_obs(w, h, want)  # columns >= g: updated by the removals left of g alone
+        obs = now[:, g : g + pattern.m] ** 2 / inv_diag[None, g : g + pattern.m]
+        drop = obs.argsort(dim=1)[:, : pattern.m - pattern.n]
+        want[:, g : g + pattern.m].scatter_(1, drop, True)
+    new, removed = sparsegpt(w, x.T @ x, 0.5, pattern, block=block, damp=0.01)
+    assert torch.equal(removed, want)
+    torch.testing.assert_close(new, brute_force_sequential_obs(w, h, want), rtol=1e-8, atol=1e-8)
+    # the example tells the two apart: the groups chosen from each block's weights before its in-block updates
+    stale = torch.zeros_like(want)
+    for b in range(0, cols, block):
+        before = brute_force_sequential_obs(w, h, want & (torch.arange(cols) < b)[None, :])  # at the block's start
+        for g in range(b, min(b + block, cols), pattern.m):
+            obs = before[:, g : g + pattern.m] ** 2 / inv_diag[None, g : g + pattern.m]
+            stale[:, g : g + pattern.m].scatter_(1, obs.argsort(dim=1)[:, : pattern.m - pattern.n], True)
+    assert int((stale != want).sum()) > 0
