@@ -61,6 +61,9 @@ LAYER_COUNT_KEYS = {
     "gpt2": {"dec": ("n_layer", "num_hidden_layers")},
     **{t: {"dec": ("num_hidden_layers",)} for t in LLAMA_FAMILY},
 }
+# tie_word_embeddings when config.json lacks the key: transformers' own default for the family (LlamaConfig,
+# MistralConfig, Qwen2Config and Qwen3Config: False, a separate lm_head; GPT2Config: True)
+TIE_DEFAULTS = {"gpt2": True, "llama": False, "mistral": False, "qwen2": False, "qwen3": False}
 # model types that are these architectures with a mixture of experts in place of the feed-forward
 MIXTURE_OF_EXPERTS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "phimoe", "dbrx")
 # GPT-2's causal-mask buffers (attn.bias, attn.masked_bias), saved by older versions of transformers
@@ -152,7 +155,7 @@ def causal_lm_config(hf: dict[str, Any]) -> TransformerConfig:
         out_bias=attn_bias,
         ff_bias=bool(hf.get("mlp_bias", False)),
         qk_norm=kind == "qwen3",
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", TIE_DEFAULTS[kind])),
     )
 
 
@@ -331,17 +334,16 @@ def export_folder(
     cfg: TransformerConfig,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Export (prunelab.hf.export): (config.json, tensors under the family's *ForCausalLM keys) of the effective
-    state, the inverse of the import: GPT-2's Q, K, V fused into c_attn and its Conv1D weights transposed back."""
+    state, the inverse of the import: GPT-2's Q, K, V fused into c_attn and its Conv1D weights transposed back.
+    The tensor names are those of transformers' own `save_pretrained`: a separate head is `lm_head.weight` (outside
+    `model.`), and a tied one is not written (it is the embedding; transformers ties it on loading)."""
     if labels is not None:
         raise UserError("labels are for a classifier: a language model has none")
     kind = hf["model_type"]
     mapping = key_map(kind, cfg)
     if kind != "gpt2":
         renamed = {("lm_head.weight" if k == "lm_head.weight" else "model." + k): v for k, v in mapping.items()}
-        tensors = rename_keys(state, renamed)
-        if cfg.tie_embeddings:
-            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
-        return dict(hf), tensors
+        return dict(hf), rename_keys(state, renamed)
     tensors = rename_keys(state, mapping)
     out: dict[str, Tensor] = {}
     for i in range(cfg.dec_layers):
@@ -352,5 +354,4 @@ def export_folder(
     for n, t in tensors.items():
         conv = re.fullmatch(r"h\.\d+\.(attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight", n)
         out[f"transformer.{n}"] = t.t().contiguous() if conv else t
-    out["lm_head.weight"] = out["transformer.wte.weight"].clone()
     return dict(hf), out
