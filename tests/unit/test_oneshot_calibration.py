@@ -1,9 +1,10 @@
-"""Sequential calibration against the definition, on a tiny encoder-decoder: every Linear's statistics are those of
-its inputs on real tokens, recorded independently by running the model whose earlier layers hold their pruned
-weights and whose later layers hold the original ones (the state in which that layer is calibrated); cross-attention
-keys and values see the pruned encoder's memory. A calibration that ran every layer on the unpruned model's
-activations fails: the second layer's inputs differ once the first is pruned. The decoder's real positions are those
-the loss counts (`tgt_out != pad`), also when the decoder starts from the pad id, as Marian's does."""
+"""Sequential calibration against the definition, on a tiny encoder-decoder and a tiny Llama-shaped decoder-only model
+(rotary positions, grouped-query attention): every Linear's statistics are those of its inputs on real tokens,
+recorded independently by running the model whose earlier layers hold their pruned weights and whose later layers
+hold the original ones (the state in which that layer is calibrated); cross-attention keys and values see the pruned
+encoder's memory. A calibration that ran every layer on the unpruned model's activations fails: the second layer's
+inputs differ once the first is pruned. The decoder's real positions are those the loss counts (`tgt_out != pad`),
+also when the decoder starts from the pad id, as Marian's does."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import torch
 from torch import nn
 
 from prunelab.data.batching import collate
+from prunelab.data.language_modeling import IGNORE
 from prunelab.models import build_transformer
+from prunelab.models.causal_lm import CausalLM
+from prunelab.models.transformer import TransformerConfig
 from prunelab.pruning.calibration import prune_sequentially
 from prunelab.pruning.masks import prunable_weights
 from prunelab.pruning.solvers import InputStats, Pattern, removal_mask, wanda_scores
@@ -108,6 +112,94 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos:
         x0 = torch.cat(recorded_unpruned).double()
         assert not torch.allclose(x0.T @ x0, x.T @ x, rtol=1e-3, atol=1e-3)
     # Wanda's removed weights are the lowest |W|·‖X_j‖₂ of each row, from these recorded inputs
+    w = original.get_submodule(name).weight.double()
+    want = removal_mask(w.abs() * x.norm(dim=0)[None, :], 0.5, Pattern(), per_row=True)
+    assert torch.equal(removed[f"{name}.weight"], want)
+
+
+def tiny_llama() -> CausalLM:
+    """Llama-shaped: rotary positions, grouped-query attention (4 query heads over 2 key/value heads), RMSNorm,
+    SwiGLU, no biases."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig(
+        vocab_size=40,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=48,
+        enc_layers=0,
+        dec_layers=3,
+        dropout=0.0,
+        norm="rms",
+        ffn="glu",
+        activation="silu",
+        positions="rope",
+        embed_scale=False,
+        qkv_bias=False,
+        out_bias=False,
+        ff_bias=False,
+    )
+    return CausalLM(cfg).eval()
+
+
+def lm_batches() -> list[dict[str, torch.Tensor]]:
+    """Language-model windows as the data collates them: a shorter window padded (its `real` mask False there)."""
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for b, t in ((3, 12), (2, 16)):
+        w = torch.randint(0, 40, (b, t + 1), generator=g)
+        real = torch.ones(b, t, dtype=torch.bool)
+        real[-1, t - 5 :] = False
+        src, target = w[:, :-1].clone(), w[:, 1:].clone()
+        src[~real], target[~real] = PAD, IGNORE
+        out.append({"src": src, "target": target, "real": real})
+    return out
+
+
+@pytest.mark.parametrize(
+    "name", ["dec.0.sa.q_proj", "dec.0.sa.out_proj", "dec.1.sa.k_proj", "dec.1.ff.fc3", "dec.2.ff.fc2"]
+)
+def test_each_decoder_only_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> None:
+    """The decoder-only path (a Llama-shaped model, rotary positions, GQA): every Linear's statistics are those of
+    its inputs on real tokens, recorded from the model's own forward pass (rotary positions in every attention) with
+    the layers before it pruned and the rest original. Layers run without their rotary positions give another
+    attention output, so every statistic from dec.0's output projection on would differ."""
+    original = tiny_llama()
+    model = copy.deepcopy(original)
+    names = set(prunable_weights(model))
+    seen: dict[str, InputStats] = {}
+    removed: dict[str, torch.Tensor] = {}
+
+    def solve(n: str, linear: nn.Linear, stats: InputStats) -> None:
+        seen[n] = stats
+        removed[f"{n}.weight"] = removal_mask(wanda_scores(linear.weight, stats.col_sq_norms), 0.5, Pattern(), True)
+        linear.weight.data[removed[f"{n}.weight"]] = 0.0
+
+    data = lm_batches()
+    order = prune_sequentially(model, data, names, solve, full=True)
+    assert set(removed) == names and len(names) == 3 * 7  # q k v out, fc1 fc3 fc2
+    assert list(dict.fromkeys(".".join(n.split(".")[:2]) for n in order)) == ["dec.0", "dec.1", "dec.2"]
+
+    state = {k: (model if calibrated_before(k, name) else original).state_dict()[k] for k in original.state_dict()}
+    hybrid = tiny_llama()
+    hybrid.load_state_dict(state)
+    recorded, recorded_unpruned = [], []
+    for net, rows in ((hybrid, recorded), (tiny_llama(), recorded_unpruned)):
+        current = {}
+        net.get_submodule(name).register_forward_hook(
+            lambda m, i, o, rows=rows, current=current: rows.append(i[0][current["real"]])
+        )
+        for b in data:
+            current["real"] = b["real"]
+            with torch.no_grad():
+                net(b["src"])  # CausalLM.forward: rotary positions in every layer
+    x = torch.cat(recorded).double()  # (real tokens, in)
+    stats = seen[name]
+    assert stats.tokens == x.shape[0] == sum(int(b["real"].sum()) for b in data)
+    torch.testing.assert_close(stats.h.double(), x.T @ x, rtol=1e-5, atol=1e-5)
+    if not name.startswith(("dec.0.sa.",)):  # downstream of a pruned Linear
+        x0 = torch.cat(recorded_unpruned).double()
+        assert not torch.allclose(x0.T @ x0, x.T @ x, rtol=1e-3, atol=1e-3)
     w = original.get_submodule(name).weight.double()
     want = removal_mask(w.abs() * x.norm(dim=0)[None, :], 0.5, Pattern(), per_row=True)
     assert torch.equal(removed[f"{name}.weight"], want)
