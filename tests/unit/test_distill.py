@@ -1,6 +1,7 @@
 """Knowledge distillation (prunelab.training.distill, `task.distill`): the KD term against hand computations (soft
 targets, the KL summed by brute force, its gradient), its mixing with the task loss, hidden-state matching with removed
-layers, and the teacher kept out of the task (state_dict, optimizer) — through the three tasks' real training steps."""
+layers, each student layer matched to the teacher's of the same original number (or refused where that cannot be
+known), and the teacher kept out of the task (state_dict, optimizer) — through the three tasks' real training steps."""
 
 from __future__ import annotations
 
@@ -345,3 +346,51 @@ def test_teacher_of_another_kind_of_model_is_one_user_error() -> None:
     with pytest.raises(UserError, match="a classification model cannot teach a translation model"):
         Distiller(classifier).check_student(nmt())
     Distiller(nmt(1)).check_student(nmt())  # the same kind: no error
+
+
+# --- which teacher layer each student layer is matched to ---------------------------------------------------------
+def decoder_lm(layers: int, numbers: tuple[int, ...] | None = None) -> torch.nn.Module:
+    """A causal LM of `layers` layers; `numbers`: the original numbers its config records (a re-imported export)."""
+    torch.manual_seed(0)
+    return build_causal_lm(
+        vocab_size=VOCAB,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        dec_layers=layers,
+        dropout=0.0,
+        layer_numbers=None if numbers is None else {"dec": numbers},
+    )
+
+
+def test_layers_are_matched_by_their_original_number() -> None:
+    """A student recording its layers' original numbers gets the teacher's layers of those numbers: the teacher's
+    index where the teacher records nothing, the teacher's own record where it has one; a layer removed in place
+    is not matched; a number the teacher lacks is one UserError."""
+    assert distill.layer_pairs(decoder_lm(2, (1, 3)), decoder_lm(4)) == {"dec.0": "dec.1", "dec.1": "dec.3"}
+    assert distill.layer_pairs(decoder_lm(2, (2, 5)), decoder_lm(4, (0, 2, 3, 5))) == {
+        "dec.0": "dec.1",
+        "dec.1": "dec.3",
+    }
+    student = decoder_lm(3, (0, 2, 3))
+    student.dec[1].remove("sa")
+    student.dec[1].remove("ff")
+    assert distill.layer_pairs(student, decoder_lm(4)) == {"dec.0": "dec.0", "dec.2": "dec.3"}
+    with pytest.raises(UserError, match=r"dec\.1 is layer 3 of the original dec stack, which the teacher"):
+        distill.layer_pairs(decoder_lm(2, (0, 3)), decoder_lm(3))
+
+
+def test_unrecorded_stacks_match_by_index_only_when_the_counts_agree() -> None:
+    """Without a record, equal stacks match by index (a student pruned within prunelab keeps its indices); a student
+    stack of another length cannot be matched: one UserError line, at the task's check and at the first step."""
+    student, teacher = decoder_lm(4), decoder_lm(4)
+    student.dec[2].remove("sa")
+    student.dec[2].remove("ff")
+    assert distill.layer_pairs(student, teacher) == {"dec.0": "dec.0", "dec.1": "dec.1", "dec.3": "dec.3"}
+    for student_layers, teacher_layers in ((2, 4), (4, 2)):
+        with pytest.raises(UserError, match=rf"has {student_layers} layers and the teacher's {teacher_layers}") as e:
+            Distiller(decoder_lm(teacher_layers), hidden_weight=1.0, source="RUN").check_student(
+                decoder_lm(student_layers)
+            )
+        assert "\n" not in str(e.value)
+    Distiller(decoder_lm(4), hidden_weight=0.0).check_student(decoder_lm(2))  # the logits alone: no layers matched

@@ -10,6 +10,7 @@ it; every prunelab parameter is filled. This module holds the family-agnostic ha
   (read with safetensors or `torch.load(weights_only=True)`: `transformers` is not needed);
 - `account_for_keys`, `copy_weights`, `fresh_linear`, `check_data_fits`: the checks and copies of an import, and
   `rename_keys`, the copy of an export;
+- `recorded_layers`: config.json's `prunelab_kept_layers`, the original numbers of the layers an export kept;
 - `PretrainedTokenizer`: the checkpoint's own tokenizer (the one entry the data modules use);
 - `copy_source_files`: what a run keeps of its source folder (config and tokenizer files, no weights), so that
   it rebuilds without it.
@@ -107,6 +108,32 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]
         raise UserError(f"{folder}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
     # fp16 checkpoints (Marian-style conversions) are upcast: prunelab computes in fp32 unless told otherwise
     return config, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+# config.json's record of an export that took whole layers out: {"enc"/"dec": the original number of each layer kept}
+# (prunelab.hf.export writes it; transformers keeps an unknown key as a config attribute and saves it again)
+KEPT_LAYERS = "prunelab_kept_layers"
+
+
+def recorded_layers(hf: Mapping[str, Any], **counts: int) -> dict[str, tuple[int, ...]] | None:
+    """config.json's KEPT_LAYERS, checked against the stacks' layer counts (`counts`: enc=..., dec=...): per stack,
+    the original number of each of its layers (TransformerConfig.layer_numbers), or None when the key is absent (the
+    layers are numbered as in the original: no export renumbered them). A record that cannot be one is one error."""
+    record = hf.get(KEPT_LAYERS)
+    if record is None:
+        return None
+    if not isinstance(record, Mapping) or not set(record) <= set(counts):
+        raise UserError(f"config.json's {KEPT_LAYERS} must map {' / '.join(counts)} to layer numbers, got {record!r}")
+    out = {}
+    for side, ids in record.items():
+        ok = isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+        if not ok or len(ids) != counts[side] or ids != sorted(set(ids)):
+            raise UserError(
+                f"config.json's {KEPT_LAYERS}[{side!r}] = {ids!r} is not the increasing original numbers of the "
+                f"{counts[side]} {side} layers the checkpoint has"
+            )
+        out[side] = tuple(ids)
+    return out
 
 
 def num(hf: dict[str, Any], *names: str) -> Any:

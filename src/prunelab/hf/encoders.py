@@ -46,6 +46,7 @@ from prunelab.hf.checkpoint import (
     num,
     read_checkpoint,
     read_config,
+    recorded_layers,
     rename_keys,
     wb,
 )
@@ -132,6 +133,7 @@ def encoder_config(hf: dict[str, Any]) -> TransformerConfig:
         d_ff=d_ff,
         enc_layers=layers,
         dec_layers=0,
+        layer_numbers=recorded_layers(hf, enc=layers),  # a prunelab export that took layers out
         dropout=dropout,
         attn_dropout=attn_dropout,
         activation_dropout=0.0,  # HF encoders have no dropout between the two feed-forward layers

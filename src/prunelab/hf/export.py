@@ -17,7 +17,9 @@ the weights is folded into them, exactly:
   width with zero rows of fc1 (and fc3) and zero columns of fc2 where its removed neurons were (adding nothing);
 - whole layers removed structurally (depth pruning: every sub-layer of a stack layer gone, which passes x on
   unchanged, post-norm or not): the layer leaves the network, the layers after it are renumbered and config.json's
-  layer count goes down (a per-layer list such as `layer_types` keeps the kept layers' entries);
+  layer count goes down (a per-layer list such as `layer_types` keeps the kept layers' entries), and config.json's
+  `prunelab_kept_layers` records each kept layer's original number per stack (an import reads it into
+  `cfg.layer_numbers`, so that distillation matches each layer to the teacher's of the same number);
   AttendOut's uniform attention
   (no Q or K projection) is Q = K = 0: every score is 0, so softmax is the uniform map over the keys allowed.
 
@@ -44,7 +46,8 @@ from torch import Tensor, nn
 
 from prunelab.errors import UserError
 from prunelab.hf import causal_lm, encoders, marian
-from prunelab.hf.checkpoint import BITMASK_HINT, OVERRIDABLE, STRUCTURE_BUFFERS, WEIGHT_SUFFIXES
+from prunelab.hf.checkpoint import BITMASK_HINT, KEPT_LAYERS, OVERRIDABLE, STRUCTURE_BUFFERS, WEIGHT_SUFFIXES
+from prunelab.models.surgery import layer_numbers
 from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transformer, TransformerConfig
 
 # config.json's model_type -> its family's module. A family module has MODEL_TYPES, MODEL_CLASS (the prunelab class
@@ -92,7 +95,8 @@ def export_hf(
     _check_same_network(model.cfg, want, source)
 
     state, kept = without_removed_layers(model, effective_state(model, masks))
-    cfg = replace(model.cfg, enc_layers=len(kept["enc"]), dec_layers=len(kept["dec"]), removed=())
+    record = kept_layer_numbers(model, kept)
+    cfg = replace(model.cfg, enc_layers=len(kept["enc"]), dec_layers=len(kept["dec"]), removed=(), layer_numbers=record)
     config, tensors = module.export_folder(model, hf, state, labels, cfg)
     width = feed_forward_width(model)
     if width != model.cfg.d_ff:  # every feed-forward lost the same number of neurons: a narrower network
@@ -102,6 +106,9 @@ def export_hf(
             _set_keys(config, keys, len(kept[side]))
             if len(config.get("layer_types") or ()) == len(getattr(model, side)):  # one stack: its per-layer list
                 config["layer_types"] = [config["layer_types"][i] for i in kept[side]]
+    config.pop(KEPT_LAYERS, None)  # a source's own record is composed into `record`
+    if record is not None:
+        config[KEPT_LAYERS] = {side: list(ids) for side, ids in record.items()}
     config["architectures"] = [module.ARCHITECTURES[family]]
     config["dtype"] = "float32"  # the weights are written in fp32 (an fp16 source would otherwise load as fp16)
     if "torch_dtype" in config:  # the key before transformers 5
@@ -143,6 +150,17 @@ def without_removed_layers(model: Transformer, state: dict[str, Tensor]) -> tupl
         elif (prefix := f"{parts[0]}.{parts[1]}.") in renumber:  # a removed layer has no parameters to drop
             out[renumber[prefix] + k[len(prefix) :]] = v
     return out, kept
+
+
+def kept_layer_numbers(model: Transformer, kept: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]] | None:
+    """The original number of each layer the export keeps, per stack with layers (`kept`: their indices in the model,
+    without_removed_layers), for config.json's KEPT_LAYERS: the renumbering hides which layers they were, and hidden-
+    state distillation must match each to the teacher's layer of the same number. None when no layer leaves and the
+    model's own numbers are its indices (nothing to record)."""
+    if not model.cfg.layer_numbers and all(len(ids) == len(getattr(model, side)) for side, ids in kept.items()):
+        return None
+    numbers = layer_numbers(model)  # a re-imported export's record, composed
+    return {side: tuple(numbers[side][i] for i in ids) for side, ids in kept.items() if len(getattr(model, side))}
 
 
 def _check_same_network(ours: TransformerConfig, want: TransformerConfig, source: Path) -> None:

@@ -37,6 +37,7 @@ from prunelab.hf.checkpoint import (
     num,
     read_checkpoint,
     read_config,
+    recorded_layers,
     rename_keys,
     wb,
 )
@@ -104,6 +105,7 @@ def marian_config(hf: dict[str, Any]) -> TransformerConfig:
         d_ff=d_ff.pop(),
         enc_layers=num(hf, "encoder_layers"),
         dec_layers=num(hf, "decoder_layers"),
+        layer_numbers=recorded_layers(hf, enc=num(hf, "encoder_layers"), dec=num(hf, "decoder_layers")),
         dropout=hf.get("dropout", 0.1),
         attn_dropout=hf.get("attention_dropout", 0.0),
         activation_dropout=hf.get("activation_dropout", 0.0),

@@ -1,11 +1,11 @@
-"""Structural removal of heads, feed-forward neurons and whole components, and loading a model that had any of
-them removed."""
+"""Structural removal of heads, feed-forward neurons and whole components, loading a model that had any of them
+removed, and the original number of each stack layer (layer_numbers)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from prunelab.models.addressing import attention_names, component, component_names
 from prunelab.models.transformer import FeedForward, Transformer
@@ -119,3 +119,20 @@ def load_state_dict_with_heads(model: Transformer, state: Mapping[str, Tensor], 
     """Load a state dict saved after head or component removal: remove the same parts first."""
     match_structure(model, state, prefix)
     model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+
+
+STACKS = ("enc", "dec")  # the layer stacks: encoder, decoder (a classifier has only enc, a causal LM only dec)
+
+
+def layer_numbers(model: nn.Module) -> dict[str, list[int]]:
+    """The original number of every layer of each stack ({"enc": [...], "dec": [...]}, one per layer, removed or
+    not): its index, since removing a layer within prunelab empties it in place and never renumbers the stack, except
+    for a model imported from a Hugging Face export that took whole layers out and renumbered the rest, whose config
+    records the kept layers' original numbers (`cfg.layer_numbers`, read from config.json's prunelab_kept_layers)."""
+    recorded = recorded_layer_numbers(model)
+    return {side: list(recorded.get(side, range(len(getattr(model, side, None) or ())))) for side in STACKS}
+
+
+def recorded_layer_numbers(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The stacks whose original layer numbers the model's config records (see layer_numbers); {} for none."""
+    return dict(getattr(getattr(model, "cfg", None), "layer_numbers", None) or {})

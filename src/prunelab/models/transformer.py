@@ -104,6 +104,10 @@ class TransformerConfig:
     rope_theta: float = 10000.0  # positions="rope": the rotary base (Su et al. 2021), the checkpoint's rope_theta
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": linear | llama3, "factor": ..., ...} as config.json
     tie_embeddings: bool = True  # the output projection is the token embedding (False: a separate `lm_head`)
+    # the original number of each layer of a stack, {"enc": (0, 2, 3), ...}, for a model imported from a Hugging Face
+    # export that took whole layers out and renumbered the rest (config.json's prunelab_kept_layers); a stack not in
+    # it (or None): each layer's index is its number, as prunelab never renumbers a stack (models.surgery.layer_numbers)
+    layer_numbers: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.head_dim is None and self.d_model % self.n_heads != 0:
@@ -134,6 +138,8 @@ class TransformerConfig:
         if not 0.0 <= self.layerdrop < 1.0:
             raise ValueError(f"layerdrop must be in [0, 1), got {self.layerdrop}")
         self.removed = tuple(self.removed)
+        if self.layer_numbers is not None:
+            self.layer_numbers = {side: tuple(int(i) for i in ids) for side, ids in self.layer_numbers.items()}
 
     @property
     def hs(self) -> int:

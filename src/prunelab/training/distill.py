@@ -4,15 +4,21 @@ also matching the teacher's hidden states layer by layer (the MSE of TinyBERT, J
 Muralidharan et al. 2024, recovers structurally pruned models with both):
 
     loss = (1 - alpha) * task_loss + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
-           + hidden_weight * mean over the student's kept layers l of MSE(h_s[l], h_t[l])
+           + hidden_weight * mean over the student's kept layers l of MSE(h_s[l], h_t[n(l)])
 
 The KL is averaged over the units the task loss averages over (target tokens that are not padding, predicted tokens,
 examples: the task passes its keep mask). T^2 keeps the gradient's size comparable across temperatures: the gradient
 of the KL term with respect to a student logit is T * (softmax(z_s / T) - softmax(z_t / T)) / count.
 
-Layers are matched by their address in the ORIGINAL model (`enc.{i}`, `dec.{i}`): prunelab never renumbers the
-layers of a stack, so a student with layers removed (every sub-layer of `enc.{i}` gone) keeps the indices of the
-others, and a removed layer is simply not matched. Widths (d_model) are never pruned, so the shapes agree.
+Layers are matched by their number in the ORIGINAL model: n(l) is the teacher's layer with the original number of
+the student's layer l (models.surgery.layer_numbers). prunelab never renumbers the layers of a stack, so a student
+with layers removed within prunelab (every sub-layer of `enc.{i}` gone) keeps the indices of the others, and a removed
+layer is simply not matched. A Hugging Face export does renumber (the removed layers leave the network), and records
+the kept layers' original numbers in config.json (`prunelab_kept_layers`), which the import reads back
+(`cfg.layer_numbers`): its layer `dec.1` may be the teacher's `dec.3`. A student stack without that record is matched
+by index only when it has as many layers as the teacher's; otherwise which teacher layers its layers were cannot be
+known, and hidden_weight > 0 is one UserError rather than a match of the wrong layers. Widths (d_model) are never
+pruned, so the shapes agree.
 
 The pure functions (`soft_targets`, `kd_loss`, `hidden_loss`, `mix`) hold the mathematics; `Distiller` holds the
 teacher and the settings, and the tasks (prunelab.tasks.base.PrunableTask) call it from their training step with
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
+from prunelab.models.surgery import layer_numbers, recorded_layer_numbers
 
 # task.distill's settings and their defaults (conf/task/*.yaml say the same; teacher None: no distillation)
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
@@ -80,7 +87,8 @@ def hidden_loss(
     student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
 ) -> Tensor:
     """The mean over the layers of `student` ({address: output (B, T, C)}) of the mean squared error between the
-    student's and the teacher's output of the layer with the same address (TinyBERT's hidden-state loss). `masks`:
+    student's and the teacher's output under the same key (TinyBERT's hidden-state loss; the Distiller keys the
+    teacher's outputs by the student layer each is matched to, layer_pairs). `masks`:
     per stack (`enc`, `dec`), the positions (B, T) that count (padding does not); the MSE of a layer is then the
     mean over the kept positions' elements. No layers: 0."""
     terms = []
@@ -134,6 +142,43 @@ def kept_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: layer for name, layer in stack_layers(model).items() if not is_removed(layer)}
 
 
+def layer_pairs(student: nn.Module, teacher: nn.Module, source: str | None = None) -> dict[str, str]:
+    """{student layer address: teacher layer address} for the student's kept layers: the teacher's layer with the
+    same original number (layer_numbers; a stack without a record is numbered by index). A student stack without a
+    record and with another number of layers than the teacher's cannot be matched (a renumbered export without
+    `prunelab_kept_layers`, or another model): one UserError, as is a number the teacher has no layer for."""
+    kept = kept_layers(student)
+    s_numbers, t_numbers = layer_numbers(student), layer_numbers(teacher)
+    recorded = recorded_layer_numbers(student)
+    where = f"task.distill.teacher={source}: " if source else ""
+    pairs: dict[str, str] = {}
+    for stack in STACKS:
+        s_len, t_len = len(s_numbers[stack]), len(t_numbers[stack])
+        if not any(name.startswith(f"{stack}.") for name in kept):
+            continue
+        if stack not in recorded and s_len != t_len:
+            raise UserError(
+                f"{where}the student's {stack} stack has {s_len} layers and the teacher's {t_len}, and nothing records "
+                f"which teacher layers the student's are (a Hugging Face export by prunelab records them in "
+                f"config.json's prunelab_kept_layers): hidden_weight > 0 cannot match them; set hidden_weight=0"
+            )
+        # without a record, equal stacks: index i is number i on both sides when neither was renumbered, and the
+        # same layer of the same-shaped network otherwise
+        teacher_at = {n: i for i, n in enumerate(t_numbers[stack] if stack in recorded else range(t_len))}
+        for i, n in enumerate(s_numbers[stack]):
+            name = f"{stack}.{i}"
+            if name not in kept:
+                continue
+            if n not in teacher_at:
+                raise UserError(
+                    f"{where}the student's layer {name} is layer {n} of the original {stack} stack, which the teacher "
+                    f"(numbered {t_numbers[stack]}) does not have (hidden_weight > 0 needs a teacher with the "
+                    "student's layers)"
+                )
+            pairs[name] = f"{stack}.{teacher_at[n]}"
+    return pairs
+
+
 @contextmanager
 def recording(layers: Mapping[str, nn.Module]) -> Iterator[dict[str, Tensor]]:
     """Within the block, {address: the output of that layer's latest forward} for `layers` (forward hooks, removed
@@ -182,6 +227,7 @@ class Distiller:
         self.alpha, self.temperature, self.hidden_weight = float(alpha), float(temperature), float(hidden_weight)
         self.source = source  # where the teacher came from (results.json)
         self.student_states: dict[str, Tensor] = {}  # the student's kept layers' outputs of the latest watch()
+        self.pairs: dict[str, str] = {}  # the teacher's layer matched to each of them (layer_pairs)
         self._placed: tuple[torch.device, torch.dtype] | None = None
 
     @classmethod
@@ -208,13 +254,16 @@ class Distiller:
 
     def check_student(self, student: nn.Module) -> None:
         """A teacher of another kind of model than the student (a translation model for a classifier, ...) is one
-        UserError (the shapes of the logits are compared at the first training step)."""
+        UserError (the shapes of the logits are compared at the first training step), and so, with hidden_weight > 0,
+        is a student whose layers cannot be matched to the teacher's (layer_pairs)."""
         mine, theirs = getattr(self.teacher, "kind", None), getattr(student, "kind", None)
         if mine != theirs:
             raise UserError(
                 f"task.distill.teacher={self.source}: a {mine} model cannot teach a {theirs} model "
                 "(the teacher must be trained on the same data)"
             )
+        if self.hidden_weight:
+            layer_pairs(student, self.teacher, self.source)
 
     def report(self) -> dict[str, Any]:
         """What results.json records of the distillation."""
@@ -240,26 +289,25 @@ class Distiller:
 
     @contextmanager
     def watch(self, student: nn.Module) -> Iterator[None]:
-        """Record the student's kept layers' outputs during the block into `student_states` (with hidden_weight > 0;
-        otherwise nothing is recorded)."""
+        """Record the student's kept layers' outputs during the block into `student_states`, and the teacher's layer
+        each is matched to into `pairs` (with hidden_weight > 0; otherwise nothing is recorded)."""
         if not self.hidden_weight:
-            self.student_states = {}
+            self.student_states, self.pairs = {}, {}
             yield
             return
-        with recording(kept_layers(student)) as states:
+        self.pairs = layer_pairs(student, self.teacher, self.source)
+        layers = stack_layers(student)
+        with recording({name: layers[name] for name in self.pairs}) as states:
             yield
         self.student_states = states
 
-    def teacher_outputs(self, forward: Callable[[nn.Module], Tensor], layers: list[str]) -> tuple[Tensor, dict]:
-        """The teacher's logits of `forward(teacher)`, under no_grad, and the outputs of its layers `layers`."""
+    def teacher_outputs(
+        self, forward: Callable[[nn.Module], Tensor], pairs: Mapping[str, str]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The teacher's logits of `forward(teacher)`, under no_grad, and the outputs of its layers `pairs` names
+        ({student layer: teacher layer}), each under the student layer's address."""
         mine = stack_layers(self.teacher)
-        missing = [name for name in layers if name not in mine]
-        if missing:
-            raise UserError(
-                f"task.distill.teacher={self.source}: the teacher has no layer {missing[0]} to match the student's "
-                "(hidden_weight > 0 needs a teacher with at least the student's layers)"
-            )
-        with torch.no_grad(), recording({name: mine[name] for name in layers}) as states:
+        with torch.no_grad(), recording({name: mine[theirs] for name, theirs in pairs.items()}) as states:
             logits = forward(self.teacher)
         return logits, states
 
@@ -276,7 +324,7 @@ class Distiller:
         step's batch; `keep`: the positions of the logits the task loss averages over; `masks`: per stack, the
         positions of the layer outputs that count."""
         states, self.student_states = self.student_states, {}
-        teacher_logits, teacher_states = self.teacher_outputs(forward, list(states))
+        teacher_logits, teacher_states = self.teacher_outputs(forward, {n: self.pairs[n] for n in states})
         if teacher_logits.shape != student_logits.shape:
             raise UserError(
                 f"task.distill.teacher={self.source}: the teacher's logits have shape {tuple(teacher_logits.shape)}, "
@@ -291,8 +339,9 @@ class Distiller:
             if mismatched:
                 n = mismatched[0]
                 raise UserError(
-                    f"task.distill.teacher={self.source}: layer {n} outputs {tuple(teacher_states[n].shape)} in the "
-                    f"teacher but {tuple(states[n].shape)} in the student (hidden_weight > 0 needs equal widths)"
+                    f"task.distill.teacher={self.source}: layer {self.pairs[n]} outputs "
+                    f"{tuple(teacher_states[n].shape)} in the teacher but {n} {tuple(states[n].shape)} in the student "
+                    "(hidden_weight > 0 needs equal widths)"
                 )
             hidden = hidden_loss(states, teacher_states, masks).to(total.device)
             total = total + self.hidden_weight * hidden
