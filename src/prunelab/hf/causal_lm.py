@@ -38,6 +38,7 @@ from prunelab.hf.checkpoint import (
     num,
     read_checkpoint,
     read_config,
+    recorded_layers,
     rename_keys,
     resolve_checkpoint,
 )
@@ -137,6 +138,7 @@ def causal_lm_config(hf: dict[str, Any]) -> TransformerConfig:
         d_ff=num(hf, "intermediate_size"),
         enc_layers=0,
         dec_layers=num(hf, "num_hidden_layers"),
+        layer_numbers=recorded_layers(hf, dec=num(hf, "num_hidden_layers")),  # a prunelab export that took layers out
         dropout=0.0,  # these families have no hidden dropout
         attn_dropout=float(hf.get("attention_dropout", 0.0)),
         activation_dropout=0.0,
@@ -173,6 +175,7 @@ def _gpt2_config(hf: dict[str, Any]) -> TransformerConfig:
         d_ff=hf.get("n_inner") or 4 * d,
         enc_layers=0,
         dec_layers=num(hf, "n_layer", "num_hidden_layers"),
+        layer_numbers=recorded_layers(hf, dec=num(hf, "n_layer", "num_hidden_layers")),
         dropout=float(hf.get("resid_pdrop", 0.1)),
         attn_dropout=float(hf.get("attn_pdrop", 0.1)),
         activation_dropout=0.0,  # GPT-2's MLP drops out after c_proj only (resid_pdrop)
