@@ -104,13 +104,13 @@ def test_components_chooses_the_lowest_eq1_contributions(
 
 
 def test_components_choice_follows_the_scores_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The scoring function replaced by known scores (a random order): the chosen set is the k lowest."""
+    """The drops replaced by known ones (a random order, under the clip): the chosen set is the k lowest."""
     model = two_by_two()
     names = component_names(model)
     values = torch.randperm(len(names), generator=torch.Generator().manual_seed(5)).tolist()
     scores = {n: 0.1 * v for n, v in zip(names, values, strict=True)}
+    monkeypatch.setattr(f"{__name__}.DROPS", scores)  # what component_pruner's ablation gives
     p = component_pruner(model, 0.4, monkeypatch)
-    monkeypatch.setattr("prunelab.pruning.components.contribution_scores", lambda drops, baseline: scores)
     by_hand = sorted(names, key=lambda n: scores[n])[:4]
     assert p.choose(model) == by_hand
 

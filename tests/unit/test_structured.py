@@ -6,7 +6,9 @@ budget and keeps what it must."""
 
 from __future__ import annotations
 
+import collections
 import copy
+import math
 import random
 
 import pytest
@@ -18,7 +20,7 @@ from prunelab.importance.components import block_influence
 from prunelab.importance.heads import head_importance
 from prunelab.importance.width import width_importance
 from prunelab.models import Transformer
-from prunelab.models.addressing import attention_names, component, set_gate
+from prunelab.models.addressing import attention_names, component, component_names, set_gate
 from prunelab.models.causal_lm import IGNORE, build_causal_lm
 from prunelab.models.classifier import build_classifier
 from prunelab.models.cost import cost, flops_per_token
@@ -305,6 +307,69 @@ def test_width_pruner_removes_the_lowest_scores_per_layer() -> None:
     assert plan["heads"] == {} and plan["layers"] == []
 
 
+def wide_llama() -> Transformer:
+    """llama() with 8 query heads (4 K/V groups) per layer: enough heads for rankings across layers to differ."""
+    torch.manual_seed(0)
+    return build_causal_lm(
+        vocab_size=60, d_model=32, n_heads=8, n_kv_heads=4, d_ff=48, dec_layers=3, dropout=0.0, max_len=64,
+        positions="rope", norm="rms", ffn="glu", activation="silu", qkv_bias=False, out_bias=False, ff_bias=False,
+        embed_scale=False, tie_embeddings=False,
+    ).eval()  # fmt: skip
+
+
+def planted_width_scores(model: Transformer, seed: int = 4) -> dict[str, torch.Tensor]:
+    """Scores for every head and neuron on very different scales per layer (layer 0 x1000, layer 2 x0.001) and of
+    different shapes (powers of uniform draws), chosen so that ranking raw scores, or scores divided by their layer's
+    max or sum, across layers picks other units than ranking them divided by their layer's L2 norm."""
+    g = torch.Generator().manual_seed(seed)
+    scale, power = (1000.0, 1.0, 0.001), (2.0, 0.5, 1.0)
+    out = {}
+    for n in component_names(model):
+        i = int(n.split(".")[1])
+        size = component(model, n).n_heads if n.endswith(".sa") else component(model, n).width
+        out[n] = scale[i] * torch.rand(size, generator=g, dtype=torch.float64).pow(power[i]).float()
+    return out
+
+
+@pytest.mark.parametrize("units", ["heads", "neurons"])
+def test_global_scope_removes_the_lowest_scores_normalised_per_layer(
+    units: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scope=global ranks each kind of unit across layers by its score divided by the L2 norm of its layer's scores
+    (Michel et al.'s normalisation for heads). On planted scores the units removed are the lowest normalised ones,
+    computed here independently (every attention and feed-forward keeps units to spare, so the keep-one rule does not
+    bind); ranking the raw scores would take nothing from layer 0 (x1000)."""
+    model = wide_llama()
+    planted = planted_width_scores(model)
+    monkeypatch.setattr(
+        "prunelab.pruning.structured.width_importance",
+        lambda model, batches, criterion, names: {n: planted[n] for n in names},
+    )
+    total = sum(p.numel() for p in model.parameters())
+    d, head_dim = 32, 4
+    # a head: its Q rows and out_proj columns (K/V go with whole groups); a neuron: its fc1 and fc3 rows, fc2 column
+    per_unit = {"heads": 2 * head_dim * d, "neurons": 3 * d}[units]
+    count = {"heads": 8, "neurons": 20}[units]
+    pruner = StructuredPruner(sparsity=count * per_unit / total, structure="width", scope="global", units=[units])
+    pruner.attach(model)
+    pruner.use_data(Data([lm_batch(0)]))
+    plan = pruner.choose(model)[units]
+    chosen = {(n, u) for n, us in plan.items() for u in us}
+    normalised = {
+        (n, u): float(v) / math.sqrt(sum(float(w) ** 2 for w in s))
+        for n, s in planted.items()
+        if n.endswith(".sa" if units == "heads" else ".ff")
+        for u, v in enumerate(s)
+    }
+    expected = set(sorted(normalised, key=normalised.get)[:count])
+    per_layer = collections.Counter(n for n, _ in expected)
+    assert (
+        len(per_layer) == 3
+        and max(per_layer.values()) < len(planted["dec.0.ff" if units == "neurons" else "dec.0.sa"]) - 1
+    )
+    assert chosen == expected
+
+
 def test_depth_pruner_removes_the_least_influential_layers(tiny_model: Transformer, batch: dict) -> None:
     model = classifier()
     b = [cls_batch(0), cls_batch(1)]
@@ -363,10 +428,11 @@ def test_scratch_recovery_reinitialises_the_smaller_model() -> None:
 
 
 def test_depth_by_contribution_removes_the_layer_whose_loss_costs_least() -> None:
-    """criterion=contribution: a layer's score is the sum of its sub-layers' Eq. 1 contributions from the task's
-    scorer (perplexity here: a continuous score); the chosen layer is the one with the smallest sum, computed here
-    from the scorer's own ablation."""
-    from prunelab.importance.components import contribution_scores
+    """criterion=contribution: a layer's score is the sum of its sub-layers' drops from the task's scorer (perplexity
+    here: a continuous score), before Eq. 1's clip; the chosen layer is the one with the smallest sum, computed here
+    from the scorer's own ablation. In this random model that is also the layer whose removal costs least when all its
+    sub-layers are zeroed together (it even helps), which the sum of clipped Eq. 1 scores misses."""
+    from prunelab.importance.ablation import gates_off
     from prunelab.tasks.language_modeling import LanguageModelingTask
 
     model = llama()
@@ -382,9 +448,15 @@ def test_depth_by_contribution_removes_the_layer_whose_loss_costs_least() -> Non
     names = [f"dec.{i}.{k}" for i in range(3) for k in ("sa", "ff")]
     res = Task().own_scorer(None).ablation(model, b, names)
     per_layer = {f"dec.{i}": 0.0 for i in range(3)}
-    for n, v in contribution_scores(res.drops, res.baseline).items():
+    for n, v in res.drops.items():
         per_layer[n.rsplit(".", 1)[0]] += v
     low = sorted(per_layer.values())
     assert low[0] < low[1]  # one least important layer: choosing another shows
+    scorer = Task().own_scorer(None)
+    whole = {}
+    for layer in per_layer:
+        with gates_off(model, [f"{layer}.sa", f"{layer}.ff"]):
+            whole[layer] = res.baseline - scorer.score(model, b)
+    assert min(whole, key=whole.get) == min(per_layer, key=per_layer.get)
     pruner.on_round_end(model, 0)
     assert removed_layers(model) == [min(per_layer, key=per_layer.get)]

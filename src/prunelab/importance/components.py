@@ -19,7 +19,7 @@ side by side (importance.variants).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,22 @@ def contribution_scores(drops: dict[str, float], baseline: float, clip_fraction:
     clipped = {c: min(max(d, 0.0), cap) for c, d in drops.items()}
     top = max(clipped.values(), default=0.0)
     return {c: (v / top if top > 0 else 0.0) for c, v in clipped.items()}
+
+
+def removal_ranking(
+    drops: dict[str, float], stopped: Iterable[str] = (), layers: bool = False
+) -> tuple[dict[str, float], set[str]]:
+    """What a pruner removes by: each component's unclipped drop, summed over each layer's sub-layers (`dec.3`) with
+    `layers`. Eq. 1's clip at C ties every component that costs more than C at 1 (in a decoder LM most do), so
+    ranking by the clipped scores breaks those ties by name and can remove the most critical layer; the clipped,
+    normalised scores stay what the Wang & Tu reports show. Drops are exact for perplexity and accuracy; a BLEU
+    ablation stopped early (`stopped`: at the clip) has only a lower bound >= C, so a unit holding one may cost more
+    than its rank says. -> ({unit: drop}, the units whose drop is such a lower bound)."""
+    unit = (lambda n: n.rsplit(".", 1)[0]) if layers else (lambda n: n)
+    ranking: dict[str, float] = {}
+    for n, d in drops.items():
+        ranking[unit(n)] = ranking.get(unit(n), 0.0) + d
+    return ranking, {unit(n) for n in stopped}
 
 
 components_off = gates_off  # the component studies' name for it

@@ -1,7 +1,9 @@
 """`pruner=components`: use Wang & Tu's (2020) contribution scores to drop or rewind whole sub-layers.
 
 `sparsity` is the fraction of components (sub-layers) chosen, the least important by contribution (Eq. 1)
-on the validation data; 0.2 of the 30 components of a 6+6 model is 6. Rounds (each a
+on the validation data; 0.2 of the 30 components of a 6+6 model is 6. The choice ranks the drops before Eq. 1's
+clip (every drop above C = 10% of the baseline scores 1, and such ties would go by name: see
+importance.components.removal_ranking); results.json reports the clipped Eq. 1 scores. Rounds (each a
 `trainer.fit`):
 
 mode=retrain (Table 3):
@@ -29,6 +31,7 @@ are E:SA and E:FF, scored by accuracy drop), so the rows of Tables 3 and 4 read 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,7 +39,12 @@ from torch import Tensor, nn
 
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.components import block_influence, contribution_scores, order_by_importance
+from prunelab.importance.components import (
+    block_influence,
+    contribution_scores,
+    order_by_importance,
+    removal_ranking,
+)
 from prunelab.importance.variants import DecodeSettings
 from prunelab.models.addressing import component_names
 from prunelab.models.surgery import remove_components, restore_components
@@ -54,6 +62,19 @@ GRANULARITIES = ("component", "layer")
 
 def _key(name: str) -> str:
     return name.replace(".", "__")
+
+
+def warn_if_bounded(chosen: Sequence[str], bounded: set[str]) -> None:
+    """Removal ranks by the unclipped drops; where a chosen unit's drop is only a lower bound (BLEU decoding stopped
+    once the drop passed Eq. 1's clip C), it was chosen from among the units tied at the clip by their bounds: its
+    true drop may exceed that of units kept. Say so."""
+    reached = [u for u in chosen if u in bounded]
+    if reached:
+        log.warning(
+            "removal reaches into the units tied at Eq. 1's clip (drop >= 10%% of the baseline, decoding stopped "
+            "early): %s ranked by lower bounds on their drops, not exact drops",
+            ", ".join(reached),
+        )
 
 
 class ComponentPruner(Pruner):
@@ -171,18 +192,23 @@ class ComponentPruner(Pruner):
 
         batches = list(self._datamodule.val_dataloader())[: self.score_batches]
         names = component_names(model)  # type: ignore[arg-type]
+        bounded: set[str] = set()
         if self.criterion == "block_influence":
             units = block_influence(model, batches, layers=self.granularity == "layer")  # type: ignore[arg-type]
+            ranking = units
         else:
             res = self._scorer.ablation(model, batches, names)  # BLEU, accuracy, -perplexity (the task's)
-            units = contribution_scores(res.drops, res.baseline)
+            units = contribution_scores(res.drops, res.baseline)  # Eq. 1, for the report
             if self.granularity == "layer":  # a layer's contribution: the sum of its components'
                 layers: dict[str, float] = {}
                 for n, v in units.items():
                     layers[n.rsplit(".", 1)[0]] = layers.get(n.rsplit(".", 1)[0], 0.0) + v
                 units = layers
+            # removal goes by the unclipped drops: Eq. 1's clip ties every drop above C, and the tie would go by name
+            ranking, bounded = removal_ranking(res.drops, res.stopped, layers=self.granularity == "layer")
         count = round(self.sparsity * len(units))
-        chosen_units = order_by_importance(units)[:count]
+        chosen_units = order_by_importance(ranking)[:count]
+        warn_if_bounded(chosen_units, bounded)
         # every component gets its unit's score (a layer's for each of its sub-layers), for the report and ordering
         scores = {n: units[n if n in units else n.rsplit(".", 1)[0]] for n in names}
         for n, v in scores.items():

@@ -19,7 +19,8 @@ structure=width   every feed-forward neuron and attention head is scored by `cri
 structure=depth   whole layers are scored by `criterion`: block_influence (Men et al. 2024: 1 - cos of the residual
                   stream before and after the layer; pre-norm models; one forward pass) or contribution (Wang & Tu
                   2020, Eq. 1: the task score's drop when each sub-layer is zeroed, summed per layer; an evaluation
-                  per sub-layer), and removed, least important first, as many as bring the removed cost closest to
+                  per sub-layer; ranked before Eq. 1's clip at 10% of the baseline, which would tie most layers of
+                  a decoder LM), and removed, least important first, as many as bring the removed cost closest to
                   `sparsity` (at least one layer is kept).
 
 Rounds (each a `trainer.fit`): 0 dense (trained, or evaluated only when the run starts from `ckpt=` or an imported
@@ -42,13 +43,14 @@ from torch import nn
 
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.components import block_influence, contribution_scores, require_pre_norm
+from prunelab.importance.components import block_influence, removal_ranking, require_pre_norm
 from prunelab.importance.width import CRITERIA, width_importance
 from prunelab.models.addressing import component, component_names
 from prunelab.models.cost import cost, stack_flops
 from prunelab.models.surgery import prune_heads, prune_neurons, remove_components
 from prunelab.models.transformer import FeedForward, MultiHeadAttention
 from prunelab.pruning.base import Pruner
+from prunelab.pruning.components import warn_if_bounded
 
 log = logging.getLogger("prunelab")
 STAGES = ("dense", "pruned", "fine-tuned")
@@ -227,11 +229,11 @@ class StructuredPruner(Pruner):
         return {**self.choose_width(model, batches), "layers": []}
 
     def choose_layers(self, model: nn.Module, batches: list[dict]) -> list[str]:
-        influence = (
-            self.layer_contributions(model)
-            if self.criterion == "contribution"
-            else block_influence(model, batches, layers=True)  # type: ignore[arg-type]
-        )
+        bounded: set[str] = set()
+        if self.criterion == "contribution":
+            influence, bounded = self.layer_contributions(model)
+        else:
+            influence = block_influence(model, batches, layers=True)  # type: ignore[arg-type]
         present = {n.rsplit(".", 1)[0] for n in component_names(model)}  # type: ignore[arg-type]
         influence = {n: v for n, v in influence.items() if n in present}
         order = sorted(influence, key=lambda n: influence[n])
@@ -246,12 +248,15 @@ class StructuredPruner(Pruner):
                 removed += stack_flops([layer], self.flops_context)
             if abs(removed - target) < best_gap:
                 best, best_gap = k, abs(removed - target)
-        log.info("structured: removing %d of %d layers by block influence: %s", best, len(order), order[:best])
+        log.info("structured: removing %d of %d layers by %s: %s", best, len(order), self.criterion, order[:best])
+        warn_if_bounded(order[:best], bounded)
         return order[:best]
 
-    def layer_contributions(self, model: nn.Module) -> dict[str, float]:
-        """Wang & Tu's contribution (Eq. 1: the task score's drop when a component is zeroed, on the validation data)
-        summed over each layer's sub-layers, as ComponentPruner's granularity=layer."""
+    def layer_contributions(self, model: nn.Module) -> tuple[dict[str, float], set[str]]:
+        """Wang & Tu's contribution (the task score's drop when a component is zeroed, on the validation data) summed
+        over each layer's sub-layers, as ComponentPruner's granularity=layer: the drops before Eq. 1's clip, which
+        would tie most layers of a decoder LM at C (importance.components.removal_ranking).
+        -> ({layer: drop}, layers whose drop is only a lower bound: BLEU decoding stopped early at the clip)."""
         if getattr(self, "_own_scorer", None) is None:
             raise RuntimeError(
                 "StructuredPruner.use_data(datamodule, task) must be called before criterion=contribution"
@@ -259,10 +264,7 @@ class StructuredPruner(Pruner):
         scorer = self._own_scorer(self._datamodule)
         batches = list(self._datamodule.val_dataloader())
         res = scorer.ablation(model, batches, component_names(model))  # type: ignore[arg-type]
-        layers: dict[str, float] = {}
-        for n, v in contribution_scores(res.drops, res.baseline).items():
-            layers[n.rsplit(".", 1)[0]] = layers.get(n.rsplit(".", 1)[0], 0.0) + v
-        return layers
+        return removal_ranking(res.drops, res.stopped, layers=True)
 
     def choose_width(self, model: nn.Module, batches: list[dict]) -> dict[str, dict[str, list[int]]]:
         kinds = {"heads": MultiHeadAttention, "neurons": FeedForward}
