@@ -181,7 +181,7 @@ def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool =
     model.eval()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    real: dict[str, Tensor | None] = {}  # per stack: the real tokens it reads (the decoder its own inputs)
+    real: dict[str, Tensor | None] = {}  # per stack: its real tokens (the decoder's: the positions with a target)
     inputs: dict[str, Tensor] = {}
     handles = []
 
