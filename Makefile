@@ -31,8 +31,9 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,hf,lm]' $(TORCH)
 	touch $(TEST_STAMP)
 
+# --durations=20: the slowest tests, printed at every run (CI's log too), so that a test growing past its share shows
 test: $(TEST_STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not acceptance" $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not acceptance" --durations=20 $(ARGS)
 
 # The exact `python train.py` default run and its claim (test BLEU >= 80): about 5 minutes of one core on its own,
 # too long a pole for `make test`'s 15 minutes; run before a release and at every stop.

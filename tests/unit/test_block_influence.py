@@ -13,28 +13,14 @@ from prunelab.importance.components import block_influence
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import Transformer, TransformerConfig
 from prunelab.pruning.components import ComponentPruner
+from tests.tiny import tiny_llama
 
 V = 41
 
 
 def lm() -> CausalLM:
-    torch.manual_seed(3)
-    cfg = TransformerConfig(
-        vocab_size=V,
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=48,
-        enc_layers=0,
-        dec_layers=3,
-        dropout=0.0,
-        norm="rms",
-        ffn="glu",
-        activation="silu",
-        positions="rope",
-        embed_scale=False,
-    )
-    return CausalLM(cfg).eval()
+    """Llama-shaped (with the default biases of prunelab's Linears)."""
+    return tiny_llama(3, vocab_size=V, qkv_bias=True, out_bias=True, ff_bias=True)
 
 
 def data(pad_last: bool = False) -> list[dict[str, torch.Tensor]]:

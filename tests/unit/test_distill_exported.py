@@ -29,6 +29,7 @@ from prunelab.models.surgery import layer_numbers, remove_components  # noqa: E4
 from prunelab.pruning import NoPruner  # noqa: E402
 from prunelab.tasks import LanguageModelingTask  # noqa: E402
 from prunelab.training.distill import Distiller, layer_pairs  # noqa: E402
+from tests.tiny import hf_llama_config  # noqa: E402
 from tests.unit.test_hf_marian_import import hf_marian  # noqa: E402
 
 V = 101
@@ -46,16 +47,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(a random 4-layer Llama saved by transformers, its export with layers 1 and 2 removed)."""
     root = tmp_path_factory.mktemp("depth")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
+    config = hf_llama_config(vocab_size=V, num_hidden_layers=LAYERS)
     hf = transformers.LlamaForCausalLM(config)
     with torch.no_grad():  # every layer moved off its initial value, so that each computes something else
         for p in hf.parameters():

@@ -11,33 +11,14 @@ from prunelab.importance.ablation import gates_off
 from prunelab.importance.heads import head_importance
 from prunelab.models.addressing import gate, group_names, head_names
 from prunelab.models.causal_lm import CausalLM
-from prunelab.models.transformer import TransformerConfig
 from prunelab.pruning.heads import HeadPruner
+from tests.tiny import tiny_llama
 
 V = 53
 
 
 def tiny_lm(seed: int = 0) -> CausalLM:
-    torch.manual_seed(seed)
-    cfg = TransformerConfig(
-        vocab_size=V,
-        d_model=36,
-        n_heads=6,
-        n_kv_heads=2,
-        d_ff=40,
-        enc_layers=0,
-        dec_layers=2,
-        dropout=0.0,
-        norm="rms",
-        ffn="glu",
-        activation="silu",
-        positions="rope",
-        embed_scale=False,
-        qkv_bias=False,
-        out_bias=False,
-        ff_bias=False,
-    )
-    return CausalLM(cfg).eval()
+    return tiny_llama(seed, vocab_size=V, d_model=36, n_heads=6, n_kv_heads=2, d_ff=40, dec_layers=2)
 
 
 def batches(n: int = 2, B: int = 3, T: int = 10) -> list[dict[str, torch.Tensor]]:

@@ -21,6 +21,7 @@ from prunelab.importance.scoring import PerplexityScorer
 from prunelab.models.causal_lm import CausalLM, build_causal_lm
 from prunelab.pruning import NoPruner
 from prunelab.tasks import LanguageModelingTask
+from tests.tiny import hf_llama_config
 
 V = 101
 SEQ_LEN, STRIDE = 24, 10
@@ -50,17 +51,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, CausalLM]:
     from prunelab.hf.causal_lm import load_hf_causal_lm
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        rope_theta=37.0,
-    )
+    config = hf_llama_config(vocab_size=V, rope_theta=37.0)
     hf = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         for p in hf.parameters():  # off the initial values: norms and all

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,10 +20,10 @@ from prunelab.data.batching import collate
 from prunelab.data.language_modeling import IGNORE
 from prunelab.models import build_transformer
 from prunelab.models.causal_lm import CausalLM
-from prunelab.models.transformer import TransformerConfig
 from prunelab.pruning.calibration import prune_sequentially
 from prunelab.pruning.masks import prunable_weights
 from prunelab.pruning.solvers import InputStats, Pattern, removal_mask, wanda_scores
+from tests.tiny import tiny_llama as llama_shaped
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -65,6 +66,23 @@ def calibrated_before(a: str, b: str) -> bool:
     return (rank[sa], ia) < (rank[sb], ib)
 
 
+Solver = Callable[[str, nn.Linear, InputStats], None]
+
+
+def wanda_half() -> tuple[dict[str, InputStats], dict[str, torch.Tensor], Solver]:
+    """A solver for prune_sequentially that keeps each Linear's statistics and prunes it by Wanda at 50% per row:
+    (statistics by Linear, removed entries by weight, the solver)."""
+    seen: dict[str, InputStats] = {}
+    removed: dict[str, torch.Tensor] = {}
+
+    def solve(n: str, linear: nn.Linear, stats: InputStats) -> None:
+        seen[n] = stats
+        removed[f"{n}.weight"] = removal_mask(wanda_scores(linear.weight, stats.col_sq_norms), 0.5, Pattern(), True)
+        linear.weight.data[removed[f"{n}.weight"]] = 0.0
+
+    return seen, removed, solve
+
+
 @pytest.mark.parametrize("bos", [BOS, PAD], ids=["bos", "marian_pad_start"])
 @pytest.mark.parametrize(
     "name", ["enc.0.ff.fc1", "enc.1.sa.q_proj", "dec.0.ea.k_proj", "dec.0.sa.v_proj", "dec.1.ff.fc2"]
@@ -73,13 +91,7 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos:
     original = tiny()
     model = copy.deepcopy(original)
     names = set(prunable_weights(model))
-    seen: dict[str, InputStats] = {}
-    removed: dict[str, torch.Tensor] = {}
-
-    def solve(n: str, linear: nn.Linear, stats: InputStats) -> None:
-        seen[n] = stats
-        removed[f"{n}.weight"] = removal_mask(wanda_scores(linear.weight, stats.col_sq_norms), 0.5, Pattern(), True)
-        linear.weight.data[removed[f"{n}.weight"]] = 0.0
+    seen, removed, solve = wanda_half()
 
     data = batches(bos)
     order = prune_sequentially(model, data, names, solve, full=True)
@@ -120,26 +132,7 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos:
 def tiny_llama() -> CausalLM:
     """Llama-shaped: rotary positions, grouped-query attention (4 query heads over 2 key/value heads), RMSNorm,
     SwiGLU, no biases."""
-    torch.manual_seed(0)
-    cfg = TransformerConfig(
-        vocab_size=40,
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=48,
-        enc_layers=0,
-        dec_layers=3,
-        dropout=0.0,
-        norm="rms",
-        ffn="glu",
-        activation="silu",
-        positions="rope",
-        embed_scale=False,
-        qkv_bias=False,
-        out_bias=False,
-        ff_bias=False,
-    )
-    return CausalLM(cfg).eval()
+    return llama_shaped(seed=0, vocab_size=40, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48, dec_layers=3)
 
 
 def lm_batches() -> list[dict[str, torch.Tensor]]:
@@ -167,13 +160,7 @@ def test_each_decoder_only_layer_is_calibrated_on_the_pruned_layers_before_it(na
     original = tiny_llama()
     model = copy.deepcopy(original)
     names = set(prunable_weights(model))
-    seen: dict[str, InputStats] = {}
-    removed: dict[str, torch.Tensor] = {}
-
-    def solve(n: str, linear: nn.Linear, stats: InputStats) -> None:
-        seen[n] = stats
-        removed[f"{n}.weight"] = removal_mask(wanda_scores(linear.weight, stats.col_sq_norms), 0.5, Pattern(), True)
-        linear.weight.data[removed[f"{n}.weight"]] = 0.0
+    seen, removed, solve = wanda_half()
 
     data = lm_batches()
     order = prune_sequentially(model, data, names, solve, full=True)
