@@ -157,6 +157,10 @@ class AttendOutPruner(Pruner):
 
     rounds = 2
 
+    @property
+    def sparsity_means(self) -> str:
+        return "not read (layers are pruned by pruner.threshold); sparsity.overall: the attention layers pruned"
+
     def __init__(
         self,
         every: int = 15,

@@ -100,6 +100,18 @@ class Pruner(nn.Module):
         super().__init__()
         self.rank_checks = 0  # pruning steps whose masks were compared across DDP ranks (all equal)
 
+    @property
+    def sparsity_means(self) -> str:
+        """What `sparsity` counts for this method (results.json `sparsity.means`): weights, heads, components or
+        the model's cost, so that a sweep's 0.5 is never read as the same thing across methods."""
+        return "not read by this pruner"
+
+    def results(self, model: nn.Module) -> dict[str, Any]:
+        """`report(model)` with `sparsity.means` added: what the run's results.json records."""
+        out = self.report(model)
+        out["sparsity"] = {**out.get("sparsity", {}), "means": self.sparsity_means}
+        return out
+
     # --- lifecycle (see the call order in the module docstring) --------------------------------------
     def attach(self, model: nn.Module) -> None:
         """Register what the method keeps for this model (buffers, so checkpoints carry it)."""
@@ -177,6 +189,12 @@ class MaskPruner(Pruner):
     `scores(model)`; `prune_to(sparsity)` is the one way masks change: per matrix or globally the entries with
     the lowest scores are masked, already-masked entries stay masked, DDP ranks are checked to agree, and the
     masks are applied. The default score is the magnitude |w| (MP and the lottery-ticket family)."""
+
+    @property
+    def sparsity_means(self) -> str:
+        where = "each weight matrix" if self.scope == "per_matrix" else "all of them ranked together"
+        embeddings = " and the embeddings" if self.prune_embeddings else ""
+        return f"the fraction of the prunable weights (Linear weight matrices{embeddings}) masked to zero, in {where}"
 
     def __init__(self, sparsity: float = 0.0, prune_embeddings: bool = False, scope: str = "per_matrix"):
         super().__init__()
@@ -294,6 +312,10 @@ class NoPruner(MaskPruner):
 
     def __init__(self) -> None:
         super().__init__(sparsity=0.0)
+
+    @property
+    def sparsity_means(self) -> str:
+        return "not read: pruner=none keeps every weight"
 
     def attach(self, model: nn.Module) -> None:
         self._weights = {}

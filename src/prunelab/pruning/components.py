@@ -3,7 +3,7 @@
 `sparsity` is the fraction of components (sub-layers) chosen, the least important by contribution (Eq. 1)
 on the validation data; 0.2 of the 30 components of a 6+6 model is 6. The choice ranks the drops before Eq. 1's
 clip (every drop above C = 10% of the baseline scores 1, and such ties would go by name: see
-importance.components.removal_ranking); results.json reports the clipped Eq. 1 scores. Rounds (each a
+criteria.components.removal_ranking); results.json reports the clipped Eq. 1 scores. Rounds (each a
 `trainer.fit`):
 
 mode=retrain (Table 3):
@@ -21,7 +21,7 @@ mode=remove (depth pruning as ShortGPT, Men et al. 2024):
     1  removed    θ_f without the chosen components (removed for real), fine-tuned for finetune_steps (0: scored as is)
 
 `criterion`: contribution (Eq. 1, the score's drop when a component is zeroed) or block_influence (1 - cos of the
-residual stream before and after, prunelab.importance.components.block_influence; one forward pass). `granularity`:
+residual stream before and after, prunelab.criteria.components.block_influence; one forward pass). `granularity`:
 component (sub-layers) or layer (whole layers, every sub-layer of each; `sparsity` is then the fraction of layers).
 
 Every level in results.json carries its parameter count and BLEU (accuracy for a classifier, whose components
@@ -37,18 +37,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunelab.distributed import from_rank_zero
-from prunelab.errors import UserError
-from prunelab.importance.components import (
+from prunelab.criteria.components import (
     block_influence,
     contribution_scores,
     order_by_importance,
     removal_ranking,
 )
-from prunelab.importance.variants import DecodeSettings
+from prunelab.distributed import from_rank_zero
+from prunelab.errors import UserError
 from prunelab.models.addressing import component_names
 from prunelab.models.surgery import remove_components, restore_components
 from prunelab.pruning.base import Pruner
+from prunelab.scoring.variants import DecodeSettings
 
 log = logging.getLogger("prunelab")
 STAGES = {
@@ -148,6 +148,11 @@ class ComponentPruner(Pruner):
 
     def stage(self, round_idx: int) -> str:
         return STAGES[self.mode][round_idx]
+
+    @property
+    def sparsity_means(self) -> str:
+        unit = "components (sub-layers)" if self.granularity == "component" else "layers"
+        return f"the fraction of the {unit} chosen, the least important by {self.criterion} first (mode={self.mode})"
 
     def round_sparsity(self, round_idx: int) -> float:
         return 0.0 if round_idx == 0 or self.stage(round_idx) == "continue" else self.sparsity

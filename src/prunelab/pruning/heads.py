@@ -11,7 +11,7 @@ so `results.json` lists BLEU before pruning, right after it, and after fine-tuni
 
 `unit`: `head` removes query heads (a K/V group of a grouped-query attention goes once its last query head is gone);
 `group` removes whole K/V groups with all of their query heads, ranked by the group's importance (the gradient of
-one gate over the group, prunelab.importance.heads). Without grouped-query attention the two are the same.
+one gate over the group, prunelab.criteria.heads). Without grouped-query attention the two are the same.
 `sparsity` is the fraction of the unit removed; results.json says which unit it was.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.criteria.ablation import ATTENTION_TYPES, order_by_score, scores_by_group, scores_by_head
+from prunelab.criteria.heads import head_importance
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.ablation import ATTENTION_TYPES, order_by_score, scores_by_group, scores_by_head
-from prunelab.importance.heads import head_importance
 from prunelab.models.addressing import attention_names, component, component_type
 from prunelab.models.surgery import prune_heads
 from prunelab.pruning.base import Pruner
@@ -88,6 +88,11 @@ class HeadPruner(Pruner):
 
     def stage(self, round_idx: int) -> str:
         return STAGES[round_idx]
+
+    @property
+    def sparsity_means(self) -> str:
+        unit = "attention heads" if self.unit == "head" else "K/V groups (each with its query heads)"
+        return f"the fraction of the {unit} removed"
 
     def round_sparsity(self, round_idx: int) -> float:
         return 0.0 if round_idx == 0 else self.sparsity

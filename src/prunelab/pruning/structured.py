@@ -41,10 +41,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.criteria.components import block_influence, removal_ranking, require_pre_norm
+from prunelab.criteria.width import CRITERIA, width_importance
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
-from prunelab.importance.components import block_influence, removal_ranking, require_pre_norm
-from prunelab.importance.width import CRITERIA, width_importance
 from prunelab.models.addressing import component, component_names
 from prunelab.models.cost import cost, stack_flops
 from prunelab.models.surgery import prune_heads, prune_neurons, remove_components
@@ -189,6 +189,15 @@ class StructuredPruner(Pruner):
         if round_idx == 2 and self.recovery == "scratch":
             fresh_weights(model)
 
+    @property
+    def sparsity_means(self) -> str:
+        cost = {
+            "params": "parameters (embeddings included)",
+            "stack_params": "layer stacks' parameters",
+            "flops": "forward FLOPs per token",
+        }[self.budget]
+        return f"the fraction of the model's {cost} removed, by {self.structure} ({self.budget} budget)"
+
     def round_sparsity(self, round_idx: int) -> float:
         return 0.0 if round_idx == 0 else self.sparsity
 
@@ -255,7 +264,7 @@ class StructuredPruner(Pruner):
     def layer_contributions(self, model: nn.Module) -> tuple[dict[str, float], set[str]]:
         """Wang & Tu's contribution (the task score's drop when a component is zeroed, on the validation data) summed
         over each layer's sub-layers, as ComponentPruner's granularity=layer: the drops before Eq. 1's clip, which
-        would tie most layers of a decoder LM at C (importance.components.removal_ranking).
+        would tie most layers of a decoder LM at C (criteria.components.removal_ranking).
         -> ({layer: drop}, layers whose drop is only a lower bound: BLEU decoding stopped early at the clip)."""
         if getattr(self, "_own_scorer", None) is None:
             raise RuntimeError(
