@@ -41,10 +41,10 @@ def components(
     """The contribution analysis of every component (one ablation_bleu call) vs (N+1) full decodes of the
     validation set (the unit the component issue states its cost in), at the run's validation beam; the run as
     `trained_run(train_steps, overrides, folder)` trains it."""
-    from prunelab.importance.ablation import corpus_bleu
-    from prunelab.importance.components import components_off
-    from prunelab.importance.variants import ablation_bleu, decode_settings
+    from prunelab.criteria.components import components_off
     from prunelab.models.addressing import component_names
+    from prunelab.scoring.scores import corpus_bleu
+    from prunelab.scoring.variants import ablation_bleu, decode_settings
     from prunelab.training import load_run
 
     run = load_run(trained_run(train_steps, overrides, folder), data=True)

@@ -42,7 +42,7 @@ def sentence_stats(hyps: list[str], refs: list[str], bleu: bool) -> list[list[in
     """Per test sentence: BLEU's sufficient statistics, or [correct] for accuracy."""
     if not bleu:
         return [[int(h == r)] for h, r in zip(hyps, refs, strict=True)]
-    from prunelab.importance.variants import BleuStats
+    from prunelab.scoring.variants import BleuStats
 
     bs = BleuStats()
     return [list(row) for row in bs.metric._extract_corpus_statistics(hyps, [refs])]
@@ -50,7 +50,7 @@ def sentence_stats(hyps: list[str], refs: list[str], bleu: bool) -> list[list[in
 
 def paired_bootstrap(a: list[list[int]], b: list[list[int]], bleu: bool, seed: int = 0) -> float:
     """Share of resamples in which system a scores higher than system b (ties count half)."""
-    from prunelab.importance.variants import BleuStats
+    from prunelab.scoring.variants import BleuStats
 
     bs = BleuStats()
     rng = random.Random(seed)

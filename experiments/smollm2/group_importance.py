@@ -2,7 +2,7 @@
 
 `pruner=heads pruner.unit=group` ranks groups by Michel et al.'s I, normalised per layer (each layer's vector divided
 by its L2 norm), which says how unevenly a layer's groups matter but not which layers matter least. This script
-takes the same I (prunelab.importance.heads.head_importance, groups=True: E_x |∂L(x)/∂ξ_g| with one gate per group)
+takes the same I (prunelab.criteria.heads.head_importance, groups=True: E_x |∂L(x)/∂ξ_g| with one gate per group)
 on the same batches as the run (the data module's first `--batches` training batches, data.max_tokens=4096 and the
 run's seed), once with normalize=False, and checks that normalising it gives the run's scores.
 
@@ -33,9 +33,9 @@ def main() -> None:
 
     import lightning as L
 
+    from prunelab.criteria.heads import head_importance
     from prunelab.data.language_modeling import LmTextDataModule
     from prunelab.hf.causal_lm import load_hf_causal_lm
-    from prunelab.importance.heads import head_importance
     from prunelab.models.addressing import component
 
     t0 = time.perf_counter()

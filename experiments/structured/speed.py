@@ -4,7 +4,7 @@
 
 Each pruned run's tested model and the dense run's score (decode, for translation: the run's beam) the first
 `--sentences` test examples at each batch size, interleaved `--repeats` times (the median kept), by
-prunelab.importance.speed.speed_by_batch_size; on a CPU one thread, so that two lanes of the machine do not meet;
+prunelab.studies.speed.speed_by_batch_size; on a CPU one thread, so that two lanes of the machine do not meet;
 with --device cuda on the GPU, under bf16 autocast (the issue's GPU speed-ups).
 With --teacher-forced (translation), one forward pass over source and reference instead of decoding: the model's
 own compute, without the beam search's per-step work (its "score" columns are then 0).
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from prunelab.importance.speed import speed_by_batch_size
-from prunelab.importance.variants import DecodeSettings
+from prunelab.scoring.variants import DecodeSettings
+from prunelab.studies.speed import speed_by_batch_size
 from prunelab.training import load_run
 
 

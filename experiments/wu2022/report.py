@@ -33,9 +33,9 @@ from experiments.reporting import (
     with_compute,
     write_results,
 )
-from prunelab.importance.scoring import AccuracyScorer
-from prunelab.importance.speed import speed_by_batch_size
 from prunelab.models.surgery import make_uniform
+from prunelab.scoring.scoring import AccuracyScorer
+from prunelab.studies.speed import speed_by_batch_size
 from prunelab.training import load_run
 
 ACC_NOISE = NOISE["accuracy"]  # accuracy points: differences within this between single runs are ties

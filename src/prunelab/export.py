@@ -1,5 +1,7 @@
 """A run's pruned model in a compact sparse file (`prunelab export RUN_DIR`, `--format bitmask|csc`), and the
-model again from such a file (`load_sparse`).
+model again from such a file (`load_sparse`); `--format 2:4` files for PyTorch's semi-structured kernels and their
+reader (`load_2of4`, on a GPU: models.semi_structured); `--format hf` (hf.export). Floor: above training/ (it loads
+runs), beside the studies and cli/.
 
 Both formats are plain torch files that load with weights_only=True and hold the model's whole state (every
 `model.*` key of the tested checkpoint: `head_ids` buffers of removed heads, a classifier's `head.*`, ...):
@@ -27,17 +29,18 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
 from prunelab.errors import UserError
 from prunelab.hf.export import export_hf
 from prunelab.models import Transformer, TransformerConfig
+from prunelab.models.semi_structured import DTYPES as SEMI_DTYPES
+from prunelab.models.semi_structured import FORMAT_2OF4, cuda_2of4_problem, pack_2of4, to_2of4
 from prunelab.models.sparse_format import dense_bytes, dtype_name, pack_state, state_bytes, to_csc32, unpack_state
 from prunelab.models.surgery import load_state_dict_with_heads
 from prunelab.training import load_run
 from prunelab.training.build import build_model
-from prunelab.training.io import read_state
-from prunelab.training.load import checkpoint_masks
+from prunelab.training.io import checkpoint_masks, read_state
 
 FORMAT = "prunelab-sparse-v1"  # CSC
 BITMASK_FORMAT = "prunelab-bitmask-v1"
@@ -158,6 +161,21 @@ def load_sparse(path: Path) -> Transformer:
     return _build_model(config, state).eval()
 
 
+def load_2of4(path: Path, device: str = "cuda") -> nn.Module:
+    """The model of a `--format 2:4` export on `device`, its 2:4 Linear weights as semi-structured sparse tensors."""
+    problem = cuda_2of4_problem(device)
+    if problem:
+        raise UserError(f"{path}: {problem}")
+    blob: dict[str, Any] = read_state(path)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT_2OF4:
+        raise UserError(f"{path} is not a prunelab 2:4 export")
+    dtype = SEMI_DTYPES[blob["dtype"]]
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state"].items()}
+    model = _build_model(blob["model_config"], state).eval().to(device=device, dtype=dtype)
+    to_2of4(model, blob["semi_structured"])
+    return model
+
+
 HF_FORMAT = "hf"  # a Hugging Face folder, not a prunelab file (export_hf_run)
 SEMI_FORMAT = "2:4"  # dense fp16/bf16 weights to be turned into semi-structured tensors on a GPU (export_2of4_run)
 
@@ -174,14 +192,11 @@ def export(
 
 
 def export_2of4_run(run_dir: Path, out: Path | None = None, dtype: str = "fp32") -> tuple[Path, dict[str, Any]]:
-    """`--format 2:4`: a run with 2:4 masks -> a file for `prunelab.models.semi_structured.load_2of4`, which runs its
+    """`--format 2:4`: a run with 2:4 masks -> a file for `load_2of4`, which runs its
     2:4 Linear weights with PyTorch's semi-structured sparse kernels on a GPU (default `RUN_DIR/model.2of4.pt`). The
     kernels take fp16 or bf16: `dtype` bf16 is kept, anything else is stored as fp16. Stats: file, format, dtype,
     file_bytes, semi_structured (the matrices the kernels take), dense_2of4 (2:4 matrices whose shape they cannot
     take, left dense)."""
-    from prunelab.models.semi_structured import DTYPES as SEMI_DTYPES
-    from prunelab.models.semi_structured import FORMAT_2OF4, pack_2of4
-
     kept = dtype if dtype in SEMI_DTYPES else "fp16"
     config, model_config, state, masks = _model_state(run_dir)
     try:

@@ -1,4 +1,5 @@
-"""Corpus-level translation metrics, computed by sacrebleu on detokenized text.
+"""Corpus-level metrics (ground floor: no prunelab imports): translation metrics, computed by sacrebleu on
+detokenized text, and a language model's perplexity.
 
 What NMT papers report, each with sacrebleu's signature so that a number says how it was computed:
 
@@ -9,10 +10,13 @@ What NMT papers report, each with sacrebleu's signature so that a number says ho
   multi-bleu.perl on Moses tokens (13a and Moses split some punctuation, hyphens and apostrophes differently);
 - `chrf`: chrF2 (Popović 2015; character 6-grams, beta 2, no word n-grams), sacrebleu's CHRF defaults;
 - `ter`: TER with sacrebleu's defaults.
+
+`perplexity`: exp of the mean negative log-likelihood over the predicted tokens, as the pruning literature reports it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sacrebleu
@@ -62,3 +66,11 @@ def translation_scores(hypotheses: list[str], references: list[str]) -> Translat
         bleu_lc=bleu_lc.corpus_score(hypotheses, refs).score,
         bleu_lc_signature=str(bleu_lc.get_signature()),
     )
+
+
+def perplexity(nll_sum: float, tokens: int) -> float:
+    """exp(mean NLL) over `tokens` predicted tokens (inf when the mean overflows; nan for no tokens)."""
+    if tokens == 0:
+        return math.nan
+    mean = nll_sum / tokens
+    return math.exp(mean) if mean < 700 else math.inf

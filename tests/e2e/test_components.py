@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from prunelab.importance.components import spearman
+from prunelab.criteria.components import spearman
 from tests.e2e.conftest import ROOT, Run, load_experiment_report, train_here
 
 pytestmark = pytest.mark.xdist_group("components")
@@ -89,7 +89,7 @@ def test_components_study_scores_at_most_max_examples(
     """`--max-examples N`: the contribution, criticality and group ablation all score the same N test examples
     (a seeded sample), stated in components.json; one progress bar ends at the total it announced."""
     from prunelab.cli.main import main
-    from prunelab.importance.scoring import BleuScorer
+    from prunelab.scoring.scoring import BleuScorer
 
     # main() gives the prunelab logger a handler on this test's (captured, later closed) stderr: keep it to this test
     monkeypatch.setattr(logging.getLogger("prunelab"), "handlers", [])
@@ -145,7 +145,7 @@ def test_pruner_components_rewind_and_retrain(dense: Run) -> None:
 
     # experiments/wangtu2020/report.py reads these three runs: its verdicts follow from their numbers
     if not (dense.dir / "components" / "components.json").exists():  # the analysis test ran elsewhere
-        from prunelab.importance.component_study import analyse_components
+        from prunelab.studies.component_study import analyse_components
 
         analyse_components(dense.dir, tolerance=0.25, grid=2)
     out = dense.dir.parent / "wangtu_report"

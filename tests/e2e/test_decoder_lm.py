@@ -119,7 +119,7 @@ def test_pruned_language_models_export_and_reload(made: dict[str, Path], tmp_pat
     import subprocess
     import sys
 
-    from prunelab.tasks.language_modeling import perplexity
+    from prunelab.metrics import perplexity
     from prunelab.training import load_run
     from tests.e2e.conftest import ROOT, run_env
 

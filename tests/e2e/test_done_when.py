@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab.training.load import mask_key
+from prunelab.training.io import mask_key
 from tests.e2e.conftest import train
 from tests.e2e.wandb_log import history
 

@@ -13,7 +13,7 @@ import torch
 
 from prunelab.export import load_sparse
 from prunelab.models import Transformer, TransformerConfig
-from prunelab.training.load import checkpoint_masks
+from prunelab.training.io import checkpoint_masks
 from tests.e2e.conftest import ROOT, train, train_here
 
 

@@ -107,7 +107,7 @@ def test_head_study_scores_at_most_max_examples(
     import sacrebleu
 
     from prunelab.cli.main import main
-    from prunelab.importance.scoring import BleuScorer
+    from prunelab.scoring.scoring import BleuScorer
 
     # main() gives the prunelab logger a handler on this test's (captured, later closed) stderr: keep it to this test
     monkeypatch.setattr(logging.getLogger("prunelab"), "handlers", [])

@@ -122,9 +122,9 @@ def test_studies_of_a_marian_run_decode_as_the_run_did(made: dict[str, Path], tm
     other translations, test above), and the component study's baseline on valid is the BLEU of transformers'
     `generate` on the run exported back to Hugging Face. Both studies record the decoding they used."""
     from prunelab.export import export_hf_run
-    from prunelab.importance.component_study import analyse_components
-    from prunelab.importance.head_study import analyse_heads
     from prunelab.models.addressing import component_names
+    from prunelab.studies.component_study import analyse_components
+    from prunelab.studies.head_study import analyse_heads
     from prunelab.training import load_run
 
     run = marian_run(made, tmp_path / "run")

@@ -156,7 +156,7 @@ def test_every_method_on_an_imported_marian(made: dict[str, Path], tmp_path: Pat
         check_structured(res)
     if pruner[0] == "pruner=oneshot":  # Wanda 2:4: every matrix keeps 2 of every 4 consecutive inputs
         from prunelab.training import load_run
-        from prunelab.training.load import checkpoint_masks
+        from prunelab.training.io import checkpoint_masks
 
         masks = checkpoint_masks(torch.load(res["best_checkpoint"], weights_only=True)["state_dict"])
         assert masks and all(bool((m.view(m.shape[0], -1, 4).sum(-1) == 2).all()) for m in masks.values())

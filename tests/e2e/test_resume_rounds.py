@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab.training.load import checkpoint_masks
+from prunelab.training.io import checkpoint_masks
 from tests.e2e.conftest import ROOT, Run, run_env, train
 
 BASE = [

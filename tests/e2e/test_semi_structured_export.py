@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from prunelab.errors import UserError
-from prunelab.export import export
-from prunelab.models.semi_structured import cuda_2of4_problem, fits_kernels, is_2of4, load_2of4
+from prunelab.export import export, load_2of4
+from prunelab.models.semi_structured import cuda_2of4_problem, fits_kernels, is_2of4
 from prunelab.training import load_run
 from prunelab.training.io import read_state
 from tests.e2e.conftest import train_here

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab.training.load import checkpoint_masks, mask_key
+from prunelab.training.io import checkpoint_masks, mask_key
 from tests.e2e.conftest import check_scores_from_files, read_hypotheses, train, train_here, write_corpus
 
 REQUIRED_METRICS = {"val/bleu", "val/ter", "test/bleu", "test/ter"}

@@ -12,7 +12,7 @@ import torch
 
 from prunelab.errors import UserError
 from prunelab.training import load_run, train
-from prunelab.training.load import checkpoint_masks
+from prunelab.training.io import checkpoint_masks
 from tests.integration.conftest import run_cfg
 
 pytestmark = pytest.mark.xdist_group("oneshot")  # the module's dense runs are trained once, on one worker

@@ -16,8 +16,7 @@ from prunelab.cli.train import CONF_DIR
 from prunelab.errors import UserError
 from prunelab.pruning.rounds import RoundPruner
 from prunelab.training import train
-from prunelab.training.io import read_state
-from prunelab.training.load import PRUNER_PREFIX
+from prunelab.training.io import PRUNER_PREFIX, read_state
 from tests.integration.conftest import run_cfg
 
 SMOKE = ["experiment=smoke", "logger=csv"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prunelab.criteria.ablation import gates_off
+from prunelab.criteria.components import block_influence
 from prunelab.errors import UserError
-from prunelab.importance.ablation import gates_off
-from prunelab.importance.components import block_influence
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import Transformer, TransformerConfig
 from prunelab.pruning.components import ComponentPruner

@@ -13,8 +13,7 @@ from prunelab.errors import UserError
 from prunelab.models import build_transformer
 from prunelab.pruning import MagnitudePruner
 from prunelab.training.averaging import average_checkpoints
-from prunelab.training.io import read_state
-from prunelab.training.load import checkpoint_masks, mask_key
+from prunelab.training.io import checkpoint_masks, mask_key, read_state
 
 W = "model.enc.0.ff.fc1.weight"
 B = "model.enc.0.ff.fc1.bias"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prunelab.criteria.heads import head_importance
 from prunelab.data.classification import (
     CLS,
     NegationScopeTask,
@@ -18,7 +19,6 @@ from prunelab.data.classification import (
 )
 from prunelab.data.tokenizer import EOS
 from prunelab.errors import UserError
-from prunelab.importance.heads import head_importance
 from prunelab.models import build_classifier
 from prunelab.models.addressing import attention_names, component_names
 

@@ -5,23 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunelab.data.tokenizer import WordTokenizer
-from prunelab.importance.ablation import corpus_bleu
-from prunelab.importance.components import (
+from prunelab.criteria.components import (
     components_off,
     contribution_scores,
     criticality_scores,
-    greedy_group_ablation,
-    group_ablation,
     interpolated,
     order_by_importance,
     smallest_alpha,
 )
-from prunelab.importance.scoring import BleuScorer
-from prunelab.importance.variants import DecodeSettings, ablation_bleu, decode_variants
+from prunelab.data.tokenizer import WordTokenizer
 from prunelab.models import Transformer, build_transformer
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search
+from prunelab.scoring.scores import corpus_bleu
+from prunelab.scoring.scoring import BleuScorer, greedy_group_ablation, group_ablation
+from prunelab.scoring.variants import DecodeSettings, ablation_bleu, decode_variants
 
 TOK = WordTokenizer([f"w{i}" for i in range(26)])  # 4 specials + 26 words = 30 ids
 
@@ -170,8 +168,8 @@ def test_group_ablation_is_cumulative_and_greedy_rescoring_picks_least_harmful()
 
 
 def test_bleu_statistics_reproduce_sacrebleu_and_bound_any_completion() -> None:
-    from prunelab.importance.variants import BleuStats
     from prunelab.metrics import translation_scores
+    from prunelab.scoring.variants import BleuStats
 
     g = torch.Generator().manual_seed(0)
     words = [f"w{i}" for i in range(8)]
@@ -194,7 +192,7 @@ def test_bleu_statistics_reproduce_sacrebleu_and_bound_any_completion() -> None:
 def test_early_stopping_keeps_eq1_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ablations that provably lose more than C stop early; the contribution scores equal the exhaustive
     ones. Decoding is replaced by known outputs: the unablated model translates perfectly."""
-    import prunelab.importance.variants as comp
+    import prunelab.scoring.variants as comp
 
     refs = [" ".join(f"w{(i * 3 + j) % 26}" for j in range(4 + i % 4)) for i in range(40)]
     data = [{"src": torch.arange(i, i + 10)[:, None], "ref": refs[i : i + 10]} for i in range(0, 40, 10)]
@@ -264,7 +262,7 @@ def test_classifier_ablation_scores_accuracy_with_the_component_output_zeroed() 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_spearman_without_ties_matches_the_textbook_formula(seed: int) -> None:
     """rho = 1 - 6 sum d^2 / (n (n^2 - 1)) when no two values tie; a monotone transform changes nothing."""
-    from prunelab.importance.components import spearman
+    from prunelab.criteria.components import spearman
 
     g = torch.Generator().manual_seed(seed)
     n = 12
@@ -279,7 +277,7 @@ def test_spearman_without_ties_matches_the_textbook_formula(seed: int) -> None:
 
 
 def test_spearman_with_ties_is_pearson_of_average_ranks() -> None:
-    from prunelab.importance.components import average_ranks, spearman
+    from prunelab.criteria.components import average_ranks, spearman
 
     a = {"x": 1.0, "y": 2.0, "z": 2.0, "w": 5.0, "v": 0.5}
     b = {"x": 0.1, "y": 0.3, "z": 0.2, "w": 0.2, "v": 0.0, "only_in_b": 9.0}

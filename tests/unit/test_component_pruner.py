@@ -35,7 +35,7 @@ def test_removed_components_leave_the_residual_untouched_and_the_count_drops() -
     tgt = torch.randint(4, 40, (2, 5))
     gone = ["enc.1.ff", "dec.0.ea", "dec.2.sa"]
     expected = params(m) - sum(component_params(m, n) for n in gone)
-    from prunelab.importance.components import components_off
+    from prunelab.criteria.components import components_off
 
     with components_off(m, gone):  # gate 0 == nothing added to the residual
         want = m(src, tgt)

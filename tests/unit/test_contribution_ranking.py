@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import torch
 
-from prunelab.importance.components import contribution_scores
-from prunelab.importance.scoring import PerplexityScorer
-from prunelab.importance.variants import AblationResult
+from prunelab.criteria.components import contribution_scores
 from prunelab.models import Transformer, build_transformer
 from prunelab.models.addressing import component_names, gate
 from prunelab.models.causal_lm import build_causal_lm
 from prunelab.pruning.components import ComponentPruner
 from prunelab.pruning.structured import StructuredPruner, removed_layers
+from prunelab.scoring.scoring import PerplexityScorer
+from prunelab.scoring.variants import AblationResult
 from prunelab.tasks import TranslationTask
 
 PPL = 20.0  # the planted model's perplexity: Eq. 1's clip C is 2.0 perplexity
@@ -174,7 +174,7 @@ def test_bleu_ties_at_the_clip_go_by_the_drops_lower_bounds_with_a_warning(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr("prunelab.importance.scoring.ablation_bleu", bleu_ablation(EXACT, STOPPED, BASELINE))
+    monkeypatch.setattr("prunelab.scoring.scoring.ablation_bleu", bleu_ablation(EXACT, STOPPED, BASELINE))
     model = nmt()
     p = ComponentPruner(sparsity=sparsity, mode="retrain", baseline="none")
     p.attach(model)
@@ -204,7 +204,7 @@ def test_structured_depth_bleu_ties_at_the_clip_go_by_the_lower_bounds_with_a_wa
         "dec.3.sa": 10.0, "dec.3.ff": 3.2, "dec.4.sa": 3.1, "dec.4.ff": 3.05,
     }  # fmt: skip
     exact = {"dec.2.sa": 0.5, "dec.2.ff": 0.1, "dec.5.sa": 0.3, "dec.5.ff": 1.0}
-    monkeypatch.setattr("prunelab.importance.scoring.ablation_bleu", bleu_ablation(exact, stopped, 30.0))
+    monkeypatch.setattr("prunelab.scoring.scoring.ablation_bleu", bleu_ablation(exact, stopped, 30.0))
     model = lm()
     total = sum(p.numel() for p in model.parameters())
     pruner = StructuredPruner(

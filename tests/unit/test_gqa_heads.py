@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunelab.importance.ablation import gates_off
-from prunelab.importance.heads import head_importance
+from prunelab.criteria.ablation import gates_off
+from prunelab.criteria.heads import head_importance
 from prunelab.models.addressing import gate, group_names, head_names
 from prunelab.models.causal_lm import CausalLM
 from prunelab.pruning.heads import HeadPruner

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunelab.importance.ablation import (
-    corpus_bleu,
+from prunelab.criteria.ablation import (
     heads_off,
     iterative_pruning,
     keep_one_head,
@@ -19,6 +18,7 @@ from prunelab.importance.ablation import (
 from prunelab.models import Transformer
 from prunelab.models.addressing import attention_names, component, gate, head_names
 from prunelab.models.surgery import prune_heads
+from prunelab.scoring.scores import corpus_bleu
 
 
 def closed(model: Transformer) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.importance.heads import head_importance, sentence_losses
+from prunelab.criteria.heads import head_importance, sentence_losses
 from prunelab.models import Transformer, build_transformer
 from prunelab.models.addressing import attention_names, component, set_gate
 

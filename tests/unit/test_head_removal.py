@@ -63,8 +63,8 @@ def test_pruned_model_saves_and_loads(tiny_model: Transformer, batch: dict, tmp_
 def test_without_heads_cuts_a_copy_by_head_name(tiny_model: Transformer, batch: dict) -> None:
     """The speed study's pruned model (importance.speed.without_heads): heads named as the studies name them are
     cut out of a copy, which then computes what the original computes with those heads gated off."""
-    from prunelab.importance.ablation import heads_off
-    from prunelab.importance.speed import without_heads
+    from prunelab.criteria.ablation import heads_off
+    from prunelab.studies.speed import without_heads
 
     tiny_model.eval()
     names = ["enc.0.sa.h1", "enc.0.sa.h3", "dec.1.ea.h0", "dec.0.sa.h2"]

@@ -13,11 +13,10 @@ import pytest
 import torch
 
 from prunelab.errors import UserError
-from prunelab.hf.generation import checkpoint_generation, generate, read_generation, with_beams
+from prunelab.hf.generation import checkpoint_decoding, checkpoint_generation, generate, read_generation, with_beams
 from prunelab.hf.marian import load_hf_marian
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer, TransformerConfig
-from prunelab.tasks.translation import checkpoint_decoding
 from tests.unit.test_hf_marian_import import EOS, PAD, batch, hf_marian
 
 transformers = pytest.importorskip("transformers")
@@ -174,9 +173,9 @@ def test_studies_and_the_component_pruner_score_with_the_runs_decoding(tmp_path:
     import sacrebleu
 
     from prunelab.hf.generation import Generation
-    from prunelab.importance.scoring import BleuScorer, GenerateBleuScorer
-    from prunelab.importance.variants import DecodeSettings, decode_settings
     from prunelab.pruning.base import NoPruner
+    from prunelab.scoring.scoring import BleuScorer, GenerateBleuScorer
+    from prunelab.scoring.variants import DecodeSettings, decode_settings
     from prunelab.tasks.translation import TranslationTask
 
     folder = save(tmp_path / "m", SETTINGS["beams3_len12_lp0.8"])

@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from prunelab.data.language_modeling import IGNORE, collate_lm, windows
-from prunelab.importance.scoring import PerplexityScorer
+from prunelab.data.windows import IGNORE, collate_lm, windows
 from prunelab.models.causal_lm import CausalLM, build_causal_lm
 from prunelab.pruning import NoPruner
+from prunelab.scoring.scoring import PerplexityScorer
 from prunelab.tasks import LanguageModelingTask
 from tests.tiny import hf_llama_config
 

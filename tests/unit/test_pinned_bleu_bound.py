@@ -1,6 +1,6 @@
 """The BLEU bound that stops an ablation's decoding early (`BleuStats.upper_bound`), pinned by brute force.
 
-Definition (prunelab.importance.variants.ablation_bleu): some sentences of a corpus are translated (their
+Definition (prunelab.scoring.variants.ablation_bleu): some sentences of a corpus are translated (their
 statistics `done`), the others are not yet (`rest_refs`: their references' statistics). The bound must be at least
 the corpus BLEU that sacrebleu gives for EVERY way of translating the rest, brevity penalty included: a component
 whose bound falls below the floor stops decoding, so a bound that is ever too low changes Eq. 1's scores.
@@ -20,7 +20,7 @@ import random
 import pytest
 import sacrebleu
 
-from prunelab.importance.variants import BleuStats
+from prunelab.scoring.variants import BleuStats
 
 WORDS = ("a", "b", "c")
 

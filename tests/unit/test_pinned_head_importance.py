@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from prunelab.importance.heads import head_importance
+from prunelab.criteria.heads import head_importance
 from prunelab.models import Transformer, build_transformer
 from prunelab.models.addressing import attention_names, component, set_gate
 

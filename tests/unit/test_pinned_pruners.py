@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prunelab.importance.variants import AblationResult
 from prunelab.models import Transformer, build_transformer
 from prunelab.models.addressing import component_names
 from prunelab.pruning import MagnitudePruner, MPSLTPruner, Pruner, SLTMPPruner
 from prunelab.pruning.components import ComponentPruner
 from prunelab.pruning.masks import prunable_weights
+from prunelab.scoring.variants import AblationResult
 from prunelab.tasks import TranslationTask
 
 # --- pruner=components -------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def component_pruner(model: Transformer, sparsity: float, monkeypatch: pytest.Mo
             baseline_seconds=0.0,
         )
 
-    monkeypatch.setattr("prunelab.importance.scoring.ablation_bleu", fake_ablation)
+    monkeypatch.setattr("prunelab.scoring.scoring.ablation_bleu", fake_ablation)
     p = ComponentPruner(sparsity=sparsity, mode="retrain", baseline="none")
     p.attach(model)
     data = SimpleNamespace(val_dataloader=lambda: [{"src": torch.ones(1, 2, dtype=torch.long)}], tokenizer=None)

@@ -18,7 +18,7 @@ from prunelab.export import FORMAT, export_run, load_sparse
 from prunelab.models import Transformer, TransformerClassifier, TransformerConfig
 from prunelab.models.sparse_format import bitmask_bytes, pack, pack_state, packed_bytes, unpack, unpack_state
 from prunelab.models.surgery import prune_heads
-from prunelab.training.load import checkpoint_masks, mask_key
+from prunelab.training.io import checkpoint_masks, mask_key
 
 SHAPES = [(7,), (3, 5), (13, 11), (64, 48), (2, 3, 5), (1, 1)]
 SPARSITIES = [0.0, 0.3, 0.9, 1.0]

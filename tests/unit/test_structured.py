@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunelab.criteria.components import block_influence
+from prunelab.criteria.heads import head_importance
+from prunelab.criteria.width import width_importance
 from prunelab.errors import UserError
-from prunelab.importance.components import block_influence
-from prunelab.importance.heads import head_importance
-from prunelab.importance.width import width_importance
 from prunelab.models import Transformer
 from prunelab.models.addressing import attention_names, component, component_names, set_gate
 from prunelab.models.causal_lm import IGNORE, build_causal_lm
@@ -432,7 +432,7 @@ def test_depth_by_contribution_removes_the_layer_whose_loss_costs_least() -> Non
     here: a continuous score), before Eq. 1's clip; the chosen layer is the one with the smallest sum, computed here
     from the scorer's own ablation. In this random model that is also the layer whose removal costs least when all its
     sub-layers are zeroed together (it even helps), which the sum of clipped Eq. 1 scores misses."""
-    from prunelab.importance.ablation import gates_off
+    from prunelab.criteria.ablation import gates_off
     from prunelab.tasks.language_modeling import LanguageModelingTask
 
     model = llama()

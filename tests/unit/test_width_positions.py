@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from prunelab.criteria.width import width_importance
 from prunelab.data.batching import collate
-from prunelab.importance.width import width_importance
 from prunelab.models.transformer import Transformer
 
 PAD, EOS = 0, 2

@@ -12,9 +12,9 @@ import lightning as L
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps
-from prunelab.importance.components import contribution_scores
-from prunelab.importance.variants import DecodeSettings
+from prunelab.criteria.components import contribution_scores
 from prunelab.loggers import wandb_run
+from prunelab.scoring.variants import DecodeSettings
 
 log = logging.getLogger("prunelab")
 

@@ -1,7 +1,7 @@
 """`prunelab export RUN_DIR [--format bitmask|csc|hf|2:4] [--dtype fp32|fp16|bf16] [--out PATH]`: the pruned model of
 a run in a compact sparse file (default `RUN_DIR/model.sparse.pt`; the formats: `prunelab.export`), or
 (`--format hf`) as a Hugging Face folder, or (`--format 2:4`, runs with 2:4 masks) as fp16/bf16 weights that
-`prunelab.models.semi_structured.load_2of4` runs with PyTorch's semi-structured sparse kernels on a GPU.
+`prunelab.export.load_2of4` runs with PyTorch's semi-structured sparse kernels on a GPU.
 
 `--format hf` (runs of model=hf_encoder / model=hf_marian only, fp32 only; default `RUN_DIR/hf`): the run's model
 written back as the Hugging Face folder it was imported from (`model.path`), masks, zero gates and removed heads

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from prunelab.errors import UserError
-from prunelab.importance.study import DEFAULT_MAX_EXAMPLES  # a light module: `prunelab --help` stays quick
+from prunelab.studies.study import DEFAULT_MAX_EXAMPLES  # a light module: `prunelab --help` stays quick
 
 
 def add_max_examples(parser: argparse.ArgumentParser, splits: str) -> None:
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         log.setLevel(logging.INFO)
     try:
         if args.command == "heads":
-            from prunelab.importance.head_study import analyse_heads
+            # each command imports its own module (torch, Lightning, the models): `prunelab --help` stays quick
+            from prunelab.studies.head_study import analyse_heads
 
             report = analyse_heads(
                 args.run_dir,
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or args.run_dir / "heads"
             print(f"baseline {report['score']} {report['baseline_bleu']:.2f}; written to {out}")
         elif args.command == "components":
-            from prunelab.importance.component_study import analyse_components
+            from prunelab.studies.component_study import analyse_components
 
             report = analyse_components(
                 args.run_dir,

@@ -218,3 +218,27 @@ class TokenBatchedLoaders(ABC):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_max_tokens, shuffle=False)
+
+
+# --- the real tokens of a batch (padding left out): what calibration, width scores and block influence count ---
+def batch_real_tokens(batch: dict[str, Any], pad: int) -> Tensor | None:
+    """The real tokens of a batch's inputs: its `real` mask where the data gives one (a language model pads with a
+    token that also occurs in the text), else the positions that are not `pad`; None when nothing is padding."""
+    if "real" in batch:
+        real = batch["real"]
+        return None if bool(real.all()) else real
+    return real_tokens(batch["src"], pad)
+
+
+def real_tokens(ids: Tensor, pad: int) -> Tensor | None:
+    """(B, T) bool of the real tokens of a batch, or None when there is no padding (the hooks then take every row
+    without copying them out)."""
+    real = ids != pad
+    return None if bool(real.all()) else real
+
+
+def decoder_positions(batch: dict[str, Any], pad: int) -> Tensor | None:
+    """(B, T) bool of an encoder-decoder batch's real decoder positions, or None when none is padding: those with a
+    target (`tgt_out != pad`), the positions the loss counts. Not `tgt_in != pad`: a Marian decoder starts from its
+    pad id, so its first input is the pad id at a real position."""
+    return real_tokens(batch["tgt_out"], pad)

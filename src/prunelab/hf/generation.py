@@ -9,9 +9,10 @@ generation fields of its `config.json`; what neither sets takes transformers' gl
 `checkpoint_generation` turns them into the `Generation` that `generate` decodes with: Hugging Face's beam search
 (`prunelab.models.decoding.hf_beam_search`), which gives `generate`'s translations token for token. A setting
 that would change the output and that prunelab does not implement (sampling, repetition penalties, ...) is one
-clear error rather than a silently different decoder.
+clear error rather than a silently different decoder. `checkpoint_decoding` is what a run's `task.decoding` and
+`task.generation` choose (the translation task decodes with it, the studies read a finished run's decoding with it).
 
-Nothing here imports `transformers`."""
+Nothing here imports `transformers`. Floor: hf/, above models/ (it decodes with models.decoding)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import resolve_checkpoint
+from prunelab.models.decoding import hf_beam_search
 
 GENERATION_FILE = "generation_config.json"
 
@@ -199,12 +202,36 @@ def checkpoint_generation(settings: Mapping[str, Any] | None, overrides: Mapping
     )
 
 
+DECODERS = ("auto", "checkpoint", "prunelab")
+
+
+def checkpoint_decoding(model: Any, decoding: str, overrides: dict[str, Any] | None) -> Generation | None:
+    """task.decoding -> the checkpoint's Generation (its settings, `model.generation`, with task.generation's
+    `overrides` on top), or None for prunelab's beam search; one UserError for a choice that does not apply."""
+    if isinstance(overrides, DictConfig):  # from Hydra: plain lists and dicts
+        overrides = OmegaConf.to_container(overrides, resolve=True)  # type: ignore[assignment]
+    if decoding not in DECODERS:
+        raise UserError(f"task.decoding={decoding!r}: one of {', '.join(DECODERS)}")
+    settings = getattr(model, "generation", None)
+    if decoding == "checkpoint" and settings is None:
+        raise UserError(
+            "task.decoding=checkpoint: the model has no generation settings of its own (only an imported checkpoint, "
+            "model=hf_marian, has them); use task.decoding=prunelab"
+        )
+    if decoding == "prunelab" or settings is None:
+        if overrides:
+            raise UserError(
+                "task.generation sets the checkpoint's decoding, but the run decodes with prunelab's beam "
+                f"(task.decoding={decoding}): set task.beam_size, task.length_penalty, task.max_len_a/b instead"
+            )
+        return None
+    return checkpoint_generation(settings, overrides)
+
+
 def generate(model: Any, src: Tensor, g: Generation) -> list[list[int]]:
     """`model`'s translations of `src` (B, S) as transformers' `generate` with settings `g` gives them: token ids
     without the decoder start and EOS. One beam is greedy decoding (HF's beam search with one beam and
     early_stopping=False picks the argmax at every step). The length limit stays within the model's positions."""
-    from prunelab.models.decoding import hf_beam_search
-
     return hf_beam_search(
         model,
         src,

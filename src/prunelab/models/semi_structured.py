@@ -1,4 +1,4 @@
-"""2:4 semi-structured sparsity on a GPU (`prunelab export RUN --format 2:4`, `load_2of4`).
+"""2:4 semi-structured sparsity on a GPU (`prunelab export RUN --format 2:4`, `prunelab.export.load_2of4`).
 
 A run whose masks keep at most 2 of every 4 consecutive inputs of each row (`pruner.pattern=2:4` of the one-shot and
 gradual methods) can run its Linear layers with PyTorch's semi-structured sparse tensors
@@ -8,19 +8,17 @@ batches (Mishra et al. 2021).
 
 The export file (format key "prunelab-2of4-v1") holds the masked weights dense in fp16 or bf16 and the names of the
 matrices the kernels can take: 2:4 masks whose shape meets the kernels' constraints (both dimensions multiples of, and
-at least, 32 rows x 64 columns for fp16/bf16). `load_2of4(path, device)` rebuilds the model on a CUDA device and turns
-those weights into semi-structured tensors; other matrices stay dense. Without such a GPU it is one clear error.
+at least, 32 rows x 64 columns for fp16/bf16). `prunelab.export.load_2of4(path, device)` rebuilds the model on a CUDA
+device and turns those weights into semi-structured tensors (`to_2of4`); other matrices stay dense. Without such a GPU
+it is one clear error.
+
+Models floor: the tensors and the kernels' constraints only; reading and writing the export file is prunelab.export's.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import Tensor, nn
-
-from prunelab.errors import UserError
 
 FORMAT_2OF4 = "prunelab-2of4-v1"
 N, M = 2, 4
@@ -84,21 +82,3 @@ def to_2of4(model: nn.Module, names: list[str]) -> int:
         module = model.get_submodule(owner)
         setattr(module, attr, nn.Parameter(to_sparse_semi_structured(params[name].detach()), requires_grad=False))
     return len(names)
-
-
-def load_2of4(path: Path, device: str = "cuda") -> nn.Module:
-    """The model of a `--format 2:4` export on `device`, its 2:4 Linear weights as semi-structured sparse tensors."""
-    from prunelab.export import _build_model
-    from prunelab.training.io import read_state
-
-    problem = cuda_2of4_problem(device)
-    if problem:
-        raise UserError(f"{path}: {problem}")
-    blob: dict[str, Any] = read_state(path)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT_2OF4:
-        raise UserError(f"{path} is not a prunelab 2:4 export")
-    dtype = DTYPES[blob["dtype"]]
-    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state"].items()}
-    model = _build_model(blob["model_config"], state).eval().to(device=device, dtype=dtype)
-    to_2of4(model, blob["semi_structured"])
-    return model

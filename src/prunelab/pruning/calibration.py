@@ -30,6 +30,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from prunelab.data.batching import batch_real_tokens, decoder_positions
+from prunelab.data.hf_datasets import TEXT_COLUMNS
+from prunelab.data.parallel_text import read_lines
 from prunelab.errors import UserError
 from prunelab.pruning.solvers import InputStats
 
@@ -113,8 +116,6 @@ def calibration_set(
 
 def file_texts(path: str) -> tuple[list[str], str]:
     """The non-empty lines of a text file (plain or .gz) -> (lines, where they came from)."""
-    from prunelab.data.parallel_text import read_lines
-
     where = Path(path).expanduser()
     if not where.is_file():
         raise UserError(f"pruner.calibration.file={path}: no such file")
@@ -130,8 +131,6 @@ def dataset_texts(
     """One split of a `datasets` data set (a folder written by save_to_disk, or a name load_dataset finds offline)
     as text lines: the `columns` joined by tabs; null columns: a `translation` column in the run's languages, else
     the usual text columns of data=hf_classification. -> (lines, where they came from)."""
-    from prunelab.data.hf_datasets import TEXT_COLUMNS
-
     try:
         import datasets
     except ImportError:
@@ -189,29 +188,6 @@ class Recorder:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-def batch_real_tokens(batch: Batch, pad: int) -> Tensor | None:
-    """The real tokens of a batch's inputs: its `real` mask where the data gives one (a language model pads with a
-    token that also occurs in the text), else the positions that are not `pad`; None when nothing is padding."""
-    if "real" in batch:
-        real = batch["real"]
-        return None if bool(real.all()) else real
-    return real_tokens(batch["src"], pad)
-
-
-def real_tokens(ids: Tensor, pad: int) -> Tensor | None:
-    """(B, T) bool of the real tokens of a batch, or None when there is no padding (the hooks then take every row
-    without copying them out)."""
-    real = ids != pad
-    return None if bool(real.all()) else real
-
-
-def decoder_positions(batch: Batch, pad: int) -> Tensor | None:
-    """(B, T) bool of an encoder-decoder batch's real decoder positions, or None when none is padding: those with a
-    target (`tgt_out != pad`), the positions the loss counts. Not `tgt_in != pad`: a Marian decoder starts from its
-    pad id, so its first input is the pad id at a real position."""
-    return real_tokens(batch["tgt_out"], pad)
 
 
 def linears_under(module: nn.Module, prefix: str, names: set[str]) -> dict[str, nn.Linear]:

@@ -135,7 +135,7 @@ class PrunableTask(L.LightningModule):
 
     @classmethod
     def scorer(cls, datamodule: Any, settings: Any = None) -> Any:
-        """The importance studies' Scorer for this task (prunelab.importance.scoring), on `datamodule`'s data;
+        """The importance studies' Scorer for this task (prunelab.scoring.scoring), on `datamodule`'s data;
         `settings`: decoding settings where the score decodes (DecodeSettings). Each task defines its own."""
         raise NotImplementedError(f"{cls.__name__} does not say how the importance studies score it (scorer)")
 

@@ -19,6 +19,7 @@ from torchmetrics.functional.classification import (
 from prunelab.errors import UserError
 from prunelab.models.classifier import TransformerClassifier
 from prunelab.pruning.base import Pruner
+from prunelab.scoring.scoring import AccuracyScorer
 from prunelab.tasks.base import PrunableTask, gathered_by_index
 from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
 
@@ -113,8 +114,6 @@ class ClassificationTask(PrunableTask):
     @staticmethod
     def scorer(datamodule: Any, settings: Any = None) -> Any:
         """Accuracy in percent (the 0-100 scale of BLEU); nothing is decoded, so `settings` do not apply."""
-        from prunelab.importance.scoring import AccuracyScorer
-
         return AccuracyScorer()
 
     def run_report(self) -> dict[str, Any]:

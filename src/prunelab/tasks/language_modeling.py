@@ -17,20 +17,14 @@ from typing import Any
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
+from prunelab.metrics import perplexity
 from prunelab.models.causal_lm import IGNORE, CausalLM, nll_of
 from prunelab.pruning.base import Pruner
+from prunelab.scoring.scoring import PerplexityScorer
 from prunelab.tasks.base import PrunableTask, gathered_by_index
 from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
 
 Batch = dict[str, Any]
-
-
-def perplexity(nll_sum: float, tokens: int) -> float:
-    """exp(mean NLL) over `tokens` predicted tokens (inf when the mean overflows; nan for no tokens)."""
-    if tokens == 0:
-        return math.nan
-    mean = nll_sum / tokens
-    return math.exp(mean) if mean < 700 else math.inf
 
 
 class LanguageModelingTask(PrunableTask):
@@ -109,8 +103,6 @@ class LanguageModelingTask(PrunableTask):
     @staticmethod
     def scorer(datamodule: Any, settings: Any = None) -> Any:
         """Negated perplexity (higher is better, as the studies rank); nothing is decoded."""
-        from prunelab.importance.scoring import PerplexityScorer
-
         return PerplexityScorer()
 
     def run_report(self) -> dict[str, Any]:

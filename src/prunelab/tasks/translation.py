@@ -13,16 +13,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.errors import UserError
-from prunelab.hf.generation import Generation, checkpoint_generation, generate, with_beams
+from prunelab.hf.generation import Generation, checkpoint_decoding, generate, with_beams
 from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import Pruner
+from prunelab.scoring.scoring import BleuScorer, GenerateBleuScorer
+from prunelab.scoring.variants import DecodeSettings
 from prunelab.tasks.base import PrunableTask, gathered_by_index, inverse_sqrt_schedule
 from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
 
@@ -164,9 +164,6 @@ class TranslationTask(PrunableTask):
     def scorer(datamodule: Any, settings: Any = None) -> Any:
         """Corpus BLEU of beam-search decodes. `settings`: a DecodeSettings (prunelab's beam: width, length penalty,
         length limits) or a Generation (a checkpoint's own decoding, as `generate` does it)."""
-        from prunelab.importance.scoring import BleuScorer, GenerateBleuScorer
-        from prunelab.importance.variants import DecodeSettings
-
         if isinstance(settings, Generation):
             return GenerateBleuScorer(datamodule.tokenizer, settings)
         return BleuScorer(datamodule.tokenizer, settings or DecodeSettings())
@@ -199,29 +196,3 @@ class TranslationTask(PrunableTask):
 
     def on_test_epoch_end(self) -> None:
         self._score("test")
-
-
-DECODERS = ("auto", "checkpoint", "prunelab")
-
-
-def checkpoint_decoding(model: Any, decoding: str, overrides: dict[str, Any] | None) -> Generation | None:
-    """task.decoding -> the checkpoint's Generation (its settings, `model.generation`, with task.generation's
-    `overrides` on top), or None for prunelab's beam search; one UserError for a choice that does not apply."""
-    if isinstance(overrides, DictConfig):  # from Hydra: plain lists and dicts
-        overrides = OmegaConf.to_container(overrides, resolve=True)  # type: ignore[assignment]
-    if decoding not in DECODERS:
-        raise UserError(f"task.decoding={decoding!r}: one of {', '.join(DECODERS)}")
-    settings = getattr(model, "generation", None)
-    if decoding == "checkpoint" and settings is None:
-        raise UserError(
-            "task.decoding=checkpoint: the model has no generation settings of its own (only an imported checkpoint, "
-            "model=hf_marian, has them); use task.decoding=prunelab"
-        )
-    if decoding == "prunelab" or settings is None:
-        if overrides:
-            raise UserError(
-                "task.generation sets the checkpoint's decoding, but the run decodes with prunelab's beam "
-                f"(task.decoding={decoding}): set task.beam_size, task.length_penalty, task.max_len_a/b instead"
-            )
-        return None
-    return checkpoint_generation(settings, overrides)

@@ -12,7 +12,7 @@ The contract, key by key of the checkpoints' `state_dict`:
   checkpoint's, not averaged: they encode structure (which heads/components are switched off), not weights;
 - the pruner's state (every `pruner.*` key: masks, θ_0/rewind snapshots, importance statistics) is the last
   checkpoint's. Its masks are then re-applied: for each mask buffer `pruner.mask__<name>` (see
-  `prunelab.training.load.mask_key`), the averaged parameter `model.<name>` is multiplied by the last checkpoint's
+  `prunelab.training.io.mask_key`), the averaged parameter `model.<name>` is multiplied by the last checkpoint's
   mask, so an entry pruned in the last checkpoint is exactly 0 even where earlier checkpoints (taken before that
   entry was pruned) held a value, and the sparsity of the average is exactly the last checkpoint's;
 - everything outside `state_dict` (epoch, global_step, optimizer and scheduler states, loops, callbacks,
@@ -41,8 +41,7 @@ import torch
 from torch import Tensor
 
 from prunelab.errors import UserError
-from prunelab.training.io import is_rank_zero, read_state, write_json
-from prunelab.training.load import MODEL_PREFIX, checkpoint_masks, mask_key
+from prunelab.training.io import MODEL_PREFIX, checkpoint_masks, is_rank_zero, mask_key, read_state, write_json
 
 log = logging.getLogger("prunelab")
 

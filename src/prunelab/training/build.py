@@ -19,10 +19,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from prunelab.callbacks.importance import ComponentImportanceTracker
 from prunelab.config import HARDWARE_KEYS, TRAINER_FIXED
 from prunelab.data.splits import split_check
 from prunelab.errors import UserError
 from prunelab.loggers import is_wandb_config
+from prunelab.training.averaging import ValidationSnapshots
 from prunelab.training.budget import PatienceStop, StageClock, seconds
 from prunelab.training.io import is_rank_zero
 
@@ -212,8 +214,6 @@ def build_trainer(
     """The Trainer of one round: its own checkpoint folder (best by `monitor`, and last), `max_steps` steps, its
     clock (with the round's time budget `budget_s`, see training.budget) and, with `early_stopping.patience`, a stop
     after that many validations without a better score."""
-    from prunelab.callbacks.importance import ComponentImportanceTracker
-
     ckpt = ModelCheckpoint(
         dirpath=round_dir,
         filename="best",
@@ -232,8 +232,6 @@ def build_trainer(
     callbacks: list[L.Callback] = [ckpt, clock]
     average = (cfg.get("checkpoints") or {}).get("average_last")
     if average:  # final-mask validation checkpoints, for rounds.Rounds to average (fairseq's recipe)
-        from prunelab.training.averaging import ValidationSnapshots
-
         callbacks.append(ValidationSnapshots(round_dir / AVERAGED_DIR, monitor, int(average)))
     patience = (cfg.get("early_stopping") or {}).get("patience")
     if patience is not None:

@@ -1,13 +1,36 @@
-"""results.json: the one file sweeps, plots and notes read. Written atomically, also on failure."""
+"""A run's files: results.json (the one file sweeps, plots and notes read; written atomically, also on failure), weights
+files read and written with torch, and the key names of a prunelab checkpoint's state_dict (the task's network under
+`model.`, its pruner's masks and snapshots under `pruner.`). Training floor: the lowest module of training/, read by
+the trunk, checkpoint averaging, load_run, the export and the studies."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from prunelab.errors import UserError
+from prunelab.pruning.base import MASK_PREFIX, mask_buffer
+
+if TYPE_CHECKING:  # torch is imported where a weights file is read or written
+    from torch import Tensor
+
+MODEL_PREFIX = "model."  # the task holds the network as `model`: its keys in a checkpoint's state_dict
+PRUNER_PREFIX = "pruner."  # and its pruner as `pruner` (masks, snapshots)
+
+
+def mask_key(param_name: str) -> str:
+    """The checkpoint key of a parameter's mask: `enc.0.ff.fc1.weight` -> `pruner.mask__enc__0__ff__fc1__weight`."""
+    return PRUNER_PREFIX + mask_buffer(param_name)
+
+
+def checkpoint_masks(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """{parameter name: mask} of every mask a checkpoint's state_dict holds."""
+    prefix = PRUNER_PREFIX + MASK_PREFIX
+    return {k.removeprefix(prefix).replace("__", "."): v for k, v in state.items() if k.startswith(prefix)}
 
 
 def is_rank_zero() -> bool:
@@ -67,8 +90,6 @@ def read_state(path: Path) -> dict[str, Any]:
 
     import torch
 
-    from prunelab.errors import UserError
-
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -81,8 +102,6 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def read_completed_run(run_dir: Path) -> dict[str, Any]:
     """results.json of a run that completed with a tested checkpoint, or a UserError naming the problem."""
-    from prunelab.errors import UserError
-
     path = run_dir / "results.json"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a prunelab run folder (no results.json)")

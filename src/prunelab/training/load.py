@@ -29,25 +29,11 @@ from torch import Tensor, nn
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import copy_source_files
 from prunelab.models.surgery import load_state_dict_with_heads
-from prunelab.pruning.base import MASK_PREFIX, mask_buffer
 from prunelab.training.build import build_data, build_model, model_args
-from prunelab.training.io import is_rank_zero, read_completed_run, read_state
+from prunelab.training.io import MODEL_PREFIX, is_rank_zero, read_completed_run, read_state
 
 log = logging.getLogger("prunelab")
-MODEL_PREFIX = "model."  # the task holds the network as `model`: its keys in a checkpoint's state_dict
-PRUNER_PREFIX = "pruner."  # and its pruner as `pruner` (masks, snapshots)
 HF_SOURCE = "hf_source"  # a run's copy of its imported model's source folder, without the weights
-
-
-def mask_key(param_name: str) -> str:
-    """The checkpoint key of a parameter's mask: `enc.0.ff.fc1.weight` -> `pruner.mask__enc__0__ff__fc1__weight`."""
-    return PRUNER_PREFIX + mask_buffer(param_name)
-
-
-def checkpoint_masks(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """{parameter name: mask} of every mask a checkpoint's state_dict holds."""
-    prefix = PRUNER_PREFIX + MASK_PREFIX
-    return {k.removeprefix(prefix).replace("__", "."): v for k, v in state.items() if k.startswith(prefix)}
 
 
 @dataclass

@@ -12,7 +12,7 @@ config, the figures and tables also go to W&B.
 
 Every score is taken on at most `max_examples` examples of the split (a seeded sample, `study.evaluation_set`),
 stated in components.json under `evaluation`; one progress bar counts every evaluation (a scoring of the split
-under one variant of the model) of the study.
+under one variant of the model) of the study. Studies floor: above training/ (load_run), beside cli/.
 """
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ from typing import Any
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_component_heatmaps, plot_fraction_curves
-from prunelab.errors import UserError
-from prunelab.importance.components import (
+from prunelab.criteria.components import (
     contribution_scores,
     criticality_scores,
-    greedy_group_ablation,
-    group_ablation,
     order_by_importance,
     smallest_alpha_evaluations,
     spearman,
 )
-from prunelab.importance.study import (
+from prunelab.errors import UserError
+from prunelab.models.addressing import component_names
+from prunelab.scoring.scoring import greedy_group_ablation, group_ablation
+from prunelab.scoring.variants import decode_settings, decoding_report
+from prunelab.studies.study import (
     DEFAULT_MAX_EXAMPLES,
     check_max_examples,
     evaluation_report,
@@ -42,8 +43,6 @@ from prunelab.importance.study import (
     log_analysis_to_wandb,
     progress_bar,
 )
-from prunelab.importance.variants import decode_settings, decoding_report
-from prunelab.models.addressing import component_names
 from prunelab.training import load_run
 from prunelab.training.io import read_state, write_json
 

@@ -1,8 +1,11 @@
 """What the importance studies score a model by, chosen by the task (never by asking the model's kind):
 `TranslationTask.scorer` gives corpus BLEU over beam-search decodes (prunelab's GNMT beam, `BleuScorer`, or an
 imported checkpoint's own decoding, `GenerateBleuScorer`), `ClassificationTask.scorer` accuracy in percent (on
-the same 0-100 scale). The head and component studies, the component pruner and the importance tracker all take
-a Scorer."""
+the same 0-100 scale), `LanguageModelingTask.scorer` the negated perplexity (`PerplexityScorer`). The head and
+component studies, the component pruner and the importance tracker all take a Scorer; `group_ablation` scores
+components zeroed cumulatively with one (Wang & Tu's Figure 9).
+
+Scoring floor: above criteria/, below pruning/, callbacks/ and tasks/ (the tasks choose a Scorer, never the reverse)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,15 @@ from typing import Any, Protocol
 
 import torch
 
+from prunelab.criteria.ablation import gates_off
 from prunelab.data.tokenizer import Tokenizer
 from prunelab.hf.generation import Generation, generate
-from prunelab.importance.ablation import accuracy, corpus_bleu, gates_off
-from prunelab.importance.variants import (
+from prunelab.metrics import bleu, perplexity
+from prunelab.models.addressing import component_names
+from prunelab.models.causal_lm import IGNORE
+from prunelab.models.transformer import Transformer
+from prunelab.scoring.scores import accuracy, corpus_bleu
+from prunelab.scoring.variants import (
     AblationResult,
     DecodeSettings,
     ablation_accuracy,
@@ -25,9 +33,6 @@ from prunelab.importance.variants import (
     variant_accuracy,
     variants_bleu,
 )
-from prunelab.metrics import bleu
-from prunelab.models.addressing import component_names
-from prunelab.models.transformer import Transformer
 
 Batch = dict[str, Any]
 
@@ -168,9 +173,6 @@ class PerplexityScorer(FullPassScorer):
 
     @torch.no_grad()
     def score(self, model: Transformer, batches: Sequence[Batch]) -> float:
-        from prunelab.models.causal_lm import IGNORE
-        from prunelab.tasks.language_modeling import perplexity
-
         was_training = model.training
         model.eval()
         nll, tokens = 0.0, 0
@@ -181,3 +183,34 @@ class PerplexityScorer(FullPassScorer):
         finally:
             model.train(was_training)
         return -perplexity(nll, tokens)
+
+
+# --- group ablation (Wang & Tu 2020, Figure 9) -----------------------------------------------------------
+def group_ablation(
+    model: Transformer, batches: Sequence[Batch], scorer: Scorer, order: Sequence[str]
+) -> list[tuple[int, str | None, float]]:
+    """Zero components cumulatively along `order` (all prefixes scored side by side).
+    -> [(count zeroed, component added, score)], starting at (0, None, unablated score)."""
+    variants = [frozenset(order[:k]) for k in range(len(order) + 1)]
+    bleu, _ = scorer.variants(model, batches, variants)
+    return [(k, order[k - 1] if k else None, b) for k, b in enumerate(bleu)]
+
+
+def greedy_group_ablation(
+    model: Transformer, batches: Sequence[Batch], scorer: Scorer
+) -> list[tuple[int, str | None, float]]:
+    """Group ablation re-scored after each step: with the components chosen so far zeroed, zero next the
+    one whose ablation costs least. One batched pass over the data per step."""
+    names = component_names(model)
+    chosen: list[str] = []
+    points: list[tuple[int, str | None, float]] = []
+    while len(chosen) < len(names):
+        rest = [n for n in names if n not in chosen]
+        variants = [frozenset(chosen)] + [frozenset([*chosen, n]) for n in rest]
+        bleu, _ = scorer.variants(model, batches, variants)
+        if not points:
+            points.append((0, None, bleu[0]))
+        best = max(range(len(rest)), key=lambda i: (bleu[i + 1], -i))
+        chosen.append(rest[best])
+        points.append((len(chosen), rest[best], bleu[best + 1]))
+    return points

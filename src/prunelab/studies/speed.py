@@ -3,7 +3,7 @@
 Heads masked by their gates still cost their matrix products; only heads cut out of the projections
 (`surgery.prune_heads`) can make a model faster. So the pruned copy here has its heads removed for real, and both
 models are timed on the same sentences, batched by sentence count, interleaved run by run so that a slow moment of
-the machine hits both.
+the machine hits both. Studies floor: it times a Scorer (scoring/) on a run's data module.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from prunelab.data.batching import to_device
-from prunelab.importance.scoring import Batch, Scorer
 from prunelab.models.surgery import prune_heads
 from prunelab.models.transformer import Transformer
+from prunelab.scoring.scoring import Batch, Scorer
 
 
 def batches_of(datamodule: Any, split: str, size: int, limit: int | None = None) -> list[Batch]:

@@ -9,7 +9,8 @@ score and in random orders). With speed batch sizes, speed.csv: examples/s of th
 the run's config the figures and tables also go to W&B, in the run's project.
 
 Every score is taken on at most `max_examples` examples of valid and test (a seeded sample, `study.evaluation_set`),
-stated in heads.json under `evaluation`; one progress bar counts every evaluation of the study.
+stated in heads.json under `evaluation`; one progress bar counts every evaluation of the study. Studies floor: above
+training/ (load_run), beside cli/.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from typing import Any
 
 from prunelab.callbacks.curves import write_csv
 from prunelab.callbacks.heatmaps import plot_fraction_curves, plot_head_heatmaps
-from prunelab.errors import UserError
-from prunelab.importance.ablation import (
+from prunelab.criteria.ablation import (
     ATTENTION_TYPES,
     iterative_pruning,
     keep_one_head,
@@ -32,9 +32,12 @@ from prunelab.importance.ablation import (
     scores_by_head,
     single_head_ablation,
 )
-from prunelab.importance.heads import head_importance
-from prunelab.importance.speed import speed_by_batch_size, without_heads
-from prunelab.importance.study import (
+from prunelab.criteria.heads import head_importance
+from prunelab.errors import UserError
+from prunelab.models.addressing import attention_names, component_type, group_names, head_names
+from prunelab.scoring.variants import decode_settings, decoding_report
+from prunelab.studies.speed import speed_by_batch_size, without_heads
+from prunelab.studies.study import (
     DEFAULT_MAX_EXAMPLES,
     check_max_examples,
     evaluation_report,
@@ -42,8 +45,6 @@ from prunelab.importance.study import (
     log_analysis_to_wandb,
     progress_bar,
 )
-from prunelab.importance.variants import decode_settings, decoding_report
-from prunelab.models.addressing import attention_names, component_type, group_names, head_names
 from prunelab.training import load_run
 from prunelab.training.io import write_json
 

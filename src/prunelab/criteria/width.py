@@ -8,10 +8,11 @@ Two criteria, both over the real tokens of calibration batches (padding left out
   mean L2 norm of its output (its hs-wide slice of what the output projection reads). Forward passes only.
 - `taylor` (first order, Molchanov et al. 2019; Michel et al. 2019 for heads): E_x |∂L(x)/∂ξ_u|, ξ_u a gate on unit u
   (a neuron's activation, a head's output) at 1, taken per example before the absolute value. For heads this is
-  Michel's I_h without the per-layer normalisation (prunelab.importance.heads.head_importance).
+  Michel's I_h without the per-layer normalisation (prunelab.criteria.heads.head_importance).
 
 `width_importance` returns {component: (units left,) float tensor}, by slot (the i-th neuron or head still present),
 for every feed-forward (`enc.0.ff`) and attention (`dec.1.sa`) component; the model is left as it was found.
+Criteria floor: above models/ and data/, below scoring/ and the structured pruner that calls it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunelab.data.batching import batch_real_tokens, decoder_positions
 from prunelab.models.addressing import component, component_names
 from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transformer
 
@@ -34,8 +36,6 @@ CRITERIA = ("activation", "taylor")
 def real_positions(model: Transformer, batch: Batch, side: str) -> Tensor | None:
     """(B, T) bool of the real tokens a stack sees (`enc` the source, `dec` of an encoder-decoder the positions with a
     target, as the loss counts them: a Marian decoder's first input is its pad id), None: all."""
-    from prunelab.pruning.calibration import batch_real_tokens, decoder_positions
-
     if side == "dec" and "tgt_out" in batch:
         return decoder_positions(batch, model.cfg.pad_id)
     return batch_real_tokens(batch, model.cfg.pad_id)

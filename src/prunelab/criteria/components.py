@@ -12,8 +12,10 @@ Components are the sub-layers `enc.{i}.sa`, `enc.{i}.ff`, `dec.{i}.sa`, `dec.{i}
   what decoder-only depth pruning ranks layers by (no score is decoded: one forward pass over the batches).
 
 For a classifier (encoder components only) the score is accuracy in percent where NMT uses BLEU, as in
-Michel et al.'s BERT experiments; the scorer (importance.scoring) decides. The ablations themselves are decoded
-side by side (importance.variants).
+Michel et al.'s BERT experiments; the scorer (prunelab.scoring.scoring) decides. The ablations themselves are decoded
+side by side (prunelab.scoring.variants), and so is the group ablation (scoring.group_ablation).
+
+Criteria floor: pure functions of a model and batches or of score callables, below scoring/.
 """
 
 from __future__ import annotations
@@ -22,17 +24,16 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from prunelab.importance.ablation import gates_off
+from prunelab.criteria.ablation import gates_off
+from prunelab.criteria.width import real_positions
+from prunelab.errors import UserError
 from prunelab.models.addressing import component, component_names
 from prunelab.models.transformer import Transformer
-
-if TYPE_CHECKING:
-    from prunelab.importance.scoring import Scorer
 
 Batch = dict[str, Any]
 
@@ -159,8 +160,6 @@ def criticality_scores(
 def require_pre_norm(model: Any) -> None:
     """Block influence reads a pre-norm residual stream: one clear error for any other model, as soon as a pruner
     that will score by it is attached (before any evaluation or training), and again when it scores."""
-    from prunelab.errors import UserError
-
     cfg = getattr(model, "cfg", None)
     if cfg is not None and not getattr(cfg, "pre_norm", True):
         raise UserError(
@@ -174,8 +173,6 @@ def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool =
     """1 - mean cosine similarity between the residual stream before and after each component (`dec.3.ff`), or each
     layer (`dec.3`) with `layers`, over the real tokens of `batches` (padding left out). Pre-norm models only: there
     the stream before a sub-layer is the input of its norm and the stream after is that plus the sub-layer's output."""
-    from prunelab.importance.width import real_positions
-
     require_pre_norm(model)
     was_training = model.training
     model.eval()
@@ -218,37 +215,6 @@ def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool =
             h.remove()
         model.train(was_training)
     return {n: 1.0 - sums[n] / counts[n] for n in sums if counts[n]}
-
-
-# --- group ablation (Figure 9) --------------------------------------------------------------------------
-def group_ablation(
-    model: Transformer, batches: Sequence[Batch], scorer: Scorer, order: Sequence[str]
-) -> list[tuple[int, str | None, float]]:
-    """Zero components cumulatively along `order` (all prefixes scored side by side).
-    -> [(count zeroed, component added, score)], starting at (0, None, unablated score)."""
-    variants = [frozenset(order[:k]) for k in range(len(order) + 1)]
-    bleu, _ = scorer.variants(model, batches, variants)
-    return [(k, order[k - 1] if k else None, b) for k, b in enumerate(bleu)]
-
-
-def greedy_group_ablation(
-    model: Transformer, batches: Sequence[Batch], scorer: Scorer
-) -> list[tuple[int, str | None, float]]:
-    """Group ablation re-scored after each step: with the components chosen so far zeroed, zero next the
-    one whose ablation costs least. One batched pass over the data per step."""
-    names = component_names(model)
-    chosen: list[str] = []
-    points: list[tuple[int, str | None, float]] = []
-    while len(chosen) < len(names):
-        rest = [n for n in names if n not in chosen]
-        variants = [frozenset(chosen)] + [frozenset([*chosen, n]) for n in rest]
-        bleu, _ = scorer.variants(model, batches, variants)
-        if not points:
-            points.append((0, None, bleu[0]))
-        best = max(range(len(rest)), key=lambda i: (bleu[i + 1], -i))
-        chosen.append(rest[best])
-        points.append((len(chosen), rest[best], bleu[best + 1]))
-    return points
 
 
 def order_by_importance(scores: dict[str, float]) -> list[str]:

@@ -1,7 +1,8 @@
 """Head importance (Michel, Levy & Neubig 2019): I_h = E_x |∂L(x)/∂ξ_h|, ξ_h the gate of head h.
 
 A pure function of a model and batches; it returns one (H,) tensor per attention sub-layer
-(`enc.0.sa`, `dec.3.ea`, ...), and leaves the model as it found it.
+(`enc.0.sa`, `dec.3.ea`, ...), and leaves the model as it found it. Criteria floor: above models/, below scoring/
+and the head pruner that calls it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ unablated copy and the encoder-ablation copies only; decoder ablations reuse the
 `ablation_bleu` stops an ablation as soon as its BLEU provably cannot end above a floor (`BleuStats.upper_bound`).
 For a classifier the score is accuracy in percent, one forward pass per variant.
 The decoding is prunelab's GNMT beam (`DecodeSettings`); `decode_settings` reads a run's own, which is a checkpoint's
-Generation for a run that decoded with it (importance.scoring.GenerateBleuScorer scores those).
+Generation for a run that decoded with it (scoring.scoring.GenerateBleuScorer scores those).
+
+Scoring floor: above criteria/ (gates_off) and hf/ (a checkpoint's decoding), below pruning/, callbacks/ and tasks/.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import sacrebleu
 import torch
 from torch import Tensor
 
+from prunelab.criteria.ablation import gates_off
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.hf.generation import Generation, with_beams
-from prunelab.importance.ablation import accuracy, gates_off
+from prunelab.hf.generation import Generation, checkpoint_decoding, with_beams
 from prunelab.metrics import bleu
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search_memory, max_target_lens
 from prunelab.models.transformer import Transformer
+from prunelab.scoring.scores import accuracy
 
 Batch = dict[str, Any]
 
@@ -48,8 +51,6 @@ def decode_settings(
     that decoded with its checkpoint's own settings (an imported Marian model, `task.decoding`), that Generation."""
     task = config.get("task", {})
     if model is not None and "decoding" in task:
-        from prunelab.tasks.translation import checkpoint_decoding
-
         generation = checkpoint_decoding(model, task["decoding"], task.get("generation"))
         if generation is not None:
             return generation if beam_size is None else with_beams(generation, beam_size)
