@@ -42,8 +42,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prunelab.data.language_modeling import LmTextDataModule, collate_lm, split_documents
-    from prunelab.data.parallel_text import read_lines
+    from prunelab.data.language_modeling import LmTextDataModule
+    from prunelab.data.sources.files import read_lines, split_documents
+    from prunelab.data.windows import collate_lm
     from prunelab.hf.causal_lm import load_hf_causal_lm
 
     t0 = time.perf_counter()

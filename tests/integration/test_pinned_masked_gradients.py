@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prunelab.data.synthetic import SyntheticTranslationDataModule
+from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.models import build_transformer
 from prunelab.pruning import MagnitudePruner
 from prunelab.tasks.translation import TranslationTask

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from prunelab.data.synthetic import SyntheticTranslationDataModule
+from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.errors import UserError
 from prunelab.models import build_transformer
 from prunelab.pruning import MagnitudePruner, NoPruner, Pruner

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prunelab.data.classification import SyntheticClassificationDataModule
-from prunelab.data.synthetic import SyntheticTranslationDataModule
+from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.errors import UserError
 from prunelab.pruning.calibration import calibration_set
 

@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.criteria.heads import head_importance
-from prunelab.data.classification import (
-    CLS,
-    NegationScopeTask,
-    SyntheticClassificationDataModule,
-    _label_order,
-    bag_of_words,
-)
+from prunelab.data.classification import CLS, SyntheticClassificationDataModule, _label_order
+from prunelab.data.sources.synthetic import NegationScopeTask, bag_of_words
 from prunelab.data.tokenizer import EOS
 from prunelab.errors import UserError
 from prunelab.models import build_classifier

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from prunelab.data.batching import TokenBatchSampler, collate
-from prunelab.data.synthetic import SyntheticLanguagePair, SyntheticTranslationDataModule
+from prunelab.data.sources.synthetic import SyntheticLanguagePair
 from prunelab.data.tokenizer import BOS, EOS, WordTokenizer
+from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.errors import UserError
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from prunelab.data.hf_datasets import HfClassificationDataModule, HfTranslationDataModule
+from prunelab.data.classification import HfClassificationDataModule
+from prunelab.data.translation import HfTranslationDataModule
 from prunelab.errors import UserError
 from tests import hf_checkpoints as H
 

@@ -18,19 +18,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from prunelab.data.language_modeling import (
-    IGNORE,
     HfLmDataModule,
     LanguageModelingDataModule,
     LmTextDataModule,
     PretrainedLmTokenizer,
     SyntheticLmDataModule,
-    Window,
-    collate_lm,
-    split_documents,
-    window_spans,
-    windows,
 )
+from prunelab.data.sources.files import split_documents
 from prunelab.data.splits import split_check
+from prunelab.data.windows import IGNORE, Window, collate_lm, window_spans, windows
 from prunelab.errors import UserError
 from prunelab.pruning.calibration import calibration_set
 

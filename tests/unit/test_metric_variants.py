@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import sacrebleu
 
-from prunelab.data.synthetic import SyntheticTranslationDataModule
+from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.metrics import translation_scores
 from prunelab.models import build_transformer
 from prunelab.pruning import NoPruner

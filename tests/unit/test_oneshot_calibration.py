@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from prunelab.data.batching import collate
-from prunelab.data.language_modeling import IGNORE
+from prunelab.data.windows import IGNORE
 from prunelab.models import build_transformer
 from prunelab.models.causal_lm import CausalLM
 from prunelab.pruning.calibration import prune_sequentially

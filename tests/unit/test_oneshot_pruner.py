@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.data.synthetic import SyntheticTranslationDataModule
+from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.models import build_transformer
 from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import mask_buffer

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from prunelab.data import parallel_text
-from prunelab.data.parallel_text import ParallelTextDataModule, read_lines
+from prunelab.data.sources import files as text_files
+from prunelab.data.sources import subwords
+from prunelab.data.sources.files import read_lines
 from prunelab.data.tokenizer import BOS, EOS, PAD, UNK
+from prunelab.data.translation import ParallelTextDataModule
 from prunelab.errors import UserError
 
 SRC_WORDS = ["the", "a", "small", "red", "house", "dog", "cat", "runs", "sees", "quickly", "on", "under", "and", "big"]
@@ -140,7 +142,7 @@ def test_invalid_utf8_is_replaced_and_logged_when_asked(tmp_path, caplog):
     (tmp_path / "valid.de").write_bytes(b"ok\ncaf\xe9 au lait\n\xff\xfe\xfd broken\nfine\n")
     (tmp_path / "valid.en").write_bytes(b"a\nb\nc\nd\n")
     d = dm(tmp_path, utf8_errors="replace")
-    with caplog.at_level(logging.WARNING, logger=parallel_text.__name__):
+    with caplog.at_level(logging.WARNING, logger=text_files.__name__):
         _, tgt = d.read_split("valid")
     assert tgt == ["ok", "caf\ufffd au lait", "\ufffd\ufffd\ufffd broken", "fine"]
     assert any("valid.de" in r.message and "2 lines" in r.message for r in caplog.records)
@@ -225,15 +227,15 @@ def test_explicit_cache_dir(tmp_path):
 def test_falls_back_to_the_user_cache_when_the_data_dir_is_read_only(tmp_path, monkeypatch):
     data, home_cache = tmp_path / "data", tmp_path / "home" / "spm"
     make_corpus(data)
-    monkeypatch.setattr(parallel_text, "FALLBACK_CACHE_DIR", home_cache)
-    real_mkstemp = parallel_text.tempfile.mkstemp
+    monkeypatch.setattr(subwords, "FALLBACK_CACHE_DIR", home_cache)
+    real_mkstemp = subwords.tempfile.mkstemp
 
     def mkstemp(dir, **kwargs):  # tests may run as root, for whom chmod does not make a dir read-only
         if Path(dir) == data:
             raise PermissionError(13, "Permission denied")
         return real_mkstemp(dir=dir, **kwargs)
 
-    monkeypatch.setattr(parallel_text.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(subwords.tempfile, "mkstemp", mkstemp)
     dm(data).setup()
     assert not models(data) and len(models(home_cache)) == 1
     monkeypatch.setattr(ParallelTextDataModule, "_train_spm", lambda self: pytest.fail("retrained"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prunelab.data.classification import TsvClassificationDataModule
-from prunelab.data.parallel_text import ParallelTextDataModule
+from prunelab.data.translation import ParallelTextDataModule
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import PretrainedTokenizer
 from prunelab.hf.encoders import load_hf_encoder

@@ -19,9 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from prunelab.cli.train import CONF_DIR
-from prunelab.data.classification import NegationScopeTask, SyntheticClassificationDataModule
-from prunelab.data.synthetic import SyntheticLanguagePair, SyntheticTranslationDataModule
+from prunelab.data.classification import SyntheticClassificationDataModule
+from prunelab.data.sources.synthetic import NegationScopeTask, SyntheticLanguagePair
 from prunelab.data.tokenizer import UNK
+from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.errors import UserError
 
 

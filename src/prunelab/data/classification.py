@@ -1,9 +1,14 @@
-"""Text classification data: the shared LightningDataModule and the embedded synthetic task.
+"""Text classification data (`task=classification`, floor: data): the data module of this kind and every source
+of it.
 
 An example is (ids framed by the tokenizer: [CLS] text EOS, label index, label name, line index, token types or
 None). Batches hold up to `max_tokens` tokens, grouped by length, sharded per DDP rank, by the same sampler as
 translation. With `tokenizer=` a pretrained checkpoint's folder (the model's own `model.path` by default), its
 tokenizer frames the inputs ([CLS] a [SEP] b [SEP] and token types for BERT) instead of prunelab's own.
+
+    data=synthetic_classification   SyntheticClassificationDataModule: the negation-scope task, from a seed
+    data=tsv_classification         TsvClassificationDataModule: `{train,dev,test}.tsv` files
+    data=hf_classification          HfClassificationDataModule: a data set through `datasets` (GLUE and the like)
 """
 
 from __future__ import annotations
@@ -12,21 +17,22 @@ import json
 import logging
 import random
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch import Tensor
 
-from prunelab.data.batching import TokenBatchedLoaders, sample_validation
-from prunelab.data.parallel_text import SentencePieceData, read_lines
+from prunelab.data.base import DataModule
+from prunelab.data.batching import sample_validation
+from prunelab.data.sources.files import TextFiles, find_file, read_tsv
+from prunelab.data.sources.hf import SPLIT_KEYS, TEXT_COLUMNS, HfDatasetSource, label_name
+from prunelab.data.sources.synthetic import CLASSIFICATION_REGIMES, NegationScopeTask, check_fraction, regime_defaults
 from prunelab.data.tokenizer import BOS, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import PretrainedTokenizer, resolve_checkpoint
+from prunelab.hf.checkpoint import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -58,48 +64,26 @@ def collate_classification(examples: Sequence[ClsExample], pad_id: int) -> dict[
     }
 
 
-class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
+class ClassificationDataModule(DataModule):
+    """Texts (or pairs) and their labels. `max_len`: longer inputs are truncated; `valid_max_sentences`: validate on a
+    fixed random sample of so many examples (None: all). `labels` (the class names, index = class id) come from the
+    training split and travel with every checkpoint (`state_dict`)."""
+
     kind = "classification"
 
-    def __init__(
-        self,
-        max_tokens: int = 4096,
-        eval_max_tokens: int | None = None,
-        max_len: int = 256,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_seed: int | None = None,
-        tokenizer: str | None = None,
-        valid_max_sentences: int | None = None,
-    ):
-        super().__init__()
+    def __init__(self, max_len: int = 256, valid_max_sentences: int | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
         self.valid_max_sentences = valid_max_sentences  # validate on a fixed sample of this size (None: all)
-        self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
-        self.max_tokens = max_tokens
-        self.eval_max_tokens = eval_max_tokens or max_tokens
         self.max_len = max_len
-        self.num_workers = num_workers
-        self.seed = seed  # the data's own (what a synthetic task generates)
-        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # training order: the run's seed
-        self._tokenizer: Tokenizer | None = None
         self.examples: dict[str, list[ClsExample]] = {}
         self.labels: list[str] = []  # label names, index = class id (from the training split)
 
     # --- what a data source provides -------------------------------------------------------------
     @abstractmethod
-    def build_tokenizer(self) -> Tokenizer: ...
-
-    @abstractmethod
     def read_split(self, split: str) -> tuple[list[str], list[str]]:
         """(texts, label names) of one split; a sentence pair is one text, its two parts joined by a tab."""
 
     # --- shared machinery ------------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = PretrainedTokenizer(self.pretrained) if self.pretrained else self.build_tokenizer()
-        return self._tokenizer
-
     @property
     def num_classes(self) -> int:
         return len(self.labels)
@@ -112,8 +96,11 @@ class ClassificationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         return {"labels": self.labels}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.examples:
-            return
+        if not self.examples:
+            self._encode_splits()
+        self.release_text()  # the examples hold what is needed; drop the raw text
+
+    def _encode_splits(self) -> None:
         train = self.read_split("train")
         self.refuse_regression(train[1])
         raw = {"train": train, **{split: self.read_split(split) for split in SPLITS[1:]}}
@@ -251,95 +238,17 @@ def _label_order(name: str) -> tuple[int, float, str]:
     return (1, 0.0, name) if value is None else (0, value, name)
 
 
-# --- the embedded synthetic task --------------------------------------------------------------------
-class NegationScopeTask:
-    """Two clauses, exactly one of them negated, and a question about one of the two subjects:
-
-        the glorp is not vaty and the brell is dobe ? glorp      -> negated
-        the glorp is not vaty and the brell is dobe ? brell      -> affirmed
-
-    Every input holds the same multiset of words whichever clause carries the "not", so a bag-of-words
-    model is at chance; the label needs word order and the link between the queried noun and its clause.
-    Variety: optional intensifiers and adjective pairs, clause joiners, and a third, never negated and
-    never queried, distractor clause. Nouns and adjectives are drawn uniformly, or with `zipf` with Zipfian
-    frequencies (rank r with weight 1 / (r + 1)), as words are in real text: a long tail of rare words."""
-
-    JOINERS = ("and", "but", "while", "whereas")
-    INTENSIFIERS = ("very", "rather", "quite")
-
-    def __init__(self, seed: int, n_nouns: int = 60, n_adjectives: int = 40, zipf: bool = False):
-        rng = random.Random(f"negation-lexicon-{seed}")
-        onsets, vowels, codas = "b d f g k l m n p r s t v z br gl pl tr st".split(), "a e i o u".split(), "n r s l"
-        words: set[str] = set()
-
-        def fresh(count: int) -> list[str]:
-            out = []
-            while len(out) < count:
-                w = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.randint(1, 2)))
-                w += rng.choice([*codas.split(), ""])
-                if w not in words:
-                    words.add(w)
-                    out.append(w)
-            return out
-
-        self.nouns = fresh(n_nouns)
-        self.adjectives = fresh(n_adjectives)
-        self.zipf = zipf
-        if zipf:
-            from prunelab.data.synthetic import zipf_cum_weights
-
-            self._noun_weights, self._adj_weights = zipf_cum_weights(n_nouns), zipf_cum_weights(n_adjectives)
-
-    def vocabulary(self) -> set[str]:
-        fixed = {"the", "is", "not", "?", *self.JOINERS, *self.INTENSIFIERS}
-        return fixed | set(self.nouns) | set(self.adjectives)
-
-    def _adjective(self, rng: random.Random) -> str:
-        if self.zipf:
-            return rng.choices(self.adjectives, cum_weights=self._adj_weights)[0]
-        return rng.choice(self.adjectives)
-
-    def _three_nouns(self, rng: random.Random) -> list[str]:
-        if not self.zipf:
-            return rng.sample(self.nouns, 3)
-        out: list[str] = []
-        while len(out) < 3:
-            noun = rng.choices(self.nouns, cum_weights=self._noun_weights)[0]
-            if noun not in out:
-                out.append(noun)
-        return out
-
-    def _clause(self, rng: random.Random, noun: str, negated: bool) -> list[str]:
-        words = ["the", noun, "is"] + (["not"] if negated else [])
-        if rng.random() < 0.3:
-            words.append(rng.choice(self.INTENSIFIERS))
-        words.append(self._adjective(rng))
-        if rng.random() < 0.2:
-            words += ["and", self._adjective(rng)]
-        return words
-
-    def example(self, rng: random.Random) -> tuple[str, str]:
-        n1, n2, n3 = self._three_nouns(rng)
-        first_negated = rng.random() < 0.5
-        words = [*self._clause(rng, n1, first_negated), rng.choice(self.JOINERS)]
-        words += self._clause(rng, n2, not first_negated)
-        if rng.random() < 0.3:  # a distractor clause: never negated, never asked about
-            words += [rng.choice(self.JOINERS), *self._clause(rng, n3, False)]
-        query_first = rng.random() < 0.5
-        words += ["?", n1 if query_first else n2]
-        return " ".join(words), "negated" if query_first == first_negated else "affirmed"
-
-
+# --- data=synthetic_classification -----------------------------------------------------------------------------------
 class SyntheticClassificationDataModule(ClassificationDataModule):
     """`data=synthetic_classification`: the negation-scope task, generated from the seed.
 
     `regime`: `clean` (the default: 20k examples over 60 nouns and 40 adjectives drawn uniformly, exact labels) or
     `real` (`data=synthetic_classification_real`: 20k examples, 100 nouns and 10,000 adjectives drawn with Zipfian
     frequencies, a long tail of rare words and test words never seen in training, which the word vocabulary, taken
-    from the training texts as on a real data set, leaves unknown; 4% of the training labels flipped). The size, lexicon
-    and `label_noise` arguments left None take the regime's value (synthetic.CLASSIFICATION_REGIMES). `label_noise`: the
-    fraction of training examples whose label is flipped (exactly round(label_noise * n) of them, drawn from their
-    own random stream: the texts stay the same); valid and test labels are always right."""
+    from the training texts as on a real data set, leaves unknown; 4% of the training labels flipped). The size,
+    lexicon and `label_noise` arguments left None take the regime's value (sources.synthetic.CLASSIFICATION_REGIMES).
+    `label_noise`: the fraction of training examples whose label is flipped (exactly round(label_noise * n) of them,
+    drawn from their own random stream: the texts stay the same); valid and test labels are always right."""
 
     def __init__(
         self,
@@ -354,8 +263,6 @@ class SyntheticClassificationDataModule(ClassificationDataModule):
         **kwargs: Any,
     ):
         super().__init__(seed=seed, **kwargs)
-        from prunelab.data.synthetic import CLASSIFICATION_REGIMES, check_fraction, regime_defaults
-
         given = {"train_size": train_size, "n_nouns": n_nouns, "n_adjectives": n_adjectives, "label_noise": label_noise}
         v = regime_defaults(CLASSIFICATION_REGIMES, regime, given)
         for name, n in (("train_size", v["train_size"]), ("valid_size", valid_size), ("test_size", test_size)):
@@ -386,20 +293,8 @@ class SyntheticClassificationDataModule(ClassificationDataModule):
         return texts, labels
 
 
-def bag_of_words(texts: Sequence[str], vocab: dict[str, int]) -> Tensor:
-    """Word-count vectors (N, V): the input of the bag-of-words baseline that the synthetic task defeats."""
-    x = torch.zeros(len(texts), len(vocab))
-    for i, t in enumerate(texts):
-        for w in t.split():
-            x[i, vocab[w]] += 1
-    return x
-
-
-# --- real data sets on disk ------------------------------------------------------------------------------
-HEADER_LABELS = {"label", "labels", "gold_label", "class", "category", "target", "y"}
-
-
-class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
+# --- data=tsv_classification -----------------------------------------------------------------------------------------
+class TsvClassificationDataModule(TextFiles, ClassificationDataModule):
     """`data=tsv_classification`: `{train,dev,test}.tsv` in `data.dir` (plain or .gz), one example per line,
     `text<TAB>label` or, for sentence pairs (NLI), `text_a<TAB>text_b<TAB>label`. Labels may be strings or
     integers (numbers that are not whole are scores, refused); the mapping (sorted, integers numerically, or the
@@ -410,28 +305,13 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
 
     def __init__(
         self,
-        dir: str,
-        vocab_size: int = 8000,
-        spm_model_type: str = "unigram",
-        spm_character_coverage: float = 1.0,
-        spm_max_sentences: int = 2_000_000,
         train_file: str = "train.tsv",
         valid_file: str = "dev.tsv",
         test_file: str = "test.tsv",
         header: bool | str = "auto",
-        cache_dir: str | None = None,
-        utf8_errors: str = "strict",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.data_dir = Path(dir).expanduser().absolute()
-        self.utf8_errors = utf8_errors
-        self.vocab_size = vocab_size
-        self.spm_model_type = spm_model_type
-        self.spm_character_coverage = spm_character_coverage
-        self.spm_max_sentences = spm_max_sentences
-        self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None
-        self._spm_file: Path | None = None
         if header not in (True, False, "auto"):
             raise UserError(f"data.header must be true, false or auto, got {header!r}")
         self.header = header
@@ -443,59 +323,23 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
             ("test", test_file, "test_file"),
         ):
             plain = self.data_dir / name
-            gz = plain.with_name(plain.name + ".gz")
-            if not plain.is_file() and not gz.is_file():
+            if (found := find_file(plain)) is None:
                 raise UserError(
-                    f"{split} file not found: {plain} (nor {gz.name}); set data.{key}=... if it has another name"
+                    f"{split} file not found: {plain} (nor {plain.name}.gz); set data.{key}=... if it has another name"
                 )
-            self.files[split] = plain if plain.is_file() else gz
+            self.files[split] = found
         self._read: dict[str, tuple[list[str], list[str]]] = {}
         self._line_numbers: dict[str, list[int]] = {}  # file line of each example, for error messages
         self.pairs: bool | None = None  # decided by the training file's first example
 
     def read_split(self, split: str) -> tuple[list[str], list[str]]:
-        if split in self._read:
-            return self._read[split]
-        path = self.files[split]
-        lines = read_lines(path, self.utf8_errors)
-        first = next((i for i, line in enumerate(lines) if line), None)
-        if first is None:
-            raise UserError(f"{path} is empty")
-        last_field = lines[first].split("\t")[-1].strip().lower()
-        skip_header = self.header is True or (self.header == "auto" and last_field in HEADER_LABELS)
-        start = first + 1 if skip_header else first
-        data_line = next((i for i in range(start, len(lines)) if lines[i]), None)
-        if data_line is None:
-            raise UserError(f"{path} has a header but no examples")
-        if self.pairs is None:
-            found = len(lines[data_line].split("\t"))
-            if found not in (2, 3):
-                raise UserError(
-                    f"{path}:{data_line + 1}: expected text<TAB>label or text_a<TAB>text_b<TAB>label, "
-                    f"found {found} tab-separated fields"
-                )
-            self.pairs = found == 3
-        n = 3 if self.pairs else 2
-        layout = "text_a<TAB>text_b<TAB>label" if self.pairs else "text<TAB>label"
-        texts, labels, numbers, empty = [], [], [], 0
-        for i in range(start, len(lines)):
-            if not lines[i]:
-                empty += 1
-                continue
-            numbers.append(i + 1)
-            parts = lines[i].split("\t")
-            if len(parts) != n:
-                raise UserError(f"{path}:{i + 1}: expected {n} tab-separated fields ({layout}), found {len(parts)}")
-            label = parts[-1].strip()
-            if not label:
-                raise UserError(f"{path}:{i + 1}: the label is empty")
-            texts.append("\t".join(p.strip() for p in parts[:-1]))
-            labels.append(label)
-        if empty:
-            log.warning("%s: skipped %d empty lines", path, empty)
-        self._read[split] = (texts, labels)
-        self._line_numbers[split] = numbers
-        return texts, labels
+        if split not in self._read:
+            path = self.files[split]
+            texts, labels, self._line_numbers[split], self.pairs = read_tsv(
+                path, self.utf8_errors, self.header, self.pairs
+            )
+            self._read[split] = (texts, labels)
+        return self._read[split]
 
     def location(self, split: str, i: int) -> str:
         return f"{self.files[split]}:{self._line_numbers[split][i]}"
@@ -509,7 +353,75 @@ class TsvClassificationDataModule(SentencePieceData, ClassificationDataModule):
     def _spm_sentences(self) -> list[str]:
         return self.training_parts()
 
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
+    def release_text(self) -> None:
         self._read.clear()
         self._line_numbers.clear()
+
+
+# --- data=hf_classification ------------------------------------------------------------------------------------------
+class HfClassificationDataModule(HfDatasetSource, ClassificationDataModule):
+    """`data=hf_classification`: a classification data set through `datasets` (see `prunelab.data.sources.hf`):
+    texts from `text_columns` (one column, or two for a pair; None: the usual names, TEXT_COLUMNS), labels from
+    `label_column` (a ClassLabel's id k is class k)."""
+
+    def __init__(self, text_columns: list[str] | None = None, label_column: str = "label", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.text_columns = list(text_columns) if text_columns else None
+        if self.text_columns is not None and len(self.text_columns) not in (1, 2):
+            raise UserError(f"data.text_columns must name one column or two (a pair), got {self.text_columns}")
+        self.label_column = label_column
+        self._read: dict[str, tuple[list[str], list[str]]] = {}
+
+    def columns(self, ds: Any) -> list[str]:
+        have = set(ds.column_names)
+        if self.text_columns is not None:
+            self.check_columns(ds, self.text_columns)
+            return self.text_columns
+        for names in TEXT_COLUMNS:
+            if set(names) <= have:
+                return list(names)
+        raise UserError(
+            f"data set {self.name!r}: which columns hold the text? set data.text_columns=[...] "
+            f"(it has {', '.join(ds.column_names)})"
+        )
+
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        if split in self._read:
+            return self._read[split]
+        ds = self.splits()[split]
+        columns = self.columns(ds)
+        if self.label_column not in ds.column_names:
+            raise UserError(
+                f"data set {self.name!r} has no label column {self.label_column!r} (it has "
+                f"{', '.join(ds.column_names)}); set data.label_column=..."
+            )
+        names = self.class_names(split)
+        raw = ds[self.label_column]
+        # GLUE writes -1 for a hidden label (-1.0 in STS-B's float column)
+        if unlabelled := sum(1 for y in raw if y is None or (isinstance(y, (int, float)) and y < 0)):
+            raise UserError(
+                f"the {self.split_names[split]!r} split of {self.name!r} has {unlabelled} examples without a label "
+                f"(GLUE hides its test labels): set data.{SPLIT_KEYS[split]}=... to a labelled split, e.g. validation"
+            )
+        labels = [names[y] if names else label_name(y) for y in raw]
+        parts = [[" ".join(str(t).split("\t")) for t in ds[c]] for c in columns]  # a tab joins a pair's parts
+        texts = ["\t".join(p) for p in zip(*parts, strict=True)]
+        self._read[split] = (texts, labels)
+        return texts, labels
+
+    def class_names(self, split: str) -> list[str] | None:
+        """The names of the label column's ClassLabel in `split`, in id order; None for plain values."""
+        names = getattr(self.splits()[split].features.get(self.label_column), "names", None)
+        return list(names) if names else None
+
+    def declared_labels(self) -> list[str] | None:
+        return self.class_names("train")  # a ClassLabel's id k is class k (MRPC: not_equivalent, equivalent)
+
+    def label_source(self) -> str:
+        return f"data set {self.name!r}, column {self.label_column!r}"
+
+    def _spm_sentences(self) -> list[str]:
+        return self.training_parts()
+
+    def release_text(self) -> None:
+        self._read.clear()

@@ -1,5 +1,7 @@
-"""Causal language-modeling data (`task=language_modeling`): text as documents, one token stream per split, cut into
-windows as the pruning literature measures perplexity (SparseGPT, Frantar & Alistarh 2023; Wanda, Sun et al. 2024).
+"""Causal language-modeling data (`task=language_modeling`, floor: data): text as documents, one token stream per
+split, cut into windows as the pruning literature measures perplexity (SparseGPT, Frantar & Alistarh 2023; Wanda,
+Sun et al. 2024). The windows and their batches are `windows.py`'s; this module holds the data module of this kind
+and every source of it.
 
 Stream, one of two protocols (`STREAMS`; results.json's `perplexity_protocol.stream` says which a run used):
     joined: the pruning literature's. A split's whole text is tokenized in one call, exactly as SparseGPT and Wanda
@@ -13,25 +15,6 @@ Stream, one of two protocols (`STREAMS`; results.json's `perplexity_protocol.str
         (blank_lines, the default, lines, file), `data=hf_lm data.join=null`, `data=synthetic_lm`. A model never
         trained with EOS between documents is charged for every inserted EOS: perplexities differ from the papers'.
 
-Windows (`windows`):
-    non-overlapping (`data.stride=null`, and always for training): the stream cut into windows of `seq_len` tokens,
-        the trailing partial window dropped (its tokens are counted: `dropped_tokens`); in each window every token
-        after the first is predicted from those before it (seq_len-1 targets a window).
-    strided (`data.stride=s`, 1 <= s < seq_len): Hugging Face's "perplexity of fixed-length models": windows of up to
-        seq_len tokens starting every s tokens, the last one ending where the stream ends; each scores only the tokens
-        the previous window did not score (its earlier tokens are context), so every token after the stream's first is
-        scored exactly once, from the tokens before it in its window: at least seq_len-s of them (or all there are),
-        at most seq_len-1.
-    Perplexity = exp(mean NLL over all predicted tokens of a split).
-
-Batches (`collate_lm`), a flat dict:
-    src       (B, T) long: window[:-1], right-padded with the pad id (the tokenizer's, else its EOS id)
-    target    (B, T) long: window[1:], -100 where a token is not scored (a strided window's context, padding)
-    real      (B, T) bool: the input positions that are not padding (the pad id may be EOS, which also occurs in text)
-    n_tokens  int: the scored targets of the batch
-    idx       (B,) long: the window's index in its split
-    ref       list of "" (B of them): for code that counts examples by len(batch["ref"])
-
 Sources: `data=lm_text` (train/valid/test .txt files: documents separated by blank lines, or `documents=joined`, each
 file's text tokenized whole), `data=hf_lm` (a `datasets` split, e.g. wikitext-2-raw-v1: rows joined with "\\n\\n" and
 tokenized whole, as SparseGPT/Wanda's wikitext evaluation), `data=synthetic_lm` (the embedded synthetic language's
@@ -40,34 +23,25 @@ sentences; no files, no network).
 
 from __future__ import annotations
 
-import array
-import codecs
-import gzip
 import logging
 import random
-import warnings
-import zlib
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from abc import abstractmethod
+from collections.abc import Sequence
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import lightning as L
-import numpy as np
-import torch
-
-from prunelab.data.batching import TokenBatchedLoaders
-from prunelab.data.hf_datasets import HfDatasetSource
-from prunelab.data.parallel_text import SentencePieceData, read_lines
-from prunelab.data.synthetic import SyntheticLanguagePair
+from prunelab.data.base import DataModule
+from prunelab.data.sources.files import TextFiles, find_file, read_lines, read_text, split_documents
+from prunelab.data.sources.hf import HfDatasetSource
+from prunelab.data.sources.synthetic import SyntheticLanguagePair, draw_sentences
 from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
+from prunelab.data.windows import Window, collate_lm, scored_targets, text_stream, token_stream, windows
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import VOCABULARY_FILES, PretrainedTokenizer, resolve_checkpoint
+from prunelab.hf.checkpoint import PretrainedTokenizer
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
-IGNORE = -100  # a target that is not scored (torch's cross_entropy ignore_index)
 PERPLEXITY = "exp(mean NLL over all predicted tokens)"
 JOINED = "joined"  # data.documents: the split's text tokenized whole (the literature's protocol)
 DOCUMENT_MODES = ("blank_lines", "lines", "file", JOINED)
@@ -79,100 +53,13 @@ STREAMS = {  # the two ways a split's text becomes its token stream (see the mod
 }
 
 
-# --- windows ---------------------------------------------------------------------------------------------------------
-class Window(NamedTuple):
-    """One example: `ids`, seq_len tokens of a split's stream (fewer only for a strided split's last window), starting
-    at stream position `start`; its tokens at positions >= `score_from` (>= 1) are predicted, the earlier ones are
-    context only. `idx`: its index among its split's windows."""
-
-    ids: Sequence[int]
-    score_from: int
-    idx: int
-    start: int
-
-
-def window_spans(n: int, seq_len: int, stride: int | None = None) -> list[tuple[int, int, int]]:
-    """(begin, end, score_from) of the windows over a stream of `n` tokens (see the module doc): stride None, the
-    non-overlapping windows [k*seq_len, (k+1)*seq_len) each scored from its position 1; else Hugging Face's strided
-    windows, each scoring the tokens at and after the previous window's end."""
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2 (a window predicts its tokens after the first), got {seq_len}")
-    if stride is None:
-        return [(k * seq_len, (k + 1) * seq_len, 1) for k in range(n // seq_len)]
-    if not 1 <= stride < seq_len:
-        raise ValueError(f"stride must be in [1, seq_len) = [1, {seq_len}), got {stride}")
-    spans: list[tuple[int, int, int]] = []
-    if n < 2:
-        return spans
-    prev_end = 0
-    for begin in range(0, n, stride):
-        end = min(begin + seq_len, n)
-        spans.append((begin, end, max(prev_end - begin, 1)))  # the first window: position 0 has no context
-        prev_end = end
-        if end == n:
-            break
-    return spans
-
-
-def windows(ids: Sequence[int], seq_len: int, stride: int | None = None) -> list[Window]:
-    """The windows of the token stream `ids` (a list, or a numpy array whose windows are then views of it)."""
-    return [Window(ids[b:e], s, i, b) for i, (b, e, s) in enumerate(window_spans(len(ids), seq_len, stride))]
-
-
-def scored_targets(w: Window) -> int:
-    """How many of the window's tokens are predicted."""
-    return len(w.ids) - w.score_from
-
-
-def collate_lm(examples: Sequence[Window], pad_id: int) -> dict[str, Any]:
-    """Windows -> the batch of the module doc: src = window[:-1] padded, target = window[1:], IGNORE where unscored."""
-    B = len(examples)
-    T = max(len(w.ids) for w in examples) - 1
-    src = torch.full((B, T), pad_id, dtype=torch.long)
-    target = torch.full((B, T), IGNORE, dtype=torch.long)
-    real = torch.zeros((B, T), dtype=torch.bool)
-    n_tokens = 0
-    for i, w in enumerate(examples):
-        ids = torch.as_tensor(np.asarray(w.ids, dtype=np.int64))
-        n = len(ids) - 1
-        src[i, :n] = ids[:-1]
-        real[i, :n] = True
-        # target j is token j+1 of the window: scored when j + 1 >= score_from
-        target[i, w.score_from - 1 : n] = ids[w.score_from :]
-        n_tokens += n - (w.score_from - 1)
-    return {
-        "src": src,
-        "target": target,
-        "real": real,
-        "n_tokens": n_tokens,
-        "idx": torch.tensor([w.idx for w in examples], dtype=torch.long),
-        "ref": [""] * B,
-    }
-
-
-# --- tokenizers ------------------------------------------------------------------------------------------------------
 class PretrainedLmTokenizer(PretrainedTokenizer):
     """A causal language model's own tokenizer (GPT-2, OPT, Llama, ...), read from its folder with AutoTokenizer: its
     EOS separates documents; its pad id is its pad token's, else its EOS id (GPT-2 and Llama have no pad token); its
-    BOS id its BOS token's, else its EOS id. Encoding, decoding and `.hf` are PretrainedTokenizer's."""
+    BOS id its BOS token's, else its EOS id. Reading, encoding, decoding and `.hf` are PretrainedTokenizer's."""
 
-    def __init__(self, path: str | Path):  # not PretrainedTokenizer's: that one asks for a pad token and uses [SEP]
-        folder = resolve_checkpoint(path)
-        if not any((folder / name).is_file() for name in VOCABULARY_FILES) and not list(folder.glob("*.model")):
-            raise UserError(
-                f"cannot load the tokenizer in {folder}: it has none of {', '.join(VOCABULARY_FILES)} (copy the "
-                "checkpoint's tokenizer files next to its weights, or set data.tokenizer=<a folder with them>)"
-            )
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            raise UserError("reading a checkpoint's tokenizer needs transformers: pip install -e '.[hf]'") from None
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*sacremoses")
-                self.hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a folder it cannot read
-            raise UserError(f"cannot load the tokenizer in {folder}: {' '.join(str(e).split())[:300]}") from e
+    def __init__(self, path: str | Path):  # not PretrainedTokenizer's ids: that one asks for a pad token, uses [SEP]
+        folder = self._load(path)
         hf = self.hf
         if hf.eos_token_id is None:
             raise UserError(
@@ -182,92 +69,29 @@ class PretrainedLmTokenizer(PretrainedTokenizer):
         self.eos_id = int(hf.eos_token_id)
         self.pad_id = int(hf.pad_token_id) if hf.pad_token_id is not None else self.eos_id
         self.bos_id = int(hf.bos_token_id) if hf.bos_token_id is not None else self.eos_id
-        self.unk_id = hf.unk_token_id if hf.unk_token_id is not None else -1
         self.types = False
-        self.max_positions = hf.model_max_length if hf.model_max_length < 1_000_000 else None
-        hf.model_max_length = 1 << 30  # the stream is cut into windows here; no warning per long document
-        self.folder = folder
 
 
-def encode_documents(tok: Tokenizer, documents: Sequence[str], chunk: int = 1000) -> Iterator[list[int]]:
-    """Each document's ids, no special tokens (a fast Hugging Face tokenizer encodes `chunk` documents a call)."""
-    hf = getattr(tok, "hf", None)
-    if hf is not None and getattr(hf, "is_fast", False):
-        for i in range(0, len(documents), chunk):
-            yield from hf(list(documents[i : i + chunk]), add_special_tokens=False)["input_ids"]
-    else:
-        for d in documents:
-            yield tok.encode(d)
-
-
-def token_stream(tok: Tokenizer, documents: Sequence[str], bos: bool = False) -> tuple[np.ndarray, int]:
-    """([BOS] if bos, then encode(document) + [EOS] for every document with tokens) as an int32 array, and how many
-    documents it holds."""
-    out = array.array("i", [tok.bos_id] if bos else [])
-    kept = 0
-    for ids in encode_documents(tok, documents):
-        if ids:
-            out.extend(ids)
-            out.append(tok.eos_id)
-            kept += 1
-    return np.frombuffer(out, dtype=np.intc) if len(out) else np.zeros(0, dtype=np.int32), kept
-
-
-def text_stream(tok: Tokenizer, text: str, bos: bool = False) -> np.ndarray:
-    """The `joined` stream of one text as an int32 array: a checkpoint's tokenizer called on it as the references do,
-    `tokenizer(text)["input_ids"]` (its own special tokens, no others); prunelab's own tokenizers have no such call:
-    [BOS if bos] + encode(text)."""
-    hf = getattr(tok, "hf", None)
-    ids = list(hf(text)["input_ids"]) if hf is not None else [*([tok.bos_id] if bos else []), *tok.encode(text)]
-    return np.asarray(ids, dtype=np.int32)
-
-
-def read_text(path: Path, utf8_errors: str = "strict") -> str:
-    """A UTF-8 text file's (optionally gzipped) text as stored: nothing stripped, line ends kept, only a leading UTF-8
-    byte-order mark dropped (it is not text). Bytes that are not UTF-8: an error naming the file and line, or, with
-    `utf8_errors="replace"`, U+FFFD."""
-    try:
-        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a corrupt / truncated .gz
-        raise UserError(f"cannot read {path}: {e}") from e
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise UserError(f"{path} is UTF-16 (it starts with a UTF-16 byte order mark); convert it to UTF-8")
-    raw = raw.removeprefix(codecs.BOM_UTF8)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if utf8_errors == "strict":
-            line = raw.count(b"\n", 0, e.start) + 1
-            raise UserError(
-                f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); convert the file (e.g. iconv -f latin1 -t "
-                "utf-8) or set data.utf8_errors=replace"
-            ) from None
-        log.warning("%s: invalid UTF-8 replaced with U+FFFD", path)
-        return raw.decode("utf-8", errors="replace")
-
-
-# --- the shared data module ------------------------------------------------------------------------------------------
-class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
-    """Documents -> per-split token streams -> windows (see the module doc). A subclass says where the documents come
+# --- the data module of this kind ------------------------------------------------------------------------------------
+class LanguageModelingDataModule(DataModule):
+    """Documents -> per-split token streams -> windows (see the module doc). A source says where the documents come
     from (`read_documents`, `describe_documents`) and how text is cut into tokens without a pretrained checkpoint
-    (`build_tokenizer`, `describe_tokenizer`)."""
+    (`build_tokenizer`, `describe_tokenizer`). `seq_len`: tokens a window; `stride`: null (non-overlapping evaluation
+    windows) or the strided protocol's step; `bos`: the stream starts with the BOS id."""
 
     kind = "language_modeling"  # the task kind it feeds (conf/task/language_modeling.yaml)
+    pretrained_tokenizer = PretrainedLmTokenizer
 
     def __init__(
         self,
         seq_len: int = 512,
         stride: int | None = None,
+        bos: bool = False,
         max_tokens: int = 8192,
         eval_max_tokens: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_seed: int | None = None,
-        tokenizer: str | None = None,
-        bos: bool = False,
+        **kwargs: Any,
     ):
-        super().__init__()
+        super().__init__(max_tokens=max_tokens, eval_max_tokens=eval_max_tokens, **kwargs)
         if not isinstance(seq_len, int) or seq_len < 2:
             raise UserError(
                 f"data.seq_len must be an integer >= 2 (a window predicts its tokens after the first), got {seq_len}"
@@ -280,20 +104,10 @@ class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC
                 f"data.max_tokens and data.eval_max_tokens must be >= 1, got {max_tokens}, {eval_max_tokens}"
             )
         self.seq_len, self.stride, self.bos = seq_len, stride, bool(bos)
-        self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
-        self.max_tokens = max_tokens  # a batch holds max_tokens // seq_len windows (at least one)
-        self.eval_max_tokens = eval_max_tokens or max_tokens
-        self.num_workers = num_workers
-        self.seed = seed  # the data's own (what a synthetic task generates)
-        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # training order: the run's seed
-        self._tokenizer: Tokenizer | None = None
         self.examples: dict[str, list[Window]] = {}
         self.split_stats: dict[str, dict[str, Any]] = {}
 
     # --- what a data source provides -------------------------------------------------------------
-    @abstractmethod
-    def build_tokenizer(self) -> Tokenizer: ...
-
     @abstractmethod
     def read_documents(self, split: str) -> list[str]:
         """The documents of one split, in order."""
@@ -319,16 +133,7 @@ class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC
         """Where a split comes from, for errors."""
         return f"the {split} split"
 
-    def release_text(self) -> None:
-        """Drop raw text kept between prepare_data and setup."""
-
     # --- shared machinery ------------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = PretrainedLmTokenizer(self.pretrained) if self.pretrained else self.build_tokenizer()
-        return self._tokenizer
-
     def setup(self, stage: str | None = None) -> None:
         if self.examples:
             return
@@ -439,27 +244,7 @@ class LanguageModelingDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC
 
 
 # --- data=lm_text ----------------------------------------------------------------------------------------------------
-def split_documents(lines: Sequence[str], mode: str) -> list[str]:
-    """Stripped lines -> documents: blank_lines (runs of non-empty lines, each joined with "\\n"), lines (each
-    non-empty line), file (the whole text, lines joined with "\\n", blank ones kept). (`joined` has no documents: the
-    file's text is read as stored, `read_text`.)"""
-    if mode == "lines":
-        return [line for line in lines if line]
-    if mode == "file":
-        text = "\n".join(lines).strip("\n")
-        return [text] if text.strip() else []
-    docs: list[str] = []
-    cur: list[str] = []
-    for line in (*lines, ""):
-        if line:
-            cur.append(line)
-        elif cur:
-            docs.append("\n".join(cur))
-            cur = []
-    return docs
-
-
-class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
+class LmTextDataModule(TextFiles, LanguageModelingDataModule):
     """`data=lm_text`: `{dir}/train.txt`, `valid.txt`, `test.txt` (or `.gz`); `documents`: blank_lines, lines or file
     (the `eos` stream: documents, EOS after each), or joined (the literature's: each file's text as stored tokenized
     in one call, `tokenizer(text)`); the checkpoint's tokenizer (`data.tokenizer`), else SentencePiece trained on
@@ -467,31 +252,16 @@ class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
 
     def __init__(
         self,
-        dir: str,
         train_file: str = "train.txt",
         valid_file: str = "valid.txt",
         test_file: str = "test.txt",
         documents: str = "blank_lines",
-        vocab_size: int = 8000,
-        spm_model_type: str = "unigram",
-        spm_character_coverage: float = 1.0,
-        spm_max_sentences: int = 2_000_000,
-        cache_dir: str | None = None,
-        utf8_errors: str = "strict",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if documents not in DOCUMENT_MODES:
             raise UserError(f"data.documents must be one of {', '.join(DOCUMENT_MODES)}, got {documents!r}")
         self.documents = documents
-        self.data_dir = Path(dir).expanduser().absolute()
-        self.utf8_errors = utf8_errors
-        self.vocab_size = vocab_size
-        self.spm_model_type = spm_model_type
-        self.spm_character_coverage = spm_character_coverage
-        self.spm_max_sentences = spm_max_sentences
-        self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None
-        self._spm_file: Path | None = None
         self._lines: dict[str, list[str]] = {}  # the training text read to train SentencePiece, kept for setup()
         self.check_spm_settings()  # also: the data dir exists
         names = {"train": train_file, "valid": valid_file, "test": test_file}
@@ -499,12 +269,9 @@ class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
 
     def _find(self, split: str, name: str) -> Path:
         plain = self.data_dir / name
-        gz = plain.with_name(plain.name + ".gz")
-        if plain.is_file():
-            return plain
-        if gz.is_file():
-            return gz
-        raise UserError(f"{split} file not found: {plain} (nor {gz.name}); set data.{split}_file=...")
+        if (found := find_file(plain)) is None:
+            raise UserError(f"{split} file not found: {plain} (nor {plain.name}.gz); set data.{split}_file=...")
+        return found
 
     def _read(self, split: str) -> list[str]:
         if split in self._lines:
@@ -533,9 +300,6 @@ class LmTextDataModule(SentencePieceData, LanguageModelingDataModule):
         }[self.documents]
         return f"{self.data_dir}: {', '.join(p.name for p in self.files.values())}; {how}"
 
-    def describe_tokenizer(self) -> dict[str, Any]:
-        return {"kind": "sentencepiece", "name": str(self._spm_model()), "model_type": self.spm_model_type}
-
     def release_text(self) -> None:
         self._lines.clear()
 
@@ -556,35 +320,15 @@ class HfLmDataModule(HfDatasetSource, LanguageModelingDataModule):
     whole (the `joined` stream; the default "\\n\\n": SparseGPT/Wanda's wikitext-2 evaluation,
     `tokenizer("\\n\\n".join(test["text"]))`); null, every row with text its own document (the `eos` stream)."""
 
-    def __init__(
-        self,
-        name: str,
-        config: str | None = None,
-        data_files: Any = None,
-        train_split: str = "train",
-        valid_split: str = "validation",
-        test_split: str = "test",
-        column: str | None = None,
-        join: str | None = "\n\n",
-        vocab_size: int = 8000,
-        spm_model_type: str = "unigram",
-        spm_character_coverage: float = 1.0,
-        spm_max_sentences: int = 2_000_000,
-        cache_dir: str | None = None,
-        **kwargs: Any,
-    ):
+    def __init__(self, column: str | None = None, join: str | None = "\n\n", **kwargs: Any):
         super().__init__(**kwargs)
-        splits = {"train": train_split, "valid": valid_split, "test": test_split}
-        spm = (vocab_size, spm_model_type, spm_character_coverage, spm_max_sentences, cache_dir)
-        self._init_source(name, config, data_files, splits, *spm)
         self.column, self.join = column, join
         self._rows: dict[str, list[str]] = {}
 
     def text_column(self, ds: Any) -> str:
         have = list(ds.column_names)
         if self.column is not None:
-            if self.column not in have:
-                raise UserError(f"data set {self.name!r} has no column {self.column!r} (it has {', '.join(have)})")
+            self.check_columns(ds, [self.column])
             return self.column
         if "text" in have:
             return "text"
@@ -623,9 +367,6 @@ class HfLmDataModule(HfDatasetSource, LanguageModelingDataModule):
             return f"{where}, column {column}: every row with text a document"
         return f"{where}, column {column}: all rows of a split joined with {self.join!r}, tokenized whole"
 
-    def describe_tokenizer(self) -> dict[str, Any]:
-        return {"kind": "sentencepiece", "name": str(self._spm_model()), "model_type": self.spm_model_type}
-
     def release_text(self) -> None:
         self._rows.clear()
 
@@ -639,10 +380,10 @@ SENTENCE_END = "."
 
 
 class SyntheticLmDataModule(LanguageModelingDataModule):
-    """`data=synthetic_lm`: the embedded synthetic language (the source side of data/synthetic.py's pair: SVO,
-    agreement of the verb with its subject, prepositional phrases), generated from `seed`. A sentence ends in "."; a
-    document is `sentences_per_document` consecutive sentences. Valid and test sentences never occur in training.
-    `tokenization`: syllable (words cut into their syllables, BPE-style) or word (one token per word form)."""
+    """`data=synthetic_lm`: the embedded synthetic language (the source side of data=synthetic_translation's pair:
+    SVO, agreement of the verb with its subject, prepositional phrases), generated from `seed`. A sentence ends in
+    "."; a document is `sentences_per_document` consecutive sentences. Valid and test sentences never occur in
+    training. `tokenization`: syllable (words cut into their syllables, BPE-style) or word (one token per word form)."""
 
     def __init__(
         self,
@@ -677,33 +418,11 @@ class SyntheticLmDataModule(LanguageModelingDataModule):
     @cached_property
     def sentences(self) -> dict[str, list[str]]:
         """Each split's sentences (ending in " ."), drawn from one stream: test, valid, then train without theirs."""
-        rng = random.Random(f"{self.seed}-lm-sentences")
-        seen: set[str] = set()
-        out: dict[str, list[str]] = {}
-        for split in ("test", "valid", "train"):
-            sents: list[str] = []
-            while len(sents) < self.sizes[split]:
-                s, _ = self.lang.sentence(rng)
-                if s in seen:
-                    continue
-                if split != "train":
-                    seen.add(s)
-                sents.append(f"{s} {SENTENCE_END}")
-            out[split] = sents
-        return out
-
-    def segmentation(self) -> dict[str, list[str]]:
-        """Every source-side word form -> its syllable pieces, and the sentence end."""
-        lex, seg = self.lang.lex, self.lang.segmentation()
-        words = {"and", *(d for d, _ in lex.dets), *(p for p, _ in lex.preps), *(a for a, _ in lex.adjectives)}
-        for s, _, _ in lex.nouns:
-            words |= {s, s + "s"}
-        for v, _, _ in lex.verbs:
-            words |= {v, v + "s", v + "ed"}
-        return {**{w: seg[w] for w in words}, SENTENCE_END: [SENTENCE_END]}
+        drawn = draw_sentences(self.lang, random.Random(f"{self.seed}-lm-sentences"), self.sizes)
+        return {split: [f"{s} {SENTENCE_END}" for s, _ in pairs] for split, pairs in drawn.items()}
 
     def build_tokenizer(self) -> Tokenizer:
-        seg = self.segmentation()
+        seg = {**self.lang.source_segmentation(), SENTENCE_END: [SENTENCE_END]}
         return WordTokenizer(seg) if self.tokenization == "word" else PieceTokenizer(seg)
 
     def read_documents(self, split: str) -> list[str]:

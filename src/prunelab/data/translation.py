@@ -1,79 +1,80 @@
-"""The LightningDataModule every translation data source shares.
+"""Translation data (`task=translation`, floor: data): the data module of this kind and every source of it.
 
-A subclass says where the text comes from (`read_split`) and how it is cut into tokens
-(`build_tokenizer`); this class encodes, filters the training set by length, and batches by tokens. With
+`TranslationDataModule` encodes (source, target) pairs, filters the training set by length, and batches by tokens;
+a source says where the text comes from (`read_split`) and how it is cut into tokens (`build_tokenizer`). With
 `tokenizer=` a pretrained checkpoint's folder (by default the model's own `model.path`), that checkpoint's tokenizer
 and special ids are used instead (Marian: sources end in its </s>, the decoder starts from its pad id).
+
+    data=synthetic_translation   SyntheticTranslationDataModule: the embedded language pair, generated from a seed
+    data=parallel_text           ParallelTextDataModule: `{dir}/{prefix}.{lang}` files, joint SentencePiece
+    data=hf_translation          HfTranslationDataModule: a parallel corpus through `datasets`
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from abc import ABC, abstractmethod
+import random
+from abc import abstractmethod
 from collections.abc import Sequence
-from functools import partial
+from functools import cached_property, partial
+from pathlib import Path
 from typing import Any
 
-import lightning as L
-
-from prunelab.data.batching import Example, TokenBatchedLoaders, collate, sample_validation
-from prunelab.data.tokenizer import Tokenizer
+from prunelab.data.base import DataModule
+from prunelab.data.batching import Example, collate, sample_validation
+from prunelab.data.sources.files import TextFiles, find_file, read_lines
+from prunelab.data.sources.hf import HfDatasetSource
+from prunelab.data.sources.synthetic import (
+    REGIMES,
+    SyntheticLanguagePair,
+    check_fraction,
+    corrupt_targets,
+    draw_sentences,
+    regime_defaults,
+)
+from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import PretrainedTokenizer
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 
 
-class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
+class TranslationDataModule(DataModule):
+    """Pairs of one language's sentences and their translations. `max_len`: training pairs with more subwords on
+    either side are dropped; `eval_max_len`: longer evaluation pairs are truncated; `valid_max_sentences`: validate on
+    a fixed random sample of so many pairs (None: all)."""
+
     kind = "translation"  # the task kind it feeds (conf/task/translation.yaml)
 
     def __init__(
         self,
-        max_tokens: int = 4096,
-        eval_max_tokens: int | None = None,
         max_len: int = 256,
         eval_max_len: int = 1000,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_seed: int | None = None,
-        tokenizer: str | None = None,
         valid_max_sentences: int | None = None,
+        **kwargs: Any,
     ):
-        super().__init__()
+        super().__init__(**kwargs)
         self.valid_max_sentences = valid_max_sentences  # validate on a fixed sample of this size (None: all)
-        self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
-        self.max_tokens = max_tokens
-        self.eval_max_tokens = eval_max_tokens or max_tokens
         self.max_len = max_len
         self.eval_max_len = eval_max_len
-        self.num_workers = num_workers
-        self.seed = seed  # the data's own (what a synthetic task generates)
-        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # training order: the run's seed
-        self._tokenizer: Tokenizer | None = None
         self.examples: dict[str, list[Example]] = {}
 
     # --- what a data source provides -------------------------------------------------------------
-    @abstractmethod
-    def build_tokenizer(self) -> Tokenizer: ...
-
     @abstractmethod
     def read_split(self, split: str) -> tuple[list[str], list[str]]:
         """Raw (source lines, target lines) of one split, aligned."""
 
     # --- shared machinery ------------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = PretrainedTokenizer(self.pretrained) if self.pretrained else self.build_tokenizer()
-        return self._tokenizer
-
     def task_kwargs(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.examples:
-            return
+        if not self.examples:
+            self.examples = self._encode_splits()
+        self.release_text()  # the examples hold what is needed; drop the raw text
+
+    def _encode_splits(self) -> dict[str, list[Example]]:
         tok = self.tokenizer
         # a pretrained model has positions for so many tokens (512 for OPUS-MT): longer inputs are cut to fit
         limit = tok.max_positions or 1 << 30
@@ -114,7 +115,7 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
                 raise UserError(f"the {split} split has no usable sentence pairs")
             splits[split] = examples
         splits["valid"] = sample_validation(splits["valid"], self.valid_max_sentences, self.seed)
-        self.examples = splits
+        return splits
 
     def encode_texts(self, lines: Sequence[str], where: str) -> list[Example]:
         """Examples from raw `source<TAB>target` lines (calibration text from outside the run's splits), encoded as
@@ -142,3 +143,211 @@ class TranslationDataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
 
     def references(self, split: str) -> list[str]:
         return [e[2] for e in self.examples[split]]
+
+
+# --- data=synthetic_translation --------------------------------------------------------------------------------------
+class SyntheticTranslationDataModule(TranslationDataModule):
+    """`data=synthetic_translation`: the embedded default, needs no files and no network.
+
+    `regime`: `clean` (the default: 40k pairs from a few hundred lemmas, no ambiguity, no noise) or `real`
+    (`data=synthetic_translation_real`: 10k pairs from thousands of Zipf-distributed lemmas, 15% of them ambiguous,
+    4% noisy training pairs). The size, lexicon, `noise` and `ambiguity` arguments left None take the regime's value
+    (REGIMES); given, they override it. Under `real`, `tokenization=word` takes its vocabulary from the training
+    pairs (unseen words are unknown), as a pipeline on a real corpus would; syllable pieces cover every word, as BPE
+    does. `noise`: the fraction of training pairs whose target is corrupted (its words shuffled, or another pair's
+    target); valid and test are never noisy."""
+
+    def __init__(
+        self,
+        train_size: int | None = None,
+        valid_size: int = 300,
+        test_size: int = 500,
+        n_nouns: int | None = None,
+        n_adjectives: int | None = None,
+        n_verbs: int | None = None,
+        n_preps: int | None = None,
+        max_adjectives: int = 2,
+        p_pp: float = 0.3,
+        p_conj: float = 0.15,
+        tokenization: str = "syllable",
+        regime: str = "clean",
+        noise: float | None = None,
+        ambiguity: float | None = None,
+        ambiguity_context: float = 0.5,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if tokenization not in ("syllable", "word"):
+            raise UserError(f"data.tokenization must be syllable or word, got {tokenization!r}")
+        given = {
+            "train_size": train_size,
+            "n_nouns": n_nouns,
+            "n_adjectives": n_adjectives,
+            "n_verbs": n_verbs,
+            "n_preps": n_preps,
+            "noise": noise,
+            "ambiguity": ambiguity,
+        }
+        v = regime_defaults(REGIMES, regime, given)
+        check_fraction("noise", v["noise"], 0.5)
+        check_fraction("ambiguity", v["ambiguity"])
+        check_fraction("ambiguity_context", ambiguity_context)
+        self.regime = regime
+        self.tokenization = tokenization
+        self.noise = float(v["noise"])
+        self.sizes = {"train": v["train_size"], "valid": valid_size, "test": test_size}
+        self.lang = SyntheticLanguagePair(
+            self.seed,
+            v["n_nouns"],
+            v["n_adjectives"],
+            v["n_verbs"],
+            v["n_preps"],
+            max_adjectives,
+            p_pp,
+            p_conj,
+            v["ambiguity"],
+            ambiguity_context,
+        )
+        self.noisy: list[int] = []  # the indices of the corrupted training pairs
+
+    @cached_property
+    def corpus(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Splits drawn from one stream; valid/test sentences never occur in train."""
+        drawn = draw_sentences(self.lang, random.Random(f"{self.seed}-sentences"), self.sizes)
+        out = {split: ([s for s, _ in pairs], [t for _, t in pairs]) for split, pairs in drawn.items()}
+        if self.noise > 0:  # the noisy targets from their own stream: the sentences stay the noise-free corpus's
+            targets, self.noisy = corrupt_targets(out["train"][1], self.noise, random.Random(f"{self.seed}-noise"))
+            out["train"] = (out["train"][0], targets)
+        return out
+
+    def build_tokenizer(self) -> Tokenizer:
+        if self.tokenization == "word":
+            if self.regime == "real":  # as on a real corpus: the words of the training pairs, others unknown
+                src, tgt = self.corpus["train"]
+                return WordTokenizer({w for line in (*src, *tgt) for w in line.split()})
+            return WordTokenizer(self.lang.vocabulary())
+        return PieceTokenizer(self.lang.segmentation())
+
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        return self.corpus[split]
+
+
+# --- data=parallel_text ----------------------------------------------------------------------------------------------
+class ParallelTextDataModule(TextFiles, TranslationDataModule):
+    """`data=parallel_text`: a sentence-aligned corpus on disk, cut into joint SentencePiece subwords. The layout is
+    the raw one of Multi30k, IWSLT and WMT dumps: `{dir}/{prefix}.{lang}`, one sentence per line, line i of the
+    source file translating line i of the target file; `{prefix}.{lang}.gz` is read as well when the plain file is
+    absent. One SentencePiece model is trained on the training text of both sides and cached next to the data under a
+    name derived from that text and the SentencePiece settings."""
+
+    def __init__(
+        self,
+        src_lang: str,
+        tgt_lang: str,
+        train_prefix: str = "train",
+        valid_prefix: str = "valid",
+        test_prefix: str = "test",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.src_lang, self.tgt_lang = src_lang, tgt_lang
+        self.prefixes = {"train": train_prefix, "valid": valid_prefix, "test": test_prefix}
+        self._lines: dict[str, tuple[list[str], list[str]]] = {}  # splits read early, kept for setup()
+
+        self.check_spm_settings()
+        self.files = {split: self._split_files(split) for split in self.prefixes}
+
+    # --- files ------------------------------------------------------------------------------------------
+    def _split_files(self, split: str) -> tuple[Path, Path]:
+        paths = []
+        for lang in (self.src_lang, self.tgt_lang):
+            plain = self.data_dir / f"{self.prefixes[split]}.{lang}"
+            if (found := find_file(plain)) is None:
+                raise UserError(
+                    f"{split} file not found: {plain} (nor {plain.name}.gz); if the {split} split has another name, "
+                    f"set data.{split}_prefix=..., e.g. data.valid_prefix=dev"
+                )
+            paths.append(found)
+        return paths[0], paths[1]
+
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        if split in self._lines:  # read already to train SentencePiece; hand it over without a copy
+            return self._lines.pop(split)
+        src_path, tgt_path = self.files[split]
+        src, tgt = read_lines(src_path, self.utf8_errors), read_lines(tgt_path, self.utf8_errors)
+        if split == "train":
+            for path, lines in ((src_path, src), (tgt_path, tgt)):
+                if not any(lines):
+                    raise UserError(f"training file {path} is empty")
+        if len(src) != len(tgt):
+            raise UserError(
+                f"the {split} split is not aligned: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}"
+            )
+        return src, tgt
+
+    # --- subwords (SentencePieceData) -------------------------------------------------------------------
+    def _spm_sources(self) -> list[Path]:
+        return list(self.files["train"])
+
+    def _spm_sentences(self) -> list[str]:
+        # read (and check) the training split once; setup() reuses these lines
+        src, tgt = self.read_split("train")
+        self._lines["train"] = (src, tgt)
+        return [line for line in itertools.chain(src, tgt) if line]
+
+    def release_text(self) -> None:
+        self._lines.clear()
+
+
+# --- data=hf_translation ---------------------------------------------------------------------------------------------
+class HfTranslationDataModule(HfDatasetSource, TranslationDataModule):
+    """`data=hf_translation`: a parallel corpus through `datasets` (see `prunelab.data.sources.hf`): pairs from a
+    `translation` column of {lang: text} dicts (the `datasets` convention) or from `src_column` and `tgt_column`."""
+
+    def __init__(
+        self,
+        src_lang: str,
+        tgt_lang: str,
+        src_column: str | None = None,
+        tgt_column: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.src_lang, self.tgt_lang = src_lang, tgt_lang
+        if (src_column is None) != (tgt_column is None):
+            raise UserError("set both data.src_column and data.tgt_column, or neither (a `translation` column)")
+        self.src_column, self.tgt_column = src_column, tgt_column
+        self._lines: dict[str, tuple[list[str], list[str]]] = {}
+
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        if split in self._lines:
+            return self._lines[split]
+        ds = self.splits()[split]
+        if self.src_column is not None:
+            self.check_columns(ds, [self.src_column, self.tgt_column])
+            src, tgt = ds[self.src_column], ds[self.tgt_column]
+        elif "translation" in ds.column_names:
+            pairs = ds["translation"]
+            langs = set(pairs[0]) if pairs else set()
+            for lang in (self.src_lang, self.tgt_lang):
+                if lang not in langs:
+                    raise UserError(
+                        f"data set {self.name!r}: its translation pairs have no {lang!r} side (they have "
+                        f"{', '.join(sorted(langs))}); set data.src_lang / data.tgt_lang"
+                    )
+            src, tgt = [p[self.src_lang] for p in pairs], [p[self.tgt_lang] for p in pairs]
+        else:
+            raise UserError(
+                f"data set {self.name!r} has no `translation` column (it has {', '.join(ds.column_names)}): "
+                "set data.src_column and data.tgt_column"
+            )
+        out = ([str(s).strip() for s in src], [str(t).strip() for t in tgt])
+        self._lines[split] = out
+        return out
+
+    def _spm_sentences(self) -> list[str]:
+        src, tgt = self.read_split("train")
+        return [line for line in (*src, *tgt) if line]
+
+    def release_text(self) -> None:
+        self._lines.clear()

@@ -311,6 +311,26 @@ class PretrainedTokenizer:
     Tokenizer`."""
 
     def __init__(self, path: str | Path):
+        folder = self._load(path)
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        hf = self.hf
+        start = config.get("decoder_start_token_id") if config.get("is_encoder_decoder") else None
+        ids = {
+            "pad": hf.pad_token_id,
+            "bos": start
+            if start is not None
+            else (hf.cls_token_id if hf.cls_token_id is not None else hf.bos_token_id),
+            "eos": hf.sep_token_id if hf.sep_token_id is not None else hf.eos_token_id,
+        }
+        if missing := [k for k, v in ids.items() if v is None]:
+            raise UserError(f"the tokenizer in {folder} has no {' / '.join(missing)} token")
+        self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
+        self.types = "token_type_ids" in hf.model_input_names  # BERT's segments; RoBERTa and Marian have none
+
+    def _load(self, path: str | Path) -> Path:
+        """Read the checkpoint's tokenizer: `hf`, `folder`, `unk_id` and `max_positions` (the one place a checkpoint's
+        tokenizer is read; a subclass gives the special ids of its kind of model) -> the checkpoint's local folder."""
         folder = resolve_checkpoint(path)  # a local folder, or a hub id through the Hugging Face cache
         # transformers builds an empty tokenizer from a config alone: without vocabulary files, stop here
         if not any((folder / name).is_file() for name in VOCABULARY_FILES) and not list(folder.glob("*.model")):
@@ -328,26 +348,13 @@ class PretrainedTokenizer:
                 self.hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a folder it cannot read
             raise UserError(f"cannot load the tokenizer in {folder}: {' '.join(str(e).split())[:300]}") from e
-        config_file = folder / "config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         hf = self.hf
-        start = config.get("decoder_start_token_id") if config.get("is_encoder_decoder") else None
-        ids = {
-            "pad": hf.pad_token_id,
-            "bos": start
-            if start is not None
-            else (hf.cls_token_id if hf.cls_token_id is not None else hf.bos_token_id),
-            "eos": hf.sep_token_id if hf.sep_token_id is not None else hf.eos_token_id,
-        }
-        if missing := [k for k, v in ids.items() if v is None]:
-            raise UserError(f"the tokenizer in {folder} has no {' / '.join(missing)} token")
-        self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.unk_id = hf.unk_token_id if hf.unk_token_id is not None else -1  # byte-level BPE may have none
-        self.types = "token_type_ids" in hf.model_input_names  # BERT's segments; RoBERTa and Marian have none
         # the longest input its model was trained on (512 for BERT and OPUS-MT); None when the tokenizer does not say
         self.max_positions = hf.model_max_length if hf.model_max_length < 1_000_000 else None
         hf.model_max_length = 1 << 30  # prunelab truncates itself; no warning per long sentence
         self.folder = folder
+        return folder
 
     @property
     def vocab_size(self) -> int:

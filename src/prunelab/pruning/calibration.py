@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from prunelab.data.batching import batch_real_tokens, decoder_positions
-from prunelab.data.hf_datasets import TEXT_COLUMNS
-from prunelab.data.parallel_text import read_lines
+from prunelab.data.sources.files import read_lines
+from prunelab.data.sources.hf import TEXT_COLUMNS
 from prunelab.errors import UserError
 from prunelab.pruning.solvers import InputStats
 

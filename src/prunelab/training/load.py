@@ -26,6 +26,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from prunelab.data.base import MOVED_TARGETS
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import copy_source_files
 from prunelab.models.surgery import load_state_dict_with_heads
@@ -65,6 +66,8 @@ def load_run(path: Path, data: bool = False) -> LoadedRun:
     else:
         raise UserError(f"{path}: no such run folder or checkpoint")
     cfg = OmegaConf.create(results["config"])
+    if (target := OmegaConf.select(cfg, "data._target_", default=None)) in MOVED_TARGETS:
+        cfg.data._target_ = MOVED_TARGETS[target]  # a run recorded before data/ was laid out by task kind
     standalone = (run_dir / HF_SOURCE / "config.json").is_file()
     if standalone:
         cfg = from_recorded_source(cfg, run_dir / HF_SOURCE)

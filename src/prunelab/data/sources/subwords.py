@@ -1,18 +1,13 @@
-"""`data=parallel_text`: a sentence-aligned corpus on disk, cut into joint SentencePiece subwords.
-
-The layout is the raw one of Multi30k, IWSLT and WMT dumps: `{dir}/{prefix}.{lang}`, one sentence per
-line, line i of the source file translating line i of the target file; `{prefix}.{lang}.gz` is read
-as well when the plain file is absent. One SentencePiece model is trained on the training text of both
-sides and cached next to the data under a name derived from that text and the SentencePiece settings.
-"""
+"""The SentencePiece mixin of the data sources (floor: data): one subword model over a data set's training text,
+trained once and cached under a name derived from that text and the settings, so that every process and every run on
+the same text gets the same ids. The file readers (`sources.files`) and the `datasets` readers (`sources.hf`) build
+on it whenever no pretrained checkpoint brings its own tokenizer."""
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import hashlib
 import io
-import itertools
 import logging
 import os
 import random
@@ -23,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.data.tokenizer import BOS, EOS, PAD, UNK, SentencePieceTokenizer, Tokenizer
-from prunelab.data.translation import TranslationDataModule
 from prunelab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,48 +29,7 @@ SPM_SEED = 0
 # bump when the training recipe changes, so that old cached models are not reused
 SPM_RECIPE = "prunelab-spm-v1"
 FALLBACK_CACHE_DIR = Path("~/.cache/prunelab/spm")
-
-
 UTF8_ERRORS = ("strict", "replace")
-
-
-def read_lines(path: Path, utf8_errors: str = "strict") -> list[str]:
-    """The lines of a UTF-8 text file (optionally gzipped), stripped, empty ones kept in place.
-
-    Lines are split on b"\\n" only: `str.splitlines` also breaks on U+2028, U+0085, form feeds etc.,
-    which occur inside sentences of web-crawled corpora and would shift one side against the other.
-    Bytes that are not UTF-8 are an error naming the file, line and byte (`utf8_errors="strict"`), or are
-    replaced with U+FFFD and counted in a warning (`"replace"`).
-    """
-    lines: list[str] = []
-    bad_lines: list[int] = []
-    try:
-        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
-            for i, raw in enumerate(f):  # binary files iterate on b"\n" alone
-                if i == 0:
-                    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-                        raise UserError(
-                            f"{path} is UTF-16 (it starts with a UTF-16 byte order mark); convert it to UTF-8"
-                        )
-                    raw = raw.removeprefix(codecs.BOM_UTF8)
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    if utf8_errors == "strict":
-                        raise UserError(
-                            f"{path}:{i + 1}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
-                            "line); convert the file (e.g. iconv -f latin1 -t utf-8) or set data.utf8_errors=replace"
-                        ) from None
-                    text = raw.decode("utf-8", errors="replace")
-                    bad_lines.append(i + 1)
-                lines.append(text.strip())  # also drops the "\r" of CRLF files
-    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a corrupt / truncated .gz
-        raise UserError(f"cannot read {path}: {e}") from e
-    if bad_lines:
-        log.warning(
-            "%s: invalid UTF-8 on %d lines (first: line %d) replaced with U+FFFD", path, len(bad_lines), bad_lines[0]
-        )
-    return lines
 
 
 def _content_digest(path: Path) -> bytes:
@@ -98,9 +51,9 @@ def _one_line(e: Exception) -> str:
 class SentencePieceData(ABC):
     """A joint SentencePiece model over a data set's training text, cached next to the data under a name
     derived from that text and the settings. A data module provides `_spm_sources()` (the training files,
-    which key the cache) and `_spm_sentences()` (the training text), and the settings `vocab_size`,
-    `spm_model_type`, `spm_character_coverage`, `spm_max_sentences`, `cache_dir`, `data_dir`, and
-    `utf8_errors` (how `read_lines` treats bytes that are not UTF-8)."""
+    which key the cache) and `_spm_sentences()` (the training text), and sets `data_dir` (where the cache goes first)
+    and `utf8_errors` (how `read_lines` treats bytes that are not UTF-8) before `check_spm_settings()`. The settings
+    are this mixin's keyword arguments; the others go on to the data module's base."""
 
     vocab_size: int
     utf8_errors: str
@@ -110,6 +63,23 @@ class SentencePieceData(ABC):
     cache_dir: Path | None
     data_dir: Path
     _spm_file: Path | None
+
+    def __init__(
+        self,
+        vocab_size: int = 8000,
+        spm_model_type: str = "unigram",
+        spm_character_coverage: float = 1.0,
+        spm_max_sentences: int = 2_000_000,
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.spm_model_type = spm_model_type
+        self.spm_character_coverage = spm_character_coverage
+        self.spm_max_sentences = spm_max_sentences
+        self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None
+        self._spm_file = None
 
     @abstractmethod
     def _spm_sources(self) -> list[Path]:
@@ -148,6 +118,10 @@ class SentencePieceData(ABC):
             return SentencePieceTokenizer(path)
         except (OSError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot load SentencePiece model {path} (delete it to retrain): {_one_line(e)}") from e
+
+    def describe_tokenizer(self) -> dict[str, Any]:
+        """The SentencePiece model, as a language-modeling protocol names the data's own tokenizer."""
+        return {"kind": "sentencepiece", "name": str(self._spm_model()), "model_type": self.spm_model_type}
 
     def _cache_dirs(self) -> list[Path]:
         return [self.cache_dir] if self.cache_dir else [self.data_dir, FALLBACK_CACHE_DIR.expanduser()]
@@ -234,80 +208,3 @@ class SentencePieceData(ABC):
                     Path(tmp).unlink(missing_ok=True)
                 errors.append(f"{d}: {e.strerror or e}")
         raise UserError(f"cannot write the SentencePiece model {name} to any of: {'; '.join(errors)}")
-
-
-class ParallelTextDataModule(SentencePieceData, TranslationDataModule):
-    def __init__(
-        self,
-        dir: str,
-        src_lang: str,
-        tgt_lang: str,
-        vocab_size: int = 8000,
-        spm_model_type: str = "unigram",
-        spm_character_coverage: float = 1.0,
-        spm_max_sentences: int = 2_000_000,
-        train_prefix: str = "train",
-        valid_prefix: str = "valid",
-        test_prefix: str = "test",
-        cache_dir: str | None = None,
-        utf8_errors: str = "strict",
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.data_dir = Path(dir).expanduser().absolute()
-        self.utf8_errors = utf8_errors
-        self.src_lang, self.tgt_lang = src_lang, tgt_lang
-        self.vocab_size = vocab_size
-        self.spm_model_type = spm_model_type
-        self.spm_character_coverage = spm_character_coverage
-        self.spm_max_sentences = spm_max_sentences
-        self.prefixes = {"train": train_prefix, "valid": valid_prefix, "test": test_prefix}
-        self.cache_dir = Path(cache_dir).expanduser().absolute() if cache_dir else None
-        self._spm_file: Path | None = None
-        self._lines: dict[str, tuple[list[str], list[str]]] = {}  # splits read early, kept for setup()
-
-        self.check_spm_settings()
-        self.files = {split: self._split_files(split) for split in self.prefixes}
-
-    # --- files ------------------------------------------------------------------------------------------
-    def _split_files(self, split: str) -> tuple[Path, Path]:
-        paths = []
-        for lang in (self.src_lang, self.tgt_lang):
-            plain = self.data_dir / f"{self.prefixes[split]}.{lang}"
-            gz = plain.with_name(plain.name + ".gz")
-            if not plain.is_file() and not gz.is_file():
-                raise UserError(
-                    f"{split} file not found: {plain} (nor {gz.name}); if the {split} split has another name, "
-                    f"set data.{split}_prefix=..., e.g. data.valid_prefix=dev"
-                )
-            paths.append(plain if plain.is_file() else gz)
-        return paths[0], paths[1]
-
-    def read_split(self, split: str) -> tuple[list[str], list[str]]:
-        if split in self._lines:  # read already to train SentencePiece; hand it over without a copy
-            return self._lines.pop(split)
-        src_path, tgt_path = self.files[split]
-        src, tgt = read_lines(src_path, self.utf8_errors), read_lines(tgt_path, self.utf8_errors)
-        if split == "train":
-            for path, lines in ((src_path, src), (tgt_path, tgt)):
-                if not any(lines):
-                    raise UserError(f"training file {path} is empty")
-        if len(src) != len(tgt):
-            raise UserError(
-                f"the {split} split is not aligned: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}"
-            )
-        return src, tgt
-
-    # --- subwords (SentencePieceData) -------------------------------------------------------------------
-    def _spm_sources(self) -> list[Path]:
-        return list(self.files["train"])
-
-    def _spm_sentences(self) -> list[str]:
-        # read (and check) the training split once; setup() reuses these lines
-        src, tgt = self.read_split("train")
-        self._lines["train"] = (src, tgt)
-        return [line for line in itertools.chain(src, tgt) if line]
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        self._lines.clear()  # the examples hold what is needed; drop the raw text

@@ -1,4 +1,8 @@
-"""A synthetic language pair, generated from a seed, on which translation needs attention.
+"""The synthetic generators (floor: data): the embedded data sets, generated from a seed, no files, no network. A
+language pair on which translation needs attention (data=synthetic_translation; its source side is
+data=synthetic_lm's language), and the negation-scope classification task (data=synthetic_classification).
+
+The language pair:
 
 Source ("English-like"): SVO, determiner + adjectives before the noun, plural `-s`, verb `-s` for a
 third-person singular subject in the present and `-ed` in the past, prepositions.
@@ -24,12 +28,14 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any
 
-from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
-from prunelab.data.translation import TranslationDataModule
+import torch
+from torch import Tensor
+
 from prunelab.errors import UserError
 
 GENDERS = ("m", "f", "n")
@@ -242,6 +248,16 @@ class SyntheticLanguagePair:
                 del seg[t]
         return seg
 
+    def source_segmentation(self) -> dict[str, list[str]]:
+        """Every source-side word form -> its syllable pieces (the language of data=synthetic_lm)."""
+        lex, seg = self.lex, self.segmentation()
+        words = {"and", *(d for d, _ in lex.dets), *(p for p, _ in lex.preps), *(a for a, _ in lex.adjectives)}
+        for s, _, _ in lex.nouns:
+            words |= {s, s + "s"}
+        for v, _, _ in lex.verbs:
+            words |= {v, v + "s", v + "ed"}
+        return {w: seg[w] for w in words}
+
     def vocabulary(self) -> set[str]:
         """Every word form either side can produce."""
         return set(self.segmentation())
@@ -302,118 +318,128 @@ class SyntheticLanguagePair:
         return " ".join(src), " ".join(tgt)
 
 
-class SyntheticTranslationDataModule(TranslationDataModule):
-    """`data=synthetic_translation`: the embedded default, needs no files and no network.
+def draw_sentences(
+    lang: SyntheticLanguagePair, rng: random.Random, sizes: dict[str, int]
+) -> dict[str, list[tuple[str, str]]]:
+    """Each split's (source, target) sentences, drawn from one stream: test, valid, then train. A source sentence
+    drawn for test or valid is never drawn again, so valid and test sentences never occur in training."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    seen: set[str] = set()
+    for split in ("test", "valid", "train"):
+        pairs: list[tuple[str, str]] = []
+        while len(pairs) < sizes[split]:
+            s, t = lang.sentence(rng)
+            if s in seen:
+                continue
+            if split != "train":
+                seen.add(s)
+            pairs.append((s, t))
+        out[split] = pairs
+    return out
 
-    `regime`: `clean` (the default: 40k pairs from a few hundred lemmas, no ambiguity, no noise) or `real`
-    (`data=synthetic_translation_real`: 10k pairs from thousands of Zipf-distributed lemmas, 15% of them ambiguous,
-    4% noisy training pairs). The size, lexicon, `noise` and `ambiguity` arguments left None take the regime's value
-    (REGIMES); given, they override it. Under `real`, `tokenization=word` takes its vocabulary from the training
-    pairs (unseen words are unknown), as a pipeline on a real corpus would; syllable pieces cover every word, as BPE
-    does. `noise`: the fraction of training pairs whose target is corrupted (its words shuffled, or another pair's
-    target); valid and test are never noisy."""
 
-    def __init__(
-        self,
-        train_size: int | None = None,
-        valid_size: int = 300,
-        test_size: int = 500,
-        n_nouns: int | None = None,
-        n_adjectives: int | None = None,
-        n_verbs: int | None = None,
-        n_preps: int | None = None,
-        max_adjectives: int = 2,
-        p_pp: float = 0.3,
-        p_conj: float = 0.15,
-        tokenization: str = "syllable",
-        regime: str = "clean",
-        noise: float | None = None,
-        ambiguity: float | None = None,
-        ambiguity_context: float = 0.5,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        if tokenization not in ("syllable", "word"):
-            raise UserError(f"data.tokenization must be syllable or word, got {tokenization!r}")
-        given = {
-            "train_size": train_size,
-            "n_nouns": n_nouns,
-            "n_adjectives": n_adjectives,
-            "n_verbs": n_verbs,
-            "n_preps": n_preps,
-            "noise": noise,
-            "ambiguity": ambiguity,
-        }
-        v = regime_defaults(REGIMES, regime, given)
-        check_fraction("noise", v["noise"], 0.5)
-        check_fraction("ambiguity", v["ambiguity"])
-        check_fraction("ambiguity_context", ambiguity_context)
-        self.regime = regime
-        self.tokenization = tokenization
-        self.noise = float(v["noise"])
-        self.sizes = {"train": v["train_size"], "valid": valid_size, "test": test_size}
-        self.lang = SyntheticLanguagePair(
-            self.seed,
-            v["n_nouns"],
-            v["n_adjectives"],
-            v["n_verbs"],
-            v["n_preps"],
-            max_adjectives,
-            p_pp,
-            p_conj,
-            v["ambiguity"],
-            ambiguity_context,
-        )
-        self.noisy: list[int] = []  # the indices of the corrupted training pairs
-
-    @cached_property
-    def corpus(self) -> dict[str, tuple[list[str], list[str]]]:
-        """Splits drawn from one stream; valid/test sentences never occur in train."""
-        rng = random.Random(f"{self.seed}-sentences")
-        out: dict[str, tuple[list[str], list[str]]] = {}
-        seen: set[str] = set()
-        for split in ("test", "valid", "train"):
-            src, tgt = [], []
-            while len(src) < self.sizes[split]:
-                s, t = self.lang.sentence(rng)
-                if s in seen:
-                    continue
-                if split != "train":
-                    seen.add(s)
-                src.append(s)
-                tgt.append(t)
-            out[split] = (src, tgt)
-        if self.noise > 0:
-            out["train"] = (out["train"][0], self._corrupt(out["train"][1]))
-        return out
-
-    def _corrupt(self, targets: list[str]) -> list[str]:
-        """A fraction `noise` of the targets (exactly round(noise * n), drawn from their own random stream, so the
-        sentences stay those of the noise-free corpus) garbled: half with their words shuffled, half replaced by
-        another pair's target (a misaligned pair). A corrupted target always differs from its clean one."""
-        rng = random.Random(f"{self.seed}-noise")
-        n = len(targets)
-        self.noisy = sorted(rng.sample(range(n), round(self.noise * n)))
-        out = list(targets)
-        for i in self.noisy:
-            words = targets[i].split()
-            bad = targets[i]
-            if rng.random() < 0.5 and len(set(words)) > 1:
-                while bad == targets[i]:
-                    rng.shuffle(words)
-                    bad = " ".join(words)
+def corrupt_targets(targets: list[str], noise: float, rng: random.Random) -> tuple[list[str], list[int]]:
+    """A fraction `noise` of the targets (exactly round(noise * n), drawn from `rng`, their own random stream, so the
+    sentences stay those of the noise-free corpus) garbled: half with their words shuffled, half replaced by
+    another pair's target (a misaligned pair). A corrupted target always differs from its clean one.
+    -> (the targets, the indices of the corrupted ones)."""
+    n = len(targets)
+    noisy = sorted(rng.sample(range(n), round(noise * n)))
+    out = list(targets)
+    for i in noisy:
+        words = targets[i].split()
+        bad = targets[i]
+        if rng.random() < 0.5 and len(set(words)) > 1:
             while bad == targets[i]:
-                bad = targets[rng.randrange(n)]
-            out[i] = bad
+                rng.shuffle(words)
+                bad = " ".join(words)
+        while bad == targets[i]:
+            bad = targets[rng.randrange(n)]
+        out[i] = bad
+    return out, noisy
+
+
+# --- the embedded classification task: negation scope -----------------------------------------
+class NegationScopeTask:
+    """Two clauses, exactly one of them negated, and a question about one of the two subjects:
+
+        the glorp is not vaty and the brell is dobe ? glorp      -> negated
+        the glorp is not vaty and the brell is dobe ? brell      -> affirmed
+
+    Every input holds the same multiset of words whichever clause carries the "not", so a bag-of-words
+    model is at chance; the label needs word order and the link between the queried noun and its clause.
+    Variety: optional intensifiers and adjective pairs, clause joiners, and a third, never negated and
+    never queried, distractor clause. Nouns and adjectives are drawn uniformly, or with `zipf` with Zipfian
+    frequencies (rank r with weight 1 / (r + 1)), as words are in real text: a long tail of rare words."""
+
+    JOINERS = ("and", "but", "while", "whereas")
+    INTENSIFIERS = ("very", "rather", "quite")
+
+    def __init__(self, seed: int, n_nouns: int = 60, n_adjectives: int = 40, zipf: bool = False):
+        rng = random.Random(f"negation-lexicon-{seed}")
+        onsets, vowels, codas = "b d f g k l m n p r s t v z br gl pl tr st".split(), "a e i o u".split(), "n r s l"
+        words: set[str] = set()
+
+        def fresh(count: int) -> list[str]:
+            out = []
+            while len(out) < count:
+                w = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.randint(1, 2)))
+                w += rng.choice([*codas.split(), ""])
+                if w not in words:
+                    words.add(w)
+                    out.append(w)
+            return out
+
+        self.nouns = fresh(n_nouns)
+        self.adjectives = fresh(n_adjectives)
+        self.zipf = zipf
+        if zipf:
+            self._noun_weights, self._adj_weights = zipf_cum_weights(n_nouns), zipf_cum_weights(n_adjectives)
+
+    def vocabulary(self) -> set[str]:
+        fixed = {"the", "is", "not", "?", *self.JOINERS, *self.INTENSIFIERS}
+        return fixed | set(self.nouns) | set(self.adjectives)
+
+    def _adjective(self, rng: random.Random) -> str:
+        if self.zipf:
+            return rng.choices(self.adjectives, cum_weights=self._adj_weights)[0]
+        return rng.choice(self.adjectives)
+
+    def _three_nouns(self, rng: random.Random) -> list[str]:
+        if not self.zipf:
+            return rng.sample(self.nouns, 3)
+        out: list[str] = []
+        while len(out) < 3:
+            noun = rng.choices(self.nouns, cum_weights=self._noun_weights)[0]
+            if noun not in out:
+                out.append(noun)
         return out
 
-    def build_tokenizer(self) -> Tokenizer:
-        if self.tokenization == "word":
-            if self.regime == "real":  # as on a real corpus: the words of the training pairs, others unknown
-                src, tgt = self.corpus["train"]
-                return WordTokenizer({w for line in (*src, *tgt) for w in line.split()})
-            return WordTokenizer(self.lang.vocabulary())
-        return PieceTokenizer(self.lang.segmentation())
+    def _clause(self, rng: random.Random, noun: str, negated: bool) -> list[str]:
+        words = ["the", noun, "is"] + (["not"] if negated else [])
+        if rng.random() < 0.3:
+            words.append(rng.choice(self.INTENSIFIERS))
+        words.append(self._adjective(rng))
+        if rng.random() < 0.2:
+            words += ["and", self._adjective(rng)]
+        return words
 
-    def read_split(self, split: str) -> tuple[list[str], list[str]]:
-        return self.corpus[split]
+    def example(self, rng: random.Random) -> tuple[str, str]:
+        n1, n2, n3 = self._three_nouns(rng)
+        first_negated = rng.random() < 0.5
+        words = [*self._clause(rng, n1, first_negated), rng.choice(self.JOINERS)]
+        words += self._clause(rng, n2, not first_negated)
+        if rng.random() < 0.3:  # a distractor clause: never negated, never asked about
+            words += [rng.choice(self.JOINERS), *self._clause(rng, n3, False)]
+        query_first = rng.random() < 0.5
+        words += ["?", n1 if query_first else n2]
+        return " ".join(words), "negated" if query_first == first_negated else "affirmed"
+
+
+def bag_of_words(texts: Sequence[str], vocab: dict[str, int]) -> Tensor:
+    """Word-count vectors (N, V): the input of the bag-of-words baseline that the synthetic task defeats."""
+    x = torch.zeros(len(texts), len(vocab))
+    for i, t in enumerate(texts):
+        for w in t.split():
+            x[i, vocab[w]] += 1
+    return x
