@@ -50,7 +50,12 @@ class DataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
         seed: int = 0,
         shuffle_seed: int | None = None,
         tokenizer: str | None = None,
+        **unknown: Any,
     ):
+        if unknown:  # a data.* key no class in the chain takes: named against the kind's data module, as Python did
+            # when each kind had its own __init__ (the sources' mixins pass on what they do not take)
+            kind = next(c for c in type(self).__mro__ if "kind" in vars(c))
+            raise TypeError(f"{kind.__name__}.__init__() got an unexpected keyword argument {next(iter(unknown))!r}")
         super().__init__()
         self.pretrained = tokenizer  # a checkpoint folder whose tokenizer replaces the data's own
         self.max_tokens = max_tokens
