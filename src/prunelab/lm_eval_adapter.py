@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from prunelab.errors import UserError
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.lm_generation import generate_lm
+from prunelab.training.load import load_run
 
 try:
     from lm_eval import utils as lm_utils
@@ -355,8 +356,6 @@ def _batch_size(value: int | str | None) -> int:
 def _from_run(path: Path) -> tuple[CausalLM, Any, bool]:
     """A run folder (or a .ckpt in one) -> (its model, its data's tokenizer, whether its streams start with BOS)."""
     from omegaconf import OmegaConf
-
-    from prunelab.training.load import load_run
 
     loaded = load_run(path, data=True)
     if not isinstance(loaded.model, CausalLM):

@@ -8,8 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
+from prunelab.cli.export import add_arguments, export
+from prunelab.compare import compare
 from prunelab.errors import UserError
-from prunelab.studies.study import DEFAULT_MAX_EXAMPLES  # a light module: `prunelab --help` stays quick
+from prunelab.studies.component_study import analyse_components
+from prunelab.studies.head_study import analyse_heads
+from prunelab.studies.study import DEFAULT_MAX_EXAMPLES
+from prunelab.summary import summarize
 
 
 def add_max_examples(parser: argparse.ArgumentParser, splits: str) -> None:
@@ -30,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
         "export",
         help="write a run's pruned model: a compact sparse file (bitmask or CSC) or a Hugging Face folder (hf)",
     )
-    from prunelab.cli.export import add_arguments
-
     add_arguments(p_export)
     p_sum = sub.add_parser("summarize", help="table + plot of a sweep folder's results.json files")
     p_sum.add_argument("sweep_dir", type=Path)
@@ -85,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         log.setLevel(logging.INFO)
     try:
         if args.command == "heads":
-            # each command imports its own module (torch, Lightning, the models): `prunelab --help` stays quick
-            from prunelab.studies.head_study import analyse_heads
-
             report = analyse_heads(
                 args.run_dir,
                 args.importance_batches,
@@ -105,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or args.run_dir / "heads"
             print(f"baseline {report['score']} {report['baseline_bleu']:.2f}; written to {out}")
         elif args.command == "components":
-            from prunelab.studies.component_study import analyse_components
-
             report = analyse_components(
                 args.run_dir,
                 split=args.split,
@@ -135,17 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                 + f"; written to {args.out or args.run_dir / 'components'}"
             )
         elif args.command == "compare":
-            from prunelab.compare import compare
-
             print(compare(args.run_dirs, args.out), end="")
         elif args.command == "export":
-            from prunelab.cli.export import export
-
             _, stats = export(args.run_dir, args.out, fmt=args.format, dtype=args.dtype)
             print(json.dumps(stats, indent=2))
         else:
-            from prunelab.summary import summarize
-
             for path in summarize(args.sweep_dir, from_levels=not args.no_levels):
                 print(path)
     except UserError as e:

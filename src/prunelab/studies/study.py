@@ -5,8 +5,7 @@ evaluation of a study, and the W&B upload of their figures.
 A study scores its evaluation set hundreds of times (the head study of a 6-layer, 12-head encoder runs 218
 evaluations), so the set's size sets its cost: studies take at most `DEFAULT_MAX_EXAMPLES` examples of each
 split unless asked otherwise, as training can validate on a sample (`data.valid_max_sentences`, which the
-run's data module has already applied to its validation split). Studies floor: what reads finished runs, beside cli/;
-this module itself imports no model code, so `prunelab --help` can read its defaults quickly.
+run's data module has already applied to its validation split). Studies floor: what reads finished runs, beside cli/.
 """
 
 from __future__ import annotations
