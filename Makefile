@@ -53,6 +53,7 @@ bench-quick: $(BENCH_STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench experiments train.py
 	$(PY) -m ruff format --check src tests bench experiments train.py
+	.venv/bin/lint-imports --no-cache  # the floors (.importlinter)
 
 format: $(STAMP)
 	$(PY) -m ruff format src tests bench experiments train.py
