@@ -93,7 +93,8 @@ def build_run(cfg: Any, pruner: Any = None) -> tuple[Any, Any]:
     """(datamodule, LightningModule) exactly as train.py builds them for `cfg`."""
     from hydra.utils import instantiate
 
-    from prunelab.training.build import build_data, build_model, build_task, model_args
+    from prunelab.training.build import build_data, build_model, model_args
+    from prunelab.training.task import build_task
 
     torch.manual_seed(cfg.seed)
     dm = build_data(cfg)

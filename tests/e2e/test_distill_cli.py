@@ -1,5 +1,5 @@
 """`python train.py ckpt=RUN pruner=heads pruner.finetune_steps=N task.distill.teacher=RUN`: a head-pruned model
-recovered by distillation from the run it was pruned from (prunelab.training.distill), against the same recovery
+recovered by distillation from the run it was pruned from (prunelab.tasks.distill), against the same recovery
 without a teacher."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_distillation_recovers_a_head_pruned_model(dense: Run, tmp_path: Path) -
 def test_a_run_recorded_before_distillation_is_a_teacher(dense: Run, tmp_path: Path) -> None:
     """Older runs' configs have no task.distill: load_run rebuilds them, and they serve as teachers."""
     from prunelab.training import load_run
-    from prunelab.training.distill import Distiller
+    from prunelab.training.task import build_distiller
 
     results = dict(dense.results)
     config = json.loads(json.dumps(results["config"]))
@@ -94,7 +94,7 @@ def test_a_run_recorded_before_distillation_is_a_teacher(dense: Run, tmp_path: P
     old.mkdir()
     (old / "results.json").write_text(json.dumps({**results, "config": config}))  # its checkpoints stay where they are
     assert load_run(old).task_class.__name__ == "TranslationTask"
-    distiller = Distiller.from_settings({"teacher": str(old), "alpha": 1.0})
+    distiller = build_distiller({"teacher": str(old), "alpha": 1.0})
     assert distiller is not None and not distiller.teacher.training
     want = load_run(dense.dir).model.state_dict()
     assert all(torch.equal(v, want[k]) for k, v in distiller.teacher.state_dict().items())

@@ -162,10 +162,10 @@ def test_warmup_follows_the_handed_budget_from_the_first_step(tiny_model: torch.
     issue's failing input: 10,000, the lr never at its peak); a later round reads its own budget, not the last."""
     from prunelab.pruning import NoPruner
     from prunelab.tasks import TranslationTask
+    from prunelab.tasks.recipe import Recipe
 
-    task = TranslationTask(
-        tiny_model, NoPruner(), None, lr=1e-3, schedule="linear", warmup_fraction=0.1, optimizer="adamw"
-    )  # type: ignore[arg-type]
+    recipe = Recipe(lr=1e-3, schedule="linear", warmup_fraction=0.1, optimizer="adamw")
+    task = TranslationTask(tiny_model, NoPruner(), None, recipe=recipe)  # type: ignore[arg-type]
     task.use_step_budget(StepBudget(100_000, BudgetStub(1500.0)))  # type: ignore[arg-type]
     assert (task.total_steps, task.warmup) == (1500, 150)
     sched = task.configure_optimizers()["lr_scheduler"]["scheduler"]
@@ -185,10 +185,10 @@ def test_a_resumed_round_reports_the_peak_its_earlier_steps_reached(tiny_model: 
     the schedule report says 1.0, not the 0.44 of the steps this process ran (which would warn 'ended in warm-up')."""
     from prunelab.pruning import NoPruner
     from prunelab.tasks import TranslationTask
+    from prunelab.tasks.recipe import Recipe
 
-    task = TranslationTask(
-        tiny_model, NoPruner(), None, lr=1e-3, schedule="linear", warmup_fraction=0.1, optimizer="adamw"
-    )  # type: ignore[arg-type]
+    recipe = Recipe(lr=1e-3, schedule="linear", warmup_fraction=0.1, optimizer="adamw")
+    task = TranslationTask(tiny_model, NoPruner(), None, recipe=recipe)  # type: ignore[arg-type]
     task.use_step_budget(StepBudget(1000, BudgetStub(1000.0)))  # type: ignore[arg-type]
     sched = task.configure_optimizers()["lr_scheduler"]["scheduler"]
     sched.load_state_dict({**sched.state_dict(), "last_epoch": 599})  # what Lightning restores on resume

@@ -12,6 +12,7 @@ from prunelab.data.tokenizer import UNK
 from prunelab.models import build_classifier
 from prunelab.pruning import NoPruner
 from prunelab.tasks.classification import ClassificationTask
+from prunelab.tasks.recipe import Recipe
 from tests.conftest import quiet_trainer
 
 STEPS = 10
@@ -30,7 +31,7 @@ def fit(tmp_path: Path, **task_kwargs: object) -> tuple[ClassificationTask, torc
         vocab_size=dm.tokenizer.vocab_size, num_classes=2, d_model=16, n_heads=2, d_ff=32, enc_layers=1, dropout=0.0
     )
     before = model.embed.weight[UNK].detach().clone()
-    task = ClassificationTask(model, NoPruner(), dm.labels, warmup_steps=3, **task_kwargs)
+    task = ClassificationTask(model, NoPruner(), dm.labels, recipe=Recipe(warmup_steps=3, **task_kwargs))
     trainer = quiet_trainer(tmp_path, max_steps=STEPS, limit_val_batches=0)
     trainer.fit(task, datamodule=dm)
     return task, before

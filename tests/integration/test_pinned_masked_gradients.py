@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.models import build_transformer
 from prunelab.pruning import MagnitudePruner
+from prunelab.tasks.recipe import Recipe
 from prunelab.tasks.translation import TranslationTask
 
 CLIP = 0.05  # far below the gradient norm: every step is clipped
@@ -58,7 +59,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # fixed masks: MP with its whole ramp at step 1, pruned once before training through its own hook (at step 1
     # of the fit it prunes to the same level again: already-masked weights rank lowest, so nothing changes)
     pruner = MagnitudePruner(sparsity=SPARSITY, initial_sparsity=SPARSITY, start_step=1, end_step=1)
-    task = TranslationTask(model, pruner, dm.tokenizer, warmup_steps=4, beam_size=1)
+    task = TranslationTask(model, pruner, dm.tokenizer, beam_size=1, recipe=Recipe(warmup_steps=4))
     pruner.on_step_end(model, 1, 1)
     masks = {n: m.clone() for n, m in pruner.masks.items()}
     norms: list[float] = []

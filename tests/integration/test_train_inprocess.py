@@ -44,7 +44,8 @@ def test_bf16_mixed_clips_the_kept_gradients_to_the_norm(tmp_path: Path) -> None
     """Under bf16-mixed with the fused Adam, the gradients reaching the optimizer step have the clipped total
     norm (trainer.gradient_clip_val), computed by hand here, and the masked entries carry none of it."""
     from prunelab.pruning import MagnitudePruner
-    from prunelab.training.build import build_data, build_model, build_task, build_trainer, model_args
+    from prunelab.training.build import build_data, build_model, build_trainer, model_args
+    from prunelab.training.task import build_task
 
     cfg = run_cfg([*SMOKE, "hardware=gpu", "hardware.accelerator=cpu", "trainer.gradient_clip_val=0.01"])
     dm = build_data(cfg)
@@ -127,6 +128,9 @@ def test_defaults_live_in_one_place() -> None:
 
     from hydra.utils import get_class
 
+    from prunelab.tasks import distill
+    from prunelab.tasks.recipe import Recipe
+
     cfgs = [("task", p) for p in (Path(CONF_DIR) / "task").glob("*.yaml")]
     cfgs += [("pruner", p) for p in (Path(CONF_DIR) / "pruner").glob("*.yaml")]
     checked = 0
@@ -134,7 +138,10 @@ def test_defaults_live_in_one_place() -> None:
         cfg = run_cfg([f"{group}={path.stem}", "sparsity=0.5"] + (CLASSIFY if path.stem == "attendout" else []))
         node = cfg[group]
         cls = get_class(node._target_)
-        params = inspect.signature(cls.__init__).parameters
+        params = dict(inspect.signature(cls.__init__).parameters)
+        if group == "task":  # the trunk builds the Recipe and the Distiller from these keys (training.task.build_task)
+            params |= inspect.signature(Recipe).parameters
+            params["distill"] = inspect.Parameter("distill", inspect.Parameter.KEYWORD_ONLY, default=distill.DEFAULTS)
         for key in node:
             if key.startswith("_"):
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -13,19 +14,19 @@ from prunelab.errors import UserError
 from prunelab.models import build_transformer
 from prunelab.pruning import MagnitudePruner, NoPruner, Pruner
 from prunelab.pruning.masks import prunable_weights
-from prunelab.tasks.base import linear_schedule
-from prunelab.tasks.translation import TranslationTask, inverse_sqrt_schedule
+from prunelab.tasks.recipe import Recipe, inverse_sqrt_schedule, linear_schedule
+from prunelab.tasks.translation import TranslationTask
 from tests.conftest import quiet_trainer
 
 
-def fit(tmp_path: Path, pruner: Pruner, steps: int = 12, **task_kwargs: object) -> TranslationTask:
+def fit(tmp_path: Path, pruner: Pruner, steps: int = 12, **recipe: Any) -> TranslationTask:
     L.seed_everything(0)
     dm = SyntheticTranslationDataModule(train_size=200, valid_size=10, test_size=10, max_tokens=512)
     dm.setup()
     model = build_transformer(
         vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=2, d_ff=64, enc_layers=1, dec_layers=1, dropout=0.0
     )
-    task = TranslationTask(model, pruner, dm.tokenizer, warmup_steps=4, beam_size=2, **task_kwargs)
+    task = TranslationTask(model, pruner, dm.tokenizer, beam_size=2, recipe=Recipe(**{"warmup_steps": 4, **recipe}))
     trainer = quiet_trainer(tmp_path, max_steps=steps, val_check_interval=6)
     trainer.fit(task, datamodule=dm)
     return task
@@ -88,7 +89,7 @@ def test_finetuning_recipe_adamw_linear_schedule(tmp_path: Path) -> None:
     assert sched.lr_lambdas[0](2) == pytest.approx(1.0) and sched.lr_lambdas[0](1) < 1.0  # warm-up: 3 steps of 12
     assert sched.get_last_lr()[0] == pytest.approx(0.0)
     with pytest.raises(UserError, match=r"task\.schedule must be one of"):
-        TranslationTask(task.model, NoPruner(), task.tokenizer, schedule="cosine")
+        Recipe(schedule="cosine")
 
 
 def test_label_smoothed_loss_ignores_padding() -> None:

@@ -13,6 +13,7 @@ import torch
 from prunelab.models import TransformerClassifier, build_classifier
 from prunelab.pruning.attendout import AttendOutPruner
 from prunelab.tasks.classification import ClassificationTask
+from prunelab.tasks.recipe import Recipe
 
 LAYERS = 3  # the tiny classifier's encoder layers
 
@@ -62,7 +63,7 @@ def with_task(
         pruner,
         labels=["no", "yes"],
         label_smoothing=label_smoothing,
-        **({"lr": 1e-2, "warmup_steps": 1} | recipe),
+        recipe=Recipe(**({"lr": 1e-2, "warmup_steps": 1} | recipe)),
     )
     task._trainer = trainer or trainer_stub()  # type: ignore[assignment]
     pruner.use_data(datamodule, task)

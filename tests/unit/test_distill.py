@@ -1,4 +1,4 @@
-"""Knowledge distillation (prunelab.training.distill, `task.distill`): the KD term against hand computations (soft
+"""Knowledge distillation (prunelab.tasks.distill, `task.distill`): the KD term against hand computations (soft
 targets, the KL summed by brute force, its gradient), its mixing with the task loss, hidden-state matching with removed
 layers, each student layer matched to the teacher's of the same original number (or refused where that cannot be
 known), and the teacher kept out of the task (state_dict, optimizer) — through the three tasks' real training steps."""
@@ -20,10 +20,10 @@ from prunelab.errors import UserError
 from prunelab.models import build_classifier, build_transformer
 from prunelab.models.causal_lm import IGNORE, build_causal_lm
 from prunelab.pruning import NoPruner
-from prunelab.tasks import ClassificationTask, LanguageModelingTask, TranslationTask
-from prunelab.training import distill
+from prunelab.tasks import ClassificationTask, LanguageModelingTask, TranslationTask, distill
+from prunelab.tasks.distill import Distiller, hidden_loss, kd_loss, kept_layers, soft_targets
 from prunelab.training.budget import StepBudget
-from prunelab.training.distill import Distiller, hidden_loss, kd_loss, kept_layers, soft_targets
+from prunelab.training.task import build_distiller
 
 VOCAB = 24
 TOKENIZER = WordTokenizer(["a", "b"])  # pad id 0: all the translation task reads from it in training
@@ -208,7 +208,7 @@ def test_classification_distils_per_example() -> None:
     src = torch.randint(4, VOCAB, (5, 6), generator=torch.Generator().manual_seed(0))
     src[:, 0], src[1, 3:] = 1, 0
     batch = {"src": src, "label": torch.tensor([0, 1, 2, 1, 0]), "n_tokens": 0}
-    task = with_log_record(ClassificationTask(student, NoPruner(), labels=["x", "y", "z"], distill=None))
+    task = with_log_record(ClassificationTask(student, NoPruner(), labels=["x", "y", "z"]))
     task.distiller = Distiller(teacher, alpha=1.0, temperature=3.0, hidden_weight=0.5)
     loss = task.training_step(batch, 0)
     with torch.no_grad():
@@ -327,17 +327,21 @@ def test_teacher_of_another_vocabulary_is_one_user_error() -> None:
 def test_settings_errors_and_defaults(tmp_path: Path) -> None:
     missing = tmp_path / "no_such_run"
     with pytest.raises(UserError, match=re.escape(f"task.distill.teacher={missing}: no such run folder or checkpoint")):
-        TranslationTask(nmt(), NoPruner(), TOKENIZER, distill=OmegaConf.create({"teacher": str(missing)}))
+        TranslationTask(nmt(), NoPruner(), TOKENIZER).use_distiller(
+            build_distiller(OmegaConf.create({"teacher": str(missing)}))
+        )
     with pytest.raises(UserError, match=r"task\.distill\.temprature is not a distillation setting"):
-        Distiller.from_settings({"temprature": 3.0})
+        build_distiller({"temprature": 3.0})
     for bad, message in (({"alpha": 1.5}, "alpha must be in"), ({"temperature": 0}, "temperature must be > 0")):
         with pytest.raises(UserError, match=message):
             Distiller(nmt(), **bad)
     with pytest.raises(UserError, match="hidden_weight must be >= 0"):
         Distiller(nmt(), hidden_weight=-1.0)
-    assert Distiller.from_settings(None) is None and Distiller.from_settings(distill.DEFAULTS) is None
+    assert build_distiller(None) is None and build_distiller(distill.DEFAULTS) is None
     yaml_node = OmegaConf.create(dict(distill.DEFAULTS))  # what Hydra hands over from conf/task/*.yaml
-    assert TranslationTask(nmt(), NoPruner(), TOKENIZER, distill=yaml_node).distiller is None
+    task = TranslationTask(nmt(), NoPruner(), TOKENIZER)
+    task.use_distiller(build_distiller(yaml_node))
+    assert task.distiller is None
 
 
 def test_teacher_of_another_kind_of_model_is_one_user_error() -> None:

@@ -28,7 +28,7 @@ from prunelab.models.causal_lm import IGNORE  # noqa: E402
 from prunelab.models.surgery import layer_numbers, remove_components  # noqa: E402
 from prunelab.pruning import NoPruner  # noqa: E402
 from prunelab.tasks import LanguageModelingTask  # noqa: E402
-from prunelab.training.distill import Distiller, layer_pairs  # noqa: E402
+from prunelab.tasks.distill import Distiller, layer_pairs  # noqa: E402
 from tests.tiny import hf_llama_config  # noqa: E402
 from tests.unit.test_hf_marian_import import hf_marian  # noqa: E402
 

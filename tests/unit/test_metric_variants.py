@@ -13,6 +13,7 @@ from prunelab.data.translation import SyntheticTranslationDataModule
 from prunelab.metrics import translation_scores
 from prunelab.models import build_transformer
 from prunelab.pruning import NoPruner
+from prunelab.tasks.recipe import Recipe
 from prunelab.tasks.translation import TranslationTask
 from tests.conftest import quiet_trainer
 
@@ -96,7 +97,7 @@ def test_a_translation_task_logs_chrf_and_bleu_lc(tmp_path: Path) -> None:
     model = build_transformer(
         vocab_size=dm.tokenizer.vocab_size, d_model=32, n_heads=2, d_ff=64, enc_layers=1, dec_layers=1, dropout=0.0
     )
-    task = TranslationTask(model, NoPruner(), dm.tokenizer, warmup_steps=4, beam_size=2)
+    task = TranslationTask(model, NoPruner(), dm.tokenizer, beam_size=2, recipe=Recipe(warmup_steps=4))
     trainer = quiet_trainer(tmp_path, max_steps=12, val_check_interval=6)
     trainer.fit(task, datamodule=dm)
     for stage, split, data in ((trainer.validate, "val", "valid"), (trainer.test, "test", "test")):

@@ -7,7 +7,7 @@ A pruner is an `nn.Module` owned by the task, so its masks (and any weight snaps
 
 The whole call order, and who calls what:
 
-    task.__init__ (training.build.build_task)
+    task.__init__ (training.task.build_task)
         attach(model)                    register masks/buffers for this model (before any checkpoint loads)
     training.weights.start_weights
         use_initial_weights(state)       `ckpt=RUN`: that run's θ_0 (init.pt), for methods that rewind to it
@@ -93,7 +93,7 @@ class Pruner(nn.Module):
     """Every hook of the call order above, doing nothing: a structural method overrides what it needs."""
 
     rounds: int = 1  # how many `trainer.fit` rounds the method needs
-    tasks: tuple[str, ...] = ("translation", "classification", "language_modeling")  # the task kinds it can prune
+    tasks: tuple[str, ...] | None = None  # the task kinds it can prune (their `kind`); None: any task
     needs_trained_model: bool = False  # True: it prunes trained weights (`ckpt=` or an imported checkpoint) only
 
     def __init__(self) -> None:

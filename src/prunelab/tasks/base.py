@@ -1,29 +1,35 @@
 """What every prunelab LightningModule shares: the model, a pluggable Pruner called at fixed points of every
-step, Adam (or Adafactor) with inverse-sqrt warm-up, and checkpoints that carry removed heads/components.
+step, the Recipe it is handed (optimizer, lr schedule and warm-up, prunelab.tasks.recipe), and checkpoints that carry
+removed heads/components.
 
 Subclasses (translation, classification, language modeling) define the loss, evaluation, and which validation metric
-picks the best checkpoint (`monitor`, logged as NaN until the round's mask is final). With `task.distill.teacher`, every
-training step also distils from a teacher (prunelab.training.distill): a subclass's training_step computes its logits
-once (`student_logits`) and hands its task loss and keep mask to `distilled`."""
+picks the best checkpoint (`monitor`, logged as NaN until the round's mask is final); their constructors name only
+their own settings. With `task.distill.teacher`, the trunk hands over a Distiller (prunelab.tasks.distill,
+`use_distiller`) and every training step also distils from its teacher: a subclass's training_step computes its
+logits once (`student_logits`) and hands its task loss and keep mask to `distilled`.
+
+Floor: tasks. Nothing here imports training/: the trunk (prunelab.training.task.build_task) builds the Recipe and the
+Distiller from the config and hands them in, as the round loop hands over each round's step budget."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from prunelab.data.batching import to_device
 from prunelab.distributed import gather_objects
-from prunelab.errors import NonFiniteError, UserError
 from prunelab.models.surgery import match_structure
 from prunelab.pruning.base import Pruner
-from prunelab.training.budget import StepBudget
-from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
-from prunelab.training.distill import Distiller
+from prunelab.tasks.distill import Distiller
+from prunelab.tasks.guards import LossWatch, check_weights, rng_state, set_rng_state
+from prunelab.tasks.recipe import Recipe, RoundBudget, RoundSchedule, clip, round_steps, scaled
+
+Batch = dict[str, Any]
+Named = Mapping[str, Tensor]  # by name: a layer stack's positions that count, a logged part of the loss
 
 
 def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
@@ -31,48 +37,6 @@ def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
     shards by repeating examples, so an index may come twice)."""
     by_idx = {o[0]: o for part in gather_objects(outputs) for o in part}
     return [by_idx[i] for i in sorted(by_idx)]
-
-
-def inverse_sqrt_factor(step: int, warmup: int) -> float:
-    """Vaswani et al. (2017) at optimizer step `step` (0-based): linear warm-up to the peak lr, then 1/sqrt(step)."""
-    step = step + 1
-    return min(step / warmup, math.sqrt(warmup / step))
-
-
-def linear_factor(step: int, warmup: int, total: int) -> float:
-    """BERT's fine-tuning schedule (Devlin et al. 2019): linear warm-up to the peak lr, then linear decay to 0 at
-    step `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
-    return lambda step: inverse_sqrt_factor(step, warmup_steps)
-
-
-def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    return lambda step: linear_factor(step, warmup_steps, total_steps)
-
-
-OPTIMIZERS = ("adam", "adamw", "adafactor")
-SCHEDULES = ("inverse_sqrt", "linear")
-
-
-def rng_state() -> dict[str, Any]:
-    """torch's generators now (the CPU one and every initialised GPU's): what dropout draws next."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Back to `rng_state()`'s generators (a GPU's only on a machine with as many GPUs)."""
-    torch.set_rng_state(state["cpu"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 class PrunableTask(L.LightningModule):
@@ -83,50 +47,27 @@ class PrunableTask(L.LightningModule):
     monitor = "val/score_at_target"  # the ModelCheckpoint metric: val/<score_key>_at_target
     finite_check_every: int | None = None  # steps between host reads of the loss check; None: 1 on CPU, 50 on GPU
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        pruner: Pruner,
-        lr: float = 3e-3,
-        warmup_steps: int = 200,
-        optimizer: str = "adam",
-        betas: tuple[float, float] = (0.9, 0.98),
-        weight_decay: float = 0.0,
-        schedule: str = "inverse_sqrt",
-        warmup_fraction: float | None = None,
-        distill: Mapping[str, Any] | None = DISTILL_DEFAULTS,
-    ):
+    def __init__(self, model: torch.nn.Module, pruner: Pruner, recipe: Recipe | None = None):
         super().__init__()
-        if isinstance(distill, DictConfig):  # from Hydra: a plain dict
-            distill = OmegaConf.to_container(distill, resolve=True)  # type: ignore[assignment]
-        if optimizer not in OPTIMIZERS:
-            raise UserError(f"task.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        if schedule not in SCHEDULES:
-            raise UserError(f"task.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        if warmup_fraction is not None and not 0.0 <= warmup_fraction < 1.0:
-            raise UserError(f"task.warmup_fraction must be in [0, 1) or null, got {warmup_fraction}")
         self.model = model
         self.pruner = pruner
-        self.lr, self.warmup_steps, self.optimizer_name = lr, warmup_steps, optimizer
-        self.betas, self.weight_decay = tuple(betas), weight_decay
-        self.schedule, self.warmup_fraction = schedule, warmup_fraction
+        self.recipe = recipe or Recipe()  # optimizer, schedule, warm-up: built by the trunk from task.lr, ...
         self.pruner.attach(self.model)
         self.last_eval: dict[str, Any] = {}  # predictions and scores of the latest eval, for results
-        self.step_budget: StepBudget | None = None  # the round's steps and clock, handed over by the round loop
-        self.peak_lr_factor = 0.0  # the highest lr factor the round's schedule reached (1: the peak lr)
-        self.last_lr_step = -1  # the latest step the schedule was read at in this process
-        self.schedule_seen: dict[str, int] = {}  # warm-up and total steps at the latest scheduler step
+        self.step_budget: RoundBudget | None = None  # the round's steps and clock, handed over by the round loop
+        self.lr_schedule = RoundSchedule(self.recipe)  # the recipe's schedule over the round, and what it reached
         self.train_tokens = 0  # real tokens the run has trained on, the rounds before a resume included
         self.process_tokens = 0  # those trained in this process (its throughput)
         self._resumed_rng: dict[str, Any] | None = None  # last.ckpt's generators, set at the resumed first step
-        # the first non-finite training loss (its step, -1: none yet, and value), kept on the loss's device
-        self._first_bad: torch.Tensor | None = None
-        self._bad_loss: torch.Tensor | None = None
-        # task.distill: the teacher and its settings, or None; a plain object, so the teacher is no submodule (not
-        # in the state_dict, the checkpoints or the optimizer)
-        self.distiller: Distiller | None = Distiller.from_settings(distill)
-        if self.distiller is not None:
-            self.distiller.check_student(model)
+        self._loss_watch = LossWatch()  # the first non-finite training loss, kept on the loss's device
+        self.distiller: Distiller | None = None  # task.distill's teacher and settings (use_distiller), or None
+
+    def use_distiller(self, distiller: Distiller | None) -> None:
+        """The Distiller the trunk built from `task.distill` (None: no distillation); a teacher that cannot teach
+        this task's model is one UserError."""
+        if distiller is not None:
+            distiller.check_student(self.model)
+        self.distiller = distiller
 
     @property
     def score(self) -> dict[str, str]:
@@ -148,13 +89,13 @@ class PrunableTask(L.LightningModule):
         distillation settings (`distillation`), when the task distils; subclasses add theirs."""
         return {"distillation": self.distiller.report()} if self.distiller is not None else {}
 
-    # --- distillation (prunelab.training.distill) --------------------------------------------------------------------
-    def forward_logits(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    # --- distillation (prunelab.tasks.distill) -----------------------------------------------------------------------
+    def forward_logits(self, model: torch.nn.Module, batch: Batch) -> Tensor:
         """`model`'s logits on a training batch, as this task runs its model: the student (self.model) and the
         teacher go through here alike. Each task defines it."""
         raise NotImplementedError(f"{type(self).__name__} does not say how its model computes logits (forward_logits)")
 
-    def student_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+    def student_logits(self, batch: Batch) -> Tensor:
         """forward_logits(self.model, batch); when distilling hidden states, the student's layer outputs are
         recorded on the way for `distilled`."""
         if self.distiller is None:
@@ -163,17 +104,11 @@ class PrunableTask(L.LightningModule):
             return self.forward_logits(self.model, batch)
 
     def distilled(
-        self,
-        task_loss: torch.Tensor,
-        logits: torch.Tensor,
-        batch: dict[str, Any],
-        keep: torch.Tensor | None = None,
-        masks: Mapping[str, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The training step's loss from its task loss and the student's `logits` (student_logits): the task loss
-        itself without a teacher; with one, (1 - alpha) * task_loss + alpha * T^2 * KL(teacher || student) averaged
-        over the positions `keep` (the units the task loss averages over) (+ hidden_weight * the hidden-state MSE,
-        over the positions `masks` gives per stack). Also the parts to log (log_training_step)."""
+        self, task_loss: Tensor, logits: Tensor, batch: Batch, keep: Tensor | None = None, masks: Named | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training step's loss from its task loss and the student's `logits` (student_logits), and the parts to
+        log: the task loss itself without a teacher; with one, Distiller.loss (the KL averaged over the positions
+        `keep`, the units the task loss averages over; hidden states over the positions `masks` gives per stack)."""
         if self.distiller is None:
             return task_loss, {}
         self.distiller.place(self.model)
@@ -185,16 +120,7 @@ class PrunableTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_finite(None, self.global_step)  # a loss that went bad since the host last looked
-        # never overwrite a good checkpoint (last.ckpt) with diverged weights: stop the run instead (only the
-        # network's tensors: pruners keep NaN placeholders, e.g. for scores not computed yet)
-        bad = [
-            k
-            for k, v in checkpoint["state_dict"].items()
-            if k.startswith("model.") and v.is_floating_point() and not v.isfinite().all()
-        ]
-        if bad:
-            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            raise NonFiniteError(f"weights ({bad[0]}{more})", self.global_step)
+        check_weights(checkpoint["state_dict"], self.global_step)  # never overwrite a good last.ckpt with diverged ones
         extra = self.pruner.checkpoint_state()
         if extra:
             checkpoint["pruner_state"] = extra
@@ -221,9 +147,7 @@ class PrunableTask(L.LightningModule):
             return to_device(batch, device, non_blocking=True)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def log_training_step(
-        self, loss: torch.Tensor, batch: dict[str, Any], parts: Mapping[str, torch.Tensor] | None = None
-    ) -> None:
+    def log_training_step(self, loss: Tensor, batch: Batch, parts: Named | None = None) -> None:
         """Count the step's real tokens; log loss and lr, and the loss's `parts` (distilled: `train/kd_loss`,
         `train/hidden_loss`), only at the steps the Trainer sends to the loggers (every trainer.log_every_n_steps,
         and the last): self.log costs about a millisecond a call."""
@@ -256,71 +180,42 @@ class PrunableTask(L.LightningModule):
             # makes it validate (and checkpoint) the final weights too.
             self.trainer.should_stop = True
 
-    def check_finite(self, loss: torch.Tensor | None, step: int, last: bool = False) -> None:
-        """Stop at the first non-finite training loss, naming its step. The first bad step and its loss are
-        recorded on the loss's device at every step; the host reads them every `finite_check_every` steps
-        (every step on CPU, where reading is free; every 50 on a GPU, so training never waits for the
-        device each step), at the round's last step and before any checkpoint is written. All DDP ranks
-        decide together."""
-        if loss is not None:
-            loss = loss.detach().float().reshape(())
-            if self._first_bad is None or self._first_bad.device != loss.device:
-                self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-                self._bad_loss = torch.zeros((), device=loss.device)
-            newly = ~torch.isfinite(loss) & (self._first_bad < 0)
-            self._first_bad = torch.where(newly, torch.full_like(self._first_bad, step), self._first_bad)
-            self._bad_loss = torch.where(newly, loss, self._bad_loss)
-            every = self.finite_check_every or (1 if loss.device.type == "cpu" else 50)
-            if not last and step % every:
-                return
-        first = int(self._first_bad) if self._first_bad is not None else -1
-        bad = first >= 0
-        if self._trainer is not None and self._trainer.world_size > 1:
-            bad = self._trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:  # a rank that saw no bad loss itself reports the step it stopped at
-            what = f"loss ({float(self._bad_loss):g})" if first >= 0 else "loss (on another process)"
-            raise NonFiniteError(what, first if first >= 0 else step)
+    def check_finite(self, loss: Tensor | None, step: int, last: bool = False) -> None:
+        """Stop at the first non-finite training loss, naming its step (LossWatch.check: the host reads the record
+        every `finite_check_every` steps, at the round's last step and before any checkpoint is written)."""
+        self._loss_watch.check(loss, step, last, self.finite_check_every, self._trainer)
 
-    def use_step_budget(self, budget: StepBudget | None) -> None:
+    def use_step_budget(self, budget: RoundBudget | None) -> None:
         """The round's step budget (max_steps and its clock), handed over by the round loop before the round trains;
         the lr schedule and gradual pruning follow it from the first step."""
         self.step_budget = budget
-        self.peak_lr_factor, self.schedule_seen, self.last_lr_step = 0.0, {}, -1
+        self.lr_schedule.restart()
 
     @property
     def total_steps(self) -> int:
-        """The round's optimizer steps: its step budget's max_steps (and the Trainer's epoch limit, when one is
-        attached), or fewer when a time budget (trainer.max_time) will end the round first, at the rate trained so
-        far (training.budget.StageClock): the lr schedule and gradual pruning then end with the budget."""
-        steps = math.inf
-        if self._trainer is not None:
-            steps = float(self._trainer.estimated_stepping_batches)
-        if self.step_budget is not None:
-            steps = min(steps, self.step_budget.total(self.global_step))
-        if steps == math.inf and self._trainer is None:
-            raise RuntimeError(f"{type(self).__name__}: no step budget (use_step_budget) and no Trainer attached")
-        return int(steps) if math.isfinite(steps) else int(1e12)
+        """The round's optimizer steps as now estimated (recipe.round_steps: the step budget's, fewer when a time
+        budget will end the round first, and the Trainer's epoch limit)."""
+        estimate = float(self._trainer.estimated_stepping_batches) if self._trainer is not None else None
+        return round_steps(self.step_budget, self.global_step, estimate, type(self).__name__)
 
     @property
     def warmup(self) -> int:
         """Warm-up steps: `warmup_fraction` of the round's steps as now estimated (a time budget's estimate is
         revised every step, so the warm-up follows the budget from the first step), else `warmup_steps`."""
-        return self.warmup_of(self.total_steps)
+        return self.recipe.warmup_of(self.total_steps)
 
-    def warmup_of(self, total: int) -> int:
-        if self.warmup_fraction is None:
-            return max(1, self.warmup_steps)
-        return max(1, round(self.warmup_fraction * total))
+    @property
+    def peak_lr_factor(self) -> float:
+        """The highest fraction of the peak lr the round's schedule reached."""
+        return self.lr_schedule.peak
+
+    @property
+    def last_lr_step(self) -> int:
+        return self.lr_schedule.last_step
 
     def lr_factor(self, step: int) -> float:
-        """The lr schedule's factor at optimizer step `step`, from the round's steps as now estimated (read once a
-        step), which it records (`schedule_seen`)."""
-        total = self.total_steps
-        warmup = self.warmup_of(total)
-        self.schedule_seen = {"warmup_steps": warmup, "total_steps": total}
-        if self.schedule == "inverse_sqrt":
-            return inverse_sqrt_factor(step, warmup)
-        return linear_factor(step, warmup, total)
+        """The lr schedule's factor at optimizer step `step`, from the round's steps as now estimated."""
+        return self.lr_schedule.factor(step, self.total_steps)
 
     def eval_cost_ratio(self) -> float:
         """The test's cost per example relative to a validation's (a larger test beam costs more)."""
@@ -328,75 +223,25 @@ class PrunableTask(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         opt, shape = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
-
-        def factor(step: int) -> float:  # the schedule, noting the highest lr it reached
-            # a resumed round jumps to its restored step: the steps before it were trained in an earlier process
-            before = max((shape(s) for s in range(self.last_lr_step + 1, step)), default=0.0)
-            value = shape(step)
-            self.peak_lr_factor = max(self.peak_lr_factor, value, before)
-            self.last_lr_step = max(self.last_lr_step, step)
-            return value
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_schedule.traced(shape))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def schedule_report(self) -> dict[str, Any]:
-        """How the round's lr schedule went (results.json, per level): warm-up and total steps as last estimated,
-        and the highest fraction of the peak lr reached (below 1: the round ended during its warm-up)."""
-        return {
-            "schedule": self.schedule,
-            "peak_lr": self.lr,
-            **self.schedule_seen,  # as estimated at the round's last optimizer step
-            "peak_lr_fraction_reached": round(self.peak_lr_factor, 6),
-        }
+        """How the round's lr schedule went (results.json, per level: RoundSchedule.report)."""
+        return self.lr_schedule.report()
 
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> tuple[torch.optim.Optimizer, Callable[[int], float]]:
-        """The task's optimizer over `params` (task.optimizer, lr, betas, weight_decay) and its lr factor by
-        optimizer step (task.schedule, warm-up): D-Net's, and that of any network trained beside it with the
+        """The recipe's optimizer over `params` and its lr factor by optimizer step (warm-up and decay follow the
+        round's steps as a time budget revises them): D-Net's, and that of any network trained beside it with the
         same recipe (AttendOut's A-Net)."""
-        if self.optimizer_name == "adam":
-            # the fused kernel (CPU and CUDA) updates all tensors in one pass: 3-4x faster than the per-tensor loop;
-            # not under fp16 loss scaling, where it would unscale inside its step, after gradient clipping
-            fused = all(p.device.type in ("cpu", "cuda") for p in params) and self._loss_scaler() is None
-            opt = torch.optim.Adam(
-                params, lr=self.lr, betas=self.betas, eps=1e-9, weight_decay=self.weight_decay, fused=fused
-            )
-        elif self.optimizer_name == "adamw":
-            # decoupled weight decay on the weight matrices only, not on biases and LayerNorm (BERT, HF's Trainer)
-            groups = [
-                {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
-                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-            ]
-            fused = all(p.device.type in ("cpu", "cuda") for p in params) and self._loss_scaler() is None
-            opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=1e-8, fused=fused)
-        else:
-            opt = torch.optim.Adafactor(params, lr=self.lr, weight_decay=self.weight_decay)
-        return opt, self.lr_factor  # warm-up and decay follow the round's steps as a time budget revises them
-
-    def _loss_scaler(self) -> Any:
-        """The fp16 GradScaler of the precision plugin, or None (fp32, bf16: gradients are never scaled)."""
-        trainer = self._trainer
-        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+        return self.recipe.build(params, scaled=scaled(self._trainer)), self.lr_factor
 
     def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
         """Clip after the masked gradients were zeroed (on_before_optimizer_step runs first), so the norm counts
-        only kept weights. Lightning's mixed-precision plugin refuses to clip for a fused optimizer because
-        an fp16 one unscales inside its step; bf16-mixed scales nothing, so the gradients are clipped here."""
-        if not gradient_clip_val:
-            return
-        if getattr(optimizer, "_step_supports_amp_scaling", False) and self._loss_scaler() is None:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        only kept weights (recipe.clip: here for a fused optimizer under bf16-mixed, else by Lightning)."""
+        clip(optimizer, gradient_clip_val, gradient_clip_algorithm, scaled(self._trainer), self.clip_gradients)
 
     def log_target(self, score: float) -> None:
         """During fit: the monitored score, NaN while the round's mask is still changing, so the best

@@ -4,7 +4,6 @@ Pruners plug in exactly as for translation (PrunableTask)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from prunelab.models.classifier import TransformerClassifier
 from prunelab.pruning.base import Pruner
 from prunelab.scoring.scoring import AccuracyScorer
 from prunelab.tasks.base import PrunableTask, gathered_by_index
-from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
+from prunelab.tasks.recipe import Recipe
 
 METRICS = ("acc", "f1", "mcc")
 
@@ -35,20 +34,11 @@ class ClassificationTask(PrunableTask):
         model: TransformerClassifier,
         pruner: Pruner,
         labels: list[str],
-        lr: float = 3e-3,
-        warmup_steps: int = 200,
-        optimizer: str = "adam",
-        betas: tuple[float, float] = (0.9, 0.98),
-        weight_decay: float = 0.0,
-        schedule: str = "inverse_sqrt",
-        warmup_fraction: float | None = None,
         label_smoothing: float = 0.1,
         metric: str = "acc",
-        distill: Mapping[str, Any] | None = DISTILL_DEFAULTS,
+        recipe: Recipe | None = None,
     ):
-        super().__init__(
-            model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction, distill=distill
-        )
+        super().__init__(model, pruner, recipe)
         if metric not in METRICS:
             raise UserError(f"task.metric must be one of {', '.join(METRICS)}, got {metric!r}")
         self.labels = list(labels)

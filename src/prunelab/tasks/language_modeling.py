@@ -11,7 +11,6 @@ perplexity, while `val/ppl` and `test/ppl` are the perplexity itself."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -22,7 +21,7 @@ from prunelab.models.causal_lm import IGNORE, CausalLM, nll_of
 from prunelab.pruning.base import Pruner
 from prunelab.scoring.scoring import PerplexityScorer
 from prunelab.tasks.base import PrunableTask, gathered_by_index
-from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
+from prunelab.tasks.recipe import Recipe
 
 Batch = dict[str, Any]
 
@@ -38,18 +37,9 @@ class LanguageModelingTask(PrunableTask):
         pruner: Pruner,
         tokenizer: Tokenizer,
         protocol: dict[str, Any] | None = None,
-        lr: float = 3e-3,
-        warmup_steps: int = 200,
-        optimizer: str = "adam",
-        betas: tuple[float, float] = (0.9, 0.98),
-        weight_decay: float = 0.0,
-        schedule: str = "inverse_sqrt",
-        warmup_fraction: float | None = None,
-        distill: Mapping[str, Any] | None = DISTILL_DEFAULTS,
+        recipe: Recipe | None = None,
     ):
-        super().__init__(
-            model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction, distill=distill
-        )
+        super().__init__(model, pruner, recipe)
         self.tokenizer = tokenizer
         self.protocol = dict(protocol or {})
         self._outputs: list[tuple[int, float, int]] = []  # (window index, NLL sum, predicted tokens) of this eval

@@ -1,5 +1,5 @@
 """The NMT LightningModule: label-smoothed cross-entropy and beam-search evaluation scored with sacrebleu
-(the optimizer, schedule and Pruner plumbing are PrunableTask's).
+(the optimizer and schedule are the Recipe it is handed, the Pruner plumbing is PrunableTask's).
 
 Two decoders (`decoding`): `prunelab`, prunelab's GNMT beam search (`beam_size`, `length_penalty` alpha, at most
 `max_len_a` * |src| + `max_len_b` tokens), and `checkpoint`, an imported checkpoint's own decoding as transformers'
@@ -9,7 +9,6 @@ imported MarianMT model) and `prunelab` for any other. results.json records the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
@@ -23,10 +22,8 @@ from prunelab.models.transformer import Transformer
 from prunelab.pruning.base import Pruner
 from prunelab.scoring.scoring import BleuScorer, GenerateBleuScorer
 from prunelab.scoring.variants import DecodeSettings
-from prunelab.tasks.base import PrunableTask, gathered_by_index, inverse_sqrt_schedule
-from prunelab.training.distill import DEFAULTS as DISTILL_DEFAULTS
-
-__all__ = ["TranslationTask", "inverse_sqrt_schedule"]
+from prunelab.tasks.base import PrunableTask, gathered_by_index
+from prunelab.tasks.recipe import Recipe
 
 Batch = dict[str, Any]
 
@@ -41,13 +38,6 @@ class TranslationTask(PrunableTask):
         model: Transformer,
         pruner: Pruner,
         tokenizer: Tokenizer,
-        lr: float = 3e-3,
-        warmup_steps: int = 200,
-        optimizer: str = "adam",
-        betas: tuple[float, float] = (0.9, 0.98),
-        weight_decay: float = 0.0,
-        schedule: str = "inverse_sqrt",
-        warmup_fraction: float | None = None,
         label_smoothing: float = 0.1,
         beam_size: int = 4,
         val_beam_size: int | None = None,
@@ -56,11 +46,9 @@ class TranslationTask(PrunableTask):
         max_len_b: int = 10,
         decoding: str = "auto",
         generation: dict[str, Any] | None = None,
-        distill: Mapping[str, Any] | None = DISTILL_DEFAULTS,
+        recipe: Recipe | None = None,
     ):
-        super().__init__(
-            model, pruner, lr, warmup_steps, optimizer, betas, weight_decay, schedule, warmup_fraction, distill=distill
-        )
+        super().__init__(model, pruner, recipe)
         self.tokenizer = tokenizer
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size

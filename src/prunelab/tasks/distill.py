@@ -23,13 +23,15 @@ pruned, so the shapes agree.
 The pure functions (`soft_targets`, `kd_loss`, `hidden_loss`, `mix`) hold the mathematics; `Distiller` holds the
 teacher and the settings, and the tasks (prunelab.tasks.base.PrunableTask) call it from their training step with
 their own logits and keep mask. The teacher is never a submodule of the task: it is in no checkpoint, no state_dict
-and no optimizer."""
+and no optimizer. The trunk builds the Distiller (prunelab.training.task.build_distiller: `settings` checks
+`task.distill`, load_run loads the teacher) and hands it to the task (`use_distiller`).
+
+Floor: tasks (below the task modules; it imports only errors and models.surgery)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -45,6 +47,15 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"teacher": None, "alpha": 0.5, "temperature": 2.0, "hidden_weight": 0.0}
 )
 STACKS = ("enc", "dec")  # the layer stacks of prunelab's models: encoder, decoder (a classifier: enc; a causal LM: dec)
+
+
+def settings(given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`task.distill` with DEFAULTS for what it leaves out; a key that is not a setting is one UserError."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"task.distill.{unknown[0]} is not a distillation setting (one of {', '.join(DEFAULTS)})")
+    return {**DEFAULTS, **given}
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -229,28 +240,6 @@ class Distiller:
         self.student_states: dict[str, Tensor] = {}  # the student's kept layers' outputs of the latest watch()
         self.pairs: dict[str, str] = {}  # the teacher's layer matched to each of them (layer_pairs)
         self._placed: tuple[torch.device, torch.dtype] | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | None) -> Distiller | None:
-        """`task.distill` -> a Distiller with its teacher loaded (prunelab.training.load.load_run of a run folder or a
-        .ckpt in one), or None when `teacher` is null. Unknown keys and bad values are one UserError each."""
-        given = dict(settings or {})
-        unknown = sorted(set(given) - set(DEFAULTS))
-        if unknown:
-            raise UserError(f"task.distill.{unknown[0]} is not a distillation setting (one of {', '.join(DEFAULTS)})")
-        s = {**DEFAULTS, **given}
-        if s["teacher"] is None:
-            return None
-        source = str(s["teacher"])
-        if not Path(source).exists():
-            raise UserError(f"task.distill.teacher={source}: no such run folder or checkpoint")
-        from prunelab.training.load import load_run  # here: load imports the builders
-
-        try:
-            teacher = load_run(Path(source)).model
-        except UserError as e:
-            raise UserError(f"task.distill.teacher={source}: {e}") from None
-        return cls(teacher, s["alpha"], s["temperature"], s["hidden_weight"], source)
 
     def check_student(self, student: nn.Module) -> None:
         """A teacher of another kind of model than the student (a translation model for a classifier, ...) is one
