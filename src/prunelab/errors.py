@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """Bad configuration or data; the message names the problem and the offending value or path."""
+
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run a command-line entry's work: 0 when it finishes, 2 and the one line `error: ...` on stderr when the user's
+    input was wrong (a UserError); anything else is a bug and keeps its traceback."""
+    try:
+        command()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class NonFiniteError(UserError):

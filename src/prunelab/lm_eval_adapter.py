@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from prunelab.errors import UserError
+from prunelab.errors import UserError, exit_code
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.lm_generation import generate_lm
 from prunelab.training.load import load_run
@@ -388,12 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    try:
-        cli_evaluate()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(cli_evaluate)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def test_lottery_family_on_the_classifier(tmp_path: Path) -> None:
     [
         (["model=transformer_tiny", "data=synthetic_classification"], "cannot be built for classification data"),
         (["model=classifier_tiny", "data=synthetic_translation"], "cannot be built for translation data"),
+        (["model=classifier_tiny", "data=synthetic_lm"], "cannot be built for language_modeling data"),
     ],
 )
 def test_mixing_kinds_is_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from prunelab.errors import UserError
+from prunelab.errors import exit_code
 from prunelab.export import DTYPES, FORMATS, HF_FORMAT, SEMI_FORMAT, export
 
 
@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prunelab export", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        _, stats = export(args.run_dir, args.out, fmt=args.format, dtype=args.dtype)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Export the run the parsed arguments name; print what was written (sizes, format) as JSON."""
+    _, stats = export(args.run_dir, args.out, fmt=args.format, dtype=args.dtype)
     print(json.dumps(stats, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

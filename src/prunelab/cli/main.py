@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from prunelab.cli.export import add_arguments, export
+from prunelab.cli import export
 from prunelab.compare import compare
-from prunelab.errors import UserError
+from prunelab.errors import exit_code
 from prunelab.studies.component_study import analyse_components
 from prunelab.studies.head_study import analyse_heads
 from prunelab.studies.study import DEFAULT_MAX_EXAMPLES
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "export",
         help="write a run's pruned model: a compact sparse file (bitmask or CSC) or a Hugging Face folder (hf)",
     )
-    add_arguments(p_export)
+    export.add_arguments(p_export)
     p_sum = sub.add_parser("summarize", help="table + plot of a sweep folder's results.json files")
     p_sum.add_argument("sweep_dir", type=Path)
     p_sum.add_argument(
@@ -86,64 +85,63 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    try:
-        if args.command == "heads":
-            report = analyse_heads(
-                args.run_dir,
-                args.importance_batches,
-                args.beam_size,
-                args.step,
-                out_dir=args.out,
-                ablation_order=not args.no_ablation_order,
-                random_orders=args.random_orders,
-                seed=args.seed,
-                speed_batch_sizes=args.speed_batch_sizes,
-                speed_fraction=args.speed_fraction,
-                speed_sentences=args.speed_sentences,
-                max_examples=args.max_examples or None,
+    return exit_code(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    """One parsed `prunelab` command, its result printed."""
+    if args.command == "heads":
+        report = analyse_heads(
+            args.run_dir,
+            args.importance_batches,
+            args.beam_size,
+            args.step,
+            out_dir=args.out,
+            ablation_order=not args.no_ablation_order,
+            random_orders=args.random_orders,
+            seed=args.seed,
+            speed_batch_sizes=args.speed_batch_sizes,
+            speed_fraction=args.speed_fraction,
+            speed_sentences=args.speed_sentences,
+            max_examples=args.max_examples or None,
+        )
+        out = args.out or args.run_dir / "heads"
+        print(f"baseline {report['score']} {report['baseline_bleu']:.2f}; written to {out}")
+    elif args.command == "components":
+        report = analyse_components(
+            args.run_dir,
+            split=args.split,
+            beam_size=args.beam_size,
+            criticality=not args.no_criticality,
+            epsilon=args.epsilon,
+            grid=args.grid,
+            tolerance=args.tolerance,
+            rescore=args.rescore,
+            out_dir=args.out,
+            exact_drops=args.exact_drops,
+            max_examples=args.max_examples or None,
+            seed=args.seed,
+        )
+        c = report["cost"]
+        print(
+            f"baseline {report['score']} {report['baseline_bleu']:.2f}; contribution of "
+            f"{len(report['contribution'])} components in {c['contribution_seconds']:.1f} s, "
+            f"{c['contribution_passes']} batched passes "
+            f"= {c['contribution_in_full_decodes']:.2f} full decodes of {args.split}"
+            + (
+                f"; criticality {c['criticality_evaluations']} decodes in {c['criticality_seconds']:.1f} s"
+                if "criticality_seconds" in c
+                else ""
             )
-            out = args.out or args.run_dir / "heads"
-            print(f"baseline {report['score']} {report['baseline_bleu']:.2f}; written to {out}")
-        elif args.command == "components":
-            report = analyse_components(
-                args.run_dir,
-                split=args.split,
-                beam_size=args.beam_size,
-                criticality=not args.no_criticality,
-                epsilon=args.epsilon,
-                grid=args.grid,
-                tolerance=args.tolerance,
-                rescore=args.rescore,
-                out_dir=args.out,
-                exact_drops=args.exact_drops,
-                max_examples=args.max_examples or None,
-                seed=args.seed,
-            )
-            c = report["cost"]
-            print(
-                f"baseline {report['score']} {report['baseline_bleu']:.2f}; contribution of "
-                f"{len(report['contribution'])} components in {c['contribution_seconds']:.1f} s, "
-                f"{c['contribution_passes']} batched passes "
-                f"= {c['contribution_in_full_decodes']:.2f} full decodes of {args.split}"
-                + (
-                    f"; criticality {c['criticality_evaluations']} decodes in {c['criticality_seconds']:.1f} s"
-                    if "criticality_seconds" in c
-                    else ""
-                )
-                + f"; written to {args.out or args.run_dir / 'components'}"
-            )
-        elif args.command == "compare":
-            print(compare(args.run_dirs, args.out), end="")
-        elif args.command == "export":
-            _, stats = export(args.run_dir, args.out, fmt=args.format, dtype=args.dtype)
-            print(json.dumps(stats, indent=2))
-        else:
-            for path in summarize(args.sweep_dir, from_levels=not args.no_levels):
-                print(path)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+            + f"; written to {args.out or args.run_dir / 'components'}"
+        )
+    elif args.command == "compare":
+        print(compare(args.run_dirs, args.out), end="")
+    elif args.command == "export":
+        export.run(args)
+    else:
+        for path in summarize(args.sweep_dir, from_levels=not args.no_levels):
+            print(path)
 
 
 if __name__ == "__main__":
