@@ -76,5 +76,10 @@ class DataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
             self._tokenizer = self.pretrained_tokenizer(self.pretrained) if self.pretrained else self.build_tokenizer()
         return self._tokenizer
 
+    def check_model_positions(self, max_positions: int) -> None:
+        """Refuse, in one UserError line naming the data setting, examples that would feed a model of `max_positions`
+        positions more than it has (called once the model is built, before anything runs). Kinds whose examples have
+        no fixed length accept any model here."""
+
     def release_text(self) -> None:
         """Drop the raw text a source kept between prepare_data and setup (called once the examples are made)."""

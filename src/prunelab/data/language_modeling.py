@@ -226,6 +226,13 @@ class LanguageModelingDataModule(DataModule):
         # vocab_size and pad_id come from the tokenizer (training.build.model_args); a window feeds seq_len-1 tokens
         return {}
 
+    def check_model_positions(self, max_positions: int) -> None:
+        if self.seq_len - 1 > max_positions:
+            raise UserError(
+                f"data.seq_len={self.seq_len} feeds {self.seq_len - 1} tokens a window, more than the model's "
+                f"max_len={max_positions} positions: set data.seq_len<={max_positions + 1} (or model.max_len)"
+            )
+
     def encode_texts(self, lines: Sequence[str], where: str) -> list[Window]:
         """Calibration text from outside the run's splits: each line a document, their stream cut into non-overlapping
         windows of seq_len tokens; `where` names their origin in errors."""
