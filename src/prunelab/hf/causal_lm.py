@@ -33,11 +33,9 @@ from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     account_for_keys,
     activation,
-    apply_overrides,
     copy_weights,
     num,
-    read_checkpoint,
-    read_config,
+    read_family,
     recorded_layers,
     rename_keys,
     resolve_checkpoint,
@@ -276,13 +274,9 @@ def load_hf_causal_lm(path: str | Path, weights: bool = True, **overrides: Any) 
     """A local GPT-2 or Llama-family folder (config.json + model.safetensors or pytorch_model.bin) -> a CausalLM
     computing the same logits (eval mode, fp32). `overrides`: training settings among OVERRIDABLE. `weights=False`:
     config.json alone (a run's copy of its source), for a checkpoint to fill."""
-    if not weights:
-        cfg = causal_lm_config(read_config(path)[1])
-        apply_overrides(cfg, overrides)
+    hf, cfg, state = read_family(path, causal_lm_config, weights, overrides)
+    if state is None:
         return _with_generation(CausalLM(cfg), path)
-    hf, state = read_checkpoint(path)
-    cfg = causal_lm_config(hf)
-    apply_overrides(cfg, overrides)
     kind = hf["model_type"]
     if kind == "gpt2":
         names = _gpt2_names(state, cfg, path)

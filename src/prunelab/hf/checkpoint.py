@@ -161,6 +161,21 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any]) -> None:
     cfg.__post_init__()
 
 
+def read_family(
+    path: str | Path, to_config: Callable[[dict[str, Any]], Any], weights: bool, overrides: Mapping[str, Any]
+) -> tuple[dict[str, Any], Any, dict[str, Tensor] | None]:
+    """A family's checkpoint as its import starts: (config.json, the TransformerConfig `to_config` makes of it with the
+    training `overrides` applied, the state dict, or None with `weights=False`: config.json alone, the network to be
+    filled by a run's checkpoint)."""
+    if weights:
+        hf, state = read_checkpoint(path)
+    else:
+        hf, state = read_config(path)[1], None
+    cfg = to_config(hf)
+    apply_overrides(cfg, overrides)
+    return hf, cfg, state
+
+
 def wb(hf: str, ours: str) -> dict[str, str]:
     """Both parameters of a Linear or LayerNorm: {hf.weight: ours.weight, hf.bias: ours.bias}."""
     return {f"{hf}.weight": f"{ours}.weight", f"{hf}.bias": f"{ours}.bias"}

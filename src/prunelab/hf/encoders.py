@@ -39,13 +39,11 @@ from prunelab.hf.checkpoint import (
     BITMASK_HINT,
     HF_ACTIVATIONS,
     account_for_keys,
-    apply_overrides,
     check_data_fits,
     copy_weights,
     fresh_linear,
     num,
-    read_checkpoint,
-    read_config,
+    read_family,
     recorded_layers,
     rename_keys,
     wb,
@@ -260,17 +258,12 @@ def load_hf_encoder(
     `num_labels` classes. `overrides`: training settings among OVERRIDABLE (e.g. dropout=0.0) that replace the
     checkpoint's. `weights=False`: only config.json is read (a folder without weights, such as a run's copy of its
     source): the same network with fresh weights, for a checkpoint to fill; it needs `num_labels`."""
-    if not weights:
-        _, hf = read_config(path)
-        cfg = encoder_config(hf)
-        apply_overrides(cfg, overrides)
+    hf, cfg, state = read_family(path, encoder_config, weights, overrides)
+    if state is None:
         if num_labels is None:
             raise UserError(f"{path}: building the network without its weights needs num_labels")
         return new_classifier(cfg, hf, num_labels)
-    hf, state = read_checkpoint(path)
     family = hf.get("model_type")
-    cfg = encoder_config(hf)
-    apply_overrides(cfg, overrides)
 
     # Normalise the names: take off the family prefix (a bare *Model file has none), and rename TF-era
     # LayerNorm parameters gamma/beta to weight/bias.

@@ -31,12 +31,10 @@ from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     HF_ACTIVATIONS,
     account_for_keys,
-    apply_overrides,
     check_data_fits,
     copy_weights,
     num,
-    read_checkpoint,
-    read_config,
+    read_family,
     recorded_layers,
     rename_keys,
     wb,
@@ -151,13 +149,9 @@ def load_hf_marian(path: str | Path, weights: bool = True, **overrides: Any) -> 
     `overrides`: training settings among OVERRIDABLE (e.g. dropout=0.0) that replace the checkpoint's.
     `weights=False`: only config.json is read (a folder without weights, such as a run's copy of its source): the
     same network with fresh weights, for a checkpoint to fill."""
-    if not weights:
-        cfg = marian_config(read_config(path)[1])
-        apply_overrides(cfg, overrides)
+    _, cfg, state = read_family(path, marian_config, weights, overrides)
+    if state is None:
         return with_generation(Transformer(cfg), path)
-    hf, state = read_checkpoint(path)
-    cfg = marian_config(hf)
-    apply_overrides(cfg, overrides)
 
     # Normalise the names: take off `model.` (a bare MarianModel file has none).
     names: dict[str, str] = {}  # normalised name -> name in the file, for messages
