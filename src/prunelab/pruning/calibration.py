@@ -233,27 +233,14 @@ def prune_sequentially(
             xs.append(model.embed_tokens(s, types=b.get("types")))
             release_memory()  # the embedding's temporaries, between the kept outputs
         if not len(model.enc):  # decoder-only: every layer reads the stream before it, no memory, no key mask
-            ropes = [model.rope(0, s.size(1), x.dtype) for s, x in zip(srcs, xs, strict=True)]
-            for i, layer in enumerate(model.dec):
-                group = linears_under(layer, f"dec.{i}", names)
-                real = [dict.fromkeys(group, r) for r in src_real]
-                stats = layer_stats(group, full, real, lambda k, f=layer, xs=xs: f(xs[k], ropes[k]))
-                prune(group, stats)
-                del stats
-                for k in range(len(xs)):
-                    xs[k] = layer(xs[k], ropes[k])
-                    release_memory()
+            ropes = [(model.rope(0, s.size(1), x.dtype),) for s, x in zip(srcs, xs, strict=True)]
+            same_positions = [lambda n, r=r: r for r in src_real]
+            calibrate_stack(model.dec, "dec", names, xs, ropes, same_positions, full, prune)
             xs = []
         masks = [model.key_mask(s) for s in srcs]
-        for i, layer in enumerate(model.enc):
-            group = linears_under(layer, f"enc.{i}", names)
-            real = [dict.fromkeys(group, r) for r in src_real]
-            stats = layer_stats(group, full, real, lambda k, f=layer, xs=xs: f(xs[k], masks[k]))
-            prune(group, stats)
-            del stats
-            for k in range(len(xs)):  # in place: one batch's activations more at a time, not the whole set's
-                xs[k] = layer(xs[k], masks[k])
-                release_memory()
+        calibrate_stack(
+            model.enc, "enc", names, xs, [(m,) for m in masks], [lambda n, r=r: r for r in src_real], full, prune
+        )
         if len(model.dec) and len(model.enc):
             mems = [model.enc_norm(x) for x in xs]
             del xs
@@ -262,24 +249,42 @@ def prune_sequentially(
             for b in batches:
                 ys.append(model.embed_tokens(b["tgt_in"]))
                 release_memory()
-            for i, layer in enumerate(model.dec):
-                group = linears_under(layer, f"dec.{i}", names)
-                real = [
-                    {n: (sr if n.endswith(("ea.k_proj", "ea.v_proj")) else tr) for n in group}
-                    for sr, tr in zip(src_real, tgt_real, strict=True)
-                ]
-                stats = layer_stats(group, full, real, lambda k, f=layer, ys=ys: f(ys[k], mems[k], masks[k]))
-                prune(group, stats)
-                del stats
-                for k in range(len(ys)):
-                    ys[k] = layer(ys[k], mems[k], masks[k])
-                    release_memory()
+            # cross-attention keys and values read the encoder's memory: the source's real tokens
+            positions = [
+                lambda n, sr=sr, tr=tr: sr if n.endswith(("ea.k_proj", "ea.v_proj")) else tr
+                for sr, tr in zip(src_real, tgt_real, strict=True)
+            ]
+            calibrate_stack(model.dec, "dec", names, ys, list(zip(mems, masks, strict=True)), positions, full, prune)
         for n in after:
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
     finally:
         bar.close()
         model.train(was_training)
     return done
+
+
+def calibrate_stack(
+    stack: nn.ModuleList,
+    side: str,
+    names: set[str],
+    xs: list[Tensor],
+    extra: list[tuple[Any, ...]],
+    positions: list[Callable[[str], Tensor | None]],
+    full: bool,
+    prune: Callable[[dict[str, nn.Linear], dict[str, InputStats]], None],
+) -> None:
+    """One stack, layer by layer: each layer's Linears calibrated on its inputs `xs` (batch k: `layer(xs[k],
+    *extra[k])`, the real positions of Linear n `positions[k](n)`) and pruned, then `xs` replaced, in place, by the
+    pruned layer's outputs (one batch's activations more at a time, not the whole set's)."""
+    for i, layer in enumerate(stack):
+        group = linears_under(layer, f"{side}.{i}", names)
+        real = [{n: where(n) for n in group} for where in positions]
+        stats = layer_stats(group, full, real, lambda k, f=layer: f(xs[k], *extra[k]))
+        prune(group, stats)
+        del stats
+        for k in range(len(xs)):
+            xs[k] = layer(xs[k], *extra[k])
+            release_memory()
 
 
 def layer_stats(
