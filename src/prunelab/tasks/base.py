@@ -40,7 +40,8 @@ def gathered_by_index(outputs: list[tuple]) -> list[tuple]:
 
 
 class PrunableTask(L.LightningModule):
-    kind: str = ""  # the data it takes: translation | classification (data modules name theirs)
+    kind: str = ""  # the data it takes: translation | classification | language_modeling (data modules name theirs)
+    model_kinds: tuple[str, ...] | None = None  # the networks it trains (their `kind`); None: those of its own kind
     score_key: str = ""  # its score, logged as val/<key> and test/<key> (bleu, acc, ...)
     score_name: str = ""  # the score for people: "BLEU", "accuracy"
     higher_is_better = True  # val/<score_key> ranks this way (perplexity: False; the monitored value is then negated)

@@ -79,7 +79,7 @@ def build_task(cfg: DictConfig, datamodule: Any, model: Any, pruner: Any, choice
             f"task={choices.get('task', _target(cfg.task))} is a {kind} task but data={choices.get('data', '?')} "
             f"is {datamodule.kind} data (e.g. task={datamodule.kind})"
         )
-    if getattr(model, "kind", kind) != kind:
+    if getattr(model, "kind", kind) not in (getattr(factory.func, "model_kinds", None) or (kind,)):
         raise UserError(
             f"model={choices.get('model', '?')} is a {model.kind} model but data={choices.get('data', '?')} "
             f"is {kind} data (e.g. {MODEL_HINTS.get(kind, 'model=transformer_tiny')})"
