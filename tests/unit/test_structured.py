@@ -342,7 +342,7 @@ def test_global_scope_removes_the_lowest_scores_normalised_per_layer(
     model = wide_llama()
     planted = planted_width_scores(model)
     monkeypatch.setattr(
-        "prunelab.pruning.structured.width_importance",
+        "prunelab.criteria.width.width_importance",
         lambda model, batches, criterion, names: {n: planted[n] for n in names},
     )
     total = sum(p.numel() for p in model.parameters())

@@ -11,6 +11,9 @@ Components are the sub-layers `enc.{i}.sa`, `enc.{i}.ff`, `dec.{i}.sa`, `dec.{i}
   around a component, or around a whole layer: how much the block changes the hidden states it passes on. It is
   what decoder-only depth pruning ranks layers by (no score is decoded: one forward pass over the batches).
 
+`BlockInfluence` and `Contribution` are the criterion objects the component and depth pruners are handed
+(`pruner.criterion=block_influence|contribution`): contribution is given the task's scorer, block influence batches.
+
 For a classifier (encoder components only) the score is accuracy in percent where NMT uses BLEU, as in
 Michel et al.'s BERT experiments; the scorer (prunelab.scoring.scoring) decides. The ablations themselves are decoded
 side by side (prunelab.scoring.variants), and so is the group ablation (scoring.group_ablation).
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor
 
 from prunelab.criteria.ablation import gates_off
+from prunelab.criteria.base import BlockCriterion, BlockScores
 from prunelab.criteria.width import real_positions
 from prunelab.errors import UserError
 from prunelab.models.addressing import component, component_names
@@ -215,6 +219,50 @@ def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool =
             h.remove()
         model.train(was_training)
     return {n: 1.0 - sums[n] / counts[n] for n in sums if counts[n]}
+
+
+class BlockInfluence(BlockCriterion):
+    """Men et al.'s block influence of every component, or every layer with `layers`, over calibration batches (one
+    forward pass; pre-norm models). Removal ranks by it and reports show it."""
+
+    name = "block_influence"
+
+    def require(self, model: Any) -> None:
+        require_pre_norm(model)
+
+    def __call__(self, model: Any, batches: list[Batch], *, layers: bool = False, scorer: Any = None) -> BlockScores:
+        scores = block_influence(model, batches, layers=layers)
+        return BlockScores(ranking=scores, shown=scores)
+
+
+class Contribution(BlockCriterion):
+    """Wang & Tu's contribution: the drop of the task's score (`scorer.ablation`: BLEU, accuracy or -perplexity) when
+    each component present is zeroed. Reports show Eq. 1 (clipped at `clip_fraction` of the baseline, normalised by
+    the largest; with `layers` summed over each layer's sub-layers); removal ranks the drops before the clip
+    (removal_ranking), and units whose BLEU decoding stopped at the clip are `bounded`."""
+
+    name = "contribution"
+    needs_scorer = True
+
+    def __init__(self, clip_fraction: float = 0.1):
+        self.clip_fraction = clip_fraction
+
+    def __call__(self, model: Any, batches: list[Batch], *, layers: bool = False, scorer: Any = None) -> BlockScores:
+        if scorer is None:
+            raise ValueError("contribution scores by the task's scorer: pass scorer=")
+        res = scorer.ablation(model, batches, component_names(model))
+        shown = contribution_scores(res.drops, res.baseline, self.clip_fraction)  # Eq. 1, for the report
+        if layers:  # a layer's contribution: the sum of its components'
+            per_layer: dict[str, float] = {}
+            for n, v in shown.items():
+                per_layer[n.rsplit(".", 1)[0]] = per_layer.get(n.rsplit(".", 1)[0], 0.0) + v
+            shown = per_layer
+        # removal goes by the unclipped drops: Eq. 1's clip ties every drop above C, and the tie would go by name
+        ranking, bounded = removal_ranking(res.drops, res.stopped, layers=layers)
+        return BlockScores(ranking=ranking, shown=shown, bounded=bounded)
+
+
+BLOCK_CRITERIA: dict[str, type[BlockCriterion]] = {"block_influence": BlockInfluence, "contribution": Contribution}
 
 
 def order_by_importance(scores: dict[str, float]) -> list[str]:

@@ -12,6 +12,7 @@ Two criteria, both over the real tokens of calibration batches (padding left out
 
 `width_importance` returns {component: (units left,) float tensor}, by slot (the i-th neuron or head still present),
 for every feed-forward (`enc.0.ff`) and attention (`dec.1.sa`) component; the model is left as it was found.
+`Activation` and `Taylor` are the criterion objects the structured pruner is handed (`pruner.criterion=activation`).
 Criteria floor: above models/ and data/, below scoring/ and the structured pruner that calls it.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunelab.criteria.base import WidthCriterion
 from prunelab.data.batching import batch_real_tokens, decoder_positions
 from prunelab.models.addressing import component, component_names
 from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transformer
@@ -145,3 +147,24 @@ def width_importance(
         return _taylor_scores(model, batches, names)
     finally:
         model.train(was_training)
+
+
+class Activation(WidthCriterion):
+    """Minitron's criterion: mean |activation| of a neuron, mean L2 norm of a head's output (forward passes only)."""
+
+    name = "activation"
+
+    def __call__(self, model: nn.Module, batches: Iterable[Batch], names: list[str]) -> dict[str, Tensor]:
+        return width_importance(model, batches, "activation", names=names)  # type: ignore[arg-type]
+
+
+class Taylor(WidthCriterion):
+    """First-order Taylor: E_x |∂L(x)/∂ξ_u| of a gate on each unit (Michel et al.'s I_h, unnormalised, for heads)."""
+
+    name = "taylor"
+
+    def __call__(self, model: nn.Module, batches: Iterable[Batch], names: list[str]) -> dict[str, Tensor]:
+        return width_importance(model, batches, "taylor", names=names)  # type: ignore[arg-type]
+
+
+WIDTH_CRITERIA: dict[str, type[WidthCriterion]] = {"activation": Activation, "taylor": Taylor}  # by name

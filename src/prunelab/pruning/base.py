@@ -1,6 +1,7 @@
 """The Pruner contract: `Pruner` (the hooks every method may use) and `MaskPruner` (weight masks with one
 score seam). Structural pruners (heads, components, AttendOut) subclass `Pruner` and change the model itself;
-mask pruners (MP, the lottery family, random) subclass `MaskPruner` and mostly say how to score.
+mask pruners (MP, the lottery family, random) subclass `MaskPruner` and mostly say how to score: they are handed a
+weight criterion (prunelab.criteria: magnitude by default), or override `scores(model)`.
 
 A pruner is an `nn.Module` owned by the task, so its masks (and any weight snapshots a method keeps, such as
 θ_0 for lottery tickets) are buffers that land in every checkpoint and come back on resume.
@@ -37,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunelab.criteria.base import WeightCriterion, resolve
+from prunelab.criteria.weights import WEIGHT_CRITERIA
 from prunelab.distributed import rows_differing_across_ranks
 from prunelab.errors import UserError
 from prunelab.models.sparse_format import bitmask_bytes
@@ -185,10 +188,11 @@ class Pruner(nn.Module):
 
 
 class MaskPruner(Pruner):
-    """Weight masks, one per prunable matrix (Linear weights; the embedding only if asked). A method overrides
-    `scores(model)`; `prune_to(sparsity)` is the one way masks change: per matrix or globally the entries with
-    the lowest scores are masked, already-masked entries stay masked, DDP ranks are checked to agree, and the
-    masks are applied. The default score is the magnitude |w| (MP and the lottery-ticket family)."""
+    """Weight masks, one per prunable matrix (Linear weights; the embedding only if asked). The scores come from the
+    weight criterion the pruner is handed (`criterion`: `magnitude`, |w|, by default, for MP and the lottery-ticket
+    family; or any prunelab.criteria.WeightCriterion by `_target_`), or a method overrides `scores(model)`;
+    `prune_to(sparsity)` is the one way masks change: per matrix or globally the entries with the lowest scores are
+    masked, already-masked entries stay masked, DDP ranks are checked to agree, and the masks are applied."""
 
     @property
     def sparsity_means(self) -> str:
@@ -196,7 +200,13 @@ class MaskPruner(Pruner):
         embeddings = " and the embeddings" if self.prune_embeddings else ""
         return f"the fraction of the prunable weights (Linear weight matrices{embeddings}) masked to zero, in {where}"
 
-    def __init__(self, sparsity: float = 0.0, prune_embeddings: bool = False, scope: str = "per_matrix"):
+    def __init__(
+        self,
+        sparsity: float = 0.0,
+        prune_embeddings: bool = False,
+        scope: str = "per_matrix",
+        criterion: WeightCriterion | str = "magnitude",
+    ):
         super().__init__()
         if not 0.0 <= sparsity < 1.0:
             raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -205,6 +215,13 @@ class MaskPruner(Pruner):
         self.sparsity = sparsity
         self.prune_embeddings = prune_embeddings
         self.scope = scope
+        chosen = resolve(criterion, WEIGHT_CRITERIA, WeightCriterion)
+        if chosen is None:
+            raise UserError(
+                f"pruner.criterion must be one of {', '.join(WEIGHT_CRITERIA)} or a weight criterion object "
+                f"(_target_), got {criterion!r}"
+            )
+        self.criterion = chosen
         self._weights: dict[str, nn.Parameter] = {}
         self.progress = Progress()  # the round's one-off step events (gradual methods, θ_t capture)
 
@@ -226,9 +243,9 @@ class MaskPruner(Pruner):
 
     # --- the score seam --------------------------------------------------------------------------------
     def scores(self, model: nn.Module) -> dict[str, Tensor]:
-        """{prunable parameter name: tensor of its shape}; higher = more worth keeping. Signed scores rank as
-        they are (no abs here): magnitude pruning passes |w|."""
-        return {name: w.detach().abs() for name, w in self._weights.items()}
+        """{prunable parameter name: tensor of its shape}; higher = more worth keeping: the criterion's scores of the
+        prunable weights, given the current masks. Signed scores rank as they are (no abs here): magnitude is |w|."""
+        return self.criterion(self._weights, self.masks)
 
     @torch.no_grad()
     def prune_to(self, model: nn.Module, sparsity: float) -> None:

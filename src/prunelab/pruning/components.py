@@ -21,8 +21,10 @@ mode=remove (depth pruning as ShortGPT, Men et al. 2024):
     1  removed    θ_f without the chosen components (removed for real), fine-tuned for finetune_steps (0: scored as is)
 
 `criterion`: contribution (Eq. 1, the score's drop when a component is zeroed) or block_influence (1 - cos of the
-residual stream before and after, prunelab.criteria.components.block_influence; one forward pass). `granularity`:
-component (sub-layers) or layer (whole layers, every sub-layer of each; `sparsity` is then the fraction of layers).
+residual stream before and after, prunelab.criteria.components.block_influence; one forward pass), or any
+BlockCriterion object (`pruner.criterion={_target_: ...}`, prunelab.criteria.base), handed the validation batches
+and the task's scorer; results.json names it (a built-in's name, or its class path). `granularity`: component
+(sub-layers) or layer (whole layers, every sub-layer of each; `sparsity` is then the fraction of layers).
 
 Every level in results.json carries its parameter count and BLEU (accuracy for a classifier, whose components
 are E:SA and E:FF, scored by accuracy drop), so the rows of Tables 3 and 4 read off it.
@@ -37,12 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunelab.criteria.components import (
-    block_influence,
-    contribution_scores,
-    order_by_importance,
-    removal_ranking,
-)
+from prunelab.criteria.base import BlockCriterion, block_scores, criterion_name, resolve
+from prunelab.criteria.components import BLOCK_CRITERIA, order_by_importance
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
 from prunelab.models.addressing import component_names
@@ -87,15 +85,21 @@ class ComponentPruner(Pruner):
         beam_size: int = 4,
         length_penalty: float = 0.6,
         score_batches: int | None = None,
-        criterion: str = "contribution",
+        criterion: str | BlockCriterion = "contribution",
         granularity: str = "component",
     ):
         super().__init__()
-        if criterion not in CRITERIA:
-            raise UserError(f"pruner.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        chosen = resolve(criterion, {n: BLOCK_CRITERIA[n] for n in CRITERIA}, BlockCriterion)
+        if chosen is None:
+            raise UserError(
+                f"pruner.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}"
+                if isinstance(criterion, str)
+                else f"pruner.criterion must be one of {', '.join(CRITERIA)} or a BlockCriterion object (_target_), "
+                f"got {criterion!r}"
+            )
         if granularity not in GRANULARITIES:
             raise UserError(f"pruner.granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-        self.criterion, self.granularity = criterion, granularity
+        self.criterion, self.granularity = chosen, granularity
         if not 0.0 <= sparsity < 1.0:
             raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
         self.sparsity = sparsity
@@ -152,7 +156,9 @@ class ComponentPruner(Pruner):
     @property
     def sparsity_means(self) -> str:
         unit = "components (sub-layers)" if self.granularity == "component" else "layers"
-        return f"the fraction of the {unit} chosen, the least important by {self.criterion} first (mode={self.mode})"
+        return (
+            f"the fraction of the {unit} chosen, the least important by {self.criterion_name} first (mode={self.mode})"
+        )
 
     def round_sparsity(self, round_idx: int) -> float:
         return 0.0 if round_idx == 0 or self.stage(round_idx) == "continue" else self.sparsity
@@ -190,6 +196,11 @@ class ComponentPruner(Pruner):
             remove_components(model, [n for n in self.chosen if n in component_names(model)])  # type: ignore[arg-type]
 
     # --- the method ---------------------------------------------------------------------------------
+    @property
+    def criterion_name(self) -> str:
+        """The criterion as results.json and the logs name it."""
+        return criterion_name(self.criterion)
+
     def choose(self, model: nn.Module) -> list[str]:
         """The `sparsity` fraction of components (or of layers) with the lowest score on the validation data."""
         if self._datamodule is None or self._scorer is None:
@@ -197,20 +208,11 @@ class ComponentPruner(Pruner):
 
         batches = list(self._datamodule.val_dataloader())[: self.score_batches]
         names = component_names(model)  # type: ignore[arg-type]
-        bounded: set[str] = set()
-        if self.criterion == "block_influence":
-            units = block_influence(model, batches, layers=self.granularity == "layer")  # type: ignore[arg-type]
-            ranking = units
-        else:
-            res = self._scorer.ablation(model, batches, names)  # BLEU, accuracy, -perplexity (the task's)
-            units = contribution_scores(res.drops, res.baseline)  # Eq. 1, for the report
-            if self.granularity == "layer":  # a layer's contribution: the sum of its components'
-                layers: dict[str, float] = {}
-                for n, v in units.items():
-                    layers[n.rsplit(".", 1)[0]] = layers.get(n.rsplit(".", 1)[0], 0.0) + v
-                units = layers
-            # removal goes by the unclipped drops: Eq. 1's clip ties every drop above C, and the tie would go by name
-            ranking, bounded = removal_ranking(res.drops, res.stopped, layers=self.granularity == "layer")
+        # the scorer says how the task scores (BLEU, accuracy, -perplexity): contribution ablates by it
+        scored = block_scores(
+            self.criterion(model, batches, layers=self.granularity == "layer", scorer=self._scorer)  # type: ignore[call-arg]
+        )
+        units, ranking, bounded = scored.shown, scored.ranking, scored.bounded
         count = round(self.sparsity * len(units))
         chosen_units = order_by_importance(ranking)[:count]
         warn_if_bounded(chosen_units, bounded)
@@ -224,7 +226,7 @@ class ComponentPruner(Pruner):
             count,
             len(units),
             self.granularity,
-            self.criterion,
+            self.criterion_name,
             ", ".join(chosen_units),
         )
         return chosen
@@ -294,7 +296,7 @@ class ComponentPruner(Pruner):
             "memory": {"model": {"dense_bytes": 4 * total}},
             "components": {
                 "mode": self.mode,
-                "criterion": self.criterion,  # what `contribution` below holds: Eq. 1 scores, or block influence
+                "criterion": self.criterion_name,  # what `contribution` below holds: Eq. 1 scores, or block influence
                 "granularity": self.granularity,
                 "chosen": self.chosen,  # by contribution, least important first
                 "contribution": self.scores,

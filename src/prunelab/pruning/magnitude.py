@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from prunelab.criteria.base import WeightCriterion
 from prunelab.errors import UserError
 from prunelab.pruning.base import MaskPruner
 from prunelab.pruning.schedule import GradualSchedule
@@ -12,9 +13,9 @@ from prunelab.pruning.solvers import check_groups, check_sparsity, nm_candidates
 
 
 class MagnitudePruner(MaskPruner):
-    """Prunes the lowest-scoring (smallest-magnitude) weights every `frequency` steps, following the cubic
-    schedule from `initial_sparsity` at the start step to `sparsity` at the end step, then trains on with the
-    final mask. Start and end are steps, or fractions of the round's steps when the step is not given.
+    """Prunes the lowest-scoring weights (by `criterion`: the smallest magnitudes by default) every `frequency` steps,
+    following the cubic schedule from `initial_sparsity` at the start step to `sparsity` at the end step, then trains
+    on with the final mask. Start and end are steps, or fractions of the round's steps when the step is not given.
 
     `pattern="N:M"` (e.g. 2:4): only the M - N smallest weights of each group of M consecutive inputs may go, so the
     schedule ends (sparsity = 1 - N/M) at an exact N:M mask, comparable with one-shot N:M (pruner=oneshot)."""
@@ -31,8 +32,9 @@ class MagnitudePruner(MaskPruner):
         scope: str = "per_matrix",
         prune_embeddings: bool = False,
         pattern: str = "unstructured",
+        criterion: WeightCriterion | str = "magnitude",
     ):
-        super().__init__(sparsity=sparsity, prune_embeddings=prune_embeddings, scope=scope)
+        super().__init__(sparsity=sparsity, prune_embeddings=prune_embeddings, scope=scope, criterion=criterion)
         self.pattern = parse_pattern(pattern)
         check_sparsity(self.pattern, sparsity)
         if not 0.0 <= initial_sparsity <= sparsity:
@@ -46,7 +48,7 @@ class MagnitudePruner(MaskPruner):
             check_groups(name, w.shape[1], self.pattern)
 
     def scores(self, model: nn.Module) -> dict[str, Tensor]:
-        """|w|; under N:M, +inf for the N largest of each group (never pruned)."""
+        """The criterion's scores (|w| by default); under N:M, +inf for the N largest of each group (never pruned)."""
         scores = super().scores(model)
         if not self.pattern.structured:
             return scores

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from prunelab.criteria.base import WeightCriterion
 from prunelab.errors import UserError
 from prunelab.pruning.base import MaskPruner
 from prunelab.pruning.schedule import GradualSchedule, Progress
@@ -72,8 +73,9 @@ class RoundPruner(MaskPruner):
         scope: str = "per_matrix",
         prune_embeddings: bool = False,
         seed: int = 0,
+        criterion: WeightCriterion | str = "magnitude",
     ):
-        super().__init__(sparsity=sparsity, prune_embeddings=prune_embeddings, scope=scope)
+        super().__init__(sparsity=sparsity, prune_embeddings=prune_embeddings, scope=scope, criterion=criterion)
         if rewind_from not in ("latest", "first"):
             raise UserError(f"pruner.rewind_from must be latest or first, got {rewind_from!r}")
         if reinit not in ("none", "constant", "constant_random_sign"):
@@ -168,7 +170,7 @@ class RoundPruner(MaskPruner):
                 self.prune_to(model, target)
 
     def on_round_end(self, model: nn.Module, round_idx: int) -> None:
-        """The next round's mask, from this round's (best) weights by magnitude."""
+        """The next round's mask, from this round's (best) weights by the criterion (magnitude by default)."""
         if round_idx + 1 < self.rounds:
             nxt = self.plan[round_idx + 1]
             self.prune_to(model, nxt.mp_from if nxt.mp_from is not None else nxt.sparsity)

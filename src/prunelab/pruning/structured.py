@@ -23,6 +23,10 @@ structure=depth   whole layers are scored by `criterion`: block_influence (Men e
                   a decoder LM), and removed, least important first, as many as bring the removed cost closest to
                   `sparsity` (at least one layer is kept).
 
+`criterion` is a built-in's name or a criterion object (`pruner.criterion={_target_: ...}`, prunelab.criteria.base): a
+WidthCriterion for width, a BlockCriterion for depth, handed the batches (and, if it reads the task's score, the
+scorer and the validation data) by this pruner; results.json names it (a built-in's name, or its class path).
+
 Rounds (each a `trainer.fit`): 0 dense (trained, or evaluated only when the run starts from `ckpt=` or an imported
 checkpoint), 1 pruned (evaluated as cut), 2 `finetune_steps` > 0 steps of recovery: `recovery=finetune` trains the
 pruned weights (stage "fine-tuned"); `recovery=scratch` trains the same smaller architecture from a fresh
@@ -41,8 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.criteria.components import block_influence, removal_ranking, require_pre_norm
-from prunelab.criteria.width import CRITERIA, width_importance
+from prunelab.criteria.base import BlockCriterion, WidthCriterion, block_scores, criterion_name, resolve
+from prunelab.criteria.components import BLOCK_CRITERIA
+from prunelab.criteria.width import WIDTH_CRITERIA
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
 from prunelab.models.addressing import component, component_names
@@ -109,7 +114,7 @@ class StructuredPruner(Pruner):
         self,
         sparsity: float,
         structure: str = "width",
-        criterion: str = "activation",
+        criterion: str | WidthCriterion | BlockCriterion = "activation",
         budget: str = "params",
         scope: str = "per_layer",
         units: Sequence[str] = UNITS,
@@ -130,11 +135,15 @@ class StructuredPruner(Pruner):
         for value, allowed, key in checks:
             if value not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-        depth_criteria = ("block_influence", "contribution")
-        if criterion not in (depth_criteria if structure == "depth" else CRITERIA):
-            allowed = depth_criteria if structure == "depth" else CRITERIA
+        builtins, kind = (BLOCK_CRITERIA, BlockCriterion) if structure == "depth" else (WIDTH_CRITERIA, WidthCriterion)
+        chosen = resolve(criterion, builtins, kind)  # type: ignore[arg-type]
+        if chosen is None:
+            allowed = ", ".join(builtins)
             raise UserError(
-                f"pruner.criterion for structure={structure} must be one of {', '.join(allowed)}, got {criterion!r}"
+                f"pruner.criterion for structure={structure} must be one of {allowed}, got {criterion!r}"
+                if isinstance(criterion, str)
+                else f"pruner.criterion for structure={structure} must be one of {allowed} or a {kind.__name__} "
+                f"object (_target_), got {criterion!r}"
             )
         self.units = tuple(units)
         if not self.units or set(self.units) - set(UNITS):
@@ -147,7 +156,7 @@ class StructuredPruner(Pruner):
             raise UserError(f"pruner.importance_batches must be >= 1, got {importance_batches}")
         if flops_context < 1:
             raise UserError(f"pruner.flops_context must be >= 1, got {flops_context}")
-        self.sparsity, self.structure, self.criterion = sparsity, structure, criterion
+        self.sparsity, self.structure, self.criterion = sparsity, structure, chosen
         self.budget, self.scope, self.finetune_steps = budget, scope, finetune_steps
         self.importance_batches, self.importance_split, self.flops_context = (
             importance_batches,
@@ -162,15 +171,15 @@ class StructuredPruner(Pruner):
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
-        if self.criterion == "block_influence":
-            require_pre_norm(model)  # before any evaluation or training: layers are scored after the dense round
+        # before any evaluation or training: units are scored after the dense round (block influence: pre-norm only)
+        getattr(self.criterion, "require", lambda model: None)(model)
         if not hasattr(self, "cost_before"):  # buffers: a resumed or reloaded run still reports the dense cost
             self.register_buffer("cost_before", torch.zeros(len(KEYS), dtype=torch.long))  # by KEYS' order
 
     def use_data(self, datamodule: object, task: Any = None) -> None:
         self._datamodule = datamodule
-        # the task's scorer gives Wang & Tu's contribution (criterion=contribution); its bound method, not the task
-        # itself, which owns this pruner (an nn.Module attribute would register the task as a submodule: a cycle)
+        # the task's scorer gives Wang & Tu's contribution (a criterion that needs_scorer); its bound method, not the
+        # task itself, which owns this pruner (an nn.Module attribute would register the task as a submodule: a cycle)
         self._own_scorer = task.own_scorer if task is not None else None
 
     @property
@@ -237,12 +246,17 @@ class StructuredPruner(Pruner):
             return {"heads": {}, "neurons": {}, "layers": self.choose_layers(model, batches)}
         return {**self.choose_width(model, batches), "layers": []}
 
+    @property
+    def criterion_name(self) -> str:
+        """The criterion as results.json and the logs name it."""
+        return criterion_name(self.criterion)
+
     def choose_layers(self, model: nn.Module, batches: list[dict]) -> list[str]:
-        bounded: set[str] = set()
-        if self.criterion == "contribution":
+        if getattr(self.criterion, "needs_scorer", False):
             influence, bounded = self.layer_contributions(model)
         else:
-            influence = block_influence(model, batches, layers=True)  # type: ignore[arg-type]
+            scored = block_scores(self.criterion(model, batches, layers=True))  # type: ignore[call-arg]
+            influence, bounded = scored.ranking, scored.bounded
         present = {n.rsplit(".", 1)[0] for n in component_names(model)}  # type: ignore[arg-type]
         influence = {n: v for n, v in influence.items() if n in present}
         order = sorted(influence, key=lambda n: influence[n])
@@ -257,23 +271,23 @@ class StructuredPruner(Pruner):
                 removed += stack_flops([layer], self.flops_context)
             if abs(removed - target) < best_gap:
                 best, best_gap = k, abs(removed - target)
-        log.info("structured: removing %d of %d layers by %s: %s", best, len(order), self.criterion, order[:best])
+        log.info("structured: removing %d of %d layers by %s: %s", best, len(order), self.criterion_name, order[:best])
         warn_if_bounded(order[:best], bounded)
         return order[:best]
 
     def layer_contributions(self, model: nn.Module) -> tuple[dict[str, float], set[str]]:
-        """Wang & Tu's contribution (the task score's drop when a component is zeroed, on the validation data) summed
-        over each layer's sub-layers, as ComponentPruner's granularity=layer: the drops before Eq. 1's clip, which
-        would tie most layers of a decoder LM at C (criteria.components.removal_ranking).
-        -> ({layer: drop}, layers whose drop is only a lower bound: BLEU decoding stopped early at the clip)."""
+        """A criterion that reads the task's score (Wang & Tu's contribution: the score's drop when a component is
+        zeroed, summed over each layer's sub-layers, as ComponentPruner's granularity=layer), on all the validation
+        data: what removal ranks by (for contribution the drops before Eq. 1's clip, which would tie most layers of a
+        decoder LM at C) -> ({layer: value}, layers whose value is only a lower bound: BLEU decoding stopped early)."""
         if getattr(self, "_own_scorer", None) is None:
             raise RuntimeError(
-                "StructuredPruner.use_data(datamodule, task) must be called before criterion=contribution"
+                f"StructuredPruner.use_data(datamodule, task) must be called before criterion={self.criterion_name}"
             )
         scorer = self._own_scorer(self._datamodule)
         batches = list(self._datamodule.val_dataloader())
-        res = scorer.ablation(model, batches, component_names(model))  # type: ignore[arg-type]
-        return removal_ranking(res.drops, res.stopped, layers=True)
+        scored = block_scores(self.criterion(model, batches, layers=True, scorer=scorer))  # type: ignore[call-arg]
+        return scored.ranking, scored.bounded
 
     def choose_width(self, model: nn.Module, batches: list[dict]) -> dict[str, dict[str, list[int]]]:
         kinds = {"heads": MultiHeadAttention, "neurons": FeedForward}
@@ -282,7 +296,7 @@ class StructuredPruner(Pruner):
             for n in component_names(model)  # type: ignore[arg-type]
             if any(isinstance(component(model, n), kinds[u]) for u in self.units)  # type: ignore[arg-type]
         ]
-        scores = width_importance(model, batches, self.criterion, names=names)  # type: ignore[arg-type]
+        scores = self.criterion(model, batches, names)  # type: ignore[call-arg,arg-type]
         modules = {n: component(model, n) for n in names}  # type: ignore[arg-type]
         units = {n: len(s) for n, s in scores.items()}
         removable = sum(units[n] * unit_cost(modules[n], self._unit_budget, self.flops_context) for n in names)
@@ -311,7 +325,7 @@ class StructuredPruner(Pruner):
             min(fraction, 1.0),
             " and ".join(self.units),
             self.scope,
-            self.criterion,
+            self.criterion_name,
         )
         return plan
 
@@ -394,7 +408,7 @@ class StructuredPruner(Pruner):
             "memory": {"model": {"dense_bytes": 4 * now["params"]}},
             "structured": {
                 "structure": self.structure,
-                "criterion": self.criterion,
+                "criterion": self.criterion_name,
                 "budget": self.budget,  # what `sparsity` is a fraction of
                 "scope": self.scope,
                 "recovery": self.recovery,
