@@ -60,3 +60,27 @@ def test_gradual_nm_pruning_ends_at_an_exact_nm_mask(tiny_model: Transformer, te
     assert pruner.report(tiny_model)["sparsity"]["overall"] == pytest.approx(1 - n / m)
     with pytest.raises(UserError, match=r"sparsity=0\.5"):
         MagnitudePruner(sparsity=0.6, pattern=text)
+
+
+@pytest.mark.parametrize("text", ["2:4", "4:8"])
+def test_random_nm_pruning_ends_at_an_exact_random_nm_mask(tiny_model: Transformer, text: str) -> None:
+    """pruner=random pattern=N:M: MP's schedule with random draws ends at exact N:M, as MP does (before, the draws
+    were ranked over whole matrices: groups kept anywhere from 0 to M weights), and the kept weights are the random
+    draw's, not the largest magnitudes."""
+    import torch
+
+    from prunelab.pruning.random import RandomPruner
+
+    n, m = map(int, text.split(":"))
+    pruner = RandomPruner(sparsity=1 - n / m, seed=3, frequency=10, start_fraction=0.2, end_fraction=0.7, pattern=text)
+    pruner.attach(tiny_model)
+    original = {k: w.detach().abs().clone() for k, w in pruner._weights.items()}  # pruning zeroes the masked ones
+    for step in range(1, 101):
+        pruner.on_step_end(tiny_model, step, 100)
+    agree = []
+    for k, mask in pruner.masks.items():
+        assert bool((mask.view(mask.shape[0], -1, m).sum(-1) == n).all()), k  # exactly N of every M kept
+        w = original[k].view(mask.shape[0], -1, m)
+        top = torch.zeros_like(w, dtype=torch.bool).scatter_(-1, w.topk(n, -1).indices, True)
+        agree.append(float((top.view_as(mask) == mask.bool()).float().mean()))
+    assert sum(agree) / len(agree) < 0.9  # not magnitude's N:M mask (random would agree on about half the entries)
