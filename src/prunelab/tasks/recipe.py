@@ -2,8 +2,9 @@
 optimizer a `_target_` names), its hyper-parameters, and the lr schedule with its warm-up. The trunk reads it from
 the `task/` keys a user sets (`task.lr`, `task.optimizer`, `task.warmup_steps`, `task.schedule`, ...:
 prunelab.training.task.build_recipe) and hands it to the task, which owns only its own settings (beam size, label
-smoothing, ...). The task asks it for its optimizer over its parameters (`optimizer`) and for the lr factor at a step
-of a round (`factor`), the round's steps coming from the step budget the round loop hands over.
+smoothing, ...). The task asks it for its optimizer over its parameters (`build`) and for the lr factor at each step of
+a round (`RoundSchedule`, over the round's steps as `round_steps` reads them from the step budget the round loop hands
+over); `clip` clips the gradients where Lightning will not.
 
 Floor: tasks (below the task modules; it imports only torch and errors)."""
 
@@ -72,7 +73,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if not callable(self.optimizer) and self.optimizer not in OPTIMIZERS:
             raise UserError(
-                f"task.optimizer must be one of {', '.join(OPTIMIZERS)} (or a _target_), got {self.optimizer!r}"
+                f"task.optimizer must be one of {', '.join(OPTIMIZERS)} or a node with a _target_, "
+                f"got {self.optimizer!r}"
             )
         if self.schedule not in SCHEDULES:
             raise UserError(f"task.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
