@@ -1,8 +1,9 @@
-"""Builders: everything `train(cfg)` and `load_run` construct from a config, in one place.
+"""Builders: what `train(cfg)` and `load_run` construct from a config.
 
 A run is data -> model -> pruner -> task -> logger -> a Trainer per round. The data module names its task kind
-(translation or classification); the task config group (`task=`) is chosen together with the data (each
-data config selects its task), and a task that does not fit its data or model is one clear error here.
+(translation, classification or language_modeling); the task config group (`task=`) is chosen together with the
+data (each data config selects its task). The task itself is built by prunelab.training.task.build_task, above
+load.py: a task that distils needs a teacher, which load_run rebuilds with the builders here.
 """
 
 from __future__ import annotations
@@ -97,13 +98,16 @@ def model_args(datamodule: Any) -> dict[str, Any]:
     return {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id, **datamodule.model_kwargs()}
 
 
-def build_model(model_cfg: DictConfig, args: dict[str, Any], choices: dict[str, str] | None = None) -> Any:
-    """The network from `model/` and the data's arguments; a model of the other kind is one clear error."""
+def build_model(
+    model_cfg: DictConfig, args: dict[str, Any], choices: dict[str, str] | None = None, kind: str | None = None
+) -> Any:
+    """The network from `model/` and the data's arguments; a model of another kind is one clear error naming the
+    data's `kind` (the data module's: translation, classification or language_modeling)."""
     choices = choices or {}
     try:
         return instantiate(model_cfg)(**args)
     except TypeError as e:
-        kind = "classification" if "num_classes" in args else "translation"
+        kind = kind or ("classification" if "num_classes" in args else "translation")
         hint = {"classification": "model=classifier_tiny", "language_modeling": "model=decoder_tiny"}.get(
             kind, "model=transformer_tiny"
         )
@@ -111,35 +115,6 @@ def build_model(model_cfg: DictConfig, args: dict[str, Any], choices: dict[str, 
             f"model={choices.get('model', _target(model_cfg))} cannot be built for {kind} data "
             f"(data={choices.get('data', '?')}; e.g. {hint}): {e}"
         ) from None
-
-
-def build_task(cfg: DictConfig, datamodule: Any, model: Any, pruner: Any, choices: dict[str, str] | None = None) -> Any:
-    """The LightningModule named by `task/` (chosen with the data), given what it needs from the data."""
-    choices = choices or {}
-    factory = instantiate(cfg.task)
-    kind = getattr(factory.func, "kind", None)
-    if kind != datamodule.kind:
-        raise UserError(
-            f"task={choices.get('task', _target(cfg.task))} is a {kind} task but data={choices.get('data', '?')} "
-            f"is {datamodule.kind} data (e.g. task={datamodule.kind})"
-        )
-    if getattr(model, "kind", kind) != kind:
-        hint = {"classification": "model=classifier_tiny", "language_modeling": "model=decoder_tiny"}.get(
-            kind, "model=transformer_tiny"
-        )
-        raise UserError(
-            f"model={choices.get('model', '?')} is a {model.kind} model but data={choices.get('data', '?')} "
-            f"is {kind} data (e.g. {hint})"
-        )
-    if kind not in pruner.tasks:
-        raise UserError(
-            f"pruner={choices.get('pruner', type(pruner).__name__)} prunes {' or '.join(pruner.tasks)} models, but "
-            f"data={choices.get('data', '?')} is {kind} data (e.g. model=classifier_tiny data=synthetic_classification)"
-        )
-    try:
-        return factory(model=model, pruner=pruner, **datamodule.task_kwargs())
-    except TypeError as e:
-        raise UserError(f"task: {e}") from None
 
 
 def wandb_online_problem(timeout: float = 3.0) -> str | None:

@@ -19,10 +19,11 @@ from omegaconf.errors import MissingMandatoryValue
 
 from prunelab.errors import UserError
 from prunelab.training.budget import RunClock
-from prunelab.training.build import build_data, build_logger, build_model, build_task, model_args, validate
+from prunelab.training.build import build_data, build_logger, build_model, model_args, validate
 from prunelab.training.interrupt import Interrupted
 from prunelab.training.io import ResultsWriter, is_rank_zero
 from prunelab.training.rounds import Rounds, round_dir_of
+from prunelab.training.task import build_task
 from prunelab.training.weights import start_weights
 
 log = logging.getLogger("prunelab")
@@ -75,7 +76,8 @@ def run(
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_data(cfg)
         args = model_args(datamodule)
-        model = build_model(cfg.model, args, choices)
+        model = build_model(cfg.model, args, choices, kind=datamodule.kind)
+        datamodule.check_model_positions(model.cfg.max_len)
         pruner = instantiate(cfg.pruner)
         task = build_task(cfg, datamodule, model, pruner, choices)
         start = start_weights(cfg, out, model, pruner)  # scratch, a run's checkpoint, or a pretrained checkpoint
@@ -116,7 +118,7 @@ def run(
             "tokens_per_s": task.process_tokens / rounds.fit_time if rounds.fit_time else None,
         },
         trainer=rounds.trainer_settings,  # what the Trainer ran with (none when every round was loaded)
-        **task.pruner.report(model),
+        **task.pruner.results(model),
         **task.run_report(),
     )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
