@@ -15,14 +15,15 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from prunelab.cli.train import CONF_DIR
-from prunelab.criteria.base import BlockScores, WeightCriterion, WidthCriterion, criterion_name
+from prunelab.criteria.base import BlockScores, HeadCriterion, WeightCriterion, WidthCriterion, criterion_name
 from prunelab.criteria.components import BlockInfluence, Contribution
+from prunelab.criteria.heads import HeadImportance
 from prunelab.criteria.weights import Magnitude, RandomScore
 from prunelab.criteria.width import Activation, Taylor
 from prunelab.errors import UserError
 from prunelab.models import Transformer
-from prunelab.models.addressing import component_names
-from prunelab.pruning import ComponentPruner, LotteryTicketPruner, MagnitudePruner, StructuredPruner
+from prunelab.models.addressing import attention_names, component_names
+from prunelab.pruning import ComponentPruner, HeadPruner, LotteryTicketPruner, MagnitudePruner, StructuredPruner
 from prunelab.pruning.random import RandomPruner
 from prunelab.pruning.structured import removed_layers, unit_cost
 from tests.tiny import tiny_llama
@@ -246,3 +247,38 @@ def test_a_criterion_holds_its_own_settings() -> None:
     a, b, c = RandomScore(3)(weights, masks), RandomScore(3)(weights, masks), RandomScore(4)(weights, masks)
     assert torch.equal(a["w"], b["w"]) and not torch.equal(a["w"], c["w"])
     assert isinstance(RandomScore(3), WeightCriterion)
+
+
+class OneHeadLowest(HeadCriterion):
+    """Every head scores 1 except one: the head pruner must remove exactly that one."""
+
+    def __init__(self, component: str, head: int):
+        self.component, self.head = component, head
+        self.seen: list[dict] = []
+
+    def __call__(self, model: Any, batches: Iterable[dict], *, max_batches: int | None = None, groups: bool = False):
+        self.seen = list(batches)[:max_batches]
+        out = {n: torch.ones(model.cfg.n_heads) for n in attention_names(model)}
+        out[self.component][self.head] = 0.0
+        return out
+
+
+def test_head_pruner_removes_exactly_the_head_a_target_criterion_scores_lowest() -> None:
+    """pruner=heads is handed its criterion too (Michel et al.'s I_h by name, `head_importance`, or any
+    HeadCriterion by `_target_`); one head of twelve goes, the planted one, and the report names the criterion."""
+    assert type(pruner_of("pruner=heads", "sparsity=0.5").criterion) is HeadImportance
+    model = tiny_llama()  # 3 layers of 4 heads
+    pruner = pruner_of(
+        "pruner=heads",
+        f"sparsity={1 / 12}",
+        "pruner.importance_batches=1",
+        f"pruner.criterion={{_target_:{HERE}.OneHeadLowest,component:dec.1.sa,head:2}}",
+    )
+    assert isinstance(pruner.criterion, OneHeadLowest)
+    pruner.attach(model)
+    batches = lm_batches()
+    pruner.use_data(Data(batches))
+    assert pruner.choose(model) == ["dec.1.sa.h2"]
+    assert pruner.criterion.seen == batches[:1]  # handed the importance batches, as many as asked
+    with pytest.raises(UserError, match=r"pruner\.criterion must be one of head_importance"):
+        HeadPruner(0.5, criterion="taylor")

@@ -7,6 +7,7 @@ reads (weights and masks, calibration batches, the task's scorer) as call argume
     WeightCriterion  (weights, masks) -> {matrix: scores of its shape}          mask pruners (MP, lottery, random)
     WidthCriterion   (model, batches, names) -> {component: (units,) by slot}   structured width (neurons, heads)
     BlockCriterion   (model, batches, layers=, scorer=) -> BlockScores          components and layers (depth)
+    HeadCriterion    (model, batches, max_batches=, groups=) -> {attention: (H,)}  pruner=heads (Michel et al.)
 
 Higher = more worth keeping, for every kind. A pruner's `criterion` setting is a built-in's name (`magnitude`,
 `activation`, `contribution`, ...) or an object Hydra instantiates from a `_target_` node; a user's class need not
@@ -52,6 +53,17 @@ class WidthCriterion(Criterion, ABC):
 
     @abstractmethod
     def __call__(self, model: nn.Module, batches: Iterable[Batch], names: list[str]) -> dict[str, Tensor]: ...
+
+
+class HeadCriterion(Criterion, ABC):
+    """Scores every attention head (or, with `groups`, every K/V group) of every attention sub-layer, {`enc.0.sa`:
+    (H,) or (groups,)}, over at most `max_batches` of `batches`; scores are compared across layers, so they are
+    normalised per layer as the criterion sees fit (Michel et al.: L2)."""
+
+    @abstractmethod
+    def __call__(
+        self, model: nn.Module, batches: Iterable[Batch], *, max_batches: int | None = None, groups: bool = False
+    ) -> dict[str, Tensor]: ...
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunelab.criteria.base import HeadCriterion
 from prunelab.models.addressing import attention_names, component
 from prunelab.models.transformer import Transformer
 
@@ -76,3 +77,17 @@ def head_importance(
     if normalize:
         scores = {n: s / s.norm() if s.norm() > 0 else s for n, s in scores.items()}
     return scores
+
+
+class HeadImportance(HeadCriterion):
+    """Michel et al.'s I_h = E_x |∂L(x)/∂ξ_h| (or a K/V group's gate), L2-normalised per layer: `head_importance`."""
+
+    name = "head_importance"
+
+    def __call__(
+        self, model: Any, batches: Iterable[dict[str, Any]], *, max_batches: int | None = None, groups: bool = False
+    ) -> dict[str, Tensor]:
+        return head_importance(model, batches, max_batches=max_batches, groups=groups)
+
+
+HEAD_CRITERIA: dict[str, type[HeadCriterion]] = {"head_importance": HeadImportance}  # by name in `pruner.criterion`

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from prunelab.criteria.ablation import ATTENTION_TYPES, order_by_score, scores_by_group, scores_by_head
-from prunelab.criteria.heads import head_importance
+from prunelab.criteria.base import HeadCriterion, criterion_name, resolve
+from prunelab.criteria.heads import HEAD_CRITERIA
 from prunelab.distributed import from_rank_zero
 from prunelab.errors import UserError
 from prunelab.models.addressing import attention_names, component, component_type
@@ -46,8 +47,16 @@ class HeadPruner(Pruner):
         importance_split: str = "train",
         types: list[str] | None = None,
         unit: str = "head",
+        criterion: HeadCriterion | str = "head_importance",
     ):
         super().__init__()
+        chosen = resolve(criterion, HEAD_CRITERIA, HeadCriterion)  # type: ignore[type-abstract]
+        if chosen is None:
+            raise UserError(
+                f"pruner.criterion must be one of {', '.join(HEAD_CRITERIA)} or a HeadCriterion object (_target_), "
+                f"got {criterion!r}"
+            )
+        self.criterion = chosen
         if unit not in UNITS:
             raise UserError(f"pruner.unit must be one of {', '.join(UNITS)}, got {unit!r}")
         self.unit = unit
@@ -113,7 +122,7 @@ class HeadPruner(Pruner):
             if self.importance_split == "train"
             else self._datamodule.val_dataloader()
         )
-        raw = head_importance(model, loader, max_batches=self.importance_batches, groups=self.unit == "group")  # type: ignore[arg-type]
+        raw = self.criterion(model, loader, max_batches=self.importance_batches, groups=self.unit == "group")
         if self.unit == "group":
             return scores_by_group(model, raw)  # type: ignore[arg-type]
         return scores_by_head(model, raw)  # type: ignore[arg-type]
@@ -220,6 +229,7 @@ class HeadPruner(Pruner):
                 "importance": importance,  # normalised I_h at pruning time
                 "types": list(self.types),
                 "unit": self.unit,  # what `sparsity` counted: query heads, or K/V groups with their heads
+                "criterion": criterion_name(self.criterion),
                 "groups_removed": groups_gone,
             },
         }
