@@ -64,13 +64,19 @@ def test_lottery_family_on_the_classifier(tmp_path: Path) -> None:
     [
         (["model=transformer_tiny", "data=synthetic_classification"], "cannot be built for classification data"),
         (["model=classifier_tiny", "data=synthetic_translation"], "cannot be built for translation data"),
-        (["model=classifier_tiny", "data=synthetic_lm"], "cannot be built for language_modeling data"),
     ],
 )
 def test_mixing_kinds_is_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:
     run = train(tmp_path / "run", "experiment=smoke", "logger=csv", *overrides)
     assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_classifier_on_language_modelling_data_names_that_kind(tmp_path: Path) -> None:
+    """The wrong-model error names the data's own kind (it called language-modelling data translation data)."""
+    run = train(tmp_path / "run", "logger=csv", "model=classifier_tiny", "data=synthetic_lm", "data.train_sentences=99")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "model=classifier_tiny cannot be built for language_modeling data" in run.stderr
 
 
 def test_tsv_files_train_end_to_end(tmp_path: Path) -> None:
