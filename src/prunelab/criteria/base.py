@@ -23,6 +23,8 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
+from prunelab.errors import UserError
+
 Batch = dict[str, Any]
 
 
@@ -110,12 +112,18 @@ def criterion_name(criterion: object) -> str:
 C = TypeVar("C", bound=Criterion)
 
 
-def resolve(value: object, builtins: Mapping[str, type[C]], kind: type[C]) -> C | None:
+def resolve(value: object, builtins: Mapping[str, type[C]], kind: type[C], key: str = "pruner.criterion") -> C:
     """`pruner.criterion` as an object: a built-in's name -> a fresh instance of it; an object (a `_target_` node that
-    Hydra instantiated) -> itself, when it is callable and not a criterion of another kind. None: not a criterion of
-    `kind` (the pruner says what it accepts)."""
+    Hydra instantiated) -> itself, when it is callable and not a criterion of another kind. Anything else is one
+    UserError naming the setting (`key`) and what it accepts."""
     if isinstance(value, str):
-        return builtins[value]() if value in builtins else None
-    if isinstance(value, Criterion) and not isinstance(value, kind):
-        return None
-    return value if callable(value) else None  # type: ignore[return-value]
+        if value in builtins:
+            return builtins[value]()
+        raise UserError(f"{key} must be one of {', '.join(builtins)}, got {value!r}")
+    if callable(value) and not (isinstance(value, Criterion) and not isinstance(value, kind)):
+        return value  # type: ignore[return-value]
+    plain = kind.__name__.removesuffix("Criterion").lower()
+    raise UserError(
+        f"{key} must be one of {', '.join(builtins)} or a {kind.__name__} object (a {plain} criterion, by _target_), "
+        f"got {value!r}"
+    )

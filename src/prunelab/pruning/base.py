@@ -215,13 +215,7 @@ class MaskPruner(Pruner):
         self.sparsity = sparsity
         self.prune_embeddings = prune_embeddings
         self.scope = scope
-        chosen = resolve(criterion, WEIGHT_CRITERIA, WeightCriterion)
-        if chosen is None:
-            raise UserError(
-                f"pruner.criterion must be one of {', '.join(WEIGHT_CRITERIA)} or a weight criterion object "
-                f"(_target_), got {criterion!r}"
-            )
-        self.criterion = chosen
+        self.criterion = resolve(criterion, WEIGHT_CRITERIA, WeightCriterion)  # type: ignore[type-abstract]
         self._weights: dict[str, nn.Parameter] = {}
         self.progress = Progress()  # the round's one-off step events (gradual methods, θ_t capture)
 

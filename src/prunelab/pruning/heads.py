@@ -50,13 +50,7 @@ class HeadPruner(Pruner):
         criterion: HeadCriterion | str = "head_importance",
     ):
         super().__init__()
-        chosen = resolve(criterion, HEAD_CRITERIA, HeadCriterion)  # type: ignore[type-abstract]
-        if chosen is None:
-            raise UserError(
-                f"pruner.criterion must be one of {', '.join(HEAD_CRITERIA)} or a HeadCriterion object (_target_), "
-                f"got {criterion!r}"
-            )
-        self.criterion = chosen
+        self.criterion = resolve(criterion, HEAD_CRITERIA, HeadCriterion)  # type: ignore[type-abstract]
         if unit not in UNITS:
             raise UserError(f"pruner.unit must be one of {', '.join(UNITS)}, got {unit!r}")
         self.unit = unit

@@ -136,15 +136,7 @@ class StructuredPruner(Pruner):
             if value not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         builtins, kind = (BLOCK_CRITERIA, BlockCriterion) if structure == "depth" else (WIDTH_CRITERIA, WidthCriterion)
-        chosen = resolve(criterion, builtins, kind)  # type: ignore[arg-type]
-        if chosen is None:
-            allowed = ", ".join(builtins)
-            raise UserError(
-                f"pruner.criterion for structure={structure} must be one of {allowed}, got {criterion!r}"
-                if isinstance(criterion, str)
-                else f"pruner.criterion for structure={structure} must be one of {allowed} or a {kind.__name__} "
-                f"object (_target_), got {criterion!r}"
-            )
+        chosen = resolve(criterion, builtins, kind, f"pruner.criterion for structure={structure}")  # type: ignore[arg-type]
         self.units = tuple(units)
         if not self.units or set(self.units) - set(UNITS):
             raise UserError(f"pruner.units must be a non-empty subset of {list(UNITS)}, got {units}")
