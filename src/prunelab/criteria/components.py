@@ -60,11 +60,17 @@ def removal_ranking(
     normalised scores stay what the Wang & Tu reports show. Drops are exact for perplexity and accuracy; a BLEU
     ablation stopped early (`stopped`: at the clip) has only a lower bound >= C, so a unit holding one may cost more
     than its rank says. -> ({unit: drop}, the units whose drop is such a lower bound)."""
-    unit = (lambda n: n.rsplit(".", 1)[0]) if layers else (lambda n: n)
-    ranking: dict[str, float] = {}
-    for n, d in drops.items():
-        ranking[unit(n)] = ranking.get(unit(n), 0.0) + d
-    return ranking, {unit(n) for n in stopped}
+    return summed(drops, layers), {n.rsplit(".", 1)[0] if layers else n for n in stopped}
+
+
+def summed(scores: dict[str, float], layers: bool) -> dict[str, float]:
+    """Per-component scores as they are, or with `layers` summed per layer (`dec.3.ff` -> `dec.3`)."""
+    if not layers:
+        return dict(scores)
+    out: dict[str, float] = {}
+    for n, v in scores.items():
+        out[n.rsplit(".", 1)[0]] = out.get(n.rsplit(".", 1)[0], 0.0) + v
+    return out
 
 
 components_off = gates_off  # the component studies' name for it
@@ -251,12 +257,8 @@ class Contribution(BlockCriterion):
         if scorer is None:
             raise ValueError("contribution scores by the task's scorer: pass scorer=")
         res = scorer.ablation(model, batches, component_names(model))
-        shown = contribution_scores(res.drops, res.baseline, self.clip_fraction)  # Eq. 1, for the report
-        if layers:  # a layer's contribution: the sum of its components'
-            per_layer: dict[str, float] = {}
-            for n, v in shown.items():
-                per_layer[n.rsplit(".", 1)[0]] = per_layer.get(n.rsplit(".", 1)[0], 0.0) + v
-            shown = per_layer
+        # Eq. 1, for the report (a layer's contribution: the sum of its components')
+        shown = summed(contribution_scores(res.drops, res.baseline, self.clip_fraction), layers)
         # removal goes by the unclipped drops: Eq. 1's clip ties every drop above C, and the tie would go by name
         ranking, bounded = removal_ranking(res.drops, res.stopped, layers=layers)
         return BlockScores(ranking=ranking, shown=shown, bounded=bounded)
