@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from prunelab.models.transformer import Cache, Layer, Transformer, TransformerConfig, rope_frequencies, rope_tables
 
@@ -74,10 +74,7 @@ class CausalLM(Transformer):
             raise ValueError("a decoder-only language model has no encoder: enc_layers must be 0")
         if cfg.dec_layers < 1:
             raise ValueError("a language model needs at least one layer (dec_layers)")
-        super().__init__(cfg)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if self.lm_head is not None:
-            nn.init.normal_(self.lm_head.weight, std=cfg.d_model**-0.5)
+        super().__init__(cfg)  # with the separate output projection (lm_head) when the embeddings are untied
         if cfg.positions == "rope":
             self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
 
@@ -95,10 +92,6 @@ class CausalLM(Transformer):
         if self.cfg.positions != "rope":
             return None
         return rope_tables(self.inv_freq, offset, T, dtype)
-
-    def logits(self, x: Tensor) -> Tensor:
-        """(B, T, C) -> (B, T, V): the tied embedding or the separate `lm_head`."""
-        return self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed.weight)
 
     def hidden(self, src: Tensor, cache: Cache | None = None, offset: int = 0) -> Tensor:
         """tokens (B, T) at positions offset.. -> final hidden states (B, T, C), after the final norm."""

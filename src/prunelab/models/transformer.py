@@ -53,11 +53,11 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
 }
-POSITIONS = ("sinusoidal", "learned", "rope")
+POSITIONS = ("sinusoidal", "learned", "rope", "relative")
 NORMS = ("layer", "rms")
 FFNS = ("mlp", "glu")
 ROPE_TYPES = ("default", "linear", "llama3")
-POS_LAYOUTS = ("interleaved", "split")
+POS_LAYOUTS = ("interleaved", "split", "fairseq")
 
 
 @dataclass
@@ -108,6 +108,13 @@ class TransformerConfig:
     # export that took whole layers out and renumbered the rest (config.json's prunelab_kept_layers); a stack not in
     # it (or None): each layer's index is its number, as prunelab never renumbers a stack (models.surgery.layer_numbers)
     layer_numbers: dict[str, tuple[int, ...]] | None = None
+    # Options for the other pretrained encoder-decoders (prunelab.hf.t5, .bart, .m2m100); defaults: the 2017 model.
+    attn_scale: float | None = None  # the attention logits' scale; None: 1/sqrt(hs) (T5: 1.0, its init absorbs it)
+    rel_buckets: int = 32  # positions="relative" (T5): buckets of the relative position bias (one table per stack)
+    rel_max_distance: int = 128  # distances from which on the relative bias has one bucket (T5's max_distance)
+    position_shift: int = 0  # learned positions: position p reads row p + shift of the table (BART, mBART: 2)
+    stack_embeddings: bool = False  # the decoder has its own position table and embedding LayerNorm (BART, mBART)
+    logit_scale: float = 1.0  # the final hidden states are scaled by this before the output projection (T5: d^-0.5)
 
     def __post_init__(self) -> None:
         if self.head_dim is None and self.d_model % self.n_heads != 0:
@@ -131,8 +138,14 @@ class TransformerConfig:
             raise ValueError(f"pos_layout must be one of {POS_LAYOUTS}, got {self.pos_layout!r}")
         if self.pos_layout == "split" and (self.embed_dim or self.d_model) % 2:
             raise ValueError("pos_layout='split' needs an even embedding width")
-        if self.position_offset < 0 or self.type_vocab_size < 0:
-            raise ValueError("position_offset and type_vocab_size must be >= 0")
+        if self.positions == "learned" and self.position_shift >= self.max_len:
+            raise ValueError("position_shift leaves no row of the learned position table")
+        if self.position_offset < 0 or self.type_vocab_size < 0 or self.position_shift < 0:
+            raise ValueError("position_offset, position_shift and type_vocab_size must be >= 0")
+        if self.position_offset and self.position_shift:
+            raise ValueError("position_offset (per-sentence numbering) and position_shift (fixed) exclude each other")
+        if self.positions == "relative" and (self.rel_buckets < 4 or self.rel_max_distance <= self.rel_buckets // 2):
+            raise ValueError("relative positions need rel_buckets >= 4 and rel_max_distance > rel_buckets / 2")
         if self.embed_dim not in (None, self.d_model) and self.dec_layers:
             raise ValueError("embed_dim != d_model needs dec_layers=0: the output projection is the tied embedding")
         if not 0.0 <= self.layerdrop < 1.0:
@@ -155,6 +168,8 @@ def uniform_attention(v: Tensor, mask: Tensor | None, is_causal: bool, T: int) -
     """Attention with the constant map 1/n over the n keys each query may see: v (B, H, S, hs) -> (B, H, T, hs),
     or (B, H, 1, hs) when every query sees the same keys (no causal mask, key mask per sentence)."""
     S = v.size(2)
+    if mask is not None and mask.is_floating_point():  # an additive mask with a position bias: where it allows a key
+        mask = (mask > torch.finfo(mask.dtype).min / 2)[:, :1]
     if is_causal:  # query t sees keys 0..t
         w = torch.tril(torch.ones(T, S, dtype=v.dtype, device=v.device))[None, None]
     else:
@@ -269,6 +284,7 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = hs = cfg.hs
         self.gated = cfg.gated
         self.attn_dropout = cfg.attn_dropout
+        self.scale = cfg.attn_scale  # None: 1/sqrt(hs)
         H, KV = cfg.n_heads, cfg.kv_heads
         self.q_proj = nn.Linear(cfg.d_model, H * hs, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.d_model, KV * hs, bias=cfg.qkv_bias)
@@ -318,10 +334,11 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor:
         """x: queries (B, T, C); k, v: already projected and split (B, H, S, hs), or (B/G, H, S, hs) when
         G consecutive query rows share their keys (the beams of one sentence attending to its encoder output).
-        mask: bool (B or B/G, 1, 1|T, S), True where a key may be attended to. map_keep: AttendOut's
-        decision for this attention map, a scalar or one value per example (B,): it scales the attention
-        logits, so 0 drops the map (every logit equal: the constant map 1/n) and 1 keeps it. rope: the rotary
-        cos/sin tables (T, hs) of the queries' positions (the keys were rotated by project_kv)."""
+        mask: bool (B or B/G, 1, 1|T, S), True where a key may be attended to; or additive (B|1, H, T, S), the
+        key mask as finfo.min plus a position bias per head (T5), H the heads the model was built with.
+        map_keep: AttendOut's decision for this attention map, a scalar or one value per example (B,): it scales
+        the attention logits, so 0 drops the map (every logit equal: the constant map 1/n) and 1 keeps it. rope:
+        the rotary cos/sin tables (T, hs) of the queries' positions (the keys were rotated by project_kv)."""
         B, T, _ = x.shape
         if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
             y = self.out_proj(x.new_zeros(B, T, 0))
@@ -340,6 +357,12 @@ class MultiHeadAttention(nn.Module):
             q = self.q_norm(q)
         if rope is not None:
             q = rotate(q, rope)
+        if mask is not None and mask.is_floating_point():
+            if map_keep is not None:
+                raise NotImplementedError("AttendOut's map decisions scale q.k; a position bias (T5) would stay")
+            if mask.size(1) != self.n_heads:  # heads removed: the bias rows of the heads left
+                mask = mask.index_select(1, self.head_ids.to(mask.device))
+            mask = mask.to(q.dtype)
         if map_keep is not None:  # logits q.k scale with q
             q = q * (map_keep if map_keep.dim() == 0 else map_keep.view(-1, 1, 1, 1)).to(q.dtype)
         drop = self.attn_dropout if self.training else 0.0
@@ -347,10 +370,10 @@ class MultiHeadAttention(nn.Module):
         if b != B:  # groups of G rows share keys: one attention with G*T queries per key set
             G, H, hs = B // b, self.n_heads, self.head_dim
             q = q.view(b, G, H, T, hs).transpose(1, 2).reshape(b, H, G * T, hs)
-            y = attention(q, k, v, mask, drop)
+            y = attention(q, k, v, mask, drop, scale=self.scale)
             y = y.view(b, H, G, T, hs).transpose(1, 2).reshape(B, H, T, hs)
         else:
-            y = attention(q, k, v, mask, drop, is_causal)
+            y = attention(q, k, v, mask, drop, is_causal, scale=self.scale)
         return self._merge(y, B, T)
 
     def _merge(self, y: Tensor, B: int, T: int) -> Tensor:
@@ -577,17 +600,26 @@ class EncoderLayer(Layer):
 class DecoderLayer(Layer):
     kinds = ("sa", "ea", "ff")
 
-    def forward(self, x: Tensor, mem: Tensor, mem_mask: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mem: Tensor,
+        mem_mask: Tensor,
+        cache: dict[str, Tensor] | None = None,
+        self_mask: Tensor | None = None,
+    ) -> Tensor:
+        """self_mask: None (causal self-attention), or the additive mask of Transformer.decoder_inputs (the causal
+        mask with a position bias, T5)."""
         if (y := self.skip("sa", x)) is None:
             h = self.sa_res.inp(x)
             k, v = self.sa.project_kv(h)  # (B, H, T, hs)
             if cache is None:  # full sequence: causal self-attention
-                y = self.sa(h, k, v, is_causal=True)
+                y = self.sa(h, k, v, mask=self_mask, is_causal=self_mask is None)
             else:  # one new position: it may see every cached position, so no mask is needed
                 if "sa_k" in cache:
                     k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
                 cache["sa_k"], cache["sa_v"] = k, v
-                y = self.sa(h, k, v)
+                y = self.sa(h, k, v, mask=self_mask)
             x = self.sa_res.out(x, y)
         else:
             x = y
@@ -604,10 +636,20 @@ class DecoderLayer(Layer):
         return self.ff_block(x)
 
 
-def sinusoidal_positions(max_len: int, d: int, layout: str = "interleaved") -> Tensor:
+def sinusoidal_positions(max_len: int, d: int, layout: str = "interleaved", pad_row: int | None = None) -> Tensor:
     """The fixed position table (max_len, d): sin(pos * f_j) and cos(pos * f_j), f_j = 10000^(-2j/d), j < d/2.
     interleaved: sin in the even columns, cos in the odd ones (Vaswani et al.); split: sin in the first d/2 columns,
-    cos in the last d/2 (Marian, HF MarianSinusoidalPositionalEmbedding), computed in float64 as HF does."""
+    cos in the last d/2 (Marian, HF MarianSinusoidalPositionalEmbedding), computed in float64 as HF does; fairseq:
+    split, with f_j = 10000^(-j/(d/2 - 1)) in float32 and a zero last column for an odd d (tensor2tensor's table, as
+    fairseq and M2M100/NLLB use it). `pad_row`: a row held at zero (fairseq's padding position)."""
+    if layout == "fairseq":
+        half = d // 2
+        freq = torch.exp(torch.arange(half, dtype=torch.int64).float() * -(math.log(10000) / (half - 1)))  # (d/2,)
+        angle = torch.arange(max_len, dtype=torch.int64).float().unsqueeze(1) * freq.unsqueeze(0)  # (L, d/2)
+        pe = torch.cat([torch.sin(angle), torch.cos(angle), torch.zeros(max_len, d % 2)], dim=1)  # (L, d)
+        if pad_row is not None:
+            pe[pad_row] = 0.0
+        return pe
     if layout == "split":
         pos64 = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)  # (L, 1)
         angle = pos64 / torch.pow(10000.0, torch.arange(0, d, 2, dtype=torch.float64) / d)  # (L, d/2)
@@ -618,6 +660,27 @@ def sinusoidal_positions(max_len: int, d: int, layout: str = "interleaved") -> T
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
     return pe  # (L, d)
+
+
+def relative_buckets(rel: Tensor, bidirectional: bool, buckets: int, max_distance: int) -> Tensor:
+    """T5's bucket of each relative position rel = key position - query position (Raffel et al. 2020, 2.1; the
+    Mesh TensorFlow definition): bidirectional (the encoder) gives half the buckets to keys after the query; the
+    causal decoder only looks back, so every key after the query falls in bucket 0 with distance 0. Of a side's n
+    buckets, distances 0 .. n/2-1 get one each, longer ones share n/2 buckets logarithmically up to max_distance,
+    and every farther distance the last one."""
+    out = torch.zeros_like(rel)
+    if bidirectional:
+        buckets //= 2
+        out = out + (rel > 0).long() * buckets
+        dist = rel.abs()
+    else:
+        dist = (-rel).clamp(min=0)
+    exact = buckets // 2
+    far = (
+        exact + (torch.log(dist.float() / exact) / math.log(max_distance / exact) * (buckets - exact)).long()
+    )  # the float is truncated toward zero, as T5's int cast; dist < exact never reads it (log 0 = -inf)
+    far = far.clamp(max=buckets - 1)
+    return out + torch.where(dist < exact, dist, far)
 
 
 class Transformer(nn.Module):
@@ -636,12 +699,22 @@ class Transformer(nn.Module):
         # optional parts exist only when asked for, so the default model's parameters, state-dict keys and
         # random initialisation stay exactly what they were before these options
         self.pos_embed = nn.Embedding(cfg.max_len, E) if cfg.positions == "learned" else None
-        if cfg.positions == "sinusoidal":
-            self.register_buffer("pos", sinusoidal_positions(cfg.max_len, E, cfg.pos_layout), persistent=False)
+        if cfg.positions == "sinusoidal":  # fairseq's per-sentence numbering keeps its padding row at zero
+            pad_row = cfg.position_offset - 1 if cfg.position_offset else None
+            table = sinusoidal_positions(cfg.max_len, E, cfg.pos_layout, pad_row)
+            self.register_buffer("pos", table, persistent=False)
         if cfg.logit_bias:  # persistent: part of the trained model (only when asked for, so default keys stay)
             self.register_buffer("logit_bias", torch.zeros(cfg.vocab_size))
         self.type_embed = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
         self.embed_norm = nn.LayerNorm(E, eps=cfg.norm_eps) if cfg.embed_norm else nn.Identity()
+        # BART's decoder has its own position table and embedding LayerNorm (the encoder's keep their names)
+        own = cfg.stack_embeddings and cfg.dec_layers
+        self.dec_pos_embed = nn.Embedding(cfg.max_len, E) if own and cfg.positions == "learned" else None
+        self.dec_embed_norm = nn.LayerNorm(E, eps=cfg.norm_eps) if own and cfg.embed_norm else None
+        # T5: one relative position bias per stack, (buckets, H), shared by the stack's layers
+        relative = cfg.positions == "relative"
+        self.enc_rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads) if relative and cfg.enc_layers else None
+        self.dec_rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads) if relative and cfg.dec_layers else None
         self.drop = Dropout(cfg.dropout)
         self.embed_proj = nn.Linear(E, cfg.d_model) if E != cfg.d_model else None  # ELECTRA's embeddings_project
         self.enc = nn.ModuleList(EncoderLayer(cfg, f"enc.{i}") for i in range(cfg.enc_layers))
@@ -651,15 +724,25 @@ class Transformer(nn.Module):
         self.enc_norm = make_norm(cfg, cfg.d_model) if cfg.pre_norm and cfg.enc_layers else nn.Identity()
         self.dec_norm = make_norm(cfg, cfg.d_model) if cfg.pre_norm and cfg.dec_layers else nn.Identity()
         self.reset_parameters()
+        # a separate output projection (a decoder-only model's lm_head; T5 v1.1 files with their own): made after
+        # the reset, so that the random init of every model without one stays what it was
+        self.lm_head = None
+        if not cfg.tie_embeddings and cfg.dec_layers:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            nn.init.normal_(self.lm_head.weight, std=cfg.d_model**-0.5)
 
     def reset_parameters(self) -> None:
+        tables = ("embed.weight", "pos_embed.weight", "type_embed.weight", "dec_pos_embed.weight")
         for name, p in self.named_parameters():
-            if p.dim() == 2 and name not in ("embed.weight", "pos_embed.weight", "type_embed.weight"):
+            if p.dim() == 2 and name not in tables and not name.endswith("rel_bias.weight"):
                 nn.init.xavier_uniform_(p)
             elif name.endswith(".bias"):
                 nn.init.zeros_(p)
         nn.init.normal_(self.embed.weight, mean=0.0, std=self.cfg.d_model**-0.5)
-        for table in (self.pos_embed, self.type_embed):  # BERT's initializer_range
+        for table in (self.enc_rel_bias, self.dec_rel_bias):
+            if table is not None:
+                nn.init.normal_(table.weight, mean=0.0, std=self.cfg.d_model**-0.5)
+        for table in (self.pos_embed, self.type_embed, self.dec_pos_embed):  # BERT's initializer_range
             if table is not None:
                 nn.init.normal_(table.weight, mean=0.0, std=0.02)
         if self.pads:
@@ -671,60 +754,108 @@ class Transformer(nn.Module):
         `create_position_ids_from_input_ids` (fairseq's make_positions): the real tokens are numbered k, k+1, ...
         in order, skipping padding, and every pad token sits at k-1 (RoBERTa: k = pad_id + 1, pads at pad_id)."""
         k = self.cfg.position_offset
-        if not k:
-            return torch.arange(offset, offset + tokens.size(1), device=tokens.device)  # (T,)
-        if offset:
-            raise ValueError("position_offset > 0 numbers positions per sentence: no incremental decoding")
+        if not k:  # BART's learned table starts `position_shift` rows in
+            return torch.arange(offset, offset + tokens.size(1), device=tokens.device) + self.cfg.position_shift
+        # fairseq's make_positions (M2M100, NLLB): incremental decoding counts the `offset` tokens before
         real = (tokens != self.cfg.pad_id).long()  # (B, T)
-        return torch.cumsum(real, dim=1) * real + (k - 1)  # (B, T)
+        return (torch.cumsum(real, dim=1) + offset) * real + (k - 1)  # (B, T)
 
-    def embed_tokens(self, tokens: Tensor, offset: int = 0, types: Tensor | None = None) -> Tensor:
+    def embed_tokens(self, tokens: Tensor, offset: int = 0, types: Tensor | None = None, stack: str = "enc") -> Tensor:
         """tokens (B, T) -> input states (B, T, C): token (+ token type) + position embeddings, then the optional
         embedding LayerNorm, dropout, and the projection embed_dim -> d_model. `types` (B, T): token types (segment
-        ids), 0 everywhere when None."""
+        ids), 0 everywhere when None. `stack`: "dec" reads the decoder's own position table and embedding LayerNorm
+        where the model has them (stack_embeddings)."""
         T = tokens.size(1)
-        if self.cfg.position_offset + offset + T > self.cfg.max_len:
-            raise ValueError(f"sequence of length {offset + T} exceeds max_len={self.cfg.max_len}")
+        if self.cfg.position_offset + self.cfg.position_shift + offset + T > self.cfg.max_len:
+            raise ValueError(f"sequence of length {offset + T} exceeds the model's {self.max_positions} positions")
         x = self.embed(tokens)  # (B, T, C)
         if self.cfg.embed_scale:
             x = x * math.sqrt(self.cfg.d_model)
         if self.type_embed is not None:  # added before the positions, in BERT's order (fp sums are not associative)
             x = x + self.type_embed(types if types is not None else torch.zeros_like(tokens))
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(self.position_ids(tokens, offset))
-        elif self.cfg.positions == "rope":  # rotary: the positions enter in every attention, not here
+        decoder = stack == "dec" and self.cfg.stack_embeddings
+        table = self.dec_pos_embed if decoder else self.pos_embed
+        if table is not None:
+            x = x + table(self.position_ids(tokens, offset))
+        elif self.cfg.positions in ("rope", "relative"):  # the positions enter in every attention, not here
             pass
         elif self.cfg.position_offset:
-            x = x + self.pos[self.position_ids(tokens)]
+            x = x + self.pos[self.position_ids(tokens, offset)]
         else:
             x = x + self.pos[offset : offset + T]
-        x = self.drop(self.embed_norm(x))
+        norm = self.dec_embed_norm if decoder and self.dec_embed_norm is not None else self.embed_norm
+        x = self.drop(norm(x))
         return x if self.embed_proj is None else self.embed_proj(x)  # (B, T, d_model)
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the position table holds."""
+        return self.cfg.max_len - self.cfg.position_offset - self.cfg.position_shift
 
     def key_mask(self, src: Tensor) -> Tensor:
         return (src != self.cfg.pad_id)[:, None, None, :]  # (B, 1, 1, S) True = real token
+
+    def position_bias(self, stack: str, T: int, S: int, offset: int = 0, dtype: torch.dtype | None = None) -> Tensor:
+        """T5's relative position bias of queries at positions offset .. offset+T-1 over keys 0 .. S-1, from the
+        stack's table: (1, H, T, S), H the heads the model was built with."""
+        table = self.enc_rel_bias if stack == "enc" else self.dec_rel_bias
+        assert table is not None, "position_bias needs positions='relative'"
+        q = torch.arange(offset, offset + T, device=table.weight.device)
+        rel = torch.arange(S, device=q.device)[None, :] - q[:, None]  # (T, S) key position - query position
+        buckets = relative_buckets(rel, stack == "enc", self.cfg.rel_buckets, self.cfg.rel_max_distance)
+        bias = table(buckets).permute(2, 0, 1)[None]  # (1, H, T, S)
+        return bias if dtype is None else bias.to(dtype)
+
+    def encoder_inputs(self, src: Tensor, types: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """src (B, S) -> (the first encoder layer's input (B, S, C), the mask every encoder layer attends with): the
+        key mask (B, 1, 1, S), or with relative positions the additive (B, H, S, S) of the bias and the key mask."""
+        x = self.embed_tokens(src, types=types)
+        mask = self.key_mask(src)
+        if self.enc_rel_bias is None:
+            return x, mask
+        S = src.size(1)
+        bias = self.position_bias("enc", S, S, dtype=x.dtype)
+        return x, bias.masked_fill(~mask, torch.finfo(x.dtype).min)
+
+    def decoder_inputs(self, tgt: Tensor, offset: int = 0) -> tuple[Tensor, Tensor | None]:
+        """Target tokens (B, T) at positions offset.. -> (the first decoder layer's input (B, T, C), the self-attention
+        mask: None, causal attention over the T positions or the cache; with relative positions the additive
+        (1, H, T, offset+T) of the bias and the causal mask)."""
+        x = self.embed_tokens(tgt, offset=offset, stack="dec")
+        if self.dec_rel_bias is None:
+            return x, None
+        T = tgt.size(1)
+        bias = self.position_bias("dec", T, offset + T, offset, dtype=x.dtype)
+        if T > 1:  # query offset+t sees keys 0 .. offset+t
+            future = torch.ones(T, offset + T, dtype=torch.bool, device=x.device).triu(offset + 1)
+            bias = bias.masked_fill(future, torch.finfo(x.dtype).min)
+        return x, bias
 
     def encode(self, src: Tensor, map_keep: Tensor | None = None, types: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """src (B, S) token ids -> memory (B, S, C) and its key mask (B, 1, 1, S). map_keep (B, enc_layers):
         AttendOut's keep (1) / drop (0) decision for each layer's self-attention map, per example. types (B, S):
         token types, for a model with `type_vocab_size` (0 everywhere when None)."""
-        mask = self.key_mask(src)
-        x = self.embed_tokens(src, types=types)
+        x, self_mask = self.encoder_inputs(src, types)
         for i, layer in enumerate(self.enc):
-            x = layer(x, mask, None if map_keep is None else map_keep[:, i])
-        return self.enc_norm(x), mask
+            x = layer(x, self_mask, None if map_keep is None else map_keep[:, i])
+        return self.enc_norm(x), self.key_mask(src)
 
     def logits(self, x: Tensor) -> Tensor:
-        """(B, T, C) -> (B, T, V): the tied output projection, plus `logit_bias` when the config has one."""
+        """(B, T, C) -> (B, T, V): x * logit_scale through the output projection (the tied embedding, or `lm_head`),
+        plus `logit_bias` when the config has one."""
+        if self.cfg.logit_scale != 1.0:
+            x = x * self.cfg.logit_scale
+        if self.lm_head is not None:
+            return self.lm_head(x)
         if self.cfg.logit_bias:
             return F.linear(x, self.embed.weight, self.logit_bias.to(x.dtype))
         return F.linear(x, self.embed.weight)
 
     def decode(self, tgt_in: Tensor, mem: Tensor, mem_mask: Tensor) -> Tensor:
         """Teacher-forced decoding of the whole target prefix: (B, T) -> logits (B, T, V)."""
-        x = self.embed_tokens(tgt_in)
+        x, self_mask = self.decoder_inputs(tgt_in)
         for layer in self.dec:
-            x = layer(x, mem, mem_mask)
+            x = layer(x, mem, mem_mask, None, self_mask)
         return self.logits(self.dec_norm(x))
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
@@ -745,9 +876,9 @@ class Transformer(nn.Module):
 
     def decode_step(self, token: Tensor, mem: Tensor, mem_mask: Tensor, cache: Cache, step: int) -> Tensor:
         """Incremental decoding: token (B,) at position `step` -> logits (B, V); cache grows in place."""
-        x = self.embed_tokens(token[:, None], offset=step)  # (B, 1, C)
+        x, self_mask = self.decoder_inputs(token[:, None], offset=step)  # (B, 1, C)
         for layer, c in zip(self.dec, cache, strict=True):
-            x = layer(x, mem, mem_mask, cache=c)
+            x = layer(x, mem, mem_mask, cache=c, self_mask=self_mask)
         return self.logits(self.dec_norm(x))[:, 0]
 
     @staticmethod
