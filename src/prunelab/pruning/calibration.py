@@ -228,9 +228,11 @@ def prune_sequentially(
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
         srcs = [b["src"] for b in batches]
         src_real = [batch_real_tokens(b, pad) for b in batches]
-        xs = []
+        xs, self_masks = [], []
         for s, b in zip(srcs, batches, strict=True):
-            xs.append(model.embed_tokens(s, types=b.get("types")))
+            x, m = model.encoder_inputs(s, types=b.get("types"))  # m: the key mask, with T5's position bias
+            xs.append(x)
+            self_masks.append(m)
             release_memory()  # the embedding's temporaries, between the kept outputs
         if not len(model.enc):  # decoder-only: every layer reads the stream before it, no memory, no key mask
             ropes = [(model.rope(0, s.size(1), x.dtype),) for s, x in zip(srcs, xs, strict=True)]
@@ -239,22 +241,25 @@ def prune_sequentially(
             xs = []
         masks = [model.key_mask(s) for s in srcs]
         calibrate_stack(
-            model.enc, "enc", names, xs, [(m,) for m in masks], [lambda n, r=r: r for r in src_real], full, prune
+            model.enc, "enc", names, xs, [(m,) for m in self_masks], [lambda n, r=r: r for r in src_real], full, prune
         )
         if len(model.dec) and len(model.enc):
             mems = [model.enc_norm(x) for x in xs]
             del xs
             tgt_real = [decoder_positions(b, pad) for b in batches]
-            ys = []
+            ys, dec_masks = [], []
             for b in batches:
-                ys.append(model.embed_tokens(b["tgt_in"]))
+                y, m = model.decoder_inputs(b["tgt_in"])  # m: None (causal), or T5's bias with the causal mask
+                ys.append(y)
+                dec_masks.append(m)
                 release_memory()
             # cross-attention keys and values read the encoder's memory: the source's real tokens
             positions = [
                 lambda n, sr=sr, tr=tr: sr if n.endswith(("ea.k_proj", "ea.v_proj")) else tr
                 for sr, tr in zip(src_real, tgt_real, strict=True)
             ]
-            calibrate_stack(model.dec, "dec", names, ys, list(zip(mems, masks, strict=True)), positions, full, prune)
+            extra = [(mem, m, None, dm) for mem, m, dm in zip(mems, masks, dec_masks, strict=True)]
+            calibrate_stack(model.dec, "dec", names, ys, extra, positions, full, prune)
         for n in after:
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
     finally:
