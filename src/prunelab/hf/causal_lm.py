@@ -60,6 +60,9 @@ LAYER_COUNT_KEYS = {
     "gpt2": {"dec": ("n_layer", "num_hidden_layers")},
     **{t: {"dec": ("num_hidden_layers",)} for t in LLAMA_FAMILY},
 }
+TASK = "language_modeling"
+FAMILY_CAPABILITIES = {t: ("import", "export", "heads", "oneshot", "structured", "generation") for t in MODEL_TYPES}
+FAMILY_CUTS = {t: ("heads", "kv_groups", "neurons", "layers", "sublayers") for t in MODEL_TYPES}
 # tie_word_embeddings when config.json lacks the key: transformers' own default for the family (LlamaConfig,
 # MistralConfig, Qwen2Config and Qwen3Config: False, a separate lm_head; GPT2Config: True)
 TIE_DEFAULTS = {"gpt2": True, "llama": False, "mistral": False, "qwen2": False, "qwen3": False}
@@ -321,6 +324,9 @@ def build_hf_causal_lm(vocab_size: int, pad_id: int, path: str, weights: bool = 
             f"{vocab_size}: the data must use the checkpoint's tokenizer (data.tokenizer=<the model folder>)"
         )
     return model
+
+
+load, build = load_hf_causal_lm, build_hf_causal_lm  # the Family protocol's names (prunelab.hf.family)
 
 
 def export_folder(

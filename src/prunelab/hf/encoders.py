@@ -70,6 +70,10 @@ FF_WIDTH_KEYS = {
 }
 # config.json's layer count, lowered on export when whole layers were removed (DistilBERT's n_layers is also read
 # as num_hidden_layers)
+TASK = "classification"
+# the Family protocol's tables (prunelab.hf.family): generation does not apply to a classifier
+FAMILY_CAPABILITIES = {t: ("import", "export", "heads", "oneshot", "structured") for t in MODEL_TYPES}
+FAMILY_CUTS = {t: ("heads", "neurons", "layers") for t in MODEL_TYPES}  # post-norm: no single sub-layer
 LAYER_COUNT_KEYS = {
     "bert": {"enc": ("num_hidden_layers",)},
     "roberta": {"enc": ("num_hidden_layers",)},
@@ -363,3 +367,13 @@ def label_config(hf: dict[str, Any], n: int, labels: Sequence[str] | None) -> di
     config = dict(hf)
     config.update(num_labels=n, id2label=dict(enumerate(names)), label2id={x: i for i, x in enumerate(names)})
     return config
+
+
+def load(
+    path: str | Path, weights: bool = True, num_labels: int | None = None, **overrides: Any
+) -> TransformerClassifier:
+    """The Family protocol's `load` (load_hf_encoder)."""
+    return load_hf_encoder(path, num_labels, weights, **overrides)
+
+
+build = build_hf_encoder

@@ -39,25 +39,19 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
-from prunelab.hf import causal_lm, encoders, marian
 from prunelab.hf.checkpoint import BITMASK_HINT, KEPT_LAYERS, OVERRIDABLE, STRUCTURE_BUFFERS, WEIGHT_SUFFIXES
+from prunelab.hf.families import FAMILIES, MODULES
 from prunelab.models.surgery import layer_numbers
 from prunelab.models.transformer import FeedForward, MultiHeadAttention, Transformer, TransformerConfig
 
-# config.json's model_type -> its family's module. A family module has MODEL_TYPES, MODEL_CLASS (the prunelab class
-# it imports into), ARCHITECTURES (the class each model type is written as), network_config(config.json) and
-# export_folder(model, config.json, effective state, labels, cfg) -> (config.json to write, tensors under its keys),
-# where cfg is the network written (the model's, less the layers removed whole), FF_WIDTH_KEYS and LAYER_COUNT_KEYS
-# (config.json's keys for the feed-forward width and for each stack's layer count, the first always written, the
-# others only where the source has them: they may be aliases that transformers would read after the first).
-MODULES = (encoders, marian, causal_lm)
-FAMILIES: dict[str, ModuleType] = {t: module for module in MODULES for t in module.MODEL_TYPES}
+# config.json's model_type -> its family's module (prunelab.hf.families; the protocol: prunelab.hf.family.Family).
+# export_folder gets cfg, the network written (the model's, less the layers removed whole); of FF_WIDTH_KEYS and
+# LAYER_COUNT_KEYS the first key is always written, the others only where the source has them (aliases).
 # TransformerConfig fields that are training settings, not the network (they may differ from config.json's).
 TRAINING_FIELDS = (*OVERRIDABLE, "removed")
 

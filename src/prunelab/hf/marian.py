@@ -48,6 +48,9 @@ ARCHITECTURES = {"marian": "MarianMTModel"}  # the class an export is written as
 # config.json's feed-forward widths, set on export when every feed-forward kept the same number of neurons
 FF_WIDTH_KEYS = {"marian": ("encoder_ffn_dim", "decoder_ffn_dim")}
 LAYER_COUNT_KEYS = {"marian": {"enc": ("encoder_layers", "num_hidden_layers"), "dec": ("decoder_layers",)}}
+TASK = "translation"
+FAMILY_CAPABILITIES = {"marian": ("import", "export", "heads", "oneshot", "structured", "generation")}
+FAMILY_CUTS = {"marian": ("heads", "neurons", "layers")}  # post-norm: no single sub-layer
 
 # Keys (without the `model.` prefix) that hold the shared embedding again: HF ties them to `shared.weight`, older
 # files store every copy. They are checked equal to the shared table and dropped.
@@ -218,6 +221,9 @@ def build_hf_marian(vocab_size: int, pad_id: int, path: str, weights: bool = Tru
     `weights=False`: config.json alone (load_hf_marian), as `load_run` rebuilds a run from its copy of the source."""
     check_data_fits(path, marian_config, vocab_size, pad_id)  # before the weights are read
     return load_hf_marian(path, weights, **overrides)
+
+
+load, build = load_hf_marian, build_hf_marian  # the Family protocol's names (prunelab.hf.family)
 
 
 def export_folder(
