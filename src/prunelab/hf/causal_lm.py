@@ -62,7 +62,12 @@ LAYER_COUNT_KEYS = {
 }
 TASK = "language_modeling"
 FAMILY_CAPABILITIES = {t: ("import", "export", "heads", "oneshot", "structured", "generation") for t in MODEL_TYPES}
-FAMILY_CUTS = {t: ("heads", "kv_groups", "neurons", "layers", "sublayers") for t in MODEL_TYPES}
+FAMILY_CUTS = {  # GPT-2 has a K/V head per query head: no groups to cut
+    t: ("heads", "neurons", "layers", "sublayers")
+    if t == "gpt2"
+    else ("heads", "kv_groups", "neurons", "layers", "sublayers")
+    for t in MODEL_TYPES
+}
 # tie_word_embeddings when config.json lacks the key: transformers' own default for the family (LlamaConfig,
 # MistralConfig, Qwen2Config and Qwen3Config: False, a separate lm_head; GPT2Config: True)
 TIE_DEFAULTS = {"gpt2": True, "llama": False, "mistral": False, "qwen2": False, "qwen3": False}

@@ -84,7 +84,7 @@ def run(
         if pruner.needs_trained_model and not start.trained:
             raise UserError(
                 f"pruner={choices.get('pruner', '?')} prunes a trained model: start from a run (ckpt=RUN_DIR) or "
-                "an imported checkpoint (model=hf_encoder|hf_marian model.path=...)"
+                "an imported checkpoint (model=hf model.path=...)"
             )
         logger = build_logger(cfg, out, group, job)
         if logger:
