@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from prunelab.errors import UserError
@@ -37,9 +36,15 @@ from prunelab.hf.checkpoint import (
     read_family,
     recorded_layers,
     rename_keys,
-    wb,
 )
-from prunelab.hf.generation import read_generation
+from prunelab.hf.seq2seq import (
+    check_table,
+    file_names,
+    final_logits_bias,
+    layer_key_map,
+    take_shared,
+    with_generation,
+)
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
 
 MODEL_TYPES = ("marian",)
@@ -129,20 +134,7 @@ network_config = marian_config  # the name every family module gives it (prunela
 
 def key_map(enc_layers: int, dec_layers: int) -> dict[str, str]:
     """HF key (without the `model.` prefix; `final_logits_bias` is outside it) -> prunelab key."""
-    m = {"shared.weight": "embed.weight", "final_logits_bias": "logit_bias"}
-    attn = {f"{p}_proj": f"{p}_proj" for p in ("q", "k", "v", "out")}
-    for side, ours, n in (("encoder", "enc", enc_layers), ("decoder", "dec", dec_layers)):
-        for i in range(n):
-            h, e = f"{side}.layers.{i}", f"{ours}.{i}"
-            parts = {f"self_attn.{a}": f"sa.{b}" for a, b in attn.items()}
-            parts["self_attn_layer_norm"] = "sa_res.norm"
-            if side == "decoder":
-                parts.update({f"encoder_attn.{a}": f"ea.{b}" for a, b in attn.items()})
-                parts["encoder_attn_layer_norm"] = "ea_res.norm"
-            parts.update({"fc1": "ff.fc1", "fc2": "ff.fc2", "final_layer_norm": "ff_res.norm"})
-            for theirs, mine in parts.items():
-                m.update(wb(f"{h}.{theirs}", f"{e}.{mine}"))
-    return m
+    return {"shared.weight": "embed.weight", "final_logits_bias": "logit_bias", **layer_key_map(enc_layers, dec_layers)}
 
 
 def load_hf_marian(path: str | Path, weights: bool = True, **overrides: Any) -> Transformer:
@@ -156,42 +148,13 @@ def load_hf_marian(path: str | Path, weights: bool = True, **overrides: Any) -> 
     if state is None:
         return with_generation(Transformer(cfg), path)
 
-    # Normalise the names: take off `model.` (a bare MarianModel file has none).
-    names: dict[str, str] = {}  # normalised name -> name in the file, for messages
-    for k in state:
-        n = k.removeprefix("model.")
-        if n in names:
-            raise UserError(f"{path}: keys {names[n]!r} and {k!r} both name {n!r}")
-        names[n] = k
-    shown = "model." if any(k.startswith("model.") for k in state) else ""
-
-    # The shared embedding: `shared.weight`, or (files that stored only the tied copies) the first copy there is.
-    # Every other copy must equal it, or the checkpoint is untied.
-    copies = [n for n in ("shared.weight", *TIED_COPIES) if n in names]
-    if not copies:
-        raise UserError(f"{path}: key missing from the marian checkpoint: {shown}shared.weight")
-    if copies[0] != "shared.weight":
-        names["shared.weight"] = names.pop(copies[0])
-    for n in copies[1:]:
-        a, b = state[names["shared.weight"]], state[names[n]]
-        if a.shape != b.shape or not torch.equal(a, b):
-            raise UserError(
-                f"{path}: {names[n]} differs from {names['shared.weight']}: an untied MarianMT checkpoint "
-                "(prunelab's Transformer shares one embedding between encoder, decoder and output projection)"
-            )
-        del names[n]
-
+    names, shown = file_names(path, state)  # `model.` taken off (a bare MarianModel file has none)
+    take_shared(path, "marian", state, names, TIED_COPIES)
     # The sinusoid tables are recomputed; when the file has them they must agree with ours.
     table = sinusoidal_positions(cfg.max_len, cfg.d_model, cfg.pos_layout)
     for n in POSITION_TABLES:
         if n in names:
-            theirs = state[names.pop(n)]
-            if theirs.shape != table.shape or not torch.allclose(theirs, table, atol=1e-3, rtol=0):
-                err = (theirs - table).abs().max().item() if theirs.shape == table.shape else None
-                raise UserError(
-                    f"{path}: {shown}{n} (shape {tuple(theirs.shape)}, max |diff| {err}) is not the sinusoid table "
-                    f"prunelab computes ({tuple(table.shape)}, sin in the first d/2 columns, cos in the last)"
-                )
+            check_table(path, shown + n, state[names.pop(n)], table, "sin in the first d/2 columns, cos in the last")
 
     mapping = key_map(cfg.enc_layers, cfg.dec_layers)
     if "final_logits_bias" not in names:  # HF too loads a file without it (a bare MarianModel) with zeros
@@ -199,19 +162,9 @@ def load_hf_marian(path: str | Path, weights: bool = True, **overrides: Any) -> 
     account_for_keys(path, "marian", names, mapping, shown=lambda n: shown + n)
 
     if "final_logits_bias" in mapping:  # (1, V) in HF files, a (V,) buffer here
-        bias = state[names["final_logits_bias"]]
-        if bias.shape not in ((1, cfg.vocab_size), (cfg.vocab_size,)):
-            raise UserError(f"{path}: final_logits_bias has shape {tuple(bias.shape)}, needs (1, {cfg.vocab_size})")
-        state[names["final_logits_bias"]] = bias.reshape(-1)
+        final_logits_bias(path, state, names["final_logits_bias"], cfg.vocab_size)
     # without final_logits_bias in the file the bias stays at zero, as HF loads it
     return with_generation(copy_weights(Transformer(cfg), state, names, mapping, path, keep=("logit_bias",)), path)
-
-
-def with_generation(model: Transformer, path: str | Path) -> Transformer:
-    """`model` with the checkpoint's generation settings as `model.generation` (prunelab.hf.generation): the
-    translation task's default decoding is the checkpoint's own, as transformers' `generate` decodes."""
-    model.generation = read_generation(path)
-    return model
 
 
 def build_hf_marian(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> Transformer:
