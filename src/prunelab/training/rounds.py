@@ -299,7 +299,10 @@ class Rounds:
         if self.averaging is not None:
             extra["averaging"] = self.averaging
         # same_as_targeting: usable as that target's result in tables
-        self.add_level(trainer, r, pruner.stage(r), pruner.same_as_targeting(r), metrics, best, seconds, timing, extra)
+        stage = pruner.stage(r)
+        if stage is None and r == 0 and self.pretrained and not timing.get("steps") and not pruner.round_sparsity(r):
+            stage = "pretrained"  # round 0 neither trained nor pruned: the level is the start weights as they are
+        self.add_level(trainer, r, stage, pruner.same_as_targeting(r), metrics, best, seconds, timing, extra)
         if trainer.is_global_zero and (pruner.rounds > 1 or len(self.levels) > 1):  # iterative, or pretrained first
             record_levels(self.out, self.levels, self.logger, self.name)
         pruner.on_round_end(self.task.model, r)  # the next mask, from the scored (best) weights
