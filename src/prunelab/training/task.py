@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prunelab.errors import UserError
+from prunelab.hf.families import load_hf
 from prunelab.tasks import distill
 from prunelab.tasks.distill import Distiller
 from prunelab.tasks.recipe import Recipe
@@ -52,16 +53,19 @@ def build_recipe(settings: Mapping[str, Any]) -> Recipe:
 
 
 def build_distiller(settings: Mapping[str, Any] | None) -> Distiller | None:
-    """`task.distill` -> a Distiller with its teacher loaded (load_run of a run folder or a .ckpt in one), or None when
-    `teacher` is null. Unknown keys and bad values are one UserError each."""
+    """`task.distill` -> a Distiller with its teacher loaded (load_run of a run folder or a .ckpt in one; a Hugging Face
+    checkpoint folder through its family's import, e.g. the pretrained model a pruned copy recovers from), or None
+    when `teacher` is null. Unknown keys and bad values are one UserError each."""
     s = distill.settings(settings)
     if s["teacher"] is None:
         return None
     source = str(s["teacher"])
     if not Path(source).exists():
         raise UserError(f"task.distill.teacher={source}: no such run folder or checkpoint")
-    try:
-        teacher = load_run(Path(source)).model
+    folder = Path(source)
+    try:  # a Hugging Face checkpoint folder (config.json, no run of ours): the pretrained model itself
+        hf = folder.is_dir() and (folder / "config.json").is_file() and not (folder / "results.json").exists()
+        teacher = load_hf(folder).eval() if hf else load_run(folder).model
     except UserError as e:
         raise UserError(f"task.distill.teacher={source}: {e}") from None
     return Distiller(teacher, s["alpha"], s["temperature"], s["hidden_weight"], source)

@@ -77,7 +77,7 @@ def run(
         datamodule = build_data(cfg)
         args = model_args(datamodule)
         model = build_model(cfg.model, args, choices, kind=datamodule.kind)
-        datamodule.check_model_positions(model.cfg.max_len)
+        datamodule.check_model_positions(model.max_positions)
         pruner = instantiate(cfg.pruner)
         task = build_task(cfg, datamodule, model, pruner, choices)
         start = start_weights(cfg, out, model, pruner)  # scratch, a run's checkpoint, or a pretrained checkpoint
