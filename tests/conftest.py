@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from prunelab.models import Transformer, build_transformer
+from tests.hf_seq2seq import seq2seq_checkpoint  # noqa: F401  (tiny T5/BART/mBART/M2M100/NLLB folders, once a session)
 
 if "PYTEST_XDIST_WORKER" in os.environ:  # tests run side by side, one per core: one thread each, as train.py
     torch.set_num_threads(1)  # subprocesses get through OMP_NUM_THREADS (tests/e2e/conftest.py)

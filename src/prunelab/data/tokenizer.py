@@ -8,7 +8,9 @@ tokenizer names:
     translation     source = encode(s) + [eos]    decoder input = [bos] + encode_target(t)    output = ... + [eos]
     classification  classification_input([text] or [text_a, text_b], max_len) -> ids (with [CLS] first), types
 
-For an encoder-decoder checkpoint `bos_id` is the decoder's start token (Marian: its pad id)."""
+For an encoder-decoder checkpoint `bos_id` is the decoder's start token (Marian: its pad id), and `encode` /
+`encode_target` put the checkpoint's own prefix first (`target_prefix`: mBART-50's [de_DE], BART's <s>), so that a
+source is exactly what the checkpoint's tokenizer makes of it (`[en_XX] X </s>`); prunelab's own prefix nothing."""
 
 from __future__ import annotations
 
@@ -27,15 +29,20 @@ class Tokenizer(Protocol):
     eos_id: int
     unk_id: int
     max_positions: int | None  # the longest input a pretrained model takes (None: no limit of its own)
+    # the ids every encode_target starts with (a multilingual checkpoint's target language code), and that code,
+    # which decoding forces as the first token (None: nothing forced)
+    target_prefix: Sequence[int]
+    target_code_id: int | None
 
     @property
     def vocab_size(self) -> int: ...
 
     def encode(self, text: str) -> list[int]:
-        """Text (a source sentence) -> ids, without special tokens."""
+        """Text (a source sentence) -> ids, without the final EOS (a checkpoint's prefix first, if it has one)."""
 
     def encode_target(self, text: str) -> list[int]:
-        """A target sentence -> ids, without special tokens (Marian cuts it with its target model)."""
+        """A target sentence -> ids, target_prefix first, without the final EOS (Marian cuts it with its target
+        model)."""
 
     def decode(self, ids: Sequence[int]) -> str:
         """Model ids (a hypothesis) -> detokenized text, special tokens left out."""
@@ -51,6 +58,8 @@ class OwnTokenizer(ABC):
 
     pad_id, bos_id, eos_id, unk_id = PAD, BOS, EOS, UNK
     max_positions: int | None = None
+    target_prefix: tuple[int, ...] = ()  # targets are the sentence alone
+    target_code_id: int | None = None
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...

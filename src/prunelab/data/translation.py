@@ -2,8 +2,10 @@
 
 `TranslationDataModule` encodes (source, target) pairs, filters the training set by length, and batches by tokens;
 a source says where the text comes from (`read_split`) and how it is cut into tokens (`build_tokenizer`). With
-`tokenizer=` a pretrained checkpoint's folder (by default the model's own `model.path`), that checkpoint's tokenizer
-and special ids are used instead (Marian: sources end in its </s>, the decoder starts from its pad id).
+`tokenizer=` a pretrained checkpoint's folder (by default the model's own `model.path`), that checkpoint's tokenizer,
+special ids and framing are used instead (Marian: sources end in its </s>, the decoder starts from its pad id;
+mBART-50, M2M100, NLLB: [src code] X </s> -> [tgt code] Y </s>, the codes from `src_code` / `tgt_code` or the
+languages).
 
     data=synthetic_translation   SyntheticTranslationDataModule: the embedded language pair, generated from a seed
     data=parallel_text           ParallelTextDataModule: `{dir}/{prefix}.{lang}` files, joint SentencePiece
@@ -35,6 +37,7 @@ from prunelab.data.sources.synthetic import (
 )
 from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
+from prunelab.hf.checkpoint import PretrainedTokenizer
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -43,18 +46,25 @@ SPLITS = ("train", "valid", "test")
 class TranslationDataModule(DataModule):
     """Pairs of one language's sentences and their translations. `max_len`: training pairs with more subwords on
     either side are dropped; `eval_max_len`: longer evaluation pairs are truncated; `valid_max_sentences`: validate on
-    a fixed random sample of so many pairs (None: all)."""
+    a fixed random sample of so many pairs (None: all). `src_code` / `tgt_code`: a multilingual checkpoint's language
+    codes (mBART-50 en_XX, M2M100 __en__, NLLB eng_Latn); None: derived from `src_lang` / `tgt_lang` (the code
+    itself, or the one code of that language: en -> en_XX), see prunelab.hf.languages."""
 
     kind = "translation"  # the task kind it feeds (conf/task/translation.yaml)
+    src_lang: str | None = None  # the sources' languages, where the data names them
+    tgt_lang: str | None = None
 
     def __init__(
         self,
         max_len: int = 256,
         eval_max_len: int = 1000,
         valid_max_sentences: int | None = None,
+        src_code: str | None = None,
+        tgt_code: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.src_code, self.tgt_code = src_code, tgt_code
         self.valid_max_sentences = valid_max_sentences  # validate on a fixed sample of this size (None: all)
         self.max_len = max_len
         self.eval_max_len = eval_max_len
@@ -66,6 +76,12 @@ class TranslationDataModule(DataModule):
         """Raw (source lines, target lines) of one split, aligned."""
 
     # --- shared machinery ------------------------------------------------------------------------
+    def pretrained_tokenizer(self, path: str) -> Tokenizer:
+        """The checkpoint's tokenizer framing this data's languages (a multilingual one: their codes)."""
+        return PretrainedTokenizer(
+            path, src_lang=self.src_lang, tgt_lang=self.tgt_lang, src_code=self.src_code, tgt_code=self.tgt_code
+        )
+
     def task_kwargs(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer}
 

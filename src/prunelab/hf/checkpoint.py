@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
+from prunelab.hf.languages import hf_language, language_codes, resolve_code
 
 # HF `hidden_act` / `activation` / `activation_function` -> prunelab activation ("gelu" is the exact erf GELU).
 HF_ACTIVATIONS = {
@@ -323,9 +324,32 @@ class PretrainedTokenizer:
 
     Classification inputs are framed by the tokenizer itself ([CLS] a [SEP] b [SEP] for BERT with token types,
     <s> a </s></s> b </s> for RoBERTa), truncated as it does (longest first). It is a `prunelab.data.tokenizer.
-    Tokenizer`."""
+    Tokenizer`.
 
-    def __init__(self, path: str | Path):
+    Translation examples are framed as the checkpoint frames them: `encode(s) + [eos]` is `hf(s)["input_ids"]` and
+    `encode_target(t) + [eos]` is `hf(text_target=t)["input_ids"]`: X </s> (Marian, T5), <s> X </s> (BART),
+    [en_XX] X </s> -> [de_DE] Y </s> (mBART-50), [__en__] X </s> (M2M100), [eng_Latn] X </s> (NLLB-200). The
+    framing is learnt from the tokenizer itself (`source_prefix`, `target_prefix`: what it puts before a text; a
+    framing that does not end in EOS alone, such as NLLB's legacy X </s> [eng_Latn], is refused when text is
+    encoded). A multilingual tokenizer takes its codes from the data's languages (`src_lang`, `tgt_lang`: the code
+    itself or its language, en -> en_XX) or from `src_code` / `tgt_code` (prunelab.hf.languages);
+    `target_code_id` is the target's code, which decoding forces as the first token (transformers'
+    forced_bos_token_id)."""
+
+    # what a tokenizer built without __init__'s framing (a subclass's) puts around a text: nothing
+    source_prefix: tuple[int, ...] = ()
+    _target_prefix: tuple[int, ...] = ()
+    target_code_id: int | None = None
+    _framing_error: str | None = None
+
+    def __init__(
+        self,
+        path: str | Path,
+        src_lang: str | None = None,
+        tgt_lang: str | None = None,
+        src_code: str | None = None,
+        tgt_code: str | None = None,
+    ):
         folder = self._load(path)
         config_file = folder / "config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
@@ -342,6 +366,58 @@ class PretrainedTokenizer:
             raise UserError(f"the tokenizer in {folder} has no {' / '.join(missing)} token")
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.types = "token_type_ids" in hf.model_input_names  # BERT's segments; RoBERTa and Marian have none
+        self.codes = language_codes(hf)  # {code: id}; empty for a tokenizer of one language pair
+        where = str(folder)
+        self.src_code, self.tgt_code = (
+            None if self.codes and code is None and lang is None else resolve_code(self.codes, code, lang, side, where)
+            for side, code, lang in (("src", src_code, src_lang), ("tgt", tgt_code, tgt_lang))
+        )
+        if self.codes and (self.src_code is None or self.tgt_code is None):
+            # a multilingual tokenizer read without languages (a classifier's, a look at its vocabulary) frames no
+            # translation: the error (which settings to give) waits for the first text encoded
+            try:
+                resolve_code(self.codes, None, None, "src" if self.src_code is None else "tgt", where)
+            except UserError as e:
+                self._framing_error = str(e)
+            return
+        if self.src_code is not None and self.tgt_code is not None:
+            hf.src_lang = hf_language(hf, self.src_code)
+            hf.tgt_lang = hf_language(hf, self.tgt_code)
+        self.source_prefix = self._prefix(folder, target=False)
+        self._target_prefix = self._prefix(folder, target=True)
+        first = self._target_prefix[:1]
+        self.target_code_id = first[0] if first and first[0] in self.codes.values() else None
+
+    def _prefix(self, folder: Path, target: bool) -> tuple[int, ...]:
+        """What the tokenizer puts before a source (a target) text, learnt from its framing of a probe text:
+        prefix + ids + [eos]. Any other framing is remembered as the error of the first text encoded."""
+        probe = "a b"
+        kwargs: dict[str, Any] = {"text_target": probe} if target else {"text": probe}
+        framed = list(self.hf(**kwargs)["input_ids"])
+        bare = list(self.hf(**kwargs, add_special_tokens=False)["input_ids"])
+        at = next((i for i in range(len(framed) - len(bare) + 1) if framed[i : i + len(bare)] == bare), None)
+        if at is None or framed[at + len(bare) :] != [self.eos_id]:
+            tokens = self.hf.convert_ids_to_tokens(framed)
+            if at is not None:  # the text itself as X: `[prefix] X [suffix]`
+                tokens = [*tokens[:at], "X", *tokens[at + len(bare) :]]
+            shown = " ".join(map(str, tokens))
+            self._framing_error = self._framing_error or (
+                f"the tokenizer in {folder} frames a {'target' if target else 'source'} text as `{shown}`: prunelab's "
+                f"translation data needs [prefix] text {self.hf.convert_ids_to_tokens(self.eos_id)}, ending in its "
+                "end-of-sentence token (an NLLB tokenizer: set legacy_behaviour to false in its tokenizer_config.json)"
+            )
+            return ()
+        return tuple(framed[:at])
+
+    @property
+    def target_prefix(self) -> tuple[int, ...]:
+        """The ids every target starts with (mBART-50: its target language code; BART: <s>; Marian, T5: none)."""
+        self._check_framing()
+        return self._target_prefix
+
+    def _check_framing(self) -> None:
+        if self._framing_error is not None:
+            raise UserError(self._framing_error)
 
     def _load(self, path: str | Path) -> Path:
         """Read the checkpoint's tokenizer: `hf`, `folder`, `unk_id` and `max_positions` (the one place a checkpoint's
@@ -376,10 +452,14 @@ class PretrainedTokenizer:
         return len(self.hf)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.hf(text, add_special_tokens=False)["input_ids"])
+        """A source text's ids as the checkpoint frames it, without the final EOS (the data module appends it)."""
+        self._check_framing()
+        return [*self.source_prefix, *self.hf(text, add_special_tokens=False)["input_ids"]]
 
     def encode_target(self, text: str) -> list[int]:
-        return list(self.hf(text_target=text, add_special_tokens=False)["input_ids"])
+        """A target text's ids as the checkpoint frames it (its target prefix first), without the final EOS."""
+        self._check_framing()
+        return [*self._target_prefix, *self.hf(text_target=text, add_special_tokens=False)["input_ids"]]
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.hf.decode(list(ids), skip_special_tokens=True))

@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping": False,
     "no_repeat_ngram_size": 0,
     "bad_words_ids": None,
+    "forced_bos_token_id": None,
     "forced_eos_token_id": None,
     "renormalize_logits": False,
     "eos_token_id": None,
@@ -59,7 +60,6 @@ INACTIVE: dict[str, tuple[Any, ...]] = {
     "repetition_penalty": (None, 1.0),
     "encoder_repetition_penalty": (None, 1.0),
     "encoder_no_repeat_ngram_size": (None, 0),
-    "forced_bos_token_id": (None,),
     "suppress_tokens": (None, []),
     "begin_suppress_tokens": (None, []),
     "exponential_decay_length_penalty": (None,),
@@ -101,6 +101,7 @@ class Generation:
     eos_id: int
     decoder_start_id: int
     force_eos: bool  # the last possible token is EOS (HF's forced_eos_token_id)
+    forced_bos_id: int | None  # the first generated token (HF's forced_bos_token_id: mBART-50's target language)
     renormalize: bool  # log-probabilities renormalised after the bans (HF's renormalize_logits)
     source: str  # where the settings came from: generation_config.json, config.json, or (defaults)
     overrides: tuple[str, ...] = ()  # the settings the run changed (task.generation)
@@ -168,6 +169,7 @@ def checkpoint_generation(settings: Mapping[str, Any] | None, overrides: Mapping
     forced = _one_id("forced_eos_token_id", s["forced_eos_token_id"])
     if forced not in (None, eos):
         raise UserError(f"generation setting forced_eos_token_id={forced} differs from eos_token_id={eos}")
+    forced_bos = _one_id("forced_bos_token_id", s["forced_bos_token_id"])
     bad: list[int] = []
     for words in s["bad_words_ids"] or []:
         if not isinstance(words, list) or len(words) != 1 or not isinstance(words[0], int):
@@ -196,10 +198,28 @@ def checkpoint_generation(settings: Mapping[str, Any] | None, overrides: Mapping
         eos_id=eos,
         decoder_start_id=start,
         force_eos=forced is not None,
+        forced_bos_id=forced_bos,
         renormalize=bool(s["renormalize_logits"]),
         source=source,
         overrides=tuple(sorted(overrides)),
     )
+
+
+def with_target_code(g: Generation, code_id: int | None, code: str | None = None) -> Generation:
+    """`g` forcing the target language code `code_id` (the token `code`) as the first generated token, as one passes
+    `forced_bos_token_id=tokenizer.convert_tokens_to_ids(tgt_lang)` to `generate` for mBART-50, M2M100 and NLLB;
+    `g` itself without a code. A checkpoint whose own settings force another first token is one UserError: the data's
+    target language is not the one the checkpoint translates into."""
+    if code_id is None or g.forced_bos_id == code_id:
+        return g
+    if g.forced_bos_id is not None:
+        raise UserError(
+            f"the checkpoint's {g.source} forces the first generated token to id {g.forced_bos_id} "
+            f"(forced_bos_token_id), but the data's target language code{f' {code}' if code else ''} is id {code_id}: "
+            "translate into the checkpoint's language (data.tgt_lang / data.tgt_code), or set "
+            f"+task.generation.forced_bos_token_id={code_id}"
+        )
+    return replace(g, forced_bos_id=code_id)
 
 
 DECODERS = ("auto", "checkpoint", "prunelab")
@@ -245,6 +265,7 @@ def generate(model: Any, src: Tensor, g: Generation) -> list[list[int]]:
         no_repeat_ngram_size=g.no_repeat_ngram_size,
         banned=g.bad_words,
         force_eos=g.force_eos,
+        forced_bos=g.forced_bos_id,
         renormalize=g.renormalize,
         start=g.decoder_start_id,
     )

@@ -207,6 +207,7 @@ def hf_beam_search(
     no_repeat_ngram_size: int = 0,
     banned: Sequence[int] | None = None,
     force_eos: bool = True,
+    forced_bos: int | None = None,
     renormalize: bool = False,
     start: int | None = None,
 ) -> list[list[int]]:
@@ -224,9 +225,11 @@ def hf_beam_search(
 
     The rest of `generate`'s logits processors, applied to the log-probabilities in its order: no n-gram of
     `no_repeat_ngram_size` tokens twice in a hypothesis (the decoder start counted, as HF counts it), the `banned`
-    ids never (None: the model's `ban_pad` rule), no EOS before `min_new_tokens` tokens, EOS forced at the last
-    step (`force_eos`; without it the limit ends hypotheses without EOS), and with `renormalize` a log-softmax
-    after them all (HF's renormalize_logits). `start`: the decoder's first input (default `start_id`)."""
+    ids never (None: the model's `ban_pad` rule), no EOS before `min_new_tokens` tokens, the first token
+    `forced_bos` alone, at log-probability 0 (HF's ForcedBOSTokenLogitsProcessor: mBART-50's target language
+    code), EOS forced at the last step (`force_eos`; without it the limit ends hypotheses without EOS), and with
+    `renormalize` a log-softmax after them all (HF's renormalize_logits). `start`: the decoder's first input
+    (default `start_id`)."""
     K, pad, neg = beam_size, model.cfg.pad_id, -1.0e9
     B, dev = src.size(0), src.device
     mem, mem_mask = model.encode(src)  # one row per sentence: its K beams share it
@@ -254,6 +257,9 @@ def hf_beam_search(
             logp[:, bans] = float("-inf")
         if step < min_new_tokens:
             logp[:, eos_id] = float("-inf")
+        if step == 0 and forced_bos is not None:  # after the bans: the forced token is taken even if banned
+            logp.fill_(float("-inf"))
+            logp[:, forced_bos] = 0.0
         last = step == max_new_tokens - 1
         if last and force_eos:  # only EOS, at no cost
             logp.fill_(float("-inf"))

@@ -5,7 +5,9 @@ Two decoders (`decoding`): `prunelab`, prunelab's GNMT beam search (`beam_size`,
 `max_len_a` * |src| + `max_len_b` tokens), and `checkpoint`, an imported checkpoint's own decoding as transformers'
 `generate` gives it (prunelab.hf.generation: its generation_config.json, `generation` overriding settings), for
 validation and test alike. `auto` (the default) is `checkpoint` for a model that carries generation settings (an
-imported MarianMT model) and `prunelab` for any other. results.json records the decoding in force (`decoding`)."""
+imported MarianMT model) and `prunelab` for any other. results.json records the decoding in force (`decoding`).
+With a multilingual checkpoint's tokenizer the checkpoint's decoding forces its target language code as the first
+token (transformers' forced_bos_token_id), as one calls `generate` for mBART-50, M2M100 and NLLB."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.hf.generation import Generation, checkpoint_decoding, generate, with_beams
+from prunelab.hf.generation import Generation, checkpoint_decoding, generate, with_beams, with_target_code
 from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
 from prunelab.models.transformer import Transformer
@@ -26,6 +28,15 @@ from prunelab.tasks.base import PrunableTask, gathered_by_index
 from prunelab.tasks.recipe import Recipe
 
 Batch = dict[str, Any]
+
+
+def forcing_target_code(generation: Generation | None, tokenizer: Tokenizer) -> Generation | None:
+    """`generation` forcing the tokenizer's target language code as the first token (hf.generation.with_target_code);
+    as it is for a tokenizer without one, and None (prunelab's beam search) stays None."""
+    if generation is None:
+        return None
+    code_id = getattr(tokenizer, "target_code_id", None)
+    return with_target_code(generation, code_id, getattr(tokenizer, "tgt_code", None))
 
 
 class TranslationTask(PrunableTask):
@@ -54,7 +65,9 @@ class TranslationTask(PrunableTask):
         self.beam_size = beam_size
         self.val_beam_size = val_beam_size or beam_size
         self.length_penalty, self.max_len_a, self.max_len_b = length_penalty, max_len_a, max_len_b
-        self.generation = checkpoint_decoding(model, decoding, generation)  # None: prunelab's beam search
+        # None: prunelab's beam search; a checkpoint's own decoding starts its translations with the target language
+        # code of a multilingual tokenizer (mBART-50, M2M100, NLLB), as generate(forced_bos_token_id=...) does
+        self.generation = forcing_target_code(checkpoint_decoding(model, decoding, generation), tokenizer)
         self._outputs: list[tuple[int, str, str]] = []  # (index, hypothesis, reference) of this eval epoch
 
     def eval_cost_ratio(self) -> float:
@@ -153,7 +166,7 @@ class TranslationTask(PrunableTask):
         """Corpus BLEU of beam-search decodes. `settings`: a DecodeSettings (prunelab's beam: width, length penalty,
         length limits) or a Generation (a checkpoint's own decoding, as `generate` does it)."""
         if isinstance(settings, Generation):
-            return GenerateBleuScorer(datamodule.tokenizer, settings)
+            return GenerateBleuScorer(datamodule.tokenizer, forcing_target_code(settings, datamodule.tokenizer))
         return BleuScorer(datamodule.tokenizer, settings or DecodeSettings())
 
     def own_scorer(self, datamodule: Any, settings: Any = None) -> Any:
