@@ -260,7 +260,7 @@ def generate(model: Any, src: Tensor, g: Generation) -> list[list[int]]:
         beam_size=g.num_beams,
         length_penalty=g.length_penalty,
         early_stopping=False if g.num_beams == 1 else g.early_stopping,
-        max_new_tokens=min(g.max_new_tokens, model.cfg.max_len),
+        max_new_tokens=min(g.max_new_tokens, model.max_positions),
         min_new_tokens=g.min_new_tokens,
         no_repeat_ngram_size=g.no_repeat_ngram_size,
         banned=g.bad_words,

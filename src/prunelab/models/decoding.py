@@ -50,7 +50,7 @@ def greedy_decode(
     cache = model.new_cache()
     token = torch.full((B,), start_id(model, bos_id), dtype=torch.long, device=src.device)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
-    limits = max_target_lens(src, pad, max_len_a, max_len_b, model.cfg.max_len)  # (B,)
+    limits = max_target_lens(src, pad, max_len_a, max_len_b, model.max_positions)  # (B,)
     out: list[Tensor] = []
     for step in range(int(limits.max())):
         logits = model.decode_step(token, mem, mem_mask, cache, step)  # (B, V)
@@ -97,7 +97,7 @@ def beam_search(
     """Batched beam search. Finished hypotheses keep their score and stay in the beam (emitting pad);
     the winner per sentence is chosen by score / length_penalty. beam_size=1 is exactly greedy."""
     mem, mem_mask = model.encode(src)
-    limits = max_target_lens(src, model.cfg.pad_id, max_len_a, max_len_b, model.cfg.max_len)
+    limits = max_target_lens(src, model.cfg.pad_id, max_len_a, max_len_b, model.max_positions)
     return beam_search_memory(model, mem, mem_mask, limits, bos_id, eos_id, beam_size, alpha)
 
 

@@ -214,11 +214,6 @@ class AttendOutPruner(Pruner):
         return self._nets["g"]  # type: ignore[return-value]
 
     def attach(self, model: nn.Module) -> None:
-        if getattr(model.cfg, "positions", None) == "relative":
-            raise UserError(
-                "pruner=attendout drops attention maps by scaling q.k to 0; a model with a relative position bias "
-                "(T5) adds the bias after that, so a dropped map would not be the uniform one: not supported"
-            )
         if not self._nets:
             self._nets = {
                 "a": copy.deepcopy(model),
