@@ -6,6 +6,7 @@ target language code forced first where the family uses one)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,3 +120,43 @@ def test_a_pretrained_checkpoint_scored_as_it_is(seq2seq_checkpoint: Callable[..
     (level,) = r.results["levels"]
     assert level["stage"] == "pretrained" and level["time"]["steps"] == 0
     assert read_hypotheses(r.dir / "checkpoints" / "round_0") == hf_translations(folder, "nllb", H.copy_pairs(16, 3)[0])
+
+
+def test_head_and_component_studies_of_a_t5(
+    seq2seq_checkpoint: Callable[..., Path], data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prunelab heads|components RUN` on an imported T5 scored as it is: BLEU (decoded with the checkpoint's own
+    beam-4 settings) is the score, and its baseline is the run's test BLEU; every head of the three attention kinds
+    and every sub-layer is studied."""
+    import logging
+
+    from prunelab.cli.main import main
+
+    _, r = run(seq2seq_checkpoint, data, tmp_path / "run", "t5", "pruner=none", "trainer.max_steps=0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    bleu = r.results["metrics"]["test/bleu"]
+    monkeypatch.setattr(logging.getLogger("prunelab"), "handlers", [])  # main() logs to this test's stderr
+    heads = [
+        "--beam-size",
+        "4",
+        "--importance-batches",
+        "1",
+        "--random-orders",
+        "1",
+        "--step",
+        "0.5",
+        "--no-ablation-order",
+    ]
+    assert main(["heads", str(r.dir), *heads, "--speed-batch-sizes", "1", "--speed-sentences", "4"]) == 0
+    report = json.loads((r.dir / "heads" / "heads.json").read_text())
+    assert report["baseline_bleu"] == pytest.approx(bleu, abs=1e-6)
+    want = {
+        f"{s}.{i}.{k}.h{h}"
+        for s, k in (("enc", "sa"), ("dec", "sa"), ("dec", "ea"))
+        for i in range(2)
+        for h in range(4)
+    }
+    assert set(report["importance"]) == want
+    assert main(["components", str(r.dir), "--split", "test", "--no-criticality"]) == 0
+    comp = json.loads((r.dir / "components" / "components.json").read_text())
+    assert comp["baseline_bleu"] == pytest.approx(bleu, abs=1e-6)
