@@ -122,17 +122,18 @@ def test_a_pretrained_checkpoint_scored_as_it_is(seq2seq_checkpoint: Callable[..
     assert read_hypotheses(r.dir / "checkpoints" / "round_0") == hf_translations(folder, "nllb", H.copy_pairs(16, 3)[0])
 
 
-def test_head_and_component_studies_of_a_t5(
-    seq2seq_checkpoint: Callable[..., Path], data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("name", ["t5", "mbart50"])
+def test_head_and_component_studies(
+    seq2seq_checkpoint: Callable[..., Path], data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    """`prunelab heads|components RUN` on an imported T5 scored as it is: BLEU (decoded with the checkpoint's own
-    beam-4 settings) is the score, and its baseline is the run's test BLEU; every head of the three attention kinds
-    and every sub-layer is studied."""
+    """`prunelab heads|components RUN` on an imported T5 / mBART-50 scored as it is: BLEU (decoded with the
+    checkpoint's own beam-4 settings, the target code forced as the run forced it) is the score, and its baseline is
+    the run's test BLEU; every head of the three attention kinds and every sub-layer is studied."""
     import logging
 
     from prunelab.cli.main import main
 
-    _, r = run(seq2seq_checkpoint, data, tmp_path / "run", "t5", "pruner=none", "trainer.max_steps=0")
+    folder, r = run(seq2seq_checkpoint, data, tmp_path / "run", name, "pruner=none", "trainer.max_steps=0")
     assert r.returncode == 0, r.stderr[-3000:]
     bleu = r.results["metrics"]["test/bleu"]
     monkeypatch.setattr(logging.getLogger("prunelab"), "handlers", [])  # main() logs to this test's stderr
@@ -150,6 +151,10 @@ def test_head_and_component_studies_of_a_t5(
     assert main(["heads", str(r.dir), *heads, "--speed-batch-sizes", "1", "--speed-sentences", "4"]) == 0
     report = json.loads((r.dir / "heads" / "heads.json").read_text())
     assert report["baseline_bleu"] == pytest.approx(bleu, abs=1e-6)
+    assert report["decoding"]["forced_bos_id"] == r.results["decoding"]["forced_bos_id"]
+    if name in CODES:  # the code of the data's target language, as the run decoded
+        code = transformers.AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids(CODES[name][1])
+        assert report["decoding"]["forced_bos_id"] == code
     want = {
         f"{s}.{i}.{k}.h{h}"
         for s, k in (("enc", "sa"), ("dec", "sa"), ("dec", "ea"))

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from prunelab.criteria.ablation import gates_off
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.hf.generation import Generation, checkpoint_decoding, with_beams
+from prunelab.hf.generation import Generation, checkpoint_decoding, with_beams, with_target_code
 from prunelab.metrics import bleu
 from prunelab.models.addressing import component, component_names
 from prunelab.models.decoding import beam_search_memory, max_target_lens
@@ -44,15 +44,20 @@ class DecodeSettings:
 
 
 def decode_settings(
-    config: dict[str, Any], beam_size: int | None = None, model: Transformer | None = None
+    config: dict[str, Any], beam_size: int | None = None, model: Transformer | None = None, tokenizer: Any = None
 ) -> DecodeSettings | Generation:
     """A run's own validation decoding from its config as results.json holds it, the beam width overridden by
     `beam_size` when given: prunelab's beam (width, length penalty, length limits), or, for a run of `model`
-    that decoded with its checkpoint's own settings (an imported Marian model, `task.decoding`), that Generation."""
+    that decoded with its checkpoint's own settings (an imported checkpoint, `task.decoding`), that Generation,
+    forcing the `tokenizer`'s target language code first as the run did (mBART-50, M2M100, NLLB)."""
     task = config.get("task", {})
     if model is not None and "decoding" in task:
         generation = checkpoint_decoding(model, task["decoding"], task.get("generation"))
         if generation is not None:
+            if tokenizer is not None:
+                generation = with_target_code(
+                    generation, getattr(tokenizer, "target_code_id", None), getattr(tokenizer, "tgt_code", None)
+                )
             return generation if beam_size is None else with_beams(generation, beam_size)
     return DecodeSettings(
         beam_size=beam_size or task.get("val_beam_size") or task.get("beam_size", 4),

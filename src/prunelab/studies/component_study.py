@@ -68,7 +68,7 @@ def analyse_components(
     check_max_examples(max_examples)
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
-    settings = decode_settings(res["config"], beam_size, model)
+    settings = decode_settings(res["config"], beam_size, model, dm.tokenizer)
     scorer = run.task_class.scorer(dm, settings)
     score_name = scorer.name
     init = res.get("init_weights")

@@ -75,7 +75,7 @@ def analyse_heads(
     check_max_examples(max_examples)
     run = load_run(run_dir, data=True)
     res, dm, model = run.results, run.datamodule, run.model
-    settings = decode_settings(res["config"], beam_size, model)  # the run's own decoding, at this beam width
+    settings = decode_settings(res["config"], beam_size, model, dm.tokenizer)  # the run's own decoding, this beam
     scorer = run.task_class.scorer(dm, settings)
     out = out_dir or run_dir / "heads"
     out.mkdir(parents=True, exist_ok=True)
