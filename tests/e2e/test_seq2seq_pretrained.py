@@ -165,3 +165,10 @@ def test_head_and_component_studies(
     assert main(["components", str(r.dir), "--split", "test", "--no-criticality"]) == 0
     comp = json.loads((r.dir / "components" / "components.json").read_text())
     assert comp["baseline_bleu"] == pytest.approx(bleu, abs=1e-6)
+
+
+def test_prunelab_beam_cannot_force_the_target_code(
+    seq2seq_checkpoint: Callable[..., Path], data: Path, tmp_path: Path
+) -> None:
+    _, r = run(seq2seq_checkpoint, data, tmp_path / "run", "m2m100", "task.decoding=prunelab", "trainer.max_steps=0")
+    assert r.returncode == 2 and "task.decoding=checkpoint" in r.stderr and "__de__" in r.stderr

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prunelab.data.tokenizer import Tokenizer
+from prunelab.errors import UserError
 from prunelab.hf.generation import Generation, checkpoint_decoding, generate, with_beams, with_target_code
 from prunelab.metrics import translation_scores
 from prunelab.models.decoding import beam_search
@@ -32,10 +33,15 @@ Batch = dict[str, Any]
 
 def forcing_target_code(generation: Generation | None, tokenizer: Tokenizer) -> Generation | None:
     """`generation` forcing the tokenizer's target language code as the first token (hf.generation.with_target_code);
-    as it is for a tokenizer without one, and None (prunelab's beam search) stays None."""
-    if generation is None:
-        return None
+    as it is for a tokenizer without one; None (prunelab's beam search) stays None, and is one error with a code."""
     code_id = getattr(tokenizer, "target_code_id", None)
+    if generation is None:
+        if code_id is not None:  # prunelab's beam search has no forced first token: it would pick any language
+            raise UserError(
+                f"task.decoding=prunelab cannot force the target language code {getattr(tokenizer, 'tgt_code', '')} "
+                "as the first token (the multilingual checkpoint needs it): decode with task.decoding=checkpoint"
+            )
+        return None
     return with_target_code(generation, code_id, getattr(tokenizer, "tgt_code", None))
 
 
