@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prunelab.errors import UserError
+from prunelab.hf.checkpoint import resolve_checkpoint
 from prunelab.hf.families import load_hf
 from prunelab.tasks import distill
 from prunelab.tasks.distill import Distiller
@@ -60,10 +61,13 @@ def build_distiller(settings: Mapping[str, Any] | None) -> Distiller | None:
     if s["teacher"] is None:
         return None
     source = str(s["teacher"])
-    if not Path(source).exists():
-        raise UserError(f"task.distill.teacher={source}: no such run folder or checkpoint")
     folder = Path(source)
-    try:  # a Hugging Face checkpoint folder (config.json, no run of ours): the pretrained model itself
+    try:
+        if not folder.exists():  # a hub id in the Hugging Face cache, or nothing
+            if folder.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
+                raise UserError("no such run folder or checkpoint")
+            folder = resolve_checkpoint(source)
+        # a Hugging Face checkpoint folder (config.json, no run of ours): the pretrained model itself
         hf = folder.is_dir() and (folder / "config.json").is_file() and not (folder / "results.json").exists()
         teacher = load_hf(folder).eval() if hf else load_run(folder).model
     except UserError as e:
