@@ -28,11 +28,31 @@ from tests.tiny import tiny_llama as llama_shaped
 PAD, BOS, EOS = 0, 1, 2
 
 
-def tiny() -> nn.Module:
+# the encoder-decoders of the imported families: each stack's inputs come through Transformer.encoder_inputs /
+# decoder_inputs, which a calibration that embedded the tokens itself would miss (T5's relative position bias, BART's
+# per-stack tables, M2M100's per-sentence positions)
+FLAVOURS = {
+    "vaswani": {},
+    "t5": dict(
+        positions="relative", rel_buckets=8, rel_max_distance=12, attn_scale=1.0, norm="rms", ffn="glu",
+        qkv_bias=False, out_bias=False, ff_bias=False, embed_scale=False, tie_embeddings=False, logit_scale=0.25,
+    ),
+    "bart": dict(positions="learned", position_shift=2, stack_embeddings=True, embed_norm=True, pre_norm=False),
+    "m2m100": dict(positions="sinusoidal", pos_layout="fairseq", position_offset=PAD + 1),
+}  # fmt: skip
+
+
+def tiny(flavour: str = "vaswani") -> nn.Module:
     torch.manual_seed(0)
     model = build_transformer(
-        vocab_size=40, d_model=16, n_heads=2, d_ff=32, enc_layers=2, dec_layers=2, dropout=0.0, max_len=64
-    )
+        vocab_size=40, d_model=16, n_heads=2, d_ff=32, enc_layers=2, dec_layers=2, dropout=0.0, max_len=64,
+        **FLAVOURS[flavour],
+    )  # fmt: skip
+    if flavour in ("t5", "bart"):  # tables away from their init, so that a missing bias or position moves the inputs
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "rel_bias" in n or "pos_embed" in n:
+                    p.normal_(0.0, 1.0)
     return model.eval()
 
 
@@ -83,12 +103,16 @@ def wanda_half() -> tuple[dict[str, InputStats], dict[str, torch.Tensor], Solver
     return seen, removed, solve
 
 
-@pytest.mark.parametrize("bos", [BOS, PAD], ids=["bos", "marian_pad_start"])
+@pytest.mark.parametrize(
+    ("bos", "flavour"),
+    [(BOS, "vaswani"), (PAD, "vaswani"), (BOS, "t5"), (BOS, "bart"), (BOS, "m2m100")],
+    ids=["bos", "marian_pad_start", "t5", "bart", "m2m100"],
+)
 @pytest.mark.parametrize(
     "name", ["enc.0.ff.fc1", "enc.1.sa.q_proj", "dec.0.ea.k_proj", "dec.0.sa.v_proj", "dec.1.ff.fc2"]
 )
-def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos: int) -> None:
-    original = tiny()
+def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos: int, flavour: str) -> None:
+    original = tiny(flavour)
     model = copy.deepcopy(original)
     names = set(prunable_weights(model))
     seen, removed, solve = wanda_half()
@@ -102,9 +126,9 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos:
     # independently: the model as it was when `name` was calibrated, its inputs recorded on real tokens (the
     # decoder's: the positions whose target the loss counts)
     state = {k: (model if calibrated_before(k, name) else original).state_dict()[k] for k in original.state_dict()}
-    hybrid = tiny()
+    hybrid = tiny(flavour)
     hybrid.load_state_dict(state)
-    unpruned = tiny()
+    unpruned = tiny(flavour)
     recorded, recorded_unpruned = [], []
     for net, rows in ((hybrid, recorded), (unpruned, recorded_unpruned)):
         target = net.get_submodule(name)
