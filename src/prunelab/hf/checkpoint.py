@@ -54,7 +54,7 @@ STRUCTURE_BUFFERS = (".gate", ".head_gate", ".head_ids", ".kv_ids", ".head_group
 # the tokenizer's files (tokenizer.json, tokenizer_config.json, vocab.txt, vocab.json, merges.txt, *.spm, ...).
 SOURCE_FILES = ("*.json", "*.txt", "*.model", "*.spm", "*.codes", "*.tiktoken")
 # What is fetched of a hub checkpoint: those, and the PyTorch weights (not TF/Flax/ONNX copies).
-HUB_FILES = [*SOURCE_FILES, "model.safetensors", "pytorch_model.bin"]
+HUB_FILES = [*SOURCE_FILES, "model*.safetensors", "pytorch_model*.bin", "*.index.json"]
 # Weight files (any framework), never copied along with a model's other files.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".ot", ".index.json")
 
@@ -95,20 +95,53 @@ def read_config(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """A HF model folder or hub id -> (config.json as a dict, state dict with fp16/bf16 upcast to fp32)."""
+    """A HF model folder or hub id -> (config.json as a dict, state dict with fp16/bf16 upcast to fp32): from
+    model.safetensors or pytorch_model.bin, or the shards their `.index.json` lists (larger checkpoints: T5-3B,
+    NLLB-3.3B), each shard checked to hold the keys the index gives it."""
     folder, config = read_config(path)
-    if (folder / "model.safetensors").is_file():
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if not (folder / "model.safetensors").is_file() and (folder / index).is_file():
+            state = read_shards(folder, index)
+            break
+    else:
+        if (folder / "model.safetensors").is_file():
+            state = read_weights(folder / "model.safetensors")
+        elif (folder / "pytorch_model.bin").is_file():
+            state = read_weights(folder / "pytorch_model.bin")
+        else:
+            raise UserError(f"{folder}: no model.safetensors, pytorch_model.bin or a sharded checkpoint's index")
+    # fp16 checkpoints (Marian-style conversions) are upcast: prunelab computes in fp32 unless told otherwise
+    return config, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def read_weights(file: Path) -> dict[str, Tensor]:
+    """One weight file: safetensors, or a torch pickle read with weights_only=True."""
+    if file.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise UserError("reading model.safetensors needs the safetensors package: pip install -e '.[hf]'") from None
-        state = load_file(str(folder / "model.safetensors"), device="cpu")
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise UserError(f"{folder}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
-    # fp16 checkpoints (Marian-style conversions) are upcast: prunelab computes in fp32 unless told otherwise
-    return config, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            raise UserError("reading .safetensors needs the safetensors package: pip install -e '.[hf]'") from None
+        return load_file(str(file), device="cpu")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def read_shards(folder: Path, index: str) -> dict[str, Tensor]:
+    """The shards an index file (`weight_map`: key -> shard file) names, merged; a shard missing from the folder or
+    not holding the keys the index gives it is one error."""
+    try:
+        weight_map = json.loads((folder / index).read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{folder / index}: not a sharded checkpoint's index ({type(e).__name__}: {e})") from None
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (folder / shard).is_file():
+            raise UserError(f"{folder}: shard {shard} named by {index} is missing")
+        part = read_weights(folder / shard)
+        want = {k for k, v in weight_map.items() if v == shard}
+        if missing := sorted(want - set(part)):
+            raise UserError(f"{folder / shard}: lacks {', '.join(missing[:5])} that {index} puts there")
+        state.update(part)
+    return state
 
 
 # config.json's record of an export that took whole layers out: {"enc"/"dec": the original number of each layer kept}
