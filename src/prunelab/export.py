@@ -225,8 +225,8 @@ def export_2of4_run(run_dir: Path, out: Path | None = None, dtype: str = "fp32")
 
 
 def export_hf_run(run_dir: Path, out: Path | None = None, dtype: str = "fp32") -> tuple[Path, dict[str, Any]]:
-    """`--format hf`: a run whose model was imported from Hugging Face (`model.path`, model=hf_encoder or
-    hf_marian) -> that folder's format again, in `out` (default `RUN_DIR/hf`): the run's tested model with its masks
+    """`--format hf`: a run whose model was imported from Hugging Face (`model.path`, model=hf or one of its aliases)
+    -> that folder's format again, in `out` (default `RUN_DIR/hf`): the run's tested model with its masks
     (`checkpoint_masks`) as weight * mask, gates at 0 and removed heads as zeros, fp32; a classifier's label names
     from results.json (`labels`). Stats: file (the folder), format, dtype, source, file_bytes (its
     model.safetensors), dense_bytes, ratio, sparse_matrices (masks folded in), nonzeros (their kept entries)."""
@@ -237,7 +237,7 @@ def export_hf_run(run_dir: Path, out: Path | None = None, dtype: str = "fp32") -
     if not source:
         raise UserError(
             f"{run_dir}: the run's model was not imported from Hugging Face (no model.path; --format hf is for "
-            "model=hf_encoder and model=hf_marian runs): use --format bitmask or csc"
+            "model=hf runs): use --format bitmask or csc"
         )
     if not (Path(source) / "config.json").is_file():
         raise UserError(f"{run_dir}: the run's model.path={source} is no longer a Hugging Face model folder")

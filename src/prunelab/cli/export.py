@@ -3,10 +3,10 @@ a run in a compact sparse file (default `RUN_DIR/model.sparse.pt`; the formats: 
 (`--format hf`) as a Hugging Face folder, or (`--format 2:4`, runs with 2:4 masks) as fp16/bf16 weights that
 `prunelab.export.load_2of4` runs with PyTorch's semi-structured sparse kernels on a GPU.
 
-`--format hf` (runs of model=hf_encoder / model=hf_marian only, fp32 only; default `RUN_DIR/hf`): the run's model
-written back as the Hugging Face folder it was imported from (`model.path`), masks, zero gates and removed heads
-folded into dense fp32 weights, with the source's tokenizer files and the run's label names
-(`prunelab.export.export_hf_run`): `from_pretrained` loads it with the logits of the run's model.
+`--format hf` (runs of model=hf or its aliases hf_encoder / hf_marian / hf_causal_lm only; fp32 only; default
+`RUN_DIR/hf`): the run's model written back as the Hugging Face folder it was imported from (`model.path`), masks,
+zero gates and removed heads folded into dense fp32 weights, with the source's tokenizer files and the run's label
+names (`prunelab.export.export_hf_run`): `from_pretrained` loads it with the logits of the run's model.
 """
 
 from __future__ import annotations
