@@ -64,6 +64,26 @@ def run(seq2seq_checkpoint: Callable[..., Path], data: Path, out: Path, name: st
     return folder, train_here(out, *args, "data.tgt_lang=de", *TINY, *overrides)
 
 
+def check_export(run_dir: Path) -> None:
+    """`prunelab export RUN --format hf` (export_hf_run) -> a folder transformers loads with the run's logits."""
+    from prunelab.export import export_hf_run
+    from prunelab.training import load_run
+
+    out, _ = export_hf_run(run_dir)
+    ours = load_run(run_dir).model.eval()
+    theirs = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    g = torch.Generator().manual_seed(0)
+    pad = ours.cfg.pad_id
+    src = torch.randint(4, ours.cfg.vocab_size - 8, (2, 9), generator=g)
+    src[1, 6:] = pad
+    tgt = torch.randint(4, ours.cfg.vocab_size - 8, (2, 5), generator=g)
+    tgt[:, 0] = ours.cfg.decoder_start_id
+    with torch.no_grad():
+        want = ours(src, tgt)
+        got = theirs(input_ids=src, attention_mask=(src != pad).long(), decoder_input_ids=tgt).logits
+    torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-5)
+
+
 PRUNERS = {
     "heads": ["pruner=heads", "sparsity=0.25", "pruner.finetune_steps=2"],
     "slt": ["pruner=slt", "sparsity=0.5", "pruner.levels=[0.5]"],
@@ -107,6 +127,8 @@ def test_every_method_from_the_command_line(
     if method == "structured":
         assert res["distillation"]["teacher"] == str(folder)
         assert last["params"]["total"] < first["params"]["total"]
+    if method in ("structured", "oneshot"):  # out again: transformers loads the pruned run with its logits
+        check_export(r.dir)
     if method == "heads":
         # a quarter of the heads (encoder self, decoder self, cross) cut out of the projections
         assert last["sparsity"] == 0.25 and last["params"]["removed"] > 0
