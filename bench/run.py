@@ -41,6 +41,17 @@ from harness import Figure
 HERE = Path(__file__).resolve().parent
 
 
+def seq2seq_shapes(quick: bool) -> list[Figure]:
+    """The T5-base and M2M100-418M rows of the `pretrained` section (issue 38): full depth in every mode, fewer
+    steps and repetitions in quick mode (one training step of these sizes takes seconds on 2 cores). Alone, from
+    bench/: `python -c "import run; print(*map(run.row, run.seq2seq_shapes(quick=True)), sep='\\n')"`."""
+    q = quick
+    return [
+        *pretrained.t5_base(train_steps=1 if q else 2, train_reps=2 if q else 4, gen_reps=2 if q else 4),
+        *pretrained.m2m100_418m(train_steps=1 if q else 2, train_reps=2 if q else 4, gen_reps=2 if q else 4),
+    ]
+
+
 def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
     """Section name -> what it measures, sized for the mode."""
     q = quick
@@ -61,6 +72,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
                 infer_reps=2 if q else 8,
             ),
             *pretrained.marian_base(train_steps=3 if q else 2, train_reps=2 if q else 6, gen_reps=2 if q else 4),
+            *seq2seq_shapes(q),
         ],
         "decoding": lambda: generation.kv_cache(steps=50 if q else 60, reps=3 if q else 5),
         "precision": lambda: precision.training_and_decoding(
@@ -115,6 +127,12 @@ SMOKE_MARIAN = {
     "decoder_ffn_dim": 64,
 }
 
+SMOKE_SEQ2SEQ = {"train_steps": 1, "train_reps": 1, "gen_reps": 1, "train_batch": 2, "seq": 8, "gen_batch": 2}
+SMOKE_SEQ2SEQ |= {"src_len": 8, "new_tokens": 3, "layers": 1}
+SMOKE_T5 = {"d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 64}
+SMOKE_M2M100 = {"d_model": 32, "encoder_attention_heads": 4, "decoder_attention_heads": 4}
+SMOKE_M2M100 |= {"encoder_ffn_dim": 64, "decoder_ffn_dim": 64}
+
 
 def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
     """Every section of `plan` once, at its smallest setting (tiny models, 1 repetition, a few steps), so that
@@ -147,6 +165,8 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
                 new_tokens=3,
                 config_changes=SMOKE_MARIAN,
             ),
+            *pretrained.t5_base(**SMOKE_SEQ2SEQ, config_changes=SMOKE_T5),
+            *pretrained.m2m100_418m(**SMOKE_SEQ2SEQ, config_changes=SMOKE_M2M100),
         ],
         "decoding": lambda: generation.kv_cache(steps=3, reps=1),
         "precision": lambda: precision.training_and_decoding(
@@ -209,6 +229,14 @@ def fmt(x: float | None) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}" if abs(x) < 0.01 else f"{x:.3f}"
 
 
+def row(f: Figure) -> str:
+    """The figure as a line of the RESULTS.md table."""
+    rng = f"[{fmt(f.lo)}, {fmt(f.hi)}]" if f.lo is not None else ""
+    goal = "" if f.goal is None else (f"< {fmt(f.goal)}" if f.lower_is_better else f">= {fmt(f.goal)}")
+    unit = "" if f.unit in ("x", "") else f" {f.unit}"
+    return f"| {f.section} | {f.name} | {fmt(f.value)}{unit} | {rng} | {goal} | {f.verdict} | {f.note} |"
+
+
 def markdown(meta: dict, figures: list[Figure]) -> str:
     head = [
         "# prunelab benchmark results",
@@ -225,12 +253,7 @@ def markdown(meta: dict, figures: list[Figure]) -> str:
         "| section | figure | value | [min, max] | goal | verdict | how |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows = []
-    for f in figures:
-        rng = f"[{fmt(f.lo)}, {fmt(f.hi)}]" if f.lo is not None else ""
-        goal = "" if f.goal is None else (f"< {fmt(f.goal)}" if f.lower_is_better else f">= {fmt(f.goal)}")
-        unit = "" if f.unit in ("x", "") else f" {f.unit}"
-        rows.append(f"| {f.section} | {f.name} | {fmt(f.value)}{unit} | {rng} | {goal} | {f.verdict} | {f.note} |")
+    rows = [row(f) for f in figures]
     gpu = [
         "",
         "**GPU:** "
