@@ -5,10 +5,11 @@ M2M100-418M-shaped models (training and beam-4 generation with the checkpoint's 
 Each HF model is built from its config with random weights (no network), saved with `save_pretrained` to a
 temporary folder and imported from there by prunelab's own importer (`load_hf_encoder`, `load_hf_marian`,
 `load_hf_t5`, `load_hf_m2m100`), so both sides compute the same network (checked: the max |logit difference| in
-eval mode is in the note). Both run in this process, fp32, on the same threads, on the same batches, with HF's default attention (sdpa) and the checkpoint's
-own dropout; training is forward + backward + AdamW step in train mode with the loss computed the same way from
-each side's logits; the contenders are interleaved after a warm-up step and each ratio is the median of the
-per-repetition ratios (prunelab / HF, so >= 1 means prunelab is at least as fast)."""
+eval mode is in the note). Both run in this process, fp32, on the same threads, on the same batches, with HF's
+default attention (sdpa) and the checkpoint's own dropout; training is forward + backward + AdamW step in train mode
+with the loss computed the same way from each side's logits; the contenders are interleaved after a warm-up step
+and each ratio is the median of the per-repetition ratios (prunelab / HF, so >= 1 means prunelab is at least as
+fast)."""
 
 from __future__ import annotations
 
