@@ -76,6 +76,8 @@ def bart_config(hf: dict[str, Any]) -> TransformerConfig:
         dropout=hf.get("dropout", 0.1),
         attn_dropout=hf.get("attention_dropout", 0.0),
         activation_dropout=hf.get("activation_dropout", 0.0),
+        enc_layerdrop=hf.get("encoder_layerdrop") or 0.0,  # whole layers skipped in training, as transformers does
+        dec_layerdrop=hf.get("decoder_layerdrop") or 0.0,
         pre_norm=kind == "mbart",  # mBART: pre-norm with a final LayerNorm per stack; BART: post-norm
         max_len=num(hf, "max_position_embeddings") + POSITION_SHIFT,  # the table's rows
         position_shift=POSITION_SHIFT,

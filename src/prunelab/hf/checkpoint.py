@@ -45,7 +45,7 @@ HF_ACTIVATIONS = {
 }
 
 # TransformerConfig fields a caller may set on top of the checkpoint's (training choices, not the architecture).
-OVERRIDABLE = ("dropout", "attn_dropout", "activation_dropout", "layerdrop", "gated")
+OVERRIDABLE = ("dropout", "attn_dropout", "activation_dropout", "layerdrop", "enc_layerdrop", "dec_layerdrop", "gated")
 
 # prunelab's own buffers, at their defaults after an import: gates, and which heads and K/V groups are left
 STRUCTURE_BUFFERS = (".gate", ".head_gate", ".head_ids", ".kv_ids", ".head_groups", ".neuron_ids")

@@ -71,6 +71,8 @@ def m2m100_config(hf: dict[str, Any]) -> TransformerConfig:
         dropout=hf.get("dropout", 0.1),
         attn_dropout=hf.get("attention_dropout", 0.1),
         activation_dropout=hf.get("activation_dropout", 0.0),
+        enc_layerdrop=hf.get("encoder_layerdrop") or 0.0,  # whole layers skipped in training, as transformers does
+        dec_layerdrop=hf.get("decoder_layerdrop") or 0.0,
         pre_norm=True,
         max_len=num(hf, "max_position_embeddings") + TABLE_EXTRA,
         position_offset=pad + 1,  # real tokens from pad+1, pads at the zero row `pad`

@@ -115,6 +115,8 @@ def marian_config(hf: dict[str, Any]) -> TransformerConfig:
         dropout=hf.get("dropout", 0.1),
         attn_dropout=hf.get("attention_dropout", 0.0),
         activation_dropout=hf.get("activation_dropout", 0.0),
+        enc_layerdrop=hf.get("encoder_layerdrop") or 0.0,  # whole layers skipped in training, as transformers does
+        dec_layerdrop=hf.get("decoder_layerdrop") or 0.0,
         pre_norm=False,  # post-norm (Marian's "dan"): and so no final encoder or decoder LayerNorm
         max_len=num(hf, "max_position_embeddings"),
         pad_id=pad,  # the key mask and the pad of decoding: Marian's <pad> is the last id

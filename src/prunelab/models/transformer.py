@@ -75,6 +75,8 @@ class TransformerConfig:
     pad_id: int = 0
     gated: bool = True  # False skips every gate multiply (used to check that gates at 1 are a no-op)
     layerdrop: float = 0.0  # LayerDrop (Fan et al. 2020): in training, each sub-layer is skipped with this chance
+    enc_layerdrop: float = 0.0  # fairseq's and transformers' LayerDrop: in training, each whole encoder layer skipped
+    dec_layerdrop: float = 0.0  # with this chance (encoder_layerdrop / decoder_layerdrop of BART, M2M100, Marian)
     removed: tuple[str, ...] = ()  # components built without parameters, e.g. ("enc.0.ff", "dec.1.sa")
     # Options for imported checkpoints (prunelab.hf.encoders); the defaults are the 2017 model as above.
     norm_eps: float = 1e-5  # every LayerNorm's epsilon (BERT: 1e-12)
@@ -148,8 +150,9 @@ class TransformerConfig:
             raise ValueError("relative positions need rel_buckets >= 4 and rel_max_distance > rel_buckets / 2")
         if self.embed_dim not in (None, self.d_model) and self.dec_layers:
             raise ValueError("embed_dim != d_model needs dec_layers=0: the output projection is the tied embedding")
-        if not 0.0 <= self.layerdrop < 1.0:
-            raise ValueError(f"layerdrop must be in [0, 1), got {self.layerdrop}")
+        for name in ("layerdrop", "enc_layerdrop", "dec_layerdrop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         self.removed = tuple(self.removed)
         if self.layer_numbers is not None:
             self.layer_numbers = {side: tuple(int(i) for i in ids) for side, ids in self.layer_numbers.items()}
@@ -523,14 +526,16 @@ class Residual(nn.Module):
 
 class Layer(nn.Module):
     """A stack layer: named sub-layers, each with its residual wrapper. A removed sub-layer (`remove`) has
-    no parameters and adds nothing to the residual stream; under LayerDrop a sub-layer is skipped at random
-    in training, its parameters touched at zero cost so that DDP still sees them used."""
+    no parameters and adds nothing to the residual stream; under LayerDrop a sub-layer (`layerdrop`) or the whole
+    layer (`enc_layerdrop`, `dec_layerdrop`) is skipped at random in training, its parameters touched at zero cost
+    so that DDP still sees them used."""
 
     kinds: tuple[str, ...] = ()
 
     def __init__(self, cfg: TransformerConfig, prefix: str):
         super().__init__()
         self.layerdrop = cfg.layerdrop
+        self.whole_drop = cfg.enc_layerdrop if prefix.startswith("enc.") else cfg.dec_layerdrop
         self.cfg = cfg
         for kind in self.kinds:
             if f"{prefix}.{kind}" in cfg.removed:
@@ -579,6 +584,16 @@ class Layer(nn.Module):
             return x + 0.0 * touch  # zero gradients for the dropped sub-layer, so DDP sees it used
         return None
 
+    def dropped(self, x: Tensor, inputs: Tensor | None = None) -> Tensor | None:
+        """x when the whole layer is skipped this training step (whole-layer LayerDrop), its parameters and
+        `inputs` (the encoder output a decoder layer reads) touched at zero cost; None when it runs."""
+        if not (self.training and self.whole_drop > 0 and float(torch.rand(())) < self.whole_drop):
+            return None
+        touch = sum(p.sum() for p in self.parameters())
+        if inputs is not None:
+            touch = touch + inputs.sum()
+        return x + 0.0 * touch
+
     def ff_block(self, x: Tensor) -> Tensor:
         if (y := self.skip("ff", x)) is not None:
             return y
@@ -589,6 +604,8 @@ class EncoderLayer(Layer):
     kinds = ("sa", "ff")
 
     def forward(self, x: Tensor, src_mask: Tensor, map_keep: Tensor | None = None) -> Tensor:
+        if (y := self.dropped(x)) is not None:
+            return y
         if (y := self.skip("sa", x)) is None:
             h = self.sa_res.inp(x)
             x = self.sa_res.out(x, self.sa(h, *self.sa.project_kv(h), mask=src_mask, map_keep=map_keep))
@@ -610,6 +627,8 @@ class DecoderLayer(Layer):
     ) -> Tensor:
         """self_mask: None (causal self-attention), or the additive mask of Transformer.decoder_inputs (the causal
         mask with a position bias, T5)."""
+        if cache is None and (y := self.dropped(x, mem)) is not None:
+            return y
         if (y := self.skip("sa", x)) is None:
             h = self.sa_res.inp(x)
             k, v = self.sa.project_kv(h)  # (B, H, T, hs)
