@@ -120,12 +120,13 @@ def test_beam_search_returns_the_brute_force_argmax(alpha: float) -> None:
 
 
 class FakeDecoder:
-    """The decoding interface beam search uses (encode, new_cache, decode_step, reorder_cache, cfg), with the
-    next-token distribution given by a Python function of (source tokens, prefix): the cache holds each
+    """The decoding interface beam search uses (encode, new_cache, decode_step, reorder_cache, cfg, max_positions),
+    with the next-token distribution given by a Python function of (source tokens, prefix): the cache holds each
     row's prefix, so a wrong reordering of the cache would show too."""
 
     def __init__(self, dist: Callable[[tuple[int, ...], tuple[int, ...]], list[float]], max_len: int = 64):
         self.cfg = SimpleNamespace(pad_id=PAD, max_len=max_len)
+        self.max_positions = max_len  # the longest sequence its positions hold (Transformer.max_positions)
         self.dist = dist
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

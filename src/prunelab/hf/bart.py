@@ -28,7 +28,6 @@ from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     account_for_keys,
     activation,
-    check_data_fits,
     copy_weights,
     num,
     read_family,
@@ -36,7 +35,16 @@ from prunelab.hf.checkpoint import (
     rename_keys,
     wb,
 )
-from prunelab.hf.seq2seq import check_same, file_names, final_logits_bias, layer_key_map, take_shared, with_generation
+from prunelab.hf.seq2seq import (
+    check_same,
+    file_names,
+    final_logits_bias,
+    hydra_entry,
+    layer_key_map,
+    no_labels,
+    take_shared,
+    with_generation,
+)
 from prunelab.models.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("bart", "mbart")
@@ -132,10 +140,7 @@ def load_hf_bart(path: str | Path, weights: bool = True, **overrides: Any) -> Tr
     return with_generation(model, path)
 
 
-def build_hf_bart(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> Transformer:
-    """Hydra entry point (`model=hf model.path=DIR` with a BART or mBART folder)."""
-    check_data_fits(path, bart_config, vocab_size, pad_id)
-    return load_hf_bart(path, weights, **overrides)
+build_hf_bart = hydra_entry(bart_config, load_hf_bart)  # Hydra: model=hf model.path=DIR
 
 
 load, build = load_hf_bart, build_hf_bart
@@ -150,8 +155,7 @@ def export_folder(
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config.json, tensors under *ForConditionalGeneration's keys): `model.` + the import's keys, and
     final_logits_bias (1, V) outside it; the tied copies are left to transformers, as its save_pretrained does."""
-    if labels is not None:
-        raise UserError("labels are for a classifier: a translation model has none")
+    no_labels(labels)
     mapping = key_map(cfg, hf["model_type"])
     tensors = rename_keys(state, {k if k == "final_logits_bias" else "model." + k: v for k, v in mapping.items()})
     tensors["final_logits_bias"] = tensors["final_logits_bias"].reshape(1, -1)

@@ -25,7 +25,6 @@ from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     account_for_keys,
     activation,
-    check_data_fits,
     copy_weights,
     num,
     read_family,
@@ -33,7 +32,16 @@ from prunelab.hf.checkpoint import (
     rename_keys,
     wb,
 )
-from prunelab.hf.seq2seq import check_same, check_table, file_names, layer_key_map, take_shared, with_generation
+from prunelab.hf.seq2seq import (
+    check_same,
+    check_table,
+    file_names,
+    hydra_entry,
+    layer_key_map,
+    no_labels,
+    take_shared,
+    with_generation,
+)
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
 
 MODEL_TYPES = ("m2m_100",)
@@ -118,10 +126,7 @@ def load_hf_m2m100(path: str | Path, weights: bool = True, **overrides: Any) -> 
     return with_generation(copy_weights(Transformer(cfg), state, names, mapping, path), path)
 
 
-def build_hf_m2m100(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> Transformer:
-    """Hydra entry point (`model=hf model.path=DIR` with an M2M100 or NLLB-200 folder)."""
-    check_data_fits(path, m2m100_config, vocab_size, pad_id)
-    return load_hf_m2m100(path, weights, **overrides)
+build_hf_m2m100 = hydra_entry(m2m100_config, load_hf_m2m100)  # Hydra: model=hf model.path=DIR
 
 
 load, build = load_hf_m2m100, build_hf_m2m100
@@ -135,6 +140,5 @@ def export_folder(
     cfg: TransformerConfig,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config.json, tensors under M2M100ForConditionalGeneration's keys): `model.` + the import's keys."""
-    if labels is not None:
-        raise UserError("labels are for a classifier: a translation model has none")
+    no_labels(labels)
     return dict(hf), rename_keys(state, {"model." + k: v for k, v in key_map(cfg).items()})

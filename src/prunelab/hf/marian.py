@@ -30,7 +30,6 @@ from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     HF_ACTIVATIONS,
     account_for_keys,
-    check_data_fits,
     copy_weights,
     num,
     read_family,
@@ -41,7 +40,9 @@ from prunelab.hf.seq2seq import (
     check_table,
     file_names,
     final_logits_bias,
+    hydra_entry,
     layer_key_map,
+    no_labels,
     take_shared,
     with_generation,
 )
@@ -169,13 +170,7 @@ def load_hf_marian(path: str | Path, weights: bool = True, **overrides: Any) -> 
     return with_generation(copy_weights(Transformer(cfg), state, names, mapping, path, keep=("logit_bias",)), path)
 
 
-def build_hf_marian(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> Transformer:
-    """Hydra entry point (`model=hf_marian model.path=DIR`): the checkpoint as prunelab's translation model.
-
-    The data are tokenized with the checkpoint's own tokenizer (see prunelab.hf.checkpoint.check_data_fits).
-    `weights=False`: config.json alone (load_hf_marian), as `load_run` rebuilds a run from its copy of the source."""
-    check_data_fits(path, marian_config, vocab_size, pad_id)  # before the weights are read
-    return load_hf_marian(path, weights, **overrides)
+build_hf_marian = hydra_entry(marian_config, load_hf_marian)  # Hydra: model=hf model.path=DIR (and model=hf_marian)
 
 
 load, build = load_hf_marian, build_hf_marian  # the Family protocol's names (prunelab.hf.family)
@@ -191,8 +186,7 @@ def export_folder(
     """Export (prunelab.hf.export): (config.json, tensors under MarianMTModel's keys) of the effective state: `model.`
     + the import's keys, final_logits_bias (1, V) outside it, and lm_head.weight, the tied output projection (a
     copy of the shared embedding)."""
-    if labels is not None:
-        raise UserError("labels are for a classifier: a translation model has none")
+    no_labels(labels)
     mapping = key_map(cfg.enc_layers, cfg.dec_layers)
     tensors = rename_keys(state, {k if k == "final_logits_bias" else "model." + k: v for k, v in mapping.items()})
     tensors["final_logits_bias"] = tensors["final_logits_bias"].reshape(1, -1)

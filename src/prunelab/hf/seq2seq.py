@@ -13,7 +13,7 @@ Family-specific keys (positions, embedding norms, final norms, logit biases) sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import wb
+from prunelab.hf.checkpoint import check_data_fits, wb
 from prunelab.hf.generation import read_generation
 from prunelab.models.transformer import Transformer
 
@@ -116,3 +116,22 @@ def with_generation(model: Transformer, path: str | Path) -> Transformer:
     translation task decodes with them by default, as transformers' `generate` does."""
     model.generation = read_generation(path)
     return model
+
+
+def hydra_entry(
+    to_config: Callable[[dict[str, Any]], Any], load: Callable[..., Transformer]
+) -> Callable[..., Transformer]:
+    """A translation family's `build` (the Hydra entry `model=hf model.path=DIR`): the data's tokenizer checked
+    against config.json (`to_config`) before the weights are read, then `load(path, weights, **overrides)`."""
+
+    def build(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> Transformer:
+        check_data_fits(path, to_config, vocab_size, pad_id)
+        return load(path, weights, **overrides)
+
+    return build
+
+
+def no_labels(labels: Sequence[str] | None) -> None:
+    """An export of a translation model: label names are a classifier's."""
+    if labels is not None:
+        raise UserError("labels are for a classifier: a translation model has none")

@@ -34,14 +34,13 @@ from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     HF_ACTIVATIONS,
     account_for_keys,
-    check_data_fits,
     copy_weights,
     num,
     read_family,
     recorded_layers,
     rename_keys,
 )
-from prunelab.hf.seq2seq import file_names, take_shared, with_generation
+from prunelab.hf.seq2seq import file_names, hydra_entry, no_labels, take_shared, with_generation
 from prunelab.models.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("t5", "mt5")
@@ -175,10 +174,7 @@ def load_hf_t5(path: str | Path, weights: bool = True, **overrides: Any) -> Tran
     return with_generation(copy_weights(Transformer(cfg), state, names, mapping, path), path)
 
 
-def build_hf_t5(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> Transformer:
-    """Hydra entry point (`model=hf model.path=DIR` with a T5 or mT5 folder)."""
-    check_data_fits(path, network_config, vocab_size, pad_id)
-    return load_hf_t5(path, weights, **overrides)
+build_hf_t5 = hydra_entry(network_config, load_hf_t5)  # Hydra: model=hf model.path=DIR
 
 
 load, build = load_hf_t5, build_hf_t5
@@ -193,6 +189,5 @@ def export_folder(
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config.json, tensors under T5ForConditionalGeneration's keys). The relative bias tables go to the first layer
     of each stack left (a layer removed before it leaves them to the next)."""
-    if labels is not None:
-        raise UserError("labels are for a classifier: a translation model has none")
+    no_labels(labels)
     return dict(hf), rename_keys(state, key_map(cfg))
