@@ -22,7 +22,7 @@ prunelab does not have. The checkpoint's own tokenizer is the data's (data.token
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def _rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     return float(theta), out
 
 
-def _pad_id(hf: dict[str, Any]) -> int:
+def pad_token(hf: dict[str, Any]) -> int:
     """The id that pads batches: config.json's pad_token_id, else its end-of-sequence id (GPT-2's and most Llama
     checkpoints have no pad token), else 0. Padding is never attended to or scored, so this only fills."""
     for key in ("pad_token_id", "eos_token_id"):
@@ -150,7 +150,7 @@ def causal_lm_config(hf: dict[str, Any]) -> TransformerConfig:
         activation_dropout=0.0,
         pre_norm=True,
         max_len=num(hf, "max_position_embeddings"),
-        pad_id=_pad_id(hf),
+        pad_id=pad_token(hf),
         norm_eps=float(num(hf, "rms_norm_eps")),
         norm="rms",
         activation=activation(hf, "hidden_act", "silu"),
@@ -187,7 +187,7 @@ def _gpt2_config(hf: dict[str, Any]) -> TransformerConfig:
         activation_dropout=0.0,  # GPT-2's MLP drops out after c_proj only (resid_pdrop)
         pre_norm=True,
         max_len=num(hf, "n_positions", "max_position_embeddings"),
-        pad_id=_pad_id(hf),
+        pad_id=pad_token(hf),
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         activation=activation(hf, "activation_function", "gelu_new"),
         embed_scale=False,
@@ -315,14 +315,22 @@ def _with_generation(model: CausalLM, path: str | Path) -> CausalLM:
     return model
 
 
-def build_hf_causal_lm(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> CausalLM:
+def build_hf_causal_lm(
+    vocab_size: int,
+    pad_id: int,
+    path: str,
+    weights: bool = True,
+    loader: Callable[..., CausalLM] | None = None,
+    **overrides: Any,
+) -> CausalLM:
     """Hydra entry point (`model=hf_causal_lm model.path=DIR`). The data's tokenizer must be the checkpoint's: its
     vocabulary no larger than the embedding table (the table may have spare rows). `pad_id` is the data's: padding
-    is never attended to or scored, so it only fills the batches."""
+    is never attended to or scored, so it only fills the batches. `loader`: another decoder-only family's import
+    (prunelab.hf.opt), default this module's."""
     config = resolve_checkpoint(path) / "config.json"
     if not config.is_file():
         raise UserError(f"model.path={path}: not a Hugging Face model folder (no config.json)")
-    model = load_hf_causal_lm(path, weights, **overrides)
+    model = (loader or load_hf_causal_lm)(path, weights, **overrides)
     if vocab_size > model.cfg.vocab_size:
         raise UserError(
             f"model.path={path} has a vocabulary of {model.cfg.vocab_size} tokens but the data's tokenizer has "

@@ -120,7 +120,7 @@ def generate_lm(
     if not rows or max_new_tokens == 0:
         return out
     lens = [len(r) for r in rows]
-    max_len = model.cfg.max_len
+    max_len = model.max_positions
     if min(lens) == 0:
         raise ValueError("every prompt needs at least one token (e.g. a beginning-of-sequence id)")
     if max(lens) > max_len:

@@ -1,0 +1,167 @@
+"""OPT checkpoints (Zhang et al. 2022; config.json `model_type` "opt": OPT-125M ... OPT-66B) in and out of prunelab's
+CausalLM: the smallest rows of SparseGPT's and Wanda's tables.
+
+What OPT is, in TransformerConfig terms: pre-norm (`do_layer_norm_before`) with a final LayerNorm, LayerNorm eps
+1e-5, learned positions whose table starts 2 rows in (`position_shift=2`, OPTLearnedPositionalEmbedding's offset:
+with right padding, as prunelab batches, position p reads row p + 2), ReLU, biases in every Linear
+(`enable_bias`), no embedding scale, the output projection tied to the token embedding. The checkpoint's dropouts
+are kept for training.
+
+Not yet representable, each one error line: OPT-350M's post-norm layers (`do_layer_norm_before: false`) with its
+`word_embed_proj_dim` projections (project_in / project_out), LayerNorms without weights
+(`layer_norm_elementwise_affine: false`), `_remove_final_layer_norm`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunelab.errors import UserError
+from prunelab.hf.causal_lm import build_hf_causal_lm, pad_token
+from prunelab.hf.checkpoint import (
+    account_for_keys,
+    activation,
+    copy_weights,
+    num,
+    read_family,
+    recorded_layers,
+    rename_keys,
+    wb,
+)
+from prunelab.hf.generation import read_generation
+from prunelab.hf.seq2seq import file_names
+from prunelab.models.causal_lm import CausalLM
+from prunelab.models.transformer import TransformerConfig
+
+MODEL_TYPES = ("opt",)
+MODEL_CLASS = CausalLM
+TASK = "language_modeling"
+ARCHITECTURES = {"opt": "OPTForCausalLM"}
+FF_WIDTH_KEYS = {"opt": ("ffn_dim",)}
+LAYER_COUNT_KEYS = {"opt": {"dec": ("num_hidden_layers",)}}
+FAMILY_CAPABILITIES = {"opt": ("import", "export", "heads", "oneshot", "structured", "generation")}
+FAMILY_CUTS = {"opt": ("heads", "neurons", "layers", "sublayers")}
+
+POSITION_SHIFT = 2  # OPTLearnedPositionalEmbedding's offset
+
+
+def opt_config(hf: dict[str, Any]) -> TransformerConfig:
+    """config.json of an OPT model -> the TransformerConfig of the same network (see the module doc)."""
+    if hf.get("model_type") not in MODEL_TYPES:
+        raise UserError(f"model_type {hf.get('model_type')!r} is not an OPT checkpoint (model_type 'opt')")
+    d = num(hf, "hidden_size")
+    refused = {
+        "do_layer_norm_before": (False, "post-norm OPT layers (OPT-350M)"),
+        "layer_norm_elementwise_affine": (False, "LayerNorms without weights"),
+        "_remove_final_layer_norm": (True, "no final LayerNorm"),
+    }
+    for key, (bad, what) in refused.items():
+        if hf.get(key) is bad:
+            raise UserError(f"config.json sets {key}={bad} ({what}): not supported for an OPT import yet")
+    if hf.get("word_embed_proj_dim", d) != d:
+        raise UserError(
+            f"config.json sets word_embed_proj_dim={hf['word_embed_proj_dim']} != hidden_size={d} (OPT-350M's "
+            "project_in / project_out): not supported for an OPT import yet"
+        )
+    if not hf.get("tie_word_embeddings", True):
+        raise UserError("an OPT checkpoint with tie_word_embeddings=false: prunelab ties OPT's output projection")
+    bias = bool(hf.get("enable_bias", True))
+    layers = num(hf, "num_hidden_layers")
+    return TransformerConfig(
+        vocab_size=num(hf, "vocab_size"),
+        d_model=d,
+        n_heads=num(hf, "num_attention_heads"),
+        d_ff=num(hf, "ffn_dim"),
+        enc_layers=0,
+        dec_layers=layers,
+        layer_numbers=recorded_layers(hf, dec=layers),
+        dropout=float(hf.get("dropout", 0.1)),
+        attn_dropout=float(hf.get("attention_dropout", 0.0)),
+        activation_dropout=0.0,  # OPT's fc1 -> act -> fc2 has no dropout between them
+        dec_layerdrop=float(hf.get("layerdrop") or 0.0),
+        pre_norm=True,
+        max_len=num(hf, "max_position_embeddings") + POSITION_SHIFT,  # the table's rows
+        position_shift=POSITION_SHIFT,
+        pad_id=pad_token(hf),
+        norm_eps=1e-5,
+        activation=activation(hf, "activation_function", "relu"),
+        embed_scale=False,
+        positions="learned",
+        qkv_bias=bias,
+        out_bias=bias,
+        ff_bias=bias,
+        tie_embeddings=True,
+    )
+
+
+network_config = opt_config
+
+
+def key_map(cfg: TransformerConfig) -> dict[str, str]:
+    """HF key (without `model.decoder.`) -> prunelab key."""
+    m = {
+        "embed_tokens.weight": "embed.weight",
+        "embed_positions.weight": "pos_embed.weight",
+        **wb("final_layer_norm", "dec_norm"),
+    }
+    parts = {
+        "self_attn.q_proj": "sa.q_proj",
+        "self_attn.k_proj": "sa.k_proj",
+        "self_attn.v_proj": "sa.v_proj",
+        "self_attn.out_proj": "sa.out_proj",
+        "fc1": "ff.fc1",
+        "fc2": "ff.fc2",
+    }
+    for i in range(cfg.dec_layers):
+        for theirs, mine in parts.items():
+            m[f"layers.{i}.{theirs}.weight"] = f"dec.{i}.{mine}.weight"
+            if cfg.qkv_bias:
+                m[f"layers.{i}.{theirs}.bias"] = f"dec.{i}.{mine}.bias"
+        m.update(wb(f"layers.{i}.self_attn_layer_norm", f"dec.{i}.sa_res.norm"))
+        m.update(wb(f"layers.{i}.final_layer_norm", f"dec.{i}.ff_res.norm"))
+    return m
+
+
+def load_hf_opt(path: str | Path, weights: bool = True, **overrides: Any) -> CausalLM:
+    """A local OPT folder -> a CausalLM computing the same logits (eval mode, fp32)."""
+    _, cfg, state = read_family(path, opt_config, weights, overrides)
+    if state is None:
+        return with_generation(CausalLM(cfg), path)
+    head = state.pop("lm_head.weight", None)  # the tied output projection, where a file stores it
+    names, shown = file_names(path, state, prefix="model.decoder.")
+    if head is not None and not torch.equal(head, state[names.get("embed_tokens.weight", "")]):
+        raise UserError(f"{path}: lm_head.weight differs from the token embedding: an untied OPT checkpoint")
+    mapping = key_map(cfg)
+    account_for_keys(path, "opt", names, mapping, shown=lambda n: shown + n)
+    return with_generation(copy_weights(CausalLM(cfg), state, names, mapping, path), path)
+
+
+def with_generation(model: CausalLM, path: str | Path) -> CausalLM:
+    model.generation = read_generation(path)
+    return model
+
+
+def build_hf_opt(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> CausalLM:
+    """Hydra entry point (`model=hf model.path=DIR` with an OPT folder): as the other causal language models."""
+    return build_hf_causal_lm(vocab_size, pad_id, path, weights, loader=load_hf_opt, **overrides)
+
+
+load, build = load_hf_opt, build_hf_opt
+
+
+def export_folder(
+    model: CausalLM,
+    hf: dict[str, Any],
+    state: dict[str, Tensor],
+    labels: Sequence[str] | None,
+    cfg: TransformerConfig,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(config.json, tensors under OPTForCausalLM's keys): `model.decoder.` + the import's keys; the tied output
+    projection is left to transformers, as its save_pretrained does."""
+    if labels is not None:
+        raise UserError("labels are for a classifier: a language model has none")
+    return dict(hf), rename_keys(state, {"model.decoder." + k: v for k, v in key_map(cfg).items()})
