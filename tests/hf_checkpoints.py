@@ -284,7 +284,7 @@ def write_lm_text(folder: Path, splits: dict[str, list[str]]) -> Path:
 
 
 def causal_lm_checkpoint(folder: Path, docs: list[str], family: str = "gpt2", steps: int = 60, seed: int = 0) -> Path:
-    """A tiny GPT-2, or Llama with grouped-query attention and an untied head, with a byte-level BPE tokenizer
+    """A tiny GPT-2, OPT, or Llama with grouped-query attention and an untied head, with a byte-level BPE tokenizer
     (<|endoftext|> = id 0, its BOS, EOS and the documents' separator) trained on `docs`, trained by HF for `steps`
     steps on windows of the documents' token stream, saved with `save_pretrained`."""
     import transformers
@@ -304,6 +304,12 @@ def causal_lm_checkpoint(folder: Path, docs: list[str], family: str = "gpt2", st
             vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
         )
         model = transformers.GPT2LMHeadModel(config)
+    elif family == "opt":  # OPT's own pad id (1) is a real token of this tokenizer: pad with <|endoftext|>
+        config = transformers.OPTConfig(
+            vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=128, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+        )  # fmt: skip
+        model = transformers.OPTForCausalLM(config)
     else:
         config = transformers.LlamaConfig(
             vocab_size=len(tok),

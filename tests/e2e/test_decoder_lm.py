@@ -28,6 +28,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "gpt2": H.causal_lm_checkpoint(root / "gpt2", splits["train"], "gpt2"),
         "llama": H.causal_lm_checkpoint(root / "llama", splits["train"], "llama"),
+        "opt": H.causal_lm_checkpoint(root / "opt", splits["train"], "opt"),
         "text": H.write_lm_text(root / "text", splits),
     }
 
@@ -45,7 +46,8 @@ def hf_perplexity(folder: Path, docs: list[str]) -> float:
 
 
 def lm_run(made: dict[str, Path], family: str, out: Path, *overrides: str):
-    args = ["model=hf_causal_lm", f"model.path={made[family]}", "data=lm_text", f"data.dir={made['text']}"]
+    preset = "model=hf" if family == "opt" else "model=hf_causal_lm"  # model=hf picks the family from config.json
+    args = [preset, f"model.path={made[family]}", "data=lm_text", f"data.dir={made['text']}"]
     return train_here(out, *args, *TINY, *overrides)
 
 
@@ -72,7 +74,8 @@ LLAMA_ONLY = {  # what a decoder-only model adds: K/V groups, depth pruning by b
 @pytest.mark.parametrize(
     ("family", "method"),
     [("llama", m) for m in METHODS]
-    + [("gpt2", m) for m in ("mp", "slt", "heads", "components", "sparsegpt", "structured")],
+    + [("gpt2", m) for m in ("mp", "slt", "heads", "components", "sparsegpt", "structured")]
+    + [("opt", m) for m in ("mp", "heads", "sparsegpt", "structured")],
 )
 def test_every_method_on_an_imported_language_model(
     made: dict[str, Path], tmp_path: Path, family: str, method: str
@@ -95,7 +98,7 @@ def test_every_method_on_an_imported_language_model(
         assert last["sparsity"] == pytest.approx(0.5, abs=0.01)
     if method in ("sparsegpt", "wanda_2_4"):
         assert last["time"]["steps"] == 0 and last["metrics"]["test/ppl"] > first["metrics"]["test/ppl"]
-    if method == "heads":  # half the heads of GPT-2; half the K/V groups of the Llama, with their query heads
+    if method == "heads":  # half the heads of GPT-2 and OPT; half the K/V groups of the Llama, with their query heads
         heads = res["heads"]
         assert heads["unit"] == ("group" if family == "llama" else "head") and len(heads["removed"]) == 4
         if family == "llama":
