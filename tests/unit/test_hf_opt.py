@@ -1,8 +1,8 @@
 """OPT (model_type "opt") imported from tiny checkpoints transformers builds (random weights spread away from their
 init, saved with save_pretrained): logits, the perplexity windows' loss and greedy generation equal transformers',
-and a pruned export reloads with equal logits. A planted position shift of 0 instead of OPT's 2, or post-norm
-layers, fail the logits test (tried by hand). What OPT-350M adds (post-norm layers, project_in/out) is refused in
-one line until it is built."""
+and a pruned export reloads with equal logits, for OPT-125M's pre-norm layout and OPT-350M's post-norm layers with
+project_in / project_out. A planted position shift of 0 instead of OPT's 2, or the norm placement swapped, fail the
+logits test (tried by hand)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,16 @@ SHAPE = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+VARIANTS = {
+    "opt-125m": {},  # pre-norm, a final LayerNorm
+    "opt-350m": {"do_layer_norm_before": False, "word_embed_proj_dim": 16},  # post-norm, project_in / project_out
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     torch.manual_seed(0)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig(**SHAPE)).eval()
+    model = transformers.OPTForCausalLM(transformers.OPTConfig(**{**SHAPE, **VARIANTS[request.param]})).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "layer_norm" in n:
@@ -46,6 +52,7 @@ def test_logits_loss_and_greedy_generation_equal_transformers(checkpoint: tuple[
     folder, theirs = checkpoint
     ours = load_hf(folder).eval()
     assert isinstance(ours, CausalLM) and ours.cfg.position_shift == 2 and ours.max_positions == 40
+    assert ours.cfg.pre_norm == theirs.config.do_layer_norm_before
     x = torch.randint(3, V, (3, 30))
     with torch.no_grad():
         want = theirs(x).logits
@@ -66,7 +73,8 @@ def test_pruned_export_reloads_with_equal_logits(checkpoint: tuple[Path, object]
         layer.ff.prune_neurons(range(8))
     for kind in ours.dec[1].kinds:
         ours.dec[1].remove(kind)
-    ours.dec[2].remove("ff")  # pre-norm: one sub-layer may go
+    if ours.cfg.pre_norm:
+        ours.dec[2].remove("ff")  # pre-norm: one sub-layer may go
     out = export_hf(ours, folder, tmp_path / "out")
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 2 and config["ffn_dim"] == 40
@@ -76,18 +84,14 @@ def test_pruned_export_reloads_with_equal_logits(checkpoint: tuple[Path, object]
         torch.testing.assert_close(back(x).logits, ours(x), atol=5e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("do_layer_norm_before", False, "post-norm OPT layers"),
-        ("word_embed_proj_dim", 16, "project_in / project_out"),
-        ("layer_norm_elementwise_affine", False, "without weights"),
-    ],
-)
-def test_what_opt_350m_adds_is_one_error(checkpoint, tmp_path: Path, key: str, value, message: str) -> None:
+def test_what_prunelab_cannot_represent_is_one_error(checkpoint: tuple[Path, object], tmp_path: Path) -> None:
     folder, _ = checkpoint
     config = json.loads((folder / "config.json").read_text())
-    config[key] = value
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match=message):
-        load_hf(tmp_path, weights=False)
+    for key, value, message in (
+        ("layer_norm_elementwise_affine", False, "without weights"),
+        ("_remove_final_layer_norm", True, "no final LayerNorm"),
+        ("tie_word_embeddings", False, "tie_word_embeddings=false"),
+    ):
+        (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(UserError, match=message):
+            load_hf(tmp_path, weights=False)

@@ -5,11 +5,12 @@ What OPT is, in TransformerConfig terms: pre-norm (`do_layer_norm_before`) with 
 1e-5, learned positions whose table starts 2 rows in (`position_shift=2`, OPTLearnedPositionalEmbedding's offset:
 with right padding, as prunelab batches, position p reads row p + 2), ReLU, biases in every Linear
 (`enable_bias`), no embedding scale, the output projection tied to the token embedding. The checkpoint's dropouts
-are kept for training.
+are kept for training. OPT-350M: post-norm layers without a final LayerNorm (`do_layer_norm_before: false`), and a
+`word_embed_proj_dim`-wide embedding projected to the model's width before the positions are added (project_in)
+and back before the tied output (project_out): prunelab's `project_first`, `embed_proj` and `head_proj`.
 
-Not yet representable, each one error line: OPT-350M's post-norm layers (`do_layer_norm_before: false`) with its
-`word_embed_proj_dim` projections (project_in / project_out), LayerNorms without weights
-(`layer_norm_elementwise_affine: false`), `_remove_final_layer_norm`."""
+Refused in one line: LayerNorms without weights (`layer_norm_elementwise_affine: false`) and
+`_remove_final_layer_norm`."""
 
 from __future__ import annotations
 
@@ -55,18 +56,13 @@ def opt_config(hf: dict[str, Any]) -> TransformerConfig:
         raise UserError(f"model_type {hf.get('model_type')!r} is not an OPT checkpoint (model_type 'opt')")
     d = num(hf, "hidden_size")
     refused = {
-        "do_layer_norm_before": (False, "post-norm OPT layers (OPT-350M)"),
         "layer_norm_elementwise_affine": (False, "LayerNorms without weights"),
         "_remove_final_layer_norm": (True, "no final LayerNorm"),
     }
     for key, (bad, what) in refused.items():
         if hf.get(key) is bad:
-            raise UserError(f"config.json sets {key}={bad} ({what}): not supported for an OPT import yet")
-    if hf.get("word_embed_proj_dim", d) != d:
-        raise UserError(
-            f"config.json sets word_embed_proj_dim={hf['word_embed_proj_dim']} != hidden_size={d} (OPT-350M's "
-            "project_in / project_out): not supported for an OPT import yet"
-        )
+            raise UserError(f"config.json sets {key}={bad} ({what}): not supported for an OPT import")
+    width = hf.get("word_embed_proj_dim") or d
     if not hf.get("tie_word_embeddings", True):
         raise UserError("an OPT checkpoint with tie_word_embeddings=false: prunelab ties OPT's output projection")
     bias = bool(hf.get("enable_bias", True))
@@ -83,7 +79,9 @@ def opt_config(hf: dict[str, Any]) -> TransformerConfig:
         attn_dropout=float(hf.get("attention_dropout", 0.0)),
         activation_dropout=0.0,  # OPT's fc1 -> act -> fc2 has no dropout between them
         dec_layerdrop=float(hf.get("layerdrop") or 0.0),
-        pre_norm=True,
+        pre_norm=hf.get("do_layer_norm_before", True) is not False,  # OPT-350M: post-norm, no final LayerNorm
+        embed_dim=width if width != d else None,
+        project_first=width != d,  # project_in before the positions, project_out before the tied output
         max_len=num(hf, "max_position_embeddings") + POSITION_SHIFT,  # the table's rows
         position_shift=POSITION_SHIFT,
         pad_id=pad_token(hf),
@@ -103,11 +101,11 @@ network_config = opt_config
 
 def key_map(cfg: TransformerConfig) -> dict[str, str]:
     """HF key (without `model.decoder.`) -> prunelab key."""
-    m = {
-        "embed_tokens.weight": "embed.weight",
-        "embed_positions.weight": "pos_embed.weight",
-        **wb("final_layer_norm", "dec_norm"),
-    }
+    m = {"embed_tokens.weight": "embed.weight", "embed_positions.weight": "pos_embed.weight"}
+    if cfg.pre_norm:
+        m.update(wb("final_layer_norm", "dec_norm"))
+    if cfg.project_first:
+        m.update({"project_in.weight": "embed_proj.weight", "project_out.weight": "head_proj.weight"})
     parts = {
         "self_attn.q_proj": "sa.q_proj",
         "self_attn.k_proj": "sa.k_proj",

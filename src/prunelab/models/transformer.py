@@ -117,6 +117,9 @@ class TransformerConfig:
     position_shift: int = 0  # learned positions: position p reads row p + shift of the table (BART, mBART: 2)
     stack_embeddings: bool = False  # the decoder has its own position table and embedding LayerNorm (BART, mBART)
     logit_scale: float = 1.0  # the final hidden states are scaled by this before the output projection (T5: d^-0.5)
+    # OPT-350M: the embed_dim-wide token embedding is projected to d_model first (`embed_proj`, no bias; positions are
+    # then added in d_model) and the final states back to embed_dim (`head_proj`, no bias) for the tied output
+    project_first: bool = False
 
     def __post_init__(self) -> None:
         if self.head_dim is None and self.d_model % self.n_heads != 0:
@@ -148,8 +151,10 @@ class TransformerConfig:
             raise ValueError("position_offset (per-sentence numbering) and position_shift (fixed) exclude each other")
         if self.positions == "relative" and (self.rel_buckets < 4 or self.rel_max_distance <= self.rel_buckets // 2):
             raise ValueError("relative positions need rel_buckets >= 4 and rel_max_distance > rel_buckets / 2")
-        if self.embed_dim not in (None, self.d_model) and self.dec_layers:
-            raise ValueError("embed_dim != d_model needs dec_layers=0: the output projection is the tied embedding")
+        if self.embed_dim not in (None, self.d_model) and self.dec_layers and not self.project_first:
+            raise ValueError(
+                "embed_dim != d_model needs dec_layers=0 or project_first: the output projection is the tied embedding"
+            )
         for name in ("layerdrop", "enc_layerdrop", "dec_layerdrop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -714,13 +719,14 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         E = cfg.embed_dim or cfg.d_model  # the embeddings' width
+        P = cfg.d_model if cfg.project_first else E  # the positions' width: they are added after project_first's
         self.embed = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_id if self.pads else None)
         # optional parts exist only when asked for, so the default model's parameters, state-dict keys and
         # random initialisation stay exactly what they were before these options
-        self.pos_embed = nn.Embedding(cfg.max_len, E) if cfg.positions == "learned" else None
+        self.pos_embed = nn.Embedding(cfg.max_len, P) if cfg.positions == "learned" else None
         if cfg.positions == "sinusoidal":  # fairseq's per-sentence numbering keeps its padding row at zero
             pad_row = cfg.position_offset - 1 if cfg.position_offset else None
-            table = sinusoidal_positions(cfg.max_len, E, cfg.pos_layout, pad_row)
+            table = sinusoidal_positions(cfg.max_len, P, cfg.pos_layout, pad_row)
             self.register_buffer("pos", table, persistent=False)
         if cfg.logit_bias:  # persistent: part of the trained model (only when asked for, so default keys stay)
             self.register_buffer("logit_bias", torch.zeros(cfg.vocab_size))
@@ -728,14 +734,16 @@ class Transformer(nn.Module):
         self.embed_norm = nn.LayerNorm(E, eps=cfg.norm_eps) if cfg.embed_norm else nn.Identity()
         # BART's decoder has its own position table and embedding LayerNorm (the encoder's keep their names)
         own = cfg.stack_embeddings and cfg.dec_layers
-        self.dec_pos_embed = nn.Embedding(cfg.max_len, E) if own and cfg.positions == "learned" else None
+        self.dec_pos_embed = nn.Embedding(cfg.max_len, P) if own and cfg.positions == "learned" else None
         self.dec_embed_norm = nn.LayerNorm(E, eps=cfg.norm_eps) if own and cfg.embed_norm else None
         # T5: one relative position bias per stack, (buckets, H), shared by the stack's layers
         relative = cfg.positions == "relative"
         self.enc_rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads) if relative and cfg.enc_layers else None
         self.dec_rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads) if relative and cfg.dec_layers else None
         self.drop = Dropout(cfg.dropout)
-        self.embed_proj = nn.Linear(E, cfg.d_model) if E != cfg.d_model else None  # ELECTRA's embeddings_project
+        # ELECTRA's embeddings_project (after the embedding LayerNorm), or OPT-350M's project_in (before the positions)
+        self.embed_proj = nn.Linear(E, cfg.d_model, bias=not cfg.project_first) if E != cfg.d_model else None
+        self.head_proj = nn.Linear(cfg.d_model, E, bias=False) if cfg.project_first and E != cfg.d_model else None
         self.enc = nn.ModuleList(EncoderLayer(cfg, f"enc.{i}") for i in range(cfg.enc_layers))
         self.dec = nn.ModuleList(self.decoder_layer(cfg, f"dec.{i}") for i in range(cfg.dec_layers))
         # pre-norm leaves the residual stream un-normalised, so each stack ends with a LayerNorm
@@ -790,6 +798,9 @@ class Transformer(nn.Module):
         x = self.embed(tokens)  # (B, T, C)
         if self.cfg.embed_scale:
             x = x * math.sqrt(self.cfg.d_model)
+        first = self.cfg.project_first and self.embed_proj is not None
+        if first:  # OPT-350M: project_in, then the positions in d_model
+            x = self.embed_proj(x)
         if self.type_embed is not None:  # added before the positions, in BERT's order (fp sums are not associative)
             x = x + self.type_embed(types if types is not None else torch.zeros_like(tokens))
         decoder = stack == "dec" and self.cfg.stack_embeddings
@@ -804,7 +815,7 @@ class Transformer(nn.Module):
             x = x + self.pos[offset : offset + T]
         norm = self.dec_embed_norm if decoder and self.dec_embed_norm is not None else self.embed_norm
         x = self.drop(norm(x))
-        return x if self.embed_proj is None else self.embed_proj(x)  # (B, T, d_model)
+        return x if self.embed_proj is None or first else self.embed_proj(x)  # (B, T, d_model)
 
     @property
     def max_positions(self) -> int:
@@ -864,6 +875,8 @@ class Transformer(nn.Module):
         plus `logit_bias` when the config has one."""
         if self.cfg.logit_scale != 1.0:
             x = x * self.cfg.logit_scale
+        if self.head_proj is not None:  # OPT-350M's project_out: d_model -> embed_dim, then the tied embedding
+            x = self.head_proj(x)
         if self.lm_head is not None:
             return self.lm_head(x)
         if self.cfg.logit_bias:
