@@ -29,6 +29,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "gpt2": H.causal_lm_checkpoint(root / "gpt2", splits["train"], "gpt2"),
         "llama": H.causal_lm_checkpoint(root / "llama", splits["train"], "llama"),
         "opt": H.causal_lm_checkpoint(root / "opt", splits["train"], "opt"),
+        "pythia": H.causal_lm_checkpoint(root / "pythia", splits["train"], "pythia"),
         "text": H.write_lm_text(root / "text", splits),
     }
 
@@ -46,7 +47,7 @@ def hf_perplexity(folder: Path, docs: list[str]) -> float:
 
 
 def lm_run(made: dict[str, Path], family: str, out: Path, *overrides: str):
-    preset = "model=hf" if family == "opt" else "model=hf_causal_lm"  # model=hf picks the family from config.json
+    preset = "model=hf" if family in ("opt", "pythia") else "model=hf_causal_lm"  # model=hf: from config.json
     args = [preset, f"model.path={made[family]}", "data=lm_text", f"data.dir={made['text']}"]
     return train_here(out, *args, *TINY, *overrides)
 
@@ -75,7 +76,7 @@ LLAMA_ONLY = {  # what a decoder-only model adds: K/V groups, depth pruning by b
     ("family", "method"),
     [("llama", m) for m in METHODS]
     + [("gpt2", m) for m in ("mp", "slt", "heads", "components", "sparsegpt", "structured")]
-    + [("opt", m) for m in ("mp", "heads", "sparsegpt", "structured")],
+    + [(f, m) for f in ("opt", "pythia") for m in ("mp", "heads", "sparsegpt", "structured")],
 )
 def test_every_method_on_an_imported_language_model(
     made: dict[str, Path], tmp_path: Path, family: str, method: str
@@ -98,7 +99,7 @@ def test_every_method_on_an_imported_language_model(
         assert last["sparsity"] == pytest.approx(0.5, abs=0.01)
     if method in ("sparsegpt", "wanda_2_4"):
         assert last["time"]["steps"] == 0 and last["metrics"]["test/ppl"] > first["metrics"]["test/ppl"]
-    if method == "heads":  # half the heads of GPT-2 and OPT; half the K/V groups of the Llama, with their query heads
+    if method == "heads":  # half the heads of GPT-2, OPT, Pythia; half the Llama's K/V groups, with their query heads
         heads = res["heads"]
         assert heads["unit"] == ("group" if family == "llama" else "head") and len(heads["removed"]) == 4
         if family == "llama":

@@ -32,22 +32,31 @@ class CausalLayer(Layer):
 
     kinds = ("sa", "ff")
 
+    def attend(self, h: Tensor, rope: tuple[Tensor, Tensor] | None, cache: dict[str, Tensor] | None) -> Tensor:
+        """Causal self-attention of the normed input h (B, T, C); with a cache, its keys and values appended."""
+        k, v = self.sa.project_kv(h, rope)  # (B, KV, T, hs): one head per K/V group
+        if cache is None:
+            return self.sa(h, k, v, is_causal=True, rope=rope)
+        # generation: the prompt at once into an empty cache, then one position a step
+        if "sa_k" in cache:
+            if h.size(1) != 1:
+                raise ValueError("after the prompt, a cached forward takes one position at a time")
+            k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
+        cache["sa_k"], cache["sa_v"] = k, v
+        return self.sa(h, k, v, is_causal=h.size(1) > 1, rope=rope)
+
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: dict[str, Tensor] | None = None
     ) -> Tensor:
+        if self.cfg.parallel_residual:  # both sub-layers read x: x + attn(LN1 x) + ff(LN2 x), as GPT-NeoX adds them
+            out = x
+            if self.skip("ff", x) is None:
+                out = self.ff_res.dropout(self.ff(self.ff_res.norm(x))) + out
+            if self.skip("sa", x) is None:
+                out = self.sa_res.dropout(self.attend(self.sa_res.norm(x), rope, cache)) + out
+            return out
         if (y := self.skip("sa", x)) is None:
-            h = self.sa_res.inp(x)
-            k, v = self.sa.project_kv(h, rope)  # (B, KV, T, hs): one head per K/V group
-            if cache is None:
-                y = self.sa(h, k, v, is_causal=True, rope=rope)
-            else:  # generation: the prompt at once into an empty cache, then one position a step
-                if "sa_k" in cache:
-                    if h.size(1) != 1:
-                        raise ValueError("after the prompt, a cached forward takes one position at a time")
-                    k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
-                cache["sa_k"], cache["sa_v"] = k, v
-                y = self.sa(h, k, v, is_causal=h.size(1) > 1, rope=rope)
-            x = self.sa_res.out(x, y)
+            x = self.sa_res.out(x, self.attend(self.sa_res.inp(x), rope, cache))
         else:
             x = y
         return self.ff_block(x)

@@ -120,6 +120,11 @@ class TransformerConfig:
     # OPT-350M: the embed_dim-wide token embedding is projected to d_model first (`embed_proj`, no bias; positions are
     # then added in d_model) and the final states back to embed_dim (`head_proj`, no bias) for the tied output
     project_first: bool = False
+    # Options for more decoder-only families (prunelab.hf.gpt_neox): the attention and the feed-forward both read the
+    # layer's input, x + attn(LN1 x) + ff(LN2 x) (GPT-NeoX / Pythia's use_parallel_residual), and rotary positions on
+    # only the first `rotary_dims` features of each head (Pythia: a quarter; None: all of them)
+    parallel_residual: bool = False
+    rotary_dims: int | None = None
 
     def __post_init__(self) -> None:
         if self.head_dim is None and self.d_model % self.n_heads != 0:
@@ -133,8 +138,10 @@ class TransformerConfig:
         rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
         if rope_type not in ROPE_TYPES:
             raise ValueError(f"rope_scaling type must be one of {ROPE_TYPES}, got {rope_type!r}")
-        if self.positions == "rope" and self.hs % 2:
-            raise ValueError(f"rotary positions need an even head width, got {self.hs}")
+        if self.positions == "rope" and self.rotary_width % 2:
+            raise ValueError(f"rotary positions need an even rotated width, got {self.rotary_width}")
+        if self.rotary_dims is not None and not 0 < self.rotary_dims <= self.hs:
+            raise ValueError(f"rotary_dims={self.rotary_dims} must be in (0, head width {self.hs}]")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.positions not in POSITIONS:
@@ -166,6 +173,11 @@ class TransformerConfig:
     def hs(self) -> int:
         """The width of one head."""
         return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def rotary_width(self) -> int:
+        """The features of each head that rotary positions rotate (the rest pass through)."""
+        return self.rotary_dims or self.hs
 
     @property
     def kv_heads(self) -> int:
@@ -244,7 +256,7 @@ def rope_frequencies(cfg: TransformerConfig) -> Tensor:
     """The rotary frequencies (hs/2,): theta^(-2j/hs), j < hs/2 (Su et al. 2021), then the checkpoint's
     `rope_scaling`: linear (all divided by `factor`, i.e. positions divided by it) or llama3 (Llama 3.1's: long
     wavelengths divided by `factor`, short ones kept, a smooth blend between)."""
-    hs = cfg.hs
+    hs = cfg.rotary_width  # partial rotary (Pythia): the frequencies of the rotated features only
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.int64).float() / hs))
     scaling = cfg.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -272,9 +284,13 @@ def rope_tables(inv_freq: Tensor, offset: int, T: int, dtype: torch.dtype) -> tu
 
 
 def rotate(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-    """Rotary positions on x (B, h, T, hs): the feature pairs (i, i + hs/2) rotated by their position's angles
-    (the half-split layout of GPT-NeoX and of Hugging Face's Llama checkpoints, not adjacent pairs)."""
+    """Rotary positions on x (B, h, T, hs): the feature pairs (i, i + r/2) rotated by their position's angles
+    (the half-split layout of GPT-NeoX and of Hugging Face's Llama checkpoints, not adjacent pairs), r the tables'
+    width: all hs features, or (partial rotary) the first r of them, the others passed on as they are."""
     cos, sin = rope
+    r = cos.size(-1)
+    if r < x.size(-1):
+        return torch.cat([rotate(x[..., :r], rope), x[..., r:]], dim=-1)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
