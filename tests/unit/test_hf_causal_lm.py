@@ -19,6 +19,7 @@ from prunelab.hf.causal_lm import load_hf_causal_lm  # noqa: E402
 from prunelab.hf.export import export_hf  # noqa: E402
 from prunelab.models.addressing import set_gate  # noqa: E402
 from prunelab.models.causal_lm import IGNORE  # noqa: E402
+from prunelab.models.lm_generation import generate_lm  # noqa: E402
 from prunelab.models.surgery import prune_heads  # noqa: E402
 
 V = 101
@@ -219,8 +220,8 @@ def _write(folder: Path, family: str, **changes: object) -> Path:
 @pytest.mark.parametrize(
     ("family", "changes", "says"),
     [
-        ("mistral", {"sliding_window": 8}, "sliding window"),
-        ("qwen2", {"use_sliding_window": True, "sliding_window": 8}, "sliding window"),
+        ("mistral", {"sliding_window": 8, "layer_types": ["chunked_attention"] * 2}, "full and sliding attention"),
+        ("qwen2", {"layer_types": ["sliding_attention"] * 2}, "no sliding_window"),
         ("llama", {"model_type": "mixtral"}, "mixture of experts"),
         ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}, "rope_parameters": None}, "yarn"),
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
@@ -294,3 +295,43 @@ def test_neuron_pruned_model_exports_narrower_or_padded(family: str, uniform: bo
     x = torch.randint(0, V, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x).logits, ours(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("family", "changes", "windowed"),
+    [
+        ("mistral", {"sliding_window": 5}, (0, 1)),  # every layer
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}, (1,)),  # layers 1..
+    ],
+)
+def test_sliding_window_attention_equals_transformers_beyond_the_window(
+    family: str, changes: dict[str, object], windowed: tuple[int, ...], tmp_path: Path
+) -> None:
+    """A window of 5 on sequences of 24: logits, the perplexity windows' loss, and greedy generation with the KV
+    cache (prompt and new tokens past the window) equal transformers'; the layers that slide are the ones
+    transformers makes slide. A model that ignored the window differs (checked: the full-prefix logits)."""
+    cfg = _configs()[family].to_dict()
+    cfg.pop("layer_types", None)  # derived from the window settings when the config is made
+    cfg.update(changes)
+    torch.manual_seed(7)
+    theirs = getattr(transformers, CLASSES[family])(type(_configs()[family])(**cfg)).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    theirs.save_pretrained(tmp_path)
+    ours = load_hf_causal_lm(tmp_path).eval()
+    assert [layer.window for layer in ours.dec] == [5 if i in windowed else None for i in range(len(ours.dec))]
+    x = torch.randint(0, V, (2, 24))
+    with torch.no_grad():
+        want = theirs(x).logits
+        torch.testing.assert_close(ours(x), want, atol=1e-5, rtol=1e-5)
+        batch = {"src": x[:, :-1], "target": x[:, 1:]}
+        loss = torch.stack([theirs(w[None], labels=w[None]).loss for w in x])
+        torch.testing.assert_close(ours.example_losses(batch), loss, atol=1e-5, rtol=1e-5)
+        out = theirs.generate(x[:, :9], max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+        for layer in ours.dec:
+            layer.window = None
+        assert not torch.allclose(ours(x), want, atol=1e-3)
+        for i, layer in enumerate(ours.dec):
+            layer.window = 5 if i in windowed else None
+    assert generate_lm(ours, x[:, :9], 10) == out[:, 9:].tolist()

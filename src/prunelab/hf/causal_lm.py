@@ -121,17 +121,7 @@ def causal_lm_config(hf: dict[str, Any]) -> TransformerConfig:
         raise UserError(f"model_type {kind!r} is not a supported causal language model ({', '.join(MODEL_TYPES)})")
     if kind == "gpt2":
         return _gpt2_config(hf)
-    window = hf.get("sliding_window")
-    uses_window = hf.get("use_sliding_window", kind == "mistral")  # Qwen: only with use_sliding_window
-    if uses_window and window is not None and window < num(hf, "max_position_embeddings"):
-        raise UserError(
-            f"the checkpoint attends within a sliding window of {window} tokens (sliding_window): prunelab's attention "
-            "sees the whole prefix"
-        )
-    if hf.get("layer_types") and any(t != "full_attention" for t in hf["layer_types"]):
-        raise UserError(
-            "the checkpoint mixes attention types (layer_types): prunelab's attention sees the whole prefix"
-        )
+    window, window_layers = _sliding_window(hf, kind)
     theta, scaling = _rope(hf)
     d, H = num(hf, "hidden_size"), num(hf, "num_attention_heads")
     attn_bias = bool(hf.get("attention_bias", False))
@@ -164,7 +154,32 @@ def causal_lm_config(hf: dict[str, Any]) -> TransformerConfig:
         ff_bias=bool(hf.get("mlp_bias", False)),
         qk_norm=kind == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", TIE_DEFAULTS[kind])),
+        sliding_window=window,
+        window_layers=window_layers,
     )
+
+
+def _sliding_window(hf: dict[str, Any], kind: str) -> tuple[int | None, tuple[int, ...] | None]:
+    """(the window, the layers that use it: None = all) of a Mistral or Qwen2 checkpoint, read as transformers reads
+    it: Mistral's `sliding_window` in every layer; Qwen2's only with `use_sliding_window`, in the layers its
+    `layer_types` (or, older files, `max_window_layers`) make "sliding_attention". Other attention kinds: refused."""
+    window = hf.get("sliding_window")
+    if kind != "mistral" and not hf.get("use_sliding_window", False):
+        window = None
+    layers = num(hf, "num_hidden_layers")
+    types = hf.get("layer_types")
+    if types and any(t not in ("full_attention", "sliding_attention") for t in types):
+        raise UserError(f"config.json's layer_types {sorted(set(types))}: prunelab has full and sliding attention only")
+    if window is None:
+        if types and "sliding_attention" in types:
+            raise UserError("config.json's layer_types has sliding_attention but no sliding_window")
+        return None, None
+    if types:
+        return int(window), tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    if kind == "mistral":
+        return int(window), None
+    start = hf.get("max_window_layers", layers)  # Qwen2: the layers from max_window_layers on slide
+    return int(window), tuple(range(start, layers))
 
 
 def _gpt2_config(hf: dict[str, Any]) -> TransformerConfig:

@@ -32,18 +32,35 @@ class CausalLayer(Layer):
 
     kinds = ("sa", "ff")
 
+    def __init__(self, cfg: TransformerConfig, prefix: str):
+        super().__init__(cfg, prefix)
+        i = int(prefix.split(".")[1])
+        windowed = cfg.sliding_window is not None and (cfg.window_layers is None or i in cfg.window_layers)
+        self.window = cfg.sliding_window if windowed else None  # None: the whole prefix
+
+    def window_mask(self, T: int, S: int, device: torch.device) -> Tensor | None:
+        """The T newest of S positions attending within the window: (T, S), True where query i may see key j
+        (i - W < j <= i, transformers' sliding_window_overlay); None when the window holds every key anyway."""
+        if self.window is None or S <= self.window:
+            return None
+        q = torch.arange(S - T, S, device=device)[:, None]
+        k = torch.arange(S, device=device)[None, :]
+        return (k <= q) & (k > q - self.window)
+
     def attend(self, h: Tensor, rope: tuple[Tensor, Tensor] | None, cache: dict[str, Tensor] | None) -> Tensor:
-        """Causal self-attention of the normed input h (B, T, C); with a cache, its keys and values appended."""
+        """Causal self-attention of the normed input h (B, T, C), within the layer's sliding window when it has one;
+        with a cache, its keys and values appended."""
         k, v = self.sa.project_kv(h, rope)  # (B, KV, T, hs): one head per K/V group
-        if cache is None:
-            return self.sa(h, k, v, is_causal=True, rope=rope)
-        # generation: the prompt at once into an empty cache, then one position a step
-        if "sa_k" in cache:
-            if h.size(1) != 1:
-                raise ValueError("after the prompt, a cached forward takes one position at a time")
-            k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
-        cache["sa_k"], cache["sa_v"] = k, v
-        return self.sa(h, k, v, is_causal=h.size(1) > 1, rope=rope)
+        if cache is not None:  # generation: the prompt at once into an empty cache, then one position a step
+            if "sa_k" in cache:
+                if h.size(1) != 1:
+                    raise ValueError("after the prompt, a cached forward takes one position at a time")
+                k, v = torch.cat([cache["sa_k"], k], dim=2), torch.cat([cache["sa_v"], v], dim=2)
+            cache["sa_k"], cache["sa_v"] = k, v
+        T, S = h.size(1), v.size(2)
+        if (mask := self.window_mask(T, S, h.device)) is not None:
+            return self.sa(h, k, v, mask=mask, rope=rope)
+        return self.sa(h, k, v, is_causal=T > 1, rope=rope)
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: dict[str, Tensor] | None = None

@@ -125,6 +125,10 @@ class TransformerConfig:
     # only the first `rotary_dims` features of each head (Pythia: a quarter; None: all of them)
     parallel_residual: bool = False
     rotary_dims: int | None = None
+    # sliding-window attention (Mistral, Qwen2's use_sliding_window): query i sees keys i-W+1 .. i in the layers of
+    # `window_layers` (None: every layer) of a decoder-only model
+    sliding_window: int | None = None
+    window_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.head_dim is None and self.d_model % self.n_heads != 0:
@@ -166,6 +170,10 @@ class TransformerConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         self.removed = tuple(self.removed)
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {self.sliding_window}")
+        if self.window_layers is not None:
+            self.window_layers = tuple(int(i) for i in self.window_layers)
         if self.layer_numbers is not None:
             self.layer_numbers = {side: tuple(int(i) for i in ids) for side, ids in self.layer_numbers.items()}
 
