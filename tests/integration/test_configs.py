@@ -51,7 +51,7 @@ def test_model_options(tmp_path: Path, option: str) -> None:
     extra = {"num_classes": 3} if option.startswith("classifier") else {}
     args = {"vocab_size": 100, "pad_id": 0}
     if "path" in cfg.model.keys():  # a pretrained checkpoint: a tiny one made here, with its tokenizer
-        from prunelab.hf.checkpoint import PretrainedTokenizer
+        from prunelab.hf.tokenizer import PretrainedTokenizer
         from tests import hf_checkpoints as H
 
         if option == "hf_encoder":

@@ -12,9 +12,9 @@ import torch
 from prunelab.data.classification import TsvClassificationDataModule
 from prunelab.data.translation import ParallelTextDataModule
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import PretrainedTokenizer
 from prunelab.hf.encoders import load_hf_encoder
 from prunelab.hf.marian import build_hf_marian
+from prunelab.hf.tokenizer import PretrainedTokenizer
 from tests import hf_checkpoints as H
 
 transformers = pytest.importorskip("transformers")

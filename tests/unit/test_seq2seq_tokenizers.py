@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from prunelab.data.translation import HfTranslationDataModule, ParallelTextDataModule, SyntheticTranslationDataModule
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import PretrainedTokenizer
+from prunelab.hf.tokenizer import PretrainedTokenizer
 from tests import hf_checkpoints as H
 from tests.hf_seq2seq import CODES
 

@@ -15,7 +15,7 @@ import lightning as L
 
 from prunelab.data.batching import TokenBatchedLoaders
 from prunelab.data.tokenizer import Tokenizer
-from prunelab.hf.checkpoint import PretrainedTokenizer
+from prunelab.hf.tokenizer import PretrainedTokenizer
 
 # The data modules' `_target_` before data/ was laid out by task kind (issue 37), as finished runs recorded them in
 # results.json: `training.load.load_run` rebuilds such a run's data with the class's present path.
@@ -38,7 +38,7 @@ class DataModule(TokenBatchedLoaders, L.LightningDataModule, ABC):
     of the one the source builds (`build_tokenizer`)."""
 
     kind: str  # the task kind it feeds (conf/task/<kind>.yaml)
-    # how a checkpoint's tokenizer is read for this kind (a causal LM's: hf.checkpoint.PretrainedTokenizer's reading,
+    # how a checkpoint's tokenizer is read for this kind (a causal LM's: hf.tokenizer.PretrainedTokenizer's reading,
     # with the ids of a language model)
     pretrained_tokenizer: Callable[[str], Tokenizer] = PretrainedTokenizer
 

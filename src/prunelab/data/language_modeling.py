@@ -38,7 +38,7 @@ from prunelab.data.sources.synthetic import SyntheticLanguagePair, draw_sentence
 from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
 from prunelab.data.windows import Window, collate_lm, scored_targets, text_stream, token_stream, windows
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import PretrainedTokenizer
+from prunelab.hf.tokenizer import PretrainedTokenizer
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")

@@ -1,7 +1,7 @@
 """Tokenizers: what turns text into model ids and back, and how an input is framed with special tokens.
 
 prunelab's own tokenizers share one id layout: pad=0, bos=1, eos=2, unk=3, then the vocabulary. A pretrained
-checkpoint brings its own (`prunelab.hf.checkpoint.PretrainedTokenizer`: BERT's WordPiece, RoBERTa's byte-level
+checkpoint brings its own (`prunelab.hf.tokenizer.PretrainedTokenizer`: BERT's WordPiece, RoBERTa's byte-level
 BPE, Marian's two SentencePiece models), with its own special ids; the data modules only ever use the ids a
 tokenizer names:
 

@@ -37,7 +37,7 @@ from prunelab.data.sources.synthetic import (
 )
 from prunelab.data.tokenizer import PieceTokenizer, Tokenizer, WordTokenizer
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import PretrainedTokenizer
+from prunelab.hf.tokenizer import PretrainedTokenizer
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")

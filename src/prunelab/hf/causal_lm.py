@@ -34,13 +34,14 @@ from prunelab.hf.checkpoint import (
     account_for_keys,
     activation,
     copy_weights,
+    no_labels,
     num,
     read_family,
     recorded_layers,
     rename_keys,
     resolve_checkpoint,
 )
-from prunelab.hf.generation import read_generation
+from prunelab.hf.generation import with_generation
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import ROPE_TYPES, TransformerConfig
 
@@ -299,7 +300,7 @@ def load_hf_causal_lm(path: str | Path, weights: bool = True, **overrides: Any) 
     config.json alone (a run's copy of its source), for a checkpoint to fill."""
     hf, cfg, state = read_family(path, causal_lm_config, weights, overrides)
     if state is None:
-        return _with_generation(CausalLM(cfg), path)
+        return with_generation(CausalLM(cfg), path)
     kind = hf["model_type"]
     if kind == "gpt2":
         names = _gpt2_names(state, cfg, path)
@@ -321,13 +322,7 @@ def load_hf_causal_lm(path: str | Path, weights: bool = True, **overrides: Any) 
     mapping = key_map(kind, cfg)
     account_for_keys(path, kind, names, mapping, dropped=dropped, shown=shown)
     model = copy_weights(CausalLM(cfg), state, names, mapping, path)
-    return _with_generation(model, path)
-
-
-def _with_generation(model: CausalLM, path: str | Path) -> CausalLM:
-    """The checkpoint's generation settings (generation_config.json or config.json) as `model.generation`."""
-    model.generation = read_generation(path)
-    return model
+    return with_generation(model, path)
 
 
 def build_hf_causal_lm(
@@ -368,8 +363,7 @@ def export_folder(
     state, the inverse of the import: GPT-2's Q, K, V fused into c_attn and its Conv1D weights transposed back.
     The tensor names are those of transformers' own `save_pretrained`: a separate head is `lm_head.weight` (outside
     `model.`), and a tied one is not written (it is the embedding; transformers ties it on loading)."""
-    if labels is not None:
-        raise UserError("labels are for a classifier: a language model has none")
+    no_labels(labels)
     kind = hf["model_type"]
     mapping = key_map(kind, cfg)
     if kind != "gpt2":

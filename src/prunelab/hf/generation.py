@@ -87,6 +87,13 @@ def read_generation(path: str | Path) -> dict[str, Any]:
     return {**settings, "source": source}
 
 
+def with_generation(model: Any, path: str | Path) -> Any:
+    """`model` with the checkpoint's generation settings as `model.generation` (read_generation): the tasks decode
+    with them by default, as transformers' `generate` does; a run's copy of its source has the same files."""
+    model.generation = read_generation(path)
+    return model
+
+
 @dataclass(frozen=True)
 class Generation:
     """How `generate` decodes, in the terms of prunelab's decoders (see checkpoint_generation for the mapping)."""

@@ -27,13 +27,14 @@ from prunelab.hf.checkpoint import (
     account_for_keys,
     activation,
     copy_weights,
+    no_labels,
     num,
     read_family,
     recorded_layers,
     rename_keys,
     wb,
 )
-from prunelab.hf.generation import read_generation
+from prunelab.hf.generation import with_generation
 from prunelab.hf.seq2seq import file_names
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import TransformerConfig
@@ -152,11 +153,6 @@ def load_hf_gpt_neox(path: str | Path, weights: bool = True, **overrides: Any) -
     return with_generation(copy_weights(CausalLM(cfg), state, names, mapping, path), path)
 
 
-def with_generation(model: CausalLM, path: str | Path) -> CausalLM:
-    model.generation = read_generation(path)
-    return model
-
-
 def build_hf_gpt_neox(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> CausalLM:
     """Hydra entry point (`model=hf model.path=DIR` with a GPT-NeoX / Pythia folder)."""
     return build_hf_causal_lm(vocab_size, pad_id, path, weights, loader=load_hf_gpt_neox, **overrides)
@@ -173,8 +169,7 @@ def export_folder(
     cfg: TransformerConfig,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config.json, tensors under GPTNeoXForCausalLM's keys): q, k, v fused back into query_key_value per head."""
-    if labels is not None:
-        raise UserError("labels are for a classifier: a language model has none")
+    no_labels(labels)
     tensors = rename_keys(state, key_map(cfg))
     H, hs = cfg.n_heads, cfg.hs
     out: dict[str, Tensor] = {}

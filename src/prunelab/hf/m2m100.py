@@ -26,21 +26,21 @@ from prunelab.hf.checkpoint import (
     account_for_keys,
     activation,
     copy_weights,
+    no_labels,
     num,
     read_family,
     recorded_layers,
     rename_keys,
     wb,
 )
+from prunelab.hf.generation import with_generation
 from prunelab.hf.seq2seq import (
     check_same,
     check_table,
     file_names,
     hydra_entry,
     layer_key_map,
-    no_labels,
     take_shared,
-    with_generation,
 )
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
 

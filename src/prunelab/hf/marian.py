@@ -31,20 +31,20 @@ from prunelab.hf.checkpoint import (
     HF_ACTIVATIONS,
     account_for_keys,
     copy_weights,
+    no_labels,
     num,
     read_family,
     recorded_layers,
     rename_keys,
 )
+from prunelab.hf.generation import with_generation
 from prunelab.hf.seq2seq import (
     check_table,
     file_names,
     final_logits_bias,
     hydra_entry,
     layer_key_map,
-    no_labels,
     take_shared,
-    with_generation,
 )
 from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
 

@@ -27,13 +27,14 @@ from prunelab.hf.checkpoint import (
     account_for_keys,
     activation,
     copy_weights,
+    no_labels,
     num,
     read_family,
     recorded_layers,
     rename_keys,
     wb,
 )
-from prunelab.hf.generation import read_generation
+from prunelab.hf.generation import with_generation
 from prunelab.hf.seq2seq import file_names
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import TransformerConfig
@@ -138,11 +139,6 @@ def load_hf_opt(path: str | Path, weights: bool = True, **overrides: Any) -> Cau
     return with_generation(copy_weights(CausalLM(cfg), state, names, mapping, path), path)
 
 
-def with_generation(model: CausalLM, path: str | Path) -> CausalLM:
-    model.generation = read_generation(path)
-    return model
-
-
 def build_hf_opt(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> CausalLM:
     """Hydra entry point (`model=hf model.path=DIR` with an OPT folder): as the other causal language models."""
     return build_hf_causal_lm(vocab_size, pad_id, path, weights, loader=load_hf_opt, **overrides)
@@ -160,6 +156,5 @@ def export_folder(
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config.json, tensors under OPTForCausalLM's keys): `model.decoder.` + the import's keys; the tied output
     projection is left to transformers, as its save_pretrained does."""
-    if labels is not None:
-        raise UserError("labels are for a classifier: a language model has none")
+    no_labels(labels)
     return dict(hf), rename_keys(state, {"model.decoder." + k: v for k, v in key_map(cfg).items()})

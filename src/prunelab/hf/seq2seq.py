@@ -22,7 +22,6 @@ from torch import Tensor
 
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import check_data_fits, wb
-from prunelab.hf.generation import read_generation
 from prunelab.models.transformer import Transformer
 
 
@@ -111,13 +110,6 @@ def check_same(hf: dict[str, Any], pairs: Sequence[tuple[str, str]], what: str) 
             raise UserError(f"config.json sets {a}={hf[a]} and {b}={hf[b]}: prunelab's encoder-decoder has one {what}")
 
 
-def with_generation(model: Transformer, path: str | Path) -> Transformer:
-    """`model` with the checkpoint's generation settings as `model.generation` (prunelab.hf.generation): the
-    translation task decodes with them by default, as transformers' `generate` does."""
-    model.generation = read_generation(path)
-    return model
-
-
 def hydra_entry(
     to_config: Callable[[dict[str, Any]], Any], load: Callable[..., Transformer]
 ) -> Callable[..., Transformer]:
@@ -129,9 +121,3 @@ def hydra_entry(
         return load(path, weights, **overrides)
 
     return build
-
-
-def no_labels(labels: Sequence[str] | None) -> None:
-    """An export of a translation model: label names are a classifier's."""
-    if labels is not None:
-        raise UserError("labels are for a classifier: a translation model has none")

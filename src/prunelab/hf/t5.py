@@ -35,12 +35,14 @@ from prunelab.hf.checkpoint import (
     HF_ACTIVATIONS,
     account_for_keys,
     copy_weights,
+    no_labels,
     num,
     read_family,
     recorded_layers,
     rename_keys,
 )
-from prunelab.hf.seq2seq import file_names, hydra_entry, no_labels, take_shared, with_generation
+from prunelab.hf.generation import with_generation
+from prunelab.hf.seq2seq import file_names, hydra_entry, take_shared
 from prunelab.models.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("t5", "mt5")
