@@ -27,18 +27,17 @@ from torch import Tensor
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     account_for_keys,
-    activation,
     copy_weights,
     no_labels,
     num,
     read_family,
-    recorded_layers,
     rename_keys,
     wb,
 )
 from prunelab.hf.generation import with_generation
 from prunelab.hf.seq2seq import (
     check_same,
+    fairseq_shape,
     file_names,
     final_logits_bias,
     hydra_entry,
@@ -71,33 +70,15 @@ def bart_config(hf: dict[str, Any]) -> TransformerConfig:
     check_same(hf, [("encoder_ffn_dim", "decoder_ffn_dim")], "feed-forward width")
     if not hf.get("tie_word_embeddings", True):
         raise UserError(f"a {kind} checkpoint with tie_word_embeddings=false: prunelab ties the output projection")
-    pad, start = num(hf, "pad_token_id"), hf.get("decoder_start_token_id")
-    enc, dec = num(hf, "encoder_layers"), num(hf, "decoder_layers")
     return TransformerConfig(
-        vocab_size=num(hf, "vocab_size"),
-        d_model=num(hf, "d_model"),
-        n_heads=num(hf, "encoder_attention_heads"),
-        d_ff=num(hf, "encoder_ffn_dim"),
-        enc_layers=enc,
-        dec_layers=dec,
-        layer_numbers=recorded_layers(hf, enc=enc, dec=dec),
-        dropout=hf.get("dropout", 0.1),
-        attn_dropout=hf.get("attention_dropout", 0.0),
-        activation_dropout=hf.get("activation_dropout", 0.0),
-        enc_layerdrop=hf.get("encoder_layerdrop") or 0.0,  # whole layers skipped in training, as transformers does
-        dec_layerdrop=hf.get("decoder_layerdrop") or 0.0,
+        **fairseq_shape(hf, act="gelu", attn_dropout=0.0, scale=False, start="eos_token_id"),
         pre_norm=kind == "mbart",  # mBART: pre-norm with a final LayerNorm per stack; BART: post-norm
         max_len=num(hf, "max_position_embeddings") + POSITION_SHIFT,  # the table's rows
         position_shift=POSITION_SHIFT,
-        pad_id=pad,
-        norm_eps=1e-5,  # nn.LayerNorm's default, which BART's code uses
-        activation=activation(hf, "activation_function", "gelu"),
-        embed_scale=bool(hf.get("scale_embedding", False)),
         positions="learned",
         embed_norm=True,
         stack_embeddings=True,
         logit_bias=True,
-        decoder_start_id=start if start is not None else num(hf, "eos_token_id"),
     )
 
 

@@ -24,12 +24,10 @@ from torch import Tensor
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     account_for_keys,
-    activation,
     copy_weights,
     no_labels,
     num,
     read_family,
-    recorded_layers,
     rename_keys,
     wb,
 )
@@ -37,6 +35,7 @@ from prunelab.hf.generation import with_generation
 from prunelab.hf.seq2seq import (
     check_same,
     check_table,
+    fairseq_shape,
     file_names,
     hydra_entry,
     layer_key_map,
@@ -66,31 +65,14 @@ def m2m100_config(hf: dict[str, Any]) -> TransformerConfig:
     check_same(hf, [("encoder_ffn_dim", "decoder_ffn_dim")], "feed-forward width")
     if not hf.get("tie_word_embeddings", True):
         raise UserError("an m2m_100 checkpoint with tie_word_embeddings=false: prunelab ties the output projection")
-    pad, start = num(hf, "pad_token_id"), hf.get("decoder_start_token_id")
-    enc, dec = num(hf, "encoder_layers"), num(hf, "decoder_layers")
+    shape = fairseq_shape(hf, act="relu", attn_dropout=0.1, scale=True, start="eos_token_id")
     return TransformerConfig(
-        vocab_size=num(hf, "vocab_size"),
-        d_model=num(hf, "d_model"),
-        n_heads=num(hf, "encoder_attention_heads"),
-        d_ff=num(hf, "encoder_ffn_dim"),
-        enc_layers=enc,
-        dec_layers=dec,
-        layer_numbers=recorded_layers(hf, enc=enc, dec=dec),
-        dropout=hf.get("dropout", 0.1),
-        attn_dropout=hf.get("attention_dropout", 0.1),
-        activation_dropout=hf.get("activation_dropout", 0.0),
-        enc_layerdrop=hf.get("encoder_layerdrop") or 0.0,  # whole layers skipped in training, as transformers does
-        dec_layerdrop=hf.get("decoder_layerdrop") or 0.0,
+        **shape,
         pre_norm=True,
         max_len=num(hf, "max_position_embeddings") + TABLE_EXTRA,
-        position_offset=pad + 1,  # real tokens from pad+1, pads at the zero row `pad`
-        pad_id=pad,
-        norm_eps=1e-5,
-        activation=activation(hf, "activation_function", "relu"),
-        embed_scale=bool(hf.get("scale_embedding", True)),
+        position_offset=shape["pad_id"] + 1,  # real tokens from pad+1, pads at the zero row `pad`
         positions="sinusoidal",
         pos_layout="fairseq",
-        decoder_start_id=start if start is not None else num(hf, "eos_token_id"),
     )
 
 

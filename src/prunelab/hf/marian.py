@@ -28,18 +28,17 @@ from torch import Tensor
 
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
-    HF_ACTIVATIONS,
     account_for_keys,
     copy_weights,
     no_labels,
     num,
     read_family,
-    recorded_layers,
     rename_keys,
 )
 from prunelab.hf.generation import with_generation
 from prunelab.hf.seq2seq import (
     check_table,
+    fairseq_shape,
     file_names,
     final_logits_bias,
     hydra_entry,
@@ -101,33 +100,13 @@ def marian_config(hf: dict[str, Any]) -> TransformerConfig:
             f"encoder and decoder differ in heads {sorted(heads)} or feed-forward width {sorted(d_ff)}: "
             "prunelab's Transformer has one n_heads and one d_ff"
         )
-    act = hf.get("activation_function", "swish")
-    if act not in HF_ACTIVATIONS:
-        raise UserError(f"activation {act!r} of the checkpoint is not supported (supported: {sorted(HF_ACTIVATIONS)})")
-    pad, start = num(hf, "pad_token_id"), hf.get("decoder_start_token_id")
-    return TransformerConfig(
-        vocab_size=vocab,
-        d_model=num(hf, "d_model"),
-        n_heads=heads.pop(),
-        d_ff=d_ff.pop(),
-        enc_layers=num(hf, "encoder_layers"),
-        dec_layers=num(hf, "decoder_layers"),
-        layer_numbers=recorded_layers(hf, enc=num(hf, "encoder_layers"), dec=num(hf, "decoder_layers")),
-        dropout=hf.get("dropout", 0.1),
-        attn_dropout=hf.get("attention_dropout", 0.0),
-        activation_dropout=hf.get("activation_dropout", 0.0),
-        enc_layerdrop=hf.get("encoder_layerdrop") or 0.0,  # whole layers skipped in training, as transformers does
-        dec_layerdrop=hf.get("decoder_layerdrop") or 0.0,
+    return TransformerConfig(  # Marian's <pad> (the last id) is the key mask, the pad of decoding and its start
+        **fairseq_shape(hf, act="swish", attn_dropout=0.0, scale=False, start="pad_token_id"),
         pre_norm=False,  # post-norm (Marian's "dan"): and so no final encoder or decoder LayerNorm
         max_len=num(hf, "max_position_embeddings"),
-        pad_id=pad,  # the key mask and the pad of decoding: Marian's <pad> is the last id
-        norm_eps=1e-5,  # Marian's nn.LayerNorm default
-        activation=HF_ACTIVATIONS[act],
-        embed_scale=bool(hf.get("scale_embedding", False)),
         positions="sinusoidal",
         pos_layout="split",
         logit_bias=True,
-        decoder_start_id=pad if start is None else start,
         ban_pad=True,
     )
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import check_data_fits, wb
+from prunelab.hf.checkpoint import activation, check_data_fits, num, recorded_layers, wb
 from prunelab.models.transformer import Transformer
 
 
@@ -121,3 +121,32 @@ def hydra_entry(
         return load(path, weights, **overrides)
 
     return build
+
+
+def fairseq_shape(hf: dict[str, Any], *, act: str, attn_dropout: float, scale: bool, start: str) -> dict[str, Any]:
+    """The TransformerConfig fields config.json gives the same way for Marian, BART, mBART and M2M100 (their
+    encoder_* / decoder_* keys, dropouts, whole-layer LayerDrop, pad, nn.LayerNorm's eps): the family's defaults
+    where its class has its own (`act`: activation_function; `attn_dropout`; `scale`: scale_embedding; `start`: the
+    token id key the decoder starts from when decoder_start_token_id is absent). The family checks first that
+    encoder and decoder have one width and head count."""
+    enc, dec = num(hf, "encoder_layers"), num(hf, "decoder_layers")
+    first = hf.get("decoder_start_token_id")
+    return dict(
+        vocab_size=num(hf, "vocab_size"),
+        d_model=num(hf, "d_model"),
+        n_heads=num(hf, "encoder_attention_heads"),
+        d_ff=num(hf, "encoder_ffn_dim"),
+        enc_layers=enc,
+        dec_layers=dec,
+        layer_numbers=recorded_layers(hf, enc=enc, dec=dec),
+        dropout=hf.get("dropout", 0.1),
+        attn_dropout=hf.get("attention_dropout", attn_dropout),
+        activation_dropout=hf.get("activation_dropout", 0.0),
+        enc_layerdrop=hf.get("encoder_layerdrop") or 0.0,  # whole layers skipped in training, as transformers does
+        dec_layerdrop=hf.get("decoder_layerdrop") or 0.0,
+        pad_id=num(hf, "pad_token_id"),
+        norm_eps=1e-5,  # nn.LayerNorm's default, which these classes use
+        activation=activation(hf, "activation_function", act),
+        embed_scale=bool(hf.get("scale_embedding", scale)),
+        decoder_start_id=first if first is not None else num(hf, start),
+    )
