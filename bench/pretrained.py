@@ -469,16 +469,7 @@ def marian_base(
     train = translation_batches(train_steps + 1, train_batch, seq, words, PAD, EOS, PAD, seed=5)
     opt_ours, opt_hf = adamw(ours), adamw(hf)
 
-    def ours_loss(b: Batch) -> Tensor:
-        logits = ours(b["src"], b["tgt_in"])
-        return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=PAD)
-
-    def hf_loss(b: Batch) -> Tensor:
-        logits = hf(
-            input_ids=b["src"], attention_mask=b["attention_mask"], decoder_input_ids=b["tgt_in"], use_cache=False
-        ).logits
-        return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=PAD)
-
+    ours_loss, hf_loss = translation_losses(ours, hf, PAD)
     r, _, _ = compare_training(
         (ours_loss, opt_ours), (hf_loss, opt_hf), train, lambda b: real(b["tgt_out"], PAD), train_reps
     )
@@ -591,16 +582,7 @@ def seq2seq_rows(
     train = batches(train_steps + 1, train_batch, seq, seed=5)
     opt_ours, opt_hf = adamw(ours), adamw(hf)
 
-    def ours_loss(b: Batch) -> Tensor:
-        logits = ours(b["src"], b["tgt_in"])
-        return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=pad)
-
-    def hf_loss(b: Batch) -> Tensor:
-        logits = hf(
-            input_ids=b["src"], attention_mask=b["attention_mask"], decoder_input_ids=b["tgt_in"], use_cache=False
-        ).logits
-        return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=pad)
-
+    ours_loss, hf_loss = translation_losses(ours, hf, pad)
     r, _, _ = compare_training(
         (ours_loss, opt_ours), (hf_loss, opt_hf), train, lambda b: real(b["tgt_out"], pad), train_reps, warmups=2
     )
@@ -622,6 +604,22 @@ def seq2seq_rows(
     )
     done(f"{label} training")
     return out
+
+
+def translation_losses(ours: Any, hf: Any, pad: int) -> tuple[Callable[[Batch], Tensor], Callable[[Batch], Tensor]]:
+    """The teacher-forced cross-entropy of a batch from each side's logits: (prunelab's, transformers')."""
+
+    def ours_loss(b: Batch) -> Tensor:
+        logits = ours(b["src"], b["tgt_in"])
+        return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=pad)
+
+    def hf_loss(b: Batch) -> Tensor:
+        logits = hf(
+            input_ids=b["src"], attention_mask=b["attention_mask"], decoder_input_ids=b["tgt_in"], use_cache=False
+        ).logits
+        return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=pad)
+
+    return ours_loss, hf_loss
 
 
 def layers_named(label: str, layers: int, full: int) -> str:
