@@ -21,7 +21,8 @@ from prunelab.errors import UserError  # noqa: E402
 from prunelab.hf.export import export_hf  # noqa: E402
 from prunelab.hf.families import load_hf  # noqa: E402
 from prunelab.hf.generation import checkpoint_generation, generate  # noqa: E402
-from prunelab.models.transformer import Transformer, relative_buckets  # noqa: E402
+from prunelab.models.positions import relative_buckets  # noqa: E402
+from prunelab.models.transformer import Transformer  # noqa: E402
 
 V = 60
 T5_SHAPE = dict(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2, relative_attention_num_buckets=8)

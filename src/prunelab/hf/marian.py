@@ -45,7 +45,8 @@ from prunelab.hf.seq2seq import (
     layer_key_map,
     take_shared,
 )
-from prunelab.models.transformer import Transformer, TransformerConfig, sinusoidal_positions
+from prunelab.models.positions import sinusoidal_positions
+from prunelab.models.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("marian",)
 MODEL_CLASS = Transformer  # what a MarianMT checkpoint is imported into

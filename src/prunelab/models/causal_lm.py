@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prunelab.models.transformer import Cache, Layer, Transformer, TransformerConfig, rope_frequencies, rope_tables
+from prunelab.models.positions import rope_frequencies, rope_tables
+from prunelab.models.transformer import Cache, Layer, Transformer, TransformerConfig
 
 IGNORE = -100  # a target that is not scored (strided context, padding), as torch's cross_entropy default
 
@@ -102,7 +103,9 @@ class CausalLM(Transformer):
             raise ValueError("a language model needs at least one layer (dec_layers)")
         super().__init__(cfg)  # with the separate output projection (lm_head) when the embeddings are untied
         if cfg.positions == "rope":
-            self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
+            self.register_buffer(
+                "inv_freq", rope_frequencies(cfg.rotary_width, cfg.rope_theta, cfg.rope_scaling), persistent=False
+            )
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CausalLM:
         """`.to()`, `.half()`, `.bfloat16()`, `.cuda()`, `to_empty` and the precision plugins (Lightning's
@@ -111,7 +114,9 @@ class CausalLM(Transformer):
         turn into angle errors of radians at late positions; recomputed from cfg, they are exactly the fp32 model's."""
         super()._apply(fn, recurse)
         if self.cfg.positions == "rope":
-            self.inv_freq = rope_frequencies(self.cfg).to(self.inv_freq.device)
+            self.inv_freq = rope_frequencies(self.cfg.rotary_width, self.cfg.rope_theta, self.cfg.rope_scaling).to(
+                self.inv_freq.device
+            )
         return self
 
     def rope(self, offset: int, T: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
