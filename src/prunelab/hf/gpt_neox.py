@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,8 @@ def load_hf_gpt_neox(path: str | Path, weights: bool = True, **overrides: Any) -
     return with_generation(copy_weights(CausalLM(cfg), state, names, mapping, path), path)
 
 
-def build_hf_gpt_neox(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> CausalLM:
-    """Hydra entry point (`model=hf model.path=DIR` with a GPT-NeoX / Pythia folder)."""
-    return build_hf_causal_lm(vocab_size, pad_id, path, weights, loader=load_hf_gpt_neox, **overrides)
+# Hydra: model=hf model.path=DIR, checked and built as the other causal language models
+build_hf_gpt_neox = partial(build_hf_causal_lm, loader=load_hf_gpt_neox)
 
 
 load, build = load_hf_gpt_neox, build_hf_gpt_neox

@@ -15,6 +15,7 @@ Refused in one line: LayerNorms without weights (`layer_norm_elementwise_affine:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,8 @@ def load_hf_opt(path: str | Path, weights: bool = True, **overrides: Any) -> Cau
     return with_generation(copy_weights(CausalLM(cfg), state, names, mapping, path), path)
 
 
-def build_hf_opt(vocab_size: int, pad_id: int, path: str, weights: bool = True, **overrides: Any) -> CausalLM:
-    """Hydra entry point (`model=hf model.path=DIR` with an OPT folder): as the other causal language models."""
-    return build_hf_causal_lm(vocab_size, pad_id, path, weights, loader=load_hf_opt, **overrides)
+# Hydra: model=hf model.path=DIR, checked and built as the other causal language models
+build_hf_opt = partial(build_hf_causal_lm, loader=load_hf_opt)
 
 
 load, build = load_hf_opt, build_hf_opt
