@@ -210,7 +210,7 @@ def block_influence(model: Transformer, batches: Sequence[Batch], layers: bool =
         for n in component_names(model):
             side, i, kind = n.split(".")
             layer = getattr(model, side)[int(i)]
-            norm = getattr(layer, f"{kind}_res").norm
+            norm = layer.norm_of(kind)
             handles.append(norm.register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0])))
             handles.append(
                 component(model, n).register_forward_hook(lambda m, a, y, n=n: add(n, inputs[n], inputs.pop(n) + y))

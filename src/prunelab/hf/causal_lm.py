@@ -76,9 +76,11 @@ TIE_DEFAULTS = {"gpt2": True, "llama": False, "mistral": False, "qwen2": False, 
 MIXTURE_OF_EXPERTS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "phimoe", "dbrx")
 # GPT-2's causal-mask buffers (attn.bias, attn.masked_bias), saved by older versions of transformers
 GPT2_DROPPED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+# the rotary frequencies older Llama-layout files saved with the weights (prunelab computes its own)
+ROTARY_BUFFERS = re.compile(r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
-def _rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+def rope_settings(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, rope_scaling or None) from config.json: transformers 5's `rope_parameters`, or the older
     `rope_theta` + `rope_scaling`. Scalings prunelab cannot compute exactly are refused."""
     params = hf.get("rope_parameters")
@@ -123,7 +125,7 @@ def causal_lm_config(hf: dict[str, Any]) -> TransformerConfig:
     if kind == "gpt2":
         return _gpt2_config(hf)
     window, window_layers = _sliding_window(hf, kind)
-    theta, scaling = _rope(hf)
+    theta, scaling = rope_settings(hf)
     d, H = num(hf, "hidden_size"), num(hf, "num_attention_heads")
     attn_bias = bool(hf.get("attention_bias", False))
     return TransformerConfig(
@@ -168,19 +170,32 @@ def _sliding_window(hf: dict[str, Any], kind: str) -> tuple[int | None, tuple[in
     if kind != "mistral" and not hf.get("use_sliding_window", False):
         window = None
     layers = num(hf, "num_hidden_layers")
-    types = hf.get("layer_types")
-    if types and any(t not in ("full_attention", "sliding_attention") for t in types):
-        raise UserError(f"config.json's layer_types {sorted(set(types))}: prunelab has full and sliding attention only")
-    if window is None:
-        if types and "sliding_attention" in types:
-            raise UserError("config.json's layer_types has sliding_attention but no sliding_window")
-        return None, None
-    if types:
-        return int(window), tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    if hf.get("layer_types") or window is None:
+        return sliding_layers(hf, window, None)
     if kind == "mistral":
         return int(window), None
     start = hf.get("max_window_layers", layers)  # Qwen2: the layers from max_window_layers on slide
     return int(window), tuple(range(start, layers))
+
+
+def sliding_layers(
+    hf: dict[str, Any], window: int | None, default_types: Sequence[str] | None
+) -> tuple[int | None, tuple[int, ...] | None]:
+    """(the window, the layers that slide) from config.json's `layer_types` ("full_attention" / "sliding_attention",
+    one per layer), or `default_types` where the file has none (None: no per-layer types); other kinds of attention,
+    or sliding layers without a window, are one error."""
+    types = hf.get("layer_types") or default_types
+    if types and any(t not in ("full_attention", "sliding_attention") for t in types):
+        raise UserError(f"config.json's layer_types {sorted(set(types))}: prunelab has full and sliding attention only")
+    if types and len(types) != num(hf, "num_hidden_layers"):
+        raise UserError(f"config.json's layer_types has {len(types)} entries for {num(hf, 'num_hidden_layers')} layers")
+    if window is None:
+        if types and "sliding_attention" in types:
+            raise UserError("config.json's layer_types has sliding_attention but no sliding_window")
+        return None, None
+    if types is None:
+        return int(window), None
+    return int(window), tuple(i for i, t in enumerate(types) if t == "sliding_attention")
 
 
 def _gpt2_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -294,6 +309,22 @@ def _gpt2_names(state: dict[str, Tensor], cfg: TransformerConfig, path: str | Pa
     return names
 
 
+def llama_names(state: dict[str, Tensor], cfg: TransformerConfig, path: str | Path) -> dict[str, str]:
+    """The file's names without `model.` (Llama's layout, which Phi, Phi-3 and Gemma share) -> the file's names; a tied
+    model's stored copy of the embedding as `lm_head.weight` is checked equal to it and left out."""
+    names: dict[str, str] = {}
+    for k in state:
+        n = k.removeprefix("model.")
+        if n in names:
+            raise UserError(f"{path}: keys {names[n]!r} and {k!r} both name {n!r}")
+        names[n] = k
+    if cfg.tie_embeddings and "lm_head.weight" in names:  # a tied copy some files store: it must be the same
+        if not torch.equal(state[names["lm_head.weight"]], state[names.get("embed_tokens.weight", "")]):
+            raise UserError(f"{path}: lm_head.weight differs from embed_tokens.weight but tie_word_embeddings is true")
+        del names["lm_head.weight"]
+    return names
+
+
 def load_hf_causal_lm(path: str | Path, weights: bool = True, **overrides: Any) -> CausalLM:
     """A local GPT-2 or Llama-family folder (config.json + model.safetensors or pytorch_model.bin) -> a CausalLM
     computing the same logits (eval mode, fp32). `overrides`: training settings among OVERRIDABLE. `weights=False`:
@@ -303,24 +334,11 @@ def load_hf_causal_lm(path: str | Path, weights: bool = True, **overrides: Any) 
         return with_generation(CausalLM(cfg), path)
     kind = hf["model_type"]
     if kind == "gpt2":
-        names = _gpt2_names(state, cfg, path)
-        dropped, shown = GPT2_DROPPED, (lambda n: n)
+        names, dropped = _gpt2_names(state, cfg, path), GPT2_DROPPED
     else:
-        names = {}
-        for k in state:
-            n = k.removeprefix("model.")
-            if n in names:
-                raise UserError(f"{path}: keys {names[n]!r} and {k!r} both name {n!r}")
-            names[n] = k
-        if cfg.tie_embeddings and "lm_head.weight" in names:  # a tied copy some files store: it must be the same
-            if not torch.equal(state[names["lm_head.weight"]], state[names.get("embed_tokens.weight", "")]):
-                raise UserError(
-                    f"{path}: lm_head.weight differs from embed_tokens.weight but tie_word_embeddings is true"
-                )
-            del names["lm_head.weight"]
-        dropped, shown = re.compile(r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq"), (lambda n: n)
+        names, dropped = llama_names(state, cfg, path), ROTARY_BUFFERS
     mapping = key_map(kind, cfg)
-    account_for_keys(path, kind, names, mapping, dropped=dropped, shown=shown)
+    account_for_keys(path, kind, names, mapping, dropped=dropped)
     model = copy_weights(CausalLM(cfg), state, names, mapping, path)
     return with_generation(model, path)
 

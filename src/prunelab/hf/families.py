@@ -9,11 +9,11 @@ from types import ModuleType
 from typing import Any
 
 from prunelab.errors import UserError
-from prunelab.hf import bart, causal_lm, encoders, gpt_neox, m2m100, marian, opt, t5
+from prunelab.hf import bart, causal_lm, encoders, gemma, gpt_neox, m2m100, marian, opt, phi, t5
 from prunelab.hf.checkpoint import resolve_checkpoint
 from prunelab.models.transformer import Transformer
 
-MODULES: tuple[ModuleType, ...] = (encoders, marian, t5, bart, m2m100, causal_lm, opt, gpt_neox)
+MODULES: tuple[ModuleType, ...] = (encoders, marian, t5, bart, m2m100, causal_lm, opt, gpt_neox, phi, gemma)
 FAMILIES: dict[str, ModuleType] = {t: module for module in MODULES for t in module.MODEL_TYPES}
 
 

@@ -20,12 +20,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from prunelab.models.positions import rope_frequencies, rope_tables
-from prunelab.models.transformer import Cache, Layer, Transformer, TransformerConfig
+from prunelab.models.transformer import Cache, Layer, Transformer, TransformerConfig, make_norm
 
 IGNORE = -100  # a target that is not scored (strided context, padding), as torch's cross_entropy default
+Rope = tuple[Tensor, Tensor]
+Ropes = Rope | dict[str, Rope] | None  # the cos/sin tables; Gemma 3: {"global": ..., "local": ...}
 
 
 class CausalLayer(Layer):
@@ -38,6 +40,13 @@ class CausalLayer(Layer):
         i = int(prefix.split(".")[1])
         windowed = cfg.sliding_window is not None and (cfg.window_layers is None or i in cfg.window_layers)
         self.window = cfg.sliding_window if windowed else None  # None: the whole prefix
+        # Gemma 3: the sliding-window ("local") layers rotate with their own base (CausalLM.rope's second table)
+        self.local_rope = windowed and cfg.local_rope_theta is not None
+        # Phi: one norm read by both parallel sub-layers (theirs are the identity); it stays when either is removed
+        self.norm = make_norm(cfg, cfg.d_model) if cfg.shared_norm else None
+
+    def norm_of(self, kind: str) -> nn.Module:
+        return self.norm if self.norm is not None else super().norm_of(kind)
 
     def window_mask(self, T: int, S: int, device: torch.device) -> Tensor | None:
         """The T newest of S positions attending within the window: (T, S), True where query i may see key j
@@ -63,15 +72,17 @@ class CausalLayer(Layer):
             return self.sa(h, k, v, mask=mask, rope=rope)
         return self.sa(h, k, v, is_causal=T > 1, rope=rope)
 
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: dict[str, Tensor] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, rope: Ropes = None, cache: dict[str, Tensor] | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C). rope: the rotary tables, or (Gemma 3) a dict of the "global" and "local" ones."""
+        if isinstance(rope, dict):
+            rope = rope["local" if self.local_rope else "global"]
         if self.cfg.parallel_residual:  # both sub-layers read x: x + attn(LN1 x) + ff(LN2 x), as GPT-NeoX adds them
+            h = self.norm(x) if self.norm is not None else None  # Phi: x + attn(LN x) + ff(LN x)
             out = x
             if self.skip("ff", x) is None:
-                out = self.ff_res.dropout(self.ff(self.ff_res.norm(x))) + out
+                out = self.ff_res.dropout(self.ff(h if h is not None else self.ff_res.norm(x))) + out
             if self.skip("sa", x) is None:
-                out = self.sa_res.dropout(self.attend(self.sa_res.norm(x), rope, cache)) + out
+                out = self.sa_res.dropout(self.attend(h if h is not None else self.sa_res.norm(x), rope, cache)) + out
             return out
         if (y := self.skip("sa", x)) is None:
             x = self.sa_res.out(x, self.attend(self.sa_res.inp(x), rope, cache))
@@ -103,9 +114,17 @@ class CausalLM(Transformer):
             raise ValueError("a language model needs at least one layer (dec_layers)")
         super().__init__(cfg)  # with the separate output projection (lm_head) when the embeddings are untied
         if cfg.positions == "rope":
-            self.register_buffer(
-                "inv_freq", rope_frequencies(cfg.rotary_width, cfg.rope_theta, cfg.rope_scaling), persistent=False
-            )
+            for name, freqs in self.frequencies().items():
+                self.register_buffer(name, freqs, persistent=False)
+
+    def frequencies(self) -> dict[str, Tensor]:
+        """The rotary frequencies from cfg, fp32: `inv_freq`, and Gemma 3's unscaled `local_inv_freq` of the
+        sliding-window layers."""
+        cfg = self.cfg
+        out = {"inv_freq": rope_frequencies(cfg.rotary_width, cfg.rope_theta, cfg.rope_scaling)}
+        if cfg.local_rope_theta is not None:
+            out["local_inv_freq"] = rope_frequencies(cfg.rotary_width, cfg.local_rope_theta, None)
+        return out
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CausalLM:
         """`.to()`, `.half()`, `.bfloat16()`, `.cuda()`, `to_empty` and the precision plugins (Lightning's
@@ -114,15 +133,19 @@ class CausalLM(Transformer):
         turn into angle errors of radians at late positions; recomputed from cfg, they are exactly the fp32 model's."""
         super()._apply(fn, recurse)
         if self.cfg.positions == "rope":
-            self.inv_freq = rope_frequencies(self.cfg.rotary_width, self.cfg.rope_theta, self.cfg.rope_scaling).to(
-                self.inv_freq.device
-            )
+            for name, freqs in self.frequencies().items():
+                setattr(self, name, freqs.to(self.inv_freq.device))
         return self
 
-    def rope(self, offset: int, T: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+    def rope(self, offset: int, T: int, dtype: torch.dtype) -> Ropes:
+        """The cos/sin tables of positions offset .. offset+T-1 (None without rotary positions); with Gemma 3's
+        local base, both tables by name."""
         if self.cfg.positions != "rope":
             return None
-        return rope_tables(self.inv_freq, offset, T, dtype)
+        tables = rope_tables(self.inv_freq, offset, T, dtype)
+        if self.cfg.local_rope_theta is None:
+            return tables
+        return {"global": tables, "local": rope_tables(self.local_inv_freq, offset, T, dtype)}
 
     def hidden(self, src: Tensor, cache: Cache | None = None, offset: int = 0) -> Tensor:
         """tokens (B, T) at positions offset.. -> final hidden states (B, T, C), after the final norm."""

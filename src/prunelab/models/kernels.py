@@ -29,14 +29,15 @@ def attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     scale: float | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """`F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p, is_causal, scale)`; q (B, H, T, hs),
     k and v (B, H, S, hs), mask bool broadcastable to (B, H, T, S), True where a key may be seen, or a float mask
     added to the scaled logits (a position bias); scale None: 1/sqrt(hs). In bf16/fp16 on the CPU with at most
-    MATH_MAX_KEYS keys, the explicit product (`math_attention`)."""
+    MATH_MAX_KEYS keys, and with a `softcap` (SDPA has none), the explicit product (`math_attention`)."""
     low = q.dtype in (torch.bfloat16, torch.float16)
-    if q.device.type == "cpu" and low and k.size(-2) <= MATH_MAX_KEYS:
-        return math_attention(q, k, v, mask, dropout_p, is_causal, scale)
+    if softcap is not None or (q.device.type == "cpu" and low and k.size(-2) <= MATH_MAX_KEYS):
+        return math_attention(q, k, v, mask, dropout_p, is_causal, scale, softcap)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
     )
@@ -50,15 +51,19 @@ def math_attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     scale: float | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """softmax(q k^T * scale + masked) v (scale None: 1/sqrt(hs)) with the matmuls in the inputs' dtype and the
-    softmax in fp32 (at least); a float mask is added to the scaled logits. A query that may see no key gets the
-    mean of all values (SDPA's flash kernel gives 0 or NaN there; prunelab never builds such rows: every sentence
-    has a token, and padding queries see their sentence)."""
+    softmax in fp32 (at least); a float mask is added to the scaled logits. softcap c (Gemma 2): the scaled logits
+    become c * tanh(logits / c) before the mask, as transformers' eager Gemma 2 attention. A query that may see no
+    key gets the mean of all values (SDPA's flash kernel gives 0 or NaN there; prunelab never builds such rows:
+    every sentence has a token, and padding queries see their sentence)."""
     T, S = q.size(-2), k.size(-2)
     scores = q @ k.transpose(-1, -2)  # (B, H, T, S)
     scale = q.size(-1) ** -0.5 if scale is None else scale
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale  # float64 stays
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if mask is not None and mask.is_floating_point():
         scores = scores + mask.to(scores.dtype)
         mask = None

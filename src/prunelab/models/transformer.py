@@ -62,7 +62,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
 }
 POSITIONS = ("sinusoidal", "learned", "rope", "relative")
-NORMS = ("layer", "rms")
+NORMS = ("layer", "rms", "gemma_rms")
 FFNS = ("mlp", "glu")
 
 
@@ -135,6 +135,13 @@ class TransformerConfig:
     # `window_layers` (None: every layer) of a decoder-only model
     sliding_window: int | None = None
     window_layers: tuple[int, ...] | None = None
+    # Options for Phi and Gemma (prunelab.hf.phi, prunelab.hf.gemma); the defaults leave every other model as it was.
+    shared_norm: bool = False  # parallel_residual with one norm both sub-layers read: x + attn(LN x) + ff(LN x) (Phi)
+    lm_head_bias: bool = False  # the separate output projection has a bias (Phi-1/1.5/2)
+    sandwich_norm: bool = False  # each sub-layer's output is normed too before the residual add, x + LN'(f(LN x))
+    attn_softcap: float | None = None  # attention logits -> c * tanh(logits / c) before the mask (Gemma 2)
+    logit_softcap: float | None = None  # output logits -> c * tanh(logits / c) (Gemma 2's final_logit_softcapping)
+    local_rope_theta: float | None = None  # the rotary base of the sliding-window layers, unscaled (Gemma 3's local)
 
     def __post_init__(self) -> None:
         if self.head_dim is None and self.d_model % self.n_heads != 0:
@@ -180,6 +187,15 @@ class TransformerConfig:
             raise ValueError(f"sliding_window must be >= 1, got {self.sliding_window}")
         if self.window_layers is not None:
             self.window_layers = tuple(int(i) for i in self.window_layers)
+        if self.shared_norm and not self.parallel_residual:
+            raise ValueError("shared_norm is the parallel layer's one norm: it needs parallel_residual")
+        if self.sandwich_norm and (self.parallel_residual or not self.pre_norm):
+            raise ValueError("sandwich_norm (a norm on each sub-layer's output) needs a sequential pre-norm layer")
+        for name in ("attn_softcap", "logit_softcap"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.local_rope_theta is not None and (self.positions != "rope" or self.sliding_window is None):
+            raise ValueError("local_rope_theta is the sliding-window layers' rotary base: it needs rope and a window")
         if self.layer_numbers is not None:
             self.layer_numbers = {side: tuple(int(i) for i in ids) for side, ids in self.layer_numbers.items()}
 
@@ -248,22 +264,32 @@ def _sliced_linear(old: nn.Linear, rows: Tensor | None = None, cols: Tensor | No
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x²) + eps) * weight (Zhang & Sennrich 2019), computed in fp32 and cast back before the
-    weight, as Llama's reference code and transformers' LlamaRMSNorm do (bf16 inputs round the same way)."""
+    weight, as Llama's reference code and transformers' LlamaRMSNorm do (bf16 inputs round the same way).
+    unit_offset (Gemma): the scale is 1 + weight (the weight starts at 0), multiplied in fp32 before the cast back,
+    as GemmaRMSNorm does."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6, unit_offset: bool = False):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.unit_offset = unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight) if self.unit_offset else nn.init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            return (y * (1.0 + self.weight.float())).to(x.dtype)
         return self.weight * y.to(x.dtype)
 
 
 def make_norm(cfg: TransformerConfig, dim: int) -> nn.Module:
-    """The config's normalisation layer over `dim` features: LayerNorm or RMSNorm, with its epsilon."""
-    return RMSNorm(dim, cfg.norm_eps) if cfg.norm == "rms" else nn.LayerNorm(dim, eps=cfg.norm_eps)
+    """The config's normalisation layer over `dim` features: LayerNorm, RMSNorm or Gemma's (1 + w) RMSNorm."""
+    if cfg.norm == "layer":
+        return nn.LayerNorm(dim, eps=cfg.norm_eps)
+    return RMSNorm(dim, cfg.norm_eps, unit_offset=cfg.norm == "gemma_rms")
 
 
 class MultiHeadAttention(nn.Module):
@@ -280,14 +306,16 @@ class MultiHeadAttention(nn.Module):
         self.gated = cfg.gated
         self.attn_dropout = cfg.attn_dropout
         self.scale = cfg.attn_scale  # None: 1/sqrt(hs)
+        self.softcap = cfg.attn_softcap  # Gemma 2: c * tanh(logits / c)
         H, KV = cfg.n_heads, cfg.kv_heads
         self.q_proj = nn.Linear(cfg.d_model, H * hs, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.d_model, KV * hs, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, KV * hs, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(H * hs, cfg.d_model, bias=cfg.out_bias)
-        # Qwen3: an RMSNorm over each head's queries and keys (weights shared by the heads), before the rotation
-        self.q_norm = RMSNorm(hs, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(hs, cfg.norm_eps) if cfg.qk_norm else None
+        # a norm of the model's kind over each head's queries and keys (weights shared by the heads), before the
+        # rotation: Qwen3's RMSNorm, Gemma 3's (1 + w) one, Phi's qk_layernorm LayerNorm
+        self.q_norm = make_norm(cfg, hs) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, hs) if cfg.qk_norm else None
         self.register_buffer("gate", torch.ones(()))
         self.register_buffer("head_gate", torch.ones(cfg.n_heads))
         self.register_buffer("head_ids", torch.arange(cfg.n_heads))  # original numbers of the heads left
@@ -365,10 +393,10 @@ class MultiHeadAttention(nn.Module):
         if b != B:  # groups of G rows share keys: one attention with G*T queries per key set
             G, H, hs = B // b, self.n_heads, self.head_dim
             q = q.view(b, G, H, T, hs).transpose(1, 2).reshape(b, H, G * T, hs)
-            y = attention(q, k, v, mask, drop, scale=self.scale)
+            y = attention(q, k, v, mask, drop, scale=self.scale, softcap=self.softcap)
             y = y.view(b, H, G, T, hs).transpose(1, 2).reshape(B, H, T, hs)
         else:
-            y = attention(q, k, v, mask, drop, is_causal, scale=self.scale)
+            y = attention(q, k, v, mask, drop, is_causal, scale=self.scale, softcap=self.softcap)
         return self._merge(y, B, T)
 
     def _merge(self, y: Tensor, B: int, T: int) -> Tensor:
@@ -500,18 +528,23 @@ class FeedForward(nn.Module):
 
 
 class Residual(nn.Module):
-    """x + dropout(f(LN(x))) with pre-norm, LN(x + dropout(f(x))) with post-norm."""
+    """x + dropout(f(LN(x))) with pre-norm, LN(x + dropout(f(x))) with post-norm; with sandwich_norm (Gemma 2/3)
+    x + dropout(LN'(f(LN(x)))), LN' the `post_norm`. Under shared_norm (Phi) the layer holds the one norm both
+    sub-layers read, and `norm` here is the identity."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.pre_norm = cfg.pre_norm
-        self.norm = make_norm(cfg, cfg.d_model)
+        self.norm = nn.Identity() if cfg.shared_norm else make_norm(cfg, cfg.d_model)
+        self.post_norm = make_norm(cfg, cfg.d_model) if cfg.sandwich_norm else None
         self.dropout = Dropout(cfg.dropout)
 
     def inp(self, x: Tensor) -> Tensor:
         return self.norm(x) if self.pre_norm else x
 
     def out(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.post_norm is not None:
+            y = self.post_norm(y)
         x = x + self.dropout(y)
         return x if self.pre_norm else self.norm(x)
 
@@ -556,6 +589,9 @@ class Layer(nn.Module):
                     nn.init.zeros_(p)
                 else:  # a norm's weight
                     nn.init.ones_(p)
+            for norm in m.modules():  # Gemma's (1 + w) norms start at w = 0
+                if isinstance(norm, RMSNorm):
+                    norm.reset_parameters()
             if like is not None:
                 m.to(device=like.device, dtype=like.dtype)
         setattr(self, kind, module)
@@ -585,6 +621,11 @@ class Layer(nn.Module):
         if inputs is not None:
             touch = touch + inputs.sum()
         return x + 0.0 * touch
+
+    def norm_of(self, kind: str) -> nn.Module:
+        """The norm whose input is sub-layer `kind`'s residual stream (its own pre-norm; under shared_norm the
+        layer's one norm), which the components criteria hook to read that stream."""
+        return getattr(self, f"{kind}_res").norm
 
     def ff_block(self, x: Tensor) -> Tensor:
         if (y := self.skip("ff", x)) is not None:
@@ -695,8 +736,10 @@ class Transformer(nn.Module):
         # the reset, so that the random init of every model without one stays what it was
         self.lm_head = None
         if not cfg.tie_embeddings and cfg.dec_layers:
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
             nn.init.normal_(self.lm_head.weight, std=cfg.d_model**-0.5)
+            if cfg.lm_head_bias:
+                nn.init.zeros_(self.lm_head.bias)
 
     def reset_parameters(self) -> None:
         tables = ("embed.weight", "pos_embed.weight", "type_embed.weight", "dec_pos_embed.weight")
@@ -818,10 +861,14 @@ class Transformer(nn.Module):
         if self.head_proj is not None:  # OPT-350M's project_out: d_model -> embed_dim, then the tied embedding
             x = self.head_proj(x)
         if self.lm_head is not None:
-            return self.lm_head(x)
-        if self.cfg.logit_bias:
-            return F.linear(x, self.embed.weight, self.logit_bias.to(x.dtype))
-        return F.linear(x, self.embed.weight)
+            logits = self.lm_head(x)
+        elif self.cfg.logit_bias:
+            logits = F.linear(x, self.embed.weight, self.logit_bias.to(x.dtype))
+        else:
+            logits = F.linear(x, self.embed.weight)
+        if (c := self.cfg.logit_softcap) is not None:  # Gemma 2: squashed into (-c, c)
+            logits = torch.tanh(logits / c) * c
+        return logits
 
     def decode(self, tgt_in: Tensor, mem: Tensor, mem_mask: Tensor) -> Tensor:
         """Teacher-forced decoding of the whole target prefix: (B, T) -> logits (B, T, V)."""
