@@ -44,6 +44,7 @@ def main() -> None:
         dir=str(args.data),
         tokenizer=str(args.model),
         seq_len=args.seq_len,
+        documents="joined",  # as run.sh: each file tokenized whole
         max_tokens=args.max_tokens,
         seed=args.seed,
         shuffle_seed=args.seed,

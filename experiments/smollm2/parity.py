@@ -2,10 +2,12 @@
 `model=hf_causal_lm model.path=DIR` builds) against transformers' own model loaded from the same folder, on the
 same test windows.
 
-The windows are prunelab's: `data=lm_text` (LmTextDataModule with the folder's tokenizer, non-overlapping windows of
---seq-len tokens, EOS after every document). They are first checked against a stream built with transformers alone
-(each document tokenized without special tokens, EOS appended, cut into seq_len windows, the partial last one
-dropped): the ids must be equal. Then, per window:
+The windows are prunelab's: `data=lm_text data.documents=joined` (LmTextDataModule with the folder's tokenizer,
+test.txt tokenized whole, non-overlapping windows of --seq-len tokens). They are first checked against the stream
+built with transformers alone, as the papers build theirs (`tokenizer(text)["input_ids"]` of test.txt, cut into
+seq_len windows, the partial last one dropped), and, when prepare.json names the papers' whole joined text
+(experiments/wikitext2/build.py's test.txt), against the first windows of that whole text's stream: the ids must be
+equal. Then, per window:
     prunelab   sum of its token NLL (CausalLM.token_nll on collate_lm's batch: what the task's test step sums)
     transformers  model(window, labels=window).loss × (seq_len − 1)   (the mean over the seq_len − 1 shifted targets)
 Perplexity = exp(Σ NLL / Σ targets) for each; the relative difference of the two perplexities, the largest
@@ -43,25 +45,32 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from prunelab.data.language_modeling import LmTextDataModule
-    from prunelab.data.sources.files import read_lines, split_documents
+    from prunelab.data.sources.files import read_text
     from prunelab.data.windows import collate_lm
     from prunelab.hf.causal_lm import load_hf_causal_lm
 
     t0 = time.perf_counter()
-    dm = LmTextDataModule(dir=str(args.data), tokenizer=str(args.model), seq_len=args.seq_len)
+    dm = LmTextDataModule(dir=str(args.data), tokenizer=str(args.model), seq_len=args.seq_len, documents="joined")
     dm.setup()
     windows = dm.examples["test"]
     if args.windows:
         windows = windows[: args.windows]
 
-    # the same windows built by transformers alone
+    # the same windows built by transformers alone, as the papers do: tokenizer(text), cut into seq_len windows
     tok = AutoTokenizer.from_pretrained(str(args.model))
-    docs = split_documents(read_lines(args.data / "test.txt"), "blank_lines")
-    stream = [t for d in docs for t in [*tok(d, add_special_tokens=False)["input_ids"], tok.eos_token_id]]
-    hf_windows = [stream[k * args.seq_len : (k + 1) * args.seq_len] for k in range(len(stream) // args.seq_len)]
-    same_ids = len(hf_windows) >= len(windows) and all(
-        list(map(int, w.ids)) == hf_windows[i] for i, w in enumerate(windows)
-    )
+
+    def same_windows(text: str) -> bool:
+        stream = tok(text)["input_ids"]
+        hf_windows = [stream[k * args.seq_len : (k + 1) * args.seq_len] for k in range(len(stream) // args.seq_len)]
+        return len(hf_windows) >= len(windows) and all(
+            list(map(int, w.ids)) == hf_windows[i] for i, w in enumerate(windows)
+        )
+
+    same_ids = same_windows(read_text(args.data / "test.txt"))
+    # and the first windows of the papers' whole text (test.txt is its start): the papers' first test windows
+    prep = args.data / "prepare.json"
+    papers = Path(json.loads(prep.read_text())["source"]) if prep.is_file() else None
+    same_papers = same_windows(read_text(papers)) if papers is not None and papers.is_file() else None
 
     ours = load_hf_causal_lm(args.model).eval()
     hf = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32).eval()
@@ -101,6 +110,8 @@ def main() -> None:
         "windows": len(windows),
         "targets": n_targets,
         "window_ids_equal_transformers_stream": same_ids,
+        "papers_text": None if same_papers is None else str(papers),
+        "window_ids_equal_papers_stream_start": same_papers,
         "ppl_prunelab": ppl_ours,
         "ppl_transformers": ppl_hf,
         "ppl_rel_diff": abs(ppl_ours - ppl_hf) / ppl_hf,
