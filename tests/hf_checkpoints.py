@@ -284,9 +284,9 @@ def write_lm_text(folder: Path, splits: dict[str, list[str]]) -> Path:
 
 
 def causal_lm_checkpoint(folder: Path, docs: list[str], family: str = "gpt2", steps: int = 60, seed: int = 0) -> Path:
-    """A tiny GPT-2, OPT, Pythia (GPT-NeoX), or Llama with grouped-query attention and an untied head, with a
-    byte-level BPE tokenizer (<|endoftext|> = id 0, its BOS, EOS and the documents' separator) trained on `docs`,
-    trained by HF for `steps` steps on windows of the documents' token stream, saved with `save_pretrained`."""
+    """A tiny GPT-2, OPT, Pythia (GPT-NeoX), Phi-3, Gemma 2, or Llama with grouped-query attention and an untied head,
+    with a byte-level BPE tokenizer (<|endoftext|> = id 0, its BOS, EOS and the documents' separator) trained on
+    `docs`, trained by HF for `steps` steps on windows of the documents' token stream, saved with `save_pretrained`."""
     import transformers
     from tokenizers import ByteLevelBPETokenizer
 
@@ -316,6 +316,20 @@ def causal_lm_checkpoint(folder: Path, docs: list[str], family: str = "gpt2", st
             max_position_embeddings=128, rotary_pct=0.25, use_parallel_residual=True, bos_token_id=0, eos_token_id=0,
         )  # fmt: skip
         model = transformers.GPTNeoXForCausalLM(config)
+    elif family == "phi3":  # fused qkv_proj / gate_up_proj, grouped-query attention, half of each head rotated
+        config = transformers.Phi3Config(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, partial_rotary_factor=0.5, bos_token_id=0,
+            eos_token_id=0, pad_token_id=0,
+        )  # fmt: skip
+        model = transformers.Phi3ForCausalLM(config)
+    elif family == "gemma2":  # sandwich norms, soft-capping, a sliding window (16) shorter than the windows (32)
+        config = transformers.Gemma2Config(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=128, sliding_window=16, bos_token_id=0,
+            eos_token_id=0, pad_token_id=0,
+        )  # fmt: skip
+        model = transformers.Gemma2ForCausalLM(config)
     else:
         config = transformers.LlamaConfig(
             vocab_size=len(tok),

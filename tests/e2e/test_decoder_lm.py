@@ -30,6 +30,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "llama": H.causal_lm_checkpoint(root / "llama", splits["train"], "llama"),
         "opt": H.causal_lm_checkpoint(root / "opt", splits["train"], "opt"),
         "pythia": H.causal_lm_checkpoint(root / "pythia", splits["train"], "pythia"),
+        "phi3": H.causal_lm_checkpoint(root / "phi3", splits["train"], "phi3"),
+        "gemma2": H.causal_lm_checkpoint(root / "gemma2", splits["train"], "gemma2"),
         "text": H.write_lm_text(root / "text", splits),
     }
 
@@ -47,7 +49,7 @@ def hf_perplexity(folder: Path, docs: list[str]) -> float:
 
 
 def lm_run(made: dict[str, Path], family: str, out: Path, *overrides: str):
-    preset = "model=hf" if family in ("opt", "pythia") else "model=hf_causal_lm"  # model=hf: from config.json
+    preset = "model=hf_causal_lm" if family in ("gpt2", "llama") else "model=hf"  # model=hf: from config.json
     args = [preset, f"model.path={made[family]}", "data=lm_text", f"data.dir={made['text']}"]
     return train_here(out, *args, *TINY, *overrides)
 
@@ -76,7 +78,7 @@ LLAMA_ONLY = {  # what a decoder-only model adds: K/V groups, depth pruning by b
     ("family", "method"),
     [("llama", m) for m in METHODS]
     + [("gpt2", m) for m in ("mp", "slt", "heads", "components", "sparsegpt", "structured")]
-    + [(f, m) for f in ("opt", "pythia") for m in ("mp", "heads", "sparsegpt", "structured")],
+    + [(f, m) for f in ("opt", "pythia", "phi3", "gemma2") for m in ("mp", "heads", "sparsegpt", "structured")],
 )
 def test_every_method_on_an_imported_language_model(
     made: dict[str, Path], tmp_path: Path, family: str, method: str

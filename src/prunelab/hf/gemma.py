@@ -68,9 +68,9 @@ SOFTCAP_DEFAULTS = {"gemma2": (50.0, 30.0), "gemma3_text": (None, None)}  # (att
 SLIDING_WINDOW_PATTERN = {"gemma2": 2, "gemma3_text": 6}  # layer i slides unless (i + 1) % pattern == 0
 SANDWICH_NORMS = {  # Gemma 2/3's four norms of a layer -> prunelab's
     "input_layernorm": "sa_res.norm",
-    "post_attention_layernorm": "sa_res.post_norm",
+    "post_attention_layernorm": "sa.post_norm",
     "pre_feedforward_layernorm": "ff_res.norm",
-    "post_feedforward_layernorm": "ff_res.post_norm",
+    "post_feedforward_layernorm": "ff.post_norm",
 }
 
 

@@ -138,7 +138,7 @@ class TransformerConfig:
     # Options for Phi and Gemma (prunelab.hf.phi, prunelab.hf.gemma); the defaults leave every other model as it was.
     shared_norm: bool = False  # parallel_residual with one norm both sub-layers read: x + attn(LN x) + ff(LN x) (Phi)
     lm_head_bias: bool = False  # the separate output projection has a bias (Phi-1/1.5/2)
-    sandwich_norm: bool = False  # each sub-layer's output is normed too before the residual add, x + LN'(f(LN x))
+    sandwich_norm: bool = False  # each sub-layer's output normed too, x + LN'(f(LN x)), LN' its `post_norm` (Gemma 2/3)
     attn_softcap: float | None = None  # attention logits -> c * tanh(logits / c) before the mask (Gemma 2)
     logit_softcap: float | None = None  # output logits -> c * tanh(logits / c) (Gemma 2's final_logit_softcapping)
     local_rope_theta: float | None = None  # the rotary base of the sliding-window layers, unscaled (Gemma 3's local)
@@ -312,6 +312,9 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, KV * hs, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, KV * hs, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(H * hs, cfg.d_model, bias=cfg.out_bias)
+        # Gemma 2/3 (sandwich_norm): a norm on the output, inside the sub-layer, so that the component gate scales
+        # what reaches the residual stream (a gate before an RMSNorm would be divided out again)
+        self.post_norm = make_norm(cfg, cfg.d_model) if cfg.sandwich_norm else None
         # a norm of the model's kind over each head's queries and keys (weights shared by the heads), before the
         # rotation: Qwen3's RMSNorm, Gemma 3's (1 + w) one, Phi's qk_layernorm LayerNorm
         self.q_norm = make_norm(cfg, hs) if cfg.qk_norm else None
@@ -364,8 +367,7 @@ class MultiHeadAttention(nn.Module):
         the rotary cos/sin tables (T, hs) of the queries' positions (the keys were rotated by project_kv)."""
         B, T, _ = x.shape
         if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
-            y = self.out_proj(x.new_zeros(B, T, 0))
-            return gated(y, self.gate) if self.gated else y
+            return self._output(self.out_proj(x.new_zeros(B, T, 0)))
         v = self.expand_kv(v)
         if self.uniform:
             y = uniform_attention(v, mask, is_causal, T)  # (B, H, T, hs), or (B, H, 1, hs): one for every query
@@ -405,7 +407,12 @@ class MultiHeadAttention(nn.Module):
         if self.gated and not all_ones(g):  # (B, H, T, hs) scaled per head; a (B, H) gate: per example
             y = y * (g.view(1, -1, 1, 1) if g.dim() == 1 else g[:, :, None, None])
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*hs) heads concatenated
-        y = self.out_proj(y)
+        return self._output(self.out_proj(y))
+
+    def _output(self, y: Tensor) -> Tensor:
+        """The output projection's (B, T, C) -> the sandwich post-norm, then the component gate."""
+        if self.post_norm is not None:
+            y = self.post_norm(y)
         return gated(y, self.gate) if self.gated else y
 
     def project_kv(self, mem: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
@@ -483,6 +490,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ff_bias)
         self.fc3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ff_bias) if cfg.ffn == "glu" else None
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.ff_bias)
+        self.post_norm = make_norm(cfg, cfg.d_model) if cfg.sandwich_norm else None  # Gemma 2/3, as in attention
         self.activation = cfg.activation  # a name, not a function: the module stays picklable and printable
         self.dropout = Dropout(cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout)
         self.register_buffer("gate", torch.ones(()))
@@ -524,27 +532,25 @@ class FeedForward(nn.Module):
         if self.fc3 is not None:
             h = h * self.fc3(x)
         y = self.fc2(self.dropout(h))  # (B, T, C)
+        if self.post_norm is not None:
+            y = self.post_norm(y)
         return gated(y, self.gate) if self.gated else y
 
 
 class Residual(nn.Module):
-    """x + dropout(f(LN(x))) with pre-norm, LN(x + dropout(f(x))) with post-norm; with sandwich_norm (Gemma 2/3)
-    x + dropout(LN'(f(LN(x)))), LN' the `post_norm`. Under shared_norm (Phi) the layer holds the one norm both
-    sub-layers read, and `norm` here is the identity."""
+    """x + dropout(f(LN(x))) with pre-norm, LN(x + dropout(f(x))) with post-norm. Under shared_norm (Phi) the layer
+    holds the one norm both sub-layers read, and `norm` here is the identity."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.pre_norm = cfg.pre_norm
         self.norm = nn.Identity() if cfg.shared_norm else make_norm(cfg, cfg.d_model)
-        self.post_norm = make_norm(cfg, cfg.d_model) if cfg.sandwich_norm else None
         self.dropout = Dropout(cfg.dropout)
 
     def inp(self, x: Tensor) -> Tensor:
         return self.norm(x) if self.pre_norm else x
 
     def out(self, x: Tensor, y: Tensor) -> Tensor:
-        if self.post_norm is not None:
-            y = self.post_norm(y)
         x = x + self.dropout(y)
         return x if self.pre_norm else self.norm(x)
 
