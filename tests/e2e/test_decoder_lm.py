@@ -160,16 +160,20 @@ def test_pruned_language_models_export_and_reload(made: dict[str, Path], tmp_pat
             assert zeros and min(zeros) >= 0.5
 
 
-def test_head_and_component_studies_of_an_imported_llama(made: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_head_and_component_studies_of_an_imported_language_model(
+    made: dict[str, Path], tmp_path: Path, family: str
+) -> None:
     """`prunelab heads RUN` and `prunelab components RUN` score a language model by its perplexity (negated, so
-    that the studies' drops are the perplexity a head or component adds): their baseline is the run's."""
+    that the studies' drops are the perplexity a head or component adds): their baseline is the run's. A Llama, and
+    a Gemma 2 (sandwich norms, soft-capping, sliding windows), each with 2 layers of 4 query heads in 2 K/V groups."""
     import json
     import subprocess
     import sys
 
     from tests.e2e.conftest import ROOT, run_env
 
-    run = lm_run(made, "llama", tmp_path / "run", "pruner=none", "trainer.max_steps=0")
+    run = lm_run(made, family, tmp_path / "run", "pruner=none", "trainer.max_steps=0")
     assert run.returncode == 0, run.stderr[-3000:]
     val = run.results["metrics"]["val/ppl"]
     for study in ("components", "heads"):

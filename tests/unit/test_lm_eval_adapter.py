@@ -19,7 +19,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from prunelab.data.language_modeling import PretrainedLmTokenizer  # noqa: E402
 from prunelab.data.tokenizer import WordTokenizer  # noqa: E402
-from prunelab.hf.causal_lm import load_hf_causal_lm  # noqa: E402
+from prunelab.hf.families import load_hf  # noqa: E402
 from prunelab.lm_eval_adapter import PrunelabLM  # noqa: E402
 from prunelab.models.causal_lm import build_causal_lm  # noqa: E402
 
@@ -33,12 +33,14 @@ def corpus(n: int = 300) -> list[str]:
     return [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (6,), generator=g)) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def gpt2(tmp_path_factory: pytest.TempPathFactory):
-    """(transformers' model, its tokenizer, the folder): GPT-2 layout, <|endoftext|> = id 0 its BOS and EOS."""
+@pytest.fixture(scope="module", params=["gpt2", "gemma2"])
+def gpt2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """(transformers' model, its tokenizer, the folder): GPT-2 layout, <|endoftext|> = id 0 its BOS and EOS; or the
+    same tokenizer with a Gemma 2 (sliding windows of 8 positions in every other layer, soft-capped logits), whose
+    windows the longer requests run past."""
     from tokenizers import ByteLevelBPETokenizer
 
-    folder = tmp_path_factory.mktemp("gpt2")
+    folder = tmp_path_factory.mktemp(request.param)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus(), vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
     bpe.save_model(str(folder))
@@ -55,6 +57,13 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory):
         eos_token_id=0,
     )
     hf = transformers.GPT2LMHeadModel(cfg).eval()
+    if request.param == "gemma2":
+        cfg = transformers.Gemma2Config(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=N_POSITIONS, sliding_window=8,
+            initializer_range=0.3, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        )  # fmt: skip
+        hf = transformers.Gemma2ForCausalLM(cfg).eval()
     hf.save_pretrained(folder)
     tok.save_pretrained(folder)
     return hf, transformers.AutoTokenizer.from_pretrained(str(folder)), folder
@@ -63,7 +72,7 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def lm(gpt2) -> PrunelabLM:
     _, _, folder = gpt2
-    return PrunelabLM(model=load_hf_causal_lm(folder), tokenizer=PretrainedLmTokenizer(folder), batch_size=3)
+    return PrunelabLM(model=load_hf(folder), tokenizer=PretrainedLmTokenizer(folder), batch_size=3)
 
 
 def split(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
