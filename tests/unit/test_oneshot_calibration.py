@@ -153,10 +153,30 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos:
     assert torch.equal(removed[f"{name}.weight"], want)
 
 
-def tiny_llama() -> CausalLM:
+# the decoder-only layouts a layer-by-layer calibration must run as the model does: Gemma 3's (norms inside the
+# sub-layers' outputs, q/k norms, soft-capped attention, sliding windows of 4 in layers 0 and 2 rotating with their
+# own base) and Phi's (one norm read by the parallel attention and MLP, half of each head rotated)
+LAYOUTS = {
+    "llama": {},
+    "gemma3": dict(norm="gemma_rms", activation="gelu_tanh", embed_scale=True, sandwich_norm=True, qk_norm=True,
+                   attn_softcap=3.0, sliding_window=4, window_layers=(0, 2), local_rope_theta=50.0),
+    "phi": dict(norm="layer", ffn="mlp", activation="gelu_tanh", parallel_residual=True, shared_norm=True,
+                rotary_dims=4, qkv_bias=True, out_bias=True, ff_bias=True),
+}  # fmt: skip
+
+
+def tiny_llama(layout: str = "llama") -> CausalLM:
     """Llama-shaped: rotary positions, grouped-query attention (4 query heads over 2 key/value heads), RMSNorm,
-    SwiGLU, no biases."""
-    return llama_shaped(seed=0, vocab_size=40, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48, dec_layers=3)
+    SwiGLU, no biases; or with another LAYOUTS' layers."""
+    sizes = dict(vocab_size=40, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48, dec_layers=3)
+    model = llama_shaped(seed=0, **sizes, **LAYOUTS[layout])
+    if layout != "llama":  # norm weights away from their init, so that a norm left out moves the inputs
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "norm" in n:
+                    p.add_(torch.randn_like(p) * 0.3)
+    return model
 
 
 def lm_batches() -> list[dict[str, torch.Tensor]]:
@@ -174,28 +194,30 @@ def lm_batches() -> list[dict[str, torch.Tensor]]:
 
 
 @pytest.mark.parametrize(
-    "name", ["dec.0.sa.q_proj", "dec.0.sa.out_proj", "dec.1.sa.k_proj", "dec.1.ff.fc3", "dec.2.ff.fc2"]
+    ("name", "layout"),
+    [(n, "llama") for n in ("dec.0.sa.q_proj", "dec.0.sa.out_proj", "dec.1.sa.k_proj", "dec.1.ff.fc3", "dec.2.ff.fc2")]
+    + [(n, layout) for layout in ("gemma3", "phi") for n in ("dec.1.sa.k_proj", "dec.2.sa.q_proj", "dec.2.ff.fc2")],
 )
-def test_each_decoder_only_layer_is_calibrated_on_the_pruned_layers_before_it(name: str) -> None:
+def test_each_decoder_only_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, layout: str) -> None:
     """The decoder-only path (a Llama-shaped model, rotary positions, GQA): every Linear's statistics are those of
     its inputs on real tokens, recorded from the model's own forward pass (rotary positions in every attention) with
     the layers before it pruned and the rest original. Layers run without their rotary positions give another
     attention output, so every statistic from dec.0's output projection on would differ."""
-    original = tiny_llama()
+    original = tiny_llama(layout)
     model = copy.deepcopy(original)
     names = set(prunable_weights(model))
     seen, removed, solve = wanda_half()
 
     data = lm_batches()
     order = prune_sequentially(model, data, names, solve, full=True)
-    assert set(removed) == names and len(names) == 3 * 7  # q k v out, fc1 fc3 fc2
+    assert set(removed) == names and len(names) == 3 * (6 if layout == "phi" else 7)  # q k v out, fc1 (fc3) fc2
     assert list(dict.fromkeys(".".join(n.split(".")[:2]) for n in order)) == ["dec.0", "dec.1", "dec.2"]
 
     state = {k: (model if calibrated_before(k, name) else original).state_dict()[k] for k in original.state_dict()}
-    hybrid = tiny_llama()
+    hybrid = tiny_llama(layout)
     hybrid.load_state_dict(state)
     recorded, recorded_unpruned = [], []
-    for net, rows in ((hybrid, recorded), (tiny_llama(), recorded_unpruned)):
+    for net, rows in ((hybrid, recorded), (tiny_llama(layout), recorded_unpruned)):
         current = {}
         net.get_submodule(name).register_forward_hook(
             lambda m, i, o, rows=rows, current=current: rows.append(i[0][current["real"]])
