@@ -1,7 +1,12 @@
-"""A Llama-shaped language model of about 100M parameters with random weights (12 layers of width 768, 12 query and 4
-K/V heads, SwiGLU 2048, vocabulary 32,000, tied embeddings), built by transformers and imported by prunelab: the
-perplexity forward pass (the protocol's windows, no_grad), training throughput (forward + backward + AdamW on the
-same batches) and greedy generation with a KV cache, each prunelab / LlamaForCausalLM."""
+"""Decoder-only language models of published shapes with random weights, built by transformers and imported by
+prunelab (prunelab.hf.families.load_hf, the family from config.json): the perplexity forward pass (the protocol's
+windows, no_grad), training throughput (forward + backward + AdamW on the same batches) and greedy generation with a
+KV cache, each prunelab / the transformers class. `decoder_lm` measures one shape; each model is one call of it:
+
+- `llama_100m`: a Llama-shaped model of about 100M parameters (12 layers of width 768, 12 query and 4 K/V heads,
+  SwiGLU 2048, vocabulary 32,000, tied embeddings);
+- `opt_125m`: OPT-125M's own shape (12 layers of width 768, 12 heads, ReLU 3072, learned positions, pre-norm,
+  vocabulary 50,272, tied embeddings)."""
 
 from __future__ import annotations
 
@@ -26,6 +31,17 @@ LLAMA_100M = dict(
     max_position_embeddings=2048,
     tie_word_embeddings=True,
 )
+# facebook/opt-125m's config.json (its other fields are OPTConfig's defaults)
+OPT_125M = dict(
+    vocab_size=50272,
+    hidden_size=768,
+    ffn_dim=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=2048,
+    word_embed_proj_dim=768,
+    do_layer_norm_before=True,
+)
 
 
 def windows(n: int, batch: int, seq: int, vocab: int, seed: int) -> list[Batch]:
@@ -38,7 +54,11 @@ def windows(n: int, batch: int, seq: int, vocab: int, seed: int) -> list[Batch]:
     return out
 
 
-def llama_100m(
+def decoder_lm(
+    label: str,
+    config_class: type,
+    model_class: type,
+    shape: dict[str, Any],
     train_steps: int,
     train_reps: int,
     eval_batches: int,
@@ -51,18 +71,20 @@ def llama_100m(
     new_tokens: int = 32,
     config_changes: dict[str, Any] | None = None,
 ) -> list[Figure]:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from prunelab.hf.causal_lm import load_hf_causal_lm
+    """The three rows of one model: `config_class(**shape, **config_changes)` built by `model_class` with random
+    weights (seed 0), saved, and imported by prunelab.hf.families.load_hf; the figures are named after `label` and
+    `model_class`. `config_changes` shrinks the shape for the smoke run."""
+    from prunelab.hf.families import load_hf
     from prunelab.models.lm_generation import generate_lm
 
     done = Progress()
     torch.manual_seed(0)
-    config = LlamaConfig(**{**LLAMA_100M, **(config_changes or {})})
-    hf = LlamaForCausalLM(config).eval()
-    ours = save_and_import(hf, load_hf_causal_lm).eval()
+    config = config_class(**{**shape, **(config_changes or {})})
+    hf = model_class(config).eval()
+    ours = save_and_import(hf, load_hf).eval()
     size = sum(p.numel() for p in ours.parameters())
-    done(f"Llama ({size / 1e6:.0f}M parameters) built, saved and imported")
+    done(f"{label} ({size / 1e6:.0f}M parameters) built, saved and imported")
+    theirs = model_class.__name__
     V = config.vocab_size
     threads, attn = torch.get_num_threads(), hf.config._attn_implementation
     out: list[Figure] = []
@@ -90,7 +112,7 @@ def llama_100m(
     out.append(
         paired(
             SECTION,
-            "Llama-100M perplexity forward tok/s: prunelab / LlamaForCausalLM",
+            f"{label} perplexity forward tok/s: prunelab / {theirs}",
             r["prunelab"],
             r["hf"],
             goal=1.0,
@@ -118,7 +140,7 @@ def llama_100m(
     out.append(
         paired(
             SECTION,
-            "Llama-100M training tok/s: prunelab / LlamaForCausalLM",
+            f"{label} training tok/s: prunelab / {theirs}",
             r["prunelab"],
             r["hf"],
             goal=1.0,
@@ -131,14 +153,28 @@ def llama_100m(
     )
     done("training")
 
-    # greedy generation with a KV cache: `new_tokens` tokens after a `prompt`-token prompt, no early stop
-    ours.eval()
+    # greedy generation with a KV cache: `new_tokens` tokens after a `prompt`-token prompt, no early stop. Where the
+    # model has dropout (OPT: 0.1) the two sides drew different masks in training, so their weights now differ:
+    # prunelab decodes with transformers' trained weights, imported again, so that both decode the same model
     hf.eval()
+    ours = save_and_import(hf, load_hf).eval()
     prompts = torch.randint(0, V, (gen_batch, prompt), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        want = hf.generate(
-            prompts, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0
-        )[:, prompt:]
+    # an explicit all-ones mask: without one, generate masks every prompt token equal to pad_token_id (and OPT's
+    # positions follow the mask), so a random prompt containing that token would decode differently
+    mask = torch.ones_like(prompts)
+
+    def hf_generate() -> Tensor:
+        with torch.no_grad():
+            return hf.generate(
+                prompts,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=0,
+            )
+
+    want = hf_generate()[:, prompt:]
     got = generate_lm(ours, prompts, new_tokens)
     same = sum(a == b for a, b in zip(got, want.tolist(), strict=True))
 
@@ -149,15 +185,14 @@ def llama_100m(
 
     def hf_gen() -> float:
         start = time.perf_counter()
-        with torch.no_grad():
-            hf.generate(prompts, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+        hf_generate()
         return gen_batch * new_tokens / (time.perf_counter() - start)
 
     r = interleave({"prunelab": ours_gen, "hf": hf_gen}, gen_reps, warmup=1)
     out.append(
         paired(
             SECTION,
-            "Llama-100M greedy generation tok/s: prunelab / LlamaForCausalLM.generate",
+            f"{label} greedy generation tok/s: prunelab / {theirs}.generate",
             r["prunelab"],
             r["hf"],
             goal=1.0,
@@ -170,3 +205,17 @@ def llama_100m(
     )
     done("generation")
     return out
+
+
+def llama_100m(**sizes: Any) -> list[Figure]:
+    """The Llama-shaped rows (sizes: decoder_lm's from train_steps on)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return decoder_lm("Llama-100M", LlamaConfig, LlamaForCausalLM, LLAMA_100M, **sizes)
+
+
+def opt_125m(**sizes: Any) -> list[Figure]:
+    """The OPT-125M-shaped rows (sizes: decoder_lm's from train_steps on)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    return decoder_lm("OPT-125M", OPTConfig, OPTForCausalLM, OPT_125M, **sizes)

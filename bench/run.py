@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import analysis
 import causal_lm
@@ -98,7 +99,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             *oneshot.layer_solve(reps=2 if q else 3),
         ],
         "sparse24": lambda: semi_structured.linear_and_encoder(reps=3 if q else 5),
-        "causal_lm": lambda: causal_lm.llama_100m(
+        "causal_lm": lambda: decoder_lms(
             train_steps=1 if q else 2,
             train_reps=2 if q else 4,
             eval_batches=1 if q else 2,
@@ -108,6 +109,16 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
     }
 
 
+def decoder_lms(changes: dict[str, dict[str, Any]] | None = None, **sizes: Any) -> list[Figure]:
+    """The causal_lm section: one call of causal_lm.decoder_lm per model shape, all at the same sizes; `changes`
+    maps a model's label to its config changes (the smoke run's tiny shapes)."""
+    c = changes or {}
+    return [
+        *causal_lm.llama_100m(**sizes, config_changes=c.get("Llama-100M")),
+        *causal_lm.opt_125m(**sizes, config_changes=c.get("OPT-125M")),
+    ]
+
+
 # a tiny model on 400 training pairs, 8 valid and 8 test sentences decoded greedily, 4 tokens each
 SMOKE = ["experiment=smoke", "data.valid_size=8", "data.test_size=8", "task.beam_size=1", "task.max_len_a=0"]
 SMOKE += ["task.max_len_b=4"]
@@ -115,6 +126,8 @@ SMOKE_NMT = {"vocab_size": 500, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_la
 SMOKE_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 SMOKE_LLAMA = {"vocab_size": 500, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
 SMOKE_LLAMA |= {"num_attention_heads": 4, "num_key_value_heads": 2}
+SMOKE_OPT = {"vocab_size": 500, "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+SMOKE_OPT |= {"word_embed_proj_dim": 32, "max_position_embeddings": 64}
 SMOKE_ONESHOT = {"vocab_size": 3000, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_layers": 2}
 SMOKE_24 = {"vocab_size": 3000, "d_model": 64, "n_heads": 2, "d_ff": 128, "enc_layers": 1}
 SMOKE_MARIAN = {
@@ -186,7 +199,8 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
             *oneshot.layer_solve(rows=16, cols=64, tokens=128, reps=1),
         ],
         "sparse24": lambda: semi_structured.linear_and_encoder(batches=(1, 4), seq=16, reps=1, changes=SMOKE_24),
-        "causal_lm": lambda: causal_lm.llama_100m(
+        "causal_lm": lambda: decoder_lms(
+            {"Llama-100M": SMOKE_LLAMA, "OPT-125M": SMOKE_OPT},
             train_steps=1,
             train_reps=1,
             eval_batches=1,
@@ -196,7 +210,6 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
             seq=16,
             prompt=4,
             new_tokens=3,
-            config_changes=SMOKE_LLAMA,
         ),
     }
 
