@@ -1,4 +1,4 @@
-# make train | make test | make acceptance | make sweep | make bench | make bench-quick | make lint
+# make train | make test | make acceptance | make sweep | make bench | make bench-quick | make bench-compare | make lint
 # Every target sets up .venv first; torch is pinned to the CPU wheel so pip never pulls CUDA packages.
 PY      := .venv/bin/python
 TORCH   := torch==2.13.0
@@ -7,7 +7,7 @@ TEST_STAMP  := .venv/.test-installed
 BENCH_STAMP := .venv/.bench-installed
 ARGS    ?=
 
-.PHONY: setup train sweep test acceptance bench bench-quick lint format clean
+.PHONY: setup train sweep test acceptance bench bench-quick bench-compare lint format clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,12 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/run.py --quick $(ARGS)
+
+# the working tree's quick training and decoding ratios against commit BASE's, alternating, in one process tree:
+# head / base per row, rows with a goal that got more than 5% worse flagged "slower"
+BASE ?= HEAD
+bench-compare: $(BENCH_STAMP)
+	$(PY) bench/compare.py $(BASE) $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench experiments train.py

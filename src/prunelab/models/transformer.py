@@ -368,7 +368,12 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
             return self._output(self.out_proj(x.new_zeros(B, T, 0)))
-        v = self.expand_kv(v)
+        # one new position of grouped-query attention (decoding with a cache): each group's G query heads become G
+        # query rows of its one K/V head, so the cache is read as it is instead of copied G times at every step
+        step = self.grouped and self.even_groups and T == 1 and not self.uniform and k is not None
+        step = step and k.size(0) == B and (mask is None or not mask.is_floating_point())
+        if not step:
+            v = self.expand_kv(v)
         if self.uniform:
             y = uniform_attention(v, mask, is_causal, T)  # (B, H, T, hs), or (B, H, 1, hs): one for every query
             if y.size(0) != B:  # groups of rows share their keys
@@ -376,7 +381,8 @@ class MultiHeadAttention(nn.Module):
             out = self._merge(y, B, y.size(2))  # the output projection once per sentence when all queries agree
             return out.expand(B, T, out.size(-1)) if out.size(1) != T else out
         assert k is not None
-        k = self.expand_kv(k)
+        if not step:
+            k = self.expand_kv(k)
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
         if self.q_norm is not None:
             q = self.q_norm(q)
@@ -392,7 +398,11 @@ class MultiHeadAttention(nn.Module):
             q = q * (map_keep if map_keep.dim() == 0 else map_keep.view(-1, 1, 1, 1)).to(q.dtype)
         drop = self.attn_dropout if self.training else 0.0
         b = k.size(0)
-        if b != B:  # groups of G rows share keys: one attention with G*T queries per key set
+        if step:  # (B, H, 1, hs) -> (B, KV, G, hs): a group's query heads are consecutive
+            KV, hs = k.size(1), self.head_dim
+            y = attention(q.reshape(B, KV, -1, hs), k, v, mask, drop, scale=self.scale, softcap=self.softcap)
+            y = y.reshape(B, self.n_heads, 1, hs)
+        elif b != B:  # groups of G rows share keys: one attention with G*T queries per key set
             G, H, hs = B // b, self.n_heads, self.head_dim
             q = q.view(b, G, H, T, hs).transpose(1, 2).reshape(b, H, G * T, hs)
             y = attention(q, k, v, mask, drop, scale=self.scale, softcap=self.softcap)
