@@ -43,6 +43,25 @@ OPT_125M = dict(
     do_layer_norm_before=True,
 )
 
+# Gemma 2's layer (head_dim 256 wider than hidden / heads, sandwich norms, soft-capped attention and logits, sliding
+# windows in every other layer, GeGLU, sqrt(hidden) embedding scale) at ~140M parameters instead of 2.6B: 12 layers
+# of width 768, 4 query heads of 256 in 2 K/V groups, GeGLU 3072, vocabulary 32,000; a window of 128 positions, under
+# the bench's 256-token windows, so that the sliding layers' masks are exercised (Gemma-2-2B's is 4,096)
+GEMMA2_140M = dict(
+    vocab_size=32000,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=256,
+    max_position_embeddings=2048,
+    sliding_window=128,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    query_pre_attn_scalar=256,
+)
+
 
 def windows(n: int, batch: int, seq: int, vocab: int, seed: int) -> list[Batch]:
     """`n` batches of `batch` random windows of `seq` tokens: src = window[:-1], target = window[1:]."""
@@ -219,3 +238,10 @@ def opt_125m(**sizes: Any) -> list[Figure]:
     from transformers import OPTConfig, OPTForCausalLM
 
     return decoder_lm("OPT-125M", OPTConfig, OPTForCausalLM, OPT_125M, **sizes)
+
+
+def gemma2_140m(**sizes: Any) -> list[Figure]:
+    """The Gemma-2-shaped rows (sizes: decoder_lm's from train_steps on)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    return decoder_lm("Gemma-2-140M", Gemma2Config, Gemma2ForCausalLM, GEMMA2_140M, **sizes)

@@ -116,6 +116,7 @@ def decoder_lms(changes: dict[str, dict[str, Any]] | None = None, **sizes: Any) 
     return [
         *causal_lm.llama_100m(**sizes, config_changes=c.get("Llama-100M")),
         *causal_lm.opt_125m(**sizes, config_changes=c.get("OPT-125M")),
+        *causal_lm.gemma2_140m(**sizes, config_changes=c.get("Gemma-2-140M")),
     ]
 
 
@@ -128,6 +129,7 @@ SMOKE_LLAMA = {"vocab_size": 500, "hidden_size": 32, "intermediate_size": 64, "n
 SMOKE_LLAMA |= {"num_attention_heads": 4, "num_key_value_heads": 2}
 SMOKE_OPT = {"vocab_size": 500, "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
 SMOKE_OPT |= {"word_embed_proj_dim": 32, "max_position_embeddings": 64}
+SMOKE_GEMMA2 = {**SMOKE_LLAMA, "num_hidden_layers": 2, "head_dim": 16, "sliding_window": 8}
 SMOKE_ONESHOT = {"vocab_size": 3000, "d_model": 32, "n_heads": 2, "d_ff": 64, "enc_layers": 2}
 SMOKE_24 = {"vocab_size": 3000, "d_model": 64, "n_heads": 2, "d_ff": 128, "enc_layers": 1}
 SMOKE_MARIAN = {
@@ -200,7 +202,7 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
         ],
         "sparse24": lambda: semi_structured.linear_and_encoder(batches=(1, 4), seq=16, reps=1, changes=SMOKE_24),
         "causal_lm": lambda: decoder_lms(
-            {"Llama-100M": SMOKE_LLAMA, "OPT-125M": SMOKE_OPT},
+            {"Llama-100M": SMOKE_LLAMA, "OPT-125M": SMOKE_OPT, "Gemma-2-140M": SMOKE_GEMMA2},
             train_steps=1,
             train_reps=1,
             eval_batches=1,

@@ -1,5 +1,5 @@
 """The causal_lm section of `make bench` at its smallest setting (`bench/run.py --smoke --sections causal_lm`): a row
-set per model shape (Llama-100M, OPT-125M), each imported by prunelab.hf.families.load_hf from the folder
+set per model shape (Llama-100M, OPT-125M, Gemma-2-140M), each imported by prunelab.hf.families.load_hf from the folder
 transformers saved. Beyond running, the rows compare like with like: the imported model's logits equal transformers'
 and its greedy generation decodes the tokens `generate` decodes (both recorded in the rows' notes)."""
 
@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = {"Llama-100M": "LlamaForCausalLM", "OPT-125M": "OPTForCausalLM"}
+MODELS = {"Llama-100M": "LlamaForCausalLM", "OPT-125M": "OPTForCausalLM", "Gemma-2-140M": "Gemma2ForCausalLM"}
 
 
-def test_causal_lm_section_has_llama_and_opt_rows_of_equal_models(tmp_path: Path) -> None:
+def test_causal_lm_section_has_llama_opt_and_gemma2_rows_of_equal_models(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "bench/run.py", "--smoke", "--sections", "causal_lm", "--out", str(tmp_path)],
         cwd=ROOT,
@@ -25,7 +25,7 @@ def test_causal_lm_section_has_llama_and_opt_rows_of_equal_models(tmp_path: Path
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads((tmp_path / "results.json").read_text())["figures"]
-    # the Llama rows keep their names (RESULTS_causal_lm.md and the README quote them); OPT's follow the same pattern
+    # the Llama rows keep their names (RESULTS_causal_lm.md and the README quote them); the others follow their pattern
     assert [f["name"] for f in figures] == [
         name
         for label, cls in MODELS.items()
