@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+SPREAD_LIMIT = 0.05  # a ratio whose [min, max] reaches further than this from its median is called out as noisy
 
 
 @dataclass
@@ -40,8 +41,25 @@ class Figure:
         miss = self.value / self.goal - 1 if self.lower_is_better else 1 - self.value / self.goal
         return f"missed by {100 * miss:.0f}%"
 
+    @property
+    def spread(self) -> float | None:
+        """How far [min, max] reaches from the median, relative (0.07: within ±7%); None without a range."""
+        if self.lo is None or self.hi is None or not self.value:
+            return None
+        return max(self.hi / self.value - 1, 1 - self.lo / self.value)
+
+    @property
+    def spread_note(self) -> str:
+        """ "±3%" for a ratio row, with "over ±5%: more repetitions needed" past SPREAD_LIMIT; "" otherwise."""
+        if self.unit != "x" or self.spread is None:
+            return ""
+        note = f"±{100 * self.spread:.0f}%"
+        return note + (
+            f" (over ±{100 * SPREAD_LIMIT:.0f}%: more repetitions needed)" if self.spread > SPREAD_LIMIT else ""
+        )
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "verdict": self.verdict}
+        return {**asdict(self), "verdict": self.verdict, "spread": self.spread}
 
 
 def interleave(contenders: dict[str, Callable[[], float]], reps: int, warmup: int = 1) -> dict[str, list[float]]:

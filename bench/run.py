@@ -246,7 +246,7 @@ def fmt(x: float | None) -> str:
 
 def row(f: Figure) -> str:
     """The figure as a line of the RESULTS.md table."""
-    rng = f"[{fmt(f.lo)}, {fmt(f.hi)}]" if f.lo is not None else ""
+    rng = f"[{fmt(f.lo)}, {fmt(f.hi)}] {f.spread_note}".rstrip() if f.lo is not None else ""
     goal = "" if f.goal is None else (f"< {fmt(f.goal)}" if f.lower_is_better else f">= {fmt(f.goal)}")
     unit = "" if f.unit in ("x", "") else f" {f.unit}"
     return f"| {f.section} | {f.name} | {fmt(f.value)}{unit} | {rng} | {goal} | {f.verdict} | {f.note} |"
@@ -262,8 +262,8 @@ def markdown(meta: dict, figures: list[Figure]) -> str:
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in meta["machine"].items()),
         "",
-        "Ratios are medians of per-repetition ratios with [min, max]; the contenders of each ratio are "
-        "interleaved in one process after a warm-up.",
+        "Ratios are medians of per-repetition ratios with [min, max] and how far that range reaches from the median "
+        "(±%, called out past ±5%); the contenders of each ratio are interleaved in one process after a warm-up.",
         "",
         "| section | figure | value | [min, max] | goal | verdict | how |",
         "|---|---|---|---|---|---|---|",
@@ -316,7 +316,8 @@ def main() -> None:
         figures += new
         by_section[name] = len(new)
         for f in new:
-            print(f"[bench]   {f.name}: {fmt(f.value)} {f.verdict}", file=sys.stderr, flush=True)
+            rng = f" [{fmt(f.lo)}, {fmt(f.hi)}] {f.spread_note}".rstrip() if f.lo is not None else ""
+            print(f"[bench]   {f.name}: {fmt(f.value)}{rng} {f.verdict}", file=sys.stderr, flush=True)
         print(f"[bench] {name} done in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     meta = {
         "command": " ".join(["python bench/run.py", *sys.argv[1:]]),

@@ -72,3 +72,12 @@ def test_unknown_section_is_one_clear_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "unknown section(s) nope" in proc.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_ratio_row_states_its_spread_and_calls_out_more_than_five_percent() -> None:
+    tight = paired("s", "r", [1.02, 1.0, 0.99], [1.0, 1.0, 1.0])
+    assert tight.spread == pytest.approx(0.02) and tight.spread_note == "±2%"
+    wide = paired("s", "r", [1.0, 1.1, 0.9], [1.0, 1.0, 1.0])
+    assert wide.spread == pytest.approx(0.1) and "over ±5%" in wide.spread_note
+    assert Figure("s", "tok/s", 100.0, 90.0, 120.0, unit="tok/s").spread_note == ""  # not a ratio: no call-out
+    assert Figure("s", "one-off", 1.0).spread is None
