@@ -50,7 +50,7 @@ class Figure:
 
     @property
     def spread_note(self) -> str:
-        """ "±3%" for a ratio row, with "over ±5%: more repetitions needed" past SPREAD_LIMIT; "" otherwise."""
+        """The spread of a ratio row as "±3%", with "(over ±5%: ...)" past SPREAD_LIMIT; "" for other rows."""
         if self.unit != "x" or self.spread is None:
             return ""
         note = f"±{100 * self.spread:.0f}%"

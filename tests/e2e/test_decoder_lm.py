@@ -74,6 +74,14 @@ LLAMA_ONLY = {  # what a decoder-only model adds: K/V groups, depth pruning by b
 }
 
 
+# structured recovery by distillation from the Hugging Face folder the run started from: Phi-3 cut in width (heads and
+# neurons), Gemma 2 in depth (one of its two layers, ranked by block influence)
+DISTILLED = {
+    "phi3": [],
+    "gemma2": ["pruner.structure=depth", "pruner.criterion=block_influence", "sparsity=0.5"],
+}
+
+
 @pytest.mark.parametrize(
     ("family", "method"),
     [("llama", m) for m in METHODS]
@@ -84,6 +92,8 @@ def test_every_method_on_an_imported_language_model(
     made: dict[str, Path], tmp_path: Path, family: str, method: str
 ) -> None:
     extra = LLAMA_ONLY.get(method, []) if family == "llama" else []
+    if method == "structured" and family in DISTILLED:  # recovery distils from the pretrained checkpoint itself
+        extra = [*DISTILLED[family], f"task.distill.teacher={made[family]}"]
     run = lm_run(made, family, tmp_path / "run", *METHODS[method], *extra)
     assert run.returncode == 0, run.stderr[-3000:]
     res = run.results
@@ -107,7 +117,11 @@ def test_every_method_on_an_imported_language_model(
         if family == "llama":
             assert heads["groups_removed"] == 2 and sum(len(left) for left in heads["remaining"].values()) == 4
         assert last["params"]["before_pruning"] == first["params"]["total"]
-    if method == "structured":  # heads (K/V groups of the Llama) and neurons removed for real, 30% of the stacks
+    if method == "structured" and family in DISTILLED:
+        assert res["distillation"]["teacher"] == str(made[family])
+    if method == "structured" and family == "gemma2":  # one whole layer out, the other kept
+        assert last["params"]["total"] < first["params"]["total"] and res["structured"]["structure"] == "depth"
+    elif method == "structured":  # heads (K/V groups of the Llama) and neurons removed for real, 30% of the stacks
         cut = res["structured"]
         assert cut["stack_params_removed_fraction"] == pytest.approx(0.3, abs=0.02)
         assert cut["params"]["after"] == last["params"]["total"] < first["params"]["total"]
