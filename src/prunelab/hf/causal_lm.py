@@ -1,5 +1,7 @@
 """Import a Hugging Face decoder-only language model (GPT-2; Llama, Mistral, Qwen2, Qwen3 and the models built on
-them, such as SmolLM) into prunelab's CausalLM, and export it back.
+them, such as SmolLM) into prunelab's CausalLM, and export it back. The Llama-layout helpers here (key names, the rope
+settings, sliding layers, the Hydra entry) serve the other decoder-only families too (prunelab.hf.opt, .gpt_neox,
+.phi, .gemma).
 
 Each key of the file is mapped to a prunelab key, dropped on purpose, or an error naming it; every prunelab
 parameter is filled. What the families are, in TransformerConfig terms:
@@ -13,10 +15,11 @@ parameter is filled. What the families are, in TransformerConfig terms:
                  attention_bias / mlp_bias (Qwen2: Q/K/V biases, none on O), Qwen3's per-head q_norm / k_norm, an
                  explicit head_dim, and a tied or separate lm_head (tie_word_embeddings).
 
-Refused with one line: sliding-window attention (Mistral's sliding_window, Qwen's use_sliding_window), mixture of
-experts, GPT-2's scale_attn_by_inverse_layer_idx / scale_attn_weights=false / cross-attention, rope scalings other
-than linear and llama3 (dynamic NTK, YaRN, LongRoPE change the positions' angles with the length), and activations
-prunelab does not have. The checkpoint's own tokenizer is the data's (data.tokenizer defaults to model.path).
+Sliding-window attention is implemented (Mistral's sliding_window in every layer; Qwen2's with use_sliding_window, in
+the layers layer_types or max_window_layers make sliding). Refused with one line: mixture of experts, GPT-2's
+scale_attn_by_inverse_layer_idx / scale_attn_weights=false / cross-attention, rope scalings other than linear and llama3
+(dynamic NTK, YaRN, LongRoPE change the positions' angles with the length), and activations prunelab does not have. The
+checkpoint's own tokenizer is the data's (data.tokenizer defaults to model.path).
 """
 
 from __future__ import annotations

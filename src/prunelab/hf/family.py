@@ -1,8 +1,9 @@
 """The written protocol of a checkpoint family: what a module under `prunelab.hf` provides so that a Hugging Face
 `model_type` can be imported, pruned and exported (as transformers keeps each model_type in its own folder).
 
-A family module (encoders, marian, t5, bart, m2m100, causal_lm) satisfies `Family` with module-level names; the
-registry (prunelab.hf.families) checks each against it (`missing`) and dispatches on config.json's `model_type`.
+A family module (encoders, marian, t5, bart, m2m100, causal_lm, opt, gpt_neox, phi, gemma) satisfies `Family` with
+module-level names; the registry (prunelab.hf.families) checks each against it (`missing`) and dispatches on
+config.json's `model_type`.
 Shared plumbing stays out of the family modules: prunelab.hf.checkpoint (reading files, accounting for keys,
 copying tensors, the tokenizer) and prunelab.hf.seq2seq (what the encoder-decoder files have in common).
 
