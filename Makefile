@@ -50,6 +50,28 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/run.py --quick $(ARGS)
 
+# bench/gpu_check.py -> bench/RESULTS_gpu.md (issue 40's GPU checks, <= 8 minutes of one H100). Where python3's torch
+# sees a CUDA GPU (the lent GPU machines' image: torch with CUDA, lightning), that python runs it as it is, nothing
+# pip-installed over its torch, prunelab from src/ and hydra-core/omegaconf/antlr4 from .gpu-site/ (which that image
+# lacks and cannot download: `make gpu-site` here first, and carry .gpu-site there). Elsewhere .venv's python (the CPU
+# wheel), where only `make gpu-check ARGS=--dry-run` (every step on the CPU, tiny) runs; `make test` runs it too.
+GPU_SITE := .gpu-site
+gpu-check:
+	@if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
+		echo "gpu-check: $$(command -v python3), torch with CUDA"; \
+		PYTHONPATH="$(CURDIR)/src$${PYTHONPATH:+:$$PYTHONPATH}" python3 bench/gpu_check.py $(ARGS); \
+	else \
+		$(MAKE) --no-print-directory $(TEST_STAMP) && $(PY) bench/gpu_check.py $(ARGS); \
+	fi
+
+# the pure-Python packages the GPU machines' image lacks, copied out of .venv (no download): hydra, omegaconf, antlr4
+gpu-site: $(TEST_STAMP)
+	rm -rf $(GPU_SITE)
+	$(PY) -c "import shutil, sys, pathlib, hydra, omegaconf, antlr4; \
+	[shutil.copytree(pathlib.Path(m.__file__).parent, pathlib.Path(sys.argv[1], m.__name__), \
+	 ignore=shutil.ignore_patterns('__pycache__')) for m in (hydra, omegaconf, antlr4)]" $(GPU_SITE)
+	du -sh $(GPU_SITE)
+
 # the working tree's quick training and decoding ratios against commit BASE's, alternating, in one process tree:
 # head / base per row, rows with a goal that got more than 5% worse flagged "slower"
 BASE ?= HEAD
