@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,16 @@ log = logging.getLogger("prunelab")
 Batch = dict[str, Any]
 # (Linear's name, the Linear, its input statistics): prunes that Linear (its weight, and whatever bookkeeping)
 Solve = Callable[[str, nn.Linear, InputStats], None]
+
+
+class Stream(Protocol):
+    """A network whose weights are not all resident (pruning.stream): `enter(part)` loads a part's weights,
+    `leave(part)` writes and releases them. Parts: "inputs" (what makes the first layer's inputs), then each layer
+    ("dec.3")."""
+
+    def enter(self, part: str) -> None: ...
+
+    def leave(self, part: str) -> None: ...
 
 
 # --- the calibration set --------------------------------------------------------------------------------------------
@@ -203,10 +213,12 @@ def linears_under(module: nn.Module, prefix: str, names: set[str]) -> dict[str, 
 # --- the sequential pass ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def prune_sequentially(
-    model: nn.Module, batches: Sequence[Batch], names: set[str], solve: Solve, full: bool
+    model: nn.Module, batches: Sequence[Batch], names: set[str], solve: Solve, full: bool, stream: Stream | None = None
 ) -> list[str]:
     """Prune every Linear whose weight is in `names` with `solve`, in forward order (see the module docstring).
-    `full`: gather H = Σ x xᵀ (SparseGPT), else its diagonal. -> the Linears' names in the order they were pruned."""
+    `full`: gather H = Σ x xᵀ (SparseGPT), else its diagonal. `stream`: the weights come part by part (the inputs,
+    then layer by layer; Linears outside the stacks are the caller's to refuse). -> the Linears' names in the order
+    they were pruned."""
     was_training = model.training
     model.eval()
     pad = model.cfg.pad_id
@@ -226,6 +238,8 @@ def prune_sequentially(
     try:
         for n in before:
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
+        if stream is not None:
+            stream.enter("inputs")
         srcs = [b["src"] for b in batches]
         src_real = [batch_real_tokens(b, pad) for b in batches]
         xs, self_masks = [], []
@@ -237,12 +251,13 @@ def prune_sequentially(
         if not len(model.enc):  # decoder-only: every layer reads the stream before it, no memory, no key mask
             ropes = [(model.rope(0, s.size(1), x.dtype),) for s, x in zip(srcs, xs, strict=True)]
             same_positions = [lambda n, r=r: r for r in src_real]
-            calibrate_stack(model.dec, "dec", names, xs, ropes, same_positions, full, prune)
+            if stream is not None:  # the embeddings have done their part
+                stream.leave("inputs")
+            calibrate_stack(model.dec, "dec", names, xs, ropes, same_positions, full, prune, stream)
             xs = []
         masks = [model.key_mask(s) for s in srcs]
-        calibrate_stack(
-            model.enc, "enc", names, xs, [(m,) for m in self_masks], [lambda n, r=r: r for r in src_real], full, prune
-        )
+        on_source = [lambda n, r=r: r for r in src_real]
+        calibrate_stack(model.enc, "enc", names, xs, [(m,) for m in self_masks], on_source, full, prune, stream)
         if len(model.dec) and len(model.enc):
             mems = [model.enc_norm(x) for x in xs]
             del xs
@@ -253,13 +268,15 @@ def prune_sequentially(
                 ys.append(y)
                 dec_masks.append(m)
                 release_memory()
+            if stream is not None:
+                stream.leave("inputs")
             # cross-attention keys and values read the encoder's memory: the source's real tokens
             positions = [
                 lambda n, sr=sr, tr=tr: sr if n.endswith(("ea.k_proj", "ea.v_proj")) else tr
                 for sr, tr in zip(src_real, tgt_real, strict=True)
             ]
             extra = [(mem, m, None, dm) for mem, m, dm in zip(mems, masks, dec_masks, strict=True)]
-            calibrate_stack(model.dec, "dec", names, ys, extra, positions, full, prune)
+            calibrate_stack(model.dec, "dec", names, ys, extra, positions, full, prune, stream)
         for n in after:
             prune({n: linears[n]}, whole_model_stats(model, batches, {n: linears[n]}, full))
     finally:
@@ -277,11 +294,15 @@ def calibrate_stack(
     positions: list[Callable[[str], Tensor | None]],
     full: bool,
     prune: Callable[[dict[str, nn.Linear], dict[str, InputStats]], None],
+    stream: Stream | None = None,
 ) -> None:
     """One stack, layer by layer: each layer's Linears calibrated on its inputs `xs` (batch k: `layer(xs[k],
     *extra[k])`, the real positions of Linear n `positions[k](n)`) and pruned, then `xs` replaced, in place, by the
-    pruned layer's outputs (one batch's activations more at a time, not the whole set's)."""
+    pruned layer's outputs (one batch's activations more at a time, not the whole set's). `stream`: each layer's
+    weights loaded before its turn and written out and released after."""
     for i, layer in enumerate(stack):
+        if stream is not None:
+            stream.enter(f"{side}.{i}")
         group = linears_under(layer, f"{side}.{i}", names)
         real = [{n: where(n) for n in group} for where in positions]
         stats = layer_stats(group, full, real, lambda k, f=layer: f(xs[k], *extra[k]))
@@ -290,6 +311,8 @@ def calibrate_stack(
         for k in range(len(xs)):
             xs[k] = layer(xs[k], *extra[k])
             release_memory()
+        if stream is not None:
+            stream.leave(f"{side}.{i}")
 
 
 def layer_stats(

@@ -6,13 +6,22 @@ Round 0 scores the weights the run starts from (`ckpt=RUN` or an imported checkp
 them at its start and trains `trainer.max_steps` steps with the mask fixed: `trainer.max_steps=0` scores the pruned
 model as it is, N > 0 is one-shot pruning plus N steps of recovery in one run. results.json's `oneshot` says how:
 method, pattern, calibration (examples, tokens, seed), time and peak memory of the pruning.
+
+`stream=True` (pruning.stream): the weights are read from the imported checkpoint's safetensors files one layer at
+a time, each layer pruned and written to a pruned Hugging Face folder (`stream_dir`, or a temporary one) and let go,
+so that the pruning never holds the whole model: the resident model's weights and masks are let go for it and read
+back from that folder after, whole, for the evaluation (Lightning's validation and test, and the checkpoints, need
+the whole model). The same masks and weights, bit for bit, as the in-memory pruning.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -22,7 +31,13 @@ from torch import nn
 from prunelab.data.batching import to_device
 from prunelab.errors import UserError
 from prunelab.pruning.base import MaskPruner, check_ranks_agree, mask_buffer
-from prunelab.pruning.calibration import CalibrationSet, calibration_set, peak_memory, prune_sequentially
+from prunelab.pruning.calibration import (
+    CalibrationSet,
+    calibration_set,
+    peak_memory,
+    prune_sequentially,
+    release_memory,
+)
 from prunelab.pruning.solvers import (
     InputStats,
     check_groups,
@@ -32,6 +47,7 @@ from prunelab.pruning.solvers import (
     sparsegpt,
     wanda_scores,
 )
+from prunelab.pruning.stream import load_streamed, stream_prune, streamable
 
 log = logging.getLogger("prunelab")
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -68,6 +84,8 @@ class OneShotPruner(MaskPruner):
         damp: float = 0.01,
         prune_embeddings: bool = False,
         device: str = "auto",
+        stream: bool = False,
+        stream_dir: str | None = None,
     ):
         super().__init__(sparsity=sparsity, prune_embeddings=prune_embeddings)
         if method not in METHODS:
@@ -84,6 +102,7 @@ class OneShotPruner(MaskPruner):
         unknown = sorted(set(self.calibration) - set(CALIBRATION))
         if unknown:
             raise UserError(f"pruner.calibration.{unknown[0]} is not a setting ({', '.join(CALIBRATION)})")
+        self.stream, self.stream_dir = stream, stream_dir
         self._datamodule: Any = None
         self.details: dict[str, Any] = {}
 
@@ -92,6 +111,12 @@ class OneShotPruner(MaskPruner):
         self._datamodule = datamodule
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
+        if self.stream and max_steps > 0:
+            raise UserError(
+                f"pruner.stream=true prunes without holding the whole model, and trainer.max_steps={max_steps} of "
+                "recovery would hold it, with its gradients and optimizer state: stream with trainer.max_steps=0 "
+                "(pruner.stream_dir=DIR keeps the pruned folder) and fine-tune that folder in a run of its own"
+            )
         return 0 if round_idx == 0 else max_steps
 
     def stage(self, round_idx: int) -> str:
@@ -120,6 +145,10 @@ class OneShotPruner(MaskPruner):
     # --- pruning -----------------------------------------------------------------------------------------------------
     def solve(self, name: str, linear: nn.Linear, stats: InputStats | None) -> None:
         """One matrix pruned: its mask set, the weight updated in place by SparseGPT and its removed entries zeroed."""
+        getattr(self, mask_buffer(f"{name}.weight")).copy_(~self.prune_matrix(linear, stats))
+
+    def prune_matrix(self, linear: nn.Linear, stats: InputStats | None) -> torch.Tensor:
+        """`linear`'s weight pruned in place (updated by SparseGPT, its removed entries zeroed) -> removed (bool)."""
         w = linear.weight
         if self.method == "sparsegpt":
             new, removed = sparsegpt(
@@ -133,7 +162,14 @@ class OneShotPruner(MaskPruner):
         else:
             removed = removal_mask(w.detach().abs(), self.sparsity, self.pattern, per_row=False)
         w.data[removed] = 0.0
-        getattr(self, mask_buffer(f"{name}.weight")).copy_(~removed)
+        return removed
+
+    def prune_embedding(self, w: nn.Parameter) -> torch.Tensor:
+        """An embedding table pruned in place by magnitude, per matrix (it has no calibration inputs of its own)
+        -> removed (bool)."""
+        removed = removal_mask(w.detach().abs(), self.sparsity, self.pattern, per_row=False)
+        w.data[removed] = 0.0
+        return removed
 
     def calibration_device(self, model: nn.Module) -> torch.device:
         current = next(model.parameters()).device
@@ -151,12 +187,10 @@ class OneShotPruner(MaskPruner):
             check_groups(n, w.shape[1], self.pattern)
         home = next(model.parameters()).device
         device = self.calibration_device(model)
-        if self.method == "magnitude":  # |W| alone: no calibration data, no passes through the model
-            cal = CalibrationSet(
-                [], {"source": None, "examples": 0, "tokens": 0, "drawn": "none (magnitude needs none)"}
-            )
-        else:
-            cal = calibration_set(self._datamodule, **self.calibration)  # its settings are calibration_set's arguments
+        cal = self.calibration_data()
+        if self.stream:
+            self.prune_streamed(model, cal, device, embeddings)
+            return
         model.to(device)
         batches = [to_device(b, device) for b in cal.batches]
         log.info(
@@ -173,9 +207,7 @@ class OneShotPruner(MaskPruner):
             # the embeddings first (no calibration inputs of their own, and tied to the output: magnitude, per
             # matrix), so that every Linear is calibrated on what the pruned embeddings give it
             for n in embeddings:
-                removed = removal_mask(self._weights[n].detach().abs(), self.sparsity, self.pattern, per_row=False)
-                self._weights[n].data[removed] = 0.0
-                getattr(self, mask_buffer(n)).copy_(~removed)
+                getattr(self, mask_buffer(n)).copy_(~self.prune_embedding(self._weights[n]))
             if self.method == "magnitude":
                 for n in sorted(linears):
                     self.solve(n.removesuffix(".weight"), _owner(model, n), None)  # type: ignore[arg-type]
@@ -187,13 +219,7 @@ class OneShotPruner(MaskPruner):
         self.apply_masks()
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         self.details = {
-            "method": self.method,
-            "pattern": str(self.pattern),
-            "update": self.update if self.method == "sparsegpt" else None,
-            "sparsity_of": "prunable matrices (Linear weights" + (", embeddings)" if embeddings else ")"),
-            "embeddings": "magnitude" if embeddings else "not pruned",
-            "calibration": cal.report,
-            **({"block": self.block, "damp": self.damp} if self.method == "sparsegpt" else {}),
+            **self.settings(cal, embeddings),
             "seconds": seconds,
             "device": str(device),
             # the model once, plus what pruning added at its peak (calibration activations, H, the solver's copies)
@@ -203,6 +229,63 @@ class OneShotPruner(MaskPruner):
                 "peak_over_model": (model_bytes + memory["extra_bytes"]) / model_bytes,
             },
         }
+
+    def settings(self, cal: CalibrationSet, embeddings: set[str]) -> dict[str, Any]:
+        """What results.json's `oneshot` says of how the model was pruned."""
+        return {
+            "method": self.method,
+            "pattern": str(self.pattern),
+            "update": self.update if self.method == "sparsegpt" else None,
+            "sparsity_of": "prunable matrices (Linear weights" + (", embeddings)" if embeddings else ")"),
+            "embeddings": "magnitude" if embeddings else "not pruned",
+            "calibration": cal.report,
+            **({"block": self.block, "damp": self.damp} if self.method == "sparsegpt" else {}),
+        }
+
+    def calibration_data(self) -> CalibrationSet:
+        if self.method == "magnitude":  # |W| alone: no calibration data, no passes through the model
+            none = {"source": None, "examples": 0, "tokens": 0, "drawn": "none (magnitude needs none)"}
+            return CalibrationSet([], none)
+        return calibration_set(self._datamodule, **self.calibration)  # its settings are calibration_set's arguments
+
+    @torch.no_grad()
+    def prune_streamed(self, model: nn.Module, cal: CalibrationSet, device: torch.device, embeddings: set[str]) -> None:
+        """`stream=True` in a run: the imported checkpoint pruned one layer at a time (pruning.stream) with the
+        resident model's weights and masks let go meanwhile, then read back from the pruned folder."""
+        source = getattr(model, "pretrained_from", None)
+        if source is None or getattr(model, "weights_from_run", None):
+            raise UserError(
+                "pruner.stream=true reads the weights from an imported checkpoint's safetensors files "
+                "(model=hf model.path=DIR without ckpt=): this run's weights come from elsewhere"
+            )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                raise UserError("pruner.stream=true prunes in one process (each would write the same folder)")
+        streamable(source)  # one error line now, before the model's weights are let go
+        home = next(model.parameters()).device
+        params = dict(model.named_parameters())
+        for p in (*params.values(), *self.masks.values()):  # let go: the pruning holds one layer at a time
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        release_memory()
+        out = Path(self.stream_dir) if self.stream_dir else Path(tempfile.mkdtemp(prefix="prunelab-stream-"))
+        log.info("one-shot %s streamed from %s to %s", self.method, source, out)
+        try:
+            report = stream_prune(self, source, out, cal.batches, device)
+            weights, masks = load_streamed(out, list(params), home)
+        finally:
+            if not self.stream_dir:
+                shutil.rmtree(out, ignore_errors=True)
+        for n, p in params.items():
+            p.data = weights.pop(n).to(p.dtype)
+        if sorted(masks) != sorted(self._weights):
+            raise RuntimeError(f"the streamed masks are of {sorted(masks)}, the pruner's of {sorted(self._weights)}")
+        for n, m in self.masks.items():
+            m.data = masks[n].to(m.dtype)
+        self.rank_checks += check_ranks_agree(self.masks, self.sparsity)
+        self.apply_masks()
+        self.details = {**self.settings(cal, embeddings), **report}
+        if not self.stream_dir:
+            self.details["stream"]["out"] = None  # a temporary folder, gone: the run's checkpoints hold the weights
 
 
 def _owner(model: nn.Module, param_name: str) -> nn.Module:

@@ -46,6 +46,7 @@ def start_weights(cfg: DictConfig, out: Path, model: Any, pruner: Any) -> StartW
         record_source(model, out)  # the model's configuration stays with the run, whatever its weights
     if cfg.get("ckpt"):
         source = load_trained_weights(model, Path(cfg.ckpt))
+        model.weights_from_run = str(source)  # not the imported folder's weights (pruner.stream reads that folder)
         init = next((d / "init.pt" for d in (source.parent, *source.parents) if (d / "init.pt").exists()), None)
         if init is None:
             log.warning(
