@@ -34,9 +34,7 @@ from torch import Tensor
 
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
-    account_for_keys,
     activation,
-    copy_weights,
     no_labels,
     num,
     read_family,
@@ -44,7 +42,7 @@ from prunelab.hf.checkpoint import (
     rename_keys,
     resolve_checkpoint,
 )
-from prunelab.hf.generation import with_generation
+from prunelab.hf.generation import imported, with_generation
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import ROPE_TYPES, TransformerConfig
 
@@ -341,9 +339,7 @@ def load_hf_causal_lm(path: str | Path, weights: bool = True, **overrides: Any) 
     else:
         names, dropped = llama_names(state, cfg, path), ROTARY_BUFFERS
     mapping = key_map(kind, cfg)
-    account_for_keys(path, kind, names, mapping, dropped=dropped)
-    model = copy_weights(CausalLM(cfg), state, names, mapping, path)
-    return with_generation(model, path)
+    return imported(CausalLM(cfg), path, kind, state, names, mapping, dropped=dropped)
 
 
 def build_hf_causal_lm(

@@ -42,16 +42,14 @@ from prunelab.hf.causal_lm import (
     key_map as llama_key_map,
 )
 from prunelab.hf.checkpoint import (
-    account_for_keys,
     activation,
-    copy_weights,
     no_labels,
     num,
     read_family,
     recorded_layers,
     rename_keys,
 )
-from prunelab.hf.generation import with_generation
+from prunelab.hf.generation import imported, with_generation
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import TransformerConfig
 
@@ -180,8 +178,7 @@ def load_hf_gemma(path: str | Path, weights: bool = True, **overrides: Any) -> C
         return with_generation(CausalLM(cfg), path)
     names = llama_names(state, cfg, path)
     mapping = key_map(hf["model_type"], cfg)
-    account_for_keys(path, hf["model_type"], names, mapping, dropped=ROTARY_BUFFERS)
-    return with_generation(copy_weights(CausalLM(cfg), state, names, mapping, path), path)
+    return imported(CausalLM(cfg), path, hf["model_type"], state, names, mapping, dropped=ROTARY_BUFFERS)
 
 
 # Hydra: model=hf model.path=DIR, checked and built as the other causal language models

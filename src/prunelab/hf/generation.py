@@ -17,7 +17,8 @@ Nothing here imports `transformers`. Floor: hf/, above models/ (it decodes with 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from prunelab.errors import UserError
-from prunelab.hf.checkpoint import resolve_checkpoint
+from prunelab.hf.checkpoint import account_for_keys, copy_weights, resolve_checkpoint
 from prunelab.models.decoding import hf_beam_search
 
 GENERATION_FILE = "generation_config.json"
@@ -92,6 +93,22 @@ def with_generation(model: Any, path: str | Path) -> Any:
     with them by default, as transformers' `generate` does; a run's copy of its source has the same files."""
     model.generation = read_generation(path)
     return model
+
+
+def imported(
+    model: Any,
+    path: str | Path,
+    family: str,
+    state: dict[str, Tensor],
+    names: dict[str, str],
+    mapping: dict[str, str],
+    dropped: re.Pattern[str] | None = None,
+    shown: Callable[[str], str] = str,
+) -> Any:
+    """A family's import finished: every key of the file accounted for (checkpoint.account_for_keys), its tensors
+    copied into `model` (copy_weights), and the folder's generation settings attached (with_generation)."""
+    account_for_keys(path, family, names, mapping, dropped=dropped, shown=shown)
+    return with_generation(copy_weights(model, state, names, mapping, path), path)
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,13 @@ from torch import Tensor
 
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
-    account_for_keys,
-    copy_weights,
     no_labels,
     num,
     read_family,
     rename_keys,
     wb,
 )
-from prunelab.hf.generation import with_generation
+from prunelab.hf.generation import imported, with_generation
 from prunelab.hf.seq2seq import (
     check_same,
     check_table,
@@ -105,8 +103,7 @@ def load_hf_m2m100(path: str | Path, weights: bool = True, **overrides: Any) -> 
             rows = slice(0, min(len(theirs), len(table)))
             check_table(path, shown + n, theirs, table, "fairseq sinusoids, the pad row zero", rows)
     mapping = key_map(cfg)
-    account_for_keys(path, "m2m_100", names, mapping, shown=lambda n: shown + n)
-    return with_generation(copy_weights(Transformer(cfg), state, names, mapping, path), path)
+    return imported(Transformer(cfg), path, "m2m_100", state, names, mapping, shown=lambda n: shown + n)
 
 
 build_hf_m2m100 = hydra_entry(m2m100_config, load_hf_m2m100)  # Hydra: model=hf model.path=DIR

@@ -25,9 +25,7 @@ from torch import Tensor
 from prunelab.errors import UserError
 from prunelab.hf.causal_lm import build_hf_causal_lm, pad_token
 from prunelab.hf.checkpoint import (
-    account_for_keys,
     activation,
-    copy_weights,
     no_labels,
     num,
     read_family,
@@ -35,7 +33,7 @@ from prunelab.hf.checkpoint import (
     rename_keys,
     wb,
 )
-from prunelab.hf.generation import with_generation
+from prunelab.hf.generation import imported, with_generation
 from prunelab.hf.seq2seq import file_names
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import TransformerConfig
@@ -136,8 +134,7 @@ def load_hf_opt(path: str | Path, weights: bool = True, **overrides: Any) -> Cau
     if head is not None and not torch.equal(head, state[names.get("embed_tokens.weight", "")]):
         raise UserError(f"{path}: lm_head.weight differs from the token embedding: an untied OPT checkpoint")
     mapping = key_map(cfg)
-    account_for_keys(path, "opt", names, mapping, shown=lambda n: shown + n)
-    return with_generation(copy_weights(CausalLM(cfg), state, names, mapping, path), path)
+    return imported(CausalLM(cfg), path, "opt", state, names, mapping, shown=lambda n: shown + n)
 
 
 # Hydra: model=hf model.path=DIR, checked and built as the other causal language models

@@ -39,9 +39,7 @@ from prunelab.hf.causal_lm import (
     key_map as llama_key_map,
 )
 from prunelab.hf.checkpoint import (
-    account_for_keys,
     activation,
-    copy_weights,
     no_labels,
     num,
     read_family,
@@ -49,7 +47,7 @@ from prunelab.hf.checkpoint import (
     rename_keys,
     wb,
 )
-from prunelab.hf.generation import with_generation
+from prunelab.hf.generation import imported, with_generation
 from prunelab.models.causal_lm import CausalLM
 from prunelab.models.transformer import TransformerConfig
 
@@ -185,8 +183,7 @@ def load_hf_phi(path: str | Path, weights: bool = True, **overrides: Any) -> Cau
     if kind == "phi3":
         split_fused(state, names, cfg, path)
     mapping = key_map(kind, cfg)
-    account_for_keys(path, kind, names, mapping, dropped=ROTARY_BUFFERS)
-    return with_generation(copy_weights(CausalLM(cfg), state, names, mapping, path), path)
+    return imported(CausalLM(cfg), path, kind, state, names, mapping, dropped=ROTARY_BUFFERS)
 
 
 # Hydra: model=hf model.path=DIR, checked and built as the other causal language models

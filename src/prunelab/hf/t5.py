@@ -33,15 +33,13 @@ from torch import Tensor
 from prunelab.errors import UserError
 from prunelab.hf.checkpoint import (
     HF_ACTIVATIONS,
-    account_for_keys,
-    copy_weights,
     no_labels,
     num,
     read_family,
     recorded_layers,
     rename_keys,
 )
-from prunelab.hf.generation import with_generation
+from prunelab.hf.generation import imported, with_generation
 from prunelab.hf.seq2seq import file_names, hydra_entry, take_shared
 from prunelab.models.transformer import Transformer, TransformerConfig
 
@@ -172,8 +170,7 @@ def load_hf_t5(path: str | Path, weights: bool = True, **overrides: Any) -> Tran
     for n in DROPPED:
         names.pop(n, None)
     mapping = key_map(cfg)
-    account_for_keys(path, hf["model_type"], names, mapping)
-    return with_generation(copy_weights(Transformer(cfg), state, names, mapping, path), path)
+    return imported(Transformer(cfg), path, hf["model_type"], state, names, mapping)
 
 
 build_hf_t5 = hydra_entry(network_config, load_hf_t5)  # Hydra: model=hf model.path=DIR
