@@ -1,4 +1,5 @@
-"""The few collective operations pruners and tasks need under DDP, each a no-op in a single process."""
+"""The few collective operations pruners and tasks need under DDP, each a no-op in a single process, and the views of
+FSDP2-sharded tensors (DTensors) that the mask pruners apply their masks through."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 T = TypeVar("T")
 
@@ -67,3 +70,34 @@ def gather_objects(obj: T) -> list[T]:
     gathered: list[Any] = [None] * n
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+# --- FSDP2 (hardware=fsdp): parameters and their gradients are DTensors, each rank holding a block of rows ---------
+def is_sharded(t: Tensor) -> bool:
+    """Whether `t` is a DTensor (hardware=fsdp's parameters and gradients)."""
+    return isinstance(t, DTensor)
+
+
+def local_part(t: Tensor) -> Tensor:
+    """This rank's shard of a DTensor (an FSDP2-sharded parameter or gradient: the storage the optimizer updates);
+    any other tensor as it is."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def local_rows(full: Tensor, like: Tensor) -> Tensor:
+    """The part of `full` (a whole tensor of `like`'s global shape, e.g. a weight's mask, the same on every rank)
+    that this rank holds of `like` when `like` is a DTensor (FSDP2 shards dim 0: a block of rows); `full` itself
+    otherwise. A view: nothing is copied."""
+    if not isinstance(like, DTensor):
+        return full
+    shape, offset = compute_local_shape_and_global_offset(like.shape, like.device_mesh, like.placements)
+    for dim, (size, start) in enumerate(zip(shape, offset, strict=True)):
+        if size != full.shape[dim]:
+            full = full.narrow(dim, start, size)
+    return full
+
+
+def gathered(t: Tensor) -> Tensor:
+    """The whole tensor of a DTensor (one all-gather: every rank must call it at the same point); any other tensor
+    as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t

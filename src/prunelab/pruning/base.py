@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from prunelab.criteria.base import WeightCriterion, resolve
 from prunelab.criteria.weights import WEIGHT_CRITERIA
-from prunelab.distributed import rows_differing_across_ranks
+from prunelab.distributed import gathered, is_sharded, local_part, local_rows, rows_differing_across_ranks
 from prunelab.errors import UserError
 from prunelab.models.sparse_format import bitmask_bytes
 from prunelab.pruning.masks import csc_bytes, keep_top, prunable_weights
@@ -239,7 +239,8 @@ class MaskPruner(Pruner):
     def scores(self, model: nn.Module) -> dict[str, Tensor]:
         """{prunable parameter name: tensor of its shape}; higher = more worth keeping: the criterion's scores of the
         prunable weights, given the current masks. Signed scores rank as they are (no abs here): magnitude is |w|."""
-        return self.criterion(self._weights, self.masks)
+        # under FSDP2 (hardware=fsdp) each rank gathers the whole matrices, so every rank ranks the same weights
+        return self.criterion({n: gathered(w) for n, w in self._weights.items()}, self.masks)
 
     @torch.no_grad()
     def prune_to(self, model: nn.Module, sparsity: float) -> None:
@@ -258,8 +259,14 @@ class MaskPruner(Pruner):
 
     @torch.no_grad()
     def apply_masks(self) -> None:
+        """Zero the masked weights in place; under FSDP2 each rank its own rows of every matrix (the masks are whole
+        and the same on every rank: no communication)."""
         if self._weights:
-            torch._foreach_mul_(list(self._weights.values()), list(self.masks.values()))
+            weights, masks = list(self._weights.values()), list(self.masks.values())
+            if is_sharded(weights[0]):  # FSDP2: this rank's rows of each matrix
+                masks = [local_rows(m, w) for w, m in zip(weights, masks, strict=True)]
+                weights = [local_part(w) for w in weights]
+            torch._foreach_mul_(weights, masks)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
@@ -267,6 +274,8 @@ class MaskPruner(Pruner):
         pairs = [
             (w.grad, m) for w, m in zip(self._weights.values(), self.masks.values(), strict=True) if w.grad is not None
         ]
+        if pairs and is_sharded(pairs[0][0]):  # FSDP2: this rank's rows of each gradient
+            pairs = [(local_part(g), local_rows(m, g)) for g, m in pairs]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
@@ -285,7 +294,7 @@ class MaskPruner(Pruner):
         weights = prunable_weights(model, self.prune_embeddings)
         masks = self.masks
         nonzero = {
-            n: masks[n].bool() if n in masks else torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()
+            n: masks[n].bool() if n in masks else torch.ones(w.shape, dtype=torch.bool) for n, w in weights.items()
         }
         per_matrix = {n: 1.0 - nz.float().mean().item() for n, nz in nonzero.items()}
         prunable = sum(w.numel() for w in weights.values())

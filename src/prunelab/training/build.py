@@ -171,6 +171,8 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     kwargs.update({k: given.get(k) if given.get(k) is not None else hardware.get(k) for k in HARDWARE_KEYS})
     if kwargs.get("deterministic") is None:
         kwargs["deterministic"] = cfg.get("deterministic", False)
+    if isinstance(kwargs.get("strategy"), dict) and "_target_" in kwargs["strategy"]:
+        kwargs["strategy"] = instantiate(kwargs["strategy"])  # a strategy built in code (hardware=fsdp's FSDP2)
     return {k: v for k, v in kwargs.items() if not (k in HARDWARE_KEYS and v is None)}
 
 

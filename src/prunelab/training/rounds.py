@@ -174,6 +174,8 @@ class Rounds:
             "max_epochs": trainer.max_epochs,
             "gradient_clip_val": trainer.gradient_clip_val,
         }
+        if isinstance(report := getattr(trainer.strategy, "report", None), dict):  # hardware=fsdp: filled in at setup
+            self.trainer_settings["fsdp"] = report
         if (d / "last.ckpt").exists():
             pruner.enter_round(r)  # the checkpoint holds the round's weights and masks
         else:

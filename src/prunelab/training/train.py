@@ -19,7 +19,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from prunelab.errors import UserError
 from prunelab.training.budget import RunClock
-from prunelab.training.build import build_data, build_logger, build_model, model_args, validate
+from prunelab.training.build import build_data, build_logger, build_model, model_args, trainer_kwargs, validate
+from prunelab.training.fsdp import check_hardware
 from prunelab.training.interrupt import Interrupted
 from prunelab.training.io import ResultsWriter, is_rank_zero
 from prunelab.training.rounds import Rounds, round_dir_of
@@ -80,6 +81,7 @@ def run(
         datamodule.check_model_positions(model.max_positions)
         pruner = instantiate(cfg.pruner)
         task = build_task(cfg, datamodule, model, pruner, choices)
+        check_hardware(trainer_kwargs(cfg).get("strategy"), pruner)  # hardware=fsdp: refused before processes start
         start = start_weights(cfg, out, model, pruner)  # scratch, a run's checkpoint, or a pretrained checkpoint
         if pruner.needs_trained_model and not start.trained:
             raise UserError(
