@@ -216,6 +216,27 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
     }
 
 
+def expected_duration(mode: str, sections: list[str], folder: Path = HERE) -> str:
+    """What the run should take, from the section times the bench's recorded results (bench/results*.json) of the same
+    mode hold: "expected ~12 min (...)", or which sections have no recorded time."""
+    recorded: dict[str, tuple[float, str]] = {}
+    for f in sorted(folder.glob("results*.json")):
+        try:
+            res = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if res.get("mode") == mode:
+            for name, sec in res.get("section_seconds", {}).items():
+                recorded[name] = (sec, res.get("date", "?"))
+    known = [s for s in sections if s in recorded]
+    unknown = [s for s in sections if s not in recorded]
+    total = sum(recorded[s][0] for s in known)
+    text = f"{mode} mode, {len(sections)} section(s): expected ~{total / 60:.1f} min from recorded runs" * bool(known)
+    if unknown:
+        text += ("; " if text else f"{mode} mode: ") + f"no recorded time for {', '.join(unknown)}"
+    return text
+
+
 def machine() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -306,15 +327,19 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(sections)}")
     os.environ.setdefault("WANDB_SILENT", "true")
+    mode = "smoke" if args.smoke else "quick" if args.quick else "paper" if args.paper else "full"
+    print(f"[bench] {expected_duration(mode, chosen)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     figures: list[Figure] = []
     by_section: dict[str, int] = {}
+    section_s: dict[str, float] = {}
     for name in chosen:
         t = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         new = sections[name]()
         figures += new
         by_section[name] = len(new)
+        section_s[name] = round(time.perf_counter() - t, 1)
         for f in new:
             rng = f" [{fmt(f.lo)}, {fmt(f.hi)}] {f.spread_note}".rstrip() if f.lo is not None else ""
             print(f"[bench]   {f.name}: {fmt(f.value)}{rng} {f.verdict}", file=sys.stderr, flush=True)
@@ -322,9 +347,10 @@ def main() -> None:
     meta = {
         "command": " ".join(["python bench/run.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": "smoke" if args.smoke else "quick" if args.quick else "paper" if args.paper else "full",
+        "mode": mode,
         "sections": chosen,
         "figures_by_section": by_section,
+        "section_seconds": section_s,
         "wall_s": time.perf_counter() - start,
         "machine": machine(),
     }

@@ -81,3 +81,16 @@ def test_a_ratio_row_states_its_spread_and_calls_out_more_than_five_percent() ->
     assert wide.spread == pytest.approx(0.1) and "over ±5%" in wide.spread_note
     assert Figure("s", "tok/s", 100.0, 90.0, 120.0, unit="tok/s").spread_note == ""  # not a ratio: no call-out
     assert Figure("s", "one-off", 1.0).spread is None
+
+
+def test_the_expected_duration_comes_from_recorded_section_times(tmp_path: Path) -> None:
+    import run as bench_run
+
+    (tmp_path / "results.json").write_text(json.dumps({"mode": "quick", "section_seconds": {"a": 60.0, "b": 30.0}}))
+    (tmp_path / "results_b.json").write_text(json.dumps({"mode": "full", "section_seconds": {"a": 600.0}}))
+    (tmp_path / "results_c.json").write_text(json.dumps({"mode": "quick", "section_seconds": {"c": 90.0}}))
+    said = bench_run.expected_duration("quick", ["a", "c"], tmp_path)
+    assert said.startswith("quick mode, 2 section(s): expected ~2.5")
+    said = bench_run.expected_duration("quick", ["a", "d"], tmp_path)
+    assert "~1.0 min" in said and said.endswith("no recorded time for d")
+    assert bench_run.expected_duration("paper", ["a"], tmp_path) == "paper mode: no recorded time for a"
