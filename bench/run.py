@@ -225,7 +225,7 @@ def expected_duration(mode: str, sections: list[str], folder: Path = HERE) -> st
             res = json.loads(f.read_text())
         except ValueError:
             continue
-        if res.get("mode") == mode:
+        if isinstance(res, dict) and res.get("mode") == mode:  # other tools' results files may hold lists
             for name, sec in res.get("section_seconds", {}).items():
                 recorded[name] = (sec, res.get("date", "?"))
     known = [s for s in sections if s in recorded]

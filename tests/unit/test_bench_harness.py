@@ -94,3 +94,5 @@ def test_the_expected_duration_comes_from_recorded_section_times(tmp_path: Path)
     said = bench_run.expected_duration("quick", ["a", "d"], tmp_path)
     assert "~1.0 min" in said and said.endswith("no recorded time for d")
     assert bench_run.expected_duration("paper", ["a"], tmp_path) == "paper mode: no recorded time for a"
+    (tmp_path / "results_list.json").write_text("[1, 2]")  # another tool's file: read past
+    assert bench_run.expected_duration("paper", ["a"], tmp_path) == "paper mode: no recorded time for a"
