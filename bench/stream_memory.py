@@ -200,6 +200,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+HEADER = """# Layer-streamed one-shot pruning: peak resident memory
+
+`python bench/stream_memory.py` (`pruner.stream=true`, prunelab.pruning.stream): the peak resident memory (RSS) of
+one-shot pruning, streamed one layer at a time from the checkpoint's safetensors files against in memory (the
+checkpoint imported whole, then pruned), each run in a fresh process on the CPU. "rise" is what the resident memory
+rose by from just before the checkpoint was first read (torch and prunelab imported, the calibration windows made)
+to the end of the pruning; "peak RSS" is the process's whole resident memory at its peak, torch's own ~0.3 GB
+included. Model sizes are fp32, as prunelab computes.
+
+"""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="0.1,0.5,1", help=f"random checkpoints among {', '.join(SIZES)} (B params)")
@@ -211,7 +223,7 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--dtype", default="float32", help="of the random checkpoints on disk")
     p.add_argument("--dir", default=tempfile.gettempdir(), help="where the random checkpoints are written")
-    p.add_argument("--out", default=str(HERE / "RESULTS_stream.md"))
+    p.add_argument("--json", default=str(HERE / "results_stream.json"), help="rows kept across invocations")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -232,25 +244,25 @@ def main() -> None:
         shape = SIZES[size]
         folder = Path(tempfile.mkdtemp(prefix=f"llama-{size}B-", dir=args.dir))
         try:
-            write = [sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[1:3]; import stream_memory as s; "
-                     "import torch; s.write_random_llama(s.Path(sys.argv[3]), *map(int, sys.argv[4:10]), "
-                     "dtype=getattr(torch, sys.argv[10]))", str(HERE), str(HERE.parent / "src"), str(folder),
-                     *map(str, shape), args.dtype]  # fmt: skip
-            subprocess.run(write, check=True)  # its own process: the writer's memory is not the runs'
+            code = (
+                "import sys; sys.path[:0] = sys.argv[1:3]; import torch, stream_memory as s; a = sys.argv; "
+                "s.write_random_llama(s.Path(a[3]), *map(int, a[4:10]), dtype=getattr(torch, a[10]))"
+            )
+            where = [str(HERE), str(HERE.parent / "src"), str(folder)]
+            # in a process of its own: the writer's memory is not the runs'
+            subprocess.run([sys.executable, "-c", code, *where, *map(str, shape), args.dtype], check=True)
             for mode in modes:
-                rows.append(
-                    {
-                        "name": f"random Llama {size}B",
-                        "params": llama_parameters(*shape),
-                        **run_child(folder, mode, args),
-                    }
-                )
+                name = f"random Llama {size}B ({args.dtype} on disk)"
+                rows.append({"name": name, "params": llama_parameters(*shape), **run_child(folder, mode, args)})
                 print(rows[-1], flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    text = table(rows)
-    print(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n") if args.out else None
+    path = Path(args.json)
+    kept = json.loads(path.read_text()) if path.is_file() else []
+    new = {(r["name"], r["mode"]) for r in rows}
+    kept = [r for r in kept if (r["name"], r["mode"]) not in new] + rows
+    path.write_text(json.dumps(kept, indent=2) + "\n")
+    print(HEADER + table(kept))
 
 
 if __name__ == "__main__":

@@ -31,10 +31,24 @@ from stream_memory import windows, write_random_llama  # noqa: E402
 CPU = torch.device("cpu")
 
 
-def saved_llama(folder: Path, shards: bool = False, **changes: object) -> Path:
-    """A 3-layer Llama (4 query heads over 2 K/V groups) saved by transformers; `shards`: in several files."""
+def saved_llama(folder: Path, shards: bool = False, gemma: bool = False, bf16: bool = False, **changes: object) -> Path:
+    """A 3-layer Llama (4 query heads over 2 K/V groups), or Gemma 2 (sandwich norms, soft-caps, a tied head), saved
+    by transformers; `shards`: in several files; `bf16`: in bf16 (read as fp32 both ways)."""
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(hf_llama_config(num_hidden_layers=3, **changes))
+    if gemma:
+        config = transformers.Gemma2Config(
+            vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=8,
+        )  # fmt: skip
+        model = transformers.Gemma2ForCausalLM(config)
+        with torch.no_grad():  # norms away from their init, so that one left out shows
+            for n, p in model.named_parameters():
+                if "norm" in n:
+                    p.add_(torch.randn_like(p) * 0.3)
+    else:
+        model = transformers.LlamaForCausalLM(hf_llama_config(num_hidden_layers=3, **changes))
+    if bf16:
+        model = model.to(torch.bfloat16)
     model.save_pretrained(folder, **({"max_shard_size": "20KB"} if shards else {}))
     return folder
 
@@ -70,9 +84,13 @@ def shards(folder: Path) -> dict[str, torch.Tensor]:
 
 CASES = {
     "sparsegpt": ({"method": "sparsegpt"}, {}),
-    "sparsegpt_2_4_sharded": ({"method": "sparsegpt", "pattern": "2:4", "block": 16}, {"shards": True}),
+    "sparsegpt_2_4_sharded_bf16": (
+        {"method": "sparsegpt", "pattern": "2:4", "block": 16},
+        {"shards": True, "bf16": True},
+    ),
     "wanda_tied_embeddings": ({"method": "wanda", "prune_embeddings": True}, {"tie_word_embeddings": True}),
     "magnitude": ({"method": "magnitude"}, {}),
+    "gemma2_sparsegpt": ({"method": "sparsegpt"}, {"gemma": True}),
 }
 
 
@@ -191,3 +209,8 @@ def test_where_streaming_cannot_apply_is_one_error(tmp_path: Path) -> None:
         stream_prune(OneShotPruner(sparsity=0.5, prune_embeddings=True), untied, tmp_path / "o3", lm_windows(), CPU)
     with pytest.raises(UserError, match="would overwrite the source"):
         stream_prune(pruner, untied, untied, lm_windows(), CPU)
+    model = load_hf(untied)  # then given a run's weights (ckpt=): they are not the folder's
+    model.weights_from_run = "RUN/checkpoints/round_0/best.ckpt"
+    pruner.attach(model)
+    with pytest.raises(UserError, match="without ckpt="):
+        pruner.prune_streamed(model, CalibrationSet(lm_windows(), {}), CPU, set())

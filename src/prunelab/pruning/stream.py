@@ -3,10 +3,11 @@ magnitude, Wanda or SparseGPT without ever holding the whole model, with the sam
 the in-memory pruning of the same checkpoint (pruning.oneshot, pruning.calibration).
 
 The network is built with its parameters on the meta device (shapes, no memory; its small buffers as usual). Its
-parts are then read from the checkpoint's safetensors files when their turn comes, memory-mapped, only the part's
-tensors: first the inputs (the embedding table, pruned by magnitude when asked), which make the calibration set's
-hidden states and are then written out and released; then every decoder layer in turn, calibrated on the current
-hidden states, pruned with the same solver, run again to give the next layer its inputs, written out and released
+parts are then read from the checkpoint's safetensors files when their turn comes, only the part's tensors, each
+straight from the file into its own memory (`readinto` at the offset the file's header gives): first the inputs
+(the embedding table, pruned by magnitude when asked), which make the calibration set's hidden states and are then
+written out and released; then every decoder layer in turn, calibrated on the current hidden states, pruned with
+the same solver, run again to give the next layer its inputs, written out and released
 (`calibration.prune_sequentially(..., stream=)`); last the final norm and a separate output head, copied through.
 Only one part, the calibration set's hidden states of one layer and one matrix's statistics are resident.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -64,18 +66,15 @@ MASKS = "masks"  # the output folder's subfolder of masks, one file a part
 # --- the checkpoint, read tensor by tensor ----------------------------------------------------------------------------
 class SafetensorsCheckpoint:
     """A Hugging Face folder's safetensors files (model.safetensors, or the shards its index names), read a few tensors
-    at a time. Each read opens its file and closes it after: the file's pages a read touched then leave the process's
-    resident memory (a handle kept open keeps every page it ever touched resident)."""
+    at a time, each straight from the file into its own tensor (`readinto`): nothing else of the file becomes resident.
+    (A memory map, safetensors' `safe_open`, would keep the pages it touched resident while open and add them to each
+    copy: the largest tensor, an embedding table, twice at the peak.)"""
 
     def __init__(self, folder: Path):
-        try:
-            from safetensors import safe_open
-        except ImportError:
-            raise UserError("pruner.stream=true reads safetensors files: pip install -e '.[hf]'") from None
-        self.folder, self._open = folder, safe_open
+        self.folder = folder
+        self.headers: dict[str, tuple[int, dict[str, Any]]] = {}
         if (folder / "model.safetensors").is_file():
-            with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-                self.where = dict.fromkeys(f.keys(), "model.safetensors")
+            self.where = dict.fromkeys(self.header("model.safetensors")[1], "model.safetensors")
         elif (folder / INDEX).is_file():
             try:
                 self.where = dict(json.loads((folder / INDEX).read_text())["weight_map"])
@@ -90,18 +89,88 @@ class SafetensorsCheckpoint:
                 "save_pretrained does) or prune it in memory (pruner.stream=false)"
             )
 
+    def header(self, file: str) -> tuple[int, dict[str, Any]]:
+        """(where the file's data starts, its header: {key: {dtype, shape, data_offsets}}), read once."""
+        if file not in self.headers:
+            path = self.folder / file
+            try:
+                with open(path, "rb") as f:
+                    (n,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(n))
+            except (OSError, ValueError, struct.error) as e:
+                raise UserError(f"{path}: not a safetensors file ({type(e).__name__})") from None
+            header.pop("__metadata__", None)
+            self.headers[file] = (8 + n, header)
+        return self.headers[file]
+
     def read(self, keys: Sequence[str], device: torch.device) -> dict[str, Tensor]:
-        """{key: tensor} on `device`, floating point upcast to fp32 as the in-memory import does, each a copy (the
-        mapped file is never written through)."""
+        """{key: tensor} on `device`, floating point upcast to fp32 as the in-memory import does."""
         out: dict[str, Tensor] = {}
-        for file in sorted({self.where[k] for k in keys}):
-            with self._open(str(self.folder / file), framework="pt", device="cpu") as f:
-                for k in keys:
-                    if self.where[k] == file:
-                        t = f.get_tensor(k)
-                        out[k] = t.to(device, torch.float32 if t.is_floating_point() else t.dtype, copy=True)
-                        del t  # the view of the mapped file
+        for k in keys:
+            file = self.where[k]
+            start, header = self.header(file)
+            if k not in header:
+                raise UserError(f"{self.folder / file}: lacks {k} that {INDEX} puts there")
+            info = header[k]
+            if info["dtype"] not in DTYPES:
+                raise UserError(f"{self.folder / file}: {k} has dtype {info['dtype']}, which prunelab does not read")
+            t = torch.empty(info["shape"], dtype=DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            if end - begin != t.numel() * t.element_size():
+                raise UserError(f"{self.folder / file}: {k}'s bytes do not fit its shape {info['shape']}")
+            if t.numel():
+                buffer = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+                with open(self.folder / file, "rb", buffering=0) as f:
+                    f.seek(start + begin)
+                    done = 0
+                    while done < len(buffer):
+                        got = f.readinto(buffer[done:])
+                        if not got:
+                            raise UserError(f"{self.folder / file}: ends inside {k}")
+                        done += got
+            out[k] = t.to(device, torch.float32 if t.is_floating_point() else t.dtype)
+            del t
         return out
+
+
+# safetensors' dtype names
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+SAFETENSORS_DTYPES = {v: k for k, v in DTYPES.items()}
+
+
+def save_safetensors(tensors: Mapping[str, Tensor], path: Path) -> None:
+    """`tensors` (CPU, contiguous) as a safetensors file, written tensor by tensor from their own memory: safetensors'
+    save_file first copies every tensor into bytes, one part's size more at the peak. The format: an 8-byte
+    little-endian header length, the JSON header (dtype, shape, byte offsets; padded with spaces to 8 bytes), the
+    data."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for t in tensors.values():
+            f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 # --- a network without its weights ----------------------------------------------------------------------------------
@@ -196,11 +265,7 @@ class ShardWriter:
     index, config.json and the tokenizer files at the end (`finish`)."""
 
     def __init__(self, out: Path, parts: Sequence[str], key_of: Mapping[str, str]):
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            raise UserError("writing safetensors files needs the safetensors package: pip install -e '.[hf]'") from None
-        self.save, self.out, self.key_of = save_file, out, key_of
+        self.out, self.key_of = out, key_of
         out.mkdir(parents=True, exist_ok=True)
         (out / MASKS).mkdir(exist_ok=True)
         self.shards = {p: f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i, p in enumerate(parts)}
@@ -210,13 +275,13 @@ class ShardWriter:
 
     def write(self, part: str, tensors: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
         shard = {self.key_of[n]: t.to("cpu").contiguous() for n, t in tensors.items()}
-        self.save(shard, str(self.out / self.shards[part]), metadata={"format": "pt"})
+        save_safetensors(shard, self.out / self.shards[part])
         self.weight_map.update(dict.fromkeys(shard, self.shards[part]))
         self.total += sum(t.numel() * t.element_size() for t in shard.values())
         self.done.add(part)
         if masks:
             kept = {n: m.to("cpu", torch.bool) for n, m in masks.items()}
-            self.save(kept, str(self.out / MASKS / f"{part}.safetensors"))
+            save_safetensors(kept, self.out / MASKS / f"{part}.safetensors")
 
     def finish(self, config: dict[str, Any], source: Path) -> None:
         index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(self.weight_map.items()))}
