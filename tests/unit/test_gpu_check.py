@@ -107,6 +107,18 @@ def test_a_failing_streamed_pruning_still_lets_the_in_memory_one_run(
     assert "in-memory SparseGPT 50%: seconds" in one and one["sparsity of the pruned matrices"] == pytest.approx(0.5)
 
 
+def test_a_failing_sparse24_section_still_lets_load_2of4_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(**kwargs: Any) -> list[Figure]:
+        raise IndexError("no batch")
+
+    monkeypatch.setattr(gpu_check.semi_structured, "linear_and_encoder", broken)
+    _, results, _ = run(tmp_path, "--steps", "sparse24")
+    (step,) = results["steps"]
+    assert step["status"] == "failed"
+    assert step["reason"].startswith("RuntimeError: the sparse24 section failed: IndexError: no batch; ")
+    assert "sparse24 timings and load_2of4 not run" in step["reason"]  # the load_2of4 part ran after it
+
+
 def test_without_a_gpu_only_the_dry_run_runs_and_it_never_writes_over_the_committed_results(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         assert gpu_check.main(["--out", str(tmp_path)]) == 2
