@@ -125,3 +125,30 @@ def test_bf16_autocast_training_step_tracks_fp32() -> None:
         l16, g16 = loss_and_grads()
     assert l16 == pytest.approx(l32, rel=0.02)
     assert float(F.cosine_similarity(g16, g32, dim=0)) > 0.99
+
+
+@pytest.mark.parametrize(("dtype", "S"), [(torch.float64, 40), (torch.bfloat16, 40), (torch.float32, 200)])
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_grouped_keys_and_values_equal_one_copy_per_query_head(
+    dtype: torch.dtype, S: int, softcap: float | None
+) -> None:
+    """K/V with one head per group of 3 consecutive query heads (SDPA's enable_gqa, or repeated for the explicit
+    product): the same output and gradients as K/V copied out to every query head, causal and with a key mask."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, S, 8, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    k, v = (torch.randn(2, 2, S, 8, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for _ in range(2))
+    mask = torch.rand(2, 1, 1, S, generator=g) > 0.2
+    mask[..., 0] = True
+    for kw in ({"is_causal": True}, {"mask": mask}):
+        got = attention(q, k, v, softcap=softcap, **kw)
+        full = [t.repeat_interleave(3, dim=1) for t in (k, v)]
+        want = attention(q, *full, softcap=softcap, **kw)
+        tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {}
+        torch.testing.assert_close(got, want, **tol)
+        grads = torch.autograd.grad(got.float().square().sum(), (q, k, v))
+        want_grads = torch.autograd.grad(want.float().square().sum(), (q, k, v))
+        for a, b in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, **tol)
+    # a wrong grouping (query head j reading K/V head j % 2 instead of j // 3) is told apart
+    wrong = attention(q, k.repeat(1, 3, 1, 1), v.repeat(1, 3, 1, 1), is_causal=True, softcap=softcap)
+    assert (wrong.float() - attention(q, k, v, is_causal=True, softcap=softcap).float()).abs().max() > 0.1

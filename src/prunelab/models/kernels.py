@@ -32,14 +32,18 @@ def attention(
     softcap: float | None = None,
 ) -> Tensor:
     """`F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p, is_causal, scale)`; q (B, H, T, hs),
-    k and v (B, H, S, hs), mask bool broadcastable to (B, H, T, S), True where a key may be seen, or a float mask
-    added to the scaled logits (a position bias); scale None: 1/sqrt(hs). In bf16/fp16 on the CPU with at most
-    MATH_MAX_KEYS keys, and with a `softcap` (SDPA has none), the explicit product (`math_attention`)."""
+    k and v (B, H, S, hs), or (B, KV, S, hs) under grouped-query attention (query head j reads K/V head
+    j // (H / KV), SDPA's enable_gqa); mask bool broadcastable to (B, H, T, S), True where a key may be seen, or a
+    float mask added to the scaled logits (a position bias); scale None: 1/sqrt(hs). In bf16/fp16 on the CPU with at
+    most MATH_MAX_KEYS keys, and with a `softcap` (SDPA has none), the explicit product (`math_attention`)."""
     low = q.dtype in (torch.bfloat16, torch.float16)
+    groups = q.size(-3) != k.size(-3)
     if softcap is not None or (q.device.type == "cpu" and low and k.size(-2) <= MATH_MAX_KEYS):
+        if groups:  # one K/V head per query head, each group's repeated for its consecutive query heads
+            k, v = (t.repeat_interleave(q.size(-3) // t.size(-3), dim=-3) for t in (k, v))
         return math_attention(q, k, v, mask, dropout_p, is_causal, scale, softcap)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=groups
     )
 
 

@@ -368,11 +368,12 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         if self.n_heads == 0:  # every head removed: only out_proj's bias is left, as when all are gated off
             return self._output(self.out_proj(x.new_zeros(B, T, 0)))
-        # one new position of grouped-query attention (decoding with a cache): each group's G query heads become G
-        # query rows of its one K/V head, so the cache is read as it is instead of copied G times at every step
-        step = self.grouped and self.even_groups and T == 1 and not self.uniform and k is not None
-        step = step and k.size(0) == B and (mask is None or not mask.is_floating_point())
-        if not step:
+        # grouped-query attention with even groups keeps one K/V head per group (no G-fold copy): the attention kernel
+        # takes the groups (SDPA's enable_gqa), and one new position (decoding with a cache) attends with each group's
+        # G query heads as G query rows of its one K/V head
+        native = self.grouped and self.even_groups and not self.uniform and k is not None and k.size(0) == B
+        step = native and T == 1 and (mask is None or not mask.is_floating_point())
+        if not native:
             v = self.expand_kv(v)
         if self.uniform:
             y = uniform_attention(v, mask, is_causal, T)  # (B, H, T, hs), or (B, H, 1, hs): one for every query
@@ -381,7 +382,7 @@ class MultiHeadAttention(nn.Module):
             out = self._merge(y, B, y.size(2))  # the output projection once per sentence when all queries agree
             return out.expand(B, T, out.size(-1)) if out.size(1) != T else out
         assert k is not None
-        if not step:
+        if not native:
             k = self.expand_kv(k)
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hs)
         if self.q_norm is not None:
@@ -407,7 +408,7 @@ class MultiHeadAttention(nn.Module):
             q = q.view(b, G, H, T, hs).transpose(1, 2).reshape(b, H, G * T, hs)
             y = attention(q, k, v, mask, drop, scale=self.scale, softcap=self.softcap)
             y = y.view(b, H, G, T, hs).transpose(1, 2).reshape(B, H, T, hs)
-        else:
+        else:  # k, v: (B, KV, S, hs) under native grouped-query attention, else one per query head
             y = attention(q, k, v, mask, drop, is_causal, scale=self.scale, softcap=self.softcap)
         return self._merge(y, B, T)
 
