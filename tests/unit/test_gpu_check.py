@@ -104,7 +104,9 @@ def test_a_failing_streamed_pruning_still_lets_the_in_memory_one_run(
     assert step["status"] == "failed"
     assert step["reason"] == "RuntimeError: the streamed pruning failed: KeyError: 'no key map'"
     one = figures(results, "oneshot_1b")
-    assert "in-memory SparseGPT 50%: seconds" in one and one["sparsity of the pruned matrices"] == pytest.approx(0.5)
+    assert "in-memory SparseGPT 50%: seconds" in one and one["sparsity of the pruned matrices"] == pytest.approx(
+        0.5, abs=1e-3
+    )
 
 
 def test_a_failing_sparse24_section_still_lets_load_2of4_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
