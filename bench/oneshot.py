@@ -7,12 +7,14 @@ the two giving the same weights."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
 import torch
 from harness import Figure, interleave, paired, seconds, spread
 from pretrained import Progress
+from reference_oneshot import llama_sequential
 from torch import Tensor
 
 from prunelab.models import build_classifier
@@ -140,3 +142,109 @@ def layer_solve(rows: int = 768, cols: int = 3072, tokens: int = 4096, reps: int
         ),
         Figure(SECTION, "SparseGPT solve: max |weight difference| / max |weight|, dense vs prunelab", diff, unit=""),
     ]
+
+
+# --- prunelab against the reference implementations, on one Llama-shaped model --------------------------------------
+# a Llama-shaped model of ~60M parameters: 8 layers of width 640, 10 query and 5 K/V heads, SwiGLU 1,728, vocabulary
+# 32,000 (tied); the smoke and the unit test pass a tinier one
+LLAMA_60M = dict(
+    vocab_size=32000,
+    hidden_size=640,
+    intermediate_size=1728,
+    num_hidden_layers=8,
+    num_attention_heads=10,
+    num_key_value_heads=5,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
+
+
+def llama_pair(shape: dict[str, Any]) -> tuple[Any, Any, dict[str, str]]:
+    """(transformers LlamaForCausalLM with random weights (seed 0), prunelab's import of it, prunelab's weight name
+    -> the reference's Linear name), both in eval mode."""
+    from pretrained import save_and_import
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prunelab.hf.families import load_hf
+
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(**shape)).eval()
+    ours = save_and_import(hf, load_hf).eval()
+    theirs = {n.removesuffix(".weight"): p for n, p in hf.named_parameters() if n.startswith("model.layers.")}
+    names = {}
+    for n in prunable_weights(ours):  # the same random matrix in both: the names' correspondence
+        w = ours.get_parameter(n)
+        names[n] = next(t for t, p in theirs.items() if p.shape == w.shape and torch.equal(p, w))
+    return hf, ours, names
+
+
+def llama_windows(n: int, seq: int, vocab: int, avoid: int) -> list[Tensor]:
+    """`n` random windows (1, seq) of token ids, none equal to `avoid` (prunelab's pad id: every token is real)."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        w = torch.randint(0, vocab - 1, (1, seq), generator=g)
+        out.append(w + (w >= avoid).long())
+    return out
+
+
+def prunelab_oneshot(model: torch.nn.Module, windows: list[Tensor], method: str, sparsity: float = 0.5) -> dict:
+    """prunelab's one-shot pruning of every prunable Linear (the code pruner=oneshot runs: OneShotPruner.solve
+    through prune_sequentially), one window a batch -> the masks (bool, True = removed) by weight name."""
+    pruner = OneShotPruner(sparsity, method=method)
+    pruner.attach(model)
+    names = set(prunable_weights(model))
+    batches = [{"src": w, "real": torch.ones_like(w, dtype=torch.bool)} for w in windows]
+    prune_sequentially(model, batches, names, pruner.solve, full=method == "sparsegpt")
+    return {n: ~m.bool() for n, m in pruner.masks.items()}
+
+
+def against_reference(shape: dict[str, Any] = LLAMA_60M, n: int = 8, seq: int = 512, reps: int = 2) -> list[Figure]:
+    """prunelab / reference wall time of SparseGPT and Wanda (unstructured 50%) on one Llama-shaped random model
+    and the same `n` windows of `seq` tokens: prunelab's imported model pruned by prunelab, transformers' model by
+    reference_oneshot (both start from the same dense weights every repetition), interleaved; the masks compared."""
+    done = Progress()
+    hf, ours, names = llama_pair(shape)
+    dense_hf = {k: v.clone() for k, v in hf.state_dict().items()}
+    dense_ours = {k: v.clone() for k, v in ours.state_dict().items()}
+    size = sum(p.numel() for p in ours.parameters())
+    windows = llama_windows(n, seq, hf.config.vocab_size, ours.cfg.pad_id)
+    done(f"Llama-shaped model ({size / 1e6:.0f}M parameters) built and imported")
+    out: list[Figure] = []
+    got: dict[str, dict] = {}  # each contender's masks, of its last repetition
+    for method in ("sparsegpt", "wanda"):
+
+        def run_ours(method: str = method) -> None:
+            ours.load_state_dict(dense_ours)
+            got["prunelab"] = prunelab_oneshot(ours, windows, method)
+
+        def run_ref(method: str = method) -> None:
+            hf.load_state_dict(dense_hf)
+            got["reference"] = llama_sequential(hf, windows, method, 0.5)
+
+        r = interleave({"prunelab": seconds(run_ours), "reference": seconds(run_ref)}, reps=reps, warmup=0)
+        differ = sum(int((got["prunelab"][k] != got["reference"][t]).sum()) for k, t in names.items())
+        total = sum(int(m.numel()) for m in got["prunelab"].values())
+        wdiff = max(
+            float((ours.get_parameter(k) - hf.get_parameter(f"{t}.weight")).abs().max()) for k, t in names.items()
+        )
+        done(f"{method}: prunelab {r['prunelab']} s, reference {r['reference']} s, {differ} mask entries differ")
+        out.append(
+            paired(
+                SECTION,
+                f"{method} one-shot 50% of a Llama-{size / 1e6:.0f}M ({n} x {seq} calibration tokens): "
+                "prunelab / reference wall time",
+                r["prunelab"],
+                r["reference"],
+                goal=1.0,
+                lower_is_better=True,
+                note=(
+                    f"masks {'equal' if differ == 0 else f'differ in {differ} of {total:,} entries'}, "
+                    f"max |weight difference| {wdiff:.2g}; median {statistics.median(r['prunelab']):.1f} s vs "
+                    f"{statistics.median(r['reference']):.1f} s; reference: bench/reference_oneshot.py "
+                    "(sparsegpt's llama_sequential + fasterprune, wanda's prune_wanda) on transformers' "
+                    f"LlamaForCausalLM; {reps} reps interleaved"
+                ),
+            )
+        )
+    return out

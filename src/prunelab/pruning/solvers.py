@@ -10,7 +10,10 @@ norms ‖X_j‖₂² (Wanda) and H = Σ x xᵀ (SparseGPT; Wanda and magnitude n
 - SparseGPT: optimal-brain-surgeon updates. Columns are visited left to right; when weight (r, j) is removed, the
   row's weights right of j absorb its effect on the output, the least-squares optimum with the columns left of j
   held (the Cholesky factor of H⁻¹ gives each update in one row operation). The mask is chosen `block` columns at a
-  time by the OBS error w² / [H⁻¹]_jj² (after the updates of earlier blocks), over the whole block, as the paper does.
+  time by the OBS error w² / [H⁻¹]_jj² (after the updates of earlier blocks), over the whole block, as the paper does,
+  with the reference code's count: every error at most the int(numel · sparsity)-th smallest (0-based), one more than
+  numel · sparsity in a block; weights of inputs that were always 0 are zeroed (bench/reference_oneshot.py is the
+  reference written out; tests/unit/test_oneshot_reference.py holds the two equal).
 
 N:M (e.g. 2:4): at most N weights kept in every M consecutive inputs of a row (NVIDIA's sparse tensor-core
 layout, groups along the input dimension). Sparsity is then 1 - N/M.
@@ -91,13 +94,14 @@ def nm_candidates(scores: Tensor, pattern: Pattern) -> Tensor:
 
 
 def removal_mask(scores: Tensor, sparsity: float, pattern: Pattern, per_row: bool) -> Tensor:
-    """Bool (rows, cols), True = removed: exactly round(sparsity * n) of the lowest scores, per matrix or per row
-    (`per_row`); under N:M the M - N lowest of every group (and `sparsity` must be 1 - N/M)."""
+    """Bool (rows, cols), True = removed: exactly round(sparsity * n) of the lowest scores per matrix, or per row
+    (`per_row`, Wanda's: int(sparsity * cols) of each row, ties to the earlier column, as the reference's stable
+    sort); under N:M the M - N lowest of every group (and `sparsity` must be 1 - N/M)."""
     if pattern.structured:
         return nm_candidates(scores, pattern)
     if per_row:
-        k = round(sparsity * scores.shape[1])
-        drop = torch.topk(scores.double(), k, dim=1, largest=False).indices
+        k = int(sparsity * scores.shape[1])
+        drop = torch.sort(scores, dim=1, stable=True).indices[:, :k]
         return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, drop, True)
     return lowest(scores, round(sparsity * scores.numel()))
 
@@ -158,6 +162,16 @@ def inverse_cholesky(h: Tensor, inplace: bool = False) -> Tensor:
         ) from e
 
 
+def block_mask(scores: Tensor, sparsity: float) -> Tensor:
+    """SparseGPT's unstructured mask of one block, the reference's rule (IST-DASLab/sparsegpt, fasterprune): every
+    score at most the int(numel · sparsity)-th smallest (0-based), i.e. int(numel · sparsity) + 1 entries when no
+    two scores tie. Nothing at sparsity 0."""
+    k = int(scores.numel() * sparsity)
+    if sparsity <= 0 or k >= scores.numel():
+        return torch.full_like(scores, sparsity > 0, dtype=torch.bool)
+    return scores <= torch.kthvalue(scores.flatten(), k + 1).values
+
+
 @torch.no_grad()
 def sparsegpt(
     weight: Tensor,
@@ -180,6 +194,7 @@ def sparsegpt(
         raise UserError(f"SparseGPT: pruner.block={block} must be a multiple of the pattern's M={pattern.m}")
     dtype = torch.promote_types(weight.dtype, torch.float32)
     w = weight.to(dtype, copy=True)
+    w[:, h.diagonal() == 0] = 0.0  # inputs always 0: their weights zeroed (and so removed), as the reference does
     u = inverse_cholesky(damped(h, damp, dtype, inplace=overwrite_h), inplace=True)
     removed = torch.zeros(rows, cols, dtype=torch.bool, device=weight.device)
     for i1 in range(0, cols, block):
@@ -192,7 +207,7 @@ def sparsegpt(
         elif pattern.structured:
             r1 = torch.zeros_like(w1, dtype=torch.bool)  # chosen group by group below, from updated weights
         else:
-            r1 = lowest(w1**2 / d[None, :] ** 2, round(sparsity * w1.numel()))
+            r1 = block_mask(w1**2 / d[None, :] ** 2, sparsity)
         for j in range(i2 - i1):
             if mask is None and pattern.structured and j % pattern.m == 0:
                 g = slice(j, j + pattern.m)
