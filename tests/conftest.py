@@ -15,6 +15,20 @@ if "PYTEST_XDIST_WORKER" in os.environ:  # tests run side by side, one per core:
     torch.set_num_threads(1)  # subprocesses get through OMP_NUM_THREADS (tests/e2e/conftest.py)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--dist loadgroup` sends the tests of one `xdist_group` to one worker by the "@group" suffix pytest-xdist (3.8)
+    appends to each item's `_nodeid`; pytest 9.2 reads a node's id from `_id` instead, so without this the suffix is
+    lost, every grouped module runs its module-scoped set-up (trained fixtures) on both workers, and `make test` pays
+    twice. Copy the suffixed id where this pytest reads it (a no-op where the two agree)."""
+    for item in items:
+        suffixed = getattr(item, "_nodeid", None)
+        if isinstance(suffixed, str) and "@" in suffixed and item.nodeid != suffixed and hasattr(item, "_id"):
+            from _pytest.nodes import coerce_node_id  # pytest >= 9.2 only (an older one never gets here)
+
+            item._id = coerce_node_id(suffixed)
+
+
 @pytest.fixture
 def tiny_model() -> Transformer:
     torch.manual_seed(0)
