@@ -21,19 +21,31 @@ SEQ = 32
 TINY = ["logger=none", "trainer.max_steps=6", "trainer.val_check_interval=3", f"data.seq_len={SEQ}"]
 
 
+class Made(dict):
+    """The text folder and each family's checkpoint, trained when a test first asks for it: a worker builds only
+    the families its tests use (the tests of one family run on one worker: `by_family`)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self.splits = {"train": H.documents(60, 1), "valid": H.documents(8, 2), "test": H.documents(10, 3)}
+
+    def __missing__(self, key: str) -> Path:
+        if key == "text":
+            self[key] = H.write_lm_text(self.root / "text", self.splits)
+        else:
+            self[key] = H.causal_lm_checkpoint(self.root / key, self.splits["train"], key)
+        return self[key]
+
+
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("lm")
-    splits = {"train": H.documents(60, 1), "valid": H.documents(8, 2), "test": H.documents(10, 3)}
-    return {
-        "gpt2": H.causal_lm_checkpoint(root / "gpt2", splits["train"], "gpt2"),
-        "llama": H.causal_lm_checkpoint(root / "llama", splits["train"], "llama"),
-        "opt": H.causal_lm_checkpoint(root / "opt", splits["train"], "opt"),
-        "pythia": H.causal_lm_checkpoint(root / "pythia", splits["train"], "pythia"),
-        "phi3": H.causal_lm_checkpoint(root / "phi3", splits["train"], "phi3"),
-        "gemma2": H.causal_lm_checkpoint(root / "gemma2", splits["train"], "gemma2"),
-        "text": H.write_lm_text(root / "text", splits),
-    }
+def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
+    return Made(tmp_path_factory.mktemp("lm"))
+
+
+def by_family(family: str, *values: str) -> object:
+    """A parameter set whose test goes to the worker of its family's other tests (one checkpoint trained once)."""
+    return pytest.param(family, *values, marks=pytest.mark.xdist_group(f"decoder_lm_{family}"))
 
 
 def hf_perplexity(folder: Path, docs: list[str]) -> float:
@@ -84,9 +96,11 @@ DISTILLED = {
 
 @pytest.mark.parametrize(
     ("family", "method"),
-    [("llama", m) for m in METHODS]
-    + [("gpt2", m) for m in ("mp", "slt", "heads", "components", "sparsegpt", "structured")]
-    + [(f, m) for f in ("opt", "pythia", "phi3", "gemma2") for m in ("mp", "heads", "sparsegpt", "structured")],
+    [by_family("llama", m) for m in METHODS]
+    + [by_family("gpt2", m) for m in ("mp", "slt", "heads", "components", "sparsegpt", "structured")]
+    + [
+        by_family(f, m) for f in ("opt", "pythia", "phi3", "gemma2") for m in ("mp", "heads", "sparsegpt", "structured")
+    ],
 )
 def test_every_method_on_an_imported_language_model(
     made: dict[str, Path], tmp_path: Path, family: str, method: str
@@ -132,6 +146,7 @@ def test_every_method_on_an_imported_language_model(
         assert last["stage"] == "removed" and last["params"]["total"] < first["params"]["total"]
 
 
+@pytest.mark.xdist_group("decoder_lm_llama")
 def test_pruned_language_models_export_and_reload(made: dict[str, Path], tmp_path: Path) -> None:
     """`prunelab export RUN --format hf` of a mask-pruned Llama and of a depth-pruned one (a layer removed for real):
     transformers loads each folder and computes the run's logits; the depth-pruned run also reloads through load_run
@@ -174,7 +189,7 @@ def test_pruned_language_models_export_and_reload(made: dict[str, Path], tmp_pat
             assert zeros and min(zeros) >= 0.5
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
+@pytest.mark.parametrize("family", [by_family("llama"), by_family("gemma2")])
 def test_head_and_component_studies_of_an_imported_language_model(
     made: dict[str, Path], tmp_path: Path, family: str
 ) -> None:
