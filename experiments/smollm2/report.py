@@ -139,8 +139,9 @@ def main(runs: Path, results: Path) -> None:
         "\n`vs dense`: test perplexity over the dense test perplexity that the same run scored first. `prune s`: the "
         "pruning alone (calibration passes and solves); `extra MB`: the process's peak resident memory while "
         "pruning above what it held when pruning began; `peak ×`: (model + extra) / model (results.json "
-        "`oneshot.memory`); `run s`: the whole run, the dense model's evaluation included, on 2 CPU cores shared "
-        "with other jobs. Magnitude ranks |W| alone: prunelab runs no calibration passes for it."
+        "`oneshot.memory`); `run s`: the whole run, the dense model's evaluation included, on a 2-core CPU shared "
+        "with other jobs (run.sh's THREADS torch threads: 1 for the committed results). Magnitude ranks |W| "
+        "alone: prunelab runs no calibration passes for it."
     )
     if cal_note:
         lines.append("\n" + cal_note)
