@@ -200,10 +200,18 @@ def _hidden(out: Any) -> Tensor:
 
 @torch.no_grad()
 def llama_sequential(
-    model: Any, windows: list[Tensor], method: str, sparsity: float, prunen: int = 0, prunem: int = 0
+    model: Any,
+    windows: list[Tensor],
+    method: str,
+    sparsity: float,
+    prunen: int = 0,
+    prunem: int = 0,
+    record: list[tuple[Tensor, Tensor, Tensor]] | None = None,
 ) -> dict[str, Tensor]:
     """sparsegpt's llama_sequential (not true-sequential) or wanda's prune_wanda on a LlamaForCausalLM: every window
-    (1, T) its own pass -> the masks by the Linear's name (model.layers.3.mlp.down_proj)."""
+    (1, T) its own pass -> the masks by the Linear's name (model.layers.3.mlp.down_proj). `record`: every matrix's
+    (weight before, its statistic (H, or Wanda's squared norms), mask) appended, for a solver to be given the same
+    problems (a copy per matrix: not for timing)."""
     use_cache = model.config.use_cache
     model.config.use_cache = False
     inps, kwargs = layer_inputs(model, windows)
@@ -218,11 +226,16 @@ def llama_sequential(
         for h in handles:
             h.remove()
         for n in subset:
+            if record is not None:
+                before = subset[n].weight.data.clone()
+                stat = stats[n].h.clone() if method == "sparsegpt" else stats[n].scaler_row.clone()
             if method == "sparsegpt":
                 mask = stats[n].fasterprune(sparsity, prunen=prunen, prunem=prunem)
             else:
                 mask = wanda_prune(subset[n], stats[n].scaler_row, sparsity, prunen, prunem)
             masks[f"model.layers.{i}.{n}"] = mask
+            if record is not None:
+                record.append((before, stat, mask))
         del stats
         inps = [_hidden(layer(x, **kwargs)) for x in inps]
     model.config.use_cache = use_cache

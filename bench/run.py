@@ -97,6 +97,13 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
         "oneshot": lambda: [
             *oneshot.prune_encoder(n=128, seq=128, batch=4, reps=1),  # 512-token batches, as pruner=oneshot makes
             *oneshot.layer_solve(reps=2 if q else 3),
+            # prunelab / the reference code (bench/reference_oneshot.py), one Llama-shaped model, same windows
+            *oneshot.against_reference(
+                {**oneshot.LLAMA_60M, "num_hidden_layers": 4} if q else oneshot.LLAMA_60M,
+                n=4 if q else 8,
+                seq=512,
+                reps=2 if q else 3,
+            ),
         ],
         "sparse24": lambda: semi_structured.linear_and_encoder(reps=3 if q else 5),
         "causal_lm": lambda: decoder_lms(
@@ -141,6 +148,16 @@ SMOKE_MARIAN = {
     "encoder_ffn_dim": 64,
     "decoder_ffn_dim": 64,
 }
+
+SMOKE_LLAMA_ONESHOT = dict(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=64,
+)
 
 SMOKE_SEQ2SEQ = {"train_steps": 1, "train_reps": 1, "gen_reps": 1, "train_batch": 2, "seq": 8, "gen_batch": 2}
 SMOKE_SEQ2SEQ |= {"src_len": 8, "new_tokens": 3, "layers": 1}
@@ -199,6 +216,7 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
         "oneshot": lambda: [
             *oneshot.prune_encoder(n=8, seq=16, batch=4, changes=SMOKE_ONESHOT),
             *oneshot.layer_solve(rows=16, cols=64, tokens=128, reps=1),
+            *oneshot.against_reference(SMOKE_LLAMA_ONESHOT, n=2, seq=16, reps=1),
         ],
         "sparse24": lambda: semi_structured.linear_and_encoder(batches=(1, 4), seq=16, reps=1, changes=SMOKE_24),
         "causal_lm": lambda: decoder_lms(
