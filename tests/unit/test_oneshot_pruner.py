@@ -73,10 +73,11 @@ def recorded_inputs(model: Transformer, batches: list[dict], names: list[str]) -
 
 
 def test_wanda_removes_the_lowest_scores_of_each_output_row(nmt: SyntheticTranslationDataModule) -> None:
-    """Sun et al.'s comparison group is the output row: every row of every Linear loses exactly round(s·in_features)
-    weights, its lowest |W_ij|·‖X_j‖₂, with X the inputs the Linear sees once the layers before it are pruned. A
-    ranking over the whole matrix removes other weights and leaves rows with different counts."""
-    sparsity = 0.3  # round(0.3·16) = 5 of the d_model inputs, round(0.3·32) = 10 of fc2's
+    """Sun et al.'s comparison group is the output row: every row of every Linear loses exactly int(s·in_features)
+    weights (the reference's count, locuslab/wanda's prune_wanda), its lowest |W_ij|·‖X_j‖₂, with X the inputs the
+    Linear sees once the layers before it are pruned. A ranking over the whole matrix removes other weights and leaves
+    rows with different counts."""
+    sparsity = 0.3  # int(0.3·16) = 4 of the d_model inputs, int(0.3·32) = 9 of fc2's (round would give 5 and 10)
     original = tiny(nmt)
     model = copy.deepcopy(original)
     pruner = OneShotPruner(sparsity=sparsity, method="wanda", calibration=CALIBRATION, device="cpu")
@@ -99,7 +100,7 @@ def test_wanda_removes_the_lowest_scores_of_each_output_row(nmt: SyntheticTransl
         for n in names:
             w = original.get_submodule(n).weight.detach().double()
             removed = ~masks[n]
-            k_row = round(sparsity * w.shape[1])
+            k_row = int(sparsity * w.shape[1])
             assert (removed.sum(1) == k_row).all(), n  # every row loses the same number
             score = w.abs() * inputs[n].norm(dim=0)[None, :]  # |W_ij| · ‖X_j‖₂
             want = torch.zeros_like(removed).scatter_(1, score.argsort(dim=1)[:, :k_row], True)
