@@ -15,6 +15,7 @@ bench/results.json and the table bench/RESULTS.md (machine, versions, date, goal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -53,67 +54,106 @@ def seq2seq_shapes(quick: bool) -> list[Figure]:
     ]
 
 
+def tagged(figures: list[Figure], tag: str) -> list[Figure]:
+    """The figures with `tag` after their names (quick mode's cut-down shapes say so in every row)."""
+    return [dataclasses.replace(f, name=f"{f.name} [{tag}]") for f in figures]
+
+
+# quick mode (`--quick`, goal: under 5 minutes on 2 cores, every section): the pretrained and decoder-only shapes at
+# 2 of their layers (each row says so), fewer steps and repetitions; the full run keeps the checkpoints' depths
+QUICK_LAYERS = 2
+
+
 def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
     """Section name -> what it measures, sized for the mode."""
     q = quick
     nmt = "transformer_base" if paper else "transformer_tiny"
+    depth = f"quick: {QUICK_LAYERS} layers"
+    L = QUICK_LAYERS
     return {
-        "training": lambda: training.framework_and_masks(steps=20 if q else 60, reps=3 if q else 7),
+        "training": lambda: training.framework_and_masks(steps=10 if q else 60, reps=3 if q else 7),
         "hf": lambda: [
-            *training.hf_training(nmt, steps=12 if q else 30, reps=2 if q else 5),
-            *generation.hf_generation(nmt, steps=50, reps=2 if q else 3, batch=16 if paper else 64),
+            *training.hf_training(nmt, steps=8 if q else 30, reps=2 if q else 5),
+            *generation.hf_generation(
+                nmt, steps=20 if q else 50, reps=2 if q else 3, batch=16 if paper else 32 if q else 64
+            ),
         ],
         # BERT-base and opus-mt-en-de shapes in every mode; even repetition counts, so that each contender runs
         # first as often as second (interleave rotates the order), and more, shorter repetitions in the full run
-        "pretrained": lambda: [
-            *pretrained.bert_base(
-                train_steps=3 if q else 2,
-                train_reps=2 if q else 6,
-                infer_batches=2 if q else 1,
-                infer_reps=2 if q else 8,
-            ),
-            *pretrained.marian_base(train_steps=3 if q else 2, train_reps=2 if q else 6, gen_reps=2 if q else 4),
-            *seq2seq_shapes(q),
-        ],
-        "decoding": lambda: generation.kv_cache(steps=50 if q else 60, reps=3 if q else 5),
+        "pretrained": lambda: (
+            [
+                *tagged(
+                    pretrained.bert_base(
+                        train_steps=1, train_reps=2, infer_batches=1, infer_reps=2,
+                        config_changes={"num_hidden_layers": L},
+                    ),
+                    depth,
+                ),
+                *tagged(
+                    pretrained.marian_base(
+                        train_steps=1, train_reps=2, gen_reps=2,
+                        config_changes={"encoder_layers": L, "decoder_layers": L},
+                    ),
+                    depth,
+                ),
+                *pretrained.t5_base(train_steps=1, train_reps=2, gen_reps=2, layers=L),
+                *pretrained.m2m100_418m(train_steps=1, train_reps=2, gen_reps=2, layers=L),
+            ]
+            if q
+            else [
+                *pretrained.bert_base(train_steps=2, train_reps=6, infer_batches=1, infer_reps=8),
+                *pretrained.marian_base(train_steps=2, train_reps=6, gen_reps=4),
+                *seq2seq_shapes(False),
+            ]
+        ),
+        "decoding": lambda: generation.kv_cache(steps=30 if q else 60, reps=3 if q else 5),
         "precision": lambda: precision.training_and_decoding(
-            "transformer_base",
-            4096,
+            "transformer_small" if q else "transformer_base",
+            2048 if q else 4096,
             steps=4 if q else 8,
             reps=2 if q else 4,
-            decode_batch=64,
-            decode_tokens=20 if q else 32,
+            decode_batch=32 if q else 64,
+            decode_tokens=16 if q else 32,
         ),
         "mfu": lambda: training.mfu("transformer_big" if paper else "transformer_base", 4096, steps=1 if q else 4),
         # issue 27 item 6, on a CUDA GPU (elsewhere only the FLOPs per token): 32k-token batches fill an H100
         "gpu": lambda: training.gpu_mfu("transformer_base", 32768, steps=12 if q else 40, skip=4 if q else 10),
-        "memory": lambda: training.memory(default_steps=20 if q else 200, base_steps=2 if q else 3),
+        "memory": lambda: training.memory(default_steps=10 if q else 200, base_steps=1 if q else 3),
         "export": lambda: export.sizes(0.9),
-        "heads": lambda: generation.heads(rounds=2 if q else 3),
+        "heads": lambda: generation.heads(rounds=1 if q else 3),
         "analysis": lambda: [
-            *analysis.components(train_steps=100 if q else 1200, reps=1 if q else 3, warmup=0 if q else 1),
-            *analysis.attendout(reps=3 if q else 5),
+            *analysis.components(train_steps=30 if q else 1200, reps=1 if q else 3, warmup=0 if q else 1),
+            *analysis.attendout(reps=2 if q else 5),
         ],
         "oneshot": lambda: [
-            *oneshot.prune_encoder(n=128, seq=128, batch=4, reps=1),  # 512-token batches, as pruner=oneshot makes
+            *oneshot.prune_encoder(n=64 if q else 128, seq=128, batch=4, reps=1),  # 512-token batches, as oneshot
             *oneshot.layer_solve(reps=2 if q else 3),
             # prunelab / the reference code (bench/reference_oneshot.py), one Llama-shaped model, same windows
             *oneshot.against_reference(
-                {**oneshot.LLAMA_60M, "num_hidden_layers": 4} if q else oneshot.LLAMA_60M,
+                {**oneshot.LLAMA_60M, "num_hidden_layers": L} if q else oneshot.LLAMA_60M,
                 n=4 if q else 8,
                 seq=512,
                 reps=2 if q else 3,
             ),
         ],
-        "sparse24": lambda: semi_structured.linear_and_encoder(reps=3 if q else 5),
-        "causal_lm": lambda: decoder_lms(
-            train_steps=1 if q else 2,
-            train_reps=2 if q else 4,
-            eval_batches=1 if q else 2,
-            eval_reps=2 if q else 4,
-            gen_reps=2 if q else 4,
+        "sparse24": lambda: semi_structured.linear_and_encoder(
+            batches=(1, 16, 256) if q else (1, 4, 16, 64, 256), reps=2 if q else 5
         ),
-    }
+        "causal_lm": lambda: (
+            tagged(
+                decoder_lms(
+                    {m: {"num_hidden_layers": L} for m in DECODER_LMS},
+                    train_steps=1, train_reps=2, eval_batches=1, eval_reps=2, gen_reps=2,
+                ),
+                depth,
+            )
+            if q
+            else decoder_lms(train_steps=2, train_reps=4, eval_batches=2, eval_reps=4, gen_reps=4)
+        ),
+    }  # fmt: skip
+
+
+DECODER_LMS = ("Llama-100M", "OPT-125M", "Gemma-2-140M")
 
 
 def decoder_lms(changes: dict[str, dict[str, Any]] | None = None, **sizes: Any) -> list[Figure]:
