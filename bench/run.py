@@ -115,18 +115,27 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
             decode_batch=32 if q else 64,
             decode_tokens=16 if q else 32,
         ),
-        "mfu": lambda: training.mfu("transformer_big" if paper else "transformer_base", 4096, steps=1 if q else 4),
+        "mfu": lambda: training.mfu(
+            "transformer_big" if paper else "transformer_base", 2048 if q else 4096, steps=1 if q else 4
+        ),
         # issue 27 item 6, on a CUDA GPU (elsewhere only the FLOPs per token): 32k-token batches fill an H100
         "gpu": lambda: training.gpu_mfu("transformer_base", 32768, steps=12 if q else 40, skip=4 if q else 10),
-        "memory": lambda: training.memory(default_steps=10 if q else 200, base_steps=1 if q else 3),
+        # quick: the default run's peak only (transformer_base's costs a second process, ~20 s)
+        "memory": lambda: training.memory(default_steps=10 if q else 200, base_steps=None if q else 3),
         "export": lambda: export.sizes(0.9),
         "heads": lambda: generation.heads(rounds=1 if q else 3),
         "analysis": lambda: [
+            # quick: 30 steps (fewer leave a model whose beam decodes run long, and cost more)
             *analysis.components(train_steps=30 if q else 1200, reps=1 if q else 3, warmup=0 if q else 1),
             *analysis.attendout(reps=2 if q else 5),
         ],
         "oneshot": lambda: [
-            *oneshot.prune_encoder(n=64 if q else 128, seq=128, batch=4, reps=1),  # 512-token batches, as oneshot
+            # 512-token batches, as pruner=oneshot makes; quick: 2 of BERT-base's 12 layers
+            *(
+                tagged(oneshot.prune_encoder(n=64, seq=128, batch=4, reps=1, changes={"enc_layers": L}), depth)
+                if q
+                else oneshot.prune_encoder(n=128, seq=128, batch=4, reps=1)
+            ),
             *oneshot.layer_solve(reps=2 if q else 3),
             # prunelab / the reference code (bench/reference_oneshot.py), one Llama-shaped model, same windows
             *oneshot.against_reference(
