@@ -127,24 +127,10 @@ def causal_lm_config(hf: dict[str, Any]) -> TransformerConfig:
         return _gpt2_config(hf)
     window, window_layers = _sliding_window(hf, kind)
     theta, scaling = rope_settings(hf)
-    d, H = num(hf, "hidden_size"), num(hf, "num_attention_heads")
     attn_bias = bool(hf.get("attention_bias", False))
     return TransformerConfig(
-        vocab_size=num(hf, "vocab_size"),
-        d_model=d,
-        n_heads=H,
-        n_kv_heads=hf.get("num_key_value_heads") or H,
-        head_dim=hf.get("head_dim") or d // H,
-        d_ff=num(hf, "intermediate_size"),
-        enc_layers=0,
-        dec_layers=num(hf, "num_hidden_layers"),
-        layer_numbers=recorded_layers(hf, dec=num(hf, "num_hidden_layers")),  # a prunelab export that took layers out
+        **decoder_shape(hf),
         dropout=0.0,  # these families have no hidden dropout
-        attn_dropout=float(hf.get("attention_dropout", 0.0)),
-        activation_dropout=0.0,
-        pre_norm=True,
-        max_len=num(hf, "max_position_embeddings"),
-        pad_id=pad_token(hf),
         norm_eps=float(num(hf, "rms_norm_eps")),
         norm="rms",
         activation=activation(hf, "hidden_act", "silu"),
@@ -160,6 +146,29 @@ def causal_lm_config(hf: dict[str, Any]) -> TransformerConfig:
         tie_embeddings=bool(hf.get("tie_word_embeddings", TIE_DEFAULTS[kind])),
         sliding_window=window,
         window_layers=window_layers,
+    )
+
+
+def decoder_shape(hf: dict[str, Any]) -> dict[str, Any]:
+    """The TransformerConfig fields a Llama-layout config.json (Llama family, Phi, Gemma) sets alike: sizes, grouped
+    K/V heads, an explicit head_dim, the layers (with a prunelab export's record of the ones kept), positions, pad id,
+    attention dropout, a pre-norm decoder-only stack."""
+    d, H, layers = num(hf, "hidden_size"), num(hf, "num_attention_heads"), num(hf, "num_hidden_layers")
+    return dict(
+        vocab_size=num(hf, "vocab_size"),
+        d_model=d,
+        n_heads=H,
+        n_kv_heads=hf.get("num_key_value_heads") or H,
+        head_dim=hf.get("head_dim") or d // H,
+        d_ff=num(hf, "intermediate_size"),
+        enc_layers=0,
+        dec_layers=layers,
+        layer_numbers=recorded_layers(hf, dec=layers),  # a prunelab export that took layers out
+        attn_dropout=float(hf.get("attention_dropout", 0.0)),
+        activation_dropout=0.0,
+        pre_norm=True,
+        max_len=num(hf, "max_position_embeddings"),
+        pad_id=pad_token(hf),
     )
 
 

@@ -33,8 +33,8 @@ from prunelab.errors import UserError
 from prunelab.hf.causal_lm import (
     ROTARY_BUFFERS,
     build_hf_causal_lm,
+    decoder_shape,
     llama_names,
-    pad_token,
     rope_settings,
     sliding_layers,
 )
@@ -46,7 +46,6 @@ from prunelab.hf.checkpoint import (
     no_labels,
     num,
     read_family,
-    recorded_layers,
     rename_keys,
 )
 from prunelab.hf.generation import imported, with_generation
@@ -104,7 +103,6 @@ def gemma_config(hf: dict[str, Any]) -> TransformerConfig:
         raise UserError(f"model_type {kind!r} is not a Gemma checkpoint (model types {', '.join(MODEL_TYPES)})")
     if hf.get("use_bidirectional_attention"):
         raise UserError("use_bidirectional_attention=true (an embedding model): prunelab's language models are causal")
-    d, H = num(hf, "hidden_size"), num(hf, "num_attention_heads")
     layers = num(hf, "num_hidden_layers")
     theta, scaling, local_theta = _ropes(hf)
     bias = bool(hf.get("attention_bias", False))
@@ -118,21 +116,8 @@ def gemma_config(hf: dict[str, Any]) -> TransformerConfig:
         attn_cap = hf.get("attn_logit_softcapping", caps[0])
         logit_cap = hf.get("final_logit_softcapping", caps[1])
     return TransformerConfig(
-        vocab_size=num(hf, "vocab_size"),
-        d_model=d,
-        n_heads=H,
-        n_kv_heads=hf.get("num_key_value_heads") or H,
-        head_dim=hf.get("head_dim") or d // H,
-        d_ff=num(hf, "intermediate_size"),
-        enc_layers=0,
-        dec_layers=layers,
-        layer_numbers=recorded_layers(hf, dec=layers),
+        **decoder_shape(hf),
         dropout=0.0,  # Gemma has no hidden dropout
-        attn_dropout=float(hf.get("attention_dropout", 0.0)),
-        activation_dropout=0.0,
-        pre_norm=True,
-        max_len=num(hf, "max_position_embeddings"),
-        pad_id=pad_token(hf),
         norm="gemma_rms",
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         activation=_activation(hf),

@@ -31,8 +31,8 @@ from prunelab.errors import UserError
 from prunelab.hf.causal_lm import (
     ROTARY_BUFFERS,
     build_hf_causal_lm,
+    decoder_shape,
     llama_names,
-    pad_token,
     rope_settings,
 )
 from prunelab.hf.causal_lm import (
@@ -41,9 +41,7 @@ from prunelab.hf.causal_lm import (
 from prunelab.hf.checkpoint import (
     activation,
     no_labels,
-    num,
     read_family,
-    recorded_layers,
     rename_keys,
     wb,
 )
@@ -73,26 +71,12 @@ def phi_config(hf: dict[str, Any]) -> TransformerConfig:
     kind = hf.get("model_type")
     if kind not in MODEL_TYPES:
         raise UserError(f"model_type {kind!r} is not a Phi checkpoint (model types {', '.join(MODEL_TYPES)})")
-    d, H = num(hf, "hidden_size"), num(hf, "num_attention_heads")
-    hs = hf.get("head_dim") or d // H
+    shape = decoder_shape(hf)
+    hs = shape["head_dim"]
     theta, scaling = rope_settings(hf)  # LongRoPE and other length-dependent scalings: one error naming them
-    layers = num(hf, "num_hidden_layers")
     common = dict(
-        vocab_size=num(hf, "vocab_size"),
-        d_model=d,
-        n_heads=H,
-        n_kv_heads=hf.get("num_key_value_heads") or H,
-        head_dim=hs,
-        d_ff=num(hf, "intermediate_size"),
-        enc_layers=0,
-        dec_layers=layers,
-        layer_numbers=recorded_layers(hf, dec=layers),
+        **shape,
         dropout=float(hf.get("resid_pdrop", 0.0)),
-        attn_dropout=float(hf.get("attention_dropout", 0.0)),
-        activation_dropout=0.0,
-        pre_norm=True,
-        max_len=num(hf, "max_position_embeddings"),
-        pad_id=pad_token(hf),
         embed_scale=False,
         positions="rope",
         rope_theta=theta,
