@@ -284,20 +284,29 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
 
 
 def expected_duration(mode: str, sections: list[str], folder: Path = HERE) -> str:
-    """What the run should take, from the section times the bench's recorded results (bench/results*.json) of the same
-    mode hold: "expected ~12 min (...)", or which sections have no recorded time."""
-    recorded: dict[str, tuple[float, str]] = {}
+    """What the run should take, from the bench's recorded results (bench/results*.json) of the same mode: each
+    section's `section_seconds`, or for an older file without them its whole `wall_s` when every section it ran is
+    among those asked for: "expected ~12 min (...)", or which sections have no recorded time."""
+    recorded: dict[str, float] = {}
+    lumps: list[tuple[list[str], float]] = []  # (sections, seconds) of files without per-section times
     for f in sorted(folder.glob("results*.json")):
         try:
             res = json.loads(f.read_text())
         except ValueError:
             continue
-        if isinstance(res, dict) and res.get("mode") == mode:  # other tools' results files may hold lists
-            for name, sec in res.get("section_seconds", {}).items():
-                recorded[name] = (sec, res.get("date", "?"))
-    known = [s for s in sections if s in recorded]
-    unknown = [s for s in sections if s not in recorded]
-    total = sum(recorded[s][0] for s in known)
+        if not isinstance(res, dict) or res.get("mode") != mode:  # other tools' results files may hold lists
+            continue
+        if res.get("section_seconds"):
+            recorded.update(res["section_seconds"])
+        elif res.get("sections") and res.get("wall_s"):
+            lumps.append((list(res["sections"]), float(res["wall_s"])))
+    total = sum(recorded[s] for s in sections if s in recorded)
+    known = {s for s in sections if s in recorded}
+    for names, sec in lumps:
+        if set(names) <= set(sections) and not set(names) & known:
+            total += sec
+            known |= set(names)
+    unknown = [s for s in sections if s not in known]
     text = f"{mode} mode, {len(sections)} section(s): expected ~{total / 60:.1f} min from recorded runs" * bool(known)
     if unknown:
         text += ("; " if text else f"{mode} mode: ") + f"no recorded time for {', '.join(unknown)}"

@@ -96,3 +96,14 @@ def test_the_expected_duration_comes_from_recorded_section_times(tmp_path: Path)
     assert bench_run.expected_duration("paper", ["a"], tmp_path) == "paper mode: no recorded time for a"
     (tmp_path / "results_list.json").write_text("[1, 2]")  # another tool's file: read past
     assert bench_run.expected_duration("paper", ["a"], tmp_path) == "paper mode: no recorded time for a"
+
+
+def test_an_older_results_file_counts_as_one_lump_of_its_sections(tmp_path: Path) -> None:
+    import run as bench_run
+
+    lump = {"mode": "full", "sections": ["a", "b"], "wall_s": 120.0}
+    (tmp_path / "results.json").write_text(json.dumps(lump))
+    (tmp_path / "results_c.json").write_text(json.dumps({"mode": "full", "section_seconds": {"c": 60.0}}))
+    assert "expected ~3.0 min" in bench_run.expected_duration("full", ["a", "b", "c"], tmp_path)
+    said = bench_run.expected_duration("full", ["a", "c"], tmp_path)  # the lump also ran b: not attributable
+    assert "expected ~1.0 min" in said and said.endswith("no recorded time for a")
