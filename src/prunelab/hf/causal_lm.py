@@ -335,6 +335,11 @@ def llama_names(state: dict[str, Tensor], cfg: TransformerConfig, path: str | Pa
     return names
 
 
+def in_model(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Export: Llama-layout tensors (normalised names) under the file's names: `model.` before all but lm_head's."""
+    return {(n if n.startswith("lm_head.") else f"model.{n}"): t for n, t in tensors.items()}
+
+
 def load_hf_causal_lm(path: str | Path, weights: bool = True, **overrides: Any) -> CausalLM:
     """A local GPT-2 or Llama-family folder (config.json + model.safetensors or pytorch_model.bin) -> a CausalLM
     computing the same logits (eval mode, fp32). `overrides`: training settings among OVERRIDABLE. `weights=False`:
@@ -393,8 +398,7 @@ def export_folder(
     kind = hf["model_type"]
     mapping = key_map(kind, cfg)
     if kind != "gpt2":
-        renamed = {("lm_head.weight" if k == "lm_head.weight" else "model." + k): v for k, v in mapping.items()}
-        return dict(hf), rename_keys(state, renamed)
+        return dict(hf), in_model(rename_keys(state, mapping))
     tensors = rename_keys(state, mapping)
     out: dict[str, Tensor] = {}
     for i in range(cfg.dec_layers):

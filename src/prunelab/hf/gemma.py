@@ -34,6 +34,7 @@ from prunelab.hf.causal_lm import (
     ROTARY_BUFFERS,
     build_hf_causal_lm,
     decoder_shape,
+    in_model,
     llama_names,
     rope_settings,
     sliding_layers,
@@ -166,10 +167,8 @@ def load_hf_gemma(path: str | Path, weights: bool = True, **overrides: Any) -> C
     return imported(CausalLM(cfg), path, hf["model_type"], state, names, mapping, dropped=ROTARY_BUFFERS)
 
 
-# Hydra: model=hf model.path=DIR, checked and built as the other causal language models
-build_hf_gemma = partial(build_hf_causal_lm, loader=load_hf_gemma)
-
-load, build = load_hf_gemma, build_hf_gemma
+# the Family protocol's names; Hydra (model=hf) builds it as the other causal language models
+load, build = load_hf_gemma, partial(build_hf_causal_lm, loader=load_hf_gemma)
 
 
 def export_folder(
@@ -182,4 +181,4 @@ def export_folder(
     """(config.json, tensors under Gemma(2|3)ForCausalLM's keys); a tied head is not written, as save_pretrained."""
     no_labels(labels)
     tensors = rename_keys(state, key_map(hf["model_type"], cfg))
-    return dict(hf), {(n if n.startswith("lm_head.") else f"model.{n}"): t for n, t in tensors.items()}
+    return dict(hf), in_model(tensors)

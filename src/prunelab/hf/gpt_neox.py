@@ -151,11 +151,8 @@ def load_hf_gpt_neox(path: str | Path, weights: bool = True, **overrides: Any) -
     return imported(CausalLM(cfg), path, "gpt_neox", state, names, mapping, dropped=DROPPED)
 
 
-# Hydra: model=hf model.path=DIR, checked and built as the other causal language models
-build_hf_gpt_neox = partial(build_hf_causal_lm, loader=load_hf_gpt_neox)
-
-
-load, build = load_hf_gpt_neox, build_hf_gpt_neox
+# the Family protocol's names; Hydra (model=hf) builds it as the other causal language models
+load, build = load_hf_gpt_neox, partial(build_hf_causal_lm, loader=load_hf_gpt_neox)
 
 
 def export_folder(

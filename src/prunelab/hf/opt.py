@@ -137,11 +137,8 @@ def load_hf_opt(path: str | Path, weights: bool = True, **overrides: Any) -> Cau
     return imported(CausalLM(cfg), path, "opt", state, names, mapping, shown=lambda n: shown + n)
 
 
-# Hydra: model=hf model.path=DIR, checked and built as the other causal language models
-build_hf_opt = partial(build_hf_causal_lm, loader=load_hf_opt)
-
-
-load, build = load_hf_opt, build_hf_opt
+# the Family protocol's names; Hydra (model=hf) builds it as the other causal language models
+load, build = load_hf_opt, partial(build_hf_causal_lm, loader=load_hf_opt)
 
 
 def export_folder(

@@ -32,6 +32,7 @@ from prunelab.hf.causal_lm import (
     ROTARY_BUFFERS,
     build_hf_causal_lm,
     decoder_shape,
+    in_model,
     llama_names,
     rope_settings,
 )
@@ -170,10 +171,8 @@ def load_hf_phi(path: str | Path, weights: bool = True, **overrides: Any) -> Cau
     return imported(CausalLM(cfg), path, kind, state, names, mapping, dropped=ROTARY_BUFFERS)
 
 
-# Hydra: model=hf model.path=DIR, checked and built as the other causal language models
-build_hf_phi = partial(build_hf_causal_lm, loader=load_hf_phi)
-
-load, build = load_hf_phi, build_hf_phi
+# the Family protocol's names; Hydra (model=hf) builds it as the other causal language models
+load, build = load_hf_phi, partial(build_hf_causal_lm, loader=load_hf_phi)
 
 
 def export_folder(
@@ -194,4 +193,4 @@ def export_folder(
             tensors[f"{h}.self_attn.qkv_proj.weight"] = torch.cat(qkv)
             gate_up = [tensors.pop(f"{h}.mlp.{p}_proj.weight") for p in ("gate", "up")]
             tensors[f"{h}.mlp.gate_up_proj.weight"] = torch.cat(gate_up)
-    return dict(hf), {(n if n.startswith("lm_head.") else f"model.{n}"): t for n, t in tensors.items()}
+    return dict(hf), in_model(tensors)
