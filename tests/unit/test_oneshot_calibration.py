@@ -20,7 +20,7 @@ from prunelab.data.batching import collate
 from prunelab.data.windows import IGNORE
 from prunelab.models import build_transformer
 from prunelab.models.causal_lm import CausalLM
-from prunelab.pruning.calibration import prune_sequentially
+from prunelab.pruning.calibration import Recorder, linears_under, prune_sequentially
 from prunelab.pruning.masks import prunable_weights
 from prunelab.pruning.solvers import InputStats, Pattern, removal_mask, wanda_scores
 from tests.tiny import tiny_llama as llama_shaped
@@ -236,6 +236,48 @@ def test_each_decoder_only_layer_is_calibrated_on_the_pruned_layers_before_it(na
     w = original.get_submodule(name).weight.double()
     want = removal_mask(w.abs() * x.norm(dim=0)[None, :], 0.5, Pattern(), per_row=True)
     assert torch.equal(removed[f"{name}.weight"], want)
+
+
+@pytest.mark.parametrize("layout", ["llama", "phi"])
+def test_linears_reading_one_input_share_its_accumulation_and_get_their_own_copies(layout: str) -> None:
+    """q/k/v (and gate/up; under Phi's shared norm also fc1) read one tensor: accumulated once, each Linear handed
+    its own copy at the end, equal to what hooks accumulating every Linear separately give; no other Linear shares."""
+    model = tiny_llama(layout)
+    layer = model.dec[1]
+    group = linears_under(layer, "dec.1", set(prunable_weights(model)))
+    separate: dict[str, torch.Tensor] = {n: torch.zeros(m.in_features, m.in_features) for n, m in group.items()}
+
+    def accumulate(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            x = inputs[0].flatten(0, 1)
+            separate[name].add_(x.T @ x)
+
+        return hook
+
+    hooks = [m.register_forward_hook(accumulate(n)) for n, m in group.items()]
+    rec = Recorder(group, full=True)
+    for b in lm_batches():
+        rec.start(dict.fromkeys(group))
+        with torch.no_grad():
+            model(b["src"])
+    for h in hooks:
+        h.remove()
+    stats = rec.finish()
+    groups: dict[str, set[str]] = {}
+    for n in group:
+        groups.setdefault(rec.same_as.get(n, n), set()).add(n)
+    qkv = {f"dec.1.sa.{p}_proj" for p in "qkv"}
+    want = (
+        [qkv | {"dec.1.ff.fc1"}, {"dec.1.sa.out_proj"}, {"dec.1.ff.fc2"}]
+        if layout == "phi"
+        else [qkv, {"dec.1.ff.fc1", "dec.1.ff.fc3"}, {"dec.1.sa.out_proj"}, {"dec.1.ff.fc2"}]
+    )
+    assert sorted(map(sorted, groups.values())) == sorted(map(sorted, want))
+    for n in group:
+        torch.testing.assert_close(stats[n].h, separate[n], rtol=1e-5, atol=1e-4)
+        assert stats[n].tokens == sum(b["src"].numel() for b in lm_batches())
+    stats["dec.1.sa.q_proj"].h.zero_()  # a solver overwriting one H (SparseGPT's) leaves the others alone
+    assert stats["dec.1.sa.k_proj"].h.abs().sum() > 0
 
 
 def test_decoder_statistics_count_the_tokens_the_loss_counts() -> None:

@@ -13,6 +13,7 @@ from prunelab.pruning.solvers import (
     Pattern,
     parse_pattern,
     removal_mask,
+    row_lowest,
     sparsegpt,
     wanda_scores,
 )
@@ -58,6 +59,30 @@ def test_wanda_compares_within_each_output_row() -> None:
     for i in range(6):  # in each row, every removed score is below every kept one
         assert scores[i][removed[i]].max() <= scores[i][~removed[i]].min()
     assert removal_mask(scores, 0.5, Pattern(), per_row=False)[0].sum() == 0  # per matrix: row 0 untouched
+
+
+def stable_sort_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The definition (locuslab/wanda's prune_wanda): the first k indices of each row's stable ascending sort."""
+    out = torch.zeros_like(scores, dtype=torch.bool)
+    for i, row in enumerate(scores.tolist()):
+        order = sorted(range(len(row)), key=lambda j: (row[j] != row[j], row[j]))  # stable; NaN (!= itself) last
+        out[i, order[:k]] = True
+    return out
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 12, 23, 24])
+def test_row_lowest_is_the_stable_sorts_first_k(k: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(9, 24, generator=g)
+    scores[1] = 0.0  # a row of equals: the first k columns go
+    scores[2, ::3] = scores[2, 5]  # equals straddling the k-th value
+    scores[3, 10:] = 0.0  # already-pruned zeros, more of them than k in some cases
+    scores[4] = torch.arange(24.0).flip(0)  # strictly decreasing: the last k go
+    scores[5, ::2] = 0.25
+    scores[6, 3] = float("nan")  # NaN sorts last, as in torch.sort
+    got = row_lowest(scores, k)
+    assert torch.equal(got, stable_sort_lowest(scores, k))
+    assert got.sum(1).tolist() == [k] * 9
 
 
 @pytest.mark.parametrize("text", ["2:4", "4:8", "1:4"])

@@ -20,6 +20,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -178,26 +179,61 @@ def dataset_texts(
 # --- statistics from hooks ------------------------------------------------------------------------------------------
 class Recorder:
     """Forward hooks on some Linears that add each call's inputs, at the positions of `real` tokens, to the Linear's
-    InputStats. `real[name]` is set per batch: a (B, T) bool of real tokens for 3-D inputs, or None (all rows)."""
+    InputStats. `real[name]` is set per batch (`start`): a (B, T) bool of real tokens for 3-D inputs, or None (all
+    rows). Linears that read the very same input tensor (q/k/v, gate/up, Phi's attention and MLP) at the same
+    positions share one accumulation: the first batch finds them (each call's input looked up among the batch's
+    earlier ones, held by weak references), later batches are checked against it, and `finish` gives each its own
+    copy (a solver may overwrite it)."""
 
     def __init__(self, linears: dict[str, nn.Linear], full: bool):
         self.stats = {n: InputStats(m.in_features, full, m.weight.device) for n, m in linears.items()}
         self.real: dict[str, Tensor | None] = {}
+        self.same_as: dict[str, str] = {}  # a Linear -> the one whose accumulation it shares
+        self.batches = 0
+        self._seen: dict[int, tuple[weakref.ref, str]] = {}  # id(input) -> (the input, who accumulated it)
         self.handles = [m.register_forward_hook(self._hook(n)) for n, m in linears.items()]
+
+    def start(self, real: dict[str, Tensor | None]) -> None:
+        """A new calibration batch, with its real positions per Linear."""
+        self.real, self._seen = real, {}
+        self.batches += 1
+
+    def _first_reader(self, x: Tensor, real: Tensor | None) -> str | None:
+        """The Linear that accumulated this very tensor at these positions earlier in the batch, if any."""
+        seen = self._seen.get(id(x))
+        if seen is None or seen[0]() is not x or self.real.get(seen[1]) is not real:
+            return None
+        return seen[1]
 
     def _hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             x = inputs[0]
             real = self.real.get(name)
+            first = self._first_reader(x, real)
+            if self.batches <= 1 and first is not None:
+                self.same_as.setdefault(name, first)
+            if name in self.same_as:
+                if first != self.same_as[name]:
+                    raise RuntimeError(f"calibration: {name} no longer reads {self.same_as[name]}'s input")
+                return
+            self._seen[id(x)] = (weakref.ref(x), name)
             if x.dim() == 3 and real is not None and real.shape == x.shape[:2]:
                 x = x[real]  # (N, in) real tokens
             self.stats[name].add(x.reshape(-1, x.shape[-1]))
 
         return hook
 
+    def finish(self) -> dict[str, InputStats]:
+        """The hooks removed -> every Linear's statistics, the shared ones copied."""
+        self.close()
+        for name, first in self.same_as.items():
+            self.stats[name] = self.stats[first].copy()
+        return self.stats
+
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+        self.handles, self._seen = [], {}
 
 
 def linears_under(module: nn.Module, prefix: str, names: set[str]) -> dict[str, nn.Linear]:
@@ -231,9 +267,9 @@ def prune_sequentially(
     def prune(group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> None:
         for n, m in group.items():
             solve(n, m, stats.pop(n))  # each H freed once its matrix is pruned
-            release_memory()  # and the solver's copies handed back
             done.append(n)
             bar.update()
+        release_memory()  # the statistics and the solver's copies handed back, once a group
 
     try:
         for n in before:
@@ -310,7 +346,7 @@ def calibrate_stack(
         del stats
         for k in range(len(xs)):
             xs[k] = layer(xs[k], *extra[k])
-            release_memory()
+        release_memory()  # the layer's temporaries (each batch's reuses the last one's freed memory)
         if stream is not None:
             stream.leave(f"{side}.{i}")
 
@@ -322,12 +358,11 @@ def layer_stats(
     rec = Recorder(group, full)
     try:
         for k, r in enumerate(real):
-            rec.real = r
+            rec.start(r)
             run(k)
-            release_memory()
     finally:
         rec.close()
-    return rec.stats
+    return rec.finish()
 
 
 def whole_model_stats(

@@ -161,14 +161,14 @@ class OneShotPruner(MaskPruner):
             )
         else:
             removed = removal_mask(w.detach().abs(), self.sparsity, self.pattern, per_row=False)
-        w.data[removed] = 0.0
+        w.data.masked_fill_(removed, 0.0)
         return removed
 
     def prune_embedding(self, w: nn.Parameter) -> torch.Tensor:
         """An embedding table pruned in place by magnitude, per matrix (it has no calibration inputs of its own)
         -> removed (bool)."""
         removed = removal_mask(w.detach().abs(), self.sparsity, self.pattern, per_row=False)
-        w.data[removed] = 0.0
+        w.data.masked_fill_(removed, 0.0)
         return removed
 
     def calibration_device(self, model: nn.Module) -> torch.device:
