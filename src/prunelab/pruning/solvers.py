@@ -168,7 +168,9 @@ def damped(h: Tensor, damp: float, dtype: torch.dtype = torch.float64, inplace: 
     h = h if inplace and h.dtype == dtype else h.to(dtype, copy=True)
     dead = h.diagonal() == 0
     h.diagonal()[dead] = 1.0
-    h.diagonal().add_(damp * h.diagonal().mean())
+    # the mean of a contiguous copy of the diagonal, as the reference takes it (torch.diag): a mean over the strided
+    # view sums in another order, and λ one rounding apart moves near-tied scores across the threshold
+    h.diagonal().add_(damp * torch.diag(h).mean())
     return h
 
 
