@@ -142,8 +142,10 @@ def test_each_layer_is_calibrated_on_the_pruned_layers_before_it(name: str, bos:
     x = torch.cat(recorded).double()  # (real tokens, in)
     stats = seen[name]
     assert stats.tokens == x.shape[0]
-    torch.testing.assert_close(stats.h.double(), x.T @ x, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(stats.col_sq_norms.double(), (x * x).sum(0), rtol=1e-5, atol=1e-5)
+    n = sum(b["src"].shape[0] for b in data)  # H = 2/n Σ x xᵀ over n sequences, the reference's scale
+    assert stats.sequences == n
+    torch.testing.assert_close(stats.h.double(), 2 / n * x.T @ x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.col_sq_norms.double(), 2 / n * (x * x).sum(0), rtol=1e-5, atol=1e-5)
     if not name.startswith(("enc.0.", "dec.0.sa.")):  # inputs downstream of pruned layers: pruning changed them
         x0 = torch.cat(recorded_unpruned).double()
         assert not torch.allclose(x0.T @ x0, x.T @ x, rtol=1e-3, atol=1e-3)
@@ -229,7 +231,9 @@ def test_each_decoder_only_layer_is_calibrated_on_the_pruned_layers_before_it(na
     x = torch.cat(recorded).double()  # (real tokens, in)
     stats = seen[name]
     assert stats.tokens == x.shape[0] == sum(int(b["real"].sum()) for b in data)
-    torch.testing.assert_close(stats.h.double(), x.T @ x, rtol=1e-5, atol=1e-5)
+    n = sum(b["src"].shape[0] for b in data)  # H = 2/n Σ x xᵀ over n sequences, the reference's scale
+    assert stats.sequences == n
+    torch.testing.assert_close(stats.h.double(), 2 / n * x.T @ x, rtol=1e-5, atol=1e-5)
     if not name.startswith(("dec.0.sa.",)):  # downstream of a pruned Linear
         x0 = torch.cat(recorded_unpruned).double()
         assert not torch.allclose(x0.T @ x0, x.T @ x, rtol=1e-3, atol=1e-3)
@@ -273,8 +277,9 @@ def test_linears_reading_one_input_share_its_accumulation_and_get_their_own_copi
         else [qkv, {"dec.1.ff.fc1", "dec.1.ff.fc3"}, {"dec.1.sa.out_proj"}, {"dec.1.ff.fc2"}]
     )
     assert sorted(map(sorted, groups.values())) == sorted(map(sorted, want))
+    sequences = sum(b["src"].shape[0] for b in lm_batches())
     for n in group:
-        torch.testing.assert_close(stats[n].h, separate[n], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(stats[n].h, 2 / sequences * separate[n], rtol=1e-5, atol=1e-4)
         assert stats[n].tokens == sum(b["src"].numel() for b in lm_batches())
     stats["dec.1.sa.q_proj"].h.zero_()  # a solver overwriting one H (SparseGPT's) leaves the others alone
     assert stats["dec.1.sa.k_proj"].h.abs().sum() > 0

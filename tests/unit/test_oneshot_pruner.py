@@ -143,7 +143,8 @@ def test_embeddings_are_pruned_before_the_layers_are_calibrated(nmt: SyntheticTr
     batches = calibration_batches(nmt, pruner)
     got = recorded_inputs(masked, batches, watch)
     unmasked = recorded_inputs(original, batches, watch)
+    sequences = sum(b["src"].shape[0] for b in batches)  # H = 2/n Σ x xᵀ over n sequences, the reference's scale
     for n in watch:
         x, x0 = got[n], unmasked[n]
-        torch.testing.assert_close(seen[n].double(), x.T @ x, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(seen[n].double(), 2 / sequences * x.T @ x, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(x0.T @ x0, x.T @ x, rtol=1e-2, atol=1e-2)  # the mask changes what they see

@@ -42,12 +42,15 @@ def error(w: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> float:
 
 
 def test_wanda_scores_are_weight_times_input_column_norm() -> None:
+    """|W_ij| · ‖X_j‖₂, up to the factor every score shares: the statistics are kept at the references' scale, 1/n
+    Σ x² (wanda's scaler_row) and H = 2/n Σ x xᵀ (sparsegpt's), n the sequences (here 1 a batch of 37 rows)."""
     w, x = layer()
     s = stats_of(x, full=False)
+    n = len(x.split(37))
+    assert s.tokens == x.shape[0] and s.sequences == n
     want = torch.stack([torch.stack([w[i, j].abs() * x[:, j].norm() for j in range(w.shape[1])]) for i in range(6)])
-    torch.testing.assert_close(wanda_scores(w, s.col_sq_norms).double(), want, rtol=1e-5, atol=1e-6)
-    assert s.tokens == x.shape[0]
-    torch.testing.assert_close(stats_of(x).h.double(), x.T @ x, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(wanda_scores(w, s.col_sq_norms).double() * n**0.5, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats_of(x).h.double(), 2 / n * x.T @ x, rtol=1e-5, atol=1e-3)
 
 
 def test_wanda_compares_within_each_output_row() -> None:

@@ -217,9 +217,10 @@ class Recorder:
                     raise RuntimeError(f"calibration: {name} no longer reads {self.same_as[name]}'s input")
                 return
             self._seen[id(x)] = (weakref.ref(x), name)
+            sequences = x.shape[0] if x.dim() == 3 else 1
             if x.dim() == 3 and real is not None and real.shape == x.shape[:2]:
                 x = x[real]  # (N, in) real tokens
-            self.stats[name].add(x.reshape(-1, x.shape[-1]))
+            self.stats[name].add(x.reshape(-1, x.shape[-1]), sequences)
 
         return hook
 

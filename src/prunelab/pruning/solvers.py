@@ -21,6 +21,7 @@ layout, groups along the input dimension). Sparsity is then 1 - N/M.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -133,26 +134,34 @@ def wanda_scores(weight: Tensor, col_sq_norms: Tensor) -> Tensor:
 
 # --- calibration statistics -------------------------------------------------------------------------------------
 class InputStats:
-    """Σ x xᵀ (H, fp32, or only its diagonal with `full=False`) and the count of rows x seen by one Linear."""
+    """One Linear's inputs x over the calibration set, as the reference implementations keep them: H = 2/n Σ x xᵀ
+    (fp32), IST-DASLab/sparsegpt's `add_batch`, or with `full=False` only the squared column norms 1/n Σ x_j²,
+    locuslab/wanda's `WrappedGPT.add_batch`; n the sequences seen, a running average rescaled as each batch comes.
+    No solver's result depends on the scale, but summing in the references' order gives their statistics to the last
+    bit and so their masks exactly (a rounding apart, near-tied scores cross the threshold and, in SparseGPT, move
+    the rest of their row). `tokens`: the rows x seen."""
 
     def __init__(self, cols: int, full: bool, device: torch.device | str = "cpu"):
         self.full = full
         self.tokens = 0
+        self.sequences = 0
         self.h = torch.zeros((cols, cols) if full else (cols,), dtype=torch.float32, device=device)
 
     @torch.no_grad()
-    def add(self, x: Tensor) -> None:
-        """x (N, cols): N input rows (real tokens only)."""
-        x = x.float()
+    def add(self, x: Tensor, sequences: int = 1) -> None:
+        """x (N, cols): the input rows (real tokens only) of `sequences` sequences."""
         self.tokens += x.shape[0]
+        self.h *= self.sequences / (self.sequences + sequences)
+        self.sequences += sequences
         if self.full:
-            self.h.addmm_(x.T, x)
+            x = math.sqrt(2 / self.sequences) * x.float()
+            self.h += x.T @ x
         else:
-            self.h.add_((x * x).sum(0))
+            self.h += torch.linalg.vector_norm(x.float(), dim=0) ** 2 / self.sequences
 
     def copy(self) -> InputStats:
         out = InputStats.__new__(InputStats)
-        out.full, out.tokens, out.h = self.full, self.tokens, self.h.clone()
+        out.full, out.tokens, out.sequences, out.h = self.full, self.tokens, self.sequences, self.h.clone()
         return out
 
     @property
