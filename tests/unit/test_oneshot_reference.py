@@ -19,15 +19,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from oneshot import llama_pair, llama_windows, prunelab_oneshot  # noqa: E402
 from reference_oneshot import SparseGPT, llama_sequential, wanda_prune  # noqa: E402
 
-from prunelab.pruning.solvers import (  # noqa: E402
-    InputStats,
-    Pattern,
-    damped,
-    inverse_cholesky,
-    removal_mask,
-    sparsegpt,
-    wanda_scores,
-)
+from prunelab.pruning import solvers  # noqa: E402
+from prunelab.pruning.solvers import InputStats, Pattern, removal_mask, sparsegpt, wanda_scores  # noqa: E402
 
 # 2 layers of width 96 (its 96 columns and the MLP's 256 not a multiple of 128: a short last block), 4 query and
 # 2 K/V heads
@@ -105,8 +98,9 @@ def test_damped_h_and_its_inverse_factor_are_the_references_bit_for_bit() -> Non
         ref = h.clone()
         ref[torch.arange(256), torch.arange(256)] += 0.01 * torch.mean(torch.diag(ref))  # fasterprune's lines
         ref_u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(ref)), upper=True)
-        assert torch.equal(damped(h, 0.01, torch.float32), ref)
-        assert torch.equal(inverse_cholesky(damped(h.clone(), 0.01, torch.float32, inplace=True), inplace=True), ref_u)
+        assert torch.equal(solvers.damped(h, 0.01, torch.float32), ref)
+        damped = solvers.damped(h.clone(), 0.01, torch.float32, inplace=True)
+        assert torch.equal(solvers.inverse_cholesky(damped, inplace=True), ref_u)
 
 
 def test_sparsegpt_zeroes_the_weights_of_dead_inputs_as_the_reference() -> None:
