@@ -214,3 +214,53 @@ def test_where_streaming_cannot_apply_is_one_error(tmp_path: Path) -> None:
     pruner.attach(model)
     with pytest.raises(UserError, match="without ckpt="):
         pruner.prune_streamed(model, CalibrationSet(lm_windows(), {}), CPU, set())
+
+
+def test_stream_auto_streams_only_when_in_memory_pruning_would_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pruner.stream=auto`: with less memory free than in-memory pruning needs, the checkpoint is streamed (the
+    in-memory masks and weights, bit for bit, and results.json's `oneshot.stream` says so); with enough, or where it
+    cannot be streamed (a run's own weights, recovery steps), it is pruned in memory, and the reason is recorded."""
+    import prunelab.pruning.oneshot as oneshot
+
+    source = saved_llama(tmp_path / "llama")
+    batches = lm_windows()
+    want_pruner = OneShotPruner(sparsity=0.5, method="sparsegpt", device="cpu")
+    want = in_memory(source, want_pruner, batches)
+
+    def run(free: int, **setup: object) -> tuple[torch.nn.Module, OneShotPruner]:
+        monkeypatch.setattr(oneshot, "free_bytes", lambda device: free)
+        pruner = OneShotPruner(sparsity=0.5, method="sparsegpt", device="cpu", stream="auto")
+        if "recovery" in setup:
+            assert pruner.round_steps(1, int(setup["recovery"]), True) == setup["recovery"]  # no error under auto
+        model = load_hf(source).eval()
+        if "run_weights" in setup:
+            model.weights_from_run = "RUN/checkpoints/round_0/best.ckpt"
+        pruner.attach(model)
+        pruner.use_data(object())
+        pruner.calibration_data = lambda: CalibrationSet(batches, {"examples": 2, "tokens": 0})  # type: ignore[method-assign]
+        pruner.prune(model)
+        return model, pruner
+
+    model, pruner = run(free=1)
+    auto = pruner.details["stream"]["auto"]
+    assert auto["streamed"] and auto["need_bytes"] > 1 and auto["not_streamable"] is None
+    assert pruner.details["stream"]["parts"] == 5  # inputs, 3 layers, outputs: it was streamed
+    for n, m in want_pruner.masks.items():
+        assert torch.equal(pruner.masks[n], m), n
+    for (n, p), q in zip(model.state_dict().items(), want.state_dict().values(), strict=True):
+        assert torch.equal(p, q), n
+
+    _, pruner = run(free=10**15)
+    assert pruner.details["stream"] == {"auto": {**pruner.details["stream"]["auto"], "streamed": False}}
+    assert "parts" not in pruner.details["stream"] and pruner.details["stream"]["auto"]["not_streamable"] is None
+
+    _, pruner = run(free=1, run_weights=True)
+    auto = pruner.details["stream"]["auto"]
+    assert not auto["streamed"] and "without ckpt=" in auto["not_streamable"]
+    _, pruner = run(free=1, recovery=5)
+    assert not pruner.details["stream"]["auto"]["streamed"]
+    assert "trainer.max_steps=5" in pruner.details["stream"]["auto"]["not_streamable"]
+    with pytest.raises(UserError, match=r"pruner\.stream='yes': true, false or auto"):
+        OneShotPruner(sparsity=0.5, stream="yes")

@@ -430,6 +430,20 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for new work on `device`: a GPU's free memory (torch.cuda.mem_get_info), or the system's
+    MemAvailable on the CPU (Linux /proc/meminfo); None where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
     """The peak memory while the block runs, above what was in use when it started: on a GPU the allocator's peak

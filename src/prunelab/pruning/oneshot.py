@@ -34,6 +34,7 @@ from prunelab.pruning.base import MaskPruner, check_ranks_agree, mask_buffer
 from prunelab.pruning.calibration import (
     CalibrationSet,
     calibration_set,
+    free_bytes,
     peak_memory,
     prune_sequentially,
     release_memory,
@@ -84,7 +85,7 @@ class OneShotPruner(MaskPruner):
         damp: float = 0.01,
         prune_embeddings: bool = False,
         device: str = "auto",
-        stream: bool = False,
+        stream: bool | str = False,
         stream_dir: str | None = None,
     ):
         super().__init__(sparsity=sparsity, prune_embeddings=prune_embeddings)
@@ -102,7 +103,10 @@ class OneShotPruner(MaskPruner):
         unknown = sorted(set(self.calibration) - set(CALIBRATION))
         if unknown:
             raise UserError(f"pruner.calibration.{unknown[0]} is not a setting ({', '.join(CALIBRATION)})")
+        if stream not in (True, False, "auto"):
+            raise UserError(f"pruner.stream={stream!r}: true, false or auto (stream when in memory would not fit)")
         self.stream, self.stream_dir = stream, stream_dir
+        self.recovery_steps = 0
         self._datamodule: Any = None
         self.details: dict[str, Any] = {}
 
@@ -111,7 +115,8 @@ class OneShotPruner(MaskPruner):
         self._datamodule = datamodule
 
     def round_steps(self, round_idx: int, max_steps: int, pretrained: bool) -> int:
-        if self.stream and max_steps > 0:
+        self.recovery_steps = max_steps
+        if self.stream is True and max_steps > 0:
             raise UserError(
                 f"pruner.stream=true prunes without holding the whole model, and trainer.max_steps={max_steps} of "
                 "recovery would hold it, with its gradients and optimizer state: stream with trainer.max_steps=0 "
@@ -188,8 +193,11 @@ class OneShotPruner(MaskPruner):
         home = next(model.parameters()).device
         device = self.calibration_device(model)
         cal = self.calibration_data()
-        if self.stream:
+        auto = self.auto_stream(model, device, cal) if self.stream == "auto" else None
+        if self.stream is True or (auto is not None and auto["streamed"]):
             self.prune_streamed(model, cal, device, embeddings)
+            if auto is not None:
+                self.details["stream"]["auto"] = auto
             return
         model.to(device)
         batches = [to_device(b, device) for b in cal.batches]
@@ -220,6 +228,7 @@ class OneShotPruner(MaskPruner):
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         self.details = {
             **self.settings(cal, embeddings),
+            **({"stream": {"auto": auto}} if auto is not None else {}),
             "seconds": seconds,
             "device": str(device),
             # the model once, plus what pruning added at its peak (calibration activations, H, the solver's copies)
@@ -248,20 +257,56 @@ class OneShotPruner(MaskPruner):
             return CalibrationSet([], none)
         return calibration_set(self._datamodule, **self.calibration)  # its settings are calibration_set's arguments
 
-    @torch.no_grad()
-    def prune_streamed(self, model: nn.Module, cal: CalibrationSet, device: torch.device, embeddings: set[str]) -> None:
-        """`stream=True` in a run: the imported checkpoint pruned one layer at a time (pruning.stream) with the
-        resident model's weights and masks let go meanwhile, then read back from the pruned folder."""
+    def stream_blocker(self, model: nn.Module) -> str | None:
+        """Why this run's model cannot be pruned streamed (one line), or None."""
         source = getattr(model, "pretrained_from", None)
         if source is None or getattr(model, "weights_from_run", None):
-            raise UserError(
+            return (
                 "pruner.stream=true reads the weights from an imported checkpoint's safetensors files "
                 "(model=hf model.path=DIR without ckpt=): this run's weights come from elsewhere"
             )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             if torch.distributed.get_world_size() > 1:
-                raise UserError("pruner.stream=true prunes in one process (each would write the same folder)")
-        streamable(source)  # one error line now, before the model's weights are let go
+                return "pruner.stream=true prunes in one process (each would write the same folder)"
+        try:
+            streamable(source)
+        except UserError as e:
+            return str(e)
+        return None
+
+    def auto_stream(self, model: nn.Module, device: torch.device, cal: CalibrationSet) -> dict[str, Any]:
+        """`stream=auto`: stream when the model can be streamed and in-memory pruning would not fit the memory free
+        on the calibration device -> the decision and its figures (results.json's `oneshot.stream.auto`). The
+        in-memory need is an estimate: the model itself where it must move to that device, plus half the model
+        (in-memory pruning peaked at 1.19-1.44x the model in `bench/RESULTS_oneshot.md`) and two copies of the
+        calibration set's hidden states (fp32)."""
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        home = next(model.parameters()).device
+        hidden = 2 * cal.report.get("tokens", 0) * int(model.cfg.d_model) * 4
+        need = (model_bytes if home != device else 0) + model_bytes // 2 + hidden
+        free = free_bytes(device)
+        blocker = self.stream_blocker(model)
+        if blocker is None and self.recovery_steps > 0:
+            blocker = f"trainer.max_steps={self.recovery_steps} of recovery hold the whole model anyway"
+        streamed = blocker is None and free is not None and need > free
+        gib = 2**30
+        log.info(
+            "pruner.stream=auto: %s (in-memory pruning needs ~%.1f GiB on %s, %s free%s)",
+            "streamed, one layer at a time" if streamed else "in memory",
+            need / gib,
+            device,
+            "unknown" if free is None else f"{free / gib:.1f} GiB",
+            f"; not streamable: {blocker}" if blocker and need > (free or 0) else "",
+        )
+        return {"streamed": streamed, "need_bytes": need, "free_bytes": free, "not_streamable": blocker}
+
+    @torch.no_grad()
+    def prune_streamed(self, model: nn.Module, cal: CalibrationSet, device: torch.device, embeddings: set[str]) -> None:
+        """`stream=True` in a run: the imported checkpoint pruned one layer at a time (pruning.stream) with the
+        resident model's weights and masks let go meanwhile, then read back from the pruned folder."""
+        if (blocker := self.stream_blocker(model)) is not None:
+            raise UserError(blocker)  # one error line now, before the model's weights are let go
+        source = model.pretrained_from
         home = next(model.parameters()).device
         params = dict(model.named_parameters())
         for p in (*params.values(), *self.masks.values()):  # let go: the pruning holds one layer at a time
