@@ -180,7 +180,8 @@ def test_a_run_with_stream_true_scores_as_the_in_memory_run(tmp_path: Path) -> N
     )
     assert memory.returncode == 0 and streamed.returncode == 0, streamed.stderr[-2000:]
     a, b = memory.results, streamed.results
-    assert b["oneshot"]["stream"]["out"] == str(tmp_path / "pruned") and "stream" not in a["oneshot"]
+    assert b["oneshot"]["stream"]["out"] == str(tmp_path / "pruned") and "auto" not in b["oneshot"]["stream"]
+    assert a["oneshot"]["stream"]["auto"]["streamed"] is False  # the default, auto: a tiny model fits in memory
     assert b["oneshot"]["calibration"] == a["oneshot"]["calibration"]
     assert [lv["metrics"]["test/ppl"] for lv in b["levels"]] == [lv["metrics"]["test/ppl"] for lv in a["levels"]]
     assert b["sparsity"] == a["sparsity"]

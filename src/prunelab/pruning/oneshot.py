@@ -270,8 +270,8 @@ class OneShotPruner(MaskPruner):
                 return "pruner.stream=true prunes in one process (each would write the same folder)"
         try:
             streamable(source)
-        except UserError as e:
-            return str(e)
+        except (UserError, OSError, ValueError) as e:  # not a folder it can read, or not a family it streams
+            return str(e) or type(e).__name__
         return None
 
     def auto_stream(self, model: nn.Module, device: torch.device, cal: CalibrationSet) -> dict[str, Any]:
