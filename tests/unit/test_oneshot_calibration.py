@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from prunelab.data.batching import collate
 from prunelab.data.windows import IGNORE
 from prunelab.models import build_transformer
 from prunelab.models.causal_lm import CausalLM
-from prunelab.pruning.calibration import Recorder, linears_under, prune_sequentially
+from prunelab.pruning.calibration import Recorder, free_bytes, linears_under, prune_sequentially
 from prunelab.pruning.masks import prunable_weights
 from prunelab.pruning.solvers import InputStats, Pattern, removal_mask, wanda_scores
 from tests.tiny import tiny_llama as llama_shaped
@@ -321,3 +322,29 @@ def test_peak_memory_sees_allocations_that_reuse_freed_memory() -> None:
         time.sleep(0.05)  # at least one 5 ms sample while they are held
     assert mem["extra_bytes"] >= 0.8 * 1000 * small * 4
     del kept, pin
+
+
+def test_free_memory_is_the_least_of_memavailable_and_the_cgroup_cap(tmp_path: Path) -> None:
+    """`pruner.stream=auto` reads what is free: MemAvailable, or less where a control group caps the process (v2
+    memory.max - memory.current, v1 limit - usage); "max" and v1's 2^63 mean no cap; None where nothing is readable."""
+
+    def tree(name: str, meminfo_kb: int | None, files: dict[str, str]) -> Path:
+        root = tmp_path / name
+        (root / "proc").mkdir(parents=True)
+        if meminfo_kb is not None:
+            (root / "proc/meminfo").write_text(f"MemTotal:  99999999 kB\nMemAvailable:  {meminfo_kb} kB\n")
+        for rel, text in files.items():
+            (root / "sys/fs/cgroup" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "sys/fs/cgroup" / rel).write_text(text)
+        return root
+
+    cpu = torch.device("cpu")
+    assert free_bytes(cpu, tree("plain", 8 * 2**20, {})) == 8 * 2**30
+    v2 = {"memory.max": str(4 * 2**30), "memory.current": str(3 * 2**30)}
+    assert free_bytes(cpu, tree("v2", 8 * 2**20, v2)) == 2**30
+    assert free_bytes(cpu, tree("v2_uncapped", 8 * 2**20, {"memory.max": "max\n", "memory.current": "5"})) == 8 * 2**30
+    v1 = {"memory/memory.limit_in_bytes": "9223372036854771712", "memory/memory.usage_in_bytes": "123"}
+    assert free_bytes(cpu, tree("v1_uncapped", 8 * 2**20, v1)) == 8 * 2**30
+    v1 = {"memory/memory.limit_in_bytes": str(2 * 2**30), "memory/memory.usage_in_bytes": str(3 * 2**30)}
+    assert free_bytes(cpu, tree("v1_over", 8 * 2**20, v1)) == 0
+    assert free_bytes(cpu, tree("none", None, {})) is None

@@ -430,18 +430,32 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def free_bytes(device: torch.device) -> int | None:
-    """Memory free for new work on `device`: a GPU's free memory (torch.cuda.mem_get_info), or the system's
-    MemAvailable on the CPU (Linux /proc/meminfo); None where it cannot be read."""
+def free_bytes(device: torch.device, root: Path = Path("/")) -> int | None:
+    """Memory free for new work on `device`: a GPU's free memory (torch.cuda.mem_get_info); on the CPU the system's
+    MemAvailable (Linux /proc/meminfo), or less where the process's control group caps its memory (a batch
+    scheduler's job: cgroup v2 memory.max - memory.current, v1 memory.limit_in_bytes - memory.usage_in_bytes). None
+    where none of them can be read. `root`: where /proc and /sys are (tests)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    found: list[int] = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in (root / "proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # kB
+                found.append(int(line.split()[1]) * 1024)  # kB
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    cgroup = root / "sys/fs/cgroup"
+    for limit, usage in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            cap = (cgroup / limit).read_text().strip()
+            if cap != "max" and int(cap) < 2**60:  # "max" (v2) or a page-rounded 2^63 (v1): no cap
+                found.append(max(0, int(cap) - int((cgroup / usage).read_text())))
+        except (OSError, ValueError):
+            pass
+    return min(found) if found else None
 
 
 @contextmanager
