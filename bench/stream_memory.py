@@ -132,7 +132,8 @@ def measure(checkpoint: Path, mode: str, method: str, n: int, length: int, spars
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     vocab = read_config(checkpoint)[1]["vocab_size"]
     batches = windows(vocab, n, length)
-    pruner = OneShotPruner(sparsity=sparsity, method=method, device="cpu")
+    # memory mode measures the in-memory path: stream=False, not auto (which would stream where memory is short)
+    pruner = OneShotPruner(sparsity=sparsity, method=method, device="cpu", stream=False)
     baseline = rss_bytes()
     t0 = time.perf_counter()
     if mode == "stream":

@@ -85,7 +85,7 @@ class OneShotPruner(MaskPruner):
         damp: float = 0.01,
         prune_embeddings: bool = False,
         device: str = "auto",
-        stream: bool | str = False,
+        stream: bool | str = "auto",
         stream_dir: str | None = None,
     ):
         super().__init__(sparsity=sparsity, prune_embeddings=prune_embeddings)
