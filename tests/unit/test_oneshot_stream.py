@@ -263,5 +263,6 @@ def test_stream_auto_streams_only_when_in_memory_pruning_would_not_fit(
     _, pruner = run(free=1, recovery=5)
     assert not pruner.details["stream"]["auto"]["streamed"]
     assert "trainer.max_steps=5" in pruner.details["stream"]["auto"]["not_streamable"]
-    with pytest.raises(UserError, match=r"pruner\.stream='yes': true, false or auto"):
-        OneShotPruner(sparsity=0.5, stream="yes")
+    for bad in ("yes", 1):  # 1 == True, but `pruner.stream=1` is not a setting: refused, not read as false
+        with pytest.raises(UserError, match=rf"pruner\.stream={bad!r}: true, false or auto"):
+            OneShotPruner(sparsity=0.5, stream=bad)

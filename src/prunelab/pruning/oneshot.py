@@ -103,7 +103,7 @@ class OneShotPruner(MaskPruner):
         unknown = sorted(set(self.calibration) - set(CALIBRATION))
         if unknown:
             raise UserError(f"pruner.calibration.{unknown[0]} is not a setting ({', '.join(CALIBRATION)})")
-        if stream not in (True, False, "auto"):
+        if not (isinstance(stream, bool) or stream == "auto"):  # not `in (True, False, ...)`: 1 == True
             raise UserError(f"pruner.stream={stream!r}: true, false or auto (stream when in memory would not fit)")
         self.stream, self.stream_dir = stream, stream_dir
         self.recovery_steps = 0
