@@ -253,9 +253,9 @@ def prune_sequentially(
     model: nn.Module, batches: Sequence[Batch], names: set[str], solve: Solve, full: bool, stream: Stream | None = None
 ) -> list[str]:
     """Prune every Linear whose weight is in `names` with `solve`, in forward order (see the module docstring).
-    `full`: gather H = Σ x xᵀ (SparseGPT), else its diagonal. `stream`: the weights come part by part (the inputs,
-    then layer by layer; Linears outside the stacks are the caller's to refuse). -> the Linears' names in the order
-    they were pruned."""
+    `full`: gather H = 2/n Σ x xᵀ (SparseGPT), else the squared column norms. `stream`: the weights come part by
+    part (the inputs, then layer by layer; Linears outside the stacks are the caller's to refuse). -> the Linears'
+    names in the order they were pruned."""
     was_training = model.training
     model.eval()
     pad = model.cfg.pad_id

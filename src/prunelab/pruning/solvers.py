@@ -3,7 +3,8 @@ Wanda (Sun et al. 2023) and SparseGPT (Frantar & Alistarh 2023), unstructured or
 
 A Linear layer y = W x has W of shape (rows, cols) = (out_features, in_features); its calibration inputs are the
 rows x (cols,) it saw on real tokens. `InputStats` gathers what the methods need from them: the squared column
-norms ‖X_j‖₂² (Wanda) and H = Σ x xᵀ (SparseGPT; Wanda and magnitude need only its diagonal).
+norms ‖X_j‖₂² (Wanda) and H = Σ x xᵀ (SparseGPT), each at the reference code's scale (1/n and 2/n, n the sequences;
+no method's result depends on it).
 
 - Magnitude: score |W_ij|, the lowest per matrix removed.
 - Wanda: score |W_ij| · ‖X_j‖₂, compared within each output row (every row loses the same share).
@@ -220,7 +221,7 @@ def sparsegpt(
     mask: Tensor | None = None,
     overwrite_h: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """SparseGPT on one matrix: weight (rows, cols), h = Σ x xᵀ (cols, cols). -> (new weight in the input dtype,
+    """SparseGPT on one matrix: weight (rows, cols), h ∝ Σ x xᵀ (cols, cols). -> (new weight in the input dtype,
     removed: bool (rows, cols)). `update=False`: the same mask choice, the kept weights unchanged. `mask` (bool,
     True = removed): use this mask instead of choosing one (the updates alone). Computed in fp32 (as the reference
     does), or in fp64 for fp64 inputs. `overwrite_h`: `h` is used as the solve's workspace (it holds U after), so
