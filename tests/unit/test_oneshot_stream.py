@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from prunelab.data.windows import IGNORE
 from prunelab.errors import UserError
 from prunelab.hf.export import export_hf
 from prunelab.hf.families import load_hf
 from prunelab.pruning.calibration import CalibrationSet, peak_memory, rss_bytes
 from prunelab.pruning.oneshot import OneShotPruner
-from prunelab.pruning.stream import load_streamed, stream_prune
+from prunelab.pruning.stream import load_streamed, stream_nll, stream_prune
 from tests import hf_checkpoints as H
 from tests.tiny import hf_llama_config
 
@@ -266,3 +267,31 @@ def test_stream_auto_streams_only_when_in_memory_pruning_would_not_fit(
     for bad in ("yes", 1):  # 1 == True, but `pruner.stream=1` is not a setting: refused, not read as false
         with pytest.raises(UserError, match=rf"pruner\.stream={bad!r}: true, false or auto"):
             OneShotPruner(sparsity=0.5, stream=bad)
+
+
+@pytest.mark.parametrize("case", ["llama", "llama_tied", "gemma2"])
+def test_streamed_nll_equals_the_whole_models(case: str, tmp_path: Path) -> None:
+    """`stream_nll` scores a checkpoint one part at a time (the tied embedding again for the head): the summed NLL of
+    the scored targets equals the imported model's `token_nll`, to the bit, before pruning and for the folder
+    `stream_prune` writes (against the in-memory pruned model)."""
+    source = saved_llama(tmp_path / "ckpt", gemma=case == "gemma2", tie_word_embeddings=case == "llama_tied")
+    batches = lm_windows()
+    for b in batches:
+        b["target"][~b["real"]] = IGNORE  # the padded window's tail is not scored
+
+    def whole(model: torch.nn.Module) -> tuple[float, int]:
+        with torch.no_grad():
+            nll = sum(float(model.eval().token_nll(b).double().sum()) for b in batches)
+        return nll, sum(int((b["target"] != IGNORE).sum()) for b in batches)
+
+    got = stream_nll(source, batches, CPU)
+    assert (got["nll"], got["tokens"]) == whole(load_hf(source))
+    assert got["tokens"] == sum(int(b["real"].sum()) for b in batches)
+    assert got["perplexity"] == pytest.approx(torch.tensor(got["nll"] / got["tokens"]).exp().item())
+
+    pruner = OneShotPruner(sparsity=0.5, method="sparsegpt", device="cpu", stream=False)
+    pruned = in_memory(source, pruner, batches)
+    stream_prune(OneShotPruner(sparsity=0.5, method="sparsegpt"), source, tmp_path / "out", batches, CPU)
+    after = stream_nll(tmp_path / "out", batches, CPU)
+    assert (after["nll"], after["tokens"]) == whole(pruned)
+    assert after["nll"] != got["nll"]  # pruning changed the model it scores

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import struct
 import time
@@ -45,7 +46,7 @@ from prunelab.hf import causal_lm, gemma
 from prunelab.hf.causal_lm import ROTARY_BUFFERS
 from prunelab.hf.checkpoint import account_for_keys, read_config, source_files
 from prunelab.hf.families import FAMILIES
-from prunelab.models.causal_lm import CausalLM
+from prunelab.models.causal_lm import IGNORE, CausalLM, nll_of
 from prunelab.pruning.calibration import Batch, peak_memory, prune_sequentially, release_memory
 from prunelab.pruning.masks import prunable_weights
 from prunelab.pruning.solvers import InputStats, check_groups
@@ -226,7 +227,7 @@ class LayerStream:
         checkpoint: SafetensorsCheckpoint,
         files: Mapping[str, str],
         device: torch.device,
-        writer: ShardWriter,
+        writer: ShardWriter | None,
         on_load: Callable[[str], None] = lambda part: None,
     ):
         self.model, self.checkpoint, self.files, self.device = model, checkpoint, files, device
@@ -250,12 +251,19 @@ class LayerStream:
         self.on_load(part)
 
     def leave(self, part: str) -> None:
+        """The part written out (with its masks), then dropped."""
         names = self.parts[part]
+        if self.writer is None:
+            raise RuntimeError("LayerStream.leave writes the part: this stream has no writer (drop it instead)")
         tensors = {n: self.model.get_parameter(n).detach() for n in names}
         self.writer.write(part, tensors, {n: self.masks.pop(n) for n in names if n in self.masks})
-        for n, t in tensors.items():
-            set_parameter(self.model, n, torch.empty_like(t, device="meta"))
         del tensors
+        self.drop(part)
+
+    def drop(self, part: str) -> None:
+        """The part's weights released (back on the meta device)."""
+        for n in self.parts[part]:
+            set_parameter(self.model, n, torch.empty_like(self.model.get_parameter(n), device="meta"))
         self.resident.discard(part)
         release_memory()
 
@@ -331,6 +339,14 @@ def streamed_network(folder: Path, hf: dict[str, Any], checkpoint: SafetensorsCh
     return model, files
 
 
+def buffers_to(model: nn.Module, device: torch.device) -> None:
+    """The buffers (rotary frequencies, gates) where the layers will run; the parameters stay where they are."""
+    for m in model.modules():
+        for k, b in m._buffers.items():
+            if b is not None:
+                m._buffers[k] = b.to(device)
+
+
 def exported_config(hf: dict[str, Any]) -> dict[str, Any]:
     """config.json as prunelab.hf.export writes it for these families: the source's, its class, fp32 weights."""
     config = dict(hf)
@@ -355,11 +371,7 @@ def stream_prune(
     t0 = time.perf_counter()
     with peak_memory(device) as memory:
         model, files = streamed_network(folder, hf, checkpoint)
-        model.eval()
-        for m in model.modules():  # the buffers (rotary frequencies, gates) where the layers will run
-            for k, b in m._buffers.items():
-                if b is not None:
-                    m._buffers[k] = b.to(device)
+        buffers_to(model.eval(), device)
         weights = prunable_weights(model, pruner.prune_embeddings)
         embeddings = {n for n in weights if not isinstance(_owner(model, n), nn.Linear)}
         linears = set(weights) - embeddings
@@ -417,6 +429,39 @@ def stream_prune(
         # states of one layer and the solver's work, never the model
         "memory": {**memory, "model_bytes": model_bytes, "peak_over_model": memory["extra_bytes"] / model_bytes},
     }
+
+
+@torch.no_grad()
+def stream_nll(source: str | Path, batches: Sequence[Batch], device: torch.device) -> dict[str, Any]:
+    """The next-token NLL of the checkpoint `source` on `batches` ({"src", "target"} as the language-model data
+    gives them, IGNORE where a target is not scored) with one part of it resident at a time, as `stream_prune` holds
+    them: the embeddings, then each layer over every batch's hidden states, then the final norm and the head (with
+    the embedding again where it is tied). The same arithmetic as the whole model's `token_nll`, so a checkpoint too
+    large for memory, such as `stream_prune`'s output, is scored as the run would score it. -> the summed NLL
+    (float64), the scored tokens and the perplexity (exp of their mean)."""
+    folder, hf, checkpoint = streamable(source)
+    model, files = streamed_network(folder, hf, checkpoint)
+    buffers_to(model.eval(), device)
+    stream = LayerStream(model, checkpoint, files, device, writer=None)
+    data = [to_device(b, device) for b in batches]
+    stream.enter(INPUTS)
+    xs = [model.embed_tokens(b["src"]) for b in data]  # (B, T, C) each
+    ropes = [model.rope(0, b["src"].size(1), x.dtype) for b, x in zip(data, xs, strict=True)]
+    tied = model.lm_head is None
+    if not tied:
+        stream.drop(INPUTS)
+    for i, layer in enumerate(model.dec):
+        stream.enter(f"dec.{i}")
+        xs = [layer(x, rope) for x, rope in zip(xs, ropes, strict=True)]
+        stream.drop(f"dec.{i}")
+    stream.enter(OUTPUTS)
+    nll, tokens = 0.0, 0
+    for x, b in zip(xs, data, strict=True):
+        nll += float(nll_of(model.logits(model.dec_norm(x)), b["target"]).double().sum())
+        tokens += int((b["target"] != IGNORE).sum())
+    for part in list(stream.resident):
+        stream.drop(part)
+    return {"nll": nll, "tokens": tokens, "perplexity": math.exp(nll / tokens) if tokens else float("nan")}
 
 
 def _part_rank(part: str) -> tuple[int, int]:
