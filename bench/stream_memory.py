@@ -6,6 +6,7 @@ memory cannot hide the next one's.
     python bench/stream_memory.py                       # the three random sizes, both ways -> bench/RESULTS_stream.md
     python bench/stream_memory.py --sizes 0.1 --modes stream
     python bench/stream_memory.py --checkpoint /work/ext/smollm2_135m_q4_1 --modes stream,memory
+    python bench/stream_memory.py --modes score         # stream_nll: scoring a checkpoint one part at a time
 
 What is measured: the process's resident memory (RSS, /proc, sampled every 5 ms by pruning.calibration.peak_memory)
 from just before the checkpoint is read (torch and prunelab imported, the calibration windows made) to the end of
@@ -136,7 +137,14 @@ def measure(checkpoint: Path, mode: str, method: str, n: int, length: int, spars
     pruner = OneShotPruner(sparsity=sparsity, method=method, device="cpu", stream=False)
     baseline = rss_bytes()
     t0 = time.perf_counter()
-    if mode == "stream":
+    if mode == "score":  # stream_nll: the checkpoint scored one part at a time, nothing pruned
+        from prunelab.pruning.stream import stream_nll, streamable, streamed_network
+
+        with peak_memory(torch.device("cpu")) as memory:
+            stream_nll(checkpoint, batches, torch.device("cpu"))
+        network, _ = streamed_network(*streamable(checkpoint))  # on the meta device: the shapes alone
+        model_bytes = sum(p.numel() * 4 for p in network.parameters())  # fp32, as the in-memory model holds it
+    elif mode == "stream":
         out = Path(tempfile.mkdtemp(prefix="stream-bench-", dir=checkpoint.parent))
         try:
             report = stream_prune(pruner, checkpoint, out, batches, torch.device("cpu"))
