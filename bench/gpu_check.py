@@ -89,8 +89,9 @@ try:
     from prunelab.models.semi_structured import FORMAT_2OF4, cuda_2of4_problem, pack_2of4
     from prunelab.pruning import NoPruner
     from prunelab.pruning.base import mask_buffer
-    from prunelab.pruning.calibration import peak_memory, prune_sequentially
+    from prunelab.pruning.calibration import prune_sequentially
     from prunelab.pruning.masks import prunable_weights
+    from prunelab.pruning.memory import peak_memory
     from prunelab.pruning.oneshot import OneShotPruner
     from prunelab.training.build import build_model
 except ImportError as e:  # one line that says what to do, not a traceback

@@ -22,8 +22,9 @@ from reference_oneshot import llama_sequential
 from torch import Tensor
 
 from prunelab.models import build_classifier
-from prunelab.pruning.calibration import peak_memory, prune_sequentially
+from prunelab.pruning.calibration import prune_sequentially
 from prunelab.pruning.masks import prunable_weights
+from prunelab.pruning.memory import peak_memory
 from prunelab.pruning.oneshot import OneShotPruner
 from prunelab.pruning.solvers import (
     Pattern,

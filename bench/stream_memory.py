@@ -8,7 +8,7 @@ memory cannot hide the next one's.
     python bench/stream_memory.py --checkpoint /work/ext/smollm2_135m_q4_1 --modes stream,memory
     python bench/stream_memory.py --modes score         # stream_nll: scoring a checkpoint one part at a time
 
-What is measured: the process's resident memory (RSS, /proc, sampled every 5 ms by pruning.calibration.peak_memory)
+What is measured: the process's resident memory (RSS, /proc, sampled every 5 ms by pruning.memory.peak_memory)
 from just before the checkpoint is read (torch and prunelab imported, the calibration windows made) to the end of
 the pruning, and what it rose by (`extra`). The in-memory way is what a run does: prunelab.hf.families.load_hf (the
 whole state dict read, then copied into the network), then OneShotPruner.prune. The streamed way is
@@ -126,7 +126,8 @@ def windows(vocab: int, n: int, length: int, seed: int = 0) -> list[dict[str, to
 def measure(checkpoint: Path, mode: str, method: str, n: int, length: int, sparsity: float) -> dict[str, Any]:
     """One pruning of `checkpoint` in this process, `mode` stream or memory -> its figures."""
     from prunelab.hf.checkpoint import read_config
-    from prunelab.pruning.calibration import CalibrationSet, peak_memory, rss_bytes
+    from prunelab.pruning.calibration import CalibrationSet
+    from prunelab.pruning.memory import peak_memory, rss_bytes
     from prunelab.pruning.oneshot import OneShotPruner
     from prunelab.pruning.stream import stream_prune
 

@@ -21,8 +21,9 @@ from prunelab.data.batching import collate
 from prunelab.data.windows import IGNORE
 from prunelab.models import build_transformer
 from prunelab.models.causal_lm import CausalLM
-from prunelab.pruning.calibration import Recorder, free_bytes, linears_under, prune_sequentially
+from prunelab.pruning.calibration import Recorder, linears_under, prune_sequentially
 from prunelab.pruning.masks import prunable_weights
+from prunelab.pruning.memory import free_bytes
 from prunelab.pruning.solvers import InputStats, Pattern, removal_mask, wanda_scores
 from tests.tiny import tiny_llama as llama_shaped
 
@@ -309,7 +310,7 @@ def test_decoder_statistics_count_the_tokens_the_loss_counts() -> None:
 def test_peak_memory_sees_allocations_that_reuse_freed_memory() -> None:
     """Memory freed before the block (a dense evaluation's) and reused inside it still counts as the block's: 100 MB
     of small tensors allocated inside must show, even right after 100 MB of the same were freed."""
-    from prunelab.pruning.calibration import peak_memory, rss_bytes
+    from prunelab.pruning.memory import peak_memory, rss_bytes
 
     if rss_bytes() == 0:
         pytest.skip("no /proc here: resident memory cannot be read")

@@ -18,7 +18,8 @@ from prunelab.data.windows import IGNORE
 from prunelab.errors import UserError
 from prunelab.hf.export import export_hf
 from prunelab.hf.families import load_hf
-from prunelab.pruning.calibration import CalibrationSet, peak_memory, rss_bytes
+from prunelab.pruning.calibration import CalibrationSet
+from prunelab.pruning.memory import peak_memory, rss_bytes
 from prunelab.pruning.oneshot import OneShotPruner
 from prunelab.pruning.stream import load_streamed, stream_nll, stream_prune
 from tests import hf_checkpoints as H

@@ -335,9 +335,14 @@ def llama_names(state: dict[str, Tensor], cfg: TransformerConfig, path: str | Pa
     return names
 
 
+def file_key(name: str) -> str:
+    """A Llama-layout tensor's normalised name -> its key in the files: `model.` before all but lm_head's."""
+    return name if name.startswith("lm_head.") else f"model.{name}"
+
+
 def in_model(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Export: Llama-layout tensors (normalised names) under the file's names: `model.` before all but lm_head's."""
-    return {(n if n.startswith("lm_head.") else f"model.{n}"): t for n, t in tensors.items()}
+    """Export: Llama-layout tensors (normalised names) under the file's names (`file_key`)."""
+    return {file_key(n): t for n, t in tensors.items()}
 
 
 def load_hf_causal_lm(path: str | Path, weights: bool = True, **overrides: Any) -> CausalLM:

@@ -31,14 +31,8 @@ from torch import nn
 from prunelab.data.batching import to_device
 from prunelab.errors import UserError
 from prunelab.pruning.base import MaskPruner, check_ranks_agree, mask_buffer
-from prunelab.pruning.calibration import (
-    CalibrationSet,
-    calibration_set,
-    free_bytes,
-    peak_memory,
-    prune_sequentially,
-    release_memory,
-)
+from prunelab.pruning.calibration import CalibrationSet, calibration_set, prune_sequentially
+from prunelab.pruning.memory import free_bytes, peak_memory, release_memory
 from prunelab.pruning.solvers import (
     InputStats,
     check_groups,

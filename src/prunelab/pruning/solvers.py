@@ -22,6 +22,7 @@ layout, groups along the input dimension). Sparsity is then 1 - N/M.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -161,8 +162,9 @@ class InputStats:
             self.h += torch.linalg.vector_norm(x.float(), dim=0) ** 2 / self.sequences
 
     def copy(self) -> InputStats:
-        out = InputStats.__new__(InputStats)
-        out.full, out.tokens, out.sequences, out.h = self.full, self.tokens, self.sequences, self.h.clone()
+        """The same statistics in a matrix of their own (a solver may overwrite its H)."""
+        out = copy.copy(self)
+        out.h = self.h.clone()
         return out
 
     @property
