@@ -10,7 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prunelab.models.kernels import MATH_MAX_KEYS, Dropout, attention, cpu_dropout, math_attention
+from prunelab.models.kernels import (
+    CE_ROWS,
+    MATH_MAX_KEYS,
+    Dropout,
+    attention,
+    cpu_dropout,
+    math_attention,
+    rms_norm,
+    soft_cap,
+    token_cross_entropy,
+)
 from prunelab.models.transformer import Transformer, TransformerConfig
 
 
@@ -152,3 +162,67 @@ def test_grouped_keys_and_values_equal_one_copy_per_query_head(
     # a wrong grouping (query head j reading K/V head j % 2 instead of j // 3) is told apart
     wrong = attention(q, k.repeat(1, 3, 1, 1), v.repeat(1, 3, 1, 1), is_causal=True, softcap=softcap)
     assert (wrong.float() - attention(q, k, v, is_causal=True, softcap=softcap).float()).abs().max() > 0.1
+
+
+# The shorter backward passes: forward the replaced ops to the bit, gradients against autograd's of those ops and, in
+# float64, against finite differences (gradcheck), which know nothing of either formula.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_cross_entropy_is_cross_entropy_across_blocks_and_its_backward_matches_autograd(
+    dtype: torch.dtype,
+) -> None:
+    """150 rows: two whole blocks of CE_ROWS and a partial one; bf16 logits are promoted block by block, as
+    F.cross_entropy(logits.float()) promotes them whole."""
+    g = torch.Generator().manual_seed(0)
+    N = 2 * CE_ROWS + 22
+    logits = (3 * torch.randn(N, 50, generator=g)).to(dtype).requires_grad_()
+    target = torch.randint(0, 50, (N,), generator=g)
+    ignored = [2, 5, CE_ROWS, N - 1]
+    target[ignored] = -100  # ignored rows: zero loss, zero gradient
+    upstream = torch.rand(N, generator=g)
+    got = token_cross_entropy(logits, target, -100)
+    want = F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="none")
+    assert got.grad_fn is not None and "TokenCrossEntropy" in type(got.grad_fn).__name__  # the custom backward ran
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    (dg,) = torch.autograd.grad(got, logits, upstream)
+    (dw,) = torch.autograd.grad(want, logits, upstream)
+    assert dg.dtype == dtype
+    tol = dict(rtol=1e-6, atol=1e-9) if dtype == torch.float32 else dict(rtol=0.0, atol=2e-3)
+    torch.testing.assert_close(dg.float(), dw.float(), **tol)
+    assert torch.equal(dg[ignored].float(), torch.zeros(len(ignored), 50))
+    with torch.no_grad():
+        assert torch.equal(token_cross_entropy(logits, target, -100), want)
+    if dtype == torch.float32:  # finite differences, which know neither formula
+        x = logits.detach().double()[: CE_ROWS + 3].requires_grad_()
+        assert torch.autograd.gradcheck(lambda z: token_cross_entropy(z, target[: CE_ROWS + 3], -100), (x,))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_rms_norm_is_the_module_formula_and_its_backward_matches_finite_differences(offset: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 16, generator=g).requires_grad_()
+    w = (0.1 * torch.randn(16, generator=g) + (0.0 if offset else 1.0)).requires_grad_()
+    eps = 1e-6
+    got = rms_norm(x, w, eps, offset)
+    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (w + offset)
+    assert torch.equal(got, want)
+    upstream = torch.randn(got.shape, generator=g)
+    for a, b in zip(
+        torch.autograd.grad(got, (x, w), upstream), torch.autograd.grad(want, (x, w), upstream), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+    assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, eps, offset), (x64, w64))
+
+
+def test_soft_cap_is_c_tanh_x_over_c_and_leaves_a_shared_input_alone() -> None:
+    x = torch.linspace(-200, 200, 101).requires_grad_()
+    before = x.detach().clone()
+    y = soft_cap(x, 30.0)
+    assert torch.equal(y, torch.tanh(before / 30.0) * 30.0) and torch.equal(x.detach(), before)
+    (dy,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(dy, 1 - torch.tanh(before / 30.0) ** 2)
+    with torch.no_grad():
+        z = before.clone()
+        assert torch.equal(soft_cap(z, 30.0), y.detach()) and torch.equal(z, before)  # not fresh: z unchanged

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunelab.models.kernels import token_cross_entropy
 from prunelab.models.positions import rope_frequencies, rope_tables
 from prunelab.models.transformer import Cache, Layer, Transformer, TransformerConfig, make_norm
 
@@ -94,10 +94,7 @@ class CausalLayer(Layer):
 def nll_of(logits: Tensor, target: Tensor) -> Tensor:
     """Logits (B, T, V) and targets (B, T) -> the negative log-likelihood of every target (B, T), 0 where the target is
     IGNORE; computed in fp32 at least."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="none").view_as(
-        target
-    )
+    return token_cross_entropy(logits.flatten(0, 1), target.flatten(), IGNORE).view_as(target)
 
 
 class CausalLM(Transformer):

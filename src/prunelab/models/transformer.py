@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from prunelab.models.kernels import Dropout, attention  # CPU fast paths: exact to their definitions
+from prunelab.models.kernels import Dropout, attention, rms_norm, soft_cap  # CPU fast paths: exact to their definitions
 from prunelab.models.positions import (
     POS_LAYOUTS,
     ROPE_TYPES,
@@ -278,6 +278,8 @@ class RMSNorm(nn.Module):
         nn.init.zeros_(self.weight) if self.unit_offset else nn.init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # the same ops, a shorter backward
+            return rms_norm(x, self.weight, self.eps, 1.0 if self.unit_offset else 0.0)
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.unit_offset:
@@ -884,7 +886,7 @@ class Transformer(nn.Module):
         else:
             logits = F.linear(x, self.embed.weight)
         if (c := self.cfg.logit_softcap) is not None:  # Gemma 2: squashed into (-c, c)
-            logits = torch.tanh(logits / c) * c
+            logits = soft_cap(logits, c)  # not in place: the output projection's hooks may hold its output
         return logits
 
     def decode(self, tgt_in: Tensor, mem: Tensor, mem_mask: Tensor) -> Tensor:
