@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from prunelab.models.kernels import Dropout, attention, rms_norm, soft_cap  # CPU fast paths: exact to their definitions
+from prunelab.models.kernels import (
+    Dropout,
+    attention,
+    rms_norm,
+    soft_cap,
+    token_cross_entropy,
+)  # CPU fast paths: exact to their definitions
 from prunelab.models.positions import (
     POS_LAYOUTS,
     ROPE_TYPES,
@@ -886,7 +892,8 @@ class Transformer(nn.Module):
         else:
             logits = F.linear(x, self.embed.weight)
         if (c := self.cfg.logit_softcap) is not None:  # Gemma 2: squashed into (-c, c)
-            logits = soft_cap(logits, c)  # not in place: the output projection's hooks may hold its output
+            # in place on F.linear's own output; lm_head's forward hooks may hold theirs
+            logits = soft_cap(logits, c, fresh=self.lm_head is None)
         return logits
 
     def decode(self, tgt_in: Tensor, mem: Tensor, mem_mask: Tensor) -> Tensor:
@@ -904,8 +911,7 @@ class Transformer(nn.Module):
         """Per-sentence loss L(x): the mean token negative log-likelihood of the reference, (B,)."""
         logits = self(batch["src"], batch["tgt_in"])  # (B, T, V)
         tgt = batch["tgt_out"]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 stays
-        nll = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=self.cfg.pad_id, reduction="none")
+        nll = token_cross_entropy(logits.flatten(0, 1), tgt.flatten(), self.cfg.pad_id)  # fp32 at least
         mask = (tgt != self.cfg.pad_id).float()
         return (nll.view_as(mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
 
