@@ -4,7 +4,10 @@ config composed exactly as `train.py` composes it, its data, model and Lightning
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -138,3 +141,35 @@ def replay(batches: list[Any]) -> torch.utils.data.DataLoader:
 
 def target_tokens(batch: dict[str, Any], pad_id: int) -> int:
     return int((batch["tgt_out"] != pad_id).sum())
+
+
+CHILD = """
+import dataclasses, importlib, json, sys
+sys.path[:0] = sys.argv[1:3]
+r = getattr(importlib.import_module(sys.argv[3]), sys.argv[4])(**json.loads(sys.argv[5]))
+if dataclasses.is_dataclass(r):
+    out = {"figure": dataclasses.asdict(r)}
+elif isinstance(r, list) and r and all(dataclasses.is_dataclass(f) for f in r):
+    out = {"figures": [dataclasses.asdict(f) for f in r]}
+else:
+    out = {"json": r}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def in_child(module: str, function: str, **kwargs: Any) -> Any:
+    """`module.function(**kwargs)` (a module on bench/'s or src/'s path) in a fresh Python process -> its result: a
+    Figure, a list of Figures, or JSON. What the call measures is then its own work, not also the allocator's and the
+    heap's history of the work run before it in this process. Its progress lines come through on stderr."""
+    here = Path(__file__).resolve().parent
+    args = [str(here), str(here.parent / "src"), module, function, json.dumps(kwargs)]
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, text=True, check=False)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(f"{module}.{function} failed in its process (exit {proc.returncode}; traceback above)")
+    out = json.loads(line.removeprefix("RESULT "))
+    if "figure" in out:
+        return Figure(**out["figure"])
+    if "figures" in out:
+        return [Figure(**f) for f in out["figures"]]
+    return out["json"]

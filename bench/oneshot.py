@@ -7,16 +7,12 @@ the two giving the same weights."""
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from harness import Figure, interleave, paired, seconds, spread
+from harness import Figure, in_child, interleave, paired, seconds, spread
 from pretrained import Progress
 from reference_oneshot import llama_sequential
 from torch import Tensor
@@ -95,18 +91,7 @@ def prune_once(method: str, n: int, seq: int, batch: int, changes: dict[str, Any
 def prune_in_child(method: str, n: int, seq: int, batch: int, changes: dict[str, Any] | None) -> dict[str, float]:
     """prune_once in a fresh process: the resident memory it measures is then the pruning's, not also what the
     allocator kept from the sections run before it in this one (which moved the ratio from 2.0 to 3.3 in one run)."""
-    here = Path(__file__).resolve().parent
-    code = (
-        "import json, sys; sys.path[:0] = sys.argv[1:3]; import oneshot; "
-        "r = oneshot.prune_once(sys.argv[3], *map(int, sys.argv[4:7]), json.loads(sys.argv[7])); "
-        "print('RESULT ' + json.dumps(r))"
-    )
-    args = [str(here), str(here.parent / "src"), method, str(n), str(seq), str(batch), json.dumps(changes or {})]
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if proc.returncode or line is None:
-        raise RuntimeError(f"the {method} pruning's process failed: {(proc.stderr or proc.stdout)[-800:]}")
-    return json.loads(line.removeprefix("RESULT "))
+    return in_child("oneshot", "prune_once", method=method, n=n, seq=seq, batch=batch, changes=changes)
 
 
 def prune_encoder(

@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import Figure, interleave, paired  # noqa: E402
+import os  # noqa: E402
+
+from harness import Figure, in_child, interleave, paired  # noqa: E402
 
 
 def test_interleave_warms_up_then_rotates_the_order() -> None:
@@ -28,6 +30,14 @@ def test_paired_ratio_is_the_median_of_per_repetition_ratios() -> None:
     f = paired("s", "r", [2.0, 9.0, 3.0], [1.0, 3.0, 2.0], goal=2.0)
     assert (f.value, f.lo, f.hi) == (2.0, 1.5, 3.0)  # ratios 2, 3, 1.5: not median(num) / median(den) = 1.5
     assert f.verdict == "met"
+
+
+def test_in_child_runs_the_call_in_another_process_and_returns_its_figures_or_json() -> None:
+    assert in_child("os", "getpid") != os.getpid()  # JSON from a fresh process
+    f = in_child("harness", "paired", section="s", name="r", num=[2.0, 9.0, 3.0], den=[1.0, 3.0, 2.0], goal=2.0)
+    assert f == paired("s", "r", [2.0, 9.0, 3.0], [1.0, 3.0, 2.0], goal=2.0)
+    with pytest.raises(RuntimeError, match=r"harness\.paired failed in its process \(exit 1"):
+        in_child("harness", "paired", section="s", name="r", num=[], den=[])  # no repetitions: median raises
 
 
 @pytest.mark.parametrize(
