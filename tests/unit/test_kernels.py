@@ -14,6 +14,7 @@ from prunelab.models.kernels import (
     CE_ROWS,
     MATH_MAX_KEYS,
     Dropout,
+    _blocks,
     attention,
     cpu_dropout,
     math_attention,
@@ -226,3 +227,15 @@ def test_soft_cap_is_c_tanh_x_over_c_and_leaves_a_shared_input_alone() -> None:
     with torch.no_grad():
         z = before.clone()
         assert torch.equal(soft_cap(z, 30.0), y.detach()) and torch.equal(z, before)  # not fresh: z unchanged
+
+
+def test_cross_entropy_blocks_cover_every_row_once_small_on_the_cpu_and_up_to_256_mib_elsewhere() -> None:
+    for device, n, v in (("cpu", 1000, 32000), ("meta", 100_000, 32000), ("meta", 10, 8), ("meta", 5000, 10**7)):
+        blocks = _blocks(torch.empty(n, v, device=device))
+        assert [i for r in blocks for i in range(r.start, r.stop)] == list(range(n))
+        rows = max(r.stop - r.start for r in blocks)
+        if device == "cpu":
+            assert rows == CE_ROWS
+        else:  # as few blocks as 256 MiB of fp32 allow, never fewer rows than the CPU's
+            assert rows == min(n, max(CE_ROWS, 2**28 // (4 * v)))
+            assert rows == CE_ROWS or rows * v * 4 <= 2**28

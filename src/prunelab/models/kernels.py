@@ -127,11 +127,16 @@ def cpu_dropout(x: Tensor, p: float) -> Tensor:
     return x * keep.to(x.dtype) * (65536 / (65536 - drop))
 
 
-CE_ROWS = 64  # rows of logits per block of the cross-entropy: a block's log-probabilities stay in the cache
+# the cross-entropy's blocks of rows: 64 on the CPU (a block's log-probabilities stay in the cache); on an accelerator,
+# fp32 blocks of up to 256 MiB (few kernel launches, and still no whole log-probabilities)
+CE_ROWS = 64
+CE_BLOCK_BYTES = 2**28
 
 
-def _blocks(n: int) -> list[slice]:
-    return [slice(i, min(i + CE_ROWS, n)) for i in range(0, n, CE_ROWS)]
+def _blocks(logits: Tensor) -> list[slice]:
+    n, v = logits.shape
+    rows = CE_ROWS if logits.device.type == "cpu" else max(CE_ROWS, CE_BLOCK_BYTES // (4 * max(v, 1)))
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -139,12 +144,12 @@ def _wide(x: Tensor) -> Tensor:
 
 
 def _block_nll(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
-    """F.cross_entropy(reduction="none") of `logits` (N, V) in blocks of CE_ROWS rows, each promoted to fp32 at least
-    on its own: every row is computed alone by the kernel, so the blocks give the whole call's values to the bit."""
+    """F.cross_entropy(reduction="none") of `logits` (N, V) in blocks of rows (`_blocks`), each promoted to fp32 at
+    least on its own: the kernel computes every row alone, so the blocks give the whole call's values to the bit."""
     return torch.cat(
         [
             F.cross_entropy(_wide(logits[r]), target[r], ignore_index=ignore_index, reduction="none")
-            for r in _blocks(len(target))
+            for r in _blocks(logits)
         ]
     )
 
@@ -166,7 +171,7 @@ class _TokenCrossEntropy(torch.autograd.Function):
         rows = torch.where(keep, target, 0)[:, None]  # (N, 1): an ignored row's gradient is zeroed by g below
         g = g.masked_fill(~keep, 0.0)[:, None].to(torch.promote_types(logits.dtype, torch.float32))  # (N, 1)
         grad = torch.empty_like(logits)
-        for r in _blocks(len(target)):  # d nll_i / d logits_ij = softmax_ij - [j = target_i], times g_i
+        for r in _blocks(logits):  # d nll_i / d logits_ij = softmax_ij - [j = target_i], times g_i
             block = F.log_softmax(_wide(logits[r]), -1).exp_().mul_(g[r])
             grad[r] = block.scatter_add_(1, rows[r], -g[r])
         return grad, None, None
