@@ -239,3 +239,11 @@ def test_cross_entropy_blocks_cover_every_row_once_small_on_the_cpu_and_up_to_25
         else:  # as few blocks as 256 MiB of fp32 allow, never fewer rows than the CPU's
             assert rows == min(n, max(CE_ROWS, 2**28 // (4 * v)))
             assert rows == CE_ROWS or rows * v * 4 <= 2**28
+
+
+def test_token_cross_entropy_of_no_rows_is_empty_as_cross_entropys() -> None:
+    logits = torch.zeros(0, 7, dtype=torch.bfloat16, requires_grad=True)
+    got = token_cross_entropy(logits, torch.zeros(0, dtype=torch.long))
+    assert got.shape == (0,) and got.dtype == torch.float32
+    got.sum().backward()
+    assert logits.grad is not None and logits.grad.shape == (0, 7)

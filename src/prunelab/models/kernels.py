@@ -146,6 +146,8 @@ def _wide(x: Tensor) -> Tensor:
 def _block_nll(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
     """F.cross_entropy(reduction="none") of `logits` (N, V) in blocks of rows (`_blocks`), each promoted to fp32 at
     least on its own: the kernel computes every row alone, so the blocks give the whole call's values to the bit."""
+    if len(target) == 0:  # no rows, no blocks: F.cross_entropy's empty answer
+        return _wide(logits).new_zeros(0)
     return torch.cat(
         [
             F.cross_entropy(_wide(logits[r]), target[r], ignore_index=ignore_index, reduction="none")
