@@ -171,12 +171,14 @@ class _TokenCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
         logits, target = ctx.saved_tensors
         keep = target != ctx.ignore_index
-        rows = torch.where(keep, target, 0)[:, None]  # (N, 1): an ignored row's gradient is zeroed by g below
+        rows = torch.where(keep, target, 0)  # (N,): an ignored row's gradient is zeroed by g below
         g = g.masked_fill(~keep, 0.0)[:, None].to(torch.promote_types(logits.dtype, torch.float32))  # (N, 1)
         grad = torch.empty_like(logits)
         for r in _blocks(logits):  # d nll_i / d logits_ij = softmax_ij - [j = target_i], times g_i
             block = F.log_softmax(_wide(logits[r]), -1).exp_().mul_(g[r])
-            grad[r] = block.scatter_add_(1, rows[r], -g[r])
+            # one target per row: an index_put without accumulation, deterministic on every device
+            block[torch.arange(len(block), device=block.device), rows[r]] -= g[r, 0]
+            grad[r] = block
         return grad, None, None
 
 
