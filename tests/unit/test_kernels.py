@@ -247,3 +247,17 @@ def test_token_cross_entropy_of_no_rows_is_empty_as_cross_entropys() -> None:
     assert got.shape == (0,) and got.dtype == torch.float32
     got.sum().backward()
     assert logits.grad is not None and logits.grad.shape == (0, 7)
+
+
+def test_rms_norm_differentiates_only_what_requires_grad_at_any_rank() -> None:
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(8, generator=g, dtype=torch.float64).requires_grad_()
+    for shape in ((8,), (3, 8), (2, 3, 4, 8)):
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, 1e-6), (x.clone().requires_grad_(), w))
+        frozen = rms_norm(x, w, 1e-6)  # x frozen: only the weight's gradient, as autograd's of the formula
+        want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+        upstream = torch.randn(shape, generator=g, dtype=torch.float64)
+        (a,) = torch.autograd.grad(frozen, w, upstream)
+        (b,) = torch.autograd.grad(want, w, upstream)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

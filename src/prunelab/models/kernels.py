@@ -206,13 +206,14 @@ class _RMSNorm(torch.autograd.Function):
         return x * r * scale
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, None, None]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         x, r, scale = ctx.saved_tensors
         xhat = x * r
-        gs = g * scale
-        dw = (g * xhat).flatten(0, -2).sum(0)
-        # d/dx of x r: r (gs - xhat mean(gs xhat)), as dr/dx = -r^3 x / n
-        dx = (gs - xhat * (gs * xhat).mean(-1, keepdim=True)).mul_(r)
+        dw = (g * xhat).reshape(-1, x.size(-1)).sum(0) if ctx.needs_input_grad[1] else None
+        dx = None
+        if ctx.needs_input_grad[0]:  # d/dx of x r: r (gs - xhat mean(gs xhat)), as dr/dx = -r^3 x / n
+            gs = g * scale
+            dx = (gs - xhat * (gs * xhat).mean(-1, keepdim=True)).mul_(r)
         return dx, dw, None, None
 
 
