@@ -11,10 +11,12 @@ KV cache, each prunelab / the transformers class. `decoder_lm` measures one shap
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from statistics import median
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from harness import Figure, interleave, paired
 from pretrained import Progress, adamw, compare_training, inference_rate, parameters, save_and_import
 from torch import Tensor
@@ -245,3 +247,92 @@ def gemma2_140m(**sizes: Any) -> list[Figure]:
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     return decoder_lm("Gemma-2-140M", Gemma2Config, Gemma2ForCausalLM, GEMMA2_140M, **sizes)
+
+
+def kernels(rows: int = 4 * 255, vocab: int = 32000, width: int = 768, calls: int = 10, reps: int = 5) -> list[Figure]:
+    """What prunelab.models.kernels saves outside the matmuls, each against the torch ops it replaces (same values):
+    the next-token loss of `rows` x `vocab` fp32 logits without and with gradients, and fp32 RMSNorm's forward and
+    backward over `rows` x `width`. Each call makes its input fresh (as a model's head or layer does); the time of
+    `calls` calls (RMSNorm's: ten times as many), `reps` interleaved repetitions after a warm-up -> three ratios, the
+    torch ops' time / prunelab's."""
+    from prunelab.models.kernels import rms_norm, token_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(rows, vocab, generator=g)
+    target = torch.randint(0, vocab, (rows,), generator=g)
+    target[:: max(rows // 16, 1)] = -100  # some ignored rows, as padding and strided context give
+    x = torch.randn(rows, width, generator=g)
+    w = (1 + 0.1 * torch.randn(width, generator=g)).requires_grad_()
+    upstream = torch.randn(rows, width, generator=g)
+
+    def torch_loss(z: Tensor) -> Tensor:
+        return F.cross_entropy(z, target, ignore_index=-100, reduction="none")
+
+    def ours_loss(z: Tensor) -> Tensor:
+        return token_cross_entropy(z, target, -100)
+
+    def torch_norm(z: Tensor) -> Tensor:
+        return z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6) * w  # the RMSNorm module's formula
+
+    def ours_norm(z: Tensor) -> Tensor:
+        return rms_norm(z, w, 1e-6)
+
+    def no_grad(loss: Callable[[Tensor], Tensor]) -> Callable[[], float]:
+        def run() -> float:
+            with torch.no_grad():
+                t = time.perf_counter()
+                for _ in range(calls):
+                    loss(logits * 1.0)
+                return time.perf_counter() - t
+
+        return run
+
+    def backward(fn: Callable[[Tensor], Tensor], source: Tensor, grad: Tensor | None, n: int) -> Callable[[], float]:
+        def run() -> float:
+            t = time.perf_counter()
+            for _ in range(n):
+                z = (source * 1.0).requires_grad_()
+                y = fn(z)
+                y.backward(grad if grad is not None else torch.ones_like(y) / y.numel())
+            return time.perf_counter() - t
+
+        return run
+
+    with torch.no_grad():
+        same_loss = torch.equal(ours_loss(logits), torch_loss(logits))
+        same_norm = torch.equal(ours_norm(x), torch_norm(x))
+    shape = f"{rows} x {vocab:,} fp32 logits"
+    out = []
+    for name, theirs, ours, note, n in (
+        (f"next-token loss without gradients, {shape}", no_grad(torch_loss), no_grad(ours_loss), same_loss, calls),
+        (
+            f"next-token loss forward + backward, {shape}",
+            backward(torch_loss, logits, None, calls),
+            backward(ours_loss, logits, None, calls),
+            same_loss,
+            calls,
+        ),
+        (
+            f"RMSNorm forward + backward, {rows} x {width} fp32",
+            backward(torch_norm, x, upstream, 10 * calls),  # milliseconds a call: ten times the calls
+            backward(ours_norm, x, upstream, 10 * calls),
+            same_norm,
+            10 * calls,
+        ),
+    ):
+        r = interleave({"torch": theirs, "prunelab": ours}, reps, warmup=1)
+        out.append(
+            paired(
+                SECTION,
+                f"{name}: torch ops / prunelab.models.kernels time",
+                r["torch"],
+                r["prunelab"],
+                goal=1.0,
+                note=(
+                    f"{n} calls per rep, each on a fresh input, {reps} interleaved reps after a warm-up; median "
+                    f"{median(r['torch']) / n * 1e3:.2f} vs {median(r['prunelab']) / n * 1e3:.2f} ms a call; "
+                    f"outputs torch.equal: {note}"
+                ),
+            )
+        )
+    return out

@@ -150,7 +150,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
         "causal_lm": lambda: (
             tagged(
                 decoder_lms(
-                    {m: {"num_hidden_layers": L} for m in DECODER_LMS},
+                    {m: {"num_hidden_layers": L} for m in DECODER_LMS}, {"calls": 5, "reps": 3},
                     train_steps=1, train_reps=2, eval_batches=1, eval_reps=2, gen_reps=2,
                 ),
                 depth,
@@ -164,14 +164,18 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
 DECODER_LMS = ("Llama-100M", "OPT-125M", "Gemma-2-140M")
 
 
-def decoder_lms(changes: dict[str, dict[str, Any]] | None = None, **sizes: Any) -> list[Figure]:
+def decoder_lms(
+    changes: dict[str, dict[str, Any]] | None = None, kernel_sizes: dict[str, int] | None = None, **sizes: Any
+) -> list[Figure]:
     """The causal_lm section: one call of causal_lm.decoder_lm per model shape, all at the same sizes, each in a
-    process of its own; `changes` maps a model's label to its config changes (the smoke run's tiny shapes). In one
-    process, the models measured first changed the later ones' ratios: Gemma-2-140M's perplexity forward was 1.07
-    alone and 0.98-1.00 after the Llama rows (both sides interleaved either way)."""
+    process of its own (`changes`: a model's label -> its config changes, the smoke run's tiny shapes), then
+    causal_lm.kernels at `kernel_sizes` (its defaults: a Llama-100M batch's logits and hidden states). In one process,
+    the models measured first changed the later ones' ratios: Gemma-2-140M's perplexity forward was 1.07 alone and
+    0.98-1.00 after the Llama rows (both sides interleaved either way)."""
     c = changes or {}
     calls = {"Llama-100M": "llama_100m", "OPT-125M": "opt_125m", "Gemma-2-140M": "gemma2_140m"}
-    return [f for label, fn in calls.items() for f in in_child("causal_lm", fn, **sizes, config_changes=c.get(label))]
+    rows = [f for label, fn in calls.items() for f in in_child("causal_lm", fn, **sizes, config_changes=c.get(label))]
+    return rows + in_child("causal_lm", "kernels", **(kernel_sizes or {}))
 
 
 # a tiny model on 400 training pairs, 8 valid and 8 test sentences decoded greedily, 4 tokens each
@@ -268,6 +272,7 @@ def smoke_plan(out: Path) -> dict[str, Callable[[], list[Figure]]]:
         "sparse24": lambda: semi_structured.linear_and_encoder(batches=(1, 4), seq=16, reps=1, changes=SMOKE_24),
         "causal_lm": lambda: decoder_lms(
             {"Llama-100M": SMOKE_LLAMA, "OPT-125M": SMOKE_OPT, "Gemma-2-140M": SMOKE_GEMMA2},
+            {"rows": 70, "vocab": 50, "width": 16, "calls": 1, "reps": 1},
             train_steps=1,
             train_reps=1,
             eval_batches=1,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+KERNELS = "torch ops / prunelab.models.kernels time"
 MODELS = {"Llama-100M": "LlamaForCausalLM", "OPT-125M": "OPTForCausalLM", "Gemma-2-140M": "Gemma2ForCausalLM"}
 
 
@@ -34,6 +35,10 @@ def test_causal_lm_section_has_llama_opt_and_gemma2_rows_of_equal_models(tmp_pat
             f"{label} training tok/s: prunelab / {cls}",
             f"{label} greedy generation tok/s: prunelab / {cls}.generate",
         )
+    ] + [  # then what prunelab.models.kernels saves, at the smoke sizes (70 rows, 50 classes, width 16)
+        f"next-token loss without gradients, 70 x 50 fp32 logits: {KERNELS}",
+        f"next-token loss forward + backward, 70 x 50 fp32 logits: {KERNELS}",
+        f"RMSNorm forward + backward, 70 x 16 fp32: {KERNELS}",
     ]
     for f in figures:
         assert f["section"] == "causal_lm" and f["goal"] == 1.0 and f["lo"] <= f["value"] <= f["hi"], f
@@ -42,3 +47,5 @@ def test_causal_lm_section_has_llama_opt_and_gemma2_rows_of_equal_models(tmp_pat
         diff = re.search(r"max \|logit diff\| (\S+)$", forward["note"])
         assert diff and float(diff.group(1)) < 1e-4, forward["note"]
         assert "1/1 sequences token-for-token equal to generate" in generation["note"], generation["note"]
+    for f in figures[-3:]:  # the kernels' outputs equal the torch ops' they replace, measured in the bench run
+        assert f["note"].endswith("outputs torch.equal: True"), f["note"]
