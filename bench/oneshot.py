@@ -88,12 +88,6 @@ def prune_once(method: str, n: int, seq: int, batch: int, changes: dict[str, Any
     }
 
 
-def prune_in_child(method: str, n: int, seq: int, batch: int, changes: dict[str, Any] | None) -> dict[str, float]:
-    """prune_once in a fresh process: the resident memory it measures is then the pruning's, not also what the
-    allocator kept from the sections run before it in this one (which moved the ratio from 2.0 to 3.3 in one run)."""
-    return in_child("oneshot", "prune_once", method=method, n=n, seq=seq, batch=batch, changes=changes)
-
-
 def prune_encoder(
     n: int = 128, seq: int = 128, batch: int = 4, reps: int = 1, changes: dict[str, Any] | None = None
 ) -> list[Figure]:
@@ -102,7 +96,9 @@ def prune_encoder(
     for method in ("sparsegpt", "wanda"):
         times, ratios = [], []
         for _ in range(reps):
-            r = prune_in_child(method, n, seq, batch, changes)
+            # in a fresh process: the resident memory it measures is then the pruning's, not also what the allocator
+            # kept from the sections run before it in this one (which moved the ratio from 2.0 to 3.3 in one run)
+            r = in_child("oneshot", "prune_once", method=method, n=n, seq=seq, batch=batch, changes=changes)
             times.append(r["seconds"])
             ratios.append(r["ratio"])
             done(f"{method}: {times[-1]:.0f} s, peak {ratios[-1]:.2f}x the model, sparsity {r['sparsity']:.3f}")

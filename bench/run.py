@@ -161,7 +161,7 @@ def plan(quick: bool, paper: bool) -> dict[str, Callable[[], list[Figure]]]:
     }  # fmt: skip
 
 
-DECODER_LMS = ("Llama-100M", "OPT-125M", "Gemma-2-140M")
+DECODER_LMS = {"Llama-100M": "llama_100m", "OPT-125M": "opt_125m", "Gemma-2-140M": "gemma2_140m"}  # causal_lm's
 
 
 def decoder_lms(
@@ -173,8 +173,9 @@ def decoder_lms(
     the models measured first changed the later ones' ratios: Gemma-2-140M's perplexity forward was 1.07 alone and
     0.98-1.00 after the Llama rows (both sides interleaved either way)."""
     c = changes or {}
-    calls = {"Llama-100M": "llama_100m", "OPT-125M": "opt_125m", "Gemma-2-140M": "gemma2_140m"}
-    rows = [f for label, fn in calls.items() for f in in_child("causal_lm", fn, **sizes, config_changes=c.get(label))]
+    rows = [
+        f for label, fn in DECODER_LMS.items() for f in in_child("causal_lm", fn, **sizes, config_changes=c.get(label))
+    ]
     return rows + in_child("causal_lm", "kernels", **(kernel_sizes or {}))
 
 

@@ -37,6 +37,11 @@ from torch import Tensor, nn
 MATH_MAX_KEYS = 128  # keys up to which the explicit product beats the flash kernel in bf16 on the CPU
 
 
+def wide(x: Tensor) -> Tensor:
+    """x in float32 at least (bf16/fp16 up; float64 stays)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -82,7 +87,7 @@ def math_attention(
     scores = q @ k.transpose(-1, -2)  # (B, H, T, S)
     scale = q.size(-1) ** -0.5 if scale is None else scale
     # scores is a new tensor here and none of the steps below needs its input for the backward, so each runs in place
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).mul_(scale)  # float64 stays
+    scores = wide(scores).mul_(scale)  # float64 stays
     if softcap is not None:
         scores = soft_cap(scores, softcap, fresh=True)
     if mask is not None and mask.is_floating_point():
@@ -142,18 +147,14 @@ def _blocks(logits: Tensor) -> list[slice]:
     return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
 
 
-def _wide(x: Tensor) -> Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least; float64 stays
-
-
 def _block_nll(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
     """F.cross_entropy(reduction="none") of `logits` (N, V) in blocks of rows (`_blocks`), each promoted to fp32 at
     least on its own: the kernel computes every row alone, so the blocks give the whole call's values to the bit."""
     if len(target) == 0:  # no rows, no blocks: F.cross_entropy's empty answer
-        return _wide(logits).new_zeros(0)
+        return wide(logits).new_zeros(0)
     return torch.cat(
         [
-            F.cross_entropy(_wide(logits[r]), target[r], ignore_index=ignore_index, reduction="none")
+            F.cross_entropy(wide(logits[r]), target[r], ignore_index=ignore_index, reduction="none")
             for r in _blocks(logits)
         ]
     )
@@ -174,12 +175,14 @@ class _TokenCrossEntropy(torch.autograd.Function):
         logits, target = ctx.saved_tensors
         keep = target != ctx.ignore_index
         rows = torch.where(keep, target, 0)  # (N,): an ignored row's gradient is zeroed by g below
-        g = g.masked_fill(~keep, 0.0)[:, None].to(torch.promote_types(logits.dtype, torch.float32))  # (N, 1)
+        g = wide(g.masked_fill(~keep, 0.0)[:, None])  # (N, 1)
         grad = torch.empty_like(logits)
-        for r in _blocks(logits):  # d nll_i / d logits_ij = softmax_ij - [j = target_i], times g_i
-            block = F.log_softmax(_wide(logits[r]), -1).exp_().mul_(g[r])
+        blocks = _blocks(logits)
+        within = torch.arange(blocks[0].stop - blocks[0].start if blocks else 0, device=logits.device)
+        for r in blocks:  # d nll_i / d logits_ij = softmax_ij - [j = target_i], times g_i
+            block = F.log_softmax(wide(logits[r]), -1).exp_().mul_(g[r])
             # one target per row: an index_put without accumulation, deterministic on every device
-            block[torch.arange(len(block), device=block.device), rows[r]] -= g[r, 0]
+            block[within[: len(block)], rows[r]] -= g[r, 0]
             grad[r] = block
         return grad, None, None
 
@@ -195,14 +198,18 @@ def token_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100
     return _block_nll(logits, target, ignore_index)
 
 
+def _rms_factors(x: Tensor, weight: Tensor, eps: float, offset: float) -> tuple[Tensor, Tensor]:
+    """(1 / sqrt(mean(x^2) + eps) over the last dimension (..., 1), the scale offset + weight)."""
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), (weight + offset if offset else weight)
+
+
 class _RMSNorm(torch.autograd.Function):
     """x * rsqrt(mean(x^2) + eps) * scale over the last dimension, fp32; the backward in closed form. `offset`: the
     scale is offset + weight (Gemma's 1 + w)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, eps: float, offset: float) -> Tensor:
-        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
-        scale = weight + offset if offset else weight
+        r, scale = _rms_factors(x, weight, eps, offset)
         ctx.save_for_backward(x, r, scale)
         return x * r * scale
 
@@ -223,4 +230,5 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, offset: float = 0.0) -> Tens
     (the same ops in the same order: bit-equal), with `_RMSNorm`'s closed-form backward while differentiated."""
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _RMSNorm.apply(x, weight, eps, offset)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (weight + offset if offset else weight)
+    r, scale = _rms_factors(x, weight, eps, offset)
+    return x * r * scale

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunelab.errors import UserError
+from prunelab.models.kernels import wide
 from prunelab.models.surgery import layer_numbers, recorded_layer_numbers
 
 # task.distill's settings and their defaults (conf/task/*.yaml say the same; teacher None: no distillation)
@@ -58,15 +59,10 @@ def settings(given: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**DEFAULTS, **given}
 
 
-def _wide(x: Tensor) -> Tensor:
-    """x in float32 at least (bf16/fp16 up; float64 stays)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def soft_targets(logits: Tensor, temperature: float) -> Tensor:
     """softmax(z / T) over the last dimension, in float32 at least: Hinton et al.'s softened distribution (T > 1
     spreads the probability over the non-argmax classes, whose ratios carry the teacher's "dark knowledge")."""
-    return torch.softmax(_wide(logits) / temperature, dim=-1)
+    return torch.softmax(wide(logits) / temperature, dim=-1)
 
 
 def kd_loss(
@@ -80,7 +76,7 @@ def kd_loss(
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} != teacher logits {tuple(teacher_logits.shape)}"
         )
-    s, t = _wide(student_logits), _wide(teacher_logits)
+    s, t = wide(student_logits), wide(teacher_logits)
     if keep_mask is not None:
         drop = ~keep_mask.bool().unsqueeze(-1)
         s, t = s.masked_fill(drop, 0.0), t.masked_fill(drop, 0.0)  # what is not kept never enters the softmax
@@ -107,7 +103,7 @@ def hidden_loss(
         ht = teacher[name]
         if hs.shape != ht.shape:
             raise ValueError(f"layer {name}: student output {tuple(hs.shape)} != teacher output {tuple(ht.shape)}")
-        sq = (_wide(hs) - _wide(ht)).pow(2).mean(-1)  # (B, T): mean over the width
+        sq = (wide(hs) - wide(ht)).pow(2).mean(-1)  # (B, T): mean over the width
         keep = masks.get(name.split(".")[0]) if masks else None
         if keep is None:
             terms.append(sq.mean())
